@@ -1,0 +1,180 @@
+"""``privacy-gateway`` command line: redact and detect on files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, VideoFrame, VideoTranscoder, is_image, read_image, write_image
+
+EXIT_BAD_INPUT = 2
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``privacy-gateway: error: <message>``, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privacy-gateway",
+        description="Privacy-by-design anonymization for video surveillance.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    redact = commands.add_parser("redact", help="redact faces and licence plates in an image or a video")
+    redact.add_argument("input", type=Path, metavar="INPUT", help="image (jpg, png, ...) or video file")
+    redact.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT", help="where to write the result")
+    redact.add_argument("--policy", type=Path, metavar="FILE", help="redaction policy (YAML); default: built-in")
+    redact.add_argument("--threads", type=int, metavar="N", help="inference threads per model (default: every core)")
+
+    detect = commands.add_parser("detect", help="list the regions that would be redacted")
+    detect.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="images, videos or directories")
+    detect.add_argument("--json", action="store_true", help="one JSON line per image or video frame")
+    detect.add_argument("--policy", type=Path, metavar="FILE", help="redaction policy (YAML); default: built-in")
+    detect.add_argument("--threads", type=int, metavar="N", help="inference threads per model (default: every core)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "redact":
+            return _redact(args)
+        if args.command == "detect":
+            return _detect(args)
+    except (CommandError, MediaError) as exc:
+        print(f"privacy-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)
+
+
+def _engine(args: argparse.Namespace):
+    from redaction.engine import Analyzer
+    from redaction.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        raise CommandError(str(exc)) from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads must be >= 1, got {args.threads}")
+        policy = policy.model_copy(update={"detection": policy.detection.model_copy(update={"threads": args.threads})})
+    return policy, Analyzer(policy)
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise CommandError(f"cannot read {path}: no such file or directory")
+    if not os.access(path, os.R_OK):
+        raise CommandError(f"cannot read {path}: permission denied")
+
+
+def _redact(args: argparse.Namespace) -> int:
+    from redaction.engine import Frame, StreamRedactor
+    from redaction.redact import redact_frame
+
+    source, target = args.input, args.output
+    _check_input(source)
+    if source.is_dir():
+        raise CommandError(f"cannot read {source}: is a directory (redact takes one file)")
+    if source.resolve() == target.resolve():
+        raise CommandError(f"refusing to overwrite the input {source}")
+    from .media import check_writable
+
+    check_writable(target)
+    if is_image(source) != is_image(target) and target.suffix:
+        raise CommandError(
+            f"{target}: output must be {'an image' if is_image(source) else 'a video'} like the input"
+        )
+    policy, analyzer = _engine(args)
+
+    if is_image(source):
+        image = read_image(source)
+        redact_frame(image, analyzer.regions(image), policy)
+        write_image(target, image)
+        return 0
+
+    transcoder = VideoTranscoder(source, target)
+    stream = StreamRedactor(analyzer)
+    bar = tqdm(total=transcoder.info.frames, unit="frame", desc=source.name, disable=None, file=sys.stderr)
+
+    def process(item: VideoFrame | None) -> list[VideoFrame]:
+        if item is None:
+            decisions = stream.flush()
+        else:
+            decisions = stream.push(Frame(item.index, item.time, item.image, item.pts, item))
+        for decision in decisions:
+            redact_frame(decision.frame.image, decision.regions, policy)
+            bar.update()
+        return [d.frame.payload for d in decisions]
+
+    try:
+        transcoder.run(process)
+    finally:
+        bar.close()
+        transcoder.close()
+    return 0
+
+
+def _walk(inputs: list[Path]) -> Iterator[Path]:
+    known = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    for path in inputs:
+        _check_input(path)
+        if not path.is_dir():
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                if Path(name).suffix.lower() in known:
+                    yield Path(root) / name
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from redaction.engine import Frame, StreamRedactor
+
+    paths = list(_walk(args.inputs))
+    _, analyzer = _engine(args)
+    out = sys.stdout
+
+    def emit(path: Path, frame: int | None, pts: float | None, width: int, height: int, regions) -> None:
+        if args.json:
+            record = {"path": str(path), "frame": frame, "pts": pts, "width": width, "height": height,
+                      "regions": [r.to_json() for r in regions]}
+            out.write(json.dumps(record) + "\n")
+        else:
+            where = f"{path}" if frame is None else f"{path} frame {frame}"
+            counts = ", ".join(f"{sum(r.cls == c for r in regions)} {c}" for c in ("face", "plate"))
+            out.write(f"{where}: {counts}\n")
+
+    for path in paths:
+        if is_image(path):
+            image = read_image(path)
+            emit(path, None, None, image.shape[1], image.shape[0], analyzer.regions(image))
+            continue
+        transcoder = VideoTranscoder(path, path)
+        stream = StreamRedactor(analyzer)
+        try:
+            width, height = transcoder.info.width, transcoder.info.height
+            for item in transcoder.frames():
+                for d in stream.push(Frame(item.index, item.time, item.image, item.time)):
+                    emit(path, d.frame.index, round(d.frame.time, 6), width, height, d.regions)
+            for d in stream.flush():
+                emit(path, d.frame.index, round(d.frame.time, 6), width, height, d.regions)
+        finally:
+            transcoder.close()
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

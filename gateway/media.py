@@ -1,0 +1,252 @@
+"""Reading and writing image and video files for the command line (PyAV, OpenCV).
+
+Output is written to a temporary file beside the target and renamed into place only when
+complete, so a failure never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".3gp"})
+
+
+class MediaError(Exception):
+    """An input that cannot be read or an output that cannot be written; the message says which."""
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A BGR ``uint8`` image; alpha is dropped and grey is expanded to three channels."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise MediaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise MediaError(f"cannot read {path}: not a decodable image")
+    return np.ascontiguousarray(image)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write losslessly for PNG (and other lossless formats), at JPEG quality 95 otherwise."""
+    suffix = path.suffix.lower()
+    params: list[int] = []
+    if suffix in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    elif suffix == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101]  # above 100 means lossless
+    ok, encoded = cv2.imencode(suffix or ".png", image, params)
+    if not ok:
+        raise MediaError(f"cannot encode {path}: unsupported image format {suffix!r}")
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, before any work, when ``path`` cannot be created."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise MediaError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir():
+        raise MediaError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise MediaError(f"cannot write {path}: directory {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise MediaError(f"cannot write {path}: permission denied")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix), renamed onto it on success, removed on failure."""
+    check_writable(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    rate: Fraction  # frames per second
+    time_base: Fraction
+    frames: int | None  # best estimate, for progress
+
+
+@dataclass
+class VideoFrame:
+    index: int
+    pts: int | None  # in the stream's time base
+    time: float  # seconds since the first frame
+    image: np.ndarray  # BGR uint8
+
+
+def open_video(path: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"cannot read {path}: {_reason(exc)}") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"cannot read {path}: no video stream")
+    return container
+
+
+def video_info(container: av.container.InputContainer) -> VideoInfo:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    frames = stream.frames or None
+    if frames is None and stream.duration and stream.time_base:
+        frames = int(stream.duration * stream.time_base * rate)
+    return VideoInfo(stream.codec_context.width, stream.codec_context.height, Fraction(rate),
+                     Fraction(stream.time_base or Fraction(1, 90000)), frames)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _bgr(frame: av.VideoFrame) -> np.ndarray:
+    return np.ascontiguousarray(frame.to_ndarray(format="bgr24"))
+
+
+class VideoTranscoder:
+    """Decode a video, hand every frame to the caller, encode what comes back; copy audio.
+
+    Output keeps the input's size, frame rate and timestamps. Audio streams are copied
+    packet for packet when the output container accepts their codec, else re-encoded to AAC.
+    """
+
+    def __init__(self, source: Path, target: Path) -> None:
+        self.source, self.target = source, target
+        self._input = open_video(source)
+        self.info = video_info(self._input)
+
+    def close(self) -> None:
+        self._input.close()
+
+    def frames(self) -> Iterator[VideoFrame]:
+        """Every decoded video frame, for analysis only (nothing written)."""
+        stream = self._input.streams.video[0]
+        stream.thread_type = "AUTO"
+        first: int | None = None
+        try:
+            for index, frame in enumerate(self._input.decode(stream)):
+                first = frame.pts if first is None else first
+                yield VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))
+        except av.FFmpegError as exc:
+            raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
+
+    def _seconds(self, pts: int | None, first: int | None, index: int) -> float:
+        if pts is None or first is None:
+            return index / float(self.info.rate)
+        return float((pts - first) * self.info.time_base)
+
+    def run(self, process: Callable[[VideoFrame | None], list[VideoFrame]]) -> int:
+        """Transcode: ``process(frame)`` returns frames ready to encode (possibly held back);
+        ``process(None)`` at the end returns the rest. Returns the number of frames written."""
+        written = 0
+        with atomic_output(self.target) as tmp:
+            out = av.open(str(tmp), mode="w")
+            try:
+                video_in = self._input.streams.video[0]
+                video_in.thread_type = "AUTO"
+                video_out = self._add_video(out)
+                audio = self._add_audio(out)
+                first: int | None = None
+                index = 0
+                for packet in self._input.demux(video_in, *audio):
+                    if packet.stream.type == "audio":
+                        self._audio_packet(out, audio[packet.stream], packet)
+                        continue
+                    try:
+                        decoded = packet.decode()
+                    except av.FFmpegError as exc:
+                        raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
+                    for frame in decoded:
+                        first = frame.pts if first is None else first
+                        item = VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))
+                        index += 1
+                        written += self._encode(out, video_out, process(item))
+                written += self._encode(out, video_out, process(None))
+                for packet in video_out.encode(None):
+                    out.mux(packet)
+                for _, (stream_out, encoder) in audio.items():
+                    if encoder is not None:
+                        for packet in self._flush_audio(stream_out, encoder):
+                            out.mux(packet)
+            finally:
+                out.close()
+        return written
+
+    def _add_video(self, out: av.container.OutputContainer) -> av.VideoStream:
+        info = self.info
+        codec = "libvpx" if self.target.suffix.lower() == ".webm" else "libx264"
+        stream = out.add_stream(codec, rate=info.rate)
+        stream.width, stream.height = info.width, info.height
+        even = info.width % 2 == 0 and info.height % 2 == 0
+        stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
+        stream.time_base = info.time_base
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        return stream
+
+    def _encode(self, out: av.container.OutputContainer, stream: av.VideoStream, frames: list[VideoFrame]) -> int:
+        for item in frames:
+            frame = av.VideoFrame.from_ndarray(item.image, format="bgr24")
+            frame.pts = item.pts if item.pts is not None else round(item.index / self.info.rate / self.info.time_base)
+            frame.time_base = self.info.time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        return len(frames)
+
+    def _add_audio(self, out: av.container.OutputContainer) -> dict:
+        """Map each input audio stream to (output stream, re-encoder or None for a plain copy)."""
+        mapping = {}
+        for stream in self._input.streams.audio:
+            try:
+                mapping[stream] = (out.add_stream_from_template(stream), None)
+                continue
+            except (ValueError, av.FFmpegError):
+                pass
+            encoder = out.add_stream("aac", rate=stream.codec_context.sample_rate or 48000)
+            mapping[stream] = (encoder, stream.codec_context)
+        return mapping
+
+    def _audio_packet(self, out: av.container.OutputContainer, target: tuple, packet: av.Packet) -> None:
+        stream_out, decoder = target
+        if packet.dts is None:
+            return
+        if decoder is None:
+            packet.stream = stream_out
+            out.mux(packet)
+            return
+        for frame in packet.decode():
+            frame.pts = None
+            for encoded in stream_out.encode(frame):
+                out.mux(encoded)
+
+    @staticmethod
+    def _flush_audio(stream_out, decoder) -> list:
+        return list(stream_out.encode(None))

@@ -1,0 +1,56 @@
+"""The detector seam and the shared onnxruntime session factory."""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .regions import Region
+
+
+class Detector(abc.ABC):
+    """Finds regions of one or more classes in a BGR ``uint8`` frame of shape ``(H, W, 3)``.
+
+    Implementations load and warm their model once, in ``__init__``; ``detect`` must be
+    safe to call repeatedly from one thread at a time.
+    """
+
+    #: the region classes this detector reports
+    classes: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def detect(self, frame: np.ndarray) -> list[Region]:
+        """Regions found in ``frame``, in frame pixel coordinates, without margin."""
+
+
+def default_threads() -> int:
+    """onnxruntime intra-op threads: ``PRIVACY_GATEWAY_ORT_THREADS`` or every core."""
+    env = os.environ.get("PRIVACY_GATEWAY_ORT_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, os.cpu_count() or 1)
+
+
+def create_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """One CPU inference session with a fixed thread count and full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if isinstance(model, Path):
+        model = str(model)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(
+            f"expected a BGR uint8 frame of shape (H, W, 3), got "
+            f"{getattr(frame, 'dtype', type(frame))} {getattr(frame, 'shape', '')}"
+        )

@@ -1,0 +1,171 @@
+"""Redaction policy: what is redacted, how strongly, and how detection runs.
+
+Loaded from YAML and validated whole at load time: unknown keys are refused and every error
+names its field path (``classes.face.method: ...``). The minimum strengths below are the
+floor under which a face or a plate may stay recognisable; see ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Method = Literal["blur", "pixelate", "solid"]
+
+#: Weakest allowed strength per (class, method), as a fraction of the region's shorter side:
+#: blur sigma = strength * side, pixelate block = strength * side. Reasons in docs/policy.md.
+MIN_STRENGTH: dict[tuple[str, str], float] = {
+    ("face", "blur"): 0.125,
+    ("face", "pixelate"): 1 / 6,
+    ("plate", "blur"): 0.2,
+    ("plate", "pixelate"): 0.5,
+}
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; the message lists every offending field path."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassPolicy(_Model):
+    """How one class of region is found and redacted."""
+
+    enabled: bool = True
+    method: Method = "blur"
+    #: blur: Gaussian sigma, pixelate: block size, both as a fraction of the region's shorter side
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: grown on every side by this fraction of the box's width (height) before redaction
+    margin: Annotated[float, Field(ge=0, le=1)] = 0.15
+    #: detector score from which a detection counts; lower finds more and masks more
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    shape: Literal["box", "ellipse"] = "box"
+    #: BGR fill colour for ``solid``
+    color: tuple[Annotated[int, Field(ge=0, le=255)], ...] = (0, 0, 0)
+
+    @model_validator(mode="after")
+    def _color_is_bgr(self) -> ClassPolicy:
+        if len(self.color) != 3:
+            raise ValueError(f"color must have 3 values (B, G, R), got {len(self.color)}")
+        return self
+
+
+def _face_default() -> ClassPolicy:
+    return ClassPolicy(method="blur", strength=0.25, margin=0.2, threshold=0.2, shape="ellipse")
+
+
+def _plate_default() -> ClassPolicy:
+    return ClassPolicy(method="blur", strength=0.35, margin=0.1, threshold=0.5, shape="box")
+
+
+class Classes(_Model):
+    face: ClassPolicy = Field(default_factory=_face_default)
+    plate: ClassPolicy = Field(default_factory=_plate_default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_defaults(cls, data: object) -> object:
+        """A partial class entry keeps that class's own defaults for the keys it leaves out."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, default in (("face", _face_default), ("plate", _plate_default)):
+            if isinstance(merged.get(name), dict):
+                merged[name] = {**default().model_dump(), **merged[name]}
+        return merged
+
+    def enabled(self) -> dict[str, ClassPolicy]:
+        return {name: c for name, c in (("face", self.face), ("plate", self.plate)) if c.enabled}
+
+
+class FaceDetection(_Model):
+    #: resize factors of the frame, one CenterFace pass each; > 1 finds smaller faces
+    scales: tuple[Annotated[float, Field(gt=0, le=4)], ...] = (1.0,)
+    #: passes larger than this many pixels on a side are cut into overlapping tiles
+    tile: Annotated[int, Field(ge=128, le=4096)] = 1024
+    #: frames are first shrunk so their longer side is at most this (None: native size)
+    max_side: Annotated[int, Field(ge=64)] | None = None
+
+
+class PlateDetection(_Model):
+    #: the text detector's input is resized so its shorter side is this many pixels
+    input_side: Annotated[int, Field(ge=64, le=2048)] = 736
+
+
+class Detection(_Model):
+    #: run the detectors on every k-th frame; frames between are interpolated from both sides
+    stride: Annotated[int, Field(ge=1, le=30)] = 1
+    #: seconds a track stays masked after its last detection
+    persist: Annotated[float, Field(ge=0, le=10)] = 0.5
+    #: onnxruntime threads per model (None: every core)
+    threads: Annotated[int, Field(ge=1, le=64)] | None = None
+    face: FaceDetection = Field(default_factory=FaceDetection)
+    plate: PlateDetection = Field(default_factory=PlateDetection)
+
+
+class Policy(_Model):
+    """A whole redaction policy. ``version`` is the policy document's own revision."""
+
+    version: Annotated[int, Field(ge=1)] = 1
+    name: str = "default"
+    classes: Classes = Field(default_factory=Classes)
+    detection: Detection = Field(default_factory=Detection)
+
+    @model_validator(mode="after")
+    def _strong_enough(self) -> Policy:
+        problems = []
+        for name, cls in (("face", self.classes.face), ("plate", self.classes.plate)):
+            floor = MIN_STRENGTH.get((name, cls.method))
+            if cls.enabled and floor is not None and cls.strength < floor:
+                problems.append(
+                    f"classes.{name}.strength: {cls.strength:g} is too weak for {cls.method} "
+                    f"(minimum {floor:.3g} of the region's shorter side, see docs/policy.md)"
+                )
+        if not self.classes.enabled():
+            problems.append("classes: at least one class must be enabled")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {message}" if path else message)
+    return "\n".join(lines)
+
+
+def parse_policy(data: object, source: str = "policy") -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: invalid policy\n{_format(exc)}") from None
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The policy in ``path`` (YAML), or the built-in default when ``path`` is None."""
+    if path is None:
+        return Policy()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    return parse_policy(data, str(path))

@@ -1,0 +1,109 @@
+"""The unit of redaction: a box in pixel coordinates with its class, score, shape and track."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+RegionClass = Literal["face", "plate"]
+Shape = Literal["box", "ellipse"]
+CLASSES: tuple[str, ...] = ("face", "plate")
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """An axis-aligned box ``(x, y, w, h)`` in pixels, top-left origin, floats allowed."""
+
+    cls: str
+    x: float
+    y: float
+    w: float
+    h: float
+    score: float
+    shape: Shape = "box"
+    track: int | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.w, self.h)
+
+    def with_margin(self, margin: float) -> Region:
+        """Grow by ``margin`` times the width (height) on each side."""
+        dx, dy = self.w * margin, self.h * margin
+        return replace(self, x=self.x - dx, y=self.y - dy, w=self.w + 2 * dx, h=self.h + 2 * dy)
+
+    def clipped(self, width: int, height: int) -> Region | None:
+        """The integer box covering this region inside a ``width`` x ``height`` frame, or None.
+
+        Coordinates are rounded outwards so the pixel box always covers the float box.
+        """
+        x0 = max(0, int(np.floor(self.x)))
+        y0 = max(0, int(np.floor(self.y)))
+        x1 = min(width, int(np.ceil(self.x + self.w)))
+        y1 = min(height, int(np.ceil(self.y + self.h)))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return replace(self, x=x0, y=y0, w=x1 - x0, h=y1 - y0)
+
+    def to_json(self) -> dict:
+        return {
+            "class": self.cls,
+            "box": [int(self.x), int(self.y), int(self.w), int(self.h)],
+            "score": round(float(self.score), 4),
+            "shape": self.shape,
+            "track": self.track,
+        }
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` arrays of ``x, y, w, h`` boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    ax0, ay0 = a[:, 0:1], a[:, 1:2]
+    ax1, ay1 = ax0 + a[:, 2:3], ay0 + a[:, 3:4]
+    bx0, by0 = b[:, 0], b[:, 1]
+    bx1, by1 = bx0 + b[:, 2], by0 + b[:, 3]
+    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+    ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    inter = iw * ih
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns the kept indices, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    ious = iou_matrix(boxes, boxes)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= ious[i] >= iou_threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def coverage_mask(regions: list[Region], width: int, height: int) -> np.ndarray:
+    """Boolean ``(height, width)`` mask of the pixels the regions redact (ellipses honoured).
+
+    Uses the same pixel rule as the kernels: a pixel is covered when its centre lies inside
+    the box, or inside the ellipse inscribed in the box for ``shape == "ellipse"``.
+    """
+    mask = np.zeros((height, width), dtype=bool)
+    for region in regions:
+        clipped = region.clipped(width, height)
+        if clipped is None:
+            continue
+        x0, y0, w, h = (int(v) for v in clipped.box)
+        if region.shape != "ellipse":
+            mask[y0 : y0 + h, x0 : x0 + w] = True
+            continue
+        cx = region.x + region.w / 2
+        cy = region.y + region.h / 2
+        xs = (np.arange(x0, x0 + w) + 0.5 - cx) / (region.w / 2)
+        ys = (np.arange(y0, y0 + h) + 0.5 - cy) / (region.h / 2)
+        mask[y0 : y0 + h, x0 : x0 + w] |= (ys[:, None] ** 2 + xs[None, :] ** 2) <= 1.0
+    return mask

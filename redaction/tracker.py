@@ -1,0 +1,160 @@
+"""Link detections across frames into tracks with stable integer ids.
+
+Tracks are the unit of selective unmasking later, so ids are stable for the life of a
+stream and never reused. The tracker sees only detection frames; :class:`Step` answers what
+to mask on the frames held back between two detection frames:
+
+* a track detected on both sides is interpolated (centre moves linearly) and its box is
+  never smaller than either detection;
+* a track first detected now is back-filled over the held-back frames before it;
+* a track no longer detected stays masked at its last box for ``persist`` seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .regions import Region, iou_matrix
+
+_IOU_MATCH = 0.25
+_CENTRE_MATCH = 0.6  # centre distance, as a fraction of the larger box side, for a match without overlap
+
+
+@dataclass
+class _Track:
+    id: int
+    cls: str
+    shape: str
+    box: np.ndarray  # last detected x, y, w, h
+    score: float
+    seen: float  # time of the last detection
+
+
+@dataclass(frozen=True)
+class _Span:
+    """What one track looked like at the previous and at the current detection frame."""
+
+    id: int
+    cls: str
+    shape: str
+    before: np.ndarray | None  # box masked at the previous detection frame
+    after: np.ndarray | None  # box detected now
+    score_before: float
+    score_after: float
+    seen: float
+
+
+class Step:
+    """The outcome of one detection frame: its own regions and those of held-back frames."""
+
+    def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float) -> None:
+        self.time = time
+        self.previous = previous
+        self._spans = spans
+        self._persist = persist
+
+    @property
+    def current(self) -> list[Region]:
+        """Regions to mask on the detection frame itself: detected or still persisting."""
+        return self.at(self.time)
+
+    def at(self, time: float) -> list[Region]:
+        """Regions to mask on a frame at ``time``, between the previous detection frame and this one."""
+        out = []
+        for span in self._spans:
+            box, score = self._box_at(span, time)
+            if box is not None:
+                out.append(Region(span.cls, *map(float, box), score, span.shape, span.id))
+        return out
+
+    def _box_at(self, span: _Span, time: float) -> tuple[np.ndarray | None, float]:
+        if span.after is not None and span.before is not None and self.previous is not None:
+            if time >= self.time:
+                return span.after, span.score_after
+            f = (time - self.previous) / max(self.time - self.previous, 1e-9)
+            f = min(max(f, 0.0), 1.0)
+            centre_before = span.before[:2] + span.before[2:] / 2
+            centre_after = span.after[:2] + span.after[2:] / 2
+            centre = centre_before + f * (centre_after - centre_before)
+            size = np.maximum(span.before[2:], span.after[2:])
+            return np.concatenate([centre - size / 2, size]), min(span.score_before, span.score_after)
+        if span.after is not None:  # first detection: back-fill the held-back frames
+            return span.after, span.score_after
+        if span.before is not None and time - span.seen <= self._persist:
+            return span.before, span.score_before
+        return None, 0.0
+
+
+class Tracker:
+    """Greedy IoU tracker (with a centre-distance fallback for small, fast boxes)."""
+
+    def __init__(self, persist: float) -> None:
+        if persist < 0:
+            raise ValueError(f"persist must be >= 0 seconds, got {persist}")
+        self.persist = persist
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._time: float | None = None
+
+    def update(self, time: float, detections: list[Region]) -> Step:
+        """Match ``detections`` found at ``time`` (seconds) to live tracks."""
+        if self._time is not None and time < self._time:
+            raise ValueError(f"time went backwards: {time} after {self._time}")
+        previous = self._time
+        live = [t for t in self._tracks if time - t.seen <= self.persist or previous is not None and t.seen >= previous]
+        # a track persisting at the previous frame contributes its last box there
+        before = {t.id: (t.box.copy(), t.score) for t in live if previous is None or previous - t.seen <= self.persist}
+        matches = self._match(live, detections)
+        spans: list[_Span] = []
+        matched_tracks = set()
+        for det_index, det in enumerate(detections):
+            track = matches.get(det_index)
+            box = np.array(det.box, dtype=np.float64)
+            if track is None:
+                track = _Track(self._next_id, det.cls, det.shape, box, det.score, time)
+                self._next_id += 1
+                self._tracks.append(track)
+                prior = None
+            else:
+                prior = before.get(track.id)
+                track.box, track.score, track.seen, track.shape = box, det.score, time, det.shape
+            matched_tracks.add(track.id)
+            spans.append(
+                _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
+                      0.0 if prior is None else prior[1], det.score, time)
+            )
+        for track in live:
+            if track.id not in matched_tracks and track.id in before:
+                spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen))
+        self._tracks = [t for t in self._tracks if t.id in matched_tracks or time - t.seen <= self.persist]
+        self._time = time
+        return Step(time, previous, spans, self.persist)
+
+    def _match(self, tracks: list[_Track], detections: list[Region]) -> dict[int, _Track]:
+        if not tracks or not detections:
+            return {}
+        track_boxes = np.array([t.box for t in tracks], dtype=np.float64)
+        det_boxes = np.array([d.box for d in detections], dtype=np.float64)
+        ious = iou_matrix(det_boxes, track_boxes)
+        same_class = np.array([[d.cls == t.cls for t in tracks] for d in detections])
+        centre_d = det_boxes[:, None, :2] + det_boxes[:, None, 2:] / 2
+        centre_t = track_boxes[None, :, :2] + track_boxes[None, :, 2:] / 2
+        distance = np.linalg.norm(centre_d - centre_t, axis=2)
+        side = np.maximum(det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2))
+        near = distance / np.maximum(side, 1e-9)
+        # score: IoU first; boxes that do not overlap enough may still match by centre distance
+        score = np.where(ious >= _IOU_MATCH, 1.0 + ious, np.where(near <= _CENTRE_MATCH, 1.0 - near, 0.0))
+        score[~same_class] = 0.0
+        matches: dict[int, _Track] = {}
+        used: set[int] = set()
+        for flat in np.argsort(-score, axis=None, kind="stable"):
+            d, t = divmod(int(flat), len(tracks))
+            if score[d, t] <= 0.0:
+                break
+            if d in matches or t in used:
+                continue
+            matches[d] = tracks[t]
+            used.add(t)
+        return matches
