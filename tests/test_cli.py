@@ -1,0 +1,153 @@
+"""The command line end to end on real images and clips: redact, detect, and its errors."""
+
+import json
+import os
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from redaction.regions import Region, coverage_mask
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def regions_of(record):
+    return [Region(r["class"], *r["box"], r["score"], r["shape"], r["track"]) for r in record["regions"]]
+
+
+@pytest.fixture(scope="module")
+def group_photo(data):
+    return sorted((data / "faces_dlib_examples" / "images").glob("*.jpg"))[0]
+
+
+def test_detect_json_lines_have_the_documented_form(capsys, group_photo, faces_only):
+    code, out, err = run(capsys, "detect", group_photo, "--json", "--policy", faces_only)
+    assert code == 0, err
+    (line,) = out.splitlines()
+    record = json.loads(line)
+    assert list(record) == ["path", "frame", "pts", "width", "height", "regions"]
+    assert record["path"] == str(group_photo) and record["frame"] is None and record["pts"] is None
+    assert (record["height"], record["width"]) == cv2.imread(str(group_photo)).shape[:2]
+    assert len(record["regions"]) >= 5
+    for region in record["regions"]:
+        assert list(region) == ["class", "box", "score", "shape", "track"]
+        assert region["class"] == "face" and region["shape"] in ("box", "ellipse") and region["track"] is None
+        x, y, w, h = region["box"]
+        assert all(isinstance(v, int) for v in region["box"]) and w > 0 and h > 0
+        assert 0 <= x and x + w <= record["width"] and 0 <= y and y + h <= record["height"]
+        assert 0 < region["score"] <= 1
+
+
+def test_png_redaction_is_lossless_outside_regions_and_changes_every_region(capsys, tmp_path, group_photo, faces_only):
+    source = tmp_path / "group.png"
+    cv2.imwrite(str(source), cv2.imread(str(group_photo)))
+    target = tmp_path / "out.png"
+    code, out, err = run(capsys, "detect", source, "--json", "--policy", faces_only)
+    regions = regions_of(json.loads(out))
+    code, _, err = run(capsys, "redact", source, "-o", target, "--policy", faces_only)
+    assert code == 0, err
+    before, after = cv2.imread(str(source)), cv2.imread(str(target))
+    assert after.shape == before.shape
+    mask = coverage_mask(regions, before.shape[1], before.shape[0])
+    assert np.array_equal(after[~mask], before[~mask])  # PNG in, PNG out: untouched pixels identical
+    for region in regions:
+        x, y, w, h = (int(v) for v in region.box)
+        changed = np.abs(after[y:y + h, x:x + w].astype(int) - before[y:y + h, x:x + w]).sum(axis=2) > 0
+        assert changed.mean() > 0.3, region
+
+
+def test_redact_video_keeps_size_rate_frames_and_audio(capsys, tmp_path, short_clip, faces_only):
+    target = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "redact", short_clip, "-o", target, "--policy", faces_only)
+    assert code == 0, err
+    with av.open(str(short_clip)) as a, av.open(str(target)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        assert (vb.codec_context.width, vb.codec_context.height) == (va.codec_context.width, va.codec_context.height)
+        assert Fraction(vb.average_rate) == pytest.approx(Fraction(va.average_rate), rel=0.01)
+        assert len(b.streams.audio) == 1
+        frames_in = sum(1 for _ in a.decode(video=0))
+    with av.open(str(target)) as b:
+        frames_out = sum(1 for _ in b.decode(video=0))
+    with av.open(str(target)) as b:
+        audio_packets = sum(1 for p in b.demux(audio=0) if p.size)
+    assert frames_out == frames_in
+    assert audio_packets > 50
+
+
+def test_video_detect_reports_every_frame_with_tracks(capsys, short_clip, faces_only):
+    code, out, err = run(capsys, "detect", short_clip, "--json", "--policy", faces_only)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    assert all(isinstance(r["pts"], float) for r in records)
+    assert records[1]["pts"] > records[0]["pts"] == 0.0
+    tracks = [reg["track"] for r in records for reg in r["regions"]]
+    assert tracks and all(isinstance(t, int) for t in tracks)
+    # one performer: nearly every frame shows the same track
+    most = max(set(tracks), key=tracks.count)
+    assert tracks.count(most) >= 0.8 * len(records)
+
+
+def test_directories_are_walked_sorted(capsys, tmp_path, group_photo, faces_only):
+    (tmp_path / "b").mkdir()
+    image = cv2.imread(str(group_photo))
+    for name in ("b/2.png", "a.jpg", "b/1.png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, out, err = run(capsys, "detect", tmp_path, "--json", "--policy", faces_only)
+    assert code == 0, err
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [
+        str(tmp_path / "a.jpg"), str(tmp_path / "b" / "1.png"), str(tmp_path / "b" / "2.png")]
+
+
+def test_unreadable_input_is_a_clear_error(capsys, tmp_path):
+    fake = tmp_path / "fake.jpg"
+    fake.write_bytes(b"not a jpeg at all")
+    code, _, err = run(capsys, "redact", fake, "-o", tmp_path / "out.jpg")
+    assert code == 2 and f"cannot read {fake}: not a decodable image" in err
+    assert not (tmp_path / "out.jpg").exists()
+    code, _, err = run(capsys, "redact", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4")
+    assert code == 2 and "no such file or directory" in err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    code, _, err = run(capsys, "redact", broken, "-o", tmp_path / "out.mp4")
+    assert code == 2 and f"cannot read {broken}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "fake.jpg"]
+
+
+def test_unwritable_output_fails_before_any_work(capsys, tmp_path, group_photo):
+    code, _, err = run(capsys, "redact", group_photo, "-o", tmp_path / "nowhere" / "out.jpg")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "redact", group_photo, "-o", tmp_path)
+    assert code == 2 and "is a directory" in err
+
+
+def test_bad_policy_names_the_field(capsys, tmp_path, group_photo):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("classes:\n  face:\n    method: blurr\n")
+    code, _, err = run(capsys, "redact", group_photo, "-o", tmp_path / "out.jpg", "--policy", policy)
+    assert code == 2
+    assert "classes.face.method: Input should be 'blur', 'pixelate' or 'solid'" in err
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_corrupt_video_midway_leaves_no_partial_output(capsys, tmp_path, short_clip, faces_only):
+    data = bytearray(short_clip.read_bytes())
+    # keep the header, destroy the rest of the media data
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(bytes(data[: len(data) // 3]))
+    target = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "redact", corrupt, "-o", target, "--policy", faces_only)
+    # a truncated file either decodes what it has or fails with a clear message; never a half file
+    assert code in (0, 2), err
+    if code == 2:
+        assert "cannot" in err and not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -1,0 +1,74 @@
+"""Policy loading: validated whole, unknown keys refused, errors name the field path."""
+
+from pathlib import Path
+
+import pytest
+
+from redaction.policy import MIN_STRENGTH, Policy, PolicyError, load_policy, parse_policy
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "policies"
+
+
+def test_default_policy_is_valid_and_redacts_both_classes():
+    policy = load_policy(None)
+    assert set(policy.classes.enabled()) == {"face", "plate"}
+    assert policy.classes.face.shape == "ellipse"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_policies_load(path):
+    assert isinstance(load_policy(path), Policy)
+
+
+def test_partial_class_entry_keeps_that_class_defaults():
+    policy = parse_policy({"classes": {"face": {"strength": 0.3}}})
+    assert policy.classes.face.strength == 0.3
+    assert policy.classes.face.shape == Policy().classes.face.shape
+    assert policy.classes.face.threshold == Policy().classes.face.threshold
+
+
+def test_unknown_keys_and_bad_values_name_their_paths():
+    with pytest.raises(PolicyError) as info:
+        parse_policy({"classes": {"face": {"method": "blurr", "colour": 1}}, "detection": {"stride": 0}}, "p.yaml")
+    message = str(info.value)
+    assert message.startswith("p.yaml: invalid policy\n")
+    assert "classes.face.method: Input should be 'blur', 'pixelate' or 'solid'" in message
+    assert "classes.face.colour: unknown key" in message
+    assert "detection.stride: Input should be greater than or equal to 1" in message
+
+
+def test_unknown_class_refused():
+    with pytest.raises(PolicyError, match="classes.person: unknown key"):
+        parse_policy({"classes": {"person": {}}})
+
+
+@pytest.mark.parametrize(("cls", "method"), sorted(MIN_STRENGTH))
+def test_too_weak_strength_refused(cls, method):
+    floor = MIN_STRENGTH[(cls, method)]
+    with pytest.raises(PolicyError, match=rf"classes\.{cls}\.strength: .* too weak for {method}"):
+        parse_policy({"classes": {cls: {"method": method, "strength": floor * 0.9}}})
+    assert parse_policy({"classes": {cls: {"method": method, "strength": floor}}})
+
+
+def test_solid_has_no_floor_and_color_must_be_bgr():
+    assert parse_policy({"classes": {"plate": {"method": "solid", "strength": 0.01}}})
+    with pytest.raises(PolicyError, match="color must have 3 values"):
+        parse_policy({"classes": {"plate": {"method": "solid", "color": [1, 2]}}})
+
+
+def test_nothing_enabled_refused():
+    with pytest.raises(PolicyError, match="at least one class must be enabled"):
+        parse_policy({"classes": {"face": {"enabled": False}, "plate": {"enabled": False}}})
+
+
+def test_file_errors_are_clear(tmp_path):
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        load_policy(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: [unclosed\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(PolicyError, match="expected a mapping at the top level, got int"):
+        load_policy(scalar)

@@ -1,0 +1,113 @@
+"""Tracker: stable ids, persistence, interpolation and back-fill between detection frames."""
+
+import numpy as np
+import pytest
+
+from redaction.regions import Region
+from redaction.tracker import Tracker
+
+
+def face(x, y, w=20, h=24, score=0.9):
+    return Region("face", x, y, w, h, score, "ellipse")
+
+
+def boxes(regions):
+    return sorted((r.track, tuple(round(v, 3) for v in r.box)) for r in regions)
+
+
+def test_ids_are_stable_while_a_face_moves():
+    tracker = Tracker(persist=0.5)
+    ids = []
+    for i in range(10):
+        step = tracker.update(i / 25, [face(100 + 3 * i, 50), face(300 - 2 * i, 80)])
+        ids.append(sorted(r.track for r in step.current))
+    assert ids == [[1, 2]] * 10
+
+
+def test_ids_never_reused_and_classes_never_mixed():
+    tracker = Tracker(persist=0.0)
+    a = tracker.update(0.0, [face(10, 10)]).current
+    b = tracker.update(1.0, [Region("plate", 10, 10, 20, 24, 0.9)]).current
+    c = tracker.update(2.0, [face(10, 10)]).current
+    assert [r.track for r in a + b + c] == [1, 2, 3]
+
+
+def test_small_fast_box_matched_by_centre_distance():
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(100, 100, 10, 12)])
+    # moved by 6 px: no overlap left with a 10 px box, but the centre is close
+    step = tracker.update(0.12, [face(106, 101, 10, 12)])
+    assert [r.track for r in step.current] == [1]
+
+
+def test_lost_track_persists_then_expires():
+    tracker = Tracker(persist=0.2)
+    tracker.update(0.0, [face(10, 10)])
+    assert boxes(tracker.update(0.1, []).current) == [(1, (10, 10, 20, 24))]
+    assert boxes(tracker.update(0.2, []).current) == [(1, (10, 10, 20, 24))]
+    assert tracker.update(0.3, []).current == []
+    # a face reappearing after expiry is a new track
+    assert [r.track for r in tracker.update(0.4, [face(10, 10)]).current] == [2]
+
+
+def test_lost_track_within_persist_keeps_its_id():
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(10, 10)])
+    tracker.update(0.1, [])
+    assert [r.track for r in tracker.update(0.2, [face(12, 10)]).current] == [1]
+
+
+def test_interpolation_between_detections_is_never_smaller():
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(100, 100, 20, 30)])
+    step = tracker.update(0.4, [face(110, 100, 40, 20)])  # stride: frames at 0.1..0.3 were held
+    mid = step.at(0.2)
+    assert len(mid) == 1 and mid[0].track == 1
+    x, y, w, h = mid[0].box
+    assert (w, h) == (40, 30)
+    # centre moved half way: from (110, 115) to (130, 110)
+    assert (x + w / 2, y + h / 2) == pytest.approx((120, 112.5))
+    for t in (0.1, 0.2, 0.3):
+        (r,) = step.at(t)
+        assert r.w >= 40 and r.h >= 30
+
+
+def test_first_detection_back_fills_held_frames():
+    tracker = Tracker(persist=0.0)
+    tracker.update(0.0, [])
+    step = tracker.update(0.3, [face(50, 60)])
+    for t in (0.1, 0.2):
+        assert boxes(step.at(t)) == [(1, (50, 60, 20, 24))]
+
+
+def test_track_lost_between_detection_frames_persists_over_held_frames():
+    tracker = Tracker(persist=0.15)
+    tracker.update(0.0, [face(50, 60)])
+    step = tracker.update(0.3, [])
+    assert boxes(step.at(0.1)) == [(1, (50, 60, 20, 24))]
+    assert boxes(step.at(0.15)) == [(1, (50, 60, 20, 24))]
+    assert step.at(0.2) == []
+    assert step.current == []
+
+
+def test_time_going_backwards_is_refused():
+    tracker = Tracker(persist=0.5)
+    tracker.update(1.0, [])
+    with pytest.raises(ValueError, match="time went backwards: 0.5 after 1.0"):
+        tracker.update(0.5, [])
+
+
+def test_many_crossing_tracks_keep_identity():
+    rng = np.random.default_rng(3)
+    starts = rng.uniform(0, 600, size=(8, 2))
+    velocity = rng.uniform(-60, 60, size=(8, 2))  # px per second
+    tracker = Tracker(persist=0.3)
+    first = None
+    for i in range(50):
+        t = i / 25
+        dets = [face(*(starts[k] + velocity[k] * t), 30, 36) for k in range(8)]
+        step = tracker.update(t, dets)
+        by_pos = {tuple(np.round(r.box[:2], 3)): r.track for r in step.current}
+        order = [by_pos[tuple(np.round(d.box[:2], 3))] for d in dets]
+        first = first or order
+        assert order == first
