@@ -1,0 +1,115 @@
+"""The engine on real frames: final regions, stride with hold-back, and fail-safe shapes."""
+
+import av
+import numpy as np
+import pytest
+
+from redaction.engine import Analyzer, Frame, StreamRedactor
+from redaction.policy import parse_policy
+from redaction.regions import Region, coverage_mask
+
+
+class ScriptedDetector:
+    """Replays given detections per frame index (the tracker and hold-back logic under test)."""
+
+    classes = ("face",)
+
+    def __init__(self, script):
+        self.script = script
+        self.calls = []
+
+    def detect(self, image):
+        index = int(image[0, 0, 0])
+        self.calls.append(index)
+        return list(self.script.get(index, []))
+
+
+def frames(n, fps=25):
+    for i in range(n):
+        image = np.zeros((120, 160, 3), np.uint8)
+        image[0, 0, 0] = i
+        yield Frame(i, i / fps, image)
+
+
+FACES = parse_policy({"classes": {"plate": {"enabled": False}, "face": {"margin": 0.0, "shape": "box"}}})
+
+
+def test_finish_adds_margin_rounds_outwards_and_clips():
+    analyzer = Analyzer(FACES, {"face": ScriptedDetector({})})
+    wide = parse_policy({"classes": {"plate": {"enabled": False}, "face": {"margin": 0.25, "shape": "ellipse"}}})
+    grown = Analyzer(wide, {"face": ScriptedDetector({})})
+    inner = Region("face", 10.2, 20.7, 8.0, 8.0, 0.9, "ellipse")
+    assert analyzer.finish([inner], 160, 120)[0].box == (10, 20, 9, 9)
+    (g,) = grown.finish([inner], 160, 120)
+    assert g.box == (8, 18, 13, 13) and g.shape == "ellipse"
+    # cut by the border: clipped and turned into a box so the visible part is wholly covered
+    (edge,) = grown.finish([Region("face", -4, 100, 20, 30, 0.9, "ellipse")], 160, 120)
+    assert edge.box == (0, 92, 21, 28) and edge.shape == "box"
+    assert grown.finish([Region("face", 170, 10, 5, 5, 0.9)], 160, 120) == []
+
+
+def test_stride_detects_every_kth_frame_and_releases_in_order():
+    detector = ScriptedDetector({0: [Region("face", 10, 10, 20, 20, 0.9)], 3: [Region("face", 16, 10, 20, 20, 0.9)]})
+    stream = StreamRedactor(Analyzer(FACES, {"face": detector}), stride=3, persist=0.0)
+    released = []
+    for frame in frames(8):
+        released += stream.push(frame)
+    released += stream.flush()
+    assert detector.calls == [0, 3, 6, 7]
+    assert [d.frame.index for d in released] == list(range(8))
+    boxes = {d.frame.index: [r.box for r in d.regions] for d in released}
+    assert boxes[0] == [(10, 10, 20, 20)]
+    assert boxes[1] == [(12, 10, 20, 20)] and boxes[2] == [(14, 10, 20, 20)]
+    assert boxes[3] == [(16, 10, 20, 20)]
+    assert boxes[4] == [] and boxes[5] == []  # lost, persist 0
+
+
+def test_back_fill_covers_frames_held_before_a_first_detection():
+    detector = ScriptedDetector({4: [Region("face", 50, 50, 10, 10, 0.9)]})
+    stream = StreamRedactor(Analyzer(FACES, {"face": detector}), stride=4, persist=0.0)
+    released = [d for f in frames(5) for d in stream.push(f)]
+    assert [d.frame.index for d in released] == [0, 1, 2, 3, 4]
+    assert [len(d.regions) for d in released] == [0, 1, 1, 1, 1]
+    assert released[1].regions[0].track == released[4].regions[0].track
+
+
+def test_held_frames_are_not_released_before_the_next_detection():
+    stream = StreamRedactor(Analyzer(FACES, {"face": ScriptedDetector({})}), stride=5)
+    assert len(stream.push(next(frames(1)))) == 1
+    for frame in list(frames(4))[1:]:
+        assert stream.push(frame) == []
+    assert stream.held == 3
+
+
+@pytest.mark.slow
+def test_stride_three_covers_what_every_frame_detection_finds(data):
+    """On a real clip, interpolated and back-filled regions cover the faces found per frame."""
+    policy = parse_policy({"classes": {"plate": {"enabled": False}}})
+    analyzer = Analyzer(policy)
+    images = []
+    with av.open(str(data / "videos" / "MOT20-08_raw_shorter.mp4")) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i >= 36:
+                break
+            images.append(frame.to_ndarray(format="bgr24"))
+    h, w = images[0].shape[:2]
+    every = StreamRedactor(analyzer, stride=1)
+    strided = StreamRedactor(analyzer, stride=3)
+    per_frame, interpolated = {}, {}
+    for i, image in enumerate(images):
+        for d in every.push(Frame(i, i / 25, image)):
+            per_frame[d.frame.index] = [r for r in d.regions]
+        for d in strided.push(Frame(i, i / 25, image)):
+            interpolated[d.frame.index] = d.regions
+    for d in strided.flush():
+        interpolated[d.frame.index] = d.regions
+    assert sorted(interpolated) == list(range(len(images)))
+    covered = total = 0
+    for i, regions in per_frame.items():
+        mask = coverage_mask(interpolated[i], w, h)
+        for r in regions:
+            x, y, rw, rh = (int(v) for v in r.box)
+            total += 1
+            covered += mask[y:y + rh, x:x + rw].mean() >= 0.8
+    assert total > 100
+    assert covered / total >= 0.9, (covered, total)
