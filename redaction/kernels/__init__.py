@@ -1,0 +1,36 @@
+"""Numba redaction kernels: blur, pixelate and solid-fill boxes of a BGR frame in place.
+
+Frames are C-contiguous ``uint8`` arrays ``(H, W, 3)``, modified in place. Boxes are an
+integer array-like ``(N, 4)`` of ``x, y, w, h`` in pixels (top-left origin); each box is
+clipped to the frame, and a box that misses the frame is skipped.
+
+* ``blur`` -- Gaussian-quality blur from the box's own pixels only (edges replicated), as
+  3 running-sum box passes per axis: the cost does not depend on sigma.
+* ``pixelate`` -- block means, blocks anchored at the clipped box's top-left.
+* ``fill`` -- a solid BGR colour.
+* ``redact`` -- any mix of the three in one call, optionally returning the originals.
+* ``copy_out`` -- copies of the clipped boxes.
+
+``ellipse`` (None, a bool, or one bool per box) limits the writes to the ellipse inscribed
+in the *unclipped* box: pixel ``(px, py)`` is inside when
+``((px + .5 - x - w/2) / (w/2))**2 + ((py + .5 - y - h/2) / (h/2))**2 <= 1``; blur and
+pixelate values are still computed from the whole clipped box.
+
+Overlapping boxes give exactly the result of applying them one after another in order.
+Call ``warmup()`` at start-up so no live frame pays for JIT compilation.
+"""
+
+from ._api import blur, copy_out, fill, pixelate, redact, warmup
+from ._redact import METHOD_BLUR, METHOD_PIXELATE, METHOD_SOLID
+
+__all__ = [
+    "METHOD_BLUR",
+    "METHOD_PIXELATE",
+    "METHOD_SOLID",
+    "blur",
+    "copy_out",
+    "fill",
+    "pixelate",
+    "redact",
+    "warmup",
+]
