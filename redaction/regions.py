@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import cv2
 import numpy as np
 
 RegionClass = Literal["face", "plate"]
@@ -73,17 +74,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns the kept indices, best score first."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    ious = iou_matrix(boxes, boxes)
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        suppressed |= ious[i] >= iou_threshold
-    return np.asarray(keep, dtype=np.int64)
+    """Greedy non-maximum suppression of ``x, y, w, h`` boxes; kept indices, best score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = cv2.dnn.NMSBoxes(
+        np.asarray(boxes, dtype=np.float64).tolist(),
+        (scores - scores.min() + 1.0).tolist(),  # shifted: OpenCV wants scores above a threshold >= 0
+        score_threshold=0.0,
+        nms_threshold=float(iou_threshold),
+    )
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
 def coverage_mask(regions: list[Region], width: int, height: int) -> np.ndarray:
