@@ -68,6 +68,9 @@ def _engine(args: argparse.Namespace):
         if args.threads < 1:
             raise CommandError(f"--threads must be >= 1, got {args.threads}")
         policy = policy.model_copy(update={"detection": policy.detection.model_copy(update={"threads": args.threads})})
+    from redaction import kernels
+
+    kernels.warmup()  # compile (or load from cache) before the first frame, not on it
     return policy, Analyzer(policy)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -165,40 +167,65 @@ class VideoTranscoder:
 
     def run(self, process: Callable[[VideoFrame | None], list[VideoFrame]]) -> int:
         """Transcode: ``process(frame)`` returns frames ready to encode (possibly held back);
-        ``process(None)`` at the end returns the rest. Returns the number of frames written."""
-        written = 0
+        ``process(None)`` at the end returns the rest. Returns the number of frames written.
+
+        Decoding and encoding each run in their own thread (PyAV releases the GIL in both),
+        so they overlap with ``process``, which runs in the calling thread. Queues are
+        bounded: a slow stage holds the others back instead of piling up frames.
+        """
         with atomic_output(self.target) as tmp:
             out = av.open(str(tmp), mode="w")
             try:
-                video_in = self._input.streams.video[0]
-                video_in.thread_type = "AUTO"
                 video_out = self._add_video(out)
                 audio = self._add_audio(out)
-                first: int | None = None
-                index = 0
-                for packet in self._input.demux(video_in, *audio):
-                    if packet.stream.type == "audio":
-                        self._audio_packet(out, audio[packet.stream], packet)
-                        continue
-                    try:
-                        decoded = packet.decode()
-                    except av.FFmpegError as exc:
-                        raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
-                    for frame in decoded:
-                        first = frame.pts if first is None else first
-                        item = VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))
-                        index += 1
-                        written += self._encode(out, video_out, process(item))
-                written += self._encode(out, video_out, process(None))
+                decoded = _Stage("decoder", lambda put: self._decode_into(put, audio))
+                encoded = _Stage("encoder", None, sink=lambda item: self._write(out, video_out, audio, item))
+                try:
+                    for kind, item in decoded:
+                        if kind == "audio":
+                            encoded.put(("audio", item))
+                        else:
+                            for ready in process(item):
+                                encoded.put(("video", ready))
+                    for ready in process(None):
+                        encoded.put(("video", ready))
+                finally:
+                    decoded.stop()
+                    written = encoded.finish()
                 for packet in video_out.encode(None):
                     out.mux(packet)
-                for _, (stream_out, encoder) in audio.items():
-                    if encoder is not None:
-                        for packet in self._flush_audio(stream_out, encoder):
+                for stream_out, decoder in audio.values():
+                    if decoder is not None:
+                        for packet in stream_out.encode(None):
                             out.mux(packet)
             finally:
                 out.close()
         return written
+
+    def _decode_into(self, put: Callable[[tuple], None], audio: dict) -> None:
+        video_in = self._input.streams.video[0]
+        video_in.thread_type = "AUTO"
+        first: int | None = None
+        index = 0
+        for packet in self._input.demux(video_in, *audio):
+            if packet.stream.type == "audio":
+                put(("audio", packet))
+                continue
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
+            for frame in frames:
+                first = frame.pts if first is None else first
+                put(("video", VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))))
+                index += 1
+
+    def _write(self, out: av.container.OutputContainer, video_out: av.VideoStream, audio: dict, item: tuple) -> int:
+        kind, value = item
+        if kind == "audio":
+            self._audio_packet(out, audio[value.stream], value)
+            return 0
+        return self._encode(out, video_out, [value])
 
     def _add_video(self, out: av.container.OutputContainer) -> av.VideoStream:
         info = self.info
@@ -247,6 +274,89 @@ class VideoTranscoder:
             for encoded in stream_out.encode(frame):
                 out.mux(encoded)
 
-    @staticmethod
-    def _flush_audio(stream_out, decoder) -> list:
-        return list(stream_out.encode(None))
+
+
+class _Stage:
+    """One pipeline stage in its own thread, joined by bounded queues.
+
+    A producer stage (``produce``) calls ``put`` for each item and is iterated by the caller;
+    a consumer stage (``sink``) takes items given with ``put`` and sums what ``sink`` returns.
+    An exception in the thread is re-raised in the caller.
+    """
+
+    _DONE = object()
+
+    def __init__(self, name: str, produce: Callable | None, sink: Callable | None = None, depth: int = 8) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._sink = sink
+        self._total = 0
+        target = self._run_producer if produce is not None else self._run_consumer
+        self._thread = threading.Thread(target=target, args=(produce,) if produce else (), name=name, daemon=True)
+        self._thread.start()
+
+    # producer side -------------------------------------------------------------------
+    def _run_producer(self, produce: Callable) -> None:
+        try:
+            produce(self._offer)
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._error = exc
+        finally:
+            self._offer(self._DONE, force=True)
+
+    def _offer(self, item, force: bool = False) -> None:
+        while not self._stopped.is_set() or force:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if force and self._stopped.is_set():
+                    return
+        raise _Stopped
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                if self._error is not None and not isinstance(self._error, _Stopped):
+                    raise self._error
+                return
+            yield item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    # consumer side -------------------------------------------------------------------
+    def _run_consumer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is None:
+                try:
+                    self._total += self._sink(item)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def put(self, item) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def finish(self) -> int:
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._total
+
+
+class _Stopped(Exception):
+    """The consumer went away; the producer thread ends quietly."""
