@@ -29,6 +29,7 @@ from redaction.kernels import (
 )
 from redaction.kernels import _api
 from redaction.kernels._blur import _box_radii
+from redaction.kernels._geometry import _ellipse_first_col
 
 H, W = 37, 53  # odd on purpose
 
@@ -58,7 +59,6 @@ EDGE_BOXES = [
     (5, 5, 7, -3),  # negative height
 ]
 OUTSIDE = {15, 16, 17, 18, 19, 20, 21}
-INSIDE_FRAME = [i for i in range(len(EDGE_BOXES)) if i not in OUTSIDE]
 
 
 def box_radii(sigma):
@@ -79,7 +79,7 @@ def max_diff(a, b):
 def driver(name):
     """Force the serial or the parallel driver for the calls inside the block."""
     saved = _api.PARALLEL_MIN_AREA
-    _api.PARALLEL_MIN_AREA = 0 if name == "parallel" else 1 << 62
+    _api.PARALLEL_MIN_AREA = 0 if name == "parallel" else None
     try:
         yield
     finally:
@@ -254,6 +254,16 @@ def test_pixelate_float_block_rounds_to_nearest():
     np.testing.assert_array_equal(a, b)
 
 
+def test_fill_accepts_colour_lists_and_arrays():
+    a, b, c = rand_frame(seed=23), rand_frame(seed=23), rand_frame(seed=23)
+    fill(a, [(1, 2, 9, 9)], (255, 7, 128))
+    fill(b, [(1, 2, 9, 9)], [255, 7, 128])
+    fill(c, [(1, 2, 9, 9)], np.array([255.0, 7.0, 128.0]))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    assert a[5, 5].tolist() == [255, 7, 128]
+
+
 @pytest.mark.parametrize("ellipse", [False, True])
 def test_fill_matches_reference(drv, ellipse):
     frame = rand_frame(seed=10)
@@ -271,6 +281,26 @@ def test_fill_matches_reference(drv, ellipse):
 def test_ellipse_integer_test_equals_the_float_definition(w, h):
     box = (0, 0, w, h)
     np.testing.assert_array_equal(naive.ellipse_mask_exact(box, (0, 0, w, h)), naive.ellipse_mask(box, (0, 0, w, h)))
+
+
+@pytest.mark.parametrize("bw, bh", [(32768, 32768), (32768, 3), (5, 32768), (30001, 29999), (1, 1), (2, 2)])
+def test_ellipse_row_start_is_exact_for_large_boxes(bw, bh):
+    rows = np.unique(np.r_[0:min(bh, 40), bh - min(bh, 40):bh, np.random.default_rng(0).integers(0, bh, 50)])
+    k = np.arange(bw, dtype=np.int64)
+    a = 2 * k + 1 - bw
+    for j in rows:
+        b = 2 * int(j) + 1 - bh
+        inside = a * a * (bh * bh) + (b * b) * (bw * bw) <= (bw * bw) * (bh * bh)
+        want = int(np.argmax(inside)) if inside.any() else bw
+        got = _ellipse_first_col(bw, bh, int(j))
+        assert got == want or (want == bw and 2 * got >= bw), (j, got, want)
+
+
+def test_ellipse_accepts_numpy_bool_scalar():
+    a, b = rand_frame(seed=22), rand_frame(seed=22)
+    fill(a, [(2, 2, 20, 15)], (0, 0, 0), ellipse=np.True_)
+    fill(b, [(2, 2, 20, 15)], (0, 0, 0), ellipse=[True])
+    np.testing.assert_array_equal(a, b)
 
 
 def test_ellipse_uses_the_unclipped_box():
@@ -516,6 +546,13 @@ GOOD = rand_frame(8, 8)
      r"pixelate block must be finite and >= 1; got strengths\[1\]=0.9"),
     (lambda: redact(GOOD.copy(), [(0, 0, 2, 2)], [2], [0.0], color="red"), r"color must be 3 integers"),
     (lambda: copy_out(GOOD.astype(np.int16), [(0, 0, 2, 2)]), r"dtype=int16"),
+    (lambda: copy_out(GOOD, [(0, -2**31, 2, 2)]), r"within \+-2\*\*31; got boxes\[0, 1\]=-2147483648"),
+    (lambda: copy_out(GOOD, np.array([(0, 2**31, 2, 2)], np.int64)), r"got boxes\[0, 1\]=2147483648"),
+    (lambda: blur(GOOD.copy(), np.array([(0, 0, 2, 2**33)], np.int64), 1.0), r"got boxes\[0, 3\]=8589934592"),
+    (lambda: blur(GOOD.copy(), [(0, 0, 2, 2)] * 2, [1.0, [2.0]]), r"sigma must be a number or one number per box"),
+    (lambda: redact(GOOD.copy(), [(0, 0, 2, 2)], [0.5], [1.0]), r"methods must be whole numbers; got \[0.5\]"),
+    (lambda: redact(GOOD.copy(), [(0, 0, 2, 2)], ["blur"], [1.0]), r"methods must be a number"),
+    (lambda: fill(GOOD.copy(), [(0, 0, 2, 2)], [1, [2, 3]]), r"color must be 3 integers"),
 ])
 def test_validation_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -5,7 +5,9 @@ integer array-like ``(N, 4)`` of ``x, y, w, h`` in pixels (top-left origin); eac
 clipped to the frame, and a box that misses the frame is skipped.
 
 * ``blur`` -- Gaussian-quality blur from the box's own pixels only (edges replicated), as
-  3 running-sum box passes per axis: the cost does not depend on sigma.
+  3 running-sum box passes per axis: the cost does not depend on sigma. With sigma far
+  beyond the box the replicated edges dominate and the box tends to one flat colour (the
+  mean of its four corner pixels, not the box mean).
 * ``pixelate`` -- block means, blocks anchored at the clipped box's top-left.
 * ``fill`` -- a solid BGR colour.
 * ``redact`` -- any mix of the three in one call, optionally returning the originals.
@@ -17,7 +19,10 @@ in the *unclipped* box: pixel ``(px, py)`` is inside when
 pixelate values are still computed from the whole clipped box.
 
 Overlapping boxes give exactly the result of applying them one after another in order.
-Call ``warmup()`` at start-up so no live frame pays for JIT compilation.
+The kernels release the GIL, so other threads (decode, detect, encode) run meanwhile;
+a call runs on the calling thread (see ``_api.PARALLEL_MIN_AREA`` for the multi-thread
+driver, off by default because it did not pay on 2 busy cores). Call ``warmup()`` at
+start-up so no live frame pays for JIT compilation.
 """
 
 from ._api import blur, copy_out, fill, pixelate, redact, warmup

@@ -32,11 +32,13 @@ from ._redact import (
     _redact_serial,
 )
 
-# Box pixels per call from which the boxes are spread over Numba's threads. Measured on
-# 2 cores (perf/bench_kernels.py): for 20 boxes of a 720p frame (~115k px) the second
-# thread's wake-up and the per-layer barriers cost about what it saves, and far more
-# when the other core is busy (decoding, detection), so typical frames stay serial.
-PARALLEL_MIN_AREA = 400_000
+# Box pixels per call from which the boxes are spread over Numba's threads; None: never.
+# Off by default because on the 2-core target it did not pay (perf/bench_kernels.py and
+# a 1080p sweep, 2 threads vs 1): with the other core busy -- as it is in the pipeline,
+# decoding and detecting -- every layer's barrier waits for a thread that cannot run,
+# and 20 boxes of a 720p frame took 1.9-13 ms instead of 1.3-1.6 ms; 2.1M box pixels
+# took 70 ms instead of 33 ms. Set it (e.g. 200_000) on a machine with idle cores.
+PARALLEL_MIN_AREA: int | None = None
 # Numba's workqueue threading layer aborts the process when two threads enter a parallel
 # region at once; a caller that finds the parallel driver busy runs serially instead.
 _parallel_lock = threading.Lock()
@@ -45,7 +47,7 @@ _NO_COLOR = np.zeros(3, np.uint8)
 
 
 def _check_frame(frame) -> None:
-    if type(frame) is not np.ndarray:
+    if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame must be a numpy uint8 array of shape (H, W, 3); got {type(frame).__name__}")
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame must be a uint8 array of shape (H, W, 3); got dtype={frame.dtype} shape={frame.shape}")
@@ -105,6 +107,8 @@ def _as_vector(value, n: int, name: str, dtype) -> np.ndarray:
 
 
 def _as_color(color) -> np.ndarray:
+    if type(color) is tuple and len(color) == 3 and all(type(v) is int and 0 <= v <= 255 for v in color):
+        return np.array(color, np.uint8)
     try:
         c = np.asarray(color)
     except (TypeError, ValueError):
@@ -157,13 +161,13 @@ def _apply(frame, boxes, methods, strengths, ellipse, color, want_copy, name, sc
     if error != OK:
         raise _refuse(error, i, k, boxes, strengths, name, scalar, methods)
     if parallel is None:
-        parallel = area >= PARALLEL_MIN_AREA
+        parallel = PARALLEL_MIN_AREA is not None and area >= PARALLEL_MIN_AREA
     if parallel and _parallel_lock.acquire(blocking=False):
         try:
             n_slots = numba.get_num_threads()
             order, starts = _schedule(clip, layer, n_layers, n_slots)
             _redact_parallel(frame, boxes, methods, radii, blocks, ellipse, color, want_copy,
-                             clip, layer, copy_buf, copy_off, sizes, n_layers, order, starts)
+                             clip, layer, copy_buf, copy_off, sizes, n_layers, n_slots, order, starts)
         finally:
             _parallel_lock.release()
     else:
@@ -230,7 +234,8 @@ def redact(frame: np.ndarray, boxes, methods, strengths, ellipse=None,
     ``methods``: one code per box (``METHOD_BLUR``, ``METHOD_PIXELATE``, ``METHOD_SOLID``).
     ``strengths``: per box, sigma in px for blur, block size in px for pixelate (rounded to
     nearest), ignored for solid. With ``copy_out=True`` returns the original pixels of every
-    clipped box, ``(h, w, 3)`` each, as they were before this call, even where boxes overlap.
+    clipped box, ``(h, w, 3)`` each (views into one new buffer), as they were before this
+    call, even where boxes overlap.
     """
     _check_frame(frame)
     b = _as_boxes(boxes)

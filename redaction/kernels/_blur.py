@@ -104,15 +104,20 @@ def _column_pass_to_frame(src, f2, x0, y0, n, length, r, acc, spans):
     for i in range(n):
         s = 3 * spans[2 * i]
         e = 3 * spans[2 * i + 1]
-        out = f2[y0 + i, 3 * x0 + s:3 * x0 + e]
-        part = acc[s:e]
-        for k in range(e - s):
-            out[k] = np.uint8(part[k] * inv + half)
-        if i + 1 < n:
-            a = min(i + r + 1, n - 1) * length
-            b = max(i - r, 0) * length
-            entering = src[a:a + length]
-            leaving = src[b:b + length]
+        out = f2[y0 + i, 3 * x0:3 * x0 + length]
+        a = min(i + r + 1, n - 1) * length
+        b = max(i - r, 0) * length
+        entering = src[a:a + length]
+        leaving = src[b:b + length]
+        if s == 0 and e == length:  # whole row: one fused sweep
+            for k in range(length):
+                out[k] = np.uint8(acc[k] * inv + half)
+                acc[k] += entering[k] - leaving[k]
+        else:
+            part = out[s:e]
+            acc_part = acc[s:e]
+            for k in range(e - s):
+                part[k] = np.uint8(acc_part[k] * inv + half)
             for k in range(length):
                 acc[k] += entering[k] - leaving[k]
 

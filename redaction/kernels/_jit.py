@@ -11,11 +11,19 @@ widths), whose float results must match plain NumPy bit for bit.
 ``error_model="numpy"`` drops the division-by-zero checks from hot loops (every
 divisor is validated non-zero by the public wrappers).
 
-With ``NUMBA_DISABLE_JIT=1`` both decorators return the plain Python function and
+With ``NUMBA_DISABLE_JIT=1`` the decorators return the plain Python function and
 ``prange`` is ``range``, so coverage tools see the kernel bodies.
+
+Numba's on-disk cache is keyed on the source file of each function only, so editing
+one kernel module would leave stale machine code in the cached callers that inlined
+it (other modules). `_drop_stale_cache` guards against that: it hashes the sources of
+the whole package and empties the package's cache when they changed.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numba
 
@@ -30,6 +38,26 @@ _FLAGS = {
 }
 
 prange = numba.prange
+
+
+def _drop_stale_cache() -> None:
+    """Delete this package's cached kernels if any of its sources changed since they were cached."""
+    package = Path(__file__).resolve().parent
+    cache = package / "__pycache__"  # Numba's in-tree cache location
+    try:
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
+        stamp = cache / "kernels-sources.sha256"
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for stale in (*cache.glob("*.nbi"), *cache.glob("*.nbc")):
+            stale.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # read-only install: Numba falls back to its user-wide cache
+        pass
+
+
+_drop_stale_cache()
 
 
 def kernel(fn):

@@ -118,9 +118,9 @@ def _redact_one(f2, j, clip, boxes, methods, radii, blocks, ellipse, color,
     _row_spans(spans, clip[j], boxes[j], ellipse[j])
     copy = copy_buf[copy_off[j]:copy_off[j + 1]]
     method = methods[j]
-    if method == 0:
+    if method == METHOD_BLUR:
         _blur_box(f2, x0, y0, x1, y1, radii[j], spans, copy, do_copy, fbuf)
-    elif method == 1:
+    elif method == METHOD_PIXELATE:
         _pixelate_box(f2, x0, y0, x1, y1, blocks[j], spans, copy, do_copy, ibuf[2 * h:], ubuf)
     else:
         _fill_box(f2, x0, y0, x1, y1, color, spans, copy, do_copy, ubuf)
@@ -144,12 +144,14 @@ def _redact_serial(frame, boxes, methods, radii, blocks, ellipse, color, want_co
 
 @parallel_kernel
 def _redact_parallel(frame, boxes, methods, radii, blocks, ellipse, color, want_copy,
-                     clip, layer, copy_buf, copy_off, sizes, n_layers, order, starts):
-    """Apply the boxes layer by layer, the disjoint boxes of a layer spread over the threads."""
+                     clip, layer, copy_buf, copy_off, sizes, n_layers, n_slots, order, starts):
+    """Apply the boxes layer by layer, the disjoint boxes of a layer spread over ``n_slots`` threads.
+
+    ``order`` and ``starts`` come from `_geometry._schedule`.
+    """
     f2 = frame.reshape(frame.shape[0], frame.shape[1] * 3)
     if want_copy:
         _copy_boxes(f2, clip, layer > 0, copy_buf, copy_off)
-    n_slots = (starts.shape[0] - 1) // max(n_layers, 1)
     fbuf = np.empty((n_slots, sizes[0]), np.float32)
     ibuf = np.empty((n_slots, sizes[1]), np.int32)
     ubuf = np.empty((n_slots, sizes[2]), np.uint8)
