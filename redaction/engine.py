@@ -42,6 +42,7 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
         detectors["plate"] = PlateDetector(
             threshold=enabled["plate"].threshold,
             input_side=policy.detection.plate.input_side,
+            coarse_side=policy.detection.plate.coarse_side,
             threads=threads,
         )
     return detectors
