@@ -123,6 +123,7 @@ def _redact(args: argparse.Namespace) -> int:
     try:
         transcoder.run(process)
     finally:
+        stream.close()
         bar.close()
         transcoder.close()
     return 0
@@ -174,6 +175,7 @@ def _detect(args: argparse.Namespace) -> int:
             for d in stream.flush():
                 emit(path, d.frame.index, round(d.frame.time, 6), width, height, d.regions)
         finally:
+            stream.close()
             transcoder.close()
     out.flush()
     return 0

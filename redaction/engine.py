@@ -9,6 +9,9 @@ released. Pixels are changed in :mod:`redaction.redact`.
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +28,8 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
     detectors: dict[str, Detector] = {}
     enabled = policy.classes.enabled()
     threads = policy.detection.threads
+    if threads is None and policy.detection.workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // policy.detection.workers)
     if "face" in enabled:
         from .faces import CenterFaceDetector
 
@@ -119,21 +124,39 @@ class StreamRedactor:
     Detection runs on every ``stride``-th frame; frames between are held back until the next
     detection frame so the tracker can interpolate and back-fill them. ``flush`` runs a last
     detection on the final held-back frame so the tail of a stream is covered too.
+
+    With ``workers`` > 1, up to that many detection frames are analysed at once in a thread
+    pool (onnxruntime runs concurrent calls on one session; two single-threaded inferences
+    use two cores better than one two-threaded inference). Results are still taken, and the
+    tracker updated, strictly in frame order; ``push`` blocks once ``workers`` detections are
+    in flight, so memory stays bounded.
     """
 
-    def __init__(self, analyzer: Analyzer, stride: int | None = None, persist: float | None = None) -> None:
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        stride: int | None = None,
+        persist: float | None = None,
+        workers: int | None = None,
+    ) -> None:
         detection = analyzer.policy.detection
         self.analyzer = analyzer
         self.stride = stride if stride is not None else detection.stride
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        self.workers = workers if workers is not None else detection.workers
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         self.tracker = Tracker(persist if persist is not None else detection.persist)
         self._held: list[Frame] = []
+        self._pending: deque[tuple[list[Frame], Future]] = deque()
+        self._pool = ThreadPoolExecutor(self.workers, "detect") if self.workers > 1 else None
         self._count = 0
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        """Frames taken but not yet released."""
+        return len(self._held) + sum(len(group) for group, _ in self._pending)
 
     def push(self, frame: Frame) -> list[Decision]:
         """Take one frame; return the frames whose regions are now decided, in order."""
@@ -141,21 +164,51 @@ class StreamRedactor:
         self._count += 1
         if not detect_now:
             self._held.append(frame)
-            return []
-        return self._decide(frame)
+            return self._collect(wait=False)
+        self._submit(frame)
+        return self._collect(wait=True)
 
     def flush(self) -> list[Decision]:
-        """Decide every held-back frame (end of stream)."""
-        if not self._held:
-            return []
-        last = self._held.pop()
-        return self._decide(last)
+        """Decide every frame still held (end of stream)."""
+        if self._held:
+            self._submit(self._held.pop())
+        return self._collect(wait=True, everything=True)
 
-    def _decide(self, frame: Frame) -> list[Decision]:
-        step = self.tracker.update(frame.time, self.analyzer.detect(frame.image))
+    def close(self) -> None:
+        """Stop the detection threads (frames still pending are dropped, never released)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, frame: Frame) -> None:
+        group = [*self._held, frame]
+        self._held = []
+        if self._pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(self.analyzer.detect(frame.image))
+            except Exception as exc:  # re-raised, in order, by _collect
+                future.set_exception(exc)
+        else:
+            future = self._pool.submit(self.analyzer.detect, frame.image)
+        self._pending.append((group, future))
+
+    def _collect(self, wait: bool, everything: bool = False) -> list[Decision]:
+        """Release groups whose detection is done; with ``wait``, block while too many are in flight."""
+        out: list[Decision] = []
+        while self._pending:
+            group, future = self._pending[0]
+            must = everything or (wait and len(self._pending) >= self.workers)
+            if not (future.done() or must):
+                break
+            detections = future.result()
+            self._pending.popleft()
+            out.extend(self._decide(group, detections))
+        return out
+
+    def _decide(self, group: list[Frame], detections: list[Region]) -> list[Decision]:
+        step = self.tracker.update(group[-1].time, detections)
         out = []
-        for held in [*self._held, frame]:
+        for held in group:
             height, width = held.image.shape[:2]
             out.append(Decision(held, self.analyzer.finish(step.at(held.time), width, height)))
-        self._held = []
         return out

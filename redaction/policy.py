@@ -106,8 +106,10 @@ class Detection(_Model):
     stride: Annotated[int, Field(ge=1, le=30)] = 1
     #: seconds a track stays masked after its last detection
     persist: Annotated[float, Field(ge=0, le=10)] = 0.5
-    #: onnxruntime threads per model (None: every core)
+    #: onnxruntime threads per model (None: every core, shared out among the workers)
     threads: Annotated[int, Field(ge=1, le=64)] | None = None
+    #: frames analysed at once on a video (each a detection frame; results stay in order)
+    workers: Annotated[int, Field(ge=1, le=16)] = 1
     face: FaceDetection = Field(default_factory=FaceDetection)
     plate: PlateDetection = Field(default_factory=PlateDetection)
 

@@ -116,3 +116,34 @@ def test_stride_three_covers_what_every_frame_detection_finds(data):
             covered += mask[own].mean() >= 0.8
     assert total >= 30
     assert covered / total >= 0.95, (covered, total)
+
+
+def test_parallel_workers_release_the_same_decisions_in_order():
+    script = {i: [Region("face", 10 + 2 * i, 10, 20, 20, 0.9)] for i in range(0, 40, 2)}
+    results = []
+    for workers in (1, 3):
+        stream = StreamRedactor(Analyzer(FACES, {"face": ScriptedDetector(script)}), stride=2, persist=0.1, workers=workers)
+        released = []
+        for frame in frames(39):
+            released += stream.push(frame)
+        released += stream.flush()
+        stream.close()
+        assert [d.frame.index for d in released] == list(range(39))
+        results.append([[(r.box, r.track) for r in d.regions] for d in released])
+    assert results[0] == results[1]
+
+
+def test_detector_failure_surfaces_and_releases_nothing_after_it():
+    class Crashing(ScriptedDetector):
+        def detect(self, image):
+            if int(image[0, 0, 0]) == 4:
+                raise RuntimeError("model crashed")
+            return []
+
+    stream = StreamRedactor(Analyzer(FACES, {"face": Crashing({})}), stride=2, workers=2)
+    released = []
+    with pytest.raises(RuntimeError, match="model crashed"):
+        for frame in frames(10):
+            released += stream.push(frame)
+    stream.close()
+    assert [d.frame.index for d in released] == [0, 1, 2]
