@@ -1,0 +1,31 @@
+"""Find, track and redact faces and licence plates.
+
+Data flow: :class:`Analyzer` runs the policy's detectors (:mod:`.faces`, :mod:`.plates`) and
+finishes their regions; :class:`StreamRedactor` adds tracking, hold-back and interpolation
+for video; :func:`redact_frame` applies the policy's methods with the Numba kernels in
+:mod:`.kernels`.
+"""
+
+from .detector import Detector
+from .engine import Analyzer, Decision, Frame, StreamRedactor, build_detectors
+from .policy import Policy, PolicyError, load_policy, parse_policy
+from .redact import redact_frame
+from .regions import Region, coverage_mask
+from .tracker import Tracker
+
+__all__ = [
+    "Analyzer",
+    "Decision",
+    "Detector",
+    "Frame",
+    "Policy",
+    "PolicyError",
+    "Region",
+    "StreamRedactor",
+    "Tracker",
+    "build_detectors",
+    "coverage_mask",
+    "load_policy",
+    "parse_policy",
+    "redact_frame",
+]
