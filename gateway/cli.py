@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 from tqdm import tqdm
 
 from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, VideoFrame, VideoTranscoder, is_image, read_image, write_image
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             return _detect(args)
     except (CommandError, MediaError) as exc:
         print(f"privacy-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except av.FFmpegError as exc:  # a codec or container problem not caught closer to its cause
+        print(f"privacy-gateway: error: media: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
@@ -126,6 +130,9 @@ def _redact(args: argparse.Namespace) -> int:
         stream.close()
         bar.close()
         transcoder.close()
+    if transcoder.skipped_audio:
+        print(f"privacy-gateway: warning: {source}: {transcoder.skipped_audio} damaged audio packets dropped",
+              file=sys.stderr)
     return 0
 
 
@@ -165,7 +172,7 @@ def _detect(args: argparse.Namespace) -> int:
             image = read_image(path)
             emit(path, None, None, image.shape[1], image.shape[0], analyzer.regions(image))
             continue
-        transcoder = VideoTranscoder(path, path)
+        transcoder = VideoTranscoder(path)
         stream = StreamRedactor(analyzer)
         try:
             width, height = transcoder.info.width, transcoder.info.height

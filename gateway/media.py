@@ -99,7 +99,7 @@ class VideoInfo:
 @dataclass
 class VideoFrame:
     index: int
-    pts: int | None  # in the stream's time base
+    pts: int  # in the stream's time base, strictly increasing
     time: float  # seconds since the first frame
     image: np.ndarray  # BGR uint8
 
@@ -133,6 +133,28 @@ def _bgr(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(frame.to_ndarray(format="bgr24"))
 
 
+class _Clock:
+    """Presentation timestamps made strictly increasing.
+
+    AVI and raw streams can repeat, reorder or lack timestamps (packed B-frames); a frame
+    whose pts does not move forward is placed one frame duration after the previous one.
+    """
+
+    def __init__(self, info: VideoInfo) -> None:
+        self.time_base = info.time_base
+        self.step = max(1, round(1 / (info.rate * info.time_base)))
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def stamp(self, pts: int | None) -> tuple[int, float]:
+        if pts is None or (self.last is not None and pts <= self.last):
+            pts = 0 if self.last is None else self.last + self.step
+        if self.first is None:
+            self.first = pts
+        self.last = pts
+        return pts, float((pts - self.first) * self.time_base)
+
+
 class VideoTranscoder:
     """Decode a video, hand every frame to the caller, encode what comes back; copy audio.
 
@@ -140,10 +162,12 @@ class VideoTranscoder:
     packet for packet when the output container accepts their codec, else re-encoded to AAC.
     """
 
-    def __init__(self, source: Path, target: Path) -> None:
+    def __init__(self, source: Path, target: Path | None = None) -> None:
+        """``target`` may be None when the video is only read (``frames``)."""
         self.source, self.target = source, target
         self._input = open_video(source)
         self.info = video_info(self._input)
+        self.skipped_audio = 0
 
     def close(self) -> None:
         self._input.close()
@@ -152,18 +176,12 @@ class VideoTranscoder:
         """Every decoded video frame, for analysis only (nothing written)."""
         stream = self._input.streams.video[0]
         stream.thread_type = "AUTO"
-        first: int | None = None
+        clock = _Clock(self.info)
         try:
             for index, frame in enumerate(self._input.decode(stream)):
-                first = frame.pts if first is None else first
-                yield VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))
+                yield VideoFrame(index, *clock.stamp(frame.pts), _bgr(frame))
         except av.FFmpegError as exc:
             raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
-
-    def _seconds(self, pts: int | None, first: int | None, index: int) -> float:
-        if pts is None or first is None:
-            return index / float(self.info.rate)
-        return float((pts - first) * self.info.time_base)
 
     def run(self, process: Callable[[VideoFrame | None], list[VideoFrame]]) -> int:
         """Transcode: ``process(frame)`` returns frames ready to encode (possibly held back);
@@ -173,6 +191,8 @@ class VideoTranscoder:
         so they overlap with ``process``, which runs in the calling thread. Queues are
         bounded: a slow stage holds the others back instead of piling up frames.
         """
+        if self.target is None:
+            raise ValueError("no target to transcode to")
         with atomic_output(self.target) as tmp:
             out = av.open(str(tmp), mode="w")
             try:
@@ -205,7 +225,7 @@ class VideoTranscoder:
     def _decode_into(self, put: Callable[[tuple], None], audio: dict) -> None:
         video_in = self._input.streams.video[0]
         video_in.thread_type = "AUTO"
-        first: int | None = None
+        clock = _Clock(self.info)
         index = 0
         for packet in self._input.demux(video_in, *audio):
             if packet.stream.type == "audio":
@@ -216,8 +236,7 @@ class VideoTranscoder:
             except av.FFmpegError as exc:
                 raise MediaError(f"cannot decode {self.source}: {_reason(exc)}") from None
             for frame in frames:
-                first = frame.pts if first is None else first
-                put(("video", VideoFrame(index, frame.pts, self._seconds(frame.pts, first, index), _bgr(frame))))
+                put(("video", VideoFrame(index, *clock.stamp(frame.pts), _bgr(frame))))
                 index += 1
 
     def _write(self, out: av.container.OutputContainer, video_out: av.VideoStream, audio: dict, item: tuple) -> int:
@@ -242,24 +261,51 @@ class VideoTranscoder:
     def _encode(self, out: av.container.OutputContainer, stream: av.VideoStream, frames: list[VideoFrame]) -> int:
         for item in frames:
             frame = av.VideoFrame.from_ndarray(item.image, format="bgr24")
-            frame.pts = item.pts if item.pts is not None else round(item.index / self.info.rate / self.info.time_base)
+            frame.pts = item.pts
             frame.time_base = self.info.time_base
             for packet in stream.encode(frame):
                 out.mux(packet)
         return len(frames)
 
     def _add_audio(self, out: av.container.OutputContainer) -> dict:
-        """Map each input audio stream to (output stream, re-encoder or None for a plain copy)."""
+        """Map each input audio stream to (output stream, decoder or None for a plain copy).
+
+        Packets are copied as they are when their timestamps are usable (strictly
+        increasing) and the output container accepts the codec; otherwise the audio is
+        decoded and re-encoded (AAC, Opus for WebM, MP3 for AVI).
+        """
+        clean = self._audio_with_clean_timestamps()
         mapping = {}
         for stream in self._input.streams.audio:
-            try:
-                mapping[stream] = (out.add_stream_from_template(stream), None)
-                continue
-            except (ValueError, av.FFmpegError):
-                pass
-            encoder = out.add_stream("aac", rate=stream.codec_context.sample_rate or 48000)
+            if stream.index in clean:
+                try:
+                    mapping[stream] = (out.add_stream_from_template(stream), None)
+                    continue
+                except (ValueError, av.FFmpegError):
+                    pass
+            codec = {".webm": "libopus", ".avi": "libmp3lame"}.get(self.target.suffix.lower(), "aac")
+            rate = 48000 if codec == "libopus" else (stream.codec_context.sample_rate or 48000)
+            encoder = out.add_stream(codec, rate=rate)
+            if stream.codec_context.layout is not None:
+                encoder.layout = "stereo" if stream.codec_context.layout.nb_channels > 1 else "mono"
             mapping[stream] = (encoder, stream.codec_context)
         return mapping
+
+    def _audio_with_clean_timestamps(self) -> set[int]:
+        """Indices of the audio streams whose packet timestamps strictly increase (one demux pass)."""
+        if not self._input.streams.audio:
+            return set()
+        last: dict[int, int] = {}
+        bad: set[int] = set()
+        with av.open(str(self.source)) as probe:
+            for packet in probe.demux(*probe.streams.audio):
+                if packet.dts is None:
+                    continue
+                index = packet.stream.index
+                if index in last and packet.dts <= last[index]:
+                    bad.add(index)
+                last[index] = packet.dts
+        return set(last) - bad
 
     def _audio_packet(self, out: av.container.OutputContainer, target: tuple, packet: av.Packet) -> None:
         stream_out, decoder = target
@@ -269,7 +315,12 @@ class VideoTranscoder:
             packet.stream = stream_out
             out.mux(packet)
             return
-        for frame in packet.decode():
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            self.skipped_audio += 1  # one damaged audio packet is dropped, not the whole output
+            return
+        for frame in frames:
             frame.pts = None
             for encoded in stream_out.encode(frame):
                 out.mux(encoded)

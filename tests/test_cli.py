@@ -151,3 +151,21 @@ def test_corrupt_video_midway_leaves_no_partial_output(capsys, tmp_path, short_c
     if code == 2:
         assert "cannot" in err and not target.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_avi_with_packed_b_frames_and_ac3_audio(capsys, tmp_path, data, faces_only, suffix):
+    """AVI timestamps repeat and go backwards; output must still be complete and ordered."""
+    from conftest import cut_clip
+
+    source = cut_clip(data / "videos" / "opencv_Megamind.avi", tmp_path / "mega.avi", 1.0)
+    target = tmp_path / f"out{suffix}"
+    code, _, err = run(capsys, "redact", source, "-o", target, "--policy", faces_only)
+    assert code == 0, err
+    with av.open(str(source)) as a:
+        frames_in = sum(1 for _ in a.decode(video=0))
+    with av.open(str(target)) as b:
+        pts = [f.pts for f in b.decode(video=0)]
+    assert len(pts) == frames_in and pts == sorted(pts) and len(set(pts)) == len(pts)
+    with av.open(str(target)) as b:
+        assert sum(1 for p in b.demux(audio=0) if p.size) > 10
