@@ -39,6 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="one JSON line per image or video frame")
     detect.add_argument("--policy", type=Path, metavar="FILE", help="redaction policy (YAML); default: built-in")
     detect.add_argument("--threads", type=int, metavar="N", help="inference threads per model (default: every core)")
+
+    keys = commands.add_parser("keys", help="key directory and identities")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = keys_commands.add_parser("init", help="create a key directory with a gateway signing key")
+    init.add_argument("directory", type=Path, metavar="DIR")
+    add = keys_commands.add_parser("add-identity", help="create a person's keys and add them to the directory")
+    add.add_argument("directory", type=Path, metavar="DIR")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", dest="roles", action="append", required=True, metavar="ROLE",
+                     help="privacy-officer, investigator, auditor or viewer (repeatable)")
+    add.add_argument("--out", type=Path, required=True, metavar="FILE",
+                     help="where to write the private keys, encrypted under a passphrase "
+                          "(from PRIVACY_GATEWAY_PASSPHRASE, else prompted)")
     return parser
 
 
@@ -49,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return _redact(args)
         if args.command == "detect":
             return _detect(args)
+        if args.command == "keys":
+            return _keys(args)
     except (CommandError, MediaError) as exc:
         print(f"privacy-gateway: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -186,6 +201,59 @@ def _detect(args: argparse.Namespace) -> int:
             transcoder.close()
     out.flush()
     return 0
+
+
+def _passphrase() -> str:
+    """``PRIVACY_GATEWAY_PASSPHRASE``, else asked twice on the terminal."""
+    import getpass
+
+    env = os.environ.get("PRIVACY_GATEWAY_PASSPHRASE")
+    if env is not None:
+        if not env:
+            raise CommandError("PRIVACY_GATEWAY_PASSPHRASE is set but empty")
+        return env
+    if not sys.stdin.isatty():
+        raise CommandError("no passphrase: set PRIVACY_GATEWAY_PASSPHRASE or run on a terminal")
+    first = getpass.getpass("Passphrase for the new identity: ")
+    if not first or first != getpass.getpass("Repeat the passphrase: "):
+        raise CommandError("passphrases empty or different")
+    return first
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from keys.directory import DirectoryError, KeyDirectory
+    from keys.identity import PrivateIdentity
+
+    try:
+        if args.keys_command == "init":
+            directory = KeyDirectory.init(args.directory)
+            print(f"key directory {args.directory} created; gateway key "
+                  f"{directory.gateway_public.hex()[:16]}... (keep gateway.key private)")
+            return 0
+        directory = KeyDirectory.open(args.directory)
+        if args.out.exists():
+            raise CommandError(f"{args.out}: already exists; refusing to overwrite a private key file")
+        try:
+            identity = PrivateIdentity.generate(args.name, args.roles)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if any(i.name == identity.public.name for i in directory.identities):
+            raise CommandError(f"{args.directory}: an identity named {args.name!r} already exists")
+        passphrase = _passphrase()
+        try:
+            identity.save(args.out, passphrase)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        try:
+            directory.add(identity.public)
+        except BaseException:
+            args.out.unlink(missing_ok=True)  # no private file for an identity the directory lacks
+            raise
+        print(f"identity {args.name} ({', '.join(identity.public.roles)}) added to {args.directory}; "
+              f"private keys in {args.out}")
+        return 0
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""The key directory: the gateway's signing key and a signed roster of public identities.
+
+Layout of ``DIR``::
+
+    gateway.key    the gateway's Ed25519 signing key (PKCS#8 PEM, mode 0600). It signs the
+                   roster and, later, vault segments; it cannot unmask anything.
+    roster.json    {"roster": {...}, "signature": ...}: every identity's public keys and roles,
+                   signed with the gateway key over the roster's canonical JSON.
+
+The roster is verified on every open against the key in ``gateway.key``, so a roster edited
+by hand, or re-signed with another key, is refused. Every change bumps ``serial``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from .identity import PublicIdentity, canonical
+
+_FORMAT = "privacy-gateway-roster"
+_VERSION = 1
+
+
+class DirectoryError(Exception):
+    """A key directory that is missing, malformed or fails its signature check."""
+
+
+class KeyDirectory:
+    def __init__(self, path: Path, signer: Ed25519PrivateKey, roster: dict) -> None:
+        self.path = path
+        self._signer = signer
+        self._roster = roster
+
+    @property
+    def gateway_public(self) -> bytes:
+        return self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def serial(self) -> int:
+        return int(self._roster["serial"])
+
+    @property
+    def identities(self) -> list[PublicIdentity]:
+        return [PublicIdentity.from_json(item) for item in self._roster["identities"]]
+
+    def identity(self, name: str) -> PublicIdentity:
+        for identity in self.identities:
+            if identity.name == name:
+                return identity
+        raise KeyError(name)
+
+    def with_role(self, role: str) -> list[PublicIdentity]:
+        return [i for i in self.identities if role in i.roles]
+
+    @classmethod
+    def init(cls, path: Path) -> KeyDirectory:
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise DirectoryError(f"{path}: not empty; refusing to replace an existing key directory")
+        path.mkdir(parents=True, exist_ok=True)
+        signer = Ed25519PrivateKey.generate()
+        pem = signer.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        fd = os.open(path / "gateway.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        public = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        directory = cls(path, signer, {"format": _FORMAT, "version": _VERSION, "serial": 0,
+                                       "gateway": base64.b64encode(public).decode("ascii"), "identities": []})
+        directory._write()
+        return directory
+
+    @classmethod
+    def open(cls, path: Path) -> KeyDirectory:
+        path = Path(path)
+        try:
+            signer = load_pem_private_key((path / "gateway.key").read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise DirectoryError(f"{path}: no usable gateway.key ({getattr(exc, 'strerror', None) or exc})") from None
+        if not isinstance(signer, Ed25519PrivateKey):
+            raise DirectoryError(f"{path}: gateway.key is not an Ed25519 key")
+        try:
+            document = json.loads((path / "roster.json").read_text(encoding="ascii"))
+            roster, signature = document["roster"], base64.b64decode(document["signature"], validate=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DirectoryError(f"{path}: roster.json is missing or malformed") from None
+        try:
+            signer.public_key().verify(signature, canonical(roster))
+        except InvalidSignature:
+            raise DirectoryError(f"{path}: roster.json fails its signature check (edited outside privacy-gateway?)") from None
+        if roster.get("format") != _FORMAT or roster.get("version") != _VERSION:
+            raise DirectoryError(f"{path}: unsupported roster format {roster.get('format')!r} {roster.get('version')!r}")
+        directory = cls(path, signer, roster)
+        directory.identities  # validates every entry
+        return directory
+
+    def add(self, identity: PublicIdentity) -> None:
+        if any(i.name == identity.name for i in self.identities):
+            raise DirectoryError(f"{self.path}: an identity named {identity.name!r} already exists")
+        self._roster = {**self._roster, "serial": self.serial + 1,
+                        "identities": [*self._roster["identities"], identity.to_json()]}
+        self._write()
+
+    def _write(self) -> None:
+        signature = self._signer.sign(canonical(self._roster))
+        document = {"roster": self._roster, "signature": base64.b64encode(signature).decode("ascii")}
+        fd, tmp = tempfile.mkstemp(prefix=".roster.", dir=self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(json.dumps(document, indent=2) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path / "roster.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

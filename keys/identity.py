@@ -1,0 +1,150 @@
+"""People's keys: an X25519 key for HPKE (unwrapping data keys) and an Ed25519 key (signing).
+
+The private half lives only in a file the person keeps, encrypted at rest: scrypt derives
+an AES-256-GCM key from the passphrase, and the file's header (format, version, name,
+scrypt parameters) is bound as associated data, so a header edited by hand does not open.
+Every failure to open reads the same (:class:`IdentityError`): wrong passphrase, damaged or
+edited file, or not an identity file at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+ROLES = ("privacy-officer", "investigator", "auditor", "viewer")
+_FORMAT = "privacy-gateway-identity"
+_VERSION = 1
+# scrypt cost: 2**15 * 8 * 128 B = 32 MiB and ~0.1 s per attempt here (RFC 7914's interactive tier)
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+
+
+class IdentityError(Exception):
+    """An identity file that cannot be opened; deliberately says nothing about why."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def canonical(obj: object) -> bytes:
+    """The one byte encoding of a JSON value that signatures and associated data cover."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_.@" for c in name):
+        raise ValueError(f"identity name {name!r}: use 1-64 letters, digits and - _ . @")
+    return name
+
+
+def check_roles(roles: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
+    if not roles:
+        raise ValueError("an identity needs at least one role")
+    return tuple(sorted(set(roles)))
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """What the key directory knows of a person: name, roles and public keys."""
+
+    name: str
+    roles: tuple[str, ...]
+    hpke: bytes  # X25519 public key, raw 32 bytes
+    signing: bytes  # Ed25519 public key, raw 32 bytes
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "roles": list(self.roles), "hpke": _b64(self.hpke), "signing": _b64(self.signing)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> PublicIdentity:
+        return cls(check_name(data["name"]), check_roles(data["roles"]), _unb64(data["hpke"]), _unb64(data["signing"]))
+
+    def hpke_key(self) -> X25519PublicKey:
+        return X25519PublicKey.from_public_bytes(self.hpke)
+
+    def signing_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.signing)
+
+
+@dataclass(frozen=True)
+class PrivateIdentity:
+    """A person's private keys, held by that person's tools only, never by the gateway."""
+
+    public: PublicIdentity
+    hpke: X25519PrivateKey
+    signing: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls, name: str, roles: list[str] | tuple[str, ...]) -> PrivateIdentity:
+        hpke, signing = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        public = PublicIdentity(
+            check_name(name),
+            check_roles(roles),
+            hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        )
+        return cls(public, hpke, signing)
+
+    def save(self, path: Path, passphrase: str, *, salt: bytes | None = None, nonce: bytes | None = None) -> None:
+        """Write the private keys encrypted under ``passphrase`` (``salt``/``nonce`` fixed only by tests)."""
+        if not passphrase:
+            raise ValueError("an empty passphrase would leave the private keys unprotected")
+        salt = salt or os.urandom(16)
+        nonce = nonce or os.urandom(12)
+        header = {"format": _FORMAT, "version": _VERSION, "name": self.public.name,
+                  "kdf": {"name": "scrypt", **_SCRYPT, "salt": _b64(salt)}}
+        secret = canonical({
+            "public": self.public.to_json(),
+            "hpke": _b64(self.hpke.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())),
+            "signing": _b64(self.signing.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())),
+        })
+        sealed = AESGCM(_derive(passphrase, salt, _SCRYPT)).encrypt(nonce, secret, canonical(header))
+        document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(sealed)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(json.dumps(document, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, passphrase: str) -> PrivateIdentity:
+        try:
+            document = json.loads(Path(path).read_text(encoding="ascii"))
+            header = {k: document[k] for k in ("format", "version", "name", "kdf")}
+            kdf = header["kdf"]
+            if header["format"] != _FORMAT or header["version"] != _VERSION or kdf.get("name") != "scrypt":
+                raise IdentityError
+            params = {k: int(kdf[k]) for k in ("n", "r", "p")}
+            if params["n"] > 2**20 or params["r"] > 32 or params["p"] > 16:  # refuse a denial-of-service file
+                raise IdentityError
+            key = _derive(passphrase, _unb64(kdf["salt"]), params)
+            secret = AESGCM(key).decrypt(_unb64(document["nonce"]), _unb64(document["ciphertext"]), canonical(header))
+            inner = json.loads(secret)
+            public = PublicIdentity.from_json(inner["public"])
+            hpke = X25519PrivateKey.from_private_bytes(_unb64(inner["hpke"]))
+            signing = Ed25519PrivateKey.from_private_bytes(_unb64(inner["signing"]))
+        except (OSError, ValueError, KeyError, TypeError, InvalidTag, UnicodeDecodeError, IdentityError):
+            raise IdentityError(f"cannot open identity {path}: wrong passphrase or not a valid identity file") from None
+        if hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != public.hpke:
+            raise IdentityError(f"cannot open identity {path}: wrong passphrase or not a valid identity file")
+        return cls(public, hpke, signing)
+
+
+def _derive(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
+    return Scrypt(salt=salt, length=32, **params).derive(passphrase.encode("utf-8"))
