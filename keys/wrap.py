@@ -1,0 +1,100 @@
+"""Wrapping data keys to the people a policy names, with HPKE (RFC 9180) alone.
+
+A grant names roles and a quorum ``k``. Every identity holding one of the roles is a
+recipient. With ``k == 1`` the data key is HPKE-sealed to each recipient. With ``k > 1`` it is
+sealed once per k-subset of recipients, in nested layers: the innermost layer to the first
+member, that ciphertext to the second, and so on, so opening one wrap takes the private keys
+of every member of its subset; no fewer than ``k`` people can open any wrap. No secret
+sharing or other home-made construction is involved, only HPKE's base mode.
+
+Each layer's HPKE ``info`` binds the caller's context (camera, segment, class, ...), the
+subset and the layer, so a wrap cannot be moved to another segment or reordered. Every
+failure to unwrap reads the same (:class:`UnwrapError`).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from itertools import combinations
+from math import comb
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+
+from .identity import PrivateIdentity, PublicIdentity, canonical
+
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+MAX_SUBSETS = 256  # C(n, k) wraps per data key; e.g. 2 of 23, 3 of 12
+_LABEL = b"privacy-gateway wrap v1\x00"
+
+
+class UnwrapError(Exception):
+    """Not a recipient, quorum incomplete, wrong key or damaged wrap: deliberately the same."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    roles: tuple[str, ...]
+    quorum: int = 1
+
+
+@dataclass(frozen=True)
+class Wrap:
+    """The data key sealed to one subset of recipients, ``names`` innermost first."""
+
+    names: tuple[str, ...]
+    blob: bytes
+
+    def to_json(self) -> dict:
+        return {"names": list(self.names), "blob": base64.b64encode(self.blob).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Wrap:
+        return cls(tuple(data["names"]), base64.b64decode(data["blob"], validate=True))
+
+
+def recipients(grant: Grant, identities: list[PublicIdentity]) -> list[PublicIdentity]:
+    return sorted((i for i in identities if set(i.roles) & set(grant.roles)), key=lambda i: i.name)
+
+
+def _info(context: bytes, names: tuple[str, ...], layer: int) -> bytes:
+    return _LABEL + canonical({"context": context.hex(), "names": list(names), "layer": layer})
+
+
+def wrap_key(data_key: bytes, grant: Grant, identities: list[PublicIdentity], context: bytes) -> list[Wrap]:
+    """Seal ``data_key`` so that any ``grant.quorum`` of the grant's recipients can open it."""
+    people = recipients(grant, identities)
+    k = grant.quorum
+    if k < 1:
+        raise ValueError(f"quorum must be >= 1, got {k}")
+    if len(people) < k:
+        raise ValueError(
+            f"roles {', '.join(grant.roles)} have {len(people)} identities; a quorum of {k} cannot be met"
+        )
+    if comb(len(people), k) > MAX_SUBSETS:
+        raise ValueError(f"{k} of {len(people)} needs {comb(len(people), k)} wraps per key (limit {MAX_SUBSETS})")
+    wraps = []
+    for subset in combinations(people, k):
+        names = tuple(p.name for p in subset)
+        blob = data_key
+        for layer, person in enumerate(subset):
+            blob = SUITE.encrypt(blob, person.hpke_key(), info=_info(context, names, layer))
+        wraps.append(Wrap(names, blob))
+    return wraps
+
+
+def unwrap_key(wraps: list[Wrap], holders: list[PrivateIdentity], context: bytes) -> bytes:
+    """The data key, if ``holders`` include every member of some wrap's subset."""
+    have = {h.public.name: h for h in holders}
+    for wrap in wraps:
+        if not all(name in have for name in wrap.names):
+            continue
+        blob = wrap.blob
+        try:
+            for layer in reversed(range(len(wrap.names))):
+                blob = SUITE.decrypt(blob, have[wrap.names[layer]].hpke, info=_info(context, wrap.names, layer))
+        except (InvalidTag, ValueError):
+            raise UnwrapError("cannot unwrap the data key") from None
+        return blob
+    raise UnwrapError("cannot unwrap the data key")
