@@ -20,6 +20,7 @@ Byte layout (all integers big-endian; see docs/vault-format.md)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -55,6 +56,11 @@ class Header:
     box: tuple[int, int, int, int]  # x, y, w, h of the stored pixels in the frame
     policy: int  # policy version in force when the region was sealed
 
+    @functools.cached_property
+    def encoded(self) -> bytes:
+        """The header's canonical bytes: written to the record and used as associated data."""
+        return canonical(self.to_json())
+
     def to_json(self) -> dict:
         return {"v": VERSION, "camera": self.camera, "segment": self.segment, "frame": self.frame,
                 "pts_us": self.pts_us, "track": self.track, "class": self.cls, "box": list(self.box),
@@ -78,7 +84,7 @@ class Record:
     ciphertext: bytes
 
     def to_bytes(self) -> bytes:
-        head = canonical(self.header.to_json())
+        head = self.header.encoded
         return b"".join((MAGIC, struct.pack(">I", len(head)), head, self.nonce,
                          struct.pack(">I", len(self.ciphertext)), self.ciphertext))
 
@@ -93,7 +99,7 @@ class Record:
                 raise RecordError("record header too long")
             head = data[8 : 8 + hlen]
             header = Header.from_json(json.loads(head))
-            if canonical(header.to_json()) != head:
+            if header.encoded != head:
                 raise RecordError("record header is not in canonical form")
             at = 8 + hlen
             nonce = data[at : at + 12]
@@ -119,14 +125,13 @@ def seal(key: bytes, header: Header, pixels: np.ndarray, nonce: bytes | None = N
     if pixels.dtype != np.uint8 or pixels.shape != (h, w, 3):
         raise ValueError(f"pixels of shape {pixels.shape} {pixels.dtype} do not match box {header.box}")
     nonce = nonce or os.urandom(12)
-    aad = canonical(header.to_json())
-    return Record(header, nonce, AESGCM(key).encrypt(nonce, np.ascontiguousarray(pixels).tobytes(), aad))
+    return Record(header, nonce, AESGCM(key).encrypt(nonce, np.ascontiguousarray(pixels).tobytes(), header.encoded))
 
 
 def open_record(key: bytes, record: Record) -> np.ndarray:
     """The original pixels of a record, or :class:`RecordError` if anything does not match."""
     try:
-        plain = AESGCM(key).decrypt(record.nonce, record.ciphertext, canonical(record.header.to_json()))
+        plain = AESGCM(key).decrypt(record.nonce, record.ciphertext, record.header.encoded)
     except InvalidTag:
         raise RecordError("record does not open") from None
     w, h = record.header.box[2], record.header.box[3]

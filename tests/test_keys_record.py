@@ -1,5 +1,6 @@
 """Sealed region records: byte-exact round trips, binding, and a known-answer vector."""
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -68,7 +69,7 @@ KNOWN_SHA256 = "93f1dc40a9ee3422eed1105f617b85c85f38be8b36772823b2a8130541692f94
 def test_every_bound_field_is_checked(field, value):
     key = track_key(DATA_KEY, "lobby", 7, 3)
     record = seal(key, HEADER, pixels())
-    moved = Record(Header(**{**HEADER.__dict__, field: value}), record.nonce, record.ciphertext)
+    moved = Record(dataclasses.replace(HEADER, **{field: value}), record.nonce, record.ciphertext)
     with pytest.raises(RecordError, match="^record does not open$"):
         open_record(key, moved)
 
