@@ -28,6 +28,20 @@ class MediaError(Exception):
     """An input that cannot be read or an output that cannot be written; the message says which."""
 
 
+def copy_excerpt(source: Path, target: Path, seconds: float) -> Path:
+    """The first ``seconds`` of the video and audio streams of ``source``, copied without re-encoding."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        mapping = {s: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        for packet in src.demux(*mapping):
+            if packet.dts is None:
+                continue
+            if packet.pts is not None and packet.pts * packet.stream.time_base >= seconds:
+                continue
+            packet.stream = mapping[packet.stream]
+            dst.mux(packet)
+    return target
+
+
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 

@@ -21,23 +21,18 @@ from pathlib import Path
 import av
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
+
+from _recall import deface_regions  # noqa: E402
+
+from gateway.media import copy_excerpt  # noqa: E402
 CLIP = ROOT.parent / "shared" / "data" / "videos" / "MOT17-13-SDP_raw_h264.mp4"
 
 
-def cut(source: Path, seconds: float, target: Path) -> int:
-    """Copy the first ``seconds`` of the video stream (no re-encode); returns the frame count."""
-    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
-        stream = src.streams.video[0]
-        out = dst.add_stream_from_template(stream)
-        for packet in src.demux(stream):
-            if packet.dts is None:
-                continue
-            if packet.pts is not None and packet.pts * stream.time_base >= seconds and packet.is_keyframe:
-                break
-            packet.stream = out
-            dst.mux(packet)
-    with av.open(str(target)) as check:
-        return sum(1 for _ in check.decode(video=0))
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def timed(command: list[str]) -> float:
@@ -55,7 +50,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clip = work / "clip.mp4"
-        frames = cut(args.clip, args.seconds, clip)
+        frames = count_frames(copy_excerpt(args.clip, clip, args.seconds))
         faces_only = work / "faces.yaml"
         faces_only.write_text("classes:\n  plate:\n    enabled: false\n")
         faces_stride = work / "faces-stride3.yaml"
@@ -92,12 +87,9 @@ def agreement(clip: Path, strides: list[int]) -> None:
     ellipses) are compared with the regions our faces-only default releases: the share of
     deface's regions at least 80 % covered by ours, and the share of ours deface covers.
     """
-    from dataclasses import replace
-
     import numpy as np
 
     from redaction.engine import Analyzer, Frame, StreamRedactor
-    from redaction.faces import CenterFaceDetector
     from redaction.policy import parse_policy
     from redaction.regions import coverage_mask
 
@@ -105,8 +97,8 @@ def agreement(clip: Path, strides: list[int]) -> None:
         rate = float(container.streams.video[0].average_rate or 25)
         images = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
     h, w = images[0].shape[:2]
-    deface = CenterFaceDetector(threshold=0.2)
-    theirs = [[replace(r.with_margin(0.15), shape="ellipse") for r in deface.detect(im)] for im in images]
+    deface = deface_regions()
+    theirs = [deface(im) for im in images]
     analyzer = Analyzer(parse_policy({"classes": {"plate": {"enabled": False}}}))
     for stride in strides:
         stream = StreamRedactor(analyzer, stride=stride)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from _recall import evaluate  # noqa: E402
+from _recall import deface_regions, evaluate  # noqa: E402
 
 from redaction.engine import Analyzer  # noqa: E402
 from redaction.policy import load_policy  # noqa: E402
@@ -38,19 +37,6 @@ TARGETS = {
 }
 
 
-def deface_baseline():
-    """CenterFace the way ``deface`` runs it: threshold 0.2, native input size, boxes grown 1.3x, ellipse."""
-    from redaction.faces import CenterFaceDetector
-
-    detector = CenterFaceDetector(threshold=0.2, scales=(1.0,))
-
-    def regions(image):
-        # deface's --mask-scale 1.3 grows each side by 15 % of the box
-        return [replace(r.with_margin(0.15), shape="ellipse") for r in detector.detect(image)]
-
-    return regions
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, help="policy YAML (default: built-in)")
@@ -61,7 +47,7 @@ def main() -> int:
     policy = load_policy(args.policy)
     print(f"policy: {args.policy or 'built-in default'}")
     analyzers: dict[str, Analyzer] = {}
-    baseline = deface_baseline() if args.baseline else None
+    baseline = deface_regions() if args.baseline else None
     for name in args.sets.split(","):
         cls = SETS[name]
         if cls not in analyzers:

@@ -1,7 +1,8 @@
 from pathlib import Path
 
-import av
 import pytest
+
+from gateway.media import copy_excerpt
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -19,24 +20,10 @@ def data() -> Path:
     return DATA
 
 
-def cut_clip(source: Path, target: Path, seconds: float) -> Path:
-    """The first ``seconds`` of every stream of ``source``, copied without re-encoding."""
-    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
-        mapping = {s: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
-        for packet in src.demux(*mapping):
-            if packet.dts is None:
-                continue
-            if packet.pts is not None and packet.pts * packet.stream.time_base >= seconds:
-                continue
-            packet.stream = mapping[packet.stream]
-            dst.mux(packet)
-    return target
-
-
 @pytest.fixture(scope="session")
 def short_clip(tmp_path_factory, data) -> Path:
     """Two seconds of a clip with a face and an audio track."""
-    return cut_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("clips") / "hamilton.mp4", 2.0)
+    return copy_excerpt(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("clips") / "hamilton.mp4", 2.0)
 
 
 @pytest.fixture(scope="session")

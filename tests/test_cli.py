@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.media import copy_excerpt
 from redaction.regions import Region, coverage_mask
 
 
@@ -156,9 +157,7 @@ def test_corrupt_video_midway_leaves_no_partial_output(capsys, tmp_path, short_c
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_avi_with_packed_b_frames_and_ac3_audio(capsys, tmp_path, data, faces_only, suffix):
     """AVI timestamps repeat and go backwards; output must still be complete and ordered."""
-    from conftest import cut_clip
-
-    source = cut_clip(data / "videos" / "opencv_Megamind.avi", tmp_path / "mega.avi", 1.0)
+    source = copy_excerpt(data / "videos" / "opencv_Megamind.avi", tmp_path / "mega.avi", 1.0)
     target = tmp_path / f"out{suffix}"
     code, _, err = run(capsys, "redact", source, "-o", target, "--policy", faces_only)
     assert code == 0, err
