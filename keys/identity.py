@@ -1,5 +1,10 @@
 """People's keys: an X25519 key for HPKE (unwrapping data keys) and an Ed25519 key (signing).
 
+An identity may also be post-quantum: it then holds an ML-KEM-768 key as well, and everything
+sealed to it uses the hybrid HPKE KEM ML-KEM-768+X25519 (X-Wing, :data:`SUITE_MLKEM768_X25519`)
+over its ML-KEM key and its X25519 key, never plain DHKEM(X25519). Classic identities, their
+files and their roster entries are exactly as before.
+
 The private half lives only in a file the person keeps, encrypted at rest: scrypt derives
 an AES-256-GCM key from the passphrase, and the file's header (format, version, name,
 scrypt parameters) is bound as associated data, so a header edited by hand does not open.
@@ -16,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -27,6 +34,10 @@ _FORMAT = "privacy-gateway-identity"
 _VERSION = 1
 # scrypt cost: 2**15 * 8 * 128 B = 32 MiB and ~0.1 s per attempt here (RFC 7914's interactive tier)
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+_MLKEM_PUBLIC_BYTES = 1184  # ML-KEM-768 encapsulation key (FIPS 203)
+
+SUITE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+SUITE_MLKEM768_X25519 = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
 class IdentityError(Exception):
@@ -69,19 +80,56 @@ class PublicIdentity:
     roles: tuple[str, ...]
     hpke: bytes  # X25519 public key, raw 32 bytes
     signing: bytes  # Ed25519 public key, raw 32 bytes
+    mlkem: bytes | None = None  # ML-KEM-768 public key, raw 1184 bytes; only post-quantum identities
+
+    @property
+    def post_quantum(self) -> bool:
+        return self.mlkem is not None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "roles": list(self.roles), "hpke": _b64(self.hpke), "signing": _b64(self.signing)}
+        data = {"name": self.name, "roles": list(self.roles), "hpke": _b64(self.hpke), "signing": _b64(self.signing)}
+        if self.mlkem is not None:
+            data["mlkem"] = _b64(self.mlkem)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> PublicIdentity:
-        return cls(check_name(data["name"]), check_roles(data["roles"]), _unb64(data["hpke"]), _unb64(data["signing"]))
+        name = check_name(data["name"])
+        mlkem = None
+        if "mlkem" in data:
+            mlkem = _check_mlkem(name, data["mlkem"])
+        return cls(name, check_roles(data["roles"]), _unb64(data["hpke"]), _unb64(data["signing"]), mlkem)
 
     def hpke_key(self) -> X25519PublicKey:
+        """The X25519 key alone; to seal to this person use :meth:`hpke_recipient`."""
         return X25519PublicKey.from_public_bytes(self.hpke)
+
+    def hpke_recipient(self) -> tuple[hpke.Suite, X25519PublicKey | hpke.MLKEM768X25519PublicKey]:
+        """The HPKE suite and public key to seal to this person: hybrid if post-quantum, else X25519."""
+        if self.mlkem is None:
+            return SUITE_X25519, self.hpke_key()
+        # The hybrid reuses the identity's X25519 key. Safe here: a post-quantum identity is
+        # only ever sealed to with the hybrid suite (this method is the one place choosing), so
+        # the key serves one KEM; and even across KEMs the outputs are domain-separated, since
+        # X-Wing hashes the raw DH value with its own label, ct_X and pk_X under SHA3-256,
+        # while DHKEM(X25519) feeds it to HKDF under the "KEM" suite_id.
+        return SUITE_MLKEM768_X25519, hpke.MLKEM768X25519PublicKey(
+            MLKEM768PublicKey.from_public_bytes(self.mlkem), self.hpke_key()
+        )
 
     def signing_key(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.signing)
+
+
+def _check_mlkem(name: str, text: object) -> bytes:
+    raw = _unb64(text) if isinstance(text, str) else b""
+    if len(raw) != _MLKEM_PUBLIC_BYTES:
+        raise ValueError(f"identity {name!r}: mlkem must be a {_MLKEM_PUBLIC_BYTES}-byte ML-KEM-768 public key")
+    try:
+        MLKEM768PublicKey.from_public_bytes(raw)  # FIPS 203 modulus check: every coefficient < q
+    except ValueError:
+        raise ValueError(f"identity {name!r}: mlkem is not a valid ML-KEM-768 public key") from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -91,17 +139,29 @@ class PrivateIdentity:
     public: PublicIdentity
     hpke: X25519PrivateKey
     signing: Ed25519PrivateKey
+    mlkem: MLKEM768PrivateKey | None = None  # present exactly when ``public.mlkem`` is
 
     @classmethod
-    def generate(cls, name: str, roles: list[str] | tuple[str, ...]) -> PrivateIdentity:
-        hpke, signing = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    def generate(
+        cls, name: str, roles: list[str] | tuple[str, ...], *, post_quantum: bool = False
+    ) -> PrivateIdentity:
+        """New keys; ``post_quantum`` adds an ML-KEM-768 key, so wraps to this person are hybrid."""
+        x25519, signing = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        mlkem = MLKEM768PrivateKey.generate() if post_quantum else None
         public = PublicIdentity(
             check_name(name),
             check_roles(roles),
-            hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            x25519.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
             signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            mlkem.public_key().public_bytes_raw() if mlkem else None,
         )
-        return cls(public, hpke, signing)
+        return cls(public, x25519, signing, mlkem)
+
+    def hpke_opener(self) -> tuple[hpke.Suite, X25519PrivateKey | hpke.MLKEM768X25519PrivateKey]:
+        """The HPKE suite and private key that open what :meth:`PublicIdentity.hpke_recipient` sealed."""
+        if self.mlkem is None:
+            return SUITE_X25519, self.hpke
+        return SUITE_MLKEM768_X25519, hpke.MLKEM768X25519PrivateKey(self.mlkem, self.hpke)
 
     def save(self, path: Path, passphrase: str, *, salt: bytes | None = None, nonce: bytes | None = None) -> None:
         """Write the private keys encrypted under ``passphrase`` (``salt``/``nonce`` fixed only by tests)."""
@@ -111,11 +171,14 @@ class PrivateIdentity:
         nonce = nonce or os.urandom(12)
         header = {"format": _FORMAT, "version": _VERSION, "name": self.public.name,
                   "kdf": {"name": "scrypt", **_SCRYPT, "salt": _b64(salt)}}
-        secret = canonical({
+        inner = {
             "public": self.public.to_json(),
             "hpke": _b64(self.hpke.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())),
             "signing": _b64(self.signing.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())),
-        })
+        }
+        if self.mlkem is not None:
+            inner["mlkem"] = _b64(self.mlkem.private_bytes_raw())  # the 64-byte FIPS 203 seed (d || z)
+        secret = canonical(inner)
         sealed = AESGCM(_derive(passphrase, salt, _SCRYPT)).encrypt(nonce, secret, canonical(header))
         document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(sealed)}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -139,11 +202,15 @@ class PrivateIdentity:
             public = PublicIdentity.from_json(inner["public"])
             hpke = X25519PrivateKey.from_private_bytes(_unb64(inner["hpke"]))
             signing = Ed25519PrivateKey.from_private_bytes(_unb64(inner["signing"]))
+            mlkem = MLKEM768PrivateKey.from_seed_bytes(_unb64(inner["mlkem"])) if "mlkem" in inner else None
         except (OSError, ValueError, KeyError, TypeError, InvalidTag, UnicodeDecodeError, IdentityError):
             raise IdentityError(f"cannot open identity {path}: wrong passphrase or not a valid identity file") from None
-        if hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != public.hpke:
+        if (
+            hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != public.hpke
+            or (mlkem.public_key().public_bytes_raw() if mlkem else None) != public.mlkem
+        ):
             raise IdentityError(f"cannot open identity {path}: wrong passphrase or not a valid identity file")
-        return cls(public, hpke, signing)
+        return cls(public, hpke, signing, mlkem)
 
 
 def _derive(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:

@@ -7,6 +7,11 @@ member, that ciphertext to the second, and so on, so opening one wrap takes the 
 of every member of its subset; no fewer than ``k`` people can open any wrap. No secret
 sharing or other home-made construction is involved, only HPKE's base mode.
 
+Each layer uses the suite of the person it is sealed to: DHKEM(X25519) for classic identities,
+the hybrid ML-KEM-768+X25519 KEM for post-quantum ones (both with HKDF-SHA256 and AES-256-GCM),
+so a subset mixing the two nests layers of both kinds. A post-quantum layer is 1088 bytes (the
+ML-KEM-768 ciphertext) larger than a classic one.
+
 Each layer's HPKE ``info`` binds the caller's context (camera, segment, class, ...), the
 subset and the layer, so a wrap cannot be moved to another segment or reordered. Every
 failure to unwrap reads the same (:class:`UnwrapError`).
@@ -20,11 +25,10 @@ from itertools import combinations
 from math import comb
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
 
-from .identity import PrivateIdentity, PublicIdentity, canonical
+from .identity import SUITE_X25519, PrivateIdentity, PublicIdentity, canonical
 
-SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+SUITE = SUITE_X25519  # classic identities' suite; see PublicIdentity.hpke_recipient for the choice
 MAX_SUBSETS = 256  # C(n, k) wraps per data key; e.g. 2 of 23, 3 of 12
 _LABEL = b"privacy-gateway wrap v1\x00"
 
@@ -79,7 +83,8 @@ def wrap_key(data_key: bytes, grant: Grant, identities: list[PublicIdentity], co
         names = tuple(p.name for p in subset)
         blob = data_key
         for layer, person in enumerate(subset):
-            blob = SUITE.encrypt(blob, person.hpke_key(), info=_info(context, names, layer))
+            suite, public_key = person.hpke_recipient()
+            blob = suite.encrypt(blob, public_key, info=_info(context, names, layer))
         wraps.append(Wrap(names, blob))
     return wraps
 
@@ -93,7 +98,11 @@ def unwrap_key(wraps: list[Wrap], holders: list[PrivateIdentity], context: bytes
         blob = wrap.blob
         try:
             for layer in reversed(range(len(wrap.names))):
-                blob = SUITE.decrypt(blob, have[wrap.names[layer]].hpke, info=_info(context, wrap.names, layer))
+                suite, private_key = have[wrap.names[layer]].hpke_opener()
+                blob = suite.decrypt(blob, private_key, info=_info(context, wrap.names, layer))
+        # Both suites raise InvalidTag for damaged, truncated or misdirected layers, low-order
+        # X25519 points and bad ML-KEM ciphertexts alike (ML-KEM rejects implicitly, so that too
+        # surfaces as a failed AEAD tag); ValueError stays caught for malformed input.
         except (InvalidTag, ValueError):
             raise UnwrapError("cannot unwrap the data key") from None
         return blob

@@ -1,17 +1,54 @@
 """Identities and the key directory: real cryptography, tamper and wrong-key cases."""
 
 import base64
+import hashlib
 import json
 import os
 import stat
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from gateway.cli import main
 from keys.directory import DirectoryError, KeyDirectory
-from keys.identity import IdentityError, PrivateIdentity, canonical
+from keys.identity import (
+    SUITE_MLKEM768_X25519,
+    SUITE_X25519,
+    IdentityError,
+    PrivateIdentity,
+    PublicIdentity,
+    canonical,
+)
+
+# A classic identity file written by the code before post-quantum identities existed (X25519
+# scalar 00..1f, Ed25519 seed 20..3f, passphrase "pw", salt "s"*16, nonce "n"*12).
+CLASSIC_FILE = """{
+  "format": "privacy-gateway-identity",
+  "version": 1,
+  "name": "kat",
+  "kdf": {
+    "name": "scrypt",
+    "n": 32768,
+    "r": 8,
+    "p": 1,
+    "salt": "c3Nzc3Nzc3Nzc3Nzc3Nzcw=="
+  },
+  "nonce": "bm5ubm5ubm5ubm5u",
+  "ciphertext": "wgeW96RHNkmv6dhDjLaNP807niW+7go/N9mQ80nkjawaj96uJZQmJO7J+gCrwd8H7fxwlx08ekHK99KvzV4/EBDdj2JgLUVFKp1wnvp\
+Rypz/DQZvijHAU4rWGZSiFhVWR8qcWrmUkGLuu9vOduzaJSFAtq/5o4+TzkEGT8sF73udW7XEp3wZMIMpcYdnMjGMvR+lV+CJeXocH8sKGAdqOIHK4+9ODnF\
+5SxBU6JS+HOjbaE01tiSFreCKCPXW/n2fYoUzDZoKGYIDu82QTeJs8NCAOrVH/sb4Z1f3u5uoXuNCt6yrQyNVpmYpkqHiXABTJkNW6cyEKwhIxd6pOjKtHhW\
+MAWGuAO069HysKa0YX3b7ftTTJj/D1T1lDDyQI1sYglV+kw=="
+}
+"""
+CLASSIC_SHA256 = "919ff606b9d7ff05d2991115e728c952a7d5a2f850ad5ee5652fcfbf71c2031e"
+CLASSIC_ROSTER_ENTRY = (
+    b'{"hpke":"j0DFrbaPJWJK5bIU6nZ6bslNgp09e14a0bpvPiE4KF8=","name":"kat","roles":["auditor","viewer"],'
+    b'"signing":"Kay64UG8yvCyLhqU000LxzYeUm0L/hLIl5S8kyKWbdc="}'
+)
 
 
 def test_identity_round_trip_and_file_protection(tmp_path):
@@ -130,5 +167,109 @@ def test_gateway_key_is_private_and_not_a_person(tmp_path):
     assert b"PRIVATE KEY" in key
     unused = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     (tmp_path / "keys" / "gateway.key").write_bytes(unused)
+    with pytest.raises(DirectoryError, match="fails its signature check"):
+        KeyDirectory.open(tmp_path / "keys")
+
+
+def test_classic_identity_serialises_exactly_as_before(tmp_path):
+    """A file and a roster entry from before post-quantum identities load, and re-save byte for byte."""
+    assert hashlib.sha256(CLASSIC_FILE.encode()).hexdigest() == CLASSIC_SHA256
+    old = tmp_path / "old.key"
+    old.write_text(CLASSIC_FILE)
+    loaded = PrivateIdentity.load(old, "pw")
+    assert loaded.mlkem is None and not loaded.public.post_quantum
+    assert canonical(loaded.public.to_json()) == CLASSIC_ROSTER_ENTRY
+    assert sorted(loaded.public.to_json()) == ["hpke", "name", "roles", "signing"]
+    assert PublicIdentity.from_json(json.loads(CLASSIC_ROSTER_ENTRY)) == loaded.public
+    rebuilt = PrivateIdentity(
+        loaded.public,
+        X25519PrivateKey.from_private_bytes(bytes(range(32))),
+        Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))),
+    )
+    new = tmp_path / "new.key"
+    rebuilt.save(new, "pw", salt=b"s" * 16, nonce=b"n" * 12)
+    assert new.read_text() == CLASSIC_FILE
+    suite, private_key = loaded.hpke_opener()
+    assert suite is SUITE_X25519 and private_key is loaded.hpke
+    assert loaded.public.hpke_recipient()[0] is SUITE_X25519
+
+
+def test_post_quantum_identity_through_the_passphrase_file(tmp_path):
+    identity = PrivateIdentity.generate("pia", ["privacy-officer"], post_quantum=True)
+    assert identity.public.post_quantum and len(identity.public.mlkem) == 1184
+    path = tmp_path / "pia.key"
+    identity.save(path, "correct horse")
+    document = json.loads(path.read_text())
+    assert sorted(document) == ["ciphertext", "format", "kdf", "name", "nonce", "version"]  # same header as classic
+    loaded = PrivateIdentity.load(path, "correct horse")
+    assert loaded.public == identity.public
+    assert loaded.mlkem.private_bytes_raw() == identity.mlkem.private_bytes_raw()
+    suite, public_key = identity.public.hpke_recipient()
+    assert suite is SUITE_MLKEM768_X25519
+    opener_suite, private_key = loaded.hpke_opener()
+    assert opener_suite is SUITE_MLKEM768_X25519
+    assert opener_suite.decrypt(suite.encrypt(b"data key", public_key, info=b"i"), private_key, info=b"i") == b"data key"
+    with pytest.raises(IdentityError):
+        PrivateIdentity.load(path, "wrong horse")
+
+
+@pytest.mark.parametrize("mismatch", ["other-mlkem-public", "seed-without-public", "public-without-seed"])
+def test_load_refuses_an_mlkem_seed_that_does_not_match_the_public_key(tmp_path, mismatch):
+    real = PrivateIdentity.generate("quinn", ["viewer"], post_quantum=True)
+    other = PrivateIdentity.generate("quinn", ["viewer"], post_quantum=True)
+    forged = {
+        "other-mlkem-public": PrivateIdentity(replace(real.public, mlkem=other.public.mlkem),
+                                              real.hpke, real.signing, real.mlkem),
+        "seed-without-public": PrivateIdentity(replace(real.public, mlkem=None), real.hpke, real.signing, real.mlkem),
+        "public-without-seed": PrivateIdentity(real.public, real.hpke, real.signing),
+    }[mismatch]
+    path = tmp_path / "quinn.key"
+    forged.save(path, "pw")
+    with pytest.raises(IdentityError) as info:
+        PrivateIdentity.load(path, "pw")
+    assert str(info.value) == f"cannot open identity {path}: wrong passphrase or not a valid identity file"
+
+
+def test_post_quantum_roster_entry_round_trip():
+    public = PrivateIdentity.generate("pete", ["auditor", "investigator"], post_quantum=True).public
+    entry = json.loads(json.dumps(public.to_json()))  # as the roster stores it
+    assert sorted(entry) == ["hpke", "mlkem", "name", "roles", "signing"]
+    assert len(base64.b64decode(entry["mlkem"])) == 1184 and len(base64.b64decode(entry["hpke"])) == 32
+    assert PublicIdentity.from_json(entry) == public
+    assert canonical(PublicIdentity.from_json(entry).to_json()) == canonical(entry)
+
+
+def _mlkem_entry(public: PublicIdentity, raw: object) -> dict:
+    entry = public.to_json()
+    entry["mlkem"] = base64.b64encode(raw).decode() if isinstance(raw, bytes) else raw
+    return entry
+
+
+def test_tampered_mlkem_public_key_is_refused():
+    public = PrivateIdentity.generate("pete", ["auditor"], post_quantum=True).public
+    length = "identity 'pete': mlkem must be a 1184-byte ML-KEM-768 public key"
+    for bad in (public.mlkem[:-1], public.mlkem + b"\0", b"", 12345, None):
+        with pytest.raises(ValueError) as info:
+            PublicIdentity.from_json(_mlkem_entry(public, bad))
+        assert str(info.value) == length
+    out_of_range = b"\xff\xff" + public.mlkem[2:]  # first coefficient 0xfff >= q = 3329
+    with pytest.raises(ValueError) as info:
+        PublicIdentity.from_json(_mlkem_entry(public, out_of_range))
+    assert str(info.value) == "identity 'pete': mlkem is not a valid ML-KEM-768 public key"
+    with pytest.raises(ValueError):
+        PublicIdentity.from_json(_mlkem_entry(public, "not base64!"))
+
+
+def test_substituted_mlkem_key_in_the_roster_fails_its_signature(tmp_path):
+    """A well-formed but different ML-KEM key passes from_json; the roster signature catches it."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    pia = PrivateIdentity.generate("pia", ["privacy-officer"], post_quantum=True).public
+    directory.add(pia)
+    assert KeyDirectory.open(tmp_path / "keys").identity("pia") == pia
+    roster = tmp_path / "keys" / "roster.json"
+    document = json.loads(roster.read_text())
+    substitute = MLKEM768PrivateKey.generate().public_key().public_bytes_raw()
+    document["roster"]["identities"][0]["mlkem"] = base64.b64encode(substitute).decode()
+    roster.write_text(json.dumps(document))
     with pytest.raises(DirectoryError, match="fails its signature check"):
         KeyDirectory.open(tmp_path / "keys")
