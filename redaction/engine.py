@@ -200,7 +200,12 @@ class StreamRedactor:
             must = everything or (wait and len(self._pending) >= self.workers)
             if not (future.done() or must):
                 break
-            detections = future.result()
+            try:
+                detections = future.result()
+            except Exception:
+                if out:  # release what is decided; the failure surfaces on the next call
+                    return out
+                raise
             self._pending.popleft()
             out.extend(self._decide(group, detections))
         return out
