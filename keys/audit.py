@@ -70,6 +70,24 @@ class AuditLog:
         return entry
 
 
+def _check_approvals(where: str, details: object, key_of: Callable[[str], Ed25519PublicKey | None]) -> None:
+    """``details.approvals``: each named person's signature over the rest of the details."""
+    if not isinstance(details, dict) or "approvals" not in details:
+        return
+    request = canonical({k: v for k, v in details.items() if k != "approvals"})
+    approvals = details["approvals"]
+    if not isinstance(approvals, dict) or not approvals:
+        raise AuditError(f"{where}: malformed approvals")
+    for name, signature in sorted(approvals.items()):
+        key = key_of(name)
+        if key is None:
+            raise AuditError(f"{where}: approval by unknown identity {name!r}")
+        try:
+            key.verify(bytes.fromhex(signature), request)
+        except (InvalidSignature, ValueError, TypeError):
+            raise AuditError(f"{where}: approval by {name!r} does not verify") from None
+
+
 def verify(path: Path, key_of: Callable[[str], Ed25519PublicKey | None]) -> int:
     """Check the whole chain; returns the number of entries or raises at the first broken one.
 
@@ -105,5 +123,6 @@ def verify(path: Path, key_of: Callable[[str], Ed25519PublicKey | None]) -> int:
             key.verify(signature, canonical(body))
         except InvalidSignature:
             raise AuditError(f"{where}: signature does not verify") from None
+        _check_approvals(where, body["details"], key_of)
         prev, count = hashlib.sha256(line).hexdigest(), number
     return count

@@ -50,6 +50,11 @@ class KeyDirectory:
         return self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     @property
+    def signer(self) -> Ed25519PrivateKey:
+        """The gateway's signing key: signs segments, key files and the gateway's log entries."""
+        return self._signer
+
+    @property
     def serial(self) -> int:
         return int(self._roster["serial"])
 

@@ -1,23 +1,24 @@
-"""Vault segments: sealed region records of one camera and time span, signed and chained.
+"""Vault segments: the sealed region records of one camera and time span, signed and chained.
 
-Files per camera, under ``<vault>/<camera>/``::
+Two files per segment (paths chosen by :mod:`keys.store`)::
 
     <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header, the records, then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
-               file), u32 summary length, and the gateway's 64-byte Ed25519 signature of the
-               summary.
+               file, end time), u32 summary length, and the gateway's 64-byte Ed25519
+               signature of the summary.
     <n>.keys   the segment's data keys, one per class, HPKE-wrapped to the recipients the
-               policy grants that class (see wrap.py); signed like the segment. Deleting it
+               policy grants that class (see wrap.py); signed by the gateway. Deleting it
                crypto-shreds the segment.
 
-The header names the previous segment's summary digest, so per camera the segments form a
-hash chain: a deleted, reordered, truncated or altered segment or record is detected by
+The header names the previous segment's digest, so per camera the segments form a hash
+chain: a deleted, reordered, truncated or altered segment or record is detected by
 :func:`verify_camera`, which names the first broken segment.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -44,49 +45,82 @@ class VaultError(Exception):
     """A segment or key file that is missing, malformed, or fails its checks."""
 
 
-def _segment_path(root: Path, camera: str, number: int) -> Path:
-    return root / camera / f"{number:08d}.pgv"
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def key_context(camera: str, segment: int, cls: str) -> bytes:
     return canonical({"camera": camera, "segment": segment, "class": cls})
 
 
+@dataclass(frozen=True)
+class SegmentHeader:
+    """What a segment says about itself; signed (through the body digest) with its records."""
+
+    camera: str
+    segment: int  # 1, 2, ... per camera
+    policy: int  # version of the policy in force, also bound into every record
+    policy_sha256: str  # digest of that policy's canonical JSON (kept in the vault's policies/)
+    recording: str  # the redacted output (file or recorder segment) these records belong to
+    started: str  # UTC ISO 8601 time the segment was opened
+    previous: str = GENESIS  # digest of the camera's previous segment
+
+    def to_json(self) -> dict:
+        return {"v": VERSION, "camera": self.camera, "segment": self.segment, "policy": self.policy,
+                "policy_sha256": self.policy_sha256, "recording": self.recording, "started": self.started,
+                "previous": self.previous}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SegmentHeader:
+        if data.get("v") != VERSION:
+            raise ValueError(f"unsupported segment version {data.get('v')!r}")
+        return cls(str(data["camera"]), int(data["segment"]), int(data["policy"]), str(data["policy_sha256"]),
+                   str(data["recording"]), str(data["started"]), str(data["previous"]))
+
+
 class SegmentWriter:
-    """Writes one segment: records as they come, then the trailer and the key file on close.
+    """Writes one segment: the key file first, then records as they come, the trailer on close.
 
     Holds only public keys and the gateway's signing key: it can seal, never unseal. Each
-    class gets its own random data key, wrapped to that class's grant only.
+    class gets its own random data key, wrapped to that class's grant only. The key file is
+    written when the segment opens, so the records of a segment cut short by a crash can
+    still be unmasked once :func:`recover_partial` has signed what reached the disk.
     """
 
     def __init__(
         self,
-        root: Path,
-        camera: str,
-        number: int,
-        policy: int,
+        segment_path: Path,
+        keys_path: Path,
+        header: SegmentHeader,
         grants: dict[str, Grant],
         identities: list[PublicIdentity],
         signer: Ed25519PrivateKey,
-        previous: str = GENESIS,
     ) -> None:
-        self.root, self.camera, self.number, self.policy = Path(root), camera, number, policy
+        self.header, self.path, self.keys_path = header, Path(segment_path), Path(keys_path)
         self._signer = signer
+        camera, number = header.camera, header.segment
         self._data_keys = {cls: os.urandom(32) for cls in grants}
-        self._wraps = {
+        wraps = {
             cls: [w.to_json() for w in wrap_key(self._data_keys[cls], grant, identities, key_context(camera, number, cls))]
             for cls, grant in grants.items()
         }
         self._track_keys: dict[tuple[str, int], bytes] = {}
-        path = _segment_path(self.root, camera, number)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._tmp = path.with_suffix(".pgv.partial")
+        keys = canonical({"v": VERSION, "camera": camera, "segment": number, "wraps": wraps})
+        keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
+        self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
+        for path in (self.path, self.keys_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _write_durably(self.keys_path, keys_doc)
+        self._tmp = partial_path(self.path)
         self._file = open(self._tmp, "xb")  # noqa: SIM115 (closed in close())
         self._hash = hashlib.sha256()
         self._count = 0
-        header = canonical({"v": VERSION, "camera": camera, "segment": number, "policy": policy, "previous": previous})
-        self._write(SEGMENT_MAGIC + struct.pack(">I", len(header)) + header)
+        head = canonical(header.to_json())
+        self._write(SEGMENT_MAGIC + struct.pack(">I", len(head)) + head)
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
@@ -97,39 +131,116 @@ class SegmentWriter:
             raise ValueError(f"no grant for class {cls!r} in this segment's policy")
         key = self._track_keys.get((cls, track))
         if key is None:
-            key = self._track_keys[(cls, track)] = track_key(self._data_keys[cls], self.camera, self.number, track)
-        header = Header(self.camera, self.number, frame, pts_us, track, cls, box, self.policy)
+            key = self._track_keys[(cls, track)] = track_key(self._data_keys[cls], self.header.camera,
+                                                             self.header.segment, track)
+        header = Header(self.header.camera, self.header.segment, frame, pts_us, track, cls, box, self.header.policy)
         self._write(seal(key, header, pixels).to_bytes())
         self._count += 1
 
-    def close(self) -> str:
-        """Finish both files; returns this segment's summary digest (the next one's ``previous``)."""
-        keys = canonical({"v": VERSION, "camera": self.camera, "segment": self.number, "wraps": self._wraps})
-        keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
-        summary = canonical({"count": self._count, "body": self._hash.hexdigest(),
-                             "keys": hashlib.sha256(keys_doc).hexdigest()})
-        signature = self._signer.sign(summary)
-        self._file.write(TRAILER_MAGIC + summary + struct.pack(">I", len(summary)) + signature)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        keys_path = self.path.with_suffix(".keys")
-        keys_path.write_bytes(keys_doc)
-        os.replace(self._tmp, self.path)
+    def close(self, ended: str | None = None) -> str:
+        """Sign and finish the segment; returns its digest (the next segment's ``previous``)."""
         self._data_keys.clear()
         self._track_keys.clear()
-        return hashlib.sha256(summary).hexdigest()
+        self._file.flush()
+        digest = _finish(self._file, self._hash, self._count, self._keys_sha256, ended or utc_now(), self._signer)
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return digest
+
+    def abort(self) -> None:
+        """Stop without a trailer (the ``.partial`` file stays, for :func:`recover_partial`)."""
+        self._data_keys.clear()
+        self._track_keys.clear()
+        self._file.close()
+
+
+def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: Ed25519PrivateKey,
+            recovered: bool = False) -> str:
+    fields = {"count": count, "body": body_hash.hexdigest(), "keys": keys_sha256, "ended": ended}
+    if recovered:
+        fields["recovered"] = True
+    summary = canonical(fields)
+    file.write(TRAILER_MAGIC + summary + struct.pack(">I", len(summary)) + signer.sign(summary))
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    return hashlib.sha256(summary).hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def partial_path(path: Path) -> Path:
+    return Path(path).with_suffix(".pgv.partial")
+
+
+def recover_partial(partial: Path, keys_path: Path, signer: Ed25519PrivateKey) -> tuple[Path, int]:
+    """Finish a segment left as ``.partial`` by a crash: keep its whole records, sign them.
+
+    A record cut short at the end is dropped; every complete record is kept, the trailer
+    says ``"recovered": true`` and its end time is the file's last modification. Returns the
+    finished segment's path and the number of records kept.
+    """
+    partial = Path(partial)
+    name = partial.name
+    data = partial.read_bytes()
+    try:
+        if data[:4] != SEGMENT_MAGIC:
+            raise VaultError(f"{name}: not a vault segment")
+        (hlen,) = struct.unpack_from(">I", data, 4)
+        SegmentHeader.from_json(json.loads(data[8 : 8 + hlen]))
+    except (struct.error, ValueError, KeyError, TypeError):
+        raise VaultError(f"{name}: header unreadable; cannot recover") from None
+    at, count = 8 + hlen, 0
+    while at < len(data):
+        try:
+            _, used = Record.from_bytes(data[at:])
+        except RecordError:
+            break
+        at, count = at + used, count + 1
+    try:
+        keys_sha256 = hashlib.sha256(Path(keys_path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise VaultError(f"{name}: its key file {Path(keys_path).name} is missing; cannot recover") from None
+    ended = dt.datetime.fromtimestamp(partial.stat().st_mtime, dt.UTC).isoformat(timespec="microseconds")
+    body = hashlib.sha256(data[:at])
+    with open(partial, "r+b") as file:
+        file.truncate(at)
+        file.seek(at)
+        _finish(file, body, count, keys_sha256, ended, signer, recovered=True)
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    os.replace(partial, final)
+    _fsync_dir(final.parent)
+    return final, count
 
 
 @dataclass(frozen=True)
 class Segment:
-    camera: str
-    number: int
-    policy: int
-    previous: str
+    header: SegmentHeader
     digest: str  # SHA-256 of the signed summary: what the next segment names as previous
     keys_sha256: str
+    ended: str
+    recovered: bool
     records: list[Record]
+
+    @property
+    def number(self) -> int:
+        return self.header.segment
 
 
 def read_segment(path: Path, gateway: Ed25519PublicKey) -> Segment:
@@ -139,41 +250,44 @@ def read_segment(path: Path, gateway: Ed25519PublicKey) -> Segment:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    try:
-        if data[:4] != SEGMENT_MAGIC:
-            raise VaultError(f"{name}: not a vault segment")
-        (hlen,) = struct.unpack_from(">I", data, 4)
-        header = json.loads(data[8 : 8 + hlen])
-        at = 8 + hlen
+    if data[:4] != SEGMENT_MAGIC:
+        raise VaultError(f"{name}: not a vault segment")
+    try:  # the trailer first: nothing else is parsed before the signature and digest check out
         signature = data[-64:]
         (slen,) = struct.unpack_from(">I", data, len(data) - 68)
         trailer = len(data) - 68 - slen - 4
-        if trailer < at or data[trailer : trailer + 4] != TRAILER_MAGIC:
+        if trailer < 8 or data[trailer : trailer + 4] != TRAILER_MAGIC:
             raise VaultError(f"{name}: truncated (no trailer)")
         summary_bytes = data[trailer + 4 : len(data) - 68]
         summary = json.loads(summary_bytes)
     except (struct.error, ValueError) as exc:
-        raise VaultError(f"{name}: malformed ({type(exc).__name__})") from None
+        raise VaultError(f"{name}: truncated or malformed trailer ({type(exc).__name__})") from None
     try:
         gateway.verify(signature, summary_bytes)
     except InvalidSignature:
         raise VaultError(f"{name}: signature does not verify") from None
     if hashlib.sha256(data[:trailer]).hexdigest() != summary["body"]:
         raise VaultError(f"{name}: contents altered (digest mismatch)")
+    try:
+        (hlen,) = struct.unpack_from(">I", data, 4)
+        header = SegmentHeader.from_json(json.loads(data[8 : 8 + hlen]))
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise VaultError(f"{name}: malformed header ({type(exc).__name__})") from None
+    at = 8 + hlen
     records = []
     while at < trailer:
         try:
             record, used = Record.from_bytes(data[at:trailer])
         except RecordError as exc:
             raise VaultError(f"{name}: record {len(records)}: {exc}") from None
-        if (record.header.camera, record.header.segment) != (header["camera"], header["segment"]):
+        if (record.header.camera, record.header.segment) != (header.camera, header.segment):
             raise VaultError(f"{name}: record {len(records)} belongs to another segment")
         records.append(record)
         at += used
     if len(records) != summary["count"]:
         raise VaultError(f"{name}: {len(records)} records, trailer says {summary['count']}")
-    return Segment(header["camera"], header["segment"], header["policy"], header["previous"],
-                   hashlib.sha256(summary_bytes).hexdigest(), summary["keys"], records)
+    return Segment(header, hashlib.sha256(summary_bytes).hexdigest(), summary["keys"], summary["ended"],
+                   bool(summary.get("recovered")), records)
 
 
 def read_wraps(path: Path, gateway: Ed25519PublicKey, expected_sha256: str) -> dict[str, list[Wrap]]:
@@ -185,26 +299,28 @@ def read_wraps(path: Path, gateway: Ed25519PublicKey, expected_sha256: str) -> d
         raise VaultError(f"{name}: no key file (shredded?)") from None
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise VaultError(f"{name}: key file does not belong to its segment")
-    document = json.loads(raw)
     try:
+        document = json.loads(raw)
         gateway.verify(bytes.fromhex(document["signature"]), canonical(document["keys"]))
-    except (InvalidSignature, ValueError, KeyError):
+        return {cls: [Wrap.from_json(w) for w in wraps] for cls, wraps in document["keys"]["wraps"].items()}
+    except (InvalidSignature, ValueError, KeyError, TypeError):
         raise VaultError(f"{name}: key file signature does not verify") from None
-    return {cls: [Wrap.from_json(w) for w in wraps] for cls, wraps in document["keys"]["wraps"].items()}
 
 
-def segments(root: Path, camera: str) -> list[Path]:
-    return sorted((Path(root) / camera).glob("*.pgv"))
+def segment_name(number: int) -> str:
+    return f"{number:08d}.pgv"
 
 
-def verify_camera(root: Path, camera: str, gateway: Ed25519PublicKey) -> Iterator[Segment]:
-    """Every segment of a camera in order, checking the hash chain; raises at the first break."""
+def verify_camera(directory: Path, gateway: Ed25519PublicKey) -> Iterator[Segment]:
+    """Every segment in a camera's directory in order, checking the chain; raises at the first break."""
     previous = GENESIS
-    for expected, path in enumerate(segments(root, camera), start=1):
+    for expected, path in enumerate(sorted(Path(directory).glob("*.pgv")), start=1):
         segment = read_segment(path, gateway)
-        if segment.number != expected or path.name != f"{segment.number:08d}.pgv":
+        if segment.number != expected or path.name != segment_name(segment.number):
             raise VaultError(f"{path.name}: out of sequence (expected segment {expected}; one deleted or renamed?)")
-        if segment.previous != previous:
+        if segment.header.previous != previous:
             raise VaultError(f"{path.name}: hash chain broken (previous segment deleted, replaced or reordered)")
+        if segment.header.camera != Path(directory).name:
+            raise VaultError(f"{path.name}: belongs to camera {segment.header.camera!r}, not {Path(directory).name!r}")
         previous = segment.digest
         yield segment

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Method = Literal["blur", "pixelate", "solid"]
+Role = Literal["privacy-officer", "investigator", "auditor", "viewer"]  # keys.identity.ROLES
 
 #: Weakest allowed strength per (class, method), as a fraction of the region's shorter side:
 #: blur sigma = strength * side, pixelate block = strength * side. Reasons in docs/policy.md.
@@ -114,6 +115,22 @@ class Detection(_Model):
     plate: PlateDetection = Field(default_factory=PlateDetection)
 
 
+class UnmaskGrant(_Model):
+    """Who may restore the originals of one class: any ``quorum`` of the holders of ``roles``."""
+
+    roles: Annotated[tuple[Role, ...], Field(min_length=1)] = ("investigator",)
+    quorum: Annotated[int, Field(ge=1, le=16)] = 1
+
+
+class Unmask(_Model):
+    """Who may unmask what, and how; sealed originals are wrapped to these grants."""
+
+    face: UnmaskGrant = Field(default_factory=UnmaskGrant)
+    plate: UnmaskGrant = Field(default_factory=UnmaskGrant)
+    #: ``optional`` lets ``unmask --no-watermark`` leave out the visible watermark
+    watermark: Literal["required", "optional"] = "required"
+
+
 class Policy(_Model):
     """A whole redaction policy. ``version`` is the policy document's own revision."""
 
@@ -121,6 +138,9 @@ class Policy(_Model):
     name: str = "default"
     classes: Classes = Field(default_factory=Classes)
     detection: Detection = Field(default_factory=Detection)
+    unmask: Unmask = Field(default_factory=Unmask)
+    #: days sealed originals are kept before ``vault shred --expired`` destroys their keys (None: until shredded by hand)
+    retention_days: Annotated[int, Field(ge=1, le=36500)] | None = None
 
     @model_validator(mode="after")
     def _strong_enough(self) -> Policy:

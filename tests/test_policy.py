@@ -72,3 +72,26 @@ def test_file_errors_are_clear(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(PolicyError, match="expected a mapping at the top level, got int"):
         load_policy(scalar)
+
+
+def test_unmask_grants_name_known_roles_and_a_quorum():
+    policy = parse_policy({"unmask": {"plate": {"roles": ["privacy-officer"], "quorum": 2}, "watermark": "optional"}})
+    assert policy.unmask.face.roles == ("investigator",) and policy.unmask.face.quorum == 1
+    assert policy.unmask.plate.quorum == 2 and policy.unmask.watermark == "optional"
+    with pytest.raises(PolicyError, match=r"unmask\.face\.roles\.0: Input should be 'privacy-officer'"):
+        parse_policy({"unmask": {"face": {"roles": ["janitor"]}}})
+    with pytest.raises(PolicyError, match=r"unmask\.plate\.quorum: Input should be greater than or equal to 1"):
+        parse_policy({"unmask": {"plate": {"quorum": 0}}})
+    with pytest.raises(PolicyError, match=r"unmask\.face\.roles: .*at least 1"):
+        parse_policy({"unmask": {"face": {"roles": []}}})
+    with pytest.raises(PolicyError, match=r"retention_days: Input should be greater than or equal to 1"):
+        parse_policy({"retention_days": 0})
+
+
+def test_policy_roles_are_the_key_directory_roles():
+    from typing import get_args
+
+    from keys.identity import ROLES
+    from redaction.policy import Role
+
+    assert get_args(Role) == ROLES

@@ -1,0 +1,178 @@
+"""Sealing while redacting: one camera's region originals into the vault, segment by segment.
+
+A :class:`Sealer` is what the redaction side holds: the vault store, the public identities
+and the gateway's signing key, never a key that opens anything. Every frame is handed to
+:meth:`Sealer.add` with the original pixels of its redacted regions; segments roll over every
+``segment_seconds`` of media time, each chained to the previous one of the camera. The
+redacted output names its recording with a :class:`VaultRef`, which is how ``unmask`` finds
+the records of exactly that output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .identity import PublicIdentity, canonical
+from .store import GATEWAY_ACTOR, VaultStore, check_camera
+from .vault import GENESIS, SegmentHeader, SegmentWriter, VaultError, read_segment, recover_partial, utc_now
+from .wrap import Grant, wrap_key
+
+REF_PREFIX = "privacy-gateway-vault:"
+
+
+@dataclass(frozen=True)
+class VaultRef:
+    """Which sealed records belong to a redacted output, carried in the output's metadata.
+
+    ``first_frame`` and ``first_pts_us`` are the record frame number and media time of the
+    output's first frame (both 0 for a file redacted whole).
+    """
+
+    camera: str
+    recording: str
+    first_frame: int = 0
+    first_pts_us: int = 0
+
+    def encode(self) -> str:
+        return REF_PREFIX + canonical({"v": 1, "camera": self.camera, "recording": self.recording,
+                                       "first_frame": self.first_frame, "first_pts_us": self.first_pts_us}).decode()
+
+    @classmethod
+    def decode(cls, text: str | None) -> VaultRef | None:
+        """The reference in a metadata string, or None if it carries none."""
+        if not text or not text.startswith(REF_PREFIX):
+            return None
+        try:
+            data = json.loads(text[len(REF_PREFIX):])
+            if data.get("v") != 1:
+                raise ValueError
+            return cls(check_camera(data["camera"]), str(data["recording"]), int(data["first_frame"]),
+                       int(data["first_pts_us"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise VaultError("the vault reference in this file is malformed") from None
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One redacted region's original, ready to seal."""
+
+    track: int
+    cls: str
+    box: tuple[int, int, int, int]
+    pixels: np.ndarray
+
+
+class Sealer:
+    """Seals the originals of one camera's redacted regions; use as a context manager."""
+
+    def __init__(
+        self,
+        store: VaultStore,
+        signer,
+        camera: str,
+        policy: dict,
+        grants: dict[str, Grant],
+        identities: list[PublicIdentity],
+        segment_seconds: float = 10.0,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        if segment_seconds <= 0:
+            raise ValueError(f"segment length must be > 0 s, got {segment_seconds}")
+        for cls, grant in grants.items():  # refuse now, not at the first region, if a grant cannot be met
+            try:
+                wrap_key(os.urandom(32), grant, identities, b"check")
+            except ValueError as exc:
+                raise VaultError(f"unmask.{cls}: {exc}") from None
+        self.store, self.camera, self.grants, self.identities = store, check_camera(camera), grants, identities
+        self._signer, self._clock = signer, clock
+        self._segment_us = int(segment_seconds * 1e6)
+        self._policy_version = int(policy.get("version", 1))
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(store.camera_lock(camera))
+        try:
+            self._policy_sha256 = store.store_policy(policy)
+            self._recover()
+            self._last, self._previous = self._chain_head()
+        except BaseException:
+            self._lock.close()
+            raise
+        self.ref = VaultRef(camera, f"{self._clock()[:10]}-{secrets.token_hex(8)}")
+        self._writer: SegmentWriter | None = None
+        self._started_us = 0
+        self.first_segment: int | None = None
+        self.records = 0
+
+    def __enter__(self) -> Sealer:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.close(complete=kind is None)
+
+    def _recover(self) -> None:
+        """Sign and keep what a crashed writer left; the event goes to the audit log."""
+        for partial in sorted(self.store.camera_dir(self.camera).glob("*.pgv.partial")):
+            number = int(partial.name.split(".")[0])
+            _, kept = recover_partial(partial, self.store.keys_path(self.camera, number), self._signer)
+            self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-segment",
+                                    {"camera": self.camera, "segment": number, "records": kept})
+
+    def _chain_head(self) -> tuple[int, str]:
+        paths = sorted(self.store.camera_dir(self.camera).glob("*.pgv"))
+        if not paths:
+            return 0, GENESIS
+        last = read_segment(paths[-1], self.store.gateway)
+        return last.number, last.digest
+
+    def add(self, frame: int, pts_us: int, regions: list[Sealed]) -> None:
+        """Seal the originals of one frame's regions (call for every frame, in order)."""
+        if self._writer is not None and pts_us - self._started_us >= self._segment_us:
+            self._roll()
+        if self._writer is None:
+            self._open(pts_us)
+        assert self._writer is not None
+        for region in regions:
+            self._writer.add(frame, pts_us, region.track, region.cls, region.box, region.pixels)
+        self.records += len(regions)
+
+    def _open(self, pts_us: int) -> None:
+        number = self._last + 1
+        header = SegmentHeader(self.camera, number, self._policy_version, self._policy_sha256, self.ref.recording,
+                               self._clock(), self._previous)
+        self._writer = SegmentWriter(self.store.segment_path(self.camera, number), self.store.keys_path(self.camera, number),
+                                     header, self.grants, self.identities, self._signer)
+        self._started_us = pts_us
+        if self.first_segment is None:
+            self.first_segment = number
+
+    def _roll(self) -> None:
+        assert self._writer is not None
+        self._previous = self._writer.close(self._clock())
+        self._last = self._writer.header.segment
+        self._writer = None
+
+    def close(self, complete: bool = True) -> None:
+        """Finish the last segment and log the recording (``complete`` False: its output failed)."""
+        try:
+            if self._writer is not None:
+                self._roll()
+            if self.first_segment is not None:
+                self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
+                    "camera": self.camera, "recording": self.ref.recording,
+                    "segments": [self.first_segment, self._last], "records": self.records,
+                    "head": self._previous, "output": "written" if complete else "failed"})
+        finally:
+            self._lock.close()
+
+
+def grants_of(policy) -> dict[str, Grant]:
+    """The unmask grant of every class the policy redacts (``policy`` is a redaction Policy)."""
+    enabled = policy.classes.enabled()
+    return {cls: Grant(tuple(getattr(policy.unmask, cls).roles), getattr(policy.unmask, cls).quorum)
+            for cls in ("face", "plate") if cls in enabled}

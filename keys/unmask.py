@@ -1,0 +1,237 @@
+"""Unmasking: restore exactly the selected sealed regions of one recording, accountably.
+
+The steps, in this order, and nothing is decrypted before the fourth:
+
+1. the camera's segment chain and the audit log are verified; the recording's segments
+   must all be there (the log's ``seal`` entry names them);
+2. records are selected by class, track and time from their headers (plaintext; no key);
+3. the holders are checked against the key files' recipient lists: some wrap of every
+   needed class must name only holders (not a recipient, or quorum incomplete: refused);
+4. :meth:`Unmask.authorize` appends the signed request to the audit log (every holder
+   signs it); only then are data keys unwrapped, and only the selected tracks' keys derived.
+
+A restored region never reveals a region that was not selected: where a selected box
+overlaps an unselected one, the overlap stays as redacted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audit import AuditError, verify
+from .identity import PrivateIdentity, canonical
+from .record import Record, RecordError, open_record, track_key
+from .seal import VaultRef
+from .store import VaultStore
+from .vault import Segment, VaultError, key_context, read_wraps, segment_name, verify_camera
+from .wrap import UnwrapError, Wrap, unwrap_key
+
+
+class UnmaskError(Exception):
+    """An unmask that is refused or cannot be completed; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to restore; empty sets and None bounds select everything."""
+
+    tracks: frozenset[int] = frozenset()
+    classes: frozenset[str] = frozenset()
+    start_us: int | None = None  # media time in the redacted output, inclusive
+    end_us: int | None = None
+
+    def wants(self, record: Record, first_pts_us: int) -> bool:
+        header = record.header
+        at = header.pts_us - first_pts_us
+        return ((not self.tracks or header.track in self.tracks)
+                and (not self.classes or header.cls in self.classes)
+                and (self.start_us is None or at >= self.start_us)
+                and (self.end_us is None or at <= self.end_us))
+
+    def to_json(self) -> dict:
+        return {"tracks": sorted(self.tracks), "classes": sorted(self.classes),
+                "from_us": self.start_us, "to_us": self.end_us}
+
+
+class Unmask:
+    """One unmask of one recording by a set of holders; see the module docstring for the steps."""
+
+    def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity]) -> None:
+        if not holders:
+            raise UnmaskError("no identity given")
+        self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
+        self._check_holders()
+        log = self._verified_log()
+        segments = self._segments(log)
+        self.policies = {s.header.policy_sha256: store.load_policy(s.header.policy_sha256) for s in segments}
+        self._frames: dict[int, list[tuple[Record, bool, Segment]]] = defaultdict(list)
+        self.selected = 0
+        self.tracks: set[tuple[str, int]] = set()
+        needed: set[tuple[int, str]] = set()
+        for segment in segments:
+            for record in segment.records:
+                wanted = selection.wants(record, ref.first_pts_us)
+                self._frames[record.header.frame].append((record, wanted, segment))
+                if wanted:
+                    self.selected += 1
+                    self.tracks.add((record.header.cls, record.header.track))
+                    needed.add((segment.number, record.header.cls))
+        by_number = {s.number: s for s in segments}
+        self._wraps: dict[tuple[int, str], list[Wrap]] = {}
+        names = {h.public.name for h in holders}
+        for number, cls in sorted(needed):
+            segment = by_number[number]
+            wraps = self._read_wraps(segment, log).get(cls, [])
+            if not any(set(w.names) <= names for w in wraps):
+                raise UnmaskError(f"{', '.join(sorted(names))} may not unmask {cls} regions of this recording "
+                                  "(not a recipient, or the quorum is incomplete)")
+            self._wraps[(number, cls)] = wraps
+        self._authorized = False
+        self._data_keys: dict[tuple[int, str], bytes] = {}
+        self._track_keys: dict[tuple[int, str, int], bytes] = {}
+        self.restored = 0
+
+    @property
+    def watermark_required(self) -> bool:
+        """True unless every policy that sealed this recording lets unmask leave the watermark out."""
+        return any(p.get("unmask", {}).get("watermark", "required") != "optional" for p in self.policies.values())
+
+    # --- checks before anything is decrypted ------------------------------------------------
+
+    def _check_holders(self) -> None:
+        known = {i.name: i for i in self.store.identities}
+        for holder in self.holders:
+            public = known.get(holder.public.name)
+            if public is None or public.hpke != holder.public.hpke or public.signing != holder.public.signing:
+                raise UnmaskError(f"identity {holder.public.name!r} is not in this vault's key directory")
+
+    def _verified_log(self) -> list[dict]:
+        path = self.store.audit.path
+        if not path.exists():
+            return []
+        try:
+            verify(path, self.store.key_of)
+        except AuditError as exc:
+            raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
+        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+    def _segments(self, log: list[dict]) -> list[Segment]:
+        camera = self.ref.camera
+        try:
+            chain = list(verify_camera(self.store.camera_dir(camera), self.store.gateway))
+        except VaultError as exc:
+            raise UnmaskError(f"vault camera {camera!r}: {exc}") from None
+        segments = [s for s in chain if s.header.recording == self.ref.recording]
+        sealed = [e["details"] for e in log if e["action"] == "seal" and e["details"].get("recording") == self.ref.recording]
+        if sealed:
+            first, last = sealed[-1]["segments"]
+            missing = sorted(set(range(first, last + 1)) - {s.number for s in segments})
+            if missing:
+                raise UnmaskError(f"vault camera {camera!r}: segment {segment_name(missing[0])} of this recording is missing")
+        if not segments:
+            raise UnmaskError(f"no sealed records for this file (camera {camera!r}, recording {self.ref.recording}) "
+                              f"in {self.store.root}")
+        return segments
+
+    def _read_wraps(self, segment: Segment, log: list[dict]) -> dict[str, list[Wrap]]:
+        path = self.store.keys_path(self.ref.camera, segment.number)
+        if not path.exists():
+            for entry in log:
+                if entry["action"] == "shred" and [self.ref.camera, segment.number] in entry["details"].get("segments", []):
+                    raise UnmaskError(f"segment {segment_name(segment.number)} of camera {self.ref.camera!r} was "
+                                      f"crypto-shredded (audit entry {entry['seq']}); nobody can unmask it")
+        try:
+            return read_wraps(path, self.store.gateway, segment.keys_sha256)
+        except VaultError as exc:
+            raise UnmaskError(f"vault camera {self.ref.camera!r}: {exc}") from None
+
+    # --- accountability, then decryption ------------------------------------------------------
+
+    def request(self, case: str, reason: str, output: str, watermark: bool) -> dict:
+        return {"camera": self.ref.camera, "recording": self.ref.recording, "case": case, "reason": reason,
+                "selection": self.selection.to_json(), "identities": sorted(h.public.name for h in self.holders),
+                "tracks": [[cls, track] for cls, track in sorted(self.tracks)], "regions": self.selected,
+                "output": output, "watermark": watermark}
+
+    def authorize(self, case: str, reason: str, output: str, watermark: bool) -> dict:
+        """Write the signed request to the audit log; raises (and nothing opens) if it cannot be written."""
+        if not case.strip() or not reason.strip():
+            raise UnmaskError("a case id and a reason are required")
+        if not watermark and self.watermark_required:
+            raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
+        details = self.request(case, reason, output, watermark)
+        details["approvals"] = {h.public.name: h.signing.sign(canonical(self.request(case, reason, output, watermark))).hex()
+                                for h in self.holders}
+        first = self.holders[0]
+        try:
+            entry = self.store.audit.append(first.public.name, first.signing, "unmask", details)
+        except AuditError as exc:
+            raise UnmaskError(f"{exc}; unmask refused") from None
+        self._authorized = True
+        return entry
+
+    def restore(self, index: int, time_s: float, image: np.ndarray, tolerance_us: int) -> int:
+        """Restore the selected regions of the output's frame ``index`` in place; returns how many."""
+        if not self._authorized:
+            raise RuntimeError("authorize() must write the audit entry before anything is decrypted")
+        items = self._frames.pop(self.ref.first_frame + index, None)
+        if not items:
+            return 0
+        expected = self.ref.first_pts_us + round(time_s * 1e6)
+        height, width = image.shape[:2]
+        for record, _, _ in items:
+            x, y, w, h = record.header.box
+            if abs(record.header.pts_us - expected) > tolerance_us or x + w > width or y + h > height:
+                raise UnmaskError("the file does not match its sealed records (cut, re-encoded or edited after "
+                                  "redaction?)")
+        count = 0
+        for record, wanted, segment in items:
+            if not wanted:
+                continue
+            pixels = self._open(record, segment)
+            others = [r.header.box for r, chosen, _ in items if not chosen]
+            _paste(image, record.header.box, pixels, others)
+            count += 1
+        self.restored += count
+        return count
+
+    @property
+    def unused(self) -> int:
+        """Selected records whose frame never came (the file is shorter than what was sealed)."""
+        return sum(1 for items in self._frames.values() for _, wanted, _ in items if wanted)
+
+    def _open(self, record: Record, segment: Segment) -> np.ndarray:
+        header = record.header
+        key = self._track_keys.get((segment.number, header.cls, header.track))
+        if key is None:
+            data_key = self._data_keys.get((segment.number, header.cls))
+            if data_key is None:
+                try:
+                    data_key = unwrap_key(self._wraps[(segment.number, header.cls)], self.holders,
+                                          key_context(header.camera, segment.number, header.cls))
+                except UnwrapError:
+                    raise UnmaskError("cannot unmask: the identities given do not open this recording's keys") from None
+                self._data_keys[(segment.number, header.cls)] = data_key
+            key = track_key(data_key, header.camera, segment.number, header.track)
+            self._track_keys[(segment.number, header.cls, header.track)] = key
+        try:
+            return open_record(key, record)
+        except RecordError:
+            raise UnmaskError("a sealed record does not open (vault damaged?)") from None
+
+
+def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:
+    """Put ``pixels`` back at ``box``, except where an unselected region's box overlaps it."""
+    x, y, w, h = box
+    keep = np.ones((h, w), dtype=bool)
+    for ox, oy, ow, oh in others:
+        x0, y0 = max(x, ox) - x, max(y, oy) - y
+        x1, y1 = min(x + w, ox + ow) - x, min(y + h, oy + oh) - y
+        if x1 > x0 and y1 > y0:
+            keep[y0:y1, x0:x1] = False
+    target = image[y : y + h, x : x + w]
+    target[keep] = pixels[keep]
