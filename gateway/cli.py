@@ -1,10 +1,11 @@
-"""``privacy-gateway`` command line: redact and detect on files."""
+"""``privacy-gateway`` command line: redact and detect on files, keys (escrow commands in escrow.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +13,12 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
+from . import escrow
+from .errors import CheckFailed, CommandError
 from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, VideoFrame, VideoTranscoder, is_image, read_image, write_image
 
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as ``privacy-gateway: error: <message>``, exit status 2."""
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     redact.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT", help="where to write the result")
     redact.add_argument("--policy", type=Path, metavar="FILE", help="redaction policy (YAML); default: built-in")
     redact.add_argument("--threads", type=int, metavar="N", help="inference threads per model (default: every core)")
+    redact.add_argument("--keys", type=Path, metavar="DIR",
+                        help="key directory: seal the originals of every redacted region (with --vault)")
+    redact.add_argument("--vault", type=Path, metavar="VAULT", help="vault to seal into (with --keys)")
+    redact.add_argument("--camera", metavar="ID", help="camera id in the vault (default: from the input's name)")
+    redact.add_argument("--segment-seconds", type=float, default=10.0, metavar="S",
+                        help="media seconds per vault segment (default: 10)")
 
     detect = commands.add_parser("detect", help="list the regions that would be redacted")
     detect.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="images, videos or directories")
@@ -52,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--out", type=Path, required=True, metavar="FILE",
                      help="where to write the private keys, encrypted under a passphrase "
                           "(from PRIVACY_GATEWAY_PASSPHRASE, else prompted)")
+    add.add_argument("--post-quantum", action="store_true",
+                     help="also an ML-KEM-768 key: wraps to this person use hybrid ML-KEM-768+X25519 HPKE")
+    escrow.add_commands(commands)
     return parser
 
 
@@ -64,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             return _detect(args)
         if args.command == "keys":
             return _keys(args)
+        if args.command in ("unmask", "audit", "vault"):
+            return escrow.run(args)
+    except CheckFailed as exc:
+        print(f"privacy-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except (CommandError, MediaError) as exc:
         print(f"privacy-gateway: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -72,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (``| head``): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     raise AssertionError(args.command)
 
 
@@ -100,8 +116,36 @@ def _check_input(path: Path) -> None:
         raise CommandError(f"cannot read {path}: permission denied")
 
 
+def _sealer(args: argparse.Namespace, policy):
+    """A :class:`keys.seal.Sealer` when ``--keys``/``--vault`` are given, else None."""
+    if (args.keys is None) != (args.vault is None):
+        raise CommandError("--keys and --vault go together: sealing needs the key directory and the vault")
+    if args.keys is None:
+        return None
+    from keys.directory import DirectoryError, KeyDirectory
+    from keys.seal import Sealer, grants_of
+    from keys.store import VaultStore
+    from keys.vault import VaultError
+
+    camera = args.camera or re.sub(r"[^A-Za-z0-9_.-]+", "-", args.input.stem).lstrip(".-")[:64] or "camera"
+    try:
+        directory = KeyDirectory.open(args.keys)
+        store = VaultStore.for_sealing(args.vault, directory)
+        return Sealer(store, directory.signer, camera, policy.model_dump(mode="json"), grants_of(policy),
+                      directory.identities, segment_seconds=args.segment_seconds)
+    except (DirectoryError, VaultError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _sealed(regions, originals, numbered: bool = False) -> list:
+    """Regions with their original pixels for the sealer; ``numbered`` gives each its own track (still images)."""
+    from keys.seal import Sealed
+
+    return [Sealed(i + 1 if numbered else (r.track or 0), r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
+            for i, (r, crop) in enumerate(zip(regions, originals))]
+
+
 def _redact(args: argparse.Namespace) -> int:
-    from redaction.engine import Frame, StreamRedactor
     from redaction.redact import redact_frame
 
     source, target = args.input, args.output
@@ -118,14 +162,34 @@ def _redact(args: argparse.Namespace) -> int:
             f"{target}: output must be {'an image' if is_image(source) else 'a video'} like the input"
         )
     policy, analyzer = _engine(args)
+    sealer = _sealer(args, policy)
+    comment = None if sealer is None else sealer.ref.encode()
+    try:
+        if is_image(source):
+            image = read_image(source)
+            regions = analyzer.regions(image)
+            originals = redact_frame(image, regions, policy, copy_out=sealer is not None)
+            if sealer is not None:
+                sealer.add(0, 0, _sealed(regions, originals, numbered=True))
+            write_image(target, image, comment)
+        else:
+            _redact_video(source, target, analyzer, policy, sealer, comment)
+    except BaseException:
+        if sealer is not None:
+            sealer.close(complete=False)
+        raise
+    if sealer is not None:
+        sealer.close()
+        print(f"sealed {sealer.records} regions into {args.vault} (camera {sealer.camera}, "
+              f"recording {sealer.ref.recording})", file=sys.stderr)
+    return 0
 
-    if is_image(source):
-        image = read_image(source)
-        redact_frame(image, analyzer.regions(image), policy)
-        write_image(target, image)
-        return 0
 
-    transcoder = VideoTranscoder(source, target)
+def _redact_video(source: Path, target: Path, analyzer, policy, sealer, comment: str | None) -> None:
+    from redaction.engine import Frame, StreamRedactor
+    from redaction.redact import redact_frame
+
+    transcoder = VideoTranscoder(source, target, comment)
     stream = StreamRedactor(analyzer)
     bar = tqdm(total=transcoder.info.frames, unit="frame", desc=source.name, disable=None, file=sys.stderr)
 
@@ -135,7 +199,10 @@ def _redact(args: argparse.Namespace) -> int:
         else:
             decisions = stream.push(Frame(item.index, item.time, item.image, item.pts, item))
         for decision in decisions:
-            redact_frame(decision.frame.image, decision.regions, policy)
+            originals = redact_frame(decision.frame.image, decision.regions, policy, copy_out=sealer is not None)
+            if sealer is not None:
+                frame = decision.frame
+                sealer.add(frame.index, round(frame.time * 1e6), _sealed(decision.regions, originals))
             bar.update()
         return [d.frame.payload for d in decisions]
 
@@ -148,7 +215,6 @@ def _redact(args: argparse.Namespace) -> int:
     if transcoder.skipped_audio:
         print(f"privacy-gateway: warning: {source}: {transcoder.skipped_audio} damaged audio packets dropped",
               file=sys.stderr)
-    return 0
 
 
 def _walk(inputs: list[Path]) -> Iterator[Path]:
@@ -234,7 +300,7 @@ def _keys(args: argparse.Namespace) -> int:
         if args.out.exists():
             raise CommandError(f"{args.out}: already exists; refusing to overwrite a private key file")
         try:
-            identity = PrivateIdentity.generate(args.name, args.roles)
+            identity = PrivateIdentity.generate(args.name, args.roles, post_quantum=args.post_quantum)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if any(i.name == identity.public.name for i in directory.identities):

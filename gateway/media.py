@@ -10,7 +10,9 @@ import contextlib
 import os
 import queue
 import tempfile
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +23,9 @@ import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+COMMENT_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+#: containers whose ``comment`` tag survives a round trip (the vault reference rides in it)
+COMMENT_VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".3gp"})
 
 
@@ -58,9 +63,14 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write losslessly for PNG (and other lossless formats), at JPEG quality 95 otherwise."""
+def write_image(path: Path, image: np.ndarray, comment: str | None = None) -> None:
+    """Write losslessly for PNG (and other lossless formats), at JPEG quality 95 otherwise.
+
+    ``comment`` (ASCII) is stored as a PNG ``tEXt`` chunk or a JPEG ``COM`` segment.
+    """
     suffix = path.suffix.lower()
+    if comment is not None and suffix not in COMMENT_IMAGE_SUFFIXES:
+        raise MediaError(f"cannot write {path}: only PNG and JPEG images can carry the vault reference")
     params: list[int] = []
     if suffix in (".jpg", ".jpeg"):
         params = [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -69,8 +79,63 @@ def write_image(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(suffix or ".png", image, params)
     if not ok:
         raise MediaError(f"cannot encode {path}: unsupported image format {suffix!r}")
+    data = encoded.tobytes()
+    if comment is not None:
+        data = _with_comment(data, comment.encode("ascii"))
     with atomic_output(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
+        tmp.write_bytes(data)
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_KEYWORD = b"Comment\x00"
+
+
+def _with_comment(data: bytes, text: bytes) -> bytes:
+    if data.startswith(_PNG):  # after the 8-byte signature and the IHDR chunk (25 bytes)
+        body = b"tEXt" + _PNG_KEYWORD + text
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return data[:33] + chunk + data[33:]
+    if len(text) > 65533:
+        raise MediaError("comment too long for a JPEG COM segment")
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+
+
+def image_comment(path: Path) -> str | None:
+    """The comment stored by :func:`write_image` (PNG ``tEXt`` "Comment", JPEG ``COM``), if any."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise MediaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data.startswith(_PNG):
+        at = 8
+        while at + 12 <= len(data):
+            (length,) = struct.unpack_from(">I", data, at)
+            kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+            if kind == b"tEXt" and body.startswith(_PNG_KEYWORD):
+                return body[len(_PNG_KEYWORD):].decode("latin-1")
+            if kind == b"IDAT":
+                break
+            at += 12 + length
+        return None
+    at = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if marker == 0xFE:
+            return data[at + 4 : at + 2 + length].decode("latin-1")
+        if marker == 0xDA:  # start of scan: no more headers
+            break
+        at += 2 + length
+    return None
+
+
+def video_comment(path: Path) -> str | None:
+    """The container's ``comment`` metadata (set by :class:`VideoTranscoder`), if any."""
+    container = open_video(path)
+    try:
+        return {k.lower(): v for k, v in container.metadata.items()}.get("comment")
+    finally:
+        container.close()
 
 
 def check_writable(path: Path) -> None:
@@ -176,9 +241,13 @@ class VideoTranscoder:
     packet for packet when the output container accepts their codec, else re-encoded to AAC.
     """
 
-    def __init__(self, source: Path, target: Path | None = None) -> None:
-        """``target`` may be None when the video is only read (``frames``)."""
-        self.source, self.target = source, target
+    def __init__(self, source: Path, target: Path | None = None, comment: str | None = None) -> None:
+        """``target`` may be None when the video is only read (``frames``); ``comment`` goes
+        into the output container's metadata."""
+        if comment is not None and target is not None and target.suffix.lower() not in COMMENT_VIDEO_SUFFIXES:
+            raise MediaError(f"cannot write {target}: use one of {', '.join(sorted(COMMENT_VIDEO_SUFFIXES))} "
+                             "so the output can carry its vault reference")
+        self.source, self.target, self.comment = source, target, comment
         self._input = open_video(source)
         self.info = video_info(self._input)
         self.skipped_audio = 0
@@ -209,6 +278,8 @@ class VideoTranscoder:
             raise ValueError("no target to transcode to")
         with atomic_output(self.target) as tmp:
             out = av.open(str(tmp), mode="w")
+            if self.comment is not None:
+                out.metadata["comment"] = self.comment
             try:
                 video_out = self._add_video(out)
                 audio = self._add_audio(out)
