@@ -265,7 +265,14 @@ TAMPER = {
     "key files swapped": (lambda v: _swap(v / "keys" / "stage" / "00000001.keys", v / "keys" / "stage" / "00000002.keys"),
                           "does not belong to its segment"),
     "audit entry edited": (lambda v: _edit_log(v / "audit.log"), "audit log entry 1"),
+    "segment truncated": (lambda v: _truncate(v / "segments" / "stage" / "00000002.pgv"), "truncated"),
+    "segments reordered": (lambda v: _swap(v / "segments" / "stage" / "00000001.pgv",
+                                           v / "segments" / "stage" / "00000002.pgv"), "out of sequence"),
 }
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
 
 
 def _flip(path):
