@@ -80,10 +80,11 @@ class Sealer:
         policy: dict,
         grants: dict[str, Grant],
         identities: list[PublicIdentity],
-        segment_seconds: float = 10.0,
+        segment_seconds: float | None = 10.0,
         clock: Callable[[], str] = utc_now,
     ) -> None:
-        if segment_seconds <= 0:
+        """``segment_seconds`` None: segments end only with their recording (:meth:`start_recording`)."""
+        if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment length must be > 0 s, got {segment_seconds}")
         for cls, grant in grants.items():  # refuse now, not at the first region, if a grant cannot be met
             try:
@@ -92,7 +93,7 @@ class Sealer:
                 raise VaultError(f"unmask.{cls}: {exc}") from None
         self.store, self.camera, self.grants, self.identities = store, check_camera(camera), grants, identities
         self._signer, self._clock = signer, clock
-        self._segment_us = int(segment_seconds * 1e6)
+        self._segment_us = None if segment_seconds is None else int(segment_seconds * 1e6)
         self._policy_version = int(policy.get("version", 1))
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(store.camera_lock(camera))
@@ -103,11 +104,9 @@ class Sealer:
         except BaseException:
             self._lock.close()
             raise
-        self.ref = VaultRef(camera, f"{self._clock()[:10]}-{secrets.token_hex(8)}")
         self._writer: SegmentWriter | None = None
         self._started_us = 0
-        self.first_segment: int | None = None
-        self.records = 0
+        self.ref = self._new_ref(0, 0)
 
     def __enter__(self) -> Sealer:
         return self
@@ -132,7 +131,7 @@ class Sealer:
 
     def add(self, frame: int, pts_us: int, regions: list[Sealed]) -> None:
         """Seal the originals of one frame's regions (call for every frame, in order)."""
-        if self._writer is not None and pts_us - self._started_us >= self._segment_us:
+        if self._writer is not None and self._segment_us is not None and pts_us - self._started_us >= self._segment_us:
             self._roll()
         if self._writer is None:
             self._open(pts_us)
@@ -157,16 +156,31 @@ class Sealer:
         self._last = self._writer.header.segment
         self._writer = None
 
+    def _new_ref(self, first_frame: int, first_pts_us: int) -> VaultRef:
+        self.first_segment: int | None = None
+        self.records = 0
+        return VaultRef(self.camera, f"{self._clock()[:10]}-{secrets.token_hex(8)}", first_frame, first_pts_us)
+
+    def start_recording(self, first_frame: int, first_pts_us: int) -> VaultRef:
+        """End the current recording (its last segment closed and logged) and begin the next,
+        whose output starts with frame ``first_frame`` at media time ``first_pts_us``."""
+        self._finish_recording(complete=True)
+        self.ref = self._new_ref(first_frame, first_pts_us)
+        return self.ref
+
+    def _finish_recording(self, complete: bool) -> None:
+        if self._writer is not None:
+            self._roll()
+        if self.first_segment is not None:
+            self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
+                "camera": self.camera, "recording": self.ref.recording,
+                "segments": [self.first_segment, self._last], "records": self.records,
+                "head": self._previous, "output": "written" if complete else "failed"})
+
     def close(self, complete: bool = True) -> None:
         """Finish the last segment and log the recording (``complete`` False: its output failed)."""
         try:
-            if self._writer is not None:
-                self._roll()
-            if self.first_segment is not None:
-                self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
-                    "camera": self.camera, "recording": self.ref.recording,
-                    "segments": [self.first_segment, self._last], "records": self.records,
-                    "head": self._previous, "output": "written" if complete else "failed"})
+            self._finish_recording(complete)
         finally:
             self._lock.close()
 

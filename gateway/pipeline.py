@@ -1,0 +1,293 @@
+"""One camera's live pipeline: frames in → decide (detect, track) → redact + seal → release in order.
+
+Fail-closed by construction: a frame leaves only through :meth:`CameraPipeline._release`, and
+only in one of three states:
+
+``redacted``  the engine decided its regions and they were redacted (and sealed);
+``blanked``   no decision by its deadline (detector still warming up, slow, stalled or
+              crashed, queue behind): replaced by a solid frame of the same size;
+``dropped``   never analysed because the input queue overflowed (no pixels at all).
+
+Every frame index is released exactly once and in order, so a recorder can keep its files
+aligned with the sealed records. The watchdog (:meth:`tick`, driven by the server every few
+milliseconds) blanks the oldest frame once its hold-back deadline passes; the worker claims
+a frame before redacting it, and the watchdog never touches a claimed frame, so a frame is
+either redacted or blanked, never both, never raw.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from redaction.engine import Analyzer, Frame, StreamRedactor
+from redaction.policy import Policy
+from redaction.redact import redact_frame
+
+if TYPE_CHECKING:
+    from .sources import SourceFrame
+
+log = logging.getLogger(__name__)
+
+State = Literal["redacted", "blanked", "dropped"]
+BLANK_LEVEL = 48  # the grey of a blanked frame
+
+
+@dataclass(frozen=True)
+class Released:
+    """A frame leaving the pipeline; ``image`` is None for a dropped frame."""
+
+    camera: str
+    index: int
+    time: float
+    state: State
+    image: np.ndarray | None
+    shape: tuple[int, int, int]
+    ref: object = None  # the vault reference (keys.seal.VaultRef) of the recording this frame belongs to
+
+
+@dataclass
+class PipelineStats:
+    """Counters read by the metrics exporter (plain numbers; written under the pipeline lock)."""
+
+    frames_in: int = 0
+    released: int = 0
+    blanked: int = 0
+    dropped: int = 0
+    late: int = 0  # decided after the watchdog had already blanked them
+    detector_errors: int = 0
+    detections: int = 0
+    detect_seconds: float = 0.0
+    queue_depth: int = 0
+    warm: bool = False
+    #: arrival → release of redacted frames, drained by the metrics exporter (bounded)
+    latency_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+@dataclass
+class _Slot:
+    time: float
+    arrived: float
+    shape: tuple[int, int, int]
+    state: State | Literal["pending", "claimed"] = "pending"
+    image: np.ndarray | None = None
+    ref: object = None
+
+
+class CameraPipeline:
+    """Decides, redacts, seals and releases one camera's frames; sinks get :class:`Released` in order."""
+
+    def __init__(
+        self,
+        camera: str,
+        policy: Policy,
+        sinks: list[Callable[[Released], None]],
+        sealer=None,
+        holdback: float = 0.5,
+        queue_frames: int = 16,
+        recording_seconds: float | None = None,
+        analyzer_factory: Callable[[Policy], Analyzer] = Analyzer,
+    ) -> None:
+        if holdback <= 0:
+            raise ValueError(f"holdback must be > 0 s, got {holdback}")
+        self.camera, self.policy, self.sinks, self.sealer = camera, policy, sinks, sealer
+        self.holdback, self.recording_seconds = holdback, recording_seconds
+        self.stats = PipelineStats()
+        self._analyzer_factory = analyzer_factory
+        self._lock = threading.Lock()
+        self._release_lock = threading.Lock()
+        self._slots: OrderedDict[int, _Slot] = OrderedDict()
+        self._queue: deque[SourceFrame] = deque()
+        self._queue_frames = queue_frames
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._refs: list = [sealer.ref] if sealer is not None else []
+        self._recording_start: float | None = None
+        self._thread = threading.Thread(target=self._work, name=f"pipeline-{camera}", daemon=True)
+
+    # --- input (source thread) --------------------------------------------------------------
+
+    def offer(self, frame: SourceFrame) -> None:
+        """Take a frame from the source; never blocks. Overflow drops the oldest queued frame."""
+        with self._lock:
+            self.stats.frames_in += 1
+            self._slots[frame.index] = _Slot(frame.time, frame.arrived, frame.image.shape)
+            self._queue.append(frame)
+            while len(self._queue) > self._queue_frames:
+                old = self._queue.popleft()
+                slot = self._slots.get(old.index)
+                if slot is not None and slot.state == "pending":
+                    slot.state = "dropped"
+            self.stats.queue_depth = len(self._queue)
+            self._wake.notify()
+        self._drain()
+
+    # --- watchdog ------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Blank every frame whose deadline has passed without a decision (call every few ms)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.state != "pending":
+                    continue
+                if now - slot.arrived >= self.holdback:
+                    slot.state = "blanked"
+                else:
+                    break  # younger frames have later deadlines
+        self._drain()
+
+    # --- worker ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; frames not yet decided are released blanked, none raw."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.state == "pending":
+                    slot.state = "blanked"
+        self._drain()
+        if self.sealer is not None and not self._thread.is_alive():
+            self.sealer.close()
+
+    def _next(self) -> SourceFrame | None:
+        with self._lock:
+            while not self._queue and not self._stopping:
+                self._wake.wait(0.5)
+            if self._stopping:
+                return None
+            frame = self._queue.popleft()
+            self.stats.queue_depth = len(self._queue)
+            return frame
+
+    def _work(self) -> None:
+        try:
+            analyzer = self._analyzer_factory(self.policy)
+            from redaction import kernels
+
+            kernels.warmup()
+        except Exception:
+            log.exception("camera %s: detector failed to start; every frame will be blanked", self.camera)
+            self.stats.detector_errors += 1
+            return
+        self.stats.warm = True
+        stream = StreamRedactor(analyzer)
+        cost = 0.0
+        while True:
+            frame = self._next()
+            if frame is None:
+                break
+            with self._lock:
+                slot = self._slots.get(frame.index)
+                if slot is None or slot.state != "pending":
+                    continue  # blanked while queued: skip it and catch up
+                if time.monotonic() - frame.arrived + 1.25 * cost > self.holdback:
+                    slot.state = "blanked"  # cannot be decided in time: blank it now and catch up
+                    skip = True
+                else:
+                    skip = False
+            if skip:
+                self._drain()
+                continue
+            started = time.monotonic()
+            try:
+                decisions = stream.push(Frame(frame.index, frame.time, frame.image))
+            except Exception:
+                # the frames of the failed group are never decided: the watchdog blanks them
+                self.stats.detector_errors += 1
+                log.exception("camera %s: detector failed; its frames are blanked", self.camera)
+                stream.close()
+                stream = StreamRedactor(analyzer)
+                continue
+            if decisions:
+                spent = time.monotonic() - started
+                self.stats.detections += 1
+                self.stats.detect_seconds += spent
+                # expected time to decide a frame: what detection took lately, capped so that after a
+                # stall the freshest frames are still tried (and the estimate can recover)
+                cost = min(spent if cost == 0.0 else 0.7 * cost + 0.3 * spent, 0.75 * self.holdback)
+            for decision in decisions:
+                self._finish(decision)
+        stream.close()
+
+    def _finish(self, decision) -> None:
+        frame = decision.frame
+        with self._lock:
+            slot = self._slots.get(frame.index)
+            if slot is None or slot.state != "pending":
+                self.stats.late += 1
+                return
+            slot.state = "claimed"
+        originals = redact_frame(frame.image, decision.regions, self.policy, copy_out=self.sealer is not None)
+        ref = None
+        if self.sealer is not None:
+            ref = self._seal(frame, decision.regions, originals)
+        with self._lock:
+            slot.state, slot.image, slot.ref = "redacted", frame.image, ref
+        self._drain()
+
+    def _seal(self, frame: Frame, regions, originals):
+        from keys.seal import Sealed
+
+        pts_us = round(frame.time * 1e6)
+        if self._recording_start is None:
+            self._recording_start = frame.time
+        elif self.recording_seconds is not None and frame.time - self._recording_start >= self.recording_seconds:
+            ref = self.sealer.start_recording(frame.index, pts_us)
+            with self._lock:
+                self._refs = [*self._refs[-7:], ref]
+            self._recording_start = frame.time
+        self.sealer.add(frame.index, pts_us, [
+            Sealed(r.track or 0, r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
+            for r, crop in zip(regions, originals)])
+        return self.sealer.ref
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def _ref_for(self, index: int):
+        for ref in reversed(self._refs):
+            if ref.first_frame <= index:
+                return ref
+        return self._refs[0] if self._refs else None
+
+    def _drain(self) -> None:
+        """Release, in index order, every frame at the head whose fate is settled."""
+        with self._release_lock:
+            while True:
+                with self._lock:
+                    if not self._slots:
+                        return
+                    index, slot = next(iter(self._slots.items()))
+                    if slot.state in ("pending", "claimed"):
+                        return
+                    del self._slots[index]
+                    ref = slot.ref if slot.ref is not None else self._ref_for(index)
+                    if slot.state == "redacted":
+                        self.stats.released += 1
+                        self.stats.latency_seconds.append(time.monotonic() - slot.arrived)
+                        image = slot.image
+                    elif slot.state == "blanked":
+                        self.stats.blanked += 1
+                        image = np.full(slot.shape, BLANK_LEVEL, dtype=np.uint8)
+                    else:
+                        self.stats.dropped += 1
+                        image = None
+                item = Released(self.camera, index, slot.time, slot.state, image, slot.shape, ref)  # type: ignore[arg-type]
+                for sink in self.sinks:
+                    try:
+                        sink(item)
+                    except Exception:
+                        log.exception("camera %s: a sink failed on frame %d", self.camera, index)

@@ -1,0 +1,203 @@
+"""The live per-camera pipeline on a real clip with the real face detector: fail closed under
+every fault (warm-up, crash, stall, overload), frames released once and in order, and the
+recordings it makes unmask with an investigator's key."""
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from gateway.media import VideoTranscoder, read_image
+from gateway.pipeline import BLANK_LEVEL, CameraPipeline
+from gateway.recorder import Recorder, ThreadedSink
+from keys.directory import KeyDirectory
+from keys.identity import PrivateIdentity
+from keys.seal import Sealer, grants_of
+from keys.store import VaultStore
+from keys.vault import verify_camera
+from redaction.engine import Analyzer
+from redaction.policy import parse_policy
+
+# stride 3 at 12.5 fps: one detection (~0.1-0.25 s here) per 0.24 s of video, as a live camera would be set up
+POLICY = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 1, "stride": 3}})
+FPS = 12.5
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int
+    time: float
+    image: np.ndarray
+    arrived: float
+
+
+@pytest.fixture(scope="module")
+def clip(short_clip):
+    """The first 40 frames of the 2 s clip (640x360), and the faces the detector finds on each
+    with confidence (>= 0.5; a stride may legitimately skip faces that flicker at low scores)."""
+    frames = [f.image for f in VideoTranscoder(short_clip).frames()][:40]
+    analyzer = Analyzer(POLICY)
+    faces = [[r for r in analyzer.regions(image) if r.score >= 0.5] for image in frames]
+    assert sum(map(len, faces)) >= 30
+    return frames, faces, analyzer.detectors
+
+
+class Faulty:
+    """The real face detector, with faults injected on chosen frames (by content identity)."""
+
+    classes = ("face",)
+
+    def __init__(self, real, frames, crash=(), stall=None, slow=0.0):
+        self.real, self.crash, self.stall, self.slow = real, set(crash), stall or {}, slow
+        self.ids = {hashlib.blake2b(f.tobytes()).digest(): i for i, f in enumerate(frames)}
+        self.calls = 0
+
+    def detect(self, image):
+        self.calls += 1
+        index = self.ids.get(hashlib.blake2b(image.tobytes()).digest())
+        if index in self.crash:
+            raise RuntimeError(f"model crashed on frame {index}")
+        if index in self.stall:
+            time.sleep(self.stall.pop(index))
+        if self.slow:
+            time.sleep(self.slow)
+        return self.real.detect(image)
+
+
+def run(frames, pipeline, fps=FPS, tail=1.0):
+    """Offer frames at ``fps`` from a source thread while a watchdog ticks; then stop."""
+    released = []
+    pipeline.sinks.insert(0, released.append)
+    stop = threading.Event()
+
+    def watchdog():
+        while not stop.is_set():
+            pipeline.tick()
+            time.sleep(0.005)
+
+    ticker = threading.Thread(target=watchdog, daemon=True)
+    pipeline.start()
+    ticker.start()
+    start = time.monotonic()
+    for index, image in enumerate(frames):
+        time.sleep(max(0.0, start + index / fps - time.monotonic()))
+        pipeline.offer(Item(index, index / fps, image.copy(), time.monotonic()))
+    time.sleep(tail)
+    stop.set()
+    ticker.join()
+    pipeline.stop()
+    return released
+
+
+def check_fail_closed(released, frames, faces):
+    """Every frame released once, in order; blanked frames solid; redacted ones changed on every face."""
+    assert [r.index for r in released] == list(range(len(frames)))
+    for item in released:
+        if item.state == "blanked":
+            assert (item.image == BLANK_LEVEL).all()
+        elif item.state == "dropped":
+            assert item.image is None
+        else:
+            raw = frames[item.index]
+            for face in faces[item.index]:
+                x, y, w, h = face.box
+                changed = (item.image[y : y + h, x : x + w] != raw[y : y + h, x : x + w]).any(axis=2).mean()
+                assert changed > 0.5, f"frame {item.index}: face {face.box} released {changed:.0%} changed"
+
+
+def test_frames_are_blanked_until_the_detector_is_warm(clip):
+    frames, faces, detectors = clip
+
+    def slow_start(policy):
+        time.sleep(1.0)
+        return Analyzer(policy, detectors)
+
+    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.6, analyzer_factory=slow_start)
+    released = run(frames, pipeline)
+    check_fail_closed(released, frames, faces)
+    states = [r.state for r in released]
+    assert states[0] in ("blanked", "dropped") and "redacted" in states
+    assert pipeline.stats.blanked + pipeline.stats.dropped >= 5 and pipeline.stats.warm
+
+
+def test_a_crashing_detector_blanks_its_frames_and_the_stream_goes_on(clip):
+    frames, faces, detectors = clip
+    faulty = Faulty(detectors["face"], frames, crash=range(10, 16))
+    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.8,
+                              analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
+    released = run(frames, pipeline)
+    check_fail_closed(released, frames, faces)
+    assert pipeline.stats.detector_errors >= 1
+    assert all(released[i].state != "redacted" for i in range(10, 16))
+    assert sum(r.state == "redacted" for r in released[20:]) >= 10
+
+
+def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):
+    frames, faces, detectors = clip
+    faulty = Faulty(detectors["face"], frames, stall={9: 1.5})
+    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.6, queue_frames=64,
+                              analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
+    released = run(frames, pipeline, tail=2.0)
+    check_fail_closed(released, frames, faces)
+    assert pipeline.stats.blanked >= 8  # 1.5 s of frames at 12.5 fps, less the hold-back
+    assert pipeline.stats.late >= 1  # the stalled frame's decision came after it was blanked
+    assert any(r.state == "redacted" for r in released[30:])
+
+
+def test_overload_drops_and_blanks_but_never_releases_raw(clip):
+    frames, faces, detectors = clip
+    faulty = Faulty(detectors["face"], frames, slow=0.5)  # each detection takes longer than its 3 frames
+    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.8, queue_frames=3,
+                              analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
+    released = run(frames, pipeline)
+    check_fail_closed(released, frames, faces)
+    assert pipeline.stats.dropped >= 5 and pipeline.stats.released >= 2
+
+
+def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, tmp_path, monkeypatch):
+    frames, faces, detectors = clip
+    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "pw")
+    directory = KeyDirectory.init(tmp_path / "keys")
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    ivan.save(tmp_path / "ivan.id", "pw")
+    directory.add(ivan.public)
+    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
+                    directory.identities, segment_seconds=None)
+    recorder = Recorder(tmp_path / "recordings", "cam", fps=FPS)
+    sink = ThreadedSink("recorder", recorder, keep_all=True)
+    pipeline = CameraPipeline("cam", POLICY, [sink], sealer=sealer, holdback=2.0, recording_seconds=1.5,
+                              analyzer_factory=lambda p: Analyzer(p, detectors))
+    released = run(frames, pipeline, tail=2.5)
+    sink.close()
+    recorder.close()
+    check_fail_closed(released, frames, faces)
+    assert len(recorder.files) >= 2
+    records = {}  # recording -> frame -> sealed boxes, from the plaintext record headers
+    for segment in verify_camera(store.camera_dir("cam"), store.gateway):
+        for record in segment.records:
+            records.setdefault(segment.header.recording, {}).setdefault(record.header.frame, []).append(record.header.box)
+    restored = 0
+    first = 0
+    for path in recorder.files:
+        count = len(list(VideoTranscoder(path).frames()))
+        out = tmp_path / f"{path.stem}-frames"
+        code = main(["unmask", str(path), "--vault", str(tmp_path / "vault"), "--keys", str(tmp_path / "keys"),
+                     "--identity", str(tmp_path / "ivan.id"), "--case", "C-5", "--reason", "test", "-o", str(out)])
+        sealed = records.get(path.stem, {})
+        assert (code == 0) == bool(sealed)
+        for frame, boxes in sealed.items():
+            image = read_image(out / f"{frame - first:06d}.png")
+            for x, y, w, h in boxes:
+                if y > image.shape[0] * 0.1 and y + h < image.shape[0] * 0.9:  # clear of the watermark bands
+                    assert np.array_equal(image[y : y + h, x : x + w], frames[frame][y : y + h, x : x + w])
+                    restored += 1
+        first += count
+    assert first == len(frames)  # the recordings hold every frame, blanked ones included
+    assert restored >= 10
+    assert os.path.exists(tmp_path / "vault" / "audit.log")
