@@ -1,0 +1,163 @@
+"""The gateway's configuration (YAML): cameras, their policies, storage, listen address, TLS.
+
+Validated whole at load: unknown keys are refused and every error names its field path
+(``cameras.lobby.holdback_ms: ...``). Relative paths are relative to the configuration file.
+With no file, :data:`DEFAULT` (``config/gateway.yaml``) runs one demo camera on a bundled clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from keys.store import check_camera
+from redaction.policy import Policy, PolicyError, load_policy
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+DEFAULT = CONFIG_DIR / "gateway.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every offending field path."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Camera(_Model):
+    #: ``rtsp://...`` or a video file (``file://`` or a path): a file is read in a loop at its own rate
+    source: str
+    protocol: Literal["rtsp", "file"] | None = None  # None: from the source
+    #: RTSP transport
+    transport: Literal["tcp", "udp"] = "tcp"
+    #: redaction policy file (YAML); None: the built-in default
+    policy: Path | None = None
+    #: the longest a frame waits for its redaction decision before it is released blanked
+    holdback_ms: Annotated[int, Field(ge=20, le=10_000)] = 500
+    #: frames waiting for analysis before the oldest is dropped
+    queue_frames: Annotated[int, Field(ge=1, le=600)] = 16
+    #: WebRTC renditions offered to viewers
+    renditions: tuple[Literal["h264", "vp8"], ...] = ("h264", "vp8")
+    record: bool = True
+
+    @model_validator(mode="after")
+    def _protocol(self) -> Camera:
+        inferred = "rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file"
+        if self.protocol is not None and self.protocol != inferred:
+            raise ValueError(f"protocol {self.protocol} does not match source {self.source!r}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return self.protocol or ("rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file")
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class Tls(_Model):
+    cert: Path
+    key: Path
+
+
+class Storage(_Model):
+    #: everything the gateway keeps: keys/, vault/, recordings/, identities/ (demo)
+    data_dir: Path = Path("data")
+    #: seconds per recording file (and per vault segment of its sealed originals)
+    recording_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    #: the key directory (public keys and the gateway signing key); default: <data_dir>/keys
+    keys: Path | None = None
+
+
+class GatewayConfig(_Model):
+    cameras: dict[str, Camera]
+    storage: Storage = Field(default_factory=Storage)
+    listen: Listen = Field(default_factory=Listen)
+    tls: Tls | None = None
+    #: STUN/TURN URLs offered to WebRTC peers; none by default (loopback and LAN candidates only)
+    ice_servers: tuple[str, ...] = ()
+    #: create demo identities (a privacy officer and an investigator) on first start when the key directory is new
+    demo_identities: bool = False
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_ids(cls, cameras: dict[str, Camera]) -> dict[str, Camera]:
+        if not cameras:
+            raise ValueError("at least one camera is needed")
+        for name in cameras:
+            check_camera(name)
+        return cameras
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.storage.keys or self.storage.data_dir / "keys"
+
+
+def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
+    """Make every relative path relative to the configuration file's directory."""
+
+    def at(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else base / path
+
+    cameras = {}
+    for name, camera in config.cameras.items():
+        source = camera.source
+        if camera.kind == "file":
+            raw = Path(source.removeprefix("file://"))
+            source = str(raw if raw.is_absolute() else base / raw)
+        cameras[name] = camera.model_copy(update={"source": source, "policy": at(camera.policy) or camera.policy})
+    storage = config.storage.model_copy(update={
+        "data_dir": at(config.storage.data_dir) or config.storage.data_dir,
+        "keys": at(config.storage.keys) or config.storage.keys})
+    tls = None if config.tls is None else Tls(cert=at(config.tls.cert) or config.tls.cert,
+                                              key=at(config.tls.key) or config.tls.key)
+    return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls})
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple[GatewayConfig, dict[str, Policy]]:
+    """The configuration and every camera's policy, all validated; raises :class:`ConfigError`."""
+    path = Path(path) if path is not None else DEFAULT
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        config = _resolve(GatewayConfig.model_validate(data), path.resolve().parent)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid configuration\n{_format(exc)}") from None
+    if data_dir is not None:
+        config = config.model_copy(update={"storage": config.storage.model_copy(update={"data_dir": data_dir})})
+    policies, problems = {}, []
+    for name, camera in config.cameras.items():
+        try:
+            policies[name] = load_policy(camera.policy)
+        except PolicyError as exc:
+            problems.append(f"cameras.{name}.policy: {exc}")
+        if camera.kind == "file" and not Path(camera.source).is_file():
+            problems.append(f"cameras.{name}.source: no such file {camera.source}")
+    if config.tls is not None:
+        for field in ("cert", "key"):
+            if not getattr(config.tls, field).is_file():
+                problems.append(f"tls.{field}: no such file {getattr(config.tls, field)}")
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(problems))
+    return config, policies
