@@ -114,11 +114,11 @@ def test_frames_are_blanked_until_the_detector_is_warm(clip):
     frames, faces, detectors = clip
 
     def slow_start(policy):
-        time.sleep(1.0)
+        time.sleep(2.0)  # longer than the hold-back: the first frames cannot wait for it
         return Analyzer(policy, detectors)
 
     pipeline = CameraPipeline("cam", POLICY, [], holdback=1.5, analyzer_factory=slow_start)
-    released = run(frames, pipeline, tail=2.0)
+    released = run(frames, pipeline, tail=2.5)
     check_fail_closed(released, frames, faces)
     states = [r.state for r in released]
     assert states[0] in ("blanked", "dropped") and "redacted" in states
