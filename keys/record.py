@@ -89,28 +89,34 @@ class Record:
                          struct.pack(">I", len(self.ciphertext)), self.ciphertext))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> tuple[Record, int]:
-        """Parse one record at the start of ``data``; returns it and the bytes it used."""
+    def from_bytes(cls, data: bytes, offset: int = 0, end: int | None = None) -> tuple[Record, int]:
+        """Parse one record at ``offset`` in ``data`` (up to ``end``); returns it and the bytes it used.
+
+        Only the record's own bytes are copied, so reading a segment is linear in its size.
+        """
+        end = len(data) if end is None else end
         try:
-            if data[:4] != MAGIC:
+            if data[offset : offset + 4] != MAGIC:
                 raise RecordError("not a sealed record (bad magic)")
-            (hlen,) = struct.unpack_from(">I", data, 4)
+            (hlen,) = struct.unpack_from(">I", data, offset + 4)
             if hlen > _MAX_HEADER:
                 raise RecordError("record header too long")
-            head = data[8 : 8 + hlen]
+            at = offset + 8 + hlen
+            if at + 16 > end:
+                raise RecordError("truncated or malformed record")
+            head = bytes(data[offset + 8 : at])
             header = Header.from_json(json.loads(head))
             if header.encoded != head:
                 raise RecordError("record header is not in canonical form")
-            at = 8 + hlen
-            nonce = data[at : at + 12]
+            nonce = bytes(data[at : at + 12])
             (clen,) = struct.unpack_from(">I", data, at + 12)
-            ciphertext = data[at + 16 : at + 16 + clen]
+            ciphertext = bytes(data[at + 16 : min(at + 16 + clen, end)])
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"truncated or malformed record ({type(exc).__name__})") from None
         w, h = header.box[2], header.box[3]
         if len(nonce) != 12 or len(ciphertext) != clen or clen != w * h * 3 + 16:
             raise RecordError("truncated or malformed record")
-        return cls(header, nonce, ciphertext), at + 16 + clen
+        return cls(header, nonce, ciphertext), at + 16 + clen - offset
 
 
 def track_key(data_key: bytes, camera: str, segment: int, track: int) -> bytes:

@@ -189,12 +189,11 @@ class Unmask:
                 raise UnmaskError("the file does not match its sealed records (cut, re-encoded or edited after "
                                   "redaction?)")
         count = 0
+        others = [r.header.box for r, chosen, _ in items if not chosen]
         for record, wanted, segment in items:
             if not wanted:
                 continue
-            pixels = self._open(record, segment)
-            others = [r.header.box for r, chosen, _ in items if not chosen]
-            _paste(image, record.header.box, pixels, others)
+            _paste(image, record.header.box, self._open(record, segment), others)
             count += 1
         self.restored += count
         return count
@@ -227,11 +226,16 @@ class Unmask:
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:
     """Put ``pixels`` back at ``box``, except where an unselected region's box overlaps it."""
     x, y, w, h = box
-    keep = np.ones((h, w), dtype=bool)
+    target = image[y : y + h, x : x + w]
+    keep = None
     for ox, oy, ow, oh in others:
         x0, y0 = max(x, ox) - x, max(y, oy) - y
         x1, y1 = min(x + w, ox + ow) - x, min(y + h, oy + oh) - y
         if x1 > x0 and y1 > y0:
+            if keep is None:
+                keep = np.ones((h, w, 1), dtype=bool)
             keep[y0:y1, x0:x1] = False
-    target = image[y : y + h, x : x + w]
-    target[keep] = pixels[keep]
+    if keep is None:
+        target[:] = pixels  # no overlap: a plain copy
+    else:
+        np.copyto(target, pixels, where=keep)

@@ -209,7 +209,7 @@ def recover_partial(partial: Path, keys_path: Path, signer: Ed25519PrivateKey) -
     at, count = 8 + hlen, 0
     while at < len(data):
         try:
-            _, used = Record.from_bytes(data[at:])
+            _, used = Record.from_bytes(data, at)
         except RecordError:
             break
         at, count = at + used, count + 1
@@ -277,7 +277,7 @@ def read_segment(path: Path, gateway: Ed25519PublicKey) -> Segment:
     records = []
     while at < trailer:
         try:
-            record, used = Record.from_bytes(data[at:trailer])
+            record, used = Record.from_bytes(data, at, trailer)
         except RecordError as exc:
             raise VaultError(f"{name}: record {len(records)}: {exc}") from None
         if (record.header.camera, record.header.segment) != (header.camera, header.segment):

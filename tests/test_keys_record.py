@@ -26,6 +26,10 @@ def test_round_trip_is_byte_exact_and_lossless():
     parsed, used = Record.from_bytes(data + b"next record")
     assert used == len(data) and parsed == record and parsed.to_bytes() == data
     assert np.array_equal(open_record(key, parsed), original)
+    at_offset, used = Record.from_bytes(b"previous" + data + b"next", 8)  # in place inside a segment
+    assert used == len(data) and at_offset == record
+    with pytest.raises(RecordError, match="truncated"):
+        Record.from_bytes(b"previous" + data, 8, 8 + len(data) - 1)
 
 
 def _hkdf_sha256(ikm: bytes, info: bytes, length: int = 32) -> bytes:
