@@ -126,8 +126,12 @@ class Recorder:
         stream = out.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
-        stream.time_base = _TIME_BASE
-        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": str(max(1, round(self.fps * 2)))}
+        # the encoder must count in the same 90 kHz clock: at its default 1/rate a 30 fps camera
+        # recorded with a 25 fps hint would put two frames on one tick
+        stream.time_base = stream.codec_context.time_base = _TIME_BASE
+        # no B-frames: timestamps come from the camera and may be irregular, which B-frame
+        # reordering turns into non-monotonic DTS that the MP4 muxer rejects
+        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": str(max(1, round(self.fps * 2))), "bf": "0"}
         self._out, self._stream, self._ref, self._last_pts = out, stream, ref, -1
         self._size = (stream.width, stream.height)
         self.files.append(path)

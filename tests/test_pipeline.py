@@ -201,3 +201,18 @@ def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, t
     assert first == len(frames)  # the recordings hold every frame, blanked ones included
     assert restored >= 10
     assert os.path.exists(tmp_path / "vault" / "audit.log")
+
+
+def test_recorder_keeps_every_frame_of_a_camera_faster_than_its_rate_hint(tmp_path, clip):
+    from gateway.pipeline import Released
+
+    frames = clip[0][:20]
+    recorder = Recorder(tmp_path, "cam", fps=25)  # the camera turns out to send 30 fps
+    for index, image in enumerate(frames):
+        recorder(Released("cam", index, index / 30, "redacted", image, image.shape))
+    recorder(Released("cam", 20, 20 / 30, "dropped", None, frames[0].shape))
+    recorder.close()
+    (path,) = recorder.files
+    decoded = list(VideoTranscoder(path).frames())
+    assert len(decoded) == 21 and (decoded[-1].image.astype(int) - BLANK_LEVEL).__abs__().max() < 8
+    assert abs(decoded[-1].time - 20 / 30) < 1e-3
