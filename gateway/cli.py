@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--post-quantum", action="store_true",
                      help="also an ML-KEM-768 key: wraps to this person use hybrid ML-KEM-768+X25519 HPKE")
     escrow.add_commands(commands)
+
+    serve = commands.add_parser("serve", help="run the live gateway (default: a demo camera on a bundled clip)")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="gateway configuration (YAML); default: config/gateway.yaml")
+    serve.add_argument("--data", type=Path, metavar="DIR", help="data directory (keys, vault, recordings); overrides the config")
+    serve.add_argument("--host", metavar="HOST", help="listen address (default from the config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, metavar="PORT", help="listen port (default from the config: 8080)")
     return parser
 
 
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.command in ("unmask", "audit", "vault"):
             return escrow.run(args)
+        if args.command == "serve":
+            return _serve(args)
     except CheckFailed as exc:
         print(f"privacy-gateway: error: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
@@ -320,6 +328,30 @@ def _keys(args: argparse.Namespace) -> int:
         return 0
     except DirectoryError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from keys.directory import DirectoryError
+    from keys.vault import VaultError
+
+    from .config import ConfigError, load_config
+    from .server import data_dir_default, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config, policies = load_config(args.config, args.data or data_dir_default(args.config))
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    listen = config.listen.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    config = config.model_copy(update={"listen": listen})
+    try:
+        asyncio.run(serve(config, policies, announce=lambda line: print(line, flush=True)))
+    except (DirectoryError, VaultError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Prometheus metrics of a running gateway, read from the cameras' counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+class _Cameras(Collector):
+    def __init__(self, cameras: Callable[[], Iterable]) -> None:
+        self._cameras = cameras
+
+    def collect(self):
+        frames = CounterMetricFamily("privacy_gateway_frames", "Frames per camera and outcome "
+                                     "(in: from the source; released: redacted; blanked; dropped; late: decided after blanking)",
+                                     labels=["camera", "state"])
+        errors = CounterMetricFamily("privacy_gateway_detector_errors", "Detector failures", labels=["camera"])
+        detect = CounterMetricFamily("privacy_gateway_detector_seconds", "Time spent in detection", labels=["camera"])
+        detections = CounterMetricFamily("privacy_gateway_detections", "Detection runs", labels=["camera"])
+        queue = GaugeMetricFamily("privacy_gateway_queue_depth", "Frames waiting for analysis", labels=["camera"])
+        warm = GaugeMetricFamily("privacy_gateway_detector_warm", "1 once the detector is loaded", labels=["camera"])
+        viewers = GaugeMetricFamily("privacy_gateway_viewers", "WebRTC viewers", labels=["camera"])
+        connected = GaugeMetricFamily("privacy_gateway_source_connected", "1 while the camera delivers", labels=["camera"])
+        reconnects = CounterMetricFamily("privacy_gateway_source_reconnects", "Camera reconnections", labels=["camera"])
+        source_errors = CounterMetricFamily("privacy_gateway_source_errors", "Camera read/decode errors", labels=["camera"])
+        skipped = CounterMetricFamily("privacy_gateway_sink_skipped", "Frames a slow consumer gave up",
+                                      labels=["camera", "sink"])
+        for camera in self._cameras():
+            name, stats = camera.name, camera.pipeline.stats
+            for state, value in (("in", stats.frames_in), ("released", stats.released), ("blanked", stats.blanked),
+                                 ("dropped", stats.dropped), ("late", stats.late)):
+                frames.add_metric([name, state], value)
+            errors.add_metric([name], stats.detector_errors)
+            detect.add_metric([name], stats.detect_seconds)
+            detections.add_metric([name], stats.detections)
+            queue.add_metric([name], stats.queue_depth)
+            warm.add_metric([name], 1 if stats.warm else 0)
+            viewers.add_metric([name], camera.viewers())
+            source = camera.source.stats
+            connected.add_metric([name], 1 if source.connected else 0)
+            reconnects.add_metric([name], source.reconnects)
+            source_errors.add_metric([name], source.errors)
+            for sink in camera.sinks:
+                skipped.add_metric([name, sink.name], sink.skipped)
+        yield from (frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
+                    skipped)
+
+
+class Metrics:
+    """A registry of its own (no process-global state), exposed at ``/metrics``."""
+
+    def __init__(self, cameras: Callable[[], Iterable]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._cameras = cameras
+        self.registry.register(_Cameras(cameras))
+        self.latency = Histogram("privacy_gateway_release_latency_seconds",
+                                 "Arrival to release of redacted frames (the hold-back bounds it)",
+                                 ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        for camera in self._cameras():
+            pending = camera.pipeline.stats.latency_seconds
+            histogram = self.latency.labels(camera.name)
+            while pending:
+                histogram.observe(pending.popleft())
+        return generate_latest(self.registry)
