@@ -40,7 +40,8 @@ def copy_excerpt(source: Path, target: Path, seconds: float) -> Path:
         for packet in src.demux(*mapping):
             if packet.dts is None:
                 continue
-            if packet.pts is not None and packet.pts * packet.stream.time_base >= seconds:
+            start = packet.stream.start_time or 0  # streams need not start at 0 (counted from their start)
+            if packet.pts is not None and (packet.pts - start) * packet.stream.time_base >= seconds:
                 continue
             packet.stream = mapping[packet.stream]
             dst.mux(packet)
