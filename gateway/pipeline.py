@@ -185,7 +185,7 @@ class CameraPipeline:
             return
         self.stats.warm = True
         stream = StreamRedactor(analyzer)
-        cost = 0.0
+        cost, logged = 0.0, -1e9
         while True:
             frame = self._next()
             if frame is None:
@@ -208,7 +208,10 @@ class CameraPipeline:
             except Exception:
                 # the frames of the failed group are never decided: the watchdog blanks them
                 self.stats.detector_errors += 1
-                log.exception("camera %s: detector failed; its frames are blanked", self.camera)
+                if time.monotonic() - logged >= 10.0:  # a crash loop must not flood the log
+                    logged = time.monotonic()
+                    log.exception("camera %s: detector failed (%d so far); its frames are blanked", self.camera,
+                                  self.stats.detector_errors)
                 stream.close()
                 stream = StreamRedactor(analyzer)
                 continue

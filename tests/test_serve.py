@@ -238,3 +238,64 @@ def test_overload_blanks_or_drops_and_releases_nothing_raw(camera_clip, tmp_path
     for name, released in seen.items():
         assert released and not [i for state, i, digest, _ in released if digest in raw], name
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
+
+
+def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact(camera_clip, tmp_path, monkeypatch):
+    from redaction.faces import CenterFaceDetector
+
+    clip, frames, _ = camera_clip
+    raw = {hashlib.blake2b(f.tobytes()).digest() for f in frames}
+    real = CenterFaceDetector.detect
+    fault = {"now": None}
+
+    def detect(self, image):  # the real model, with a crash or a stall switched on from the test
+        if fault["now"] == "crash":
+            raise RuntimeError("injected detector crash")
+        if fault["now"] == "stall":
+            time.sleep(2.5)
+        return real(self, image)
+
+    monkeypatch.setattr(CenterFaceDetector, "detect", detect)
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, {"cam": camera.url}, holdback_ms=800) as running:
+        released = collect_released(running, "cam")
+        running.wait_healthy()
+        fault["now"] = "crash"
+        time.sleep(2.0)
+        fault["now"] = None
+        time.sleep(2.0)
+        errors = running.metric("privacy_gateway_detector_errors_total", camera="cam")
+        lost = lambda: sum(running.metric("privacy_gateway_frames_total", camera="cam", state=s) for s in ("blanked", "dropped"))
+        before = lost()
+        fault["now"] = "stall"
+        time.sleep(2.0)
+        fault["now"] = None
+        time.sleep(4.0)
+        blanked = lost()
+        redacted_after = running.metric("privacy_gateway_frames_total", camera="cam", state="released")
+        time.sleep(1.0)
+        assert running.metric("privacy_gateway_frames_total", camera="cam", state="released") > redacted_after
+    assert errors >= 1 and blanked >= before + 20  # the stall: ~2.5 s of a 30 fps camera blanked or dropped
+    states = [s for s, *_ in released]
+    assert "blanked" in states and "redacted" in states[-20:]  # faults show as blanked frames, then recovery
+    assert not [i for state, i, digest, _ in released if digest in raw]
+    assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
+    total = sum(len(list(VideoTranscoder(r).frames())) for r in (tmp_path / "data" / "recordings" / "cam").glob("*.mp4"))
+    assert total == len(released)  # every released frame recorded, blanked ones included
+
+
+def test_corrupt_camera_bitstream_is_counted_and_nothing_raw_leaves(camera_clip, tmp_path):
+    from test_sources import damage_video_data
+
+    clip, frames, _ = camera_clip
+    damaged = tmp_path / "damaged.mp4"
+    assert damage_video_data(clip, damaged, every=6) > 10
+    raw = {hashlib.blake2b(f.image.tobytes()).digest() for f in VideoTranscoder(damaged).frames()}
+    with rtsp_camera(damaged, loop=True) as camera, Running(tmp_path, {"cam": camera.url}) as running:
+        released = collect_released(running, "cam")
+        running.wait_healthy()
+        time.sleep(4.0)
+        errors = running.metric("privacy_gateway_source_errors_total", camera="cam")
+        assert running.metric("privacy_gateway_frames_total", camera="cam", state="released") > 30
+    assert errors >= 1
+    assert released and not [i for state, i, digest, _ in released if digest in raw]
+    assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
