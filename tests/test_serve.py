@@ -299,3 +299,40 @@ def test_corrupt_camera_bitstream_is_counted_and_nothing_raw_leaves(camera_clip,
     assert errors >= 1
     assert released and not [i for state, i, digest, _ in released if digest in raw]
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
+
+
+def test_tls_listener_serves_health_over_https(tmp_path, camera_clip):
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    from gateway.config import Tls
+
+    running = Running(tmp_path, {"cam": str(camera_clip[0])})
+    running.config = running.config.model_copy(update={"tls": Tls(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")})
+    with running:
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        try:  # 200 once warm, 503 before: either is an answer over TLS
+            with urllib.request.urlopen(f"https://localhost:{running.port}/health", context=context, timeout=30) as reply:
+                report = json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            assert error.code == 503
+            report = json.loads(error.read())
+        assert "cam" in report["cameras"]
+        assert any(line.startswith("privacy-gateway serving") and "https://" in line for line in running.lines)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain HTTP on the TLS port
+            urllib.request.urlopen(f"http://127.0.0.1:{running.port}/health", timeout=5).read()
