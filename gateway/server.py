@@ -68,8 +68,8 @@ class CameraRuntime:
                     self.renditions[codec] = Rendition(self.name, codec, width - width % 2, height - height % 2,
                                                        fps=25.0)
         image = item.image
-        if image.shape[0] % 2 or image.shape[1] % 2:
-            image = image[: image.shape[0] - image.shape[0] % 2, : image.shape[1] - image.shape[1] % 2].copy()
+        if image.shape[0] % 2 or image.shape[1] % 2:  # push copies (converts) the frame itself
+            image = image[: image.shape[0] - image.shape[0] % 2, : image.shape[1] - image.shape[1] % 2]
         for rendition in list(self.renditions.values()):
             rendition.push(image, item.time)
 
@@ -124,7 +124,8 @@ class Gateway:
             runtime.sinks.append(live)
             pipeline.sinks.append(live)
             self.cameras[name] = runtime
-        self.whep = WhepServer(self._rendition, ice_servers=list(config.ice_servers) or None)
+        self.whep = WhepServer(self._rendition, ice_servers=list(config.ice_servers) or None,
+                               camera_known=self.cameras.__contains__)
         self.metrics = Metrics(lambda: list(self.cameras.values()))
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)

@@ -371,9 +371,15 @@ class WhepServer:
     """WHEP endpoints over renditions looked up by ``rendition_for(camera, codec)`` (``None``: no such camera)."""
 
     def __init__(
-        self, rendition_for: Callable[[str, str], Rendition | None], ice_servers: list[str] | None = None
+        self,
+        rendition_for: Callable[[str, str], Rendition | None],
+        ice_servers: list[str] | None = None,
+        camera_known: Callable[[str], bool] | None = None,
     ) -> None:
+        """``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
+        frame released so far) is answered 503 with Retry-After instead of 404."""
         self._rendition_for = rendition_for
+        self._camera_known = camera_known or (lambda camera: False)
         # No servers unless the operator names some: aiortc would otherwise add a public STUN server.
         self._ice_servers = [RTCIceServer(urls=url) for url in ice_servers or []]
         self._sessions: dict[str, _Session] = {}
@@ -422,6 +428,8 @@ class WhepServer:
             if not any(c in offered for c in wanted) and any(self._rendition_for(camera, c) for c in CODECS):
                 names = " or ".join(_CODEC_NAMES[c] for c in wanted)
                 return _error(400, f"the offer cannot receive {names}")
+            if self._camera_known(camera):
+                return _error(503, f"camera {camera} has no frame yet; retry", {"Retry-After": "1"})
             return _error(404, f"no such camera: {camera}")
 
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice_servers)))
@@ -463,7 +471,7 @@ class WhepServer:
 
     async def _view(self, request: Request) -> Response:
         camera = request.path_params["camera"]
-        if not any(self._rendition_for(camera, codec) for codec in CODECS):
+        if not (self._camera_known(camera) or any(self._rendition_for(camera, codec) for codec in CODECS)):
             return _error(404, f"no such camera: {camera}")
         nonce = secrets.token_urlsafe(16)
         policy = (
@@ -492,8 +500,8 @@ class WhepServer:
         await session.pc.close()
 
 
-def _error(status: int, message: str) -> PlainTextResponse:
-    return PlainTextResponse(message + "\n", status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> PlainTextResponse:
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -609,6 +617,12 @@ video { display: block; width: 100%; height: calc(100% - 2em); background: #000;
     const response = await fetch(endpoint, {
       method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
     });
+    if (response.status === 503) {  // the camera has no frame yet: try again shortly
+      pc.close();
+      show("waiting for the camera");
+      setTimeout(() => start().catch((error) => show("error: " + error)), 1000);
+      return;
+    }
     if (response.status !== 201) {
       show("refused (" + response.status + "): " + (await response.text()).trim());
       pc.close();

@@ -577,3 +577,19 @@ async def test_rendition_encodes_only_for_viewers_and_a_slow_viewer_resumes_at_a
     finally:
         rendition.close()
     assert rendition.keyframes == 2
+
+
+@pytest.mark.asyncio
+async def test_a_configured_camera_without_frames_yet_is_503_retry_not_404():
+    server = WhepServer(lambda camera, codec: None, camera_known=lambda camera: camera == "lobby")
+    app = Starlette(routes=server.routes)
+    offer = await _offer_sdp()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        waiting = await http.post("/whep/lobby", content=offer, headers={"Content-Type": "application/sdp"})
+        assert (waiting.status_code, waiting.headers["Retry-After"]) == (503, "1")
+        assert waiting.text == "camera lobby has no frame yet; retry\n"
+        assert (await http.get("/view/lobby")).status_code == 200  # the page retries by itself
+        unknown = await http.post("/whep/nowhere", content=offer, headers={"Content-Type": "application/sdp"})
+        assert unknown.status_code == 404 and (await http.get("/view/nowhere")).status_code == 404
+    await server.close()
