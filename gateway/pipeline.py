@@ -71,6 +71,14 @@ class PipelineStats:
     latency_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
+@dataclass(frozen=True)
+class _Queued:
+    index: int  # the pipeline's own, consecutive
+    time: float
+    image: np.ndarray
+    arrived: float
+
+
 @dataclass
 class _Slot:
     time: float
@@ -104,7 +112,8 @@ class CameraPipeline:
         self._lock = threading.Lock()
         self._release_lock = threading.Lock()
         self._slots: OrderedDict[int, _Slot] = OrderedDict()
-        self._queue: deque[SourceFrame] = deque()
+        self._queue: deque[_Queued] = deque()
+        self._next_index = 0
         self._queue_frames = queue_frames
         self._wake = threading.Condition(self._lock)
         self._stopping = False
@@ -114,9 +123,15 @@ class CameraPipeline:
 
     # --- input (source thread) --------------------------------------------------------------
 
-    def offer(self, frame: SourceFrame) -> None:
-        """Take a frame from the source; never blocks. Overflow drops the oldest queued frame."""
+    def offer(self, source_frame: SourceFrame) -> None:
+        """Take a frame from the source; never blocks. Overflow drops the oldest queued frame.
+
+        Frames are numbered here, consecutively, whatever the source's numbering: a frame the
+        source itself lost must not leave a gap, or recordings would drift from their records.
+        """
         with self._lock:
+            frame = _Queued(self._next_index, source_frame.time, source_frame.image, source_frame.arrived)
+            self._next_index += 1
             self.stats.frames_in += 1
             self._slots[frame.index] = _Slot(frame.time, frame.arrived, frame.image.shape)
             self._queue.append(frame)
@@ -163,7 +178,7 @@ class CameraPipeline:
         if self.sealer is not None and not self._thread.is_alive():
             self.sealer.close()
 
-    def _next(self) -> SourceFrame | None:
+    def _next(self) -> _Queued | None:
         with self._lock:
             while not self._queue and not self._stopping:
                 self._wake.wait(0.5)
@@ -185,7 +200,7 @@ class CameraPipeline:
             return
         self.stats.warm = True
         stream = StreamRedactor(analyzer)
-        cost, logged = 0.0, -1e9
+        cost, logged, last = 0.0, -1e9, None
         while True:
             frame = self._next()
             if frame is None:
@@ -202,6 +217,13 @@ class CameraPipeline:
             if skip:
                 self._drain()
                 continue
+            if last is not None and frame.index != last + 1:
+                # frames were skipped or dropped: boxes interpolated or back-filled across the gap
+                # could miss a face that moved, so the held frames are left to be blanked and
+                # tracking starts afresh
+                stream.close()
+                stream = StreamRedactor(analyzer)
+            last = frame.index
             started = time.monotonic()
             try:
                 decisions = stream.push(Frame(frame.index, frame.time, frame.image))

@@ -216,3 +216,19 @@ def test_recorder_keeps_every_frame_of_a_camera_faster_than_its_rate_hint(tmp_pa
     decoded = list(VideoTranscoder(path).frames())
     assert len(decoded) == 21 and (decoded[-1].image.astype(int) - BLANK_LEVEL).__abs__().max() < 8
     assert abs(decoded[-1].time - 20 / 30) < 1e-3
+
+
+def test_frames_the_source_lost_leave_no_gap_in_the_released_numbering(clip):
+    frames, faces, detectors = clip
+    pipeline = CameraPipeline("cam", POLICY, [], holdback=1.5, analyzer_factory=lambda p: Analyzer(p, detectors))
+    released = []
+    pipeline.sinks.append(released.append)
+    pipeline.start()
+    for number, source_index in enumerate((0, 1, 2, 7, 8, 30, 31, 32)):  # the source skipped some
+        pipeline.offer(Item(source_index, number / FPS, frames[number].copy(), time.monotonic()))
+        time.sleep(1 / FPS)
+    time.sleep(2.0)
+    pipeline.tick(time.monotonic() + 10)
+    pipeline.stop()
+    assert [r.index for r in released] == list(range(8))
+    assert [r.time for r in released] == [n / FPS for n in range(8)]
