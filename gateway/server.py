@@ -50,6 +50,7 @@ class CameraRuntime:
     recorder: Recorder | None
     sinks: list[ThreadedSink]
     renditions: dict[str, object] = field(default_factory=dict)
+    _first_time: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def viewers(self) -> int:
@@ -60,13 +61,17 @@ class CameraRuntime:
         if item.image is None:
             return
         if not self.renditions:
+            # the encoders' rate (GOP length, rate control) from the first two frames' spacing
+            if self._first_time is None or item.time <= self._first_time:
+                self._first_time = item.time
+                return
             from .whep import Rendition
 
+            fps = min(60.0, max(1.0, 1.0 / (item.time - self._first_time)))
             height, width = item.shape[:2]
             with self._lock:
                 for codec in self.config.renditions:
-                    self.renditions[codec] = Rendition(self.name, codec, width - width % 2, height - height % 2,
-                                                       fps=25.0)
+                    self.renditions[codec] = Rendition(self.name, codec, width - width % 2, height - height % 2, fps=fps)
         image = item.image
         if image.shape[0] % 2 or image.shape[1] % 2:  # push copies (converts) the frame itself
             image = image[: image.shape[0] - image.shape[0] % 2, : image.shape[1] - image.shape[1] % 2]
