@@ -12,6 +12,7 @@ or signed by the wrong key.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -53,18 +54,22 @@ class AuditLog:
     def append(self, actor: str, signer: Ed25519PrivateKey, action: str, details: dict, time: str | None = None) -> dict:
         """Write one signed entry durably; raises :class:`AuditError` if it cannot."""
         try:
-            seq, prev = self._tail()
-            body = {"seq": seq, "time": time or _now(), "actor": actor, "action": action,
-                    "details": details, "prev": prev}
-            entry = {**body, "signature": signer.sign(canonical(body)).hex()}
-            line = canonical(entry) + b"\n"
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                # one writer at a time, across threads (each camera's sealer, the HTTP API) and
+                # processes (an unmask run while serve is sealing): the tail read and the append
+                # must not interleave, or two entries would claim the same place in the chain
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = self._tail()
+                body = {"seq": seq, "time": time or _now(), "actor": actor, "action": action,
+                        "details": details, "prev": prev}
+                entry = {**body, "signature": signer.sign(canonical(body)).hex()}
+                line = canonical(entry) + b"\n"
                 if os.write(fd, line) != len(line):
                     raise OSError("short write")
                 os.fsync(fd)
             finally:
-                os.close(fd)
+                os.close(fd)  # releases the lock
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror or exc}") from None
         return entry

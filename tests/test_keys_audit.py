@@ -34,6 +34,29 @@ def test_appends_chain_and_verify(log):
     assert [json.loads(line)["seq"] for line in lines(log)] == [1, 2, 3]
 
 
+def test_concurrent_writers_keep_one_chain(tmp_path):
+    """Threads and processes append to one log (cameras sealing, the HTTP API, an unmask run)."""
+    import multiprocessing
+    import threading
+
+    path, key = tmp_path / "audit.log", OLGA.private_bytes_raw()
+    threads = [threading.Thread(target=_append_many, args=(path, key, f"t{n}")) for n in range(4)]
+    processes = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, key, f"p{n}"))
+                 for n in range(2)]
+    for worker in [*threads, *processes]:
+        worker.start()
+    for worker in [*threads, *processes]:
+        worker.join(60)
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert verify(path, lambda actor: OLGA.public_key()) == 6 * 25
+
+
+def _append_many(path, key, who):
+    audit, signer = AuditLog(path), Ed25519PrivateKey.from_private_bytes(key)
+    for n in range(25):
+        audit.append("olga", signer, "note", {"who": who, "n": n})
+
+
 def test_edited_entry_named(log):
     entries = lines(log)
     entries[1] = entries[1].replace(b'"tracks":[3]', b'"tracks":[5]')
