@@ -1,0 +1,1010 @@
+"""RTSP egress: redacted video to video-management systems (RTSP 1.0, RFC 2326).
+
+A VMS pulls ``rtsp://HOST:PORT/CAMERA`` with digest authentication (RFC 2617, MD5, with or
+without ``qop="auth"``) and receives one H.264 track (RFC 6184, packetization-mode 1) either
+interleaved in the RTSP connection (``RTP/AVP/TCP``) or as unicast UDP (``RTP/AVP``). The media
+comes from the camera's :class:`~gateway.whep.Rendition`, the same encoder WHEP viewers share:
+every session subscribes to it, so a session adds packetization and sending, never an encode.
+
+Each session drains its rendition track at once and never waits for its client: a client that
+falls behind (more than ``_BACKLOG_BYTES`` unsent) skips frames until the next keyframe, which
+it asks the rendition for, so one slow viewer cannot hold back the others. Sessions live at most
+as long as the RTSP connection that created them and expire after ``session_timeout`` seconds
+without a request naming them or an RTCP report from their client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import socket
+import struct
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
+
+import av
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket, RtpPacket
+
+from .whep import Rendition
+
+__all__ = ["RtspServer", "RtspUser"]
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD = 8192  # request line + headers, bytes
+MAX_HEADERS = 64
+MAX_URI = 2048
+MAX_BODY = 4096  # requests carry no bodies we use; GET_PARAMETER's is read and refused
+_REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
+_NONCE_TTL = 300.0  # seconds a digest nonce is accepted; then 401 with stale=true
+_FIRST_PACKET_WAIT = 5.0  # PLAY waits this long for the first frame (to report its rtptime)
+_PROBE_WAIT = 2.0  # DESCRIBE waits this long for a keyframe's SPS/PPS when none is cached
+_BACKLOG_BYTES = 256 * 1024  # unsent bytes for one client before it skips to the next keyframe
+_SEND_BUFFER = 128 * 1024  # kernel send buffer per connection (Linux doubles it): bounds the delay too
+_CONNECTION_BUFFER_LIMIT = 4 * _BACKLOG_BYTES  # unread responses + media: the connection is closed
+_SR_INTERVAL = 5.0  # seconds between RTCP sender reports
+_RETRY_NO_FRAME = 1  # Retry-After (s): the camera has no frame yet
+_RETRY_FULL = 5  # Retry-After (s): session cap reached
+_RETRY_THROTTLED = 30  # Retry-After (s): too many failed logins from this address
+_PAYLOAD_TYPE = 96
+_CLOCK = 90_000
+TRACK = "trackID=0"
+PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER"
+_METHODS = frozenset(PUBLIC.split(", "))
+_NOT_ALLOWED = {"ANNOUNCE", "RECORD", "REDIRECT", "SET_PARAMETER"}  # RTSP methods we refuse (405)
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 413: "Request Entity Too Large", 414: "Request-URI Too Large",
+    451: "Parameter Not Understood", 454: "Session Not Found", 455: "Method Not Valid in This State",
+    457: "Invalid Range", 461: "Unsupported Transport", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 505: "RTSP Version Not Supported",
+    551: "Option Not Supported",
+}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ [A-Z]+/\d\.\d")
+_SESSION_ID = re.compile(r"[0-9A-Za-z$\-_.+]{1,64}")
+
+
+@dataclass(frozen=True)
+class RtspUser:
+    name: str  # shown in logs
+    ha1: str  # hex MD5(username ":" realm ":" password), RFC 2617
+    may_view: Callable[[str], bool]  # camera -> allowed
+
+
+class RtspError(ValueError):
+    """A request answered with ``status`` (4xx/5xx) and ``message`` as a text/plain body."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+        self.cseq: str | None = None  # set when the request was too broken to parse its CSeq normally
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    uri: str
+    headers: dict[str, str]  # lower-case names
+    cseq: str
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request line and headers ending with CRLF CRLF; :class:`RtspError` for anything else.
+
+    Strict: one space between the parts of the request line, no folded headers, at most
+    ``MAX_HEAD`` bytes and ``MAX_HEADERS`` fields, a numeric CSeq, no body over ``MAX_BODY``.
+    """
+    if len(head) > MAX_HEAD:
+        raise RtspError(400, f"request header section larger than {MAX_HEAD} bytes")
+    if not head.endswith(b"\r\n\r\n"):
+        raise RtspError(400, "request header section does not end with CRLF CRLF")
+    try:
+        text = head[:-4].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RtspError(400, "request is not UTF-8 text") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
+    method, uri, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise RtspError(400, "method is not a token")
+    if not re.fullmatch(r"[A-Z]+/\d\.\d", version):
+        raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
+    if len(uri) > MAX_URI:
+        raise RtspError(414, f"request URI longer than {MAX_URI} characters")
+    if not uri or any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
+        raise RtspError(400, "request URI is empty or has control characters")
+    headers: dict[str, str] = {}
+    if len(lines) - 1 > MAX_HEADERS:
+        raise RtspError(400, f"more than {MAX_HEADERS} header fields")
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise RtspError(400, f"malformed header line {line[:40]!r}")
+        value = value.strip(" \t")
+        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+            raise RtspError(400, f"header {name} has control characters")
+        key = name.lower()
+        if key in headers:
+            if key in ("cseq", "content-length", "session", "authorization", "transport"):
+                raise RtspError(400, f"header {name} repeated")
+            headers[key] += ", " + value
+        else:
+            headers[key] = value
+    cseq = headers.get("cseq", "")
+    if not (cseq.isascii() and cseq.isdigit() and len(cseq) <= 10):
+        raise RtspError(400, "CSeq is missing or not a number")
+    if version != "RTSP/1.0":
+        raise RtspError(505, f"{version} is not RTSP/1.0")
+    length = headers.get("content-length", "0")
+    if not (length.isascii() and length.isdigit()):
+        raise RtspError(400, "Content-Length is not a number")
+    if int(length) > MAX_BODY:
+        raise RtspError(413, f"Content-Length over {MAX_BODY} bytes")
+    return Request(method, uri, headers, cseq)
+
+
+def _response(status: int, cseq: str | None, headers: dict[str, str] | None = None, body: bytes = b"",
+              content_type: str = "text/plain; charset=utf-8") -> bytes:
+    lines = [f"RTSP/1.0 {status} {_REASONS.get(status, 'Error')}"]
+    if cseq is not None:
+        lines.append(f"CSeq: {cseq}")
+    lines.append("Server: privacy-gateway")
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    if body:
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _error_response(error: RtspError, cseq: str | None) -> bytes:
+    return _response(error.status, cseq, error.headers, (str(error) + "\n").encode())
+
+
+def _split_uri(uri: str) -> tuple[str, list[str]]:
+    """(``host[:port]`` without user info, path segments) of an ``rtsp://`` URI; ``ValueError`` otherwise."""
+    if not uri[:7].lower() == "rtsp://":
+        raise ValueError("not an rtsp:// URI")
+    authority, _, path = uri[7:].partition("/")
+    authority = authority.rpartition("@")[2]
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return authority, [segment for segment in path.split("/") if segment]
+
+
+def _target(uri: str) -> tuple[str, str | None]:
+    """(authority, camera) a request URI names: ``*`` and ``rtsp://host/`` name none; ``400`` if not rtsp."""
+    if uri == "*":
+        return "", None
+    try:
+        authority, segments = _split_uri(uri)
+    except ValueError:
+        raise RtspError(400, "the request URI is neither * nor rtsp://") from None
+    if not segments:
+        return authority, None
+    if len(segments) > 2 or (len(segments) == 2 and segments[1] != TRACK):
+        return authority, "/"  # no camera is called that (ids have no slash): 404 once authenticated
+    return authority, unquote(segments[0])
+
+
+def _path_of(uri: str) -> str:
+    """The decoded path of an absolute or absolute-path URI without trailing slash, for comparisons."""
+    if uri.startswith("/"):
+        segments = [s for s in uri.split("?", 1)[0].split("/") if s]
+    else:
+        segments = _split_uri(uri)[1]
+    return "/".join(unquote(s) for s in segments)
+
+
+# -- digest authentication (RFC 2617) ----------------------------------------------------------------
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324  (RFC 2617 digest, not a password store)
+
+
+class _Digest:
+    """Stateless nonces: ``hex(issue time)`` + HMAC over it and the client's address, per-process key."""
+
+    def __init__(self, realm: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.realm = realm
+        self._key = secrets.token_bytes(32)
+        self._clock = clock
+        self._decoy = secrets.token_hex(16)  # HA1 for unknown users, so they take the same path
+
+    def _mac(self, stamp: str, peer: str) -> str:
+        return hmac.new(self._key, f"{stamp}:{peer}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def nonce(self, peer: str) -> str:
+        stamp = f"{int(self._clock()):012x}"
+        return stamp + self._mac(stamp, peer)
+
+    def challenge(self, peer: str, stale: bool = False) -> str:
+        value = f'Digest realm="{self.realm}", nonce="{self.nonce(peer)}", algorithm=MD5, qop="auth"'
+        return value + (", stale=true" if stale else "")
+
+    def check(self, request: Request, peer: str, users: Callable[[str], RtspUser | None]) -> RtspUser:
+        """The user the request's Authorization header proves; ``_AuthFailure`` otherwise.
+
+        The response is checked before the nonce, so a right password with an expired nonce, or
+        one this process did not issue (a restart, another address), is a new challenge with
+        ``stale=true`` rather than a failed login.
+        """
+        header = request.header("authorization")
+        if header is None:
+            raise _AuthFailure(None, None)
+        scheme, _, rest = header.partition(" ")
+        if scheme.lower() != "digest":
+            raise _AuthFailure(None, "not digest credentials")
+        params = _auth_params(rest)
+        username = params.get("username") if params else None
+        if (
+            params is None
+            or not all(k in params for k in ("username", "realm", "nonce", "uri", "response"))
+            or not re.fullmatch(r"[0-9a-fA-F]{32}", params["response"])
+        ):
+            raise _AuthFailure(username, "malformed credentials")
+        if params["realm"] != self.realm:
+            raise _AuthFailure(username, "wrong realm")
+        if params.get("algorithm", "MD5").upper() != "MD5":
+            raise _AuthFailure(username, "unsupported algorithm")
+        try:
+            same = params["uri"] == "*" if request.uri == "*" else _path_of(params["uri"]) == _path_of(request.uri)
+        except ValueError:
+            same = False
+        if not same:
+            raise _AuthFailure(username, "credentials for another URI")
+        nonce, qop = params["nonce"], params.get("qop")
+        ha2 = _md5(f"{request.method}:{params['uri']}")
+        user = users(username)
+        ha1 = user.ha1.lower() if user is not None else self._decoy
+        if qop is None:  # RFC 2069 form: what GStreamer sends
+            expected = _md5(f"{ha1}:{nonce}:{ha2}")
+        elif qop == "auth" and re.fullmatch(r"[0-9a-fA-F]{8}", params.get("nc", "")) and params.get("cnonce"):
+            expected = _md5(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+        else:
+            raise _AuthFailure(username, "unsupported qop")
+        if not hmac.compare_digest(expected, params["response"].lower()) or user is None:
+            raise _AuthFailure(username, "unknown user" if user is None else "wrong password")
+        if not re.fullmatch(r"[0-9a-f]{44}", nonce) or not hmac.compare_digest(nonce[12:], self._mac(nonce[:12], peer)):
+            raise _AuthFailure(username, None, stale=True)
+        if self._clock() - int(nonce[:12], 16) > _NONCE_TTL:
+            raise _AuthFailure(username, None, stale=True)
+        return user
+
+
+class _AuthFailure(Exception):
+    """``why`` None: no credentials (or a stale nonce): a challenge, not a failed login."""
+
+    def __init__(self, user: str | None, why: str | None, stale: bool = False) -> None:
+        super().__init__(why)
+        self.user, self.why, self.stale = user, why, stale
+
+
+def _auth_params(text: str) -> dict[str, str] | None:
+    params: dict[str, str] = {}
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _AUTH_PARAM.match(text, pos)
+        if match is None or match.end() == pos or len(params) >= 16:
+            return None
+        name, value = match.group(1).lower(), match.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        if name in params:
+            return None
+        params[name] = value
+        pos = match.end()
+    return params
+
+
+# -- transports -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TransportChoice:
+    tcp: bool
+    channels: tuple[int, int] | None = None  # TCP: interleaved channels (None: we pick)
+    client_ports: tuple[int, int] | None = None  # UDP
+
+
+def _pair(text: str, low: int, high: int) -> tuple[int, int] | None:
+    first, dash, second = text.partition("-")
+    if not (first.isascii() and first.isdigit()) or (dash and not (second.isascii() and second.isdigit())):
+        return None
+    a = int(first)
+    b = int(second) if dash else a + 1
+    return (a, b) if low <= a <= high and low <= b <= high and a != b else None
+
+
+def _choose_transport(value: str) -> _TransportChoice | None:
+    """The first transport in a Transport header we serve: unicast RTP/AVP over TCP or UDP, mode PLAY."""
+    for spec in value.split(","):
+        parts = [part.strip() for part in spec.split(";")]
+        profile = parts[0].upper()
+        params: dict[str, str] = {}
+        for part in parts[1:]:
+            name, _, val = part.partition("=")
+            params[name.strip().lower()] = val.strip().strip('"')
+        if "multicast" in params or params.get("mode", "play").lower() != "play":
+            continue
+        if profile == "RTP/AVP/TCP":
+            if "interleaved" not in params:
+                return _TransportChoice(tcp=True)
+            channels = _pair(params["interleaved"], 0, 255)
+            if channels is not None:
+                return _TransportChoice(tcp=True, channels=channels)
+        elif profile in ("RTP/AVP", "RTP/AVP/UDP"):
+            ports = _pair(params.get("client_port", ""), 1, 65535)
+            if ports is not None:
+                return _TransportChoice(tcp=False, client_ports=ports)
+    return None
+
+
+def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on consecutive ports, the first even (RTP, RTCP), as RFC 3550 expects."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(64):
+        rtp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            rtp.bind((host, 0))
+            port = rtp.getsockname()[1]
+            if port % 2 == 0 and port < 65535:
+                rtcp = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    rtcp.bind((host, port + 1))
+                except OSError:
+                    rtcp.close()
+                else:
+                    rtp.setblocking(False)
+                    rtcp.setblocking(False)
+                    return rtp, rtcp
+        except OSError:
+            pass
+        rtp.close()
+    raise RtspError(503, "no free UDP port pair", {"Retry-After": str(_RETRY_FULL)})
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, on_packet: Callable[[bytes, tuple], None] | None = None) -> None:
+        self.on_packet = on_packet
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if self.on_packet is not None:
+            self.on_packet(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable: the client is gone or late
+        pass
+
+
+# -- H.264 --------------------------------------------------------------------------------------------
+
+
+def _nal_units(data: bytes) -> list[bytes]:
+    units, starts = [], [m.end() for m in re.finditer(b"\x00\x00\x01", data)]
+    for start, end in zip(starts, starts[1:] + [len(data) + 3]):
+        units.append(data[start : end - 3].rstrip(b"\x00"))
+    return [unit for unit in units if unit]
+
+
+def _sprop(packet: av.Packet) -> str | None:
+    """``profile-level-id=..;sprop-parameter-sets=..`` from a keyframe's in-band SPS and PPS."""
+    units = _nal_units(bytes(packet))
+    sps = next((u for u in units if u[0] & 0x1F == 7 and len(u) >= 4), None)
+    pps = next((u for u in units if u[0] & 0x1F == 8), None)
+    if sps is None or pps is None:
+        return None
+    sets = ",".join(base64.b64encode(unit).decode() for unit in (sps, pps))
+    return f"profile-level-id={sps[1:4].hex().upper()};sprop-parameter-sets={sets}"
+
+
+class _Payloads:
+    """RTP payloads of the last few packets: packetized once however many sessions send them."""
+
+    def __init__(self) -> None:
+        self._packer = H264Encoder()  # only its stateless pack() is used
+        self._recent: collections.OrderedDict[int, tuple[av.Packet, list[bytes]]] = collections.OrderedDict()
+
+    def __call__(self, packet: av.Packet) -> list[bytes]:
+        hit = self._recent.get(id(packet))
+        if hit is not None and hit[0] is packet:
+            return hit[1]
+        payloads, _ = self._packer.pack(packet)
+        self._recent[id(packet)] = (packet, payloads)  # holding the packet keeps its id unique
+        while len(self._recent) > 8:
+            self._recent.popitem(last=False)
+        return payloads
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Session:
+    id: str
+    camera: str
+    user: str
+    connection: _Connection
+    choice: _TransportChoice
+    base_url: str  # aggregate control URL, ending with "/"
+    ssrc: int = field(default_factory=lambda: secrets.randbits(32))
+    sequence: int = field(default_factory=lambda: secrets.randbits(16))
+    ts_offset: int = field(default_factory=lambda: secrets.randbits(32))
+    last_seen: float = field(default_factory=time.monotonic)
+    channels: tuple[int, int] = (0, 1)
+    udp: tuple[asyncio.DatagramTransport, asyncio.DatagramTransport] | None = None
+    server_ports: tuple[int, int] = (0, 0)
+    track: MediaStreamTrack | None = None
+    rendition: Rendition | None = None
+    pump: asyncio.Task | None = None
+    skipping: bool = False  # behind: dropping frames until a keyframe
+    behind_since: float | None = None
+    packets: int = 0
+    octets: int = 0
+    frames_dropped: int = 0
+    last_rtp: tuple[int, float] | None = None  # (RTP timestamp, monotonic time) of the last frame sent
+    last_report: float = -1e9
+
+    @property
+    def playing(self) -> bool:
+        return self.pump is not None
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def transport_header(self) -> str:
+        if self.choice.tcp:
+            a, b = self.channels
+            return f"RTP/AVP/TCP;unicast;interleaved={a}-{b};ssrc={self.ssrc:08X}"
+        a, b = self.choice.client_ports
+        c, d = self.server_ports
+        return f"RTP/AVP;unicast;client_port={a}-{b};server_port={c}-{d};ssrc={self.ssrc:08X}"
+
+    def backlog(self) -> int:
+        if self.udp is not None:
+            return self.udp[0].get_write_buffer_size()
+        return self.connection.buffered()
+
+    def send(self, rtcp: bool, data: bytes) -> None:
+        if self.udp is not None:
+            host = self.connection.peer
+            port = self.choice.client_ports[1 if rtcp else 0]
+            self.udp[1 if rtcp else 0].sendto(data, (host, port))
+        else:
+            self.connection.write(b"$" + struct.pack("!BH", self.channels[1 if rtcp else 0], len(data)) + data)
+
+    def stop_media(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+            self.pump = None
+        if self.track is not None:
+            self.track.stop()
+            self.track = None
+
+    def close(self) -> None:
+        self.stop_media()
+        if self.udp is not None:
+            for transport in self.udp:
+                transport.close()
+            self.udp = None
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        local = writer.get_extra_info("sockname") or ("0.0.0.0", 0)
+        self.peer: str = peer[0]
+        self.local: str = local[0]
+        self.sessions: dict[str, _Session] = {}
+        self.last_seen = time.monotonic()
+        self.task: asyncio.Task | None = None
+
+    def buffered(self) -> int:
+        transport = self.writer.transport
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+
+    def write(self, data: bytes) -> None:
+        if self.writer.transport.is_closing():
+            return
+        if self.buffered() > _CONNECTION_BUFFER_LIMIT:
+            logger.info("rtsp %s: client does not read; closing the connection", self.peer)
+            self.writer.transport.abort()
+            return
+        self.writer.write(data)
+
+    def free_channels(self) -> tuple[int, int] | None:
+        used = {c for s in self.sessions.values() if s.choice.tcp for c in s.channels}
+        return next(((a, a + 1) for a in range(0, 255, 2) if a not in used and a + 1 not in used), None)
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+class RtspServer:
+    """RTSP 1.0 server over per-camera H.264 renditions (see the module docstring and docs/rtsp-egress.md)."""
+
+    def __init__(
+        self,
+        rendition_for: Callable[[str], Rendition | None],
+        camera_known: Callable[[str], bool],
+        users: Callable[[str], RtspUser | None],
+        *,
+        realm: str = "privacy-gateway",
+        throttled: Callable[[str], bool] = lambda peer: False,
+        failed: Callable[[str, str | None, str], None] = lambda peer, user, why: None,
+        max_sessions: int = 64,
+        session_timeout: float = 60.0,
+    ) -> None:
+        """``throttled(peer)``: answer that address's requests needing authentication with 503
+        Retry-After before looking at its credentials (RTSP 1.0 has no 429; 503 tells clients to
+        come back rather than give up). ``failed(peer, user, why)``: each failed login; a request
+        without credentials is the normal challenge and is not one."""
+        if '"' in realm or "\\" in realm:
+            raise ValueError(f"realm: {realm!r} may not contain quotes or backslashes")
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise ValueError(f"max_sessions: {max_sessions!r} is not a positive integer")
+        if not session_timeout >= 1:
+            raise ValueError(f"session_timeout: {session_timeout!r} is not at least 1 second")
+        self._rendition_for = rendition_for
+        self._camera_known = camera_known
+        self._users = users
+        self._throttled = throttled
+        self._failed = failed
+        self._digest = _Digest(realm)
+        self._max_sessions = max_sessions
+        self._timeout = float(session_timeout)
+        self._max_connections = max(16, 2 * max_sessions)
+        self._sessions: dict[str, _Session] = {}
+        self._connections: set[_Connection] = set()
+        self._payloads = _Payloads()
+        self._sprop: weakref.WeakKeyDictionary[Rendition, str] = weakref.WeakKeyDictionary()
+        self._server: asyncio.Server | None = None
+        self._reaper: asyncio.Task | None = None
+        # statistics, plain ints
+        self.frames_sent = 0  # frames sent, summed over sessions
+        self.frames_skipped = 0  # frames a session skipped because its client was behind
+
+    def sessions(self, camera: str) -> int:
+        """Sessions set up for ``camera``, playing or not."""
+        return sum(1 for session in self._sessions.values() if session.camera == camera)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the bound port."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        self._server = await asyncio.start_server(self._on_connection, host, port, limit=MAX_HEAD)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, end every session and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        tasks = [c.task for c in self._connections if c.task is not None]
+        for connection in list(self._connections):
+            connection.writer.transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _Connection(reader, writer)
+        if len(self._connections) >= self._max_connections:
+            writer.write(_response(503, None, {"Retry-After": str(_RETRY_FULL)}))
+            writer.close()
+            return
+        connection.task = asyncio.current_task()
+        self._connections.add(connection)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # without autotuning's megabytes, a client that falls behind shows up in our backlog
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+        try:
+            await self._serve(connection)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("rtsp %s: connection failed", connection.peer)
+        finally:
+            self._connections.discard(connection)
+            for session in list(connection.sessions.values()):
+                self._end(session, "connection closed")
+            writer.transport.abort()
+
+    async def _serve(self, connection: _Connection) -> None:
+        reader = connection.reader
+        while True:
+            first = await reader.readexactly(1)  # idles as long as the client likes; the reaper bounds it
+            connection.last_seen = time.monotonic()
+            if first == b"$":  # interleaved data from the client: RTCP receiver reports
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    channel, length = struct.unpack("!BH", await reader.readexactly(3))
+                    await reader.readexactly(length)
+                for session in connection.sessions.values():
+                    if session.choice.tcp and channel == session.channels[1]:
+                        session.touch()
+                continue
+            try:
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    request = await self._read_request(reader, first)
+            except RtspError as exc:
+                logger.debug("rtsp %s: bad request: %s", connection.peer, exc)
+                connection.write(_error_response(exc, exc.cseq))
+                await _linger(connection)  # the framing can no longer be trusted
+                return
+            try:
+                reply, then = await self._handle(connection, request)
+            except RtspError as exc:
+                logger.debug("rtsp %s: %s %s: %d %s", connection.peer, request.method, request.uri, exc.status, exc)
+                reply, then = _error_response(exc, request.cseq), None
+            connection.write(reply)
+            connection.last_seen = time.monotonic()
+            if then is not None:
+                then()
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader, first: bytes) -> Request:
+        """Read one request line by line, so a line that cannot start a request is refused at once."""
+        head = first
+        try:
+            head += await reader.readuntil(b"\r\n")
+            if not _REQUEST_LINE.fullmatch(head[:-2]):
+                raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
+            while not head.endswith(b"\r\n\r\n"):
+                head += await reader.readuntil(b"\r\n")
+                if len(head) > MAX_HEAD:
+                    break
+        except asyncio.LimitOverrunError:
+            head += b"?" * MAX_HEAD  # a line longer than the whole allowance
+        try:
+            request = parse_request(head)
+        except RtspError as exc:
+            exc.cseq = _cseq_of(head)
+            raise
+        length = int(request.headers.get("content-length", "0"))
+        if length:
+            request.body = await reader.readexactly(length)
+        return request
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def _handle(self, connection: _Connection, request: Request) -> tuple[bytes, Callable[[], None] | None]:
+        method = request.method
+        if method in _NOT_ALLOWED:
+            raise RtspError(405, f"{method} is not allowed here", {"Allow": PUBLIC})
+        if method not in _METHODS:
+            raise RtspError(501, f"{method} is not implemented", {"Public": PUBLIC})
+        if request.header("require"):
+            raise RtspError(551, "no options are supported", {"Unsupported": request.header("require")})
+        session = self._session_of(connection, request)
+        if method == "OPTIONS":  # the one request answered without authentication
+            if session is not None:
+                session.touch()
+            return _response(200, request.cseq, {"Public": PUBLIC}), None
+        authority, camera = _target(request.uri)
+        user = self._authenticate(connection, request, session)
+        if session is not None:
+            if session.user != user.name:
+                raise RtspError(454, "no such session")
+            session.touch()
+        if method == "GET_PARAMETER":  # keep-alive, with or without a session
+            if request.body.strip():
+                raise RtspError(451, "no parameters are readable")
+            return _response(200, request.cseq, _session_header(session, self._timeout)), None
+        if camera is None:
+            raise RtspError(400 if request.uri == "*" else 404, "the URI names no camera")
+        if session is not None and session.camera != camera:
+            raise RtspError(454, "the session belongs to another camera")
+        # Whether a camera exists is told only to those who may view it.
+        if not user.may_view(camera):
+            raise RtspError(403, f"{user.name} may not view this camera")
+        if not self._camera_known(camera):
+            raise RtspError(404, "no such camera")
+
+        if method == "DESCRIBE":
+            return await self._describe(connection, request, camera, authority), None
+        if method == "SETUP":
+            return await self._setup(connection, request, session, camera, authority, user), None
+        if session is None:
+            raise RtspError(454, "a Session header is required")
+        if method == "PLAY":
+            return await self._play(request, session)
+        if method == "PAUSE":
+            session.stop_media()
+            return _response(200, request.cseq, _session_header(session, self._timeout)), None
+        self._end(session, "teardown")  # TEARDOWN
+        return _response(200, request.cseq), None
+
+    def _authenticate(self, connection: _Connection, request: Request, session: _Session | None) -> RtspUser:
+        if session is None and self._throttled(connection.peer):
+            raise RtspError(503, "too many failed logins; try later", {"Retry-After": str(_RETRY_THROTTLED)})
+        try:
+            return self._digest.check(request, connection.peer, self._users)
+        except _AuthFailure as failure:
+            if failure.why is not None:
+                logger.info("rtsp %s: failed login as %r: %s", connection.peer, failure.user, failure.why)
+                self._failed(connection.peer, failure.user, failure.why)
+            challenge = {"WWW-Authenticate": self._digest.challenge(connection.peer, stale=failure.stale)}
+            raise RtspError(401, "authentication required", challenge) from None
+
+    def _session_of(self, connection: _Connection, request: Request) -> _Session | None:
+        value = request.header("session")
+        if value is None:
+            return None
+        session_id = value.split(";", 1)[0].strip()
+        session = connection.sessions.get(session_id) if _SESSION_ID.fullmatch(session_id) else None
+        if session is None:
+            raise RtspError(454, "no such session")
+        return session
+
+    def _rendition(self, camera: str) -> Rendition:
+        rendition = self._rendition_for(camera)
+        if rendition is None:
+            raise RtspError(503, "the camera has no frame yet; retry", {"Retry-After": str(_RETRY_NO_FRAME)})
+        return rendition
+
+    async def _describe(self, connection: _Connection, request: Request, camera: str, authority: str) -> bytes:
+        rendition = self._rendition(camera)
+        sprop = self._sprop.get(rendition)
+        if sprop is None:  # one forced keyframe per rendition, then cached
+            track = rendition.subscribe()
+            try:
+                sprop = _sprop(await asyncio.wait_for(track.recv(), _PROBE_WAIT))
+            except (TimeoutError, MediaStreamError):
+                sprop = None
+            finally:
+                track.stop()
+            if sprop is not None:
+                self._sprop[rendition] = sprop
+        family = "IP6" if ":" in connection.local else "IP4"
+        fmtp = "packetization-mode=1" + (f";{sprop}" if sprop else "")
+        sdp = "\r\n".join([
+            "v=0",
+            f"o=- {secrets.randbits(62)} 1 IN {family} {connection.local}",
+            f"s={camera}",
+            f"c=IN {family} {'::' if family == 'IP6' else '0.0.0.0'}",
+            "t=0 0",
+            "a=control:*",
+            f"m=video 0 RTP/AVP {_PAYLOAD_TYPE}",
+            f"a=rtpmap:{_PAYLOAD_TYPE} H264/{_CLOCK}",
+            f"a=fmtp:{_PAYLOAD_TYPE} {fmtp}",
+            f"a=framerate:{rendition.fps:g}",
+            f"a=control:{TRACK}",
+            "",
+        ])
+        base = f"rtsp://{authority}/{quote(camera, safe='')}/"
+        return _response(200, request.cseq, {"Content-Base": base}, sdp.encode(), "application/sdp")
+
+    async def _setup(self, connection: _Connection, request: Request, session: _Session | None, camera: str,
+               authority: str, user: RtspUser) -> bytes:
+        if session is not None:
+            raise RtspError(455, "the session is already set up", {"Allow": "PLAY, PAUSE, TEARDOWN, GET_PARAMETER"})
+        self._rendition(camera)
+        choice = _choose_transport(request.header("transport") or "")
+        if choice is None:
+            raise RtspError(461, "use RTP/AVP/TCP;unicast;interleaved=a-b or RTP/AVP;unicast;client_port=a-b")
+        if len(self._sessions) >= self._max_sessions:
+            raise RtspError(503, "too many sessions", {"Retry-After": str(_RETRY_FULL)})
+        session = _Session(secrets.token_hex(8), camera, user.name, connection, choice,
+                           f"rtsp://{authority}/{quote(camera, safe='')}/")
+        if choice.tcp:
+            channels = choice.channels
+            used = {c for s in connection.sessions.values() if s.choice.tcp for c in s.channels}
+            if channels is None or used & set(channels):
+                channels = connection.free_channels()
+            if channels is None:
+                raise RtspError(461, "no free interleaved channels on this connection")
+            session.channels = channels
+        connection.sessions[session.id] = session
+        self._sessions[session.id] = session
+        if not choice.tcp:
+            try:
+                await self._open_udp(session)
+            except BaseException:
+                self._end(session, "no UDP ports")
+                raise
+        logger.info("rtsp %s: %s set up %s over %s (session %s)", connection.peer, user.name, camera,
+                    "TCP" if choice.tcp else "UDP", session.id)
+        headers = {"Transport": session.transport_header(), **_session_header(session, self._timeout)}
+        return _response(200, request.cseq, headers)
+
+    async def _open_udp(self, session: _Session) -> None:
+        connection = session.connection
+        rtp, rtcp = _bind_udp_pair(connection.local)
+        session.server_ports = (rtp.getsockname()[1], rtcp.getsockname()[1])
+
+        def on_rtcp(data: bytes, addr: tuple) -> None:  # receiver reports keep the session alive
+            if addr[0] == connection.peer:
+                session.touch()
+
+        loop = asyncio.get_running_loop()
+        transports = []
+        try:
+            for sock, protocol in ((rtp, _Datagrams()), (rtcp, _Datagrams(on_rtcp))):
+                transports.append((await loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock))[0])
+        except OSError:
+            for transport in transports:
+                transport.close()
+            rtp.close()
+            rtcp.close()
+            raise RtspError(503, "cannot open UDP ports", {"Retry-After": str(_RETRY_FULL)}) from None
+        session.udp = (transports[0], transports[1])
+        if session.id not in self._sessions:  # the client left while the ports opened
+            session.close()
+            raise RtspError(454, "the session ended")
+
+    async def _play(self, request: Request, session: _Session) -> tuple[bytes, Callable[[], None] | None]:
+        range_ = request.header("range")
+        if range_ is not None and not range_.strip().lower().startswith(("npt=", "clock=")):
+            raise RtspError(457, "only npt and clock ranges (a live stream plays from now)")
+        headers = {**_session_header(session, self._timeout), "Range": "npt=0.000-"}
+        track_url = session.base_url + TRACK
+        if session.playing:
+            headers["RTP-Info"] = f"url={track_url};seq={session.sequence}"
+            return _response(200, request.cseq, headers), None
+        rendition = self._rendition(session.camera)
+        track = rendition.subscribe()
+        first = asyncio.ensure_future(track.recv())
+        try:
+            await asyncio.wait({first}, timeout=_FIRST_PACKET_WAIT)
+            if session.id not in self._sessions:
+                raise RtspError(454, "the session ended")
+            if first.done() and first.exception() is not None:
+                raise RtspError(503, "the camera's stream ended; retry", {"Retry-After": str(_RETRY_NO_FRAME)})
+        except BaseException:  # cancelled with the connection, too: the track must not outlive us
+            first.cancel()
+            track.stop()
+            raise
+        session.touch()
+        info = f"url={track_url};seq={session.sequence}"
+        if first.done():  # else the camera is slow: no rtptime, which RFC 2326 allows
+            info += f";rtptime={(first.result().pts + session.ts_offset) & 0xFFFFFFFF}"
+        headers["RTP-Info"] = info
+        session.track, session.rendition = track, rendition
+
+        def start() -> None:
+            if session.track is track:
+                session.pump = asyncio.get_running_loop().create_task(self._pump(session, track, first))
+
+        return _response(200, request.cseq, headers), start
+
+    # -- media ------------------------------------------------------------------------------------
+
+    async def _pump(self, session: _Session, track: MediaStreamTrack, first: asyncio.Future) -> None:
+        try:
+            packet = await first
+            while True:
+                self._send_frame(session, packet)
+                packet = await track.recv()
+        except MediaStreamError:
+            if session.track is track:  # the rendition closed, not us
+                self._end(session, "the stream ended")
+                session.connection.writer.transport.abort()
+        except Exception:
+            logger.exception("rtsp %s: session %s failed", session.connection.peer, session.id)
+            self._end(session, "internal error")
+
+    def _send_frame(self, session: _Session, packet: av.Packet) -> None:
+        rendition = session.rendition
+        now = time.monotonic()
+        if packet.is_keyframe and rendition not in self._sprop:
+            sprop = _sprop(packet)
+            if sprop is not None:
+                self._sprop[rendition] = sprop
+        if session.backlog() > _BACKLOG_BYTES:
+            if session.behind_since is None:
+                session.behind_since = now
+            elif now - session.behind_since > self._timeout:
+                logger.info("rtsp %s: session %s stalled; closing", session.connection.peer, session.id)
+                session.connection.writer.transport.abort()
+            session.skipping = True
+        elif packet.is_keyframe:
+            session.behind_since = None
+            session.skipping = False
+        if session.skipping:
+            session.frames_dropped += 1
+            self.frames_skipped += 1
+            rendition.request_keyframe()
+            return
+        self.frames_sent += 1
+        timestamp = (packet.pts + session.ts_offset) & 0xFFFFFFFF
+        payloads = self._payloads(packet)
+        for index, payload in enumerate(payloads):
+            rtp = RtpPacket(payload_type=_PAYLOAD_TYPE, marker=int(index == len(payloads) - 1),
+                            sequence_number=session.sequence, timestamp=timestamp, ssrc=session.ssrc,
+                            payload=payload).serialize()
+            session.sequence = (session.sequence + 1) & 0xFFFF
+            session.packets += 1
+            session.octets += len(payload)
+            session.send(False, rtp)
+        session.last_rtp = (timestamp, now)
+        if now - session.last_report >= _SR_INTERVAL:
+            session.last_report = now
+            session.send(True, self._sender_report(session, now))
+
+    def _sender_report(self, session: _Session, now: float) -> bytes:
+        rtp_time, sent_at = session.last_rtp
+        wallclock = time.time() + 2_208_988_800  # NTP epoch is 1900
+        report = RtcpSrPacket(ssrc=session.ssrc, sender_info=RtcpSenderInfo(
+            ntp_timestamp=int(wallclock * (1 << 32)) & 0xFFFFFFFFFFFFFFFF,
+            rtp_timestamp=(rtp_time + round((now - sent_at) * _CLOCK)) & 0xFFFFFFFF,
+            packet_count=session.packets & 0xFFFFFFFF, octet_count=session.octets & 0xFFFFFFFF))
+        cname = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=session.ssrc, items=[(1, b"privacy-gateway")])])
+        return bytes(report) + bytes(cname)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _end(self, session: _Session, why: str) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        session.connection.sessions.pop(session.id, None)
+        session.close()
+        logger.info("rtsp %s: session %s (%s, %s) ended: %s; %d frames skipped", session.connection.peer,
+                    session.id, session.user, session.camera, why, session.frames_dropped)
+
+    async def _reap(self) -> None:
+        """End sessions nobody kept alive and close idle connections without sessions."""
+        while True:
+            await asyncio.sleep(min(1.0, self._timeout / 4))
+            now = time.monotonic()
+            for session in list(self._sessions.values()):
+                if now - session.last_seen > self._timeout:
+                    self._end(session, f"no keep-alive for {self._timeout:g} s")
+            for connection in list(self._connections):
+                if not connection.sessions and now - connection.last_seen > self._timeout:
+                    connection.writer.transport.abort()
+
+
+async def _linger(connection: _Connection) -> None:
+    """Send what is queued, half-close, and read what the client still sends, so that closing does
+    not reset the connection (and destroy the error response) while unread input is pending."""
+    try:
+        async with asyncio.timeout(2.0):
+            await connection.writer.drain()
+            connection.writer.write_eof()
+            discarded = 0
+            while discarded < (1 << 20) and (chunk := await connection.reader.read(65536)):
+                discarded += len(chunk)
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+
+
+def _session_header(session: _Session | None, timeout: float) -> dict[str, str]:
+    return {} if session is None else {"Session": f"{session.id};timeout={max(1, int(timeout))}"}
+
+
+def _cseq_of(head: bytes) -> str | None:
+    """The CSeq of a request we could not parse, to echo in the error if it is a plain number."""
+    match = re.search(rb"\r\ncseq[ \t]*:[ \t]*(\d{1,10})[ \t]*\r\n", head, re.IGNORECASE)
+    return match.group(1).decode() if match else None
