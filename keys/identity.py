@@ -29,7 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-ROLES = ("privacy-officer", "investigator", "auditor", "viewer")
+ROLES = ("privacy-officer", "investigator", "auditor", "viewer", "publisher")
+#: roles that may be named in a policy's unmask grants (a publisher is a camera or encoder, never a person)
+UNMASK_ROLES = ROLES[:4]
 _FORMAT = "privacy-gateway-identity"
 _VERSION = 1
 # scrypt cost: 2**15 * 8 * 128 B = 32 MiB and ~0.1 s per attempt here (RFC 7914's interactive tier)

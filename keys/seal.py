@@ -86,11 +86,7 @@ class Sealer:
         """``segment_seconds`` None: segments end only with their recording (:meth:`start_recording`)."""
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment length must be > 0 s, got {segment_seconds}")
-        for cls, grant in grants.items():  # refuse now, not at the first region, if a grant cannot be met
-            try:
-                wrap_key(os.urandom(32), grant, identities, b"check")
-            except ValueError as exc:
-                raise VaultError(f"unmask.{cls}: {exc}") from None
+        check_grants(grants, identities)
         self.store, self.camera, self.grants, self.identities = store, check_camera(camera), grants, identities
         self._signer, self._clock = signer, clock
         self._segment_us = None if segment_seconds is None else int(segment_seconds * 1e6)
@@ -168,6 +164,26 @@ class Sealer:
         self.ref = self._new_ref(first_frame, first_pts_us)
         return self.ref
 
+    def change_policy(self, policy: dict, grants: dict[str, Grant], first_frame: int, first_pts_us: int,
+                      identities: list[PublicIdentity] | None = None) -> VaultRef:
+        """Seal from ``first_frame`` on under another policy (and, if given, the roster as it is now).
+
+        The current recording ends and the next begins, so every segment stays bound to the one
+        policy its header names. Raises before changing anything if a grant cannot be met.
+        """
+        identities = self.identities if identities is None else identities
+        check_grants(grants, identities)
+        digest = self.store.store_policy(policy)
+        self._finish_recording(complete=True)
+        self.grants, self.identities = grants, identities
+        self._policy_version, self._policy_sha256 = int(policy.get("version", 1)), digest
+        self.ref = self._new_ref(first_frame, first_pts_us)
+        return self.ref
+
+    @property
+    def policy_sha256(self) -> str:
+        return self._policy_sha256
+
     def _finish_recording(self, complete: bool) -> None:
         if self._writer is not None:
             self._roll()
@@ -183,6 +199,15 @@ class Sealer:
             self._finish_recording(complete)
         finally:
             self._lock.close()
+
+
+def check_grants(grants: dict[str, Grant], identities: list[PublicIdentity]) -> None:
+    """Refuse now, not at the first region, a grant the roster cannot meet (too few holders of its roles)."""
+    for cls, grant in grants.items():
+        try:
+            wrap_key(os.urandom(32), grant, identities, b"check")
+        except ValueError as exc:
+            raise VaultError(f"unmask.{cls}: {exc}") from None
 
 
 def grants_of(policy) -> dict[str, Grant]:

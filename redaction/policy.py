@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Method = Literal["blur", "pixelate", "solid"]
-Role = Literal["privacy-officer", "investigator", "auditor", "viewer"]  # keys.identity.ROLES
+Role = Literal["privacy-officer", "investigator", "auditor", "viewer"]  # keys.identity.UNMASK_ROLES
 
 #: Weakest allowed strength per (class, method), as a fraction of the region's shorter side:
 #: blur sigma = strength * side, pixelate block = strength * side. Reasons in docs/policy.md.
