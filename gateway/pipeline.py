@@ -119,6 +119,10 @@ class CameraPipeline:
         self._stopping = False
         self._refs: list = [sealer.ref] if sealer is not None else []
         self._recording_start: float | None = None
+        self._switch: tuple[Policy, Analyzer, dict | None] | None = None
+        self._switched = threading.Condition(self._lock)
+        self._switch_failure: Exception | None = None
+        self._activating = threading.Lock()  # one policy switch at a time
         self._thread = threading.Thread(target=self._work, name=f"pipeline-{camera}", daemon=True)
 
     # --- input (source thread) --------------------------------------------------------------
@@ -178,6 +182,66 @@ class CameraPipeline:
         if self.sealer is not None and not self._thread.is_alive():
             self.sealer.close()
 
+    # --- policy ----------------------------------------------------------------------------------
+
+    def activate(self, policy: Policy, identities=None, timeout: float = 30.0) -> bool:
+        """Switch to ``policy`` without stopping: call from any thread but the worker's.
+
+        The new analyzer is built here (models loaded and warmed) while the old one keeps
+        deciding; the worker adopts it between two frames. Frames held by the old analyzer at
+        that moment are left to the watchdog, so they leave blanked, never raw. Sealing binds
+        every record from the first frame decided under the new policy to it (a new
+        recording). Raises, with the old policy still in force, if the analyzer cannot be built
+        or the policy's unmask grants cannot be met. Returns True once the worker has switched,
+        False if no frame came within ``timeout`` (the switch then happens at the next frame).
+        """
+        with self._activating:
+            return self._activate(policy, identities, timeout)
+
+    def _activate(self, policy: Policy, identities, timeout: float) -> bool:
+        sealing = None
+        if self.sealer is not None:
+            from keys.seal import check_grants, grants_of
+
+            grants = grants_of(policy)
+            check_grants(grants, self.sealer.identities if identities is None else identities)
+            sealing = {"policy": policy.model_dump(mode="json"), "grants": grants, "identities": identities}
+        analyzer = self._analyzer_factory(policy)
+        with self._lock:
+            self._switch = switch = (policy, analyzer, sealing)
+            self._wake.notify()
+            if not self._switched.wait_for(lambda: self._switch is not switch, timeout):
+                return False
+            if self._switch_failure is not None:
+                raise self._switch_failure
+            return True
+
+    def _adopt(self, frame: _Queued) -> Analyzer | None:
+        """The switch :meth:`activate` asked for, made before ``frame`` is analysed (worker thread)."""
+        with self._lock:
+            switch = self._switch
+        if switch is None:
+            return None
+        policy, analyzer, sealing = switch
+        failure = None
+        if sealing is not None:
+            try:
+                ref = self.sealer.change_policy(sealing["policy"], sealing["grants"], frame.index,
+                                                round(frame.time * 1e6), sealing["identities"])
+            except Exception as exc:  # the vault refused (disk, audit log): the old policy stays in force
+                log.exception("camera %s: could not seal under the new policy; the old one stays", self.camera)
+                failure = exc
+            else:
+                with self._lock:
+                    self._refs = [*self._refs[-7:], ref]
+                self._recording_start = frame.time
+        with self._lock:
+            if failure is None:
+                self.policy = policy
+            self._switch, self._switch_failure = None, failure
+            self._switched.notify_all()
+        return None if failure is not None else analyzer
+
     def _next(self) -> _Queued | None:
         with self._lock:
             while not self._queue and not self._stopping:
@@ -217,7 +281,12 @@ class CameraPipeline:
             if skip:
                 self._drain()
                 continue
-            if last is not None and frame.index != last + 1:
+            adopted = self._adopt(frame)
+            if adopted is not None:
+                # the old analyzer's undecided frames stay pending: the watchdog blanks them
+                stream.close()
+                analyzer, stream = adopted, StreamRedactor(adopted)
+            elif last is not None and frame.index != last + 1:
                 # frames were skipped or dropped: boxes interpolated or back-filled across the gap
                 # could miss a face that moved, so the held frames are left to be blanked and
                 # tracking starts afresh
