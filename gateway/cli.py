@@ -53,13 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("directory", type=Path, metavar="DIR")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", dest="roles", action="append", required=True, metavar="ROLE",
-                     help="privacy-officer, investigator, auditor or viewer (repeatable)")
+                     help="privacy-officer, investigator, auditor, viewer or publisher (repeatable)")
     add.add_argument("--out", type=Path, required=True, metavar="FILE",
                      help="where to write the private keys, encrypted under a passphrase "
                           "(from PRIVACY_GATEWAY_PASSPHRASE, else prompted)")
     add.add_argument("--post-quantum", action="store_true",
                      help="also an ML-KEM-768 key: wraps to this person use hybrid ML-KEM-768+X25519 HPKE")
     escrow.add_commands(commands)
+
+    token = commands.add_parser("token", help="get an API/viewer token from a running gateway, signed with your identity key")
+    token.add_argument("--gateway", required=True, metavar="URL", help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    token.add_argument("--identity", type=Path, required=True, metavar="FILE",
+                       help="your private identity file (passphrase from PRIVACY_GATEWAY_PASSPHRASE, else prompted)")
+    token.add_argument("--for", dest="holder", metavar="NAME", help="issue it to another identity (privacy officers)")
+    token.add_argument("--camera", dest="cameras", action="append", metavar="ID", help="limit it to this camera (repeatable)")
+    token.add_argument("--ttl", type=float, default=8 * 3600, metavar="SECONDS", help="lifetime (default: 8 hours)")
+    token.add_argument("--cafile", type=Path, metavar="FILE", help="CA certificate to trust for an https gateway")
 
     serve = commands.add_parser("serve", help="run the live gateway (default: a demo camera on a bundled clip)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="gateway configuration (YAML); default: config/gateway.yaml")
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return escrow.run(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "token":
+            return _token(args)
     except CheckFailed as exc:
         print(f"privacy-gateway: error: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
@@ -330,6 +341,45 @@ def _keys(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def _token(args: argparse.Namespace) -> int:
+    """``POST /api/tokens`` signed with the identity's key; prints the token (and nothing else) on stdout."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from keys.identity import IdentityError
+
+    from .access import sign_request
+
+    try:
+        (holder,) = escrow._open_identities([args.identity])
+    except IdentityError:
+        raise CommandError(f"cannot open identity {args.identity} (wrong passphrase or not an identity file)") from None
+    fields = {"ttl": args.ttl, **({"identity": args.holder} if args.holder else {}),
+              **({"cameras": args.cameras} if args.cameras else {})}
+    body = json.dumps(fields).encode()
+    base = args.gateway.rstrip("/")
+    request = urllib.request.Request(f"{base}/api/tokens", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": sign_request(holder, "POST", "/api/tokens", body)})
+    context = ssl.create_default_context(cafile=str(args.cafile)) if args.cafile else None
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as reply:
+            answer = json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read()).get("error", "")
+        except ValueError:
+            message = ""
+        raise CommandError(f"the gateway refused ({error.code}): {message or error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CommandError(f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
+    cameras = "every camera it may use" if answer["cameras"] is None else ", ".join(answer["cameras"])
+    print(f"token for {answer['identity']} ({cameras}), expires {answer['expires']}:", file=sys.stderr)
+    print(answer["token"])
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -351,6 +401,9 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(config, policies, announce=lambda line: print(line, flush=True)))
     except (DirectoryError, VaultError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    except OSError as exc:  # a listening port taken, a data directory not writable
+        raise CommandError(f"cannot serve: {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if getattr(exc, 'filename', None) else ''}") from None
     return 0
 
 

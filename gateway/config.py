@@ -29,9 +29,10 @@ class _Model(BaseModel):
 
 
 class Camera(_Model):
-    #: ``rtsp://...`` or a video file (``file://`` or a path): a file is read in a loop at its own rate
-    source: str
-    protocol: Literal["rtsp", "file"] | None = None  # None: from the source
+    #: ``rtsp://...`` or a video file (``file://`` or a path): a file is read in a loop at its own rate;
+    #: none for ``protocol: whip`` (the camera publishes to ``POST /whip/<id>``)
+    source: str | None = None
+    protocol: Literal["rtsp", "file", "whip"] | None = None  # None: from the source
     #: RTSP transport
     transport: Literal["tcp", "udp"] = "tcp"
     #: redaction policy file (YAML); None: the built-in default
@@ -46,6 +47,12 @@ class Camera(_Model):
 
     @model_validator(mode="after")
     def _protocol(self) -> Camera:
+        if self.protocol == "whip":
+            if self.source is not None:
+                raise ValueError("a whip camera has no source: it publishes to the gateway")
+            return self
+        if self.source is None:
+            raise ValueError("source: required (an rtsp:// URL or a video file), unless protocol is whip")
         inferred = "rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file"
         if self.protocol is not None and self.protocol != inferred:
             raise ValueError(f"protocol {self.protocol} does not match source {self.source!r}")
@@ -53,12 +60,22 @@ class Camera(_Model):
 
     @property
     def kind(self) -> str:
+        if self.protocol == "whip" or self.source is None:
+            return "whip"
         return self.protocol or ("rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file")
 
 
 class Listen(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class RtspEgress(_Model):
+    """Redacted streams for video-management systems at ``rtsp://HOST:PORT/<camera>`` (digest auth: token id / secret)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8554
+    max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
 class Tls(_Model):
@@ -80,6 +97,8 @@ class GatewayConfig(_Model):
     storage: Storage = Field(default_factory=Storage)
     listen: Listen = Field(default_factory=Listen)
     tls: Tls | None = None
+    #: RTSP egress; none unless configured
+    rtsp: RtspEgress | None = None
     #: STUN/TURN URLs offered to WebRTC peers; none by default (loopback and LAN candidates only)
     ice_servers: tuple[str, ...] = ()
     #: create demo identities (a privacy officer and an investigator) on first start when the key directory is new

@@ -52,13 +52,29 @@ class _Cameras(Collector):
                     skipped)
 
 
+class _Counts(Collector):
+    """One labelled counter read from a ``{label: count}`` mapping at scrape time."""
+
+    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], dict]) -> None:
+        self._name, self._documentation, self._label, self._counts = name, documentation, label, counts
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], count)
+        yield family
+
+
 class Metrics:
     """A registry of its own (no process-global state), exposed at ``/metrics``."""
 
-    def __init__(self, cameras: Callable[[], Iterable]) -> None:
+    def __init__(self, cameras: Callable[[], Iterable], auth_failures: Callable[[], dict] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cameras = cameras
         self.registry.register(_Cameras(cameras))
+        if auth_failures is not None:
+            self.registry.register(_Counts("privacy_gateway_auth_failures", "Failed authentications by reason",
+                                           "reason", auth_failures))
         self.latency = Histogram("privacy_gateway_release_latency_seconds",
                                  "Arrival to release of redacted frames (the hold-back bounds it)",
                                  ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)

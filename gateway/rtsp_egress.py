@@ -466,6 +466,7 @@ class _Session:
     frames_dropped: int = 0
     last_rtp: tuple[int, float] | None = None  # (RTP timestamp, monotonic time) of the last frame sent
     last_report: float = -1e9
+    allowed: Callable[[str], bool] | None = None  # the user's may_view, asked again while the session lives
 
     @property
     def playing(self) -> bool:
@@ -817,7 +818,7 @@ class RtspServer:
         if len(self._sessions) >= self._max_sessions:
             raise RtspError(503, "too many sessions", {"Retry-After": str(_RETRY_FULL)})
         session = _Session(secrets.token_hex(8), camera, user.name, connection, choice,
-                           f"rtsp://{authority}/{quote(camera, safe='')}/")
+                           f"rtsp://{authority}/{quote(camera, safe='')}/", allowed=user.may_view)
         if choice.tcp:
             channels = choice.channels
             used = {c for s in connection.sessions.values() if s.choice.tcp for c in s.channels}
@@ -981,6 +982,8 @@ class RtspServer:
             for session in list(self._sessions.values()):
                 if now - session.last_seen > self._timeout:
                     self._end(session, f"no keep-alive for {self._timeout:g} s")
+                elif session.allowed is not None and not session.allowed(session.camera):
+                    self._end(session, "access revoked")  # token revoked or expired, role or grant taken away
             for connection in list(self._connections):
                 if not connection.sessions and now - connection.last_seen > self._timeout:
                     connection.writer.transport.abort()

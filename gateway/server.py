@@ -11,7 +11,7 @@ pixels.
 from __future__ import annotations
 
 import asyncio
-import html
+import json
 import logging
 import secrets
 import threading
@@ -21,15 +21,17 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
 from keys.seal import Sealer, grants_of
-from keys.store import VaultStore
-from redaction.policy import Policy
+from keys.store import GATEWAY_ACTOR, VaultStore
+from redaction.policy import Policy, parse_policy
 
+from .access import RTSP_REALM, Access, Denied, TokenStore, require, write_private_json
+from .api import Api, authenticate, read_body
 from .config import Camera, GatewayConfig
 from .metrics import CONTENT_TYPE, Metrics
 from .pipeline import CameraPipeline, Released
@@ -50,6 +52,7 @@ class CameraRuntime:
     recorder: Recorder | None
     sinks: list[ThreadedSink]
     renditions: dict[str, object] = field(default_factory=dict)
+    codecs: tuple[str, ...] = ()  # the renditions to make: WHEP's, plus H.264 for RTSP egress
     _first_time: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,7 +73,7 @@ class CameraRuntime:
             fps = min(60.0, max(1.0, 1.0 / (item.time - self._first_time)))
             height, width = item.shape[:2]
             with self._lock:
-                for codec in self.config.renditions:
+                for codec in self.codecs:
                     self.renditions[codec] = Rendition(self.name, codec, width - width % 2, height - height % 2, fps=fps)
         image = item.image
         if image.shape[0] % 2 or image.shape[1] % 2:  # push copies (converts) the frame itself
@@ -89,11 +92,12 @@ def prepare_keys(config: GatewayConfig, announce=print) -> KeyDirectory:
         people = config.storage.data_dir / "identities"
         people.mkdir(parents=True, exist_ok=True)
         passphrase = secrets.token_urlsafe(12)
-        for name, role in (("demo-officer", "privacy-officer"), ("demo-investigator", "investigator")):
+        for name, role in (("demo-officer", "privacy-officer"), ("demo-investigator", "investigator"),
+                           ("demo-viewer", "viewer")):
             identity = PrivateIdentity.generate(name, [role])
             identity.save(people / f"{name}.identity", passphrase)
             directory.add(identity.public)
-        announce(f"demo identities created in {people} (demo-officer, demo-investigator); "
+        announce(f"demo identities created in {people} (demo-officer, demo-investigator, demo-viewer); "
                  f"their passphrase, shown only now: {passphrase}")
     return directory
 
@@ -106,13 +110,20 @@ class Gateway:
         data = config.storage.data_dir
         data.mkdir(parents=True, exist_ok=True)
         directory = prepare_keys(config, announce)
-        store = VaultStore.for_sealing(data / "vault", directory)
+        self.store = store = VaultStore.for_sealing(data / "vault", directory)
+        self.signer = directory.signer
+        self.access = Access(config.keys_dir, TokenStore(data / "access"))
         self.cameras: dict[str, CameraRuntime] = {}
+        self._activations = data / "active-policies.json"
+        self._active: dict[str, str] = {}
+        activated = self._activated(announce)
         from .sources import create_source
         from .whep import WhepServer
+        from .whip import WhipServer, WhipSource
 
         for name, camera in config.cameras.items():
-            policy = policies[name]
+            policy = activated.get(name, policies[name])
+            self._active[name] = store.store_policy(policy.model_dump(mode="json"))
             sealer = Sealer(store, directory.signer, name, policy.model_dump(mode="json"), grants_of(policy),
                             directory.identities, segment_seconds=None)
             sinks: list[ThreadedSink] = []
@@ -122,24 +133,128 @@ class Gateway:
             pipeline = CameraPipeline(name, policy, list(sinks), sealer=sealer, holdback=camera.holdback_ms / 1000,
                                       queue_frames=camera.queue_frames,
                                       recording_seconds=config.storage.recording_seconds)
-            options = {"transport": camera.transport} if camera.kind == "rtsp" else {}
-            runtime = CameraRuntime(name, camera, policy, pipeline, create_source(name, camera.source, **options),
-                                    recorder, sinks)
+            if camera.kind == "whip":
+                source = WhipSource(name)
+            else:
+                options = {"transport": camera.transport} if camera.kind == "rtsp" else {}
+                source = create_source(name, camera.source, **options)
+            codecs = tuple(dict.fromkeys([*camera.renditions, *(["h264"] if config.rtsp else [])]))
+            runtime = CameraRuntime(name, camera, policy, pipeline, source, recorder, sinks, codecs=codecs)
             live = ThreadedSink(f"{name}-live", runtime.live, max_images=3)
             runtime.sinks.append(live)
             pipeline.sinks.append(live)
             self.cameras[name] = runtime
-        self.whep = WhepServer(self._rendition, ice_servers=list(config.ice_servers) or None,
+        self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=list(config.ice_servers) or None,
                                camera_known=self.cameras.__contains__)
-        self.metrics = Metrics(lambda: list(self.cameras.values()))
+        self.rtsp, self.rtsp_port = None, None
+        if config.rtsp is not None:
+            from .rtsp_egress import RtspServer
+
+            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), self.cameras.__contains__,
+                                   self.access.rtsp_user, realm=RTSP_REALM,
+                                   throttled=lambda peer: self.access.limiter.retry_after(peer) > 0,
+                                   failed=lambda peer, who, why: self.access.limiter.failed(peer, who, why, "rtsp"),
+                                   max_sessions=config.rtsp.max_sessions)
+        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=list(config.ice_servers) or None)
+        self.api = Api(self, self.access, self.activate)
+        self.metrics = Metrics(lambda: list(self.cameras.values()), lambda: dict(self.access.limiter.counts))
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
         self.app = Starlette(routes=[
             Route("/", self._index),
+            Route("/view", self._index),
             Route("/health", self._health),
             Route("/metrics", self._metrics),
+            *self.api.routes,
             *self.whep.routes,
+            *self.whip.routes,
         ])
+
+    # --- policies ------------------------------------------------------------------------------
+
+    def _activated(self, announce) -> dict[str, Policy]:
+        """Policies activated over HTTP, which outlive a restart (they win over the configuration's files)."""
+        if not self._activations.exists():
+            return {}
+        try:
+            versions = json.loads(self._activations.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self._activations}: unreadable ({exc}); fix or remove it to use the configured policies") from None
+        out = {}
+        for camera, version in versions.items():
+            if camera in self.config.cameras:
+                out[camera] = parse_policy(self.store.load_policy(version), f"policy {version[:12]}")
+                announce(f"camera {camera}: policy {version[:12]} (activated over HTTP) is in force, "
+                         f"not its configured file")
+        return out
+
+    def active_version(self, camera: str) -> str:
+        return self._active[camera]
+
+    def activate(self, camera: str, policy: Policy, version: str) -> bool:
+        """Switch a camera's policy live (blocking): see :meth:`CameraPipeline.activate`."""
+        runtime = self.cameras[camera]
+        switched = runtime.pipeline.activate(policy)
+        runtime.policy = policy
+        self._active[camera] = version
+        write_private_json(self._activations, self._active)
+        return switched
+
+    # --- access ---------------------------------------------------------------------------------
+
+    async def _authorize(self, request: Request, permission: str, camera: str) -> Response | None:
+        """An error answer unless the request's principal holds the camera-scoped ``permission`` on ``camera``."""
+        try:
+            signed = request.headers.get("authorization", "").lower().startswith("signature")
+            who = await authenticate(self.access, request, await read_body(request) if signed else b"")
+            require(who, permission, camera)
+        except Denied as denied:
+            return PlainTextResponse(denied.message + "\n", status_code=denied.status, headers=denied.headers)
+        request.state.still_allowed = self.access.still_allowed(who, permission, camera)  # for the session's life
+        return None
+
+    async def recheck_sessions(self, period: float = 1.0) -> None:
+        """End live WebRTC sessions whose token was revoked or expired, or whose role or grant went
+        (RTSP sessions are re-checked by the RTSP server itself)."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.whep.recheck()
+                await self.whip.recheck()
+            except Exception:  # a failing check must not end the checking
+                log.exception("re-checking sessions failed")
+
+    async def _authorize_feed(self, request: Request, camera: str) -> Response | None:
+        return await self._authorize(request, "feeds*", camera)  # WHEP: watch
+
+    async def _authorize_ingest(self, request: Request, camera: str) -> Response | None:
+        return await self._authorize(request, "ingest*", camera)  # WHIP: publish
+
+    def _whip_source(self, camera: str):
+        from .whip import WhipSource
+
+        runtime = self.cameras.get(camera)
+        return runtime.source if runtime is not None and isinstance(runtime.source, WhipSource) else None
+
+    async def _principal(self, request: Request, permission: str | None = None):
+        """The request's principal if it holds ``permission``; None if it sent no credentials at all."""
+        if not request.headers.get("authorization"):
+            return None
+        who = await authenticate(self.access, request)
+        if permission is not None:
+            require(who, permission)
+        return who
+
+    def demo_viewer_token(self) -> str | None:
+        """With demo identities: a day's token for demo-viewer on every camera, for the printed viewer URLs."""
+        if not self.config.demo_identities or "demo-viewer" not in self.access.identities():
+            return None
+        self.access.store.grant("demo-viewer", list(self.cameras))
+        token, record = self.access.store.issue("demo-viewer", list(self.cameras), 24 * 3600.0, GATEWAY_ACTOR)
+        self.store.audit.append(GATEWAY_ACTOR, self.signer, "issue-token",
+                                {"identity": "demo-viewer", "cameras": list(self.cameras), "ttl": 24 * 3600,
+                                 "by": GATEWAY_ACTOR, "via": "demo start-up"})
+        return token
 
     def _rendition(self, camera: str, codec: str):
         runtime = self.cameras.get(camera)
@@ -155,7 +270,10 @@ class Gateway:
             runtime.source.start(runtime.pipeline.offer)
 
     async def stop(self) -> None:
+        if self.rtsp is not None:
+            await self.rtsp.close()
         await self.whep.close()
+        await self.whip.close()
         await asyncio.to_thread(self._stop_threads)
 
     def _stop_threads(self) -> None:
@@ -194,15 +312,26 @@ class Gateway:
         return {"status": "ok" if ok else "degraded", "cameras": cameras}
 
     async def _health(self, request: Request) -> Response:
+        """Anyone: ok or degraded (for load balancers); holders of ``metrics``: every camera's state too."""
         report = self.health()
-        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+        status = 200 if report["status"] == "ok" else 503
+        try:
+            who = await self._principal(request, "metrics")
+        except Denied as denied:
+            return JSONResponse({"error": denied.message}, status_code=denied.status, headers=denied.headers)
+        return JSONResponse(report if who is not None else {"status": report["status"]}, status_code=status)
 
     async def _metrics(self, request: Request) -> Response:
+        try:
+            require(await authenticate(self.access, request), "metrics")  # Prometheus: bearer_token in its scrape config
+        except Denied as denied:
+            return JSONResponse({"error": denied.message}, status_code=denied.status, headers=denied.headers)
         return Response(await asyncio.to_thread(self.metrics.render), media_type=CONTENT_TYPE)
 
     async def _index(self, request: Request) -> Response:
-        links = "".join(f'<li><a href="/view/{html.escape(n)}">{html.escape(n)}</a></li>' for n in self.cameras)
-        return HTMLResponse(f"<!doctype html><title>privacy-gateway</title><h1>Cameras</h1><ul>{links}</ul>")
+        from .whep import viewer_index
+
+        return viewer_index()
 
 
 async def serve(config: GatewayConfig, policies: dict[str, Policy], announce=print, ready=None,
@@ -217,16 +346,25 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce=pri
         gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
     gateway.start()
+    rechecks = None
     try:
+        rtsp_port = None
+        if gateway.rtsp is not None:
+            rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
+            gateway.rtsp_port = rtsp_port
         task = asyncio.create_task(server.serve())
+        rechecks = asyncio.create_task(gateway.recheck_sessions())
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
             port = server.servers[0].sockets[0].getsockname()[1]
             base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
             announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/")
+            token = gateway.demo_viewer_token()
             for name in gateway.cameras:
-                announce(f"  viewer: {base}/view/{name}")
+                announce(f"  viewer: {base}/view/{name}" + (f"#token={token}" if token else " (with a viewer token)"))
+                if rtsp_port is not None:
+                    announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} (user: a token's id, password: its secret)")
             if ready is not None:
                 ready(gateway, port)
         while stop is not None and not stop.is_set() and not task.done():
@@ -235,6 +373,8 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce=pri
             server.should_exit = True
         await task
     finally:
+        if rechecks is not None:
+            rechecks.cancel()
         await gateway.stop()
 
 

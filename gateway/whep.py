@@ -20,7 +20,7 @@ import math
 import secrets
 import threading
 import time as _clock
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -365,6 +365,7 @@ class _Session:
     pc: RTCPeerConnection
     track: _ViewerTrack
     timeout: asyncio.TimerHandle | None = None
+    allowed: Callable[[], bool] | None = None  # left by authorize in request.state.still_allowed
 
 
 class WhepServer:
@@ -373,12 +374,18 @@ class WhepServer:
     def __init__(
         self,
         rendition_for: Callable[[str, str], Rendition | None],
+        authorize: Callable[[Request, str], Awaitable[Response | None]],
         ice_servers: list[str] | None = None,
         camera_known: Callable[[str], bool] | None = None,
     ) -> None:
-        """``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
+        """``authorize(request, camera)``: an error response to send (401, 403, 429 ...), or
+        None to go on; asked first, before anything reveals whether the camera exists. It may
+        leave ``request.state.still_allowed``, a callable that :meth:`recheck` asks while the
+        session lives.
+        ``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
         frame released so far) is answered 503 with Retry-After instead of 404."""
         self._rendition_for = rendition_for
+        self._authorize = authorize
         self._camera_known = camera_known or (lambda camera: False)
         # No servers unless the operator names some: aiortc would otherwise add a public STUN server.
         self._ice_servers = [RTCIceServer(urls=url) for url in ice_servers or []]
@@ -397,10 +404,21 @@ class WhepServer:
         """Close every peer connection."""
         await asyncio.gather(*(self._end(session_id) for session_id in list(self._sessions)))
 
+    async def recheck(self) -> int:
+        """End every session whose viewer may no longer watch (see ``authorize``); how many ended."""
+        ended = [s.id for s in list(self._sessions.values()) if s.allowed is not None and not s.allowed()]
+        for session_id in ended:
+            logger.info("WHEP session %s ended: access revoked", session_id)
+        await asyncio.gather(*(self._end(session_id) for session_id in ended))
+        return len(ended)
+
     # -- handlers -----------------------------------------------------------------------------
 
     async def _offer(self, request: Request) -> Response:
         camera = request.path_params["camera"]
+        refused = await self._authorize(request, camera)
+        if refused is not None:
+            return refused
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/sdp":
             return _error(415, "Content-Type must be application/sdp")
@@ -433,7 +451,8 @@ class WhepServer:
             return _error(404, f"no such camera: {camera}")
 
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice_servers)))
-        session = _Session(secrets.token_urlsafe(12), camera, pc, rendition.subscribe())
+        session = _Session(secrets.token_urlsafe(12), camera, pc, rendition.subscribe(),
+                           allowed=getattr(request.state, "still_allowed", None))
 
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
@@ -463,6 +482,9 @@ class WhepServer:
         )
 
     async def _delete(self, request: Request) -> Response:
+        refused = await self._authorize(request, request.path_params["camera"])
+        if refused is not None:
+            return refused
         session = self._sessions.get(request.path_params["session"])
         if session is None or session.camera != request.path_params["camera"]:
             return _error(404, "no such session")
@@ -470,18 +492,9 @@ class WhepServer:
         return PlainTextResponse("session ended\n")
 
     async def _view(self, request: Request) -> Response:
-        camera = request.path_params["camera"]
-        if not (self._camera_known(camera) or any(self._rendition_for(camera, codec) for codec in CODECS)):
-            return _error(404, f"no such camera: {camera}")
-        nonce = secrets.token_urlsafe(16)
-        policy = (
-            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "connect-src 'self'; media-src 'self' blob: mediastream:; frame-ancestors 'none'"
-        )
-        return HTMLResponse(
-            _VIEWER_PAGE.replace("{nonce}", nonce),
-            headers={"Content-Security-Policy": policy, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-        )
+        # the page holds no data and is the same for every camera name: whether the camera
+        # exists, and whether the token may watch it, is for the WHEP request to say
+        return _page(_VIEWER_PAGE)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -498,6 +511,35 @@ class WhepServer:
             session.timeout.cancel()
         session.track.stop()
         await session.pc.close()
+
+
+# The viewer token comes in the URL fragment (#token=...), which browsers never send to a server;
+# it is kept for this tab only and taken out of the address bar.
+_TOKEN_SCRIPT = """const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get("token")) {
+    sessionStorage.setItem("privacy-gateway-token", fragment.get("token"));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const token = sessionStorage.getItem("privacy-gateway-token");
+  const auth = token ? { Authorization: "Bearer " + token } : {};"""
+
+
+def _page(template: str) -> HTMLResponse:
+    """A static page whose inline script and style may run (a fresh nonce), and nothing else."""
+    nonce = secrets.token_urlsafe(16)
+    policy = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "connect-src 'self'; media-src 'self' blob: mediastream:; frame-ancestors 'none'"
+    )
+    return HTMLResponse(
+        template.replace("{token_script}", _TOKEN_SCRIPT).replace("{nonce}", nonce),
+        headers={"Content-Security-Policy": policy, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def viewer_index() -> HTMLResponse:
+    """The camera list: only the cameras the viewer's token grants (asked of ``/api/cameras`` with it)."""
+    return _page(_INDEX_PAGE)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> PlainTextResponse:
@@ -592,6 +634,7 @@ video { display: block; width: 100%; height: calc(100% - 2em); background: #000;
   const endpoint = location.pathname.replace(/\\/view\\/([^/]+)$/, "/whep/$1") + location.search;
   document.title = camera;
   const show = (text) => { status.textContent = camera + ": " + text; };
+  {token_script}
 
   function iceGathered(pc) {
     return new Promise((resolve) => {
@@ -615,7 +658,7 @@ video { display: block; width: 100%; height: calc(100% - 2em); background: #000;
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
     const response = await fetch(endpoint, {
-      method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+      method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
     });
     if (response.status === 503) {  // the camera has no frame yet: try again shortly
       pc.close();
@@ -631,12 +674,64 @@ video { display: block; width: 100%; height: calc(100% - 2em); background: #000;
     session.location = new URL(response.headers.get("Location"), location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
     window.addEventListener("pagehide", () => {
-      fetch(session.location, { method: "DELETE", keepalive: true });
+      fetch(session.location, { method: "DELETE", headers: auth, keepalive: true });
       pc.close();
     });
   }
 
   start().catch((error) => show("error: " + error));
+})();
+</script>
+</body>
+</html>
+"""
+
+_INDEX_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>privacy-gateway</title>
+<style nonce="{nonce}">
+body { margin: 2em; background: #111; color: #ccc; font: 15px system-ui, sans-serif; }
+a { color: #8cf; } input { width: 30em; }
+</style>
+</head>
+<body>
+<h1>Cameras</h1>
+<ul id="cameras"></ul>
+<p id="status"></p>
+<form id="form" hidden><label>Viewer token <input id="token" autocomplete="off"></label> <button>Show</button></form>
+<script nonce="{nonce}">
+"use strict";
+(() => {
+  {token_script}
+  const list = document.getElementById("cameras"), status = document.getElementById("status");
+  const form = document.getElementById("form");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = "token=" + encodeURIComponent(document.getElementById("token").value.trim());
+    location.reload();
+  });
+  if (!token) { status.textContent = "A viewer token is needed."; form.hidden = false; return; }
+  fetch("/api/cameras", { headers: auth }).then(async (response) => {
+    if (!response.ok) {
+      const answer = await response.json().catch(() => ({}));
+      status.textContent = "refused (" + response.status + "): " + (answer.error || "");
+      sessionStorage.removeItem("privacy-gateway-token");
+      form.hidden = false;
+      return;
+    }
+    const { cameras } = await response.json();
+    for (const camera of cameras) {
+      const item = document.createElement("li"), link = document.createElement("a");
+      link.href = "/view/" + encodeURIComponent(camera.id);
+      link.textContent = camera.id;
+      item.append(link);
+      list.append(item);
+    }
+    if (!cameras.length) status.textContent = "This token grants no camera.";
+  });
 })();
 </script>
 </body>

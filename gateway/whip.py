@@ -207,6 +207,7 @@ class _Publisher:
     timeout: asyncio.TimerHandle | None = None
     heard: float = 0.0  # monotonic time of the last frame (or of the connection)
     ended: bool = False
+    allowed: Callable[[], bool] | None = None  # left by authorize in request.state.still_allowed
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     def close_from_any_thread(self, timeout: float) -> None:
@@ -268,6 +269,12 @@ class WhipServer:
         """End every session."""
         await asyncio.gather(*(self._end(session, None) for session in list(self._sessions.values())))
 
+    async def recheck(self) -> int:
+        """End every session whose publisher may no longer publish (see ``authorize``); how many ended."""
+        ended = [s for s in list(self._sessions.values()) if s.allowed is not None and not s.allowed()]
+        await asyncio.gather(*(self._end(session, "access revoked") for session in ended))
+        return len(ended)
+
     # -- handlers -----------------------------------------------------------------------------
 
     async def _endpoint(self, request: Request) -> Response:
@@ -297,7 +304,8 @@ class WhipServer:
         except ValueError as exc:
             return _error(400, f"malformed SDP offer: {exc}")
 
-        session = _Publisher(secrets.token_urlsafe(12), camera, source, self, asyncio.get_running_loop())
+        session = _Publisher(secrets.token_urlsafe(12), camera, source, self, asyncio.get_running_loop(),
+                             allowed=getattr(request.state, "still_allowed", None))
         refused = source._claim(session)
         if refused == "busy":
             return _error(409, f"camera {camera} already has a publisher")

@@ -219,7 +219,7 @@ async def _viewers(conn, viewers_per_url: int, read_codes: bool) -> None:
         while min(received) < 10:
             await asyncio.sleep(0.1)
         conn.send("ready")
-        while (message := await loop.run_in_executor(None, conn.recv)) != "stop":
+        while await loop.run_in_executor(None, conn.recv) != "stop":
             conn.send(list(received))
         for task in tasks:
             task.cancel()

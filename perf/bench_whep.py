@@ -171,7 +171,11 @@ def main() -> int:
 
     frames = source_frames()
     rendition = Rendition(CAMERA, args.codec, WIDTH, HEIGHT, FPS, bitrate=args.bitrate)
-    whep = WhepServer(lambda camera, codec: rendition if (camera, codec) == (CAMERA, args.codec) else None)
+
+    async def allow(request, camera):  # no access control in this measurement
+        return None
+
+    whep = WhepServer(lambda camera, codec: rendition if (camera, codec) == (CAMERA, args.codec) else None, allow)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/whep/{CAMERA}?codec={args.codec}"

@@ -1,0 +1,263 @@
+"""Access control over HTTP: every role × every endpoint × own and other camera; tokens; signed requests.
+
+A real :class:`gateway.server.Gateway` (two cameras, not started: no frame is needed to
+decide who may do what) answers over its ASGI app. Identities are real keys in a real key
+directory; tokens are issued through the API the way users get them.
+"""
+
+import json
+
+import httpx
+import pytest
+
+from gateway.access import FAILURE_LIMIT, sign_request
+from gateway.config import load_config
+from gateway.server import Gateway
+from keys.directory import KeyDirectory
+from keys.identity import PrivateIdentity
+
+ROLES = {"olga": "privacy-officer", "vera": "viewer", "ivan": "investigator", "aldo": "auditor", "pete": "publisher"}
+POLICY = {"classes": {"plate": {"enabled": False}}, "detection": {"stride": 2, "threads": 1},
+          "unmask": {"face": {"roles": ["investigator"], "quorum": 1}, "watermark": "optional"}}
+
+
+@pytest.fixture()
+def world(tmp_path):
+    """A gateway with cameras lobby, garage and door (WHIP); vera (viewer) is granted lobby, pete (publisher) door."""
+    keys = tmp_path / "data" / "keys"
+    directory = KeyDirectory.init(keys)
+    people = {name: PrivateIdentity.generate(name, [role]) for name, role in ROLES.items()}
+    for person in people.values():
+        directory.add(person.public)
+    (tmp_path / "faces.yaml").write_text(json.dumps(POLICY))
+    from gateway.config import DEFAULT
+
+    clip = DEFAULT.parent / "samples" / "vtest-10s.mp4"
+    (tmp_path / "gateway.yaml").write_text(json.dumps({
+        "cameras": {**{name: {"source": str(clip), "policy": "faces.yaml"} for name in ("lobby", "garage")},
+                    "door": {"protocol": "whip", "policy": "faces.yaml"}},
+        "storage": {"data_dir": "data"}}))
+    config, policies = load_config(tmp_path / "gateway.yaml")
+    gateway = Gateway(config, policies, announce=lambda line: None)
+    gateway.access.store.grant("vera", ["lobby"])
+    gateway.access.store.grant("pete", ["door"])
+    return gateway, people
+
+
+async def client(gateway, peer="10.0.0.1"):
+    transport = httpx.ASGITransport(app=gateway.app, client=(peer, 4000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+
+
+async def token_for(http, person, **fields) -> str:
+    """A token the way an identity gets its first one: a request signed with its own key."""
+    body = json.dumps(fields).encode()
+    reply = await http.post("/api/tokens", content=body, headers={
+        "Authorization": sign_request(person, "POST", "/api/tokens", body), "Content-Type": "application/json"})
+    assert reply.status_code == 201, reply.text
+    return reply.json()["token"]
+
+
+# (method, path, body) -> who gets through (else 403). {own}/{other}: lobby/garage.
+MATRIX = [
+    ("GET", "/api/whoami", None, set(ROLES)),
+    ("GET", "/api/cameras", None, {"olga", "vera", "pete"}),
+    ("GET", "/api/cameras/{own}/policy", None, {"olga"}),
+    ("GET", "/api/cameras/{other}/policy", None, {"olga"}),
+    ("PUT", "/api/cameras/{own}/policy", {"version": "0" * 64}, {"olga"}),  # olga: 404, no such version
+    ("GET", "/api/policies", None, {"olga"}),
+    ("POST", "/api/policies/validate", POLICY, {"olga"}),
+    ("POST", "/api/policies", POLICY, {"olga"}),
+    ("GET", "/api/identities", None, {"olga"}),
+    ("PUT", "/api/identities/vera/cameras", {"cameras": ["lobby"]}, {"olga"}),
+    ("GET", "/api/tokens", None, set(ROLES)),  # each sees its own; olga sees all (asserted below)
+    ("GET", "/api/audit", None, {"olga", "aldo", "ivan"}),  # ivan: his own entries only (asserted below)
+    ("GET", "/api/audit/verify", None, {"olga", "aldo"}),
+    ("GET", "/metrics", None, {"olga", "aldo"}),
+    # WHEP and WHIP: past access control a text/plain offer is refused 415 (or 404 for a camera without WHIP)
+    ("POST", "/whep/{own}", "not sdp", {"olga", "vera"}),
+    ("POST", "/whep/{other}", "not sdp", {"olga"}),
+    ("DELETE", "/whep/{own}/no-session", None, {"olga", "vera"}),
+    ("DELETE", "/whep/{other}/no-session", None, {"olga"}),
+    ("POST", "/whip/door", "not sdp", {"pete"}),
+    ("POST", "/whip/{other}", "not sdp", set()),
+    ("DELETE", "/whip/door/no-session", None, {"pete"}),
+]
+
+
+@pytest.mark.asyncio
+async def test_every_role_on_every_endpoint_for_own_and_other_camera(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        tokens = {name: await token_for(http, person) for name, person in people.items()}
+        outcomes = {}
+        for method, path, body, allowed in MATRIX:
+            url = path.format(own="lobby", other="garage")
+            content = body if isinstance(body, str) else (json.dumps(body) if body is not None else None)
+            for name in ROLES:
+                reply = await http.request(method, url, content=content,
+                                           headers={"Authorization": f"Bearer {tokens[name]}", "Content-Type": "text/plain"
+                                                    if isinstance(body, str) else "application/json"})
+                through = reply.status_code not in (401, 403)
+                outcomes[method, path, name] = reply.status_code
+                assert through == (name in allowed), (method, url, name, reply.status_code, reply.text)
+            anonymous = await http.request(method, url, content=content)
+            assert anonymous.status_code == 401, (method, url, anonymous.text)
+        # the ones that get through get the real answer
+        assert outcomes["PUT", "/api/cameras/{own}/policy", "olga"] == 404
+        assert outcomes["POST", "/whep/{own}", "vera"] == 415 and outcomes["POST", "/whip/door", "pete"] == 415
+        assert outcomes["POST", "/api/policies", "olga"] == 201
+
+        # what each sees of shared listings
+        cameras = {name: (await http.get("/api/cameras", headers={"Authorization": f"Bearer {tokens[name]}"})).json()
+                   for name in ("olga", "vera", "pete")}
+        assert [c["id"] for c in cameras["olga"]["cameras"]] == ["lobby", "garage", "door"]
+        assert "policy" in cameras["olga"]["cameras"][0]
+        assert cameras["vera"] == {"cameras": [{"id": "lobby"}]} and cameras["pete"] == {"cameras": [{"id": "door"}]}
+        # RTSP egress asks the same question of a token (digest username: its id)
+        for name, token in tokens.items():
+            user = gateway.access.rtsp_user(token.split("_")[1])
+            assert [c for c in ("lobby", "garage", "door") if user.may_view(c)] == \
+                {"olga": ["lobby", "garage", "door"], "vera": ["lobby"]}.get(name, []), name
+        assert gateway.access.rtsp_user("no-such-token") is None
+        listed = {name: (await http.get("/api/tokens", headers={"Authorization": f"Bearer {tokens[name]}"})).json()["tokens"]
+                  for name in ROLES}
+        assert {t["identity"] for t in listed["olga"]} == set(ROLES)
+        assert all({t["identity"] for t in listed[n]} == {n} for n in ROLES if n != "olga")
+        assert not any("digest" in t or "rtsp_ha1" in t for t in listed["olga"])
+        entries = (await http.get("/api/audit", headers={"Authorization": f"Bearer {tokens['ivan']}"})).json()["entries"]
+        everything = (await http.get("/api/audit", headers={"Authorization": f"Bearer {tokens['aldo']}"})).json()["entries"]
+        assert entries and len(everything) > len(entries)
+        assert all(e["details"].get("by") == "ivan" or e["actor"] == "ivan" for e in entries)
+        health = await http.get("/health")
+        assert set(health.json()) == {"status"}  # anyone: the status, nothing about cameras
+        detailed = await http.get("/health", headers={"Authorization": f"Bearer {tokens['aldo']}"})
+        assert set(detailed.json()["cameras"]) == {"lobby", "garage", "door"}
+
+
+@pytest.mark.asyncio
+async def test_token_scope_limits_cameras_and_viewers_cannot_widen_it(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        olga = await token_for(http, people["olga"])
+        # an officer issues vera a token; vera's grant (lobby) still bounds it
+        reply = await http.post("/api/tokens", json={"identity": "vera", "cameras": ["lobby", "garage"], "ttl": 600},
+                                headers={"Authorization": f"Bearer {olga}"})
+        assert reply.status_code == 201
+        vera = reply.json()["token"]
+        sdp = {"Content-Type": "text/plain"}
+        assert (await http.post("/whep/lobby", content="x", headers={**sdp, "Authorization": f"Bearer {vera}"})).status_code == 415
+        assert (await http.post("/whep/garage", content="x", headers={**sdp, "Authorization": f"Bearer {vera}"})).status_code == 403
+        # an officer token scoped to garage does not reach lobby
+        reply = await http.post("/api/tokens", json={"cameras": ["garage"]}, headers={"Authorization": f"Bearer {olga}"})
+        scoped = reply.json()["token"]
+        assert (await http.post("/whep/lobby", content="x", headers={**sdp, "Authorization": f"Bearer {scoped}"})).status_code == 403
+        assert (await http.post("/whep/garage", content="x", headers={**sdp, "Authorization": f"Bearer {scoped}"})).status_code == 415
+        # a viewer's token cannot mint more tokens, nor tokens for others
+        for body in ({}, {"identity": "olga"}):
+            assert (await http.post("/api/tokens", json=body, headers={"Authorization": f"Bearer {vera}"})).status_code == 403
+        # unknown identity, unknown camera, bad ttl, unknown field
+        signed = lambda body: {"Authorization": sign_request(people["olga"], "POST", "/api/tokens", json.dumps(body).encode()),
+                               "Content-Type": "application/json"}
+        for body, status in (({"identity": "nobody"}, 404), ({"cameras": ["attic"]}, 404), ({"ttl": 0}, 400),
+                             ({"ttl": 10**9}, 400), ({"scope": "all"}, 400)):
+            reply = await http.post("/api/tokens", content=json.dumps(body).encode(), headers=signed(body))
+            assert reply.status_code == status, (body, reply.text)
+
+
+@pytest.mark.asyncio
+async def test_expired_and_revoked_tokens_are_refused(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        vera = await token_for(http, people["vera"], ttl=600)
+        auth = {"Authorization": f"Bearer {vera}"}
+        assert (await http.get("/api/whoami", headers=auth)).json()["name"] == "vera"
+        token_id = vera.split("_")[1]
+        clock = gateway.access.store._clock
+        gateway.access.store._clock = lambda: clock() + 601  # the token's expiry passes
+        reply = await http.get("/api/whoami", headers=auth)
+        assert (reply.status_code, reply.json()["error"]) == (401, "token expired")
+        gateway.access.store._clock = clock
+
+        other = await token_for(http, people["vera"], ttl=600)
+        olga = await token_for(http, people["olga"])
+        assert (await http.delete(f"/api/tokens/{token_id}", headers={"Authorization": f"Bearer {other}"})).status_code == 200
+        reply = await http.get("/api/whoami", headers=auth)
+        assert (reply.status_code, reply.json()["error"]) == (401, "token revoked")
+        # someone else's token: not even confirmed to exist, unless one may manage tokens
+        ivan = await token_for(http, people["ivan"])
+        other_id = other.split("_")[1]
+        assert (await http.delete(f"/api/tokens/{other_id}", headers={"Authorization": f"Bearer {ivan}"})).status_code == 404
+        assert (await http.delete(f"/api/tokens/{other_id}", headers={"Authorization": f"Bearer {olga}"})).status_code == 200
+        assert (await http.get("/api/whoami", headers={"Authorization": f"Bearer {other}"})).status_code == 401
+        actions = [e["action"] for e in (await http.get("/api/audit", headers={"Authorization": f"Bearer {olga}"})).json()["entries"]]
+        assert actions.count("issue-token") == 4 and actions.count("revoke-token") == 2
+    stored = (gateway.config.storage.data_dir / "access" / "tokens.json").read_text()
+    assert vera not in stored and vera.split("_")[2] not in stored  # hashed at rest
+
+
+@pytest.mark.asyncio
+async def test_signed_requests_are_checked_and_never_replayed(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        body = b"{}"
+        header = sign_request(people["vera"], "POST", "/api/tokens", body)
+        headers = {"Authorization": header, "Content-Type": "application/json"}
+        assert (await http.post("/api/tokens", content=body, headers=headers)).status_code == 201
+        replay = await http.post("/api/tokens", content=body, headers=headers)
+        assert (replay.status_code, replay.json()["error"]) == (401, "signed request replayed")
+        # another body, path or key than the signature covers; a stale clock; a stranger; garbage
+        fresh = sign_request(people["vera"], "POST", "/api/tokens", body)
+        assert (await http.post("/api/tokens", content=b'{"ttl": 60}', headers={"Authorization": fresh})).status_code == 401
+        assert (await http.get("/api/whoami", headers={"Authorization": sign_request(people["vera"], "GET", "/api/cameras")})).status_code == 401
+        forged = sign_request(people["ivan"], "GET", "/api/whoami").replace('keyId="ivan"', 'keyId="olga"')
+        assert (await http.get("/api/whoami", headers={"Authorization": forged})).status_code == 401
+        stale = sign_request(people["vera"], "GET", "/api/whoami", created=1_000_000_000)
+        reply = await http.get("/api/whoami", headers={"Authorization": stale})
+        assert reply.status_code == 401 and "time window" in reply.json()["error"]
+        stranger = PrivateIdentity.generate("mallory", ["privacy-officer"])
+        assert (await http.get("/api/whoami", headers={"Authorization": sign_request(stranger, "GET", "/api/whoami")})).status_code == 401
+    async with await client(gateway, peer="10.0.0.2") as http:  # a fresh address: under the failure limit
+        for junk in ("Signature", 'Signature keyId="vera"', "Signature created=x", "Basic dmVyYTp4", "Bearer", "Bearer pgw_x_y"):
+            reply = await http.get("/api/whoami", headers={"Authorization": junk})
+            assert reply.status_code == 401 and reply.json()["error"], junk
+
+
+@pytest.mark.asyncio
+async def test_failed_authentication_is_rate_limited_logged_and_counted(world, caplog):
+    gateway, people = world
+    async with await client(gateway, peer="10.9.9.9") as attacker, await client(gateway, peer="10.1.1.1") as other:
+        olga = await token_for(other, people["olga"])
+        for _ in range(FAILURE_LIMIT):
+            assert (await attacker.get("/api/whoami", headers={"Authorization": "Bearer pgw_guess"})).status_code == 401
+        blocked = await attacker.get("/api/whoami", headers={"Authorization": f"Bearer {olga}"})
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1  # even a good token, for now
+        assert (await other.get("/api/whoami", headers={"Authorization": f"Bearer {olga}"})).status_code == 200
+        metrics = (await other.get("/metrics", headers={"Authorization": f"Bearer {olga}"})).text
+        assert 'privacy_gateway_auth_failures_total{reason="invalid token"} 10.0' in metrics
+    assert sum("authentication failed from 10.9.9.9" in r.getMessage() for r in caplog.records) == FAILURE_LIMIT
+
+
+@pytest.mark.asyncio
+async def test_malformed_requests_get_clear_4xx(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        olga = {"Authorization": f"Bearer {await token_for(http, people['olga'])}"}
+        cases = [
+            ("POST", "/api/tokens", b"{not json", 400),
+            ("POST", "/api/tokens", b"[1, 2]", 400),
+            ("POST", "/api/tokens", b"\xff\xfe", 400),
+            ("POST", "/api/policies", b"classes: [unclosed", 400),
+            ("POST", "/api/policies", b"\xff", 400),
+            ("POST", "/api/policies", b"x" * (70 * 1024), 413),
+            ("PUT", "/api/identities/vera/cameras", b'{"cameras": "lobby"}', 400),
+            ("PUT", "/api/identities/nobody/cameras", b'{"cameras": []}', 404),
+            ("PUT", "/api/cameras/lobby/policy", b'{"version": "latest"}', 400),
+            ("PUT", "/api/cameras/attic/policy", b'{"version": "latest"}', 404),
+            ("GET", "/api/policies/not-a-version", b"", 404),
+            ("GET", f"/api/policies/{'a' * 64}/diff/{'b' * 64}", b"", 404),
+            ("DELETE", "/api/tokens/nothing", b"", 404),
+        ]
+        for method, path, body, status in cases:
+            reply = await http.request(method, path, content=body, headers=olga)
+            assert reply.status_code == status and reply.json()["error"], (method, path, reply.status_code, reply.text)
