@@ -263,36 +263,41 @@ class CameraPipeline:
             self.stats.detector_errors += 1
             return
         self.stats.warm = True
-        stream = StreamRedactor(analyzer)
-        cost, logged, last = 0.0, -1e9, None
+        # Detection runs on the frames whose index is a multiple of the stride, whatever was lost,
+        # so a camera never costs more than its policy's detection rate. Frames held for a
+        # detection that is lost (skipped because it could not be decided in time, dropped, or
+        # blanked while queued) are left to the watchdog, and tracking starts afresh at the next
+        # detection frame: interpolating over a gap longer than the stride could miss a face.
+        stream: StreamRedactor | None = None
+        cost, logged = 0.0, -1e9
         while True:
             frame = self._next()
             if frame is None:
                 break
-            with self._lock:
-                slot = self._slots.get(frame.index)
-                if slot is None or slot.state != "pending":
-                    continue  # blanked while queued: skip it and catch up
-                if time.monotonic() - frame.arrived + 1.25 * cost > self.holdback:
-                    slot.state = "blanked"  # cannot be decided in time: blank it now and catch up
-                    skip = True
-                else:
-                    skip = False
-            if skip:
-                self._drain()
-                continue
             adopted = self._adopt(frame)
             if adopted is not None:
                 # the old analyzer's undecided frames stay pending: the watchdog blanks them
-                stream.close()
-                analyzer, stream = adopted, StreamRedactor(adopted)
-            elif last is not None and frame.index != last + 1:
-                # frames were skipped or dropped: boxes interpolated or back-filled across the gap
-                # could miss a face that moved, so the held frames are left to be blanked and
-                # tracking starts afresh
-                stream.close()
-                stream = StreamRedactor(analyzer)
-            last = frame.index
+                if stream is not None:
+                    stream.close()
+                analyzer, stream = adopted, None
+            detects = frame.index % analyzer.policy.detection.stride == 0
+            with self._lock:
+                slot = self._slots.get(frame.index)
+                lost = slot is None or slot.state != "pending"  # dropped or blanked while queued
+                late = not lost and detects and time.monotonic() - frame.arrived + 1.25 * cost > self.holdback
+                waiting = not lost and not late and stream is None and not detects
+                if late or waiting:
+                    # late: its detection cannot finish in time, so it is not started; waiting:
+                    # a fresh stream begins at a detection frame
+                    slot.state = "blanked"
+            if lost or late or waiting:
+                if detects and stream is not None:
+                    stream.close()
+                    stream = None
+                self._drain()
+                continue
+            if stream is None:
+                stream = StreamRedactor(analyzer, by_index=True)
             started = time.monotonic()
             try:
                 decisions = stream.push(Frame(frame.index, frame.time, frame.image))
@@ -304,7 +309,7 @@ class CameraPipeline:
                     log.exception("camera %s: detector failed (%d so far); its frames are blanked", self.camera,
                                   self.stats.detector_errors)
                 stream.close()
-                stream = StreamRedactor(analyzer)
+                stream = None
                 continue
             if decisions:
                 spent = time.monotonic() - started
@@ -315,7 +320,8 @@ class CameraPipeline:
                 cost = min(spent if cost == 0.0 else 0.7 * cost + 0.3 * spent, 0.75 * self.holdback)
             for decision in decisions:
                 self._finish(decision)
-        stream.close()
+        if stream is not None:
+            stream.close()
 
     def _finish(self, decision) -> None:
         frame = decision.frame

@@ -138,8 +138,13 @@ class StreamRedactor:
         stride: int | None = None,
         persist: float | None = None,
         workers: int | None = None,
+        by_index: bool = False,
     ) -> None:
+        """``by_index``: detect on the frames whose index is a multiple of the stride (a live
+        stream that may lose frames keeps its cadence), instead of on every stride-th frame
+        pushed; the first frame pushed must then be one of them."""
         detection = analyzer.policy.detection
+        self.by_index = by_index
         self.analyzer = analyzer
         self.stride = stride if stride is not None else detection.stride
         if self.stride < 1:
@@ -160,7 +165,9 @@ class StreamRedactor:
 
     def push(self, frame: Frame) -> list[Decision]:
         """Take one frame; return the frames whose regions are now decided, in order."""
-        detect_now = self._count % self.stride == 0
+        detect_now = (frame.index if self.by_index else self._count) % self.stride == 0
+        if self._count == 0 and not detect_now:
+            raise ValueError(f"frame {frame.index}: a stream starts with a detection frame (index divisible by {self.stride})")
         self._count += 1
         if not detect_now:
             self._held.append(frame)
