@@ -127,7 +127,8 @@ class Gateway:
             sealer = Sealer(store, directory.signer, name, policy.model_dump(mode="json"), grants_of(policy),
                             directory.identities, segment_seconds=None)
             sinks: list[ThreadedSink] = []
-            recorder = Recorder(data / "recordings", name, fps=25.0) if camera.record else None
+            recorder = (Recorder(data / "recordings", name, fps=25.0, preset=config.storage.recording_preset)
+                        if camera.record else None)
             if recorder is not None:
                 sinks.append(ThreadedSink(f"{name}-recorder", recorder, max_images=120, keep_all=True))
             pipeline = CameraPipeline(name, policy, list(sinks), sealer=sealer, holdback=camera.holdback_ms / 1000,
