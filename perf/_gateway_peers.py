@@ -185,7 +185,7 @@ async def _viewers(conn, viewers_per_url: int, read_codes: bool) -> None:
 
     arrivals, raw_of = _hook_packet_arrivals() if read_codes else ({}, {})
     loop = asyncio.get_running_loop()
-    urls = await loop.run_in_executor(None, conn.recv)
+    urls, token = await loop.run_in_executor(None, conn.recv)
     received: list[int] = []
     decoded: list[tuple[int | None, int, float]] = []  # first viewer: (code, pts, decoded at)
     pcs, sessions, tasks = [], [], []
@@ -198,7 +198,7 @@ async def _viewers(conn, viewers_per_url: int, read_codes: bool) -> None:
             if read_codes and index == 0:
                 decoded.append((read_code(_luma(frame)), frame.pts, now))
 
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
         for url in urls:
             for _ in range(viewers_per_url):
                 pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

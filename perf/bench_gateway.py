@@ -105,11 +105,12 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values[:8]) - idle) / TICK, sum(values[:8]) / TICK
 
 
-def scrape(port: int) -> dict[str, dict[str, float]]:
+def scrape(port: int, token: str) -> dict[str, dict[str, float]]:
     """Per camera: frame outcomes and detector counters from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
     cameras: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
@@ -190,9 +191,9 @@ class Run:
         self.process.start()
         self.viewers.start()  # imports aiortc while the gateway loads its models
         try:
-            self.port = self._expect(self.conn, "ready", 180)
+            self.port, self.token = self._expect(self.conn, "ready", 180)
             self._healthy(120)
-            self.viewer_conn.send([f"http://127.0.0.1:{self.port}/whep/{name}" for name in self.urls])
+            self.viewer_conn.send(([f"http://127.0.0.1:{self.port}/whep/{name}" for name in self.urls], self.token))
             self._expect(self.viewer_conn, None, 90, want="ready")
         except BaseException:
             self.__exit__()
@@ -229,7 +230,7 @@ class Run:
         busy, total = machine_busy()
         others = {"viewers": process_cpu(self.viewers.pid)}
         others.update({name: process_cpu(pid) for name, pid in self.peers.items()})
-        metrics = scrape(self.port)
+        metrics = scrape(self.port, self.token)
         self.viewer_conn.send("mark")
         return Mark(at, cpu, stages, busy, total, others, metrics, self.viewer_conn.recv())
 
