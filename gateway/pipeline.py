@@ -51,6 +51,7 @@ class Released:
     image: np.ndarray | None
     shape: tuple[int, int, int]
     ref: object = None  # the vault reference (keys.seal.VaultRef) of the recording this frame belongs to
+    at: float = field(default_factory=time.monotonic)  # when it was released
 
 
 @dataclass

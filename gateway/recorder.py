@@ -51,7 +51,7 @@ class ThreadedSink:
                 self.skipped += 1
                 if not self._keep_all:
                     return
-                item = Released(item.camera, item.index, item.time, "dropped", None, item.shape, item.ref)
+                item = Released(item.camera, item.index, item.time, "dropped", None, item.shape, item.ref, item.at)
             self._items.append(item)
             self._images += item.image is not None
             self._cond.notify()

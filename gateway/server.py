@@ -11,6 +11,7 @@ pixels.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import secrets
@@ -40,6 +41,8 @@ from .recorder import Recorder, ThreadedSink
 log = logging.getLogger(__name__)
 
 WATCHDOG_PERIOD = 0.005  # seconds between deadline checks
+_PACE_WINDOW = 2.0  # seconds of release delays the live schedule follows
+_MAX_PACE = 1.0  # seconds a live frame may wait for its turn; more means the media clock jumped
 
 
 @dataclass
@@ -55,6 +58,7 @@ class CameraRuntime:
     codecs: tuple[str, ...] = ()  # the renditions to make: WHEP's, plus H.264 for RTSP egress
     _first_time: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _delays: collections.deque = field(default_factory=collections.deque)  # (when, release - media time)
 
     def viewers(self) -> int:
         return sum(r.viewers for r in list(self.renditions.values()))
@@ -75,11 +79,35 @@ class CameraRuntime:
             with self._lock:
                 for codec in self.codecs:
                     self.renditions[codec] = Rendition(self.name, codec, width - width % 2, height - height % 2, fps=fps)
+        self._wait_for_turn(item.time, item.at)
         image = item.image
         if image.shape[0] % 2 or image.shape[1] % 2:  # push copies (converts) the frame itself
             image = image[: image.shape[0] - image.shape[0] % 2, : image.shape[1] - image.shape[1] % 2]
         for rendition in list(self.renditions.values()):
             rendition.push(image, item.time)
+
+
+    def _wait_for_turn(self, media_time: float, released: float) -> None:
+        """Pace the live renditions at the camera's own rate (live sink thread).
+
+        The pipeline releases a detection group at once, so frames come in bursts; sent that
+        way, a browser's jitter buffer would grow to the burst length. Each frame is held until
+        its media time plus the largest release delay (release time minus media time) of the
+        last :data:`_PACE_WINDOW` seconds: a steady delay, bounded by the hold-back, that also
+        follows a camera clock running a little fast or slow. A frame already past its turn
+        (this thread fell behind) goes at once, so a backlog drains.
+        """
+        delays = self._delays
+        delays.append((released, released - media_time))
+        while delays[0][0] < released - _PACE_WINDOW:
+            delays.popleft()
+        due = media_time + max(delay for _, delay in delays)
+        now = time.monotonic()
+        if due - now > _MAX_PACE:  # the media clock jumped ahead (a reconnect): start afresh
+            delays.clear()
+            delays.append((released, released - media_time))
+        elif due > now:
+            time.sleep(due - now)
 
 
 def prepare_keys(config: GatewayConfig, announce=print) -> KeyDirectory:
@@ -141,7 +169,8 @@ class Gateway:
                 source = create_source(name, camera.source, **options)
             codecs = tuple(dict.fromkeys([*camera.renditions, *(["h264"] if config.rtsp else [])]))
             runtime = CameraRuntime(name, camera, policy, pipeline, source, recorder, sinks, codecs=codecs)
-            live = ThreadedSink(f"{name}-live", runtime.live, max_images=3)
+            # a whole detection group is released at once: room for the largest stride (30)
+            live = ThreadedSink(f"{name}-live", runtime.live, max_images=32)
             runtime.sinks.append(live)
             pipeline.sinks.append(live)
             self.cameras[name] = runtime

@@ -52,7 +52,10 @@ CODECS: tuple[Codec, ...] = ("h264", "vp8")  # order of preference when the offe
 RTP_CLOCK = 90_000
 _TIME_BASE = Fraction(1, RTP_CLOCK)
 
-_PENDING_FRAMES = 2  # frames waiting for the encoder; older ones are dropped (and counted)
+# frames waiting for the encoder; older ones are dropped (and counted). The pipeline releases a
+# detection group at once (up to the policy's stride, at most 30 frames), and a viewer should
+# get all of them: RTP timestamps carry the frames' own spacing, so the burst plays evenly.
+_PENDING_FRAMES = 32
 _VIEWER_BACKLOG = 15  # packets queued for one viewer before it is declared slow
 _KEYFRAME_MIN_INTERVAL = 1.0  # seconds between keyframes requested by viewers (PLI/FIR, slow viewers)
 _GOP_SECONDS = 2.0  # a keyframe at least this often, whatever viewers ask for

@@ -639,3 +639,20 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
                 pass  # the server ended the session: the demuxer may report the closed connection
         assert frames >= 10
         assert running.gateway.rtsp.sessions("cam") == 0
+
+
+def test_live_frames_released_in_a_burst_leave_at_the_cameras_own_pace():
+    """A detection group is released at once; the live renditions get it at the camera's rate."""
+    from gateway.server import CameraRuntime
+
+    runtime = CameraRuntime("cam", None, None, None, None, None, [])
+    start = time.monotonic()
+    for n in range(7):  # first a frame released 0.2 s after its media time, then six at once with it
+        runtime._wait_for_turn(10 + n / 30, start)
+    paced = time.monotonic() - start
+    assert paced >= 0.9 * 6 / 30  # spread over their own 200 ms, not sent in one go
+    # a frame of the same burst whose turn has passed (the sink fell behind) is not held at all
+    time.sleep(0.3)
+    before = time.monotonic()
+    runtime._wait_for_turn(10 + 7 / 30, start)
+    assert time.monotonic() - before < 0.1
