@@ -143,7 +143,8 @@ class Gateway:
         self.access = Access(config.keys_dir, TokenStore(data / "access"))
         self.cameras: dict[str, CameraRuntime] = {}
         self._activations = data / "active-policies.json"
-        self._active: dict[str, str] = {}
+        self._active: dict[str, str] = {}  # camera -> the version in force
+        self._over_http: dict[str, str] = {}  # camera -> the version activated over HTTP (kept across restarts)
         activated = self._activated(announce)
         from .sources import create_source
         from .whep import WhepServer
@@ -214,6 +215,7 @@ class Gateway:
         for camera, version in versions.items():
             if camera in self.config.cameras:
                 out[camera] = parse_policy(self.store.load_policy(version), f"policy {version[:12]}")
+                self._over_http[camera] = version
                 announce(f"camera {camera}: policy {version[:12]} (activated over HTTP) is in force, "
                          f"not its configured file")
         return out
@@ -226,8 +228,8 @@ class Gateway:
         runtime = self.cameras[camera]
         switched = runtime.pipeline.activate(policy)
         runtime.policy = policy
-        self._active[camera] = version
-        write_private_json(self._activations, self._active)
+        self._active[camera] = self._over_http[camera] = version
+        write_private_json(self._activations, self._over_http)  # the other cameras keep their configured files
         return switched
 
     # --- access ---------------------------------------------------------------------------------

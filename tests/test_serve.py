@@ -406,7 +406,7 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
     pixelate = {**FACES, "name": "pixelated", "classes": {"plate": {"enabled": False}, "face": {"method": "pixelate"}},
                 "unmask": {"face": {"roles": ["investigator"], "quorum": 1}, "watermark": "optional"}}
     with rtsp_camera(clip, loop=True) as camera:
-        with Running(tmp_path, {"cam": camera.url}) as running:
+        with Running(tmp_path, {"cam": camera.url, "side": str(clip)}) as running:
             released = collect_released(running, "cam")
             running.wait_healthy()
             status, before = running.call("GET", "/api/cameras/cam/policy")
@@ -431,6 +431,8 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
             assert status == 200 and answer["switched"] is True and answer["previous"] == before["version"]
             running.wait_metric("privacy_gateway_frames_total", switch_at + 60, camera="cam", state="released")
             assert running.call("GET", "/api/cameras/cam/policy")[1]["version"] == version
+            # only what was activated is kept: the side camera still follows its configured file
+            assert json.loads((tmp_path / "data" / "active-policies.json").read_text()) == {"cam": version}
             actions = [e["action"] for e in running.call("GET", "/api/audit")[1]["entries"]]
             assert actions.count("store-policy") == 2 and actions.count("activate-policy") == 2
             assert actions.count("activate-policy-failed") == 1
@@ -444,9 +446,11 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
         assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
         assert main(["audit", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
 
-        with Running(tmp_path, {"cam": camera.url}) as again:  # a restart keeps what was activated
+        with Running(tmp_path, {"cam": camera.url, "side": str(clip)}) as again:  # a restart keeps what was activated
             assert again.call("GET", "/api/cameras/cam/policy")[1]["version"] == version
-            assert any("activated over HTTP" in line for line in again.lines)
+            assert again.call("GET", "/api/cameras/side/policy")[1]["version"] == before["version"]  # its file's
+            assert [line for line in again.lines if "activated over HTTP" in line] == [
+                f"camera cam: policy {version[:12]} (activated over HTTP) is in force, not its configured file"]
 
 
 def test_token_command_gets_a_token_with_a_signed_request_and_it_opens_only_its_camera(camera_clip, tmp_path, capsys,
