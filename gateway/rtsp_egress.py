@@ -16,10 +16,7 @@ without a request naming them or an RTCP report from their client.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import hashlib
-import hmac
 import logging
 import re
 import secrets
@@ -29,25 +26,39 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket, RtpPacket
 
+from .rtsp_digest import _AuthFailure, _Digest
+from .rtsp_protocol import (
+    _CLOCK,
+    _PAYLOAD_TYPE,
+    _REQUEST_LINE,
+    MAX_HEAD,
+    TRACK,
+    Request,
+    RtspError,
+    _choose_transport,
+    _cseq_of,
+    _error_response,
+    _response,
+    _sdp,
+    _sprop,
+    _target,
+    _TransportChoice,
+    parse_request,
+)
 from .whep import Rendition
 
 __all__ = ["RtspServer", "RtspUser"]
 
 logger = logging.getLogger(__name__)
 
-MAX_HEAD = 8192  # request line + headers, bytes
-MAX_HEADERS = 64
-MAX_URI = 2048
-MAX_BODY = 4096  # requests carry no bodies we use; GET_PARAMETER's is read and refused
 _REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
-_NONCE_TTL = 300.0  # seconds a digest nonce is accepted; then 401 with stale=true
 _FIRST_PACKET_WAIT = 5.0  # PLAY waits this long for the first frame (to report its rtptime)
 _PROBE_WAIT = 2.0  # DESCRIBE waits this long for a keyframe's SPS/PPS when none is cached
 _BACKLOG_BYTES = 256 * 1024  # unsent bytes for one client before it skips to the next keyframe
@@ -57,24 +68,9 @@ _SR_INTERVAL = 5.0  # seconds between RTCP sender reports
 _RETRY_NO_FRAME = 1  # Retry-After (s): the camera has no frame yet
 _RETRY_FULL = 5  # Retry-After (s): session cap reached
 _RETRY_THROTTLED = 30  # Retry-After (s): too many failed logins from this address
-_PAYLOAD_TYPE = 96
-_CLOCK = 90_000
-TRACK = "trackID=0"
 PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER"
 _METHODS = frozenset(PUBLIC.split(", "))
 _NOT_ALLOWED = {"ANNOUNCE", "RECORD", "REDIRECT", "SET_PARAMETER"}  # RTSP methods we refuse (405)
-
-_REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Request Entity Too Large", 414: "Request-URI Too Large",
-    451: "Parameter Not Understood", 454: "Session Not Found", 455: "Method Not Valid in This State",
-    457: "Invalid Range", 461: "Unsupported Transport", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 505: "RTSP Version Not Supported",
-    551: "Option Not Supported",
-}
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
-_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ [A-Z]+/\d\.\d")
 _SESSION_ID = re.compile(r"[0-9A-Za-z$\-_.+]{1,64}")
 
 
@@ -85,282 +81,7 @@ class RtspUser:
     may_view: Callable[[str], bool]  # camera -> allowed
 
 
-class RtspError(ValueError):
-    """A request answered with ``status`` (4xx/5xx) and ``message`` as a text/plain body."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-        self.cseq: str | None = None  # set when the request was too broken to parse its CSeq normally
-
-
-# -- messages -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Request:
-    method: str
-    uri: str
-    headers: dict[str, str]  # lower-case names
-    cseq: str
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-def parse_request(head: bytes) -> Request:
-    """Parse a request line and headers ending with CRLF CRLF; :class:`RtspError` for anything else.
-
-    Strict: one space between the parts of the request line, no folded headers, at most
-    ``MAX_HEAD`` bytes and ``MAX_HEADERS`` fields, a numeric CSeq, no body over ``MAX_BODY``.
-    """
-    if len(head) > MAX_HEAD:
-        raise RtspError(400, f"request header section larger than {MAX_HEAD} bytes")
-    if not head.endswith(b"\r\n\r\n"):
-        raise RtspError(400, "request header section does not end with CRLF CRLF")
-    try:
-        text = head[:-4].decode("utf-8")
-    except UnicodeDecodeError:
-        raise RtspError(400, "request is not UTF-8 text") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
-    method, uri, version = parts
-    if not _TOKEN.fullmatch(method):
-        raise RtspError(400, "method is not a token")
-    if not re.fullmatch(r"[A-Z]+/\d\.\d", version):
-        raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
-    if len(uri) > MAX_URI:
-        raise RtspError(414, f"request URI longer than {MAX_URI} characters")
-    if not uri or any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
-        raise RtspError(400, "request URI is empty or has control characters")
-    headers: dict[str, str] = {}
-    if len(lines) - 1 > MAX_HEADERS:
-        raise RtspError(400, f"more than {MAX_HEADERS} header fields")
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise RtspError(400, f"malformed header line {line[:40]!r}")
-        value = value.strip(" \t")
-        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
-            raise RtspError(400, f"header {name} has control characters")
-        key = name.lower()
-        if key in headers:
-            if key in ("cseq", "content-length", "session", "authorization", "transport"):
-                raise RtspError(400, f"header {name} repeated")
-            headers[key] += ", " + value
-        else:
-            headers[key] = value
-    cseq = headers.get("cseq", "")
-    if not (cseq.isascii() and cseq.isdigit() and len(cseq) <= 10):
-        raise RtspError(400, "CSeq is missing or not a number")
-    if version != "RTSP/1.0":
-        raise RtspError(505, f"{version} is not RTSP/1.0")
-    length = headers.get("content-length", "0")
-    if not (length.isascii() and length.isdigit()):
-        raise RtspError(400, "Content-Length is not a number")
-    if int(length) > MAX_BODY:
-        raise RtspError(413, f"Content-Length over {MAX_BODY} bytes")
-    return Request(method, uri, headers, cseq)
-
-
-def _response(status: int, cseq: str | None, headers: dict[str, str] | None = None, body: bytes = b"",
-              content_type: str = "text/plain; charset=utf-8") -> bytes:
-    lines = [f"RTSP/1.0 {status} {_REASONS.get(status, 'Error')}"]
-    if cseq is not None:
-        lines.append(f"CSeq: {cseq}")
-    lines.append("Server: privacy-gateway")
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    if body:
-        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def _error_response(error: RtspError, cseq: str | None) -> bytes:
-    return _response(error.status, cseq, error.headers, (str(error) + "\n").encode())
-
-
-def _split_uri(uri: str) -> tuple[str, list[str]]:
-    """(``host[:port]`` without user info, path segments) of an ``rtsp://`` URI; ``ValueError`` otherwise."""
-    if not uri[:7].lower() == "rtsp://":
-        raise ValueError("not an rtsp:// URI")
-    authority, _, path = uri[7:].partition("/")
-    authority = authority.rpartition("@")[2]
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    return authority, [segment for segment in path.split("/") if segment]
-
-
-def _target(uri: str) -> tuple[str, str | None]:
-    """(authority, camera) a request URI names: ``*`` and ``rtsp://host/`` name none; ``400`` if not rtsp."""
-    if uri == "*":
-        return "", None
-    try:
-        authority, segments = _split_uri(uri)
-    except ValueError:
-        raise RtspError(400, "the request URI is neither * nor rtsp://") from None
-    if not segments:
-        return authority, None
-    if len(segments) > 2 or (len(segments) == 2 and segments[1] != TRACK):
-        return authority, "/"  # no camera is called that (ids have no slash): 404 once authenticated
-    return authority, unquote(segments[0])
-
-
-def _path_of(uri: str) -> str:
-    """The decoded path of an absolute or absolute-path URI without trailing slash, for comparisons."""
-    if uri.startswith("/"):
-        segments = [s for s in uri.split("?", 1)[0].split("/") if s]
-    else:
-        segments = _split_uri(uri)[1]
-    return "/".join(unquote(s) for s in segments)
-
-
-# -- digest authentication (RFC 2617) ----------------------------------------------------------------
-
-
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324  (RFC 2617 digest, not a password store)
-
-
-class _Digest:
-    """Stateless nonces: ``hex(issue time)`` + HMAC over it and the client's address, per-process key."""
-
-    def __init__(self, realm: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.realm = realm
-        self._key = secrets.token_bytes(32)
-        self._clock = clock
-        self._decoy = secrets.token_hex(16)  # HA1 for unknown users, so they take the same path
-
-    def _mac(self, stamp: str, peer: str) -> str:
-        return hmac.new(self._key, f"{stamp}:{peer}".encode(), hashlib.sha256).hexdigest()[:32]
-
-    def nonce(self, peer: str) -> str:
-        stamp = f"{int(self._clock()):012x}"
-        return stamp + self._mac(stamp, peer)
-
-    def challenge(self, peer: str, stale: bool = False) -> str:
-        value = f'Digest realm="{self.realm}", nonce="{self.nonce(peer)}", algorithm=MD5, qop="auth"'
-        return value + (", stale=true" if stale else "")
-
-    def check(self, request: Request, peer: str, users: Callable[[str], RtspUser | None]) -> RtspUser:
-        """The user the request's Authorization header proves; ``_AuthFailure`` otherwise.
-
-        The response is checked before the nonce, so a right password with an expired nonce, or
-        one this process did not issue (a restart, another address), is a new challenge with
-        ``stale=true`` rather than a failed login.
-        """
-        header = request.header("authorization")
-        if header is None:
-            raise _AuthFailure(None, None)
-        scheme, _, rest = header.partition(" ")
-        if scheme.lower() != "digest":
-            raise _AuthFailure(None, "not digest credentials")
-        params = _auth_params(rest)
-        username = params.get("username") if params else None
-        if (
-            params is None
-            or not all(k in params for k in ("username", "realm", "nonce", "uri", "response"))
-            or not re.fullmatch(r"[0-9a-fA-F]{32}", params["response"])
-        ):
-            raise _AuthFailure(username, "malformed credentials")
-        if params["realm"] != self.realm:
-            raise _AuthFailure(username, "wrong realm")
-        if params.get("algorithm", "MD5").upper() != "MD5":
-            raise _AuthFailure(username, "unsupported algorithm")
-        try:
-            same = params["uri"] == "*" if request.uri == "*" else _path_of(params["uri"]) == _path_of(request.uri)
-        except ValueError:
-            same = False
-        if not same:
-            raise _AuthFailure(username, "credentials for another URI")
-        nonce, qop = params["nonce"], params.get("qop")
-        ha2 = _md5(f"{request.method}:{params['uri']}")
-        user = users(username)
-        ha1 = user.ha1.lower() if user is not None else self._decoy
-        if qop is None:  # RFC 2069 form: what GStreamer sends
-            expected = _md5(f"{ha1}:{nonce}:{ha2}")
-        elif qop == "auth" and re.fullmatch(r"[0-9a-fA-F]{8}", params.get("nc", "")) and params.get("cnonce"):
-            expected = _md5(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
-        else:
-            raise _AuthFailure(username, "unsupported qop")
-        if not hmac.compare_digest(expected, params["response"].lower()) or user is None:
-            raise _AuthFailure(username, "unknown user" if user is None else "wrong password")
-        if not re.fullmatch(r"[0-9a-f]{44}", nonce) or not hmac.compare_digest(nonce[12:], self._mac(nonce[:12], peer)):
-            raise _AuthFailure(username, None, stale=True)
-        if self._clock() - int(nonce[:12], 16) > _NONCE_TTL:
-            raise _AuthFailure(username, None, stale=True)
-        return user
-
-
-class _AuthFailure(Exception):
-    """``why`` None: no credentials (or a stale nonce): a challenge, not a failed login."""
-
-    def __init__(self, user: str | None, why: str | None, stale: bool = False) -> None:
-        super().__init__(why)
-        self.user, self.why, self.stale = user, why, stale
-
-
-def _auth_params(text: str) -> dict[str, str] | None:
-    params: dict[str, str] = {}
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        match = _AUTH_PARAM.match(text, pos)
-        if match is None or match.end() == pos or len(params) >= 16:
-            return None
-        name, value = match.group(1).lower(), match.group(2)
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        if name in params:
-            return None
-        params[name] = value
-        pos = match.end()
-    return params
-
-
 # -- transports -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TransportChoice:
-    tcp: bool
-    channels: tuple[int, int] | None = None  # TCP: interleaved channels (None: we pick)
-    client_ports: tuple[int, int] | None = None  # UDP
-
-
-def _pair(text: str, low: int, high: int) -> tuple[int, int] | None:
-    first, dash, second = text.partition("-")
-    if not (first.isascii() and first.isdigit()) or (dash and not (second.isascii() and second.isdigit())):
-        return None
-    a = int(first)
-    b = int(second) if dash else a + 1
-    return (a, b) if low <= a <= high and low <= b <= high and a != b else None
-
-
-def _choose_transport(value: str) -> _TransportChoice | None:
-    """The first transport in a Transport header we serve: unicast RTP/AVP over TCP or UDP, mode PLAY."""
-    for spec in value.split(","):
-        parts = [part.strip() for part in spec.split(";")]
-        profile = parts[0].upper()
-        params: dict[str, str] = {}
-        for part in parts[1:]:
-            name, _, val = part.partition("=")
-            params[name.strip().lower()] = val.strip().strip('"')
-        if "multicast" in params or params.get("mode", "play").lower() != "play":
-            continue
-        if profile == "RTP/AVP/TCP":
-            if "interleaved" not in params:
-                return _TransportChoice(tcp=True)
-            channels = _pair(params["interleaved"], 0, 255)
-            if channels is not None:
-                return _TransportChoice(tcp=True, channels=channels)
-        elif profile in ("RTP/AVP", "RTP/AVP/UDP"):
-            ports = _pair(params.get("client_port", ""), 1, 65535)
-            if ports is not None:
-                return _TransportChoice(tcp=False, client_ports=ports)
-    return None
 
 
 def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
@@ -400,24 +121,6 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 # -- H.264 --------------------------------------------------------------------------------------------
-
-
-def _nal_units(data: bytes) -> list[bytes]:
-    units, starts = [], [m.end() for m in re.finditer(b"\x00\x00\x01", data)]
-    for start, end in zip(starts, starts[1:] + [len(data) + 3]):
-        units.append(data[start : end - 3].rstrip(b"\x00"))
-    return [unit for unit in units if unit]
-
-
-def _sprop(packet: av.Packet) -> str | None:
-    """``profile-level-id=..;sprop-parameter-sets=..`` from a keyframe's in-band SPS and PPS."""
-    units = _nal_units(bytes(packet))
-    sps = next((u for u in units if u[0] & 0x1F == 7 and len(u) >= 4), None)
-    pps = next((u for u in units if u[0] & 0x1F == 8), None)
-    if sps is None or pps is None:
-        return None
-    sets = ",".join(base64.b64encode(unit).decode() for unit in (sps, pps))
-    return f"profile-level-id={sps[1:4].hex().upper()};sprop-parameter-sets={sets}"
 
 
 class _Payloads:
@@ -788,22 +491,7 @@ class RtspServer:
                 track.stop()
             if sprop is not None:
                 self._sprop[rendition] = sprop
-        family = "IP6" if ":" in connection.local else "IP4"
-        fmtp = "packetization-mode=1" + (f";{sprop}" if sprop else "")
-        sdp = "\r\n".join([
-            "v=0",
-            f"o=- {secrets.randbits(62)} 1 IN {family} {connection.local}",
-            f"s={camera}",
-            f"c=IN {family} {'::' if family == 'IP6' else '0.0.0.0'}",
-            "t=0 0",
-            "a=control:*",
-            f"m=video 0 RTP/AVP {_PAYLOAD_TYPE}",
-            f"a=rtpmap:{_PAYLOAD_TYPE} H264/{_CLOCK}",
-            f"a=fmtp:{_PAYLOAD_TYPE} {fmtp}",
-            f"a=framerate:{rendition.fps:g}",
-            f"a=control:{TRACK}",
-            "",
-        ])
+        sdp = _sdp(camera, connection.local, rendition.fps, sprop)
         base = f"rtsp://{authority}/{quote(camera, safe='')}/"
         return _response(200, request.cseq, {"Content-Base": base}, sdp.encode(), "application/sdp")
 
@@ -1006,8 +694,3 @@ async def _linger(connection: _Connection) -> None:
 def _session_header(session: _Session | None, timeout: float) -> dict[str, str]:
     return {} if session is None else {"Session": f"{session.id};timeout={max(1, int(timeout))}"}
 
-
-def _cseq_of(head: bytes) -> str | None:
-    """The CSeq of a request we could not parse, to echo in the error if it is a plain number."""
-    match = re.search(rb"\r\ncseq[ \t]*:[ \t]*(\d{1,10})[ \t]*\r\n", head, re.IGNORECASE)
-    return match.group(1).decode() if match else None

@@ -32,7 +32,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.rtsp_egress import MAX_HEAD, Request, RtspError, RtspServer, RtspUser, _AuthFailure, _Digest, parse_request
+from gateway.rtsp_digest import _AuthFailure, _Digest
+from gateway.rtsp_egress import RtspServer, RtspUser
+from gateway.rtsp_protocol import MAX_HEAD, Request, RtspError, parse_request
 from gateway.whep import Rendition
 
 WIDTH, HEIGHT, FPS = 640, 360, 25
