@@ -549,7 +549,7 @@ def test_whip_publisher_goes_through_the_same_pipeline_and_only_redacted_frames_
         assert running.metric("privacy_gateway_frames_total", camera="door", state="released") > 0
     redacted = [(i, small) for state, i, _, small in released if state == "redacted"]
     assert len(redacted) >= 20
-    assert assert_faces_redacted([image for _, image in redacted[::5]], frames, faces) >= 3
+    assert assert_faces_redacted([image for _, image in redacted[::2]], frames, faces) >= 3
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
 
 
@@ -585,7 +585,7 @@ def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(cam
         assert running.metric("privacy_gateway_auth_failures_total", reason="wrong password") >= 1
     assert len(decoded) == 80 and decoded[0].shape == frames[0].shape
     # what the VMS decodes is the redacted stream: wherever a sampled frame has a face, its detail is gone
-    assert assert_faces_redacted([half(d) for d in decoded[::3]], frames, faces) >= 3
+    assert assert_faces_redacted([half(d) for d in decoded], frames, faces) >= 3
 
 
 def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path):
