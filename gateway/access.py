@@ -72,7 +72,8 @@ SIGNATURE_SKEW = 300.0  # seconds a signed request may be early or late
 FAILURE_WINDOW = 60.0
 FAILURE_LIMIT = 10
 RTSP_REALM = "privacy-gateway"
-_TOKEN = re.compile(rf"^{TOKEN_PREFIX}_([A-Za-z0-9]{{16}})_([A-Za-z0-9_-]{{43}})$")
+# the secret is hex: no "_" to confuse the split into id and secret, nothing to escape in an RTSP URL
+_TOKEN = re.compile(rf"^{TOKEN_PREFIX}_([A-Za-z0-9]{{16}})_([0-9a-f]{{64}})$")
 _SIGNATURE_PARAM = re.compile(r'\s*([a-zA-Z]+)="([^"]*)"\s*(?:,|$)')
 
 
@@ -172,7 +173,7 @@ class TokenStore:
         if not 0 < ttl <= MAX_TOKEN_TTL:
             raise ValueError(f"ttl: {ttl:g} s is not between 0 and {MAX_TOKEN_TTL:g} s")
         token_id = "".join(secrets.choice("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(16))
-        secret = secrets.token_urlsafe(32)
+        secret = secrets.token_hex(32)
         now = self._clock()
         record = TokenRecord(token_id, identity, hashlib.sha256(secret.encode()).hexdigest(),
                              hashlib.md5(f"{token_id}:{RTSP_REALM}:{secret}".encode()).hexdigest(),
