@@ -529,6 +529,13 @@ def test_whip_publisher_goes_through_the_same_pipeline_and_only_redacted_frames_
             answer = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=30).read().decode())
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             await asyncio.sleep(seconds)
+            # revoking the publisher's token ends its session while it is still sending
+            assert running.gateway.whip.publishers("door") == 1
+            running.gateway.access.store.revoke(token.split("_")[1])
+            deadline = time.monotonic() + 15
+            while running.gateway.whip.publishers("door"):
+                assert time.monotonic() < deadline, "the WHIP session outlived its token"
+                await asyncio.sleep(0.2)
         finally:
             await pc.close()
 
