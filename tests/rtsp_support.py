@@ -28,20 +28,28 @@ SERVER = Path(__file__).with_name("rtsp_camera.py")
 
 def gstreamer_missing() -> str | None:
     """Why the camera cannot run here (for ``pytest.skip``), or None if it can."""
+    return gstreamer_elements_missing({"qtdemux": "gstreamer1.0-plugins-good", "rtph264pay": "gstreamer1.0-plugins-good",
+                                       "appsrc": "gstreamer1.0-plugins-base"}, rtsp_server=True)
+
+
+def gstreamer_elements_missing(elements: dict[str, str], rtsp_server: bool = False) -> str | None:
+    """Why the system python3's GStreamer lacks some of ``elements`` (name -> Debian package), or
+    None if it has them all (and, with ``rtsp_server``, GstRtspServer too)."""
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         return f"{SYSTEM_PYTHON} not found"
-    probe = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
-             "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
-             "missing = [e for e in ('qtdemux', 'rtph264pay', 'appsrc') if not Gst.ElementFactory.find(e)];"
-             "print(' '.join(missing))")
+    server = "gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer;" if rtsp_server else ""
+    probe = (f"import gi; gi.require_version('Gst', '1.0'); {server} from gi.repository import Gst; Gst.init(None);"
+             f"print(' '.join(e for e in {sorted(elements)!r} if not Gst.ElementFactory.find(e)))")
     try:
         result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"cannot run {SYSTEM_PYTHON}: {exc}"
     if result.returncode != 0:
-        return f"GStreamer RTSP server not importable: {result.stderr.strip().splitlines()[-1:]}"
+        return f"GStreamer{' RTSP server' if rtsp_server else ''} not importable: {result.stderr.strip().splitlines()[-1:]}"
     if result.stdout.strip():
-        return f"GStreamer elements missing: {result.stdout.strip()}"
+        missing = result.stdout.split()
+        packages = " ".join(sorted({elements[element] for element in missing}))
+        return f"GStreamer elements missing: {' '.join(missing)} (Debian: {packages})"
     return None
 
 

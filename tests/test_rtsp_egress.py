@@ -15,7 +15,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import re
 import secrets
@@ -36,6 +35,8 @@ from gateway.rtsp_digest import _AuthFailure, _Digest
 from gateway.rtsp_egress import RtspServer, RtspUser
 from gateway.rtsp_protocol import MAX_HEAD, Request, RtspError, parse_request
 from gateway.whep import Rendition
+from live_support import Feeder
+from rtsp_support import SYSTEM_PYTHON, gstreamer_elements_missing
 
 WIDTH, HEIGHT, FPS = 640, 360, 25
 TICKS = 90_000 // FPS
@@ -117,33 +118,6 @@ def test_pattern_round_trips(clip):
 # -- the gateway under test -----------------------------------------------------------------------------
 
 
-class Feeder(threading.Thread):
-    """Pushes ``compose(source, i)`` at media time ``i / FPS`` into each rendition, in real time."""
-
-    def __init__(self, feeds: list[tuple[Rendition, list[np.ndarray]]]) -> None:
-        super().__init__(name="feeder", daemon=True)
-        self.feeds = feeds
-        self.pushed = 0
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                for rendition, source in self.feeds:
-                    if rendition.viewers:
-                        rendition.push(compose(source, self.pushed), self.pushed / FPS)
-                self.pushed += 1
-                self._halt.wait(max(0.0, start + self.pushed / FPS - time.monotonic()))
-        except BaseException as exc:  # surfaced by the fixture
-            self.error = exc
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 class Gateway:
     """Cameras ``cam`` (the clip), ``noise`` and ``empty`` (configured, no frame yet) behind one RTSP server."""
 
@@ -162,8 +136,14 @@ class Gateway:
         self.thread.start()
         self.servers: list[RtspServer] = []
         self.server, self.port = self.start_server()
-        self.feeder = Feeder([(self.renditions[name], source) for name, source in self.sources.items()])
+        self.feeder = Feeder(self._push, FPS)
         self.feeder.start()
+
+    def _push(self, number: int) -> None:
+        """Frame ``number`` of each camera's source to its rendition, while someone watches."""
+        for name, source in self.sources.items():
+            if self.renditions[name].viewers:
+                self.renditions[name].push(compose(source, number), number / FPS)
 
     def start_server(self, **options) -> tuple[RtspServer, int]:
         server = RtspServer(
@@ -444,7 +424,6 @@ def test_ffmpeg_wrong_password_is_refused(gw):
 
 # -- GStreamer (rtspsrc, under the system python) -----------------------------------------------------------
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 GST_ELEMENTS = {"rtspsrc": "gstreamer1.0-plugins-good", "rtph264depay": "gstreamer1.0-plugins-good",
                 "avdec_h264": "gstreamer1.0-libav", "videoconvert": "gstreamer1.0-plugins-base",
                 "appsink": "gstreamer1.0-plugins-base"}
@@ -478,28 +457,9 @@ pipeline.set_state(Gst.State.NULL)
 """
 
 
-def gstreamer_client_missing() -> str | None:
-    """Why rtspsrc cannot decode H.264 here (for ``pytest.skip``), or None if it can."""
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} not found"
-    probe = ("import gi; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None);"
-             f"print(' '.join(e for e in {sorted(GST_ELEMENTS)!r} if not Gst.ElementFactory.find(e)))")
-    try:
-        result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {SYSTEM_PYTHON}: {exc}"
-    if result.returncode != 0:
-        return f"GStreamer not importable: {result.stderr.strip().splitlines()[-1:]}"
-    if result.stdout.strip():
-        missing = result.stdout.split()
-        packages = " ".join(sorted({GST_ELEMENTS[element] for element in missing}))
-        return f"GStreamer elements missing: {' '.join(missing)} (Debian: {packages})"
-    return None
-
-
 @pytest.mark.parametrize("protocol", ["tcp", "udp"])
 def test_gstreamer_decodes_the_redacted_stream(gw, protocol, tmp_path, server_errors):
-    reason = gstreamer_client_missing()
+    reason = gstreamer_elements_missing(GST_ELEMENTS)
     if reason:
         pytest.skip(reason)
     out = tmp_path / "frames.bgr"

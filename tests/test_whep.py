@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
-import threading
 import time
 from fractions import Fraction
 
@@ -21,13 +19,13 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from starlette.applications import Starlette
 
 from gateway.whep import Rendition, WhepServer
 from browser import CHROMIUM, Browser, BrowserError
+from live_support import Feeder, ThreadedServer
 
 WIDTH, HEIGHT, FPS = 640, 360, 25
 CAMERA = "lobby"
@@ -90,33 +88,6 @@ def assert_colour(colour: tuple[float, ...], tolerance: float = 16) -> None:
 # -- the gateway under test: renditions fed by a thread, served by uvicorn ---------------------
 
 
-class Feeder(threading.Thread):
-    """Pushes ``make_frame(i)`` at media time ``i / FPS`` to every rendition, in real time."""
-
-    def __init__(self, renditions: list[Rendition]) -> None:
-        super().__init__(name="feeder", daemon=True)
-        self.renditions = renditions
-        self.pushed = 0
-        self._halt = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        start = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                image = make_frame(self.pushed)
-                for rendition in self.renditions:
-                    rendition.push(image, self.pushed / FPS)
-                self.pushed += 1
-                self._halt.wait(max(0.0, start + self.pushed / FPS - time.monotonic()))
-        except BaseException as exc:  # surfaced by the fixture
-            self.error = exc
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 async def allow_everyone(request, camera):  # access control is tested with the gateway (test_access.py)
     return None
 
@@ -134,26 +105,23 @@ class Gateway:
             await self.whep.close()
 
         self.app = Starlette(routes=self.whep.routes, lifespan=lifespan)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="uvicorn")
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        self.feeder = Feeder(list(self.renditions.values()))
+        self.server = ThreadedServer(self.app)
+        self.url = self.server.url
+        self.feeder = Feeder(self._push, FPS)
         self.feeder.start()
+
+    def _push(self, number: int) -> None:
+        """``make_frame(number)`` to every rendition."""
+        image = make_frame(number)
+        for rendition in self.renditions.values():
+            rendition.push(image, number / FPS)
 
     def rendition(self, codec: str) -> Rendition:
         return self.renditions[(CAMERA, codec)]
 
     def close(self) -> None:
         self.feeder.stop()
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.server.close()
         for rendition in self.renditions.values():
             rendition.close()
         if self.feeder.error is not None:

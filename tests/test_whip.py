@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from hypothesis import given, settings
@@ -34,6 +32,7 @@ from starlette.responses import PlainTextResponse
 from gateway import whip as whip_module
 from gateway.sources import SourceFrame
 from gateway.whip import WhipServer, WhipSource
+from live_support import ThreadedServer
 
 CAMERAS = ("door", "gate", "yard", "slow")  # gate: stopped by one test; yard: a short read timeout; slow: see below
 READ_TIMEOUT = 2.0  # yard's
@@ -172,23 +171,14 @@ class Gateway:
             await self.whip.close()
 
         self.app = Starlette(routes=self.whip.routes, lifespan=lifespan)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="uvicorn")
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        self.server = ThreadedServer(self.app)
+        self.url = self.server.url
 
     def endpoint(self, camera: str = "door") -> str:
         return f"{self.url}/whip/{camera}"
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.server.close()
         for source in self.sources.values():
             source.stop()
 
