@@ -412,4 +412,4 @@ def require(principal: Principal, permission: str, camera: str | None = None) ->
     """Raise 403 unless ``principal`` holds ``permission`` (on ``camera``, for the camera-scoped ones)."""
     if not principal.may(permission, camera):
         where = f" on camera {camera}" if camera is not None else ""
-        raise Denied(403, f"{principal.name} may not {PERMISSIONS[permission].split(';')[0].split(' (')[0]}{where}")
+        raise Denied(403, f"{principal.name} lacks the {permission.rstrip('*')} permission{where} ({PERMISSIONS[permission]})")
