@@ -10,6 +10,7 @@ docs/vault-format.md.
 
 from .audit import AuditError, AuditLog
 from .directory import DirectoryError, KeyDirectory
+from .errors import EscrowError, IntegrityError, ObjectMissing, RecordError
 from .identity import IdentityError, PrivateIdentity, PublicIdentity
 from .seal import Sealed, Sealer, VaultRef, grants_of
 from .store import VaultStore
@@ -21,11 +22,15 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "DirectoryError",
+    "EscrowError",
     "Grant",
     "IdentityError",
+    "IntegrityError",
     "KeyDirectory",
+    "ObjectMissing",
     "PrivateIdentity",
     "PublicIdentity",
+    "RecordError",
     "Sealed",
     "Sealer",
     "Selection",

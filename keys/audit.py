@@ -22,13 +22,11 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import AuditError
 from .identity import canonical
 
 GENESIS = "0" * 64
 
-
-class AuditError(Exception):
-    """The log cannot be written, or does not verify; the message names the entry."""
 
 
 def _now() -> str:

@@ -29,14 +29,12 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from .errors import DirectoryError
 from .identity import PublicIdentity, canonical
 
 _FORMAT = "privacy-gateway-roster"
 _VERSION = 1
 
-
-class DirectoryError(Exception):
-    """A key directory that is missing, malformed or fails its signature check."""
 
 
 class KeyDirectory:

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from .errors import IdentityError
+
 ROLES = ("privacy-officer", "investigator", "auditor", "viewer", "publisher")
 #: roles that may be named in a policy's unmask grants (a publisher is a camera or encoder, never a person)
 UNMASK_ROLES = ROLES[:4]
@@ -41,9 +43,6 @@ _MLKEM_PUBLIC_BYTES = 1184  # ML-KEM-768 encapsulation key (FIPS 203)
 SUITE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 SUITE_MLKEM768_X25519 = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
-
-class IdentityError(Exception):
-    """An identity file that cannot be opened; deliberately says nothing about why."""
 
 
 def _b64(data: bytes) -> str:

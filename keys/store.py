@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .audit import AuditLog
 from .directory import KeyDirectory
+from .errors import VaultError
 from .identity import PublicIdentity, canonical
-from .vault import VaultError, _write_durably, segment_name
+from .vault import _write_durably, segment_name
 
 _FORMAT = "privacy-gateway-vault"
 _VERSION = 1

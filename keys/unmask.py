@@ -23,16 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audit import AuditError, verify
+from .errors import RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
-from .record import Record, RecordError, open_record, track_key
+from .record import Record, open_record, track_key
 from .seal import VaultRef
 from .store import VaultStore
-from .vault import Segment, VaultError, key_context, read_wraps, segment_name, verify_camera
-from .wrap import UnwrapError, Wrap, unwrap_key
+from .vault import Segment, key_context, read_wraps, segment_name, verify_camera
+from .wrap import Wrap, unwrap_key
 
-
-class UnmaskError(Exception):
-    """An unmask that is refused or cannot be completed; the message is safe to show."""
 
 
 @dataclass(frozen=True)

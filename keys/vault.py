@@ -31,8 +31,9 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
-from .record import Header, Record, RecordError, seal, track_key
+from .record import Header, Record, seal, track_key
 from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
@@ -40,9 +41,6 @@ TRAILER_MAGIC = b"PGVT"
 VERSION = 1
 GENESIS = "0" * 64
 
-
-class VaultError(Exception):
-    """A segment or key file that is missing, malformed, or fails its checks."""
 
 
 def utc_now() -> str:
