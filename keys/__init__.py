@@ -10,6 +10,7 @@ docs/vault-format.md.
 
 from .audit import AuditError, AuditLog
 from .directory import DirectoryError, KeyDirectory
+from .durable import atomic_path, write_durably
 from .errors import EscrowError, IntegrityError, ObjectMissing, RecordError
 from .identity import IdentityError, PrivateIdentity, PublicIdentity
 from .seal import Sealed, Sealer, VaultRef, grants_of
@@ -40,5 +41,7 @@ __all__ = [
     "VaultError",
     "VaultRef",
     "VaultStore",
+    "atomic_path",
     "grants_of",
+    "write_durably",
 ]

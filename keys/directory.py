@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -29,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from .durable import make_dirs, write_durably
 from .errors import DirectoryError
 from .identity import PublicIdentity, canonical
 
@@ -74,12 +73,10 @@ class KeyDirectory:
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise DirectoryError(f"{path}: not empty; refusing to replace an existing key directory")
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
         signer = Ed25519PrivateKey.generate()
         pem = signer.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        fd = os.open(path / "gateway.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        write_durably(path / "gateway.key", pem, 0o600, exclusive=True)
         public = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         directory = cls(path, signer, {"format": _FORMAT, "version": _VERSION, "serial": 0,
                                        "gateway": base64.b64encode(public).decode("ascii"), "identities": []})
@@ -120,13 +117,5 @@ class KeyDirectory:
     def _write(self) -> None:
         signature = self._signer.sign(canonical(self._roster))
         document = {"roster": self._roster, "signature": base64.b64encode(signature).decode("ascii")}
-        fd, tmp = tempfile.mkstemp(prefix=".roster.", dir=self.path)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(json.dumps(document, indent=2) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path / "roster.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0600 as before (the roster is public, but the directory beside gateway.key stays private)
+        write_durably(self.path / "roster.json", (json.dumps(document, indent=2) + "\n").encode("ascii"), 0o600)

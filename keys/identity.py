@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from .durable import write_durably
 from .errors import IdentityError
 
 ROLES = ("privacy-officer", "investigator", "auditor", "viewer", "publisher")
@@ -182,9 +183,8 @@ class PrivateIdentity:
         secret = canonical(inner)
         sealed = AESGCM(_derive(passphrase, salt, _SCRYPT)).encrypt(nonce, secret, canonical(header))
         document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(sealed)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(json.dumps(document, indent=2) + "\n")
+        # never replaces a file: an existing one raises FileExistsError
+        write_durably(path, (json.dumps(document, indent=2) + "\n").encode("ascii"), 0o600, exclusive=True)
 
     @classmethod
     def load(cls, path: Path, passphrase: str) -> PrivateIdentity:

@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .audit import AuditLog
 from .directory import KeyDirectory
+from .durable import write_durably
 from .errors import VaultError
 from .identity import PublicIdentity, canonical
-from .vault import _write_durably, segment_name
+from .vault import segment_name
 
 _FORMAT = "privacy-gateway-vault"
 _VERSION = 1
@@ -73,12 +74,12 @@ class VaultStore:
             if any(p.name != "audit.log" for p in root.iterdir()):
                 raise VaultError(f"{root}: not empty and not a vault (no vault.json); refusing to use it")
             document = {"format": _FORMAT, "version": _VERSION, "gateway": base64.b64encode(gateway_raw).decode()}
-            _write_durably(anchor, (json.dumps(document, indent=2) + "\n").encode())
+            write_durably(anchor, (json.dumps(document, indent=2) + "\n").encode())
         store = cls.open(root, directory)
         copy = root / "roster.json"
         current = json.loads(copy.read_text()) if copy.exists() else None
         if current is None or current["roster"]["serial"] < directory.serial:
-            _write_durably(copy, (directory.path / "roster.json").read_bytes())
+            write_durably(copy, (directory.path / "roster.json").read_bytes())
         return store
 
     @classmethod
@@ -127,7 +128,7 @@ class VaultStore:
         path = self.root / "policies" / f"{digest}.json"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_durably(path, data)
+            write_durably(path, data)
         return digest
 
     def load_policy(self, digest: str) -> dict:

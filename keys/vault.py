@@ -31,6 +31,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .durable import fsync_dir, write_durably
 from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
 from .record import Header, Record, seal, track_key
@@ -108,7 +109,7 @@ class SegmentWriter:
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
         for path in (self.path, self.keys_path):
             path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(self.keys_path, keys_doc)
+        write_durably(self.keys_path, keys_doc)
         self._tmp = partial_path(self.path)
         self._file = open(self._tmp, "xb")  # noqa: SIM115 (closed in close())
         self._hash = hashlib.sha256()
@@ -142,7 +143,7 @@ class SegmentWriter:
         self._file.flush()
         digest = _finish(self._file, self._hash, self._count, self._keys_sha256, ended or utc_now(), self._signer)
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return digest
 
     def abort(self) -> None:
@@ -163,24 +164,6 @@ def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: E
     os.fsync(file.fileno())
     file.close()
     return hashlib.sha256(summary).hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def partial_path(path: Path) -> Path:
@@ -223,7 +206,7 @@ def recover_partial(partial: Path, keys_path: Path, signer: Ed25519PrivateKey) -
         _finish(file, body, count, keys_sha256, ended, signer, recovered=True)
     final = partial.with_name(partial.name.removesuffix(".partial"))
     os.replace(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final, count
 
 
