@@ -16,13 +16,12 @@ overlaps an unselected one, the overlap stays as redacted.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-from .audit import AuditError, verify
+from .audit import AuditError
 from .errors import RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
 from .record import Record, open_record, track_key
@@ -108,14 +107,14 @@ class Unmask:
                 raise UnmaskError(f"identity {holder.public.name!r} is not in this vault's key directory")
 
     def _verified_log(self) -> list[dict]:
-        path = self.store.audit.path
-        if not path.exists():
+        audit = self.store.audit
+        if not audit.exists():
             return []
         try:
-            verify(path, self.store.key_of)
+            audit.verify(self.store.key_of)
+            return audit.entries()
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
-        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
     def _segments(self, log: list[dict]) -> list[Segment]:
         camera = self.ref.camera
