@@ -12,6 +12,7 @@ from .audit import AuditError, AuditLog
 from .directory import DirectoryError, KeyDirectory
 from .durable import atomic_path, write_durably
 from .errors import EscrowError, IntegrityError, ObjectMissing, RecordError
+from .objects import LocalObjects, ObjectStore
 from .identity import IdentityError, PrivateIdentity, PublicIdentity
 from .seal import Sealed, Sealer, VaultRef, grants_of
 from .store import VaultStore
@@ -28,7 +29,9 @@ __all__ = [
     "IdentityError",
     "IntegrityError",
     "KeyDirectory",
+    "LocalObjects",
     "ObjectMissing",
+    "ObjectStore",
     "PrivateIdentity",
     "PublicIdentity",
     "RecordError",
