@@ -114,6 +114,10 @@ class KeyDirectory:
                         "identities": [*self._roster["identities"], identity.to_json()]}
         self._write()
 
+    def signed_roster(self) -> bytes:
+        """``roster.json`` as it is on disk: the signed roster a vault keeps a copy of."""
+        return (self.path / "roster.json").read_bytes()
+
     def _write(self) -> None:
         signature = self._signer.sign(canonical(self._roster))
         document = {"roster": self._roster, "signature": base64.b64encode(signature).decode("ascii")}

@@ -27,7 +27,7 @@ from .identity import PrivateIdentity, canonical
 from .record import Record, open_record, track_key
 from .seal import VaultRef
 from .store import VaultStore
-from .vault import Segment, key_context, read_wraps, segment_name, verify_camera
+from .vault import Segment, key_context, segment_name
 from .wrap import Wrap, unwrap_key
 
 
@@ -119,7 +119,7 @@ class Unmask:
     def _segments(self, log: list[dict]) -> list[Segment]:
         camera = self.ref.camera
         try:
-            chain = list(verify_camera(self.store.camera_dir(camera), self.store.gateway))
+            chain = list(self.store.verify_chain(camera))
         except VaultError as exc:
             raise UnmaskError(f"vault camera {camera!r}: {exc}") from None
         segments = [s for s in chain if s.header.recording == self.ref.recording]
@@ -131,18 +131,17 @@ class Unmask:
                 raise UnmaskError(f"vault camera {camera!r}: segment {segment_name(missing[0])} of this recording is missing")
         if not segments:
             raise UnmaskError(f"no sealed records for this file (camera {camera!r}, recording {self.ref.recording}) "
-                              f"in {self.store.root}")
+                              f"in {self.store.location}")
         return segments
 
     def _read_wraps(self, segment: Segment, log: list[dict]) -> dict[str, list[Wrap]]:
-        path = self.store.keys_path(self.ref.camera, segment.number)
-        if not path.exists():
+        if not self.store.has_key_file(self.ref.camera, segment.number):
             for entry in log:
                 if entry["action"] == "shred" and [self.ref.camera, segment.number] in entry["details"].get("segments", []):
                     raise UnmaskError(f"segment {segment_name(segment.number)} of camera {self.ref.camera!r} was "
                                       f"crypto-shredded (audit entry {entry['seq']}); nobody can unmask it")
         try:
-            return read_wraps(path, self.store.gateway, segment.keys_sha256)
+            return self.store.wraps(self.ref.camera, segment)
         except VaultError as exc:
             raise UnmaskError(f"vault camera {self.ref.camera!r}: {exc}") from None
 
