@@ -12,6 +12,9 @@ The steps, in this order, and nothing is decrypted before the fourth:
 
 A restored region never reveals a region that was not selected: where a selected box
 overlaps an unselected one, the overlap stays as redacted.
+
+:func:`recording_tracks` is the look before an unmask (``vault tracks``): which tracks a
+recording sealed, when and where they first appear, from the record headers alone.
 """
 
 from __future__ import annotations
@@ -217,6 +220,40 @@ class Unmask:
             return open_record(key, record)
         except RecordError:
             raise UnmaskError("a sealed record does not open (vault damaged?)") from None
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One sealed track of a recording, from its record headers (nothing is decrypted)."""
+
+    cls: str
+    track: int
+    frames: int  # records of the track (one per frame it was redacted in)
+    first_s: float  # media time in the redacted output of its first and last record
+    last_s: float
+    box: tuple[int, int, int, int]  # x, y, w, h of its first record
+
+
+def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
+    """The tracks sealed for the recording ``ref`` names, ordered by first appearance, then class and id.
+
+    Each segment's signature and digest are checked as it is read; the chain is not (that is
+    :func:`keys.verify_vault`'s and :class:`Unmask`'s job).
+    """
+    tracks: dict[tuple[str, int], list] = {}
+    for number in store.segment_numbers(ref.camera):
+        segment = store.segment(ref.camera, number)
+        if segment.header.recording != ref.recording:
+            continue
+        for record in segment.records:
+            h = record.header
+            t = (h.pts_us - ref.first_pts_us) / 1e6
+            item = tracks.setdefault((h.cls, h.track), [0, t, t, h.box])
+            item[0] += 1
+            item[2] = t
+    ordered = sorted(tracks.items(), key=lambda kv: (kv[1][1], kv[0]))
+    return [TrackSummary(cls, track, frames, first, last, tuple(box))
+            for (cls, track), (frames, first, last, box) in ordered]
 
 
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:
