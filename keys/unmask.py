@@ -34,7 +34,6 @@ from .vault import Segment, key_context, segment_name
 from .wrap import Wrap, unwrap_key
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """What to restore; empty sets and None bounds select everything."""

@@ -121,7 +121,8 @@ def test_missing_key_file_without_a_shred_entry(world):
 def test_swapped_key_file(world):
     a, b = world.path("keys", "lobby", "00000001.keys"), world.path("keys", "lobby", "00000002.keys")
     a.write_bytes(b.read_bytes())
-    with pytest.raises(IntegrityError, match="^camera 'lobby': 00000001.keys: key file does not belong to its segment$"):
+    message = "^camera 'lobby': 00000001.keys: key file does not belong to its segment$"
+    with pytest.raises(IntegrityError, match=message):
         verify_vault(world.store)
 
 
@@ -197,7 +198,8 @@ def test_shred_before_a_cut_off_logs_first_then_deletes(world, monkeypatch):
 
 def test_unmask_of_a_shredded_segment_names_the_shred_entry(world):
     entry = shred(world.store, world.directory.signer, before=dt.datetime(2026, 1, 3, tzinfo=UTC)).entry
-    with pytest.raises(UnmaskError, match=rf"00000001.pgv of camera 'lobby' was crypto-shredded \(audit entry {entry['seq']}\)"):
+    message = rf"00000001.pgv of camera 'lobby' was crypto-shredded \(audit entry {entry['seq']}\)"
+    with pytest.raises(UnmaskError, match=message):
         Unmask(world.store, world.lobby, Selection(tracks=frozenset({1})), [world.ivan])
     assert Unmask(world.store, world.lobby, Selection(tracks=frozenset({2})), [world.ivan]).selected == 10
 
