@@ -4,7 +4,10 @@ The seam an S3 bucket (or any object store) implements. Five operations, all on 
 objects: :meth:`~ObjectStore.put` (durable when it returns, replaces), :meth:`~ObjectStore.get`,
 :meth:`~ObjectStore.exists`, :meth:`~ObjectStore.list` and :meth:`~ObjectStore.delete`
 (durable). No rename, no append, no partial read or write: what is still growing (the
-segment being sealed, the audit log) stays on the node's own disk.
+segment being sealed, the audit log) stays on the node's own disk. :meth:`~ObjectStore.put_file`
+is ``put`` of a local file's contents; it has a default, and exists so that an
+implementation can avoid holding a large finished segment in memory (S3: a multipart
+upload from the file; :class:`LocalObjects`: a hard link, so a local vault never copies).
 
 Names are ``/``-separated relative paths, as S3 keys are: ``vault.json``,
 ``segments/lobby/00000001.pgv``. :func:`check_name` refuses the empty name, a leading
@@ -21,13 +24,18 @@ layout of docs/vault-format.md is exactly the object names.
 from __future__ import annotations
 
 import abc
+import errno
 import os
+import shutil
 from pathlib import Path
 
-from .durable import make_dirs, remove_durably, write_durably
+from .durable import atomic_path, make_dirs, remove_durably, write_durably
 from .errors import ObjectMissing
 
 __all__ = ["LocalObjects", "ObjectStore", "check_name"]
+
+# link(2) cannot: another file system (the scratch directory elsewhere), or none at all (FAT)
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
 
 
 def check_name(name: str) -> str:
@@ -50,6 +58,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` as ``name``, replacing any object of that name; durable when it returns."""
+
+    def put_file(self, name: str, path: Path) -> None:
+        """:meth:`put` the contents of the local file ``path`` (left in place; the caller removes it)."""
+        self.put(name, Path(path).read_bytes())
 
     @abc.abstractmethod
     def get(self, name: str) -> bytes:
@@ -92,6 +104,21 @@ class LocalObjects(ObjectStore):
         path = self._path(name)
         make_dirs(path.parent)
         write_durably(path, bytes(data), self._mode)
+
+    def put_file(self, name: str, path: Path) -> None:
+        """As :meth:`put`, by hard-linking ``path`` (same file system) or else copying it in chunks."""
+        target = self._path(name)
+        make_dirs(target.parent)
+        with atomic_path(target, self._mode) as tmp:
+            try:
+                os.unlink(tmp)
+                os.link(path, tmp)  # the finished file's data is already fsynced by its writer
+                os.chmod(tmp, self._mode)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                with open(path, "rb") as source, open(tmp, "wb") as copy:
+                    shutil.copyfileobj(source, copy, 1 << 20)
 
     def get(self, name: str) -> bytes:
         path = self._path(name)

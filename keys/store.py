@@ -259,7 +259,7 @@ class VaultStore:
 
     def _publish(self, camera: str, number: int, partial: Path) -> None:
         """Keep a finished partial as the segment's object, then remove it (see the module docstring)."""
-        self._objects.put(_segments_of(camera) + segment_name(number), partial.read_bytes())
+        self._objects.put_file(_segments_of(camera) + segment_name(number), partial)
         remove_durably(partial)
 
     def open_segment(self, header: SegmentHeader, grants: dict[str, Grant], identities: list[PublicIdentity],
