@@ -35,7 +35,6 @@ _FORMAT = "privacy-gateway-roster"
 _VERSION = 1
 
 
-
 class KeyDirectory:
     def __init__(self, path: Path, signer: Ed25519PrivateKey, roster: dict) -> None:
         self.path = path

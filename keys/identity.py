@@ -45,7 +45,6 @@ SUITE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_2
 SUITE_MLKEM768_X25519 = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -42,7 +42,6 @@ _MAX_HEADER = 1 << 16
 _MAX_PIXELS = 1 << 28
 
 
-
 @dataclass(frozen=True)
 class Header:
     camera: str

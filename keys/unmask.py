@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audit import AuditError
-from .errors import RecordError, UnmaskError, UnwrapError, VaultError
+from .errors import AuditError, RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
 from .record import Record, open_record, track_key
 from .seal import VaultRef

@@ -34,7 +34,6 @@ MAX_SUBSETS = 256  # C(n, k) wraps per data key; e.g. 2 of 23, 3 of 12
 _LABEL = b"privacy-gateway wrap v1\x00"
 
 
-
 @dataclass(frozen=True)
 class Grant:
     roles: tuple[str, ...]
