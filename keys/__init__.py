@@ -1,39 +1,90 @@
-"""Sealing of original pixels and key escrow.
+"""Sealing of original pixels, key escrow, and the audit log: the whole API is this package's ``__all__``.
 
-:mod:`.identity` people's keys (private halves encrypted at rest), :mod:`.directory` the
-signed roster, :mod:`.wrap` HPKE wrapping with k-of-n quorums, :mod:`.record` sealed region
-records, :mod:`.vault` signed and chained segments, :mod:`.store` the vault on disk,
-:mod:`.seal` the sealer the redaction side holds (public keys only), :mod:`.unmask` audited
-selective restoration, :mod:`.audit` the hash-chained signed log. Formats:
-docs/vault-format.md.
+``keys`` imports nothing from ``gateway`` or ``redaction``; they import ``keys``, and only
+from here (never a submodule). Every error it raises on purpose is an :class:`EscrowError`;
+verifications that find damage raise :class:`IntegrityError`. Formats: docs/vault-format.md.
+
+The modules, one concept each:
+
+- :mod:`.errors` the error tree (:class:`EscrowError` and its subclasses).
+- :mod:`.durable` the one durable-write helper: :func:`atomic_path`, :func:`write_durably`.
+- :mod:`.identity` people's keys (private halves encrypted at rest).
+- :mod:`.directory` the key directory: the gateway's signing key and the signed roster.
+- :mod:`.wrap` HPKE wrapping of data keys to people, with k-of-n quorums.
+- :mod:`.record` one sealed region: the byte layout and its AES-GCM sealing.
+- :mod:`.vault` segments: their byte layout, writer, reader and hash chain.
+- :mod:`.objects` the object-store seam (:class:`ObjectStore`) and :class:`LocalObjects`.
+- :mod:`.store` the vault (:class:`VaultStore`): what is kept where; no path leaves it.
+- :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
+- :mod:`.seal` the :class:`Sealer` the redaction side holds (public keys only).
+- :mod:`.unmask` audited selective restoration (:class:`Unmask`) and :func:`recording_tracks`.
+- :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
+- :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
 """
 
-from .audit import AuditError, AuditLog
-from .directory import DirectoryError, KeyDirectory
-from .identity import IdentityError, PrivateIdentity, PublicIdentity
-from .seal import Sealed, Sealer, VaultRef, grants_of
-from .store import VaultStore
-from .unmask import Selection, Unmask, UnmaskError
-from .vault import VaultError
-from .wrap import Grant, UnwrapError
+from .audit import AuditLog
+from .directory import KeyDirectory
+from .durable import atomic_path, write_durably
+from .errors import (
+    AuditError,
+    DirectoryError,
+    EscrowError,
+    IdentityError,
+    IntegrityError,
+    ObjectMissing,
+    RecordError,
+    UnmaskError,
+    UnwrapError,
+    VaultError,
+)
+from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity
+from .objects import LocalObjects, ObjectStore
+from .retention import Shredded, shred
+from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
+from .store import GATEWAY_ACTOR, VaultStore, check_camera
+from .unmask import Selection, TrackSummary, Unmask, recording_tracks
+from .vault import Segment
+from .verification import VaultReport, verify_audit, verify_vault
+from .wrap import Grant
 
 __all__ = [
+    "GATEWAY_ACTOR",
+    "ROLES",
+    "UNMASK_ROLES",
     "AuditError",
     "AuditLog",
     "DirectoryError",
+    "EscrowError",
     "Grant",
     "IdentityError",
+    "IntegrityError",
     "KeyDirectory",
+    "LocalObjects",
+    "ObjectMissing",
+    "ObjectStore",
     "PrivateIdentity",
     "PublicIdentity",
+    "RecordError",
     "Sealed",
     "Sealer",
+    "Segment",
     "Selection",
+    "Shredded",
+    "TrackSummary",
     "Unmask",
     "UnmaskError",
     "UnwrapError",
     "VaultError",
     "VaultRef",
+    "VaultReport",
     "VaultStore",
+    "atomic_path",
+    "check_camera",
+    "check_grants",
     "grants_of",
+    "recording_tracks",
+    "shred",
+    "verify_audit",
+    "verify_vault",
+    "write_durably",
 ]

@@ -5,8 +5,15 @@ details, the SHA-256 of the previous line (``prev``; 64 zeros for the first), an
 actor's Ed25519 signature over the canonical JSON of all those fields. :meth:`AuditLog.append`
 returns only once the line is flushed and fsynced: callers write the entry *before* acting
 (before any data key is unwrapped), and a failure to write means they must not act.
-:func:`verify` names the first broken entry: edited, deleted, reordered, inserted, truncated
-or signed by the wrong key.
+:meth:`AuditLog.verify` names the first broken entry: edited, deleted, reordered, inserted,
+truncated or signed by the wrong key. :meth:`AuditLog.entries` is the one reader of entries.
+
+An append costs the same at the ten-thousandth entry as at the first: under the exclusive
+``flock`` it reads the log backwards from the end only as far as the last line, whose
+``seq`` and SHA-256 give the next entry's place in the chain. Only a tail that is not a
+whole entry (a torn write, a hand edit) makes it count the lines from the start, as before.
+The log is a local file: the lock and ``O_APPEND`` are what keep concurrent writers (every
+camera's sealer, the HTTP API, an ``unmask`` run beside ``serve``) on one chain.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .durable import fsync_dir
+from .errors import AuditError
 from .identity import canonical
 
+__all__ = ["GENESIS", "AuditLog"]
+
 GENESIS = "0" * 64
+_TAIL_CHUNK = 4096  # bytes read per step backwards; a typical entry is 300-2000 bytes
+_FIELDS = ("seq", "time", "actor", "action", "details", "prev")
 
-
-class AuditError(Exception):
-    """The log cannot be written, or does not verify; the message names the entry."""
+KeyOf = Callable[[str], Ed25519PublicKey | None]
 
 
 def _now() -> str:
@@ -39,28 +50,23 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def _tail(self) -> tuple[int, str]:
-        """(next sequence number, hash of the last line), from the log as it is on disk."""
-        if not self.path.exists():
-            return 1, GENESIS
-        last = b""
-        count = 0
-        with open(self.path, "rb") as log:
-            for line in log:
-                if line.strip():
-                    last, count = line.rstrip(b"\n"), count + 1
-        return count + 1, hashlib.sha256(last).hexdigest() if last else GENESIS
+    def exists(self) -> bool:
+        """Whether anything was ever logged (the file is created by the first append)."""
+        return self.path.exists()
+
+    # --- writing ------------------------------------------------------------------------------
 
     def append(self, actor: str, signer: Ed25519PrivateKey, action: str, details: dict, time: str | None = None) -> dict:
         """Write one signed entry durably; raises :class:`AuditError` if it cannot."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 # one writer at a time, across threads (each camera's sealer, the HTTP API) and
                 # processes (an unmask run while serve is sealing): the tail read and the append
                 # must not interleave, or two entries would claim the same place in the chain
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                seq, prev = self._tail()
+                seq, prev = _tail(fd)
                 body = {"seq": seq, "time": time or _now(), "actor": actor, "action": action,
                         "details": details, "prev": prev}
                 entry = {**body, "signature": signer.sign(canonical(body)).hex()}
@@ -70,12 +76,121 @@ class AuditLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)  # releases the lock
+            if created:
+                fsync_dir(self.path.parent)
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror or exc}") from None
         return entry
 
+    # --- reading ------------------------------------------------------------------------------
 
-def _check_approvals(where: str, details: object, key_of: Callable[[str], Ed25519PublicKey | None]) -> None:
+    def _read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror or exc}") from None
+
+    def entries(self) -> list[dict]:
+        """Every entry in order, as written; ``[]`` before the first append.
+
+        Not verified: call :meth:`verify` first where it matters. Blank lines are skipped; a
+        line that is not a JSON object comes back as ``{"malformed": <its first 200 characters>}``
+        (:meth:`verify` says what is wrong with it). Raises :class:`AuditError` if unreadable.
+        """
+        if not self.exists():
+            return []
+        out = []
+        for line in self._read().split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            out.append(entry if isinstance(entry, dict) else {"malformed": line.decode("utf-8", "replace")[:200]})
+        return out
+
+    def verify(self, key_of: KeyOf) -> int:
+        """Check the whole chain; returns the number of entries or raises at the first broken one.
+
+        ``key_of(actor)`` gives the public key an actor signs with, or None if unknown. A log
+        that does not exist cannot be read: :class:`AuditError`, like any other damage.
+        """
+        prev, count = GENESIS, 0
+        lines = self._read().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        else:
+            raise AuditError(f"audit log entry {len(lines)} (line {len(lines)}): truncated (no final newline)")
+        for number, line in enumerate(lines, start=1):
+            where = f"audit log entry {number} (line {number})"
+            try:
+                entry = json.loads(line)
+                body = {k: entry[k] for k in _FIELDS}
+                signature = bytes.fromhex(entry["signature"])
+            except (ValueError, KeyError, TypeError):
+                raise AuditError(f"{where}: malformed") from None
+            if canonical(entry) != line:
+                raise AuditError(f"{where}: not in canonical form (edited?)")
+            if body["seq"] != number:
+                raise AuditError(f"{where}: sequence {body['seq']} out of order (entry deleted or inserted?)")
+            if body["prev"] != prev:
+                raise AuditError(f"{where}: hash chain broken (previous entry changed, deleted or reordered)")
+            key = key_of(body["actor"])
+            if key is None:
+                raise AuditError(f"{where}: unknown actor {body['actor']!r}")
+            try:
+                key.verify(signature, canonical(body))
+            except InvalidSignature:
+                raise AuditError(f"{where}: signature does not verify") from None
+            _check_approvals(where, body["details"], key_of)
+            prev, count = hashlib.sha256(line).hexdigest(), number
+        return count
+
+
+def _tail(fd: int) -> tuple[int, str]:
+    """(next sequence number, SHA-256 of the last line), reading back from the end of ``fd``."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 1, GENESIS
+    start, buffer = size, b""
+    while True:  # grow ``buffer`` = the file's bytes [start, size) until it holds the whole last line
+        step = min(_TAIL_CHUNK, start)
+        start -= step
+        chunk = os.pread(fd, step, start)
+        if len(chunk) != step:  # changed under us (the lock is advisory): count from the start
+            return _count(fd)
+        buffer = chunk + buffer
+        if not buffer.endswith(b"\n"):
+            return _count(fd)  # a torn last line
+        cut = buffer.rfind(b"\n", 0, len(buffer) - 1)
+        if cut >= 0 or start == 0:
+            break
+    line = buffer[cut + 1 : -1]
+    try:
+        seq = json.loads(line)["seq"]
+    except (ValueError, KeyError, TypeError):
+        seq = None
+    if type(seq) is not int or not line.strip():
+        return _count(fd)
+    return seq + 1, hashlib.sha256(line).hexdigest()
+
+
+def _count(fd: int) -> tuple[int, str]:
+    """The slow way, for a log whose tail is not a whole entry: count the non-blank lines.
+
+    The next entry then claims the place after every line and chains to the last one, as
+    appends always did; :meth:`AuditLog.verify` reports the damage.
+    """
+    chunks, at = [], 0
+    while chunk := os.pread(fd, 1 << 20, at):
+        chunks.append(chunk)
+        at += len(chunk)
+    lines = [line for line in b"".join(chunks).split(b"\n") if line.strip()]
+    return len(lines) + 1, hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
+
+
+def _check_approvals(where: str, details: object, key_of: KeyOf) -> None:
     """``details.approvals``: each named person's signature over the rest of the details."""
     if not isinstance(details, dict) or "approvals" not in details:
         return
@@ -91,43 +206,3 @@ def _check_approvals(where: str, details: object, key_of: Callable[[str], Ed2551
             key.verify(bytes.fromhex(signature), request)
         except (InvalidSignature, ValueError, TypeError):
             raise AuditError(f"{where}: approval by {name!r} does not verify") from None
-
-
-def verify(path: Path, key_of: Callable[[str], Ed25519PublicKey | None]) -> int:
-    """Check the whole chain; returns the number of entries or raises at the first broken one.
-
-    ``key_of(actor)`` gives the public key an actor signs with, or None if unknown.
-    """
-    prev, count = GENESIS, 0
-    try:
-        lines = Path(path).read_bytes().split(b"\n")
-    except OSError as exc:
-        raise AuditError(f"cannot read the audit log {path}: {exc.strerror or exc}") from None
-    if lines and lines[-1] == b"":
-        lines.pop()
-    else:
-        raise AuditError(f"audit log entry {len(lines)} (line {len(lines)}): truncated (no final newline)")
-    for number, line in enumerate(lines, start=1):
-        where = f"audit log entry {number} (line {number})"
-        try:
-            entry = json.loads(line)
-            body = {k: entry[k] for k in ("seq", "time", "actor", "action", "details", "prev")}
-            signature = bytes.fromhex(entry["signature"])
-        except (ValueError, KeyError, TypeError):
-            raise AuditError(f"{where}: malformed") from None
-        if canonical(entry) != line:
-            raise AuditError(f"{where}: not in canonical form (edited?)")
-        if body["seq"] != number:
-            raise AuditError(f"{where}: sequence {body['seq']} out of order (entry deleted or inserted?)")
-        if body["prev"] != prev:
-            raise AuditError(f"{where}: hash chain broken (previous entry changed, deleted or reordered)")
-        key = key_of(body["actor"])
-        if key is None:
-            raise AuditError(f"{where}: unknown actor {body['actor']!r}")
-        try:
-            key.verify(signature, canonical(body))
-        except InvalidSignature:
-            raise AuditError(f"{where}: signature does not verify") from None
-        _check_approvals(where, body["details"], key_of)
-        prev, count = hashlib.sha256(line).hexdigest(), number
-    return count

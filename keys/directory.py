@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -29,14 +27,12 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from .durable import make_dirs, write_durably
+from .errors import DirectoryError
 from .identity import PublicIdentity, canonical
 
 _FORMAT = "privacy-gateway-roster"
 _VERSION = 1
-
-
-class DirectoryError(Exception):
-    """A key directory that is missing, malformed or fails its signature check."""
 
 
 class KeyDirectory:
@@ -76,12 +72,10 @@ class KeyDirectory:
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise DirectoryError(f"{path}: not empty; refusing to replace an existing key directory")
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
         signer = Ed25519PrivateKey.generate()
         pem = signer.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        fd = os.open(path / "gateway.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        write_durably(path / "gateway.key", pem, 0o600, exclusive=True)
         public = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         directory = cls(path, signer, {"format": _FORMAT, "version": _VERSION, "serial": 0,
                                        "gateway": base64.b64encode(public).decode("ascii"), "identities": []})
@@ -119,16 +113,12 @@ class KeyDirectory:
                         "identities": [*self._roster["identities"], identity.to_json()]}
         self._write()
 
+    def signed_roster(self) -> bytes:
+        """``roster.json`` as it is on disk: the signed roster a vault keeps a copy of."""
+        return (self.path / "roster.json").read_bytes()
+
     def _write(self) -> None:
         signature = self._signer.sign(canonical(self._roster))
         document = {"roster": self._roster, "signature": base64.b64encode(signature).decode("ascii")}
-        fd, tmp = tempfile.mkstemp(prefix=".roster.", dir=self.path)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(json.dumps(document, indent=2) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path / "roster.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0600 as before (the roster is public, but the directory beside gateway.key stays private)
+        write_durably(self.path / "roster.json", (json.dumps(document, indent=2) + "\n").encode("ascii"), 0o600)

@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from .durable import write_durably
+from .errors import IdentityError
+
 ROLES = ("privacy-officer", "investigator", "auditor", "viewer", "publisher")
 #: roles that may be named in a policy's unmask grants (a publisher is a camera or encoder, never a person)
 UNMASK_ROLES = ROLES[:4]
@@ -40,10 +43,6 @@ _MLKEM_PUBLIC_BYTES = 1184  # ML-KEM-768 encapsulation key (FIPS 203)
 
 SUITE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 SUITE_MLKEM768_X25519 = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-
-
-class IdentityError(Exception):
-    """An identity file that cannot be opened; deliberately says nothing about why."""
 
 
 def _b64(data: bytes) -> str:
@@ -183,9 +182,8 @@ class PrivateIdentity:
         secret = canonical(inner)
         sealed = AESGCM(_derive(passphrase, salt, _SCRYPT)).encrypt(nonce, secret, canonical(header))
         document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(sealed)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(json.dumps(document, indent=2) + "\n")
+        # never replaces a file: an existing one raises FileExistsError
+        write_durably(path, (json.dumps(document, indent=2) + "\n").encode("ascii"), 0o600, exclusive=True)
 
     @classmethod
     def load(cls, path: Path, passphrase: str) -> PrivateIdentity:

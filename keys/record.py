@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .errors import RecordError
 from .identity import canonical
 
 MAGIC = b"PGR1"
@@ -39,10 +40,6 @@ VERSION = 1
 _TRACK_INFO = b"privacy-gateway track key v1\x00"
 _MAX_HEADER = 1 << 16
 _MAX_PIXELS = 1 << 28
-
-
-class RecordError(Exception):
-    """A record that is malformed, or does not open: deliberately without crypto detail."""
 
 
 @dataclass(frozen=True)

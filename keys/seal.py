@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import VaultError
 from .identity import PublicIdentity, canonical
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
-from .vault import GENESIS, SegmentHeader, SegmentWriter, VaultError, read_segment, recover_partial, utc_now
+from .vault import GENESIS, SegmentHeader, SegmentWriter, utc_now
 from .wrap import Grant, wrap_key
 
 REF_PREFIX = "privacy-gateway-vault:"
@@ -112,17 +113,17 @@ class Sealer:
 
     def _recover(self) -> None:
         """Sign and keep what a crashed writer left; the event goes to the audit log."""
-        for partial in sorted(self.store.camera_dir(self.camera).glob("*.pgv.partial")):
-            number = int(partial.name.split(".")[0])
-            _, kept = recover_partial(partial, self.store.keys_path(self.camera, number), self._signer)
-            self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-segment",
-                                    {"camera": self.camera, "segment": number, "records": kept})
+        for number in self.store.partial_segments(self.camera):
+            kept = self.store.recover_partial(self.camera, number, self._signer)
+            if kept is not None:  # None: the segment was finished, only its partial was left behind
+                self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-segment",
+                                        {"camera": self.camera, "segment": number, "records": kept})
 
     def _chain_head(self) -> tuple[int, str]:
-        paths = sorted(self.store.camera_dir(self.camera).glob("*.pgv"))
-        if not paths:
+        numbers = self.store.segment_numbers(self.camera)
+        if not numbers:
             return 0, GENESIS
-        last = read_segment(paths[-1], self.store.gateway)
+        last = self.store.segment(self.camera, numbers[-1])
         return last.number, last.digest
 
     def add(self, frame: int, pts_us: int, regions: list[Sealed]) -> None:
@@ -140,8 +141,7 @@ class Sealer:
         number = self._last + 1
         header = SegmentHeader(self.camera, number, self._policy_version, self._policy_sha256, self.ref.recording,
                                self._clock(), self._previous)
-        self._writer = SegmentWriter(self.store.segment_path(self.camera, number), self.store.keys_path(self.camera, number),
-                                     header, self.grants, self.identities, self._signer)
+        self._writer = self.store.open_segment(header, self.grants, self.identities, self._signer)
         self._started_us = pts_us
         if self.first_segment is None:
             self.first_segment = number

@@ -1,15 +1,25 @@
-"""The vault on the local file system: where segments, key files, policies and the log live.
+"""The vault: what is kept where, behind one object. No path or object name leaves this module.
 
-Layout of ``VAULT``::
+Objects, in an :class:`~keys.objects.ObjectStore` (for a local vault, files under ``VAULT``)::
 
     vault.json                 the anchor: format, version and the gateway's public signing key
     roster.json                a copy of the key directory's signed roster (who may sign the log)
-    audit.log                  the audit log (keys/audit.py)
     policies/<sha256>.json     every policy that sealed something, by digest of its canonical JSON
-    segments/<camera>/<n>.pgv  sealed records (keys/vault.py)
+    segments/<camera>/<n>.pgv  finished segments: sealed records (keys/vault.py)
     keys/<camera>/<n>.keys     their wrapped data keys: a separate tree, so it can live on
                                storage that is not backed up (crypto-shredding then reaches
                                backups too)
+
+On the node's own disk, in the *scratch* directory (for a local vault ``VAULT/segments``, so
+these sit exactly where they always have) and beside it::
+
+    <camera>/<n>.pgv.partial   the segment being sealed, appended record by record
+    <camera>/.lock             flock: one sealing process per camera
+    VAULT/audit.log            the audit log (keys/audit.py), append-only under its own flock
+
+A segment is an object only once it is finished: its partial is put whole, then removed.
+After a crash between the two the object is authoritative and the partial is discarded
+(:meth:`VaultStore.recover_partial`); a partial without its object is signed as recovered.
 
 The anchor is written when a gateway first seals into the vault; afterwards only that
 gateway's key may add to it. A reader given the key directory checks the anchor against it;
@@ -24,20 +34,42 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .audit import AuditLog
 from .directory import KeyDirectory
+from .durable import remove_durably
+from .errors import ObjectMissing, VaultError
 from .identity import PublicIdentity, canonical
-from .vault import VaultError, _write_durably, segment_name
+from .objects import LocalObjects, ObjectStore
+from .vault import (
+    Segment,
+    SegmentHeader,
+    SegmentWriter,
+    check_chain,
+    keys_name,
+    partial_name,
+    read_segment,
+    read_wraps,
+    recover_partial,
+    segment_name,
+)
+from .wrap import Grant, Wrap
+
+__all__ = ["GATEWAY_ACTOR", "VaultStore", "check_camera"]
 
 _FORMAT = "privacy-gateway-vault"
 _VERSION = 1
 GATEWAY_ACTOR = "gateway"
+_SEGMENT = re.compile(r"(\d{8})\.pgv")
+_PARTIAL = re.compile(r"(\d{8})\.pgv\.partial")
+_POLICY = re.compile(r"[0-9a-f]{64}")
 
 
 def check_camera(name: str) -> str:
@@ -47,112 +79,170 @@ def check_camera(name: str) -> str:
     return name
 
 
+def _is_camera(name: str) -> bool:
+    try:
+        check_camera(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _segments_of(camera: str) -> str:
+    return f"segments/{check_camera(camera)}/"
+
+
+def _keys_object(camera: str, number: int) -> str:
+    return f"keys/{check_camera(camera)}/{keys_name(number)}"
+
+
 class VaultStore:
-    def __init__(self, root: Path, gateway: Ed25519PublicKey, identities: list[PublicIdentity]) -> None:
-        self.root = Path(root)
+    """One vault: its objects, the node's scratch directory, the audit log and the anchor's key."""
+
+    def __init__(self, objects: ObjectStore, scratch: Path, audit: AuditLog, gateway: Ed25519PublicKey,
+                 identities: list[PublicIdentity]) -> None:
+        self._objects, self._scratch = objects, Path(scratch)
+        self.audit = audit
         self.gateway = gateway
         self.identities = identities
-        self.audit = AuditLog(self.root / "audit.log")
+
+    @property
+    def location(self) -> str:
+        """Where the vault's objects are (a directory, a bucket), for messages."""
+        return str(self._objects)
 
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the gateway's raw public key, first 16 hex digits: for out-of-band checks."""
-        return hashlib.sha256(_raw(self.gateway)).hexdigest()[:16]
+        return hashlib.sha256(self.gateway.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+
+    # --- opening ------------------------------------------------------------------------------
 
     @classmethod
     def for_sealing(cls, root: Path, directory: KeyDirectory) -> VaultStore:
-        """Open (or create) the vault for the gateway of ``directory``; refreshes the roster copy."""
+        """Open (or create) the local vault at ``root`` for the gateway of ``directory``; refreshes the roster copy."""
         root = Path(root)
-        anchor = root / "vault.json"
-        gateway_raw = directory.gateway_public
-        if not anchor.exists():
+        if not (root / "vault.json").exists():
             if root.exists() and not root.is_dir():
                 raise VaultError(f"{root}: not a directory")
             root.mkdir(parents=True, exist_ok=True)
             if any(p.name != "audit.log" for p in root.iterdir()):
                 raise VaultError(f"{root}: not empty and not a vault (no vault.json); refusing to use it")
-            document = {"format": _FORMAT, "version": _VERSION, "gateway": base64.b64encode(gateway_raw).decode()}
-            _write_durably(anchor, (json.dumps(document, indent=2) + "\n").encode())
-        store = cls.open(root, directory)
-        copy = root / "roster.json"
-        current = json.loads(copy.read_text()) if copy.exists() else None
-        if current is None or current["roster"]["serial"] < directory.serial:
-            _write_durably(copy, (directory.path / "roster.json").read_bytes())
-        return store
+        return cls.from_objects(LocalObjects(root), root / "segments", AuditLog(root / "audit.log"), directory,
+                                create=True)
 
     @classmethod
     def open(cls, root: Path, directory: KeyDirectory | None = None) -> VaultStore:
-        """Open an existing vault; with ``directory``, its gateway key must be the vault's."""
+        """Open the existing local vault at ``root``; with ``directory``, its gateway key must be the vault's."""
         root = Path(root)
+        return cls.from_objects(LocalObjects(root), root / "segments", AuditLog(root / "audit.log"), directory)
+
+    @classmethod
+    def from_objects(cls, objects: ObjectStore, scratch: Path, audit: AuditLog, directory: KeyDirectory | None = None,
+                     *, create: bool = False) -> VaultStore:
+        """The vault in ``objects``, sealing through ``scratch`` (a local directory) and logging to ``audit``.
+
+        ``create``: as :meth:`for_sealing` (``directory`` required): write the anchor into an
+        empty store, and refresh the roster copy. Otherwise as :meth:`open`.
+        """
+        if create:
+            if directory is None:
+                raise ValueError("sealing needs the key directory")
+            if not objects.exists("vault.json"):
+                # a local vault keeps audit.log beside its objects; anything else means not ours
+                if any(name != "audit.log" for name in objects.list()):
+                    raise VaultError(f"{objects}: not empty and not a vault (no vault.json); refusing to use it")
+                document = {"format": _FORMAT, "version": _VERSION,
+                            "gateway": base64.b64encode(directory.gateway_public).decode()}
+                objects.put("vault.json", (json.dumps(document, indent=2) + "\n").encode())
         try:
-            document = json.loads((root / "vault.json").read_text(encoding="ascii"))
+            document = json.loads(objects.get("vault.json").decode("ascii"))
             if document.get("format") != _FORMAT or document.get("version") != _VERSION:
                 raise ValueError
             gateway_raw = base64.b64decode(document["gateway"], validate=True)
             gateway = Ed25519PublicKey.from_public_bytes(gateway_raw)
-        except FileNotFoundError:
-            raise VaultError(f"{root}: not a vault (no vault.json)") from None
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise VaultError(f"{root}/vault.json: malformed") from None
+        except ObjectMissing:
+            raise VaultError(f"{objects}: not a vault (no vault.json)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise VaultError(f"{objects}/vault.json: malformed") from None
         if directory is not None:
             if directory.gateway_public != gateway_raw:
-                raise VaultError(f"{root}: sealed by another gateway key than the one in {directory.path}")
+                raise VaultError(f"{objects}: sealed by another gateway key than the one in {directory.path}")
             identities = directory.identities
         else:
-            identities = _roster_copy(root, gateway)
-        return cls(root, gateway, identities)
+            identities = _roster_copy(objects, gateway)
+        store = cls(objects, scratch, audit, gateway, identities)
+        if create:
+            assert directory is not None
+            try:
+                current = json.loads(objects.get("roster.json"))
+            except ObjectMissing:
+                current = None
+            if current is None or current["roster"]["serial"] < directory.serial:
+                objects.put("roster.json", directory.signed_roster())
+        return store
 
-    # --- where things are -----------------------------------------------------------------
+    # --- cameras and their segments -------------------------------------------------------------
 
     def cameras(self) -> list[str]:
-        base = self.root / "segments"
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        """Every camera with segments in the vault or a sealing directory on this node."""
+        names = {name.split("/")[1] for name in self._objects.list("segments/") if name.count("/") == 2}
+        if self._scratch.is_dir():
+            names |= {p.name for p in self._scratch.iterdir() if p.is_dir()}
+        return sorted(name for name in names if _is_camera(name))
 
-    def camera_dir(self, camera: str) -> Path:
-        return self.root / "segments" / check_camera(camera)
+    def _segment_files(self, camera: str) -> list[str]:
+        prefix = _segments_of(camera)
+        return [name[len(prefix):] for name in self._objects.list(prefix)
+                if name.endswith(".pgv") and "/" not in name[len(prefix):]]
 
-    def segment_path(self, camera: str, number: int) -> Path:
-        return self.camera_dir(camera) / segment_name(number)
+    def segment_numbers(self, camera: str) -> list[int]:
+        """The numbers of the camera's finished segments, ascending (not checked; see :meth:`verify_chain`)."""
+        return sorted(int(m[1]) for name in self._segment_files(camera) if (m := _SEGMENT.fullmatch(name)))
 
-    def keys_path(self, camera: str, number: int) -> Path:
-        return self.root / "keys" / check_camera(camera) / f"{number:08d}.keys"
-
-    # --- policies -----------------------------------------------------------------------
-
-    def store_policy(self, policy: dict) -> str:
-        """Keep the policy a segment was sealed under; returns the digest segments name."""
-        data = canonical(policy)
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.root / "policies" / f"{digest}.json"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_durably(path, data)
-        return digest
-
-    def load_policy(self, digest: str) -> dict:
-        path = self.root / "policies" / f"{digest}.json"
+    def _read(self, camera: str, name: str) -> Segment:
         try:
-            data = path.read_bytes()
-        except OSError:
-            raise VaultError(f"policy {digest[:16]}... is missing from {self.root}/policies") from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise VaultError(f"policies/{path.name}: altered (digest mismatch)")
-        return json.loads(data)
+            data = self._objects.get(_segments_of(camera) + name)
+        except ObjectMissing:
+            raise VaultError(f"{name}: cannot read (missing)") from None
+        except OSError as exc:
+            raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        return read_segment(data, name, self.gateway)
 
-    # --- who signs the log ------------------------------------------------------------------
+    def segment(self, camera: str, number: int) -> Segment:
+        """One finished segment, its signature and digest verified (not its place in the chain)."""
+        return self._read(camera, segment_name(number))
 
-    def key_of(self, actor: str) -> Ed25519PublicKey | None:
-        if actor == GATEWAY_ACTOR:
-            return self.gateway
-        for identity in self.identities:
-            if identity.name == actor:
-                return identity.signing_key()
-        return None
+    def verify_chain(self, camera: str) -> Iterator[Segment]:
+        """Every segment of the camera in order, checking the chain; raises :class:`VaultError` at the first break."""
+        camera = check_camera(camera)
+        yield from check_chain(camera, ((name, self._read(camera, name)) for name in self._segment_files(camera)))
+
+    # --- key files ------------------------------------------------------------------------------
+
+    def has_key_file(self, camera: str, number: int) -> bool:
+        return self._objects.exists(_keys_object(camera, number))
+
+    def wraps(self, camera: str, segment: Segment) -> dict[str, list[Wrap]]:
+        """The wraps of a segment's key file; raises :class:`VaultError` if shredded, altered or swapped."""
+        name = keys_name(segment.number)
+        try:
+            raw = self._objects.get(_keys_object(camera, segment.number))
+        except ObjectMissing:
+            raw = None
+        except OSError as exc:
+            raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        return read_wraps(raw, name, self.gateway, segment.keys_sha256)
+
+    def shred_key_file(self, camera: str, number: int) -> None:
+        """Delete a segment's key file, durably: nobody can unmask the segment afterwards."""
+        self._objects.delete(_keys_object(camera, number))
+
+    # --- sealing: the node-local side -----------------------------------------------------------
 
     @contextlib.contextmanager
     def camera_lock(self, camera: str) -> Iterator[None]:
         """Exclusive right to append to a camera's chain (one sealing process per camera)."""
-        directory = self.camera_dir(camera)
+        directory = self._scratch / check_camera(camera)
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
@@ -164,21 +254,94 @@ class VaultStore:
         finally:
             os.close(fd)
 
+    def _partial(self, camera: str, number: int) -> Path:
+        return self._scratch / check_camera(camera) / partial_name(number)
 
-def _raw(key: Ed25519PublicKey) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    def _publish(self, camera: str, number: int, partial: Path) -> None:
+        """Keep a finished partial as the segment's object, then remove it (see the module docstring)."""
+        self._objects.put_file(_segments_of(camera) + segment_name(number), partial)
+        remove_durably(partial)
 
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    def open_segment(self, header: SegmentHeader, grants: dict[str, Grant], identities: list[PublicIdentity],
+                     signer: Ed25519PrivateKey) -> SegmentWriter:
+        """A writer for the next segment of ``header.camera`` (hold :meth:`camera_lock`); its key file is kept first."""
+        camera, number = check_camera(header.camera), header.segment
+        return SegmentWriter(
+            self._partial(camera, number), header, grants, identities, signer,
+            save_keys=lambda document: self._objects.put(_keys_object(camera, number), document),
+            publish=lambda partial: self._publish(camera, number, partial))
+
+    def partial_segments(self, camera: str) -> list[int]:
+        """Numbers of the segments left unfinished on this node (by a crash), ascending."""
+        directory = self._scratch / check_camera(camera)
+        if not directory.is_dir():
+            return []
+        return sorted(int(m[1]) for p in directory.iterdir() if (m := _PARTIAL.fullmatch(p.name)))
+
+    def recover_partial(self, camera: str, number: int, signer: Ed25519PrivateKey) -> int | None:
+        """Finish an unfinished segment (hold :meth:`camera_lock`): the records kept, or None for a stale partial.
+
+        A partial whose segment object exists is what a crash between keeping a finished segment
+        and removing its partial leaves: the object is authoritative, the partial is removed.
+        """
+        partial = self._partial(camera, number)
+        if self._objects.exists(_segments_of(camera) + segment_name(number)):
+            remove_durably(partial, missing_ok=True)
+            return None
+        try:
+            keys = self._objects.get(_keys_object(camera, number))
+        except ObjectMissing:
+            keys = None
+        kept = recover_partial(partial, keys, signer)
+        self._publish(camera, number, partial)
+        return kept
+
+    # --- policies -------------------------------------------------------------------------------
+
+    def store_policy(self, policy: dict) -> str:
+        """Keep the policy a segment was sealed under; returns the version (digest) segments name."""
+        data = canonical(policy)
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"policies/{digest}.json"
+        if not self._objects.exists(name):
+            self._objects.put(name, data)
+        return digest
+
+    def load_policy(self, version: str) -> dict:
+        missing = VaultError(f"policy {version[:16]}... is missing from {self.location}/policies")
+        if not _POLICY.fullmatch(version):
+            raise missing
+        try:
+            data = self._objects.get(f"policies/{version}.json")
+        except (ObjectMissing, OSError):
+            raise missing from None
+        if hashlib.sha256(data).hexdigest() != version:
+            raise VaultError(f"policies/{version}.json: altered (digest mismatch)")
+        return json.loads(data)
+
+    def policy_versions(self) -> list[str]:
+        """Every stored policy's version, sorted."""
+        names = (name.removeprefix("policies/").removesuffix(".json") for name in self._objects.list("policies/"))
+        return sorted(name for name in names if _POLICY.fullmatch(name))
+
+    # --- who signs the log ----------------------------------------------------------------------
+
+    def key_of(self, actor: str) -> Ed25519PublicKey | None:
+        if actor == GATEWAY_ACTOR:
+            return self.gateway
+        for identity in self.identities:
+            if identity.name == actor:
+                return identity.signing_key()
+        return None
 
 
-def _roster_copy(root: Path, gateway: Ed25519PublicKey) -> list[PublicIdentity]:
-    path = root / "roster.json"
+def _roster_copy(objects: ObjectStore, gateway: Ed25519PublicKey) -> list[PublicIdentity]:
     try:
-        document = json.loads(path.read_text(encoding="ascii"))
+        document = json.loads(objects.get("roster.json").decode("ascii"))
         roster = document["roster"]
         gateway.verify(base64.b64decode(document["signature"], validate=True), canonical(roster))
         return [PublicIdentity.from_json(item) for item in roster["identities"]]
-    except FileNotFoundError:
+    except ObjectMissing:
         return []
     except (InvalidSignature, OSError, ValueError, KeyError, TypeError):
-        raise VaultError(f"{path}: fails its signature check (edited?)") from None
+        raise VaultError(f"{objects}/roster.json: fails its signature check (edited?)") from None

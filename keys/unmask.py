@@ -12,27 +12,25 @@ The steps, in this order, and nothing is decrypted before the fourth:
 
 A restored region never reveals a region that was not selected: where a selected box
 overlaps an unselected one, the overlap stays as redacted.
+
+:func:`recording_tracks` is the look before an unmask (``vault tracks``): which tracks a
+recording sealed, when and where they first appear, from the record headers alone.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-from .audit import AuditError, verify
+from .errors import AuditError, RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
-from .record import Record, RecordError, open_record, track_key
+from .record import Record, open_record, track_key
 from .seal import VaultRef
 from .store import VaultStore
-from .vault import Segment, VaultError, key_context, read_wraps, segment_name, verify_camera
-from .wrap import UnwrapError, Wrap, unwrap_key
-
-
-class UnmaskError(Exception):
-    """An unmask that is refused or cannot be completed; the message is safe to show."""
+from .vault import Segment, key_context, segment_name
+from .wrap import Wrap, unwrap_key
 
 
 @dataclass(frozen=True)
@@ -110,19 +108,19 @@ class Unmask:
                 raise UnmaskError(f"identity {holder.public.name!r} is not in this vault's key directory")
 
     def _verified_log(self) -> list[dict]:
-        path = self.store.audit.path
-        if not path.exists():
+        audit = self.store.audit
+        if not audit.exists():
             return []
         try:
-            verify(path, self.store.key_of)
+            audit.verify(self.store.key_of)
+            return audit.entries()
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
-        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
     def _segments(self, log: list[dict]) -> list[Segment]:
         camera = self.ref.camera
         try:
-            chain = list(verify_camera(self.store.camera_dir(camera), self.store.gateway))
+            chain = list(self.store.verify_chain(camera))
         except VaultError as exc:
             raise UnmaskError(f"vault camera {camera!r}: {exc}") from None
         segments = [s for s in chain if s.header.recording == self.ref.recording]
@@ -134,18 +132,17 @@ class Unmask:
                 raise UnmaskError(f"vault camera {camera!r}: segment {segment_name(missing[0])} of this recording is missing")
         if not segments:
             raise UnmaskError(f"no sealed records for this file (camera {camera!r}, recording {self.ref.recording}) "
-                              f"in {self.store.root}")
+                              f"in {self.store.location}")
         return segments
 
     def _read_wraps(self, segment: Segment, log: list[dict]) -> dict[str, list[Wrap]]:
-        path = self.store.keys_path(self.ref.camera, segment.number)
-        if not path.exists():
+        if not self.store.has_key_file(self.ref.camera, segment.number):
             for entry in log:
                 if entry["action"] == "shred" and [self.ref.camera, segment.number] in entry["details"].get("segments", []):
                     raise UnmaskError(f"segment {segment_name(segment.number)} of camera {self.ref.camera!r} was "
                                       f"crypto-shredded (audit entry {entry['seq']}); nobody can unmask it")
         try:
-            return read_wraps(path, self.store.gateway, segment.keys_sha256)
+            return self.store.wraps(self.ref.camera, segment)
         except VaultError as exc:
             raise UnmaskError(f"vault camera {self.ref.camera!r}: {exc}") from None
 
@@ -221,6 +218,40 @@ class Unmask:
             return open_record(key, record)
         except RecordError:
             raise UnmaskError("a sealed record does not open (vault damaged?)") from None
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One sealed track of a recording, from its record headers (nothing is decrypted)."""
+
+    cls: str
+    track: int
+    frames: int  # records of the track (one per frame it was redacted in)
+    first_s: float  # media time in the redacted output of its first and last record
+    last_s: float
+    box: tuple[int, int, int, int]  # x, y, w, h of its first record
+
+
+def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
+    """The tracks sealed for the recording ``ref`` names, ordered by first appearance, then class and id.
+
+    Each segment's signature and digest are checked as it is read; the chain is not (that is
+    :func:`keys.verify_vault`'s and :class:`Unmask`'s job).
+    """
+    tracks: dict[tuple[str, int], list] = {}
+    for number in store.segment_numbers(ref.camera):
+        segment = store.segment(ref.camera, number)
+        if segment.header.recording != ref.recording:
+            continue
+        for record in segment.records:
+            h = record.header
+            t = (h.pts_us - ref.first_pts_us) / 1e6
+            item = tracks.setdefault((h.cls, h.track), [0, t, t, h.box])
+            item[0] += 1
+            item[2] = t
+    ordered = sorted(tracks.items(), key=lambda kv: (kv[1][1], kv[0]))
+    return [TrackSummary(cls, track, frames, first, last, tuple(box))
+            for (cls, track), (frames, first, last, box) in ordered]
 
 
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:

@@ -1,6 +1,6 @@
 """Vault segments: the sealed region records of one camera and time span, signed and chained.
 
-Two files per segment (paths chosen by :mod:`keys.store`)::
+Two objects per segment (named, and kept, by :mod:`keys.store`)::
 
     <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header, the records, then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
@@ -13,9 +13,12 @@ Two files per segment (paths chosen by :mod:`keys.store`)::
 
 The header names the previous segment's digest, so per camera the segments form a hash
 chain: a deleted, reordered, truncated or altered segment or record is detected by
-:func:`verify_camera`, which names the first broken segment.
-"""
+:func:`check_chain`, which names the first broken segment.
 
+Nothing here knows where segments are kept: :class:`SegmentWriter` appends to a local
+``<n>.pgv.partial`` file and hands the key file and, on close, the finished partial to the
+store's callbacks; :func:`read_segment` and :func:`read_wraps` are functions of bytes.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -23,7 +26,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +34,10 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .durable import make_dirs
+from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
-from .record import Header, Record, RecordError, seal, track_key
+from .record import Header, Record, seal, track_key
 from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
@@ -40,9 +45,8 @@ TRAILER_MAGIC = b"PGVT"
 VERSION = 1
 GENESIS = "0" * 64
 
-
-class VaultError(Exception):
-    """A segment or key file that is missing, malformed, or fails its checks."""
+__all__ = ["GENESIS", "Segment", "SegmentHeader", "SegmentWriter", "check_chain", "key_context", "keys_name",
+           "partial_name", "read_segment", "read_wraps", "recover_partial", "segment_name", "utc_now"]
 
 
 def utc_now() -> str:
@@ -83,20 +87,25 @@ class SegmentWriter:
 
     Holds only public keys and the gateway's signing key: it can seal, never unseal. Each
     class gets its own random data key, wrapped to that class's grant only. The key file is
-    written when the segment opens, so the records of a segment cut short by a crash can
-    still be unmasked once :func:`recover_partial` has signed what reached the disk.
+    handed to ``save_keys`` (which must make it durable) before the first record, so the
+    records of a segment cut short by a crash can still be unmasked once :func:`recover_partial`
+    has signed what reached the disk. Records go to ``partial``, a new local file; on
+    :meth:`close` the finished file is handed to ``publish``, which keeps it and removes it.
+    Made by :meth:`keys.store.VaultStore.open_segment`, which supplies the three.
     """
 
     def __init__(
         self,
-        segment_path: Path,
-        keys_path: Path,
+        partial: Path,
         header: SegmentHeader,
         grants: dict[str, Grant],
         identities: list[PublicIdentity],
         signer: Ed25519PrivateKey,
+        *,
+        save_keys: Callable[[bytes], None],
+        publish: Callable[[Path], None],
     ) -> None:
-        self.header, self.path, self.keys_path = header, Path(segment_path), Path(keys_path)
+        self.header, self._partial, self._publish = header, Path(partial), publish
         self._signer = signer
         camera, number = header.camera, header.segment
         self._data_keys = {cls: os.urandom(32) for cls in grants}
@@ -108,11 +117,9 @@ class SegmentWriter:
         keys = canonical({"v": VERSION, "camera": camera, "segment": number, "wraps": wraps})
         keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
-        for path in (self.path, self.keys_path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(self.keys_path, keys_doc)
-        self._tmp = partial_path(self.path)
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 (closed in close())
+        save_keys(keys_doc)
+        make_dirs(self._partial.parent)
+        self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
         self._hash = hashlib.sha256()
         self._count = 0
         head = canonical(header.to_json())
@@ -143,12 +150,11 @@ class SegmentWriter:
         self._track_keys.clear()
         self._file.flush()
         digest = _finish(self._file, self._hash, self._count, self._keys_sha256, ended or utc_now(), self._signer)
-        os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        self._publish(self._partial)
         return digest
 
     def abort(self) -> None:
-        """Stop without a trailer (the ``.partial`` file stays, for :func:`recover_partial`)."""
+        """Stop without a trailer (the partial file stays, for :func:`recover_partial`)."""
         self._data_keys.clear()
         self._track_keys.clear()
         self._file.close()
@@ -167,34 +173,25 @@ def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: E
     return hashlib.sha256(summary).hexdigest()
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def segment_name(number: int) -> str:
+    return f"{number:08d}.pgv"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def keys_name(number: int) -> str:
+    return f"{number:08d}.keys"
 
 
-def partial_path(path: Path) -> Path:
-    return Path(path).with_suffix(".pgv.partial")
+def partial_name(number: int) -> str:
+    return f"{number:08d}.pgv.partial"
 
 
-def recover_partial(partial: Path, keys_path: Path, signer: Ed25519PrivateKey) -> tuple[Path, int]:
-    """Finish a segment left as ``.partial`` by a crash: keep its whole records, sign them.
+def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey) -> int:
+    """Finish, in place, a segment a crash left as ``partial``: keep its whole records, sign them.
 
     A record cut short at the end is dropped; every complete record is kept, the trailer
-    says ``"recovered": true`` and its end time is the file's last modification. Returns the
-    finished segment's path and the number of records kept.
+    says ``"recovered": true`` and its end time is the file's last modification.
+    ``keys_document`` is the segment's key file (None if it is missing: nothing can be
+    recovered). Returns the number of records kept; the caller then keeps the file.
     """
     partial = Path(partial)
     name = partial.name
@@ -213,20 +210,17 @@ def recover_partial(partial: Path, keys_path: Path, signer: Ed25519PrivateKey) -
         except RecordError:
             break
         at, count = at + used, count + 1
-    try:
-        keys_sha256 = hashlib.sha256(Path(keys_path).read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise VaultError(f"{name}: its key file {Path(keys_path).name} is missing; cannot recover") from None
+    if keys_document is None:
+        keys_file = name.removesuffix(".pgv.partial") + ".keys"
+        raise VaultError(f"{name}: its key file {keys_file} is missing; cannot recover")
+    keys_sha256 = hashlib.sha256(keys_document).hexdigest()
     ended = dt.datetime.fromtimestamp(partial.stat().st_mtime, dt.UTC).isoformat(timespec="microseconds")
     body = hashlib.sha256(data[:at])
     with open(partial, "r+b") as file:
         file.truncate(at)
         file.seek(at)
         _finish(file, body, count, keys_sha256, ended, signer, recovered=True)
-    final = partial.with_name(partial.name.removesuffix(".partial"))
-    os.replace(partial, final)
-    _fsync_dir(final.parent)
-    return final, count
+    return count
 
 
 @dataclass(frozen=True)
@@ -243,13 +237,8 @@ class Segment:
         return self.header.segment
 
 
-def read_segment(path: Path, gateway: Ed25519PublicKey) -> Segment:
-    """Parse and verify one segment file (signature, body digest, record count)."""
-    name = Path(path).name
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
+def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
+    """Parse and verify one segment's bytes (signature, body digest, record count); ``name`` is for messages."""
     if data[:4] != SEGMENT_MAGIC:
         raise VaultError(f"{name}: not a vault segment")
     try:  # the trailer first: nothing else is parsed before the signature and digest check out
@@ -290,13 +279,10 @@ def read_segment(path: Path, gateway: Ed25519PublicKey) -> Segment:
                    bool(summary.get("recovered")), records)
 
 
-def read_wraps(path: Path, gateway: Ed25519PublicKey, expected_sha256: str) -> dict[str, list[Wrap]]:
-    """The wraps of a segment's key file; raises if shredded (missing), altered or swapped."""
-    name = Path(path).name
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise VaultError(f"{name}: no key file (shredded?)") from None
+def read_wraps(raw: bytes | None, name: str, gateway: Ed25519PublicKey, expected_sha256: str) -> dict[str, list[Wrap]]:
+    """The wraps of a segment's key file (``raw``, None if there is none); raises if shredded, altered or swapped."""
+    if raw is None:
+        raise VaultError(f"{name}: no key file (shredded?)")
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise VaultError(f"{name}: key file does not belong to its segment")
     try:
@@ -307,20 +293,18 @@ def read_wraps(path: Path, gateway: Ed25519PublicKey, expected_sha256: str) -> d
         raise VaultError(f"{name}: key file signature does not verify") from None
 
 
-def segment_name(number: int) -> str:
-    return f"{number:08d}.pgv"
+def check_chain(camera: str, segments: Iterable[tuple[str, Segment]]) -> Iterator[Segment]:
+    """A camera's segments, as ``(name, segment)`` in name order, checked as a chain; raises at the first break.
 
-
-def verify_camera(directory: Path, gateway: Ed25519PublicKey) -> Iterator[Segment]:
-    """Every segment in a camera's directory in order, checking the chain; raises at the first break."""
+    Read the segments lazily (a generator): the first unreadable one raises where it stands.
+    """
     previous = GENESIS
-    for expected, path in enumerate(sorted(Path(directory).glob("*.pgv")), start=1):
-        segment = read_segment(path, gateway)
-        if segment.number != expected or path.name != segment_name(segment.number):
-            raise VaultError(f"{path.name}: out of sequence (expected segment {expected}; one deleted or renamed?)")
+    for expected, (name, segment) in enumerate(segments, start=1):
+        if segment.number != expected or name != segment_name(segment.number):
+            raise VaultError(f"{name}: out of sequence (expected segment {expected}; one deleted or renamed?)")
         if segment.header.previous != previous:
-            raise VaultError(f"{path.name}: hash chain broken (previous segment deleted, replaced or reordered)")
-        if segment.header.camera != Path(directory).name:
-            raise VaultError(f"{path.name}: belongs to camera {segment.header.camera!r}, not {Path(directory).name!r}")
+            raise VaultError(f"{name}: hash chain broken (previous segment deleted, replaced or reordered)")
+        if segment.header.camera != camera:
+            raise VaultError(f"{name}: belongs to camera {segment.header.camera!r}, not {camera!r}")
         previous = segment.digest
         yield segment

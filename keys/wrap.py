@@ -26,15 +26,12 @@ from math import comb
 
 from cryptography.exceptions import InvalidTag
 
+from .errors import UnwrapError
 from .identity import SUITE_X25519, PrivateIdentity, PublicIdentity, canonical
 
 SUITE = SUITE_X25519  # classic identities' suite; see PublicIdentity.hpke_recipient for the choice
 MAX_SUBSETS = 256  # C(n, k) wraps per data key; e.g. 2 of 23, 3 of 12
 _LABEL = b"privacy-gateway wrap v1\x00"
-
-
-class UnwrapError(Exception):
-    """Not a recipient, quorum incomplete, wrong key or damaged wrap: deliberately the same."""
 
 
 @dataclass(frozen=True)

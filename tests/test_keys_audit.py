@@ -5,7 +5,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.audit import AuditError, AuditLog, verify
+from keys.audit import AuditError, AuditLog
 from keys.identity import canonical
 
 IVAN, OLGA = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
@@ -30,7 +30,7 @@ def write(path, entries):
 
 
 def test_appends_chain_and_verify(log):
-    assert verify(log, KEYS.get) == 3
+    assert AuditLog(log).verify(KEYS.get) == 3
     assert [json.loads(line)["seq"] for line in lines(log)] == [1, 2, 3]
 
 
@@ -48,7 +48,7 @@ def test_concurrent_writers_keep_one_chain(tmp_path):
     for worker in [*threads, *processes]:
         worker.join(60)
     assert [p.exitcode for p in processes] == [0, 0]
-    assert verify(path, lambda actor: OLGA.public_key()) == 6 * 25
+    assert AuditLog(path).verify(lambda actor: OLGA.public_key()) == 6 * 25
 
 
 def _append_many(path, key, who):
@@ -62,17 +62,17 @@ def test_edited_entry_named(log):
     entries[1] = entries[1].replace(b'"tracks":[3]', b'"tracks":[5]')
     write(log, entries)
     with pytest.raises(AuditError, match="entry 2 .*signature does not verify"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
 
 
 def test_deleted_and_reordered_entries_named(log):
     entries = lines(log)
     write(log, [entries[0], entries[2]])
     with pytest.raises(AuditError, match="entry 2 .*out of order"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
     write(log, [entries[0], entries[2], entries[1]])
     with pytest.raises(AuditError, match="entry 2 .*out of order"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
 
 
 def test_re_signed_by_another_actor_and_truncation(log):
@@ -82,21 +82,99 @@ def test_re_signed_by_another_actor_and_truncation(log):
     entries[2] = canonical({**body, "signature": IVAN.sign(canonical(body)).hex()})
     write(log, entries)
     with pytest.raises(AuditError, match="entry 3 .*signature does not verify"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
     log.write_bytes(log.read_bytes()[:-10])
     with pytest.raises(AuditError, match="truncated"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
 
 
 def test_unknown_actor_and_dropped_first_entry(log):
     with pytest.raises(AuditError, match="entry 1 .*unknown actor 'olga'"):
-        verify(log, {"ivan": KEYS["ivan"]}.get)
+        AuditLog(log).verify({"ivan": KEYS["ivan"]}.get)
     write(log, lines(log)[1:])
     with pytest.raises(AuditError, match="entry 1 .*out of order"):
-        verify(log, KEYS.get)
+        AuditLog(log).verify(KEYS.get)
 
 
 def test_log_that_is_a_directory_refuses(tmp_path):
     (tmp_path / "audit.log").mkdir()
     with pytest.raises(AuditError, match="cannot write the audit log"):
         AuditLog(tmp_path / "audit.log").append("ivan", IVAN, "unmask", {})
+
+
+def _signed_lines(count, signer=OLGA, actor="olga"):
+    """``count`` valid entries as the log holds them, without fsyncing each one."""
+    import hashlib
+
+    prev, out = "0" * 64, []
+    for seq in range(1, count + 1):
+        body = {"seq": seq, "time": "2026-11-22T00:00:00+00:00", "actor": actor, "action": "note",
+                "details": {"n": seq}, "prev": prev}
+        line = canonical({**body, "signature": signer.sign(canonical(body)).hex()})
+        out.append(line)
+        prev = hashlib.sha256(line).hexdigest()
+    return out
+
+
+def test_append_reads_only_the_tail_of_a_long_log(tmp_path, monkeypatch):
+    """Appending to a 10,000-entry log reads a few KB (backwards from the end), not the log."""
+    import os
+
+    import keys.audit as audit_module
+
+    path = tmp_path / "audit.log"
+    write(path, _signed_lines(10_000))
+    assert path.stat().st_size > 2_000_000
+
+    class CountingOs:  # os, except that pread counts what it returns and read refuses
+        bytes_read = 0
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def pread(self, fd, n, offset):
+            data = os.pread(fd, n, offset)
+            CountingOs.bytes_read += len(data)
+            return data
+
+        def read(self, *args):
+            raise AssertionError("os.read: reading the log from the start?")
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the log was opened with open(): read whole?")
+
+    monkeypatch.setattr(audit_module, "open", no_open, raising=False)
+    monkeypatch.setattr(audit_module, "os", CountingOs())
+    monkeypatch.setattr(audit_module.Path, "read_bytes", lambda self: no_open())
+    entry = AuditLog(path).append("olga", OLGA, "note", {"n": 10_001})
+    assert entry["seq"] == 10_001
+    assert 0 < CountingOs.bytes_read <= 8192
+    monkeypatch.undo()
+    assert AuditLog(path).verify(lambda actor: OLGA.public_key()) == 10_001
+
+
+def test_append_after_a_torn_or_edited_tail_still_counts_every_line(tmp_path):
+    """A tail that is not a whole entry: the next entry takes the place after every line, as before."""
+    path = tmp_path / "audit.log"
+    entries = _signed_lines(3)
+    path.write_bytes(b"".join(e + b"\n" for e in entries) + entries[0][:40])  # a torn write
+    assert AuditLog(path).append("olga", OLGA, "note", {})["seq"] == 5
+    path.write_bytes(b"".join(e + b"\n" for e in entries[:2]) + b"not json\n")
+    assert AuditLog(path).append("olga", OLGA, "note", {})["seq"] == 4
+    path.write_bytes(b"".join(e + b"\n" for e in entries) + b"\n")  # a blank last line
+    assert AuditLog(path).append("olga", OLGA, "note", {})["seq"] == 4
+    with pytest.raises(AuditError, match="entry 4 .*malformed"):  # the damage itself is verify's to name
+        AuditLog(path).verify(KEYS.get)
+
+
+def test_entries_is_the_one_reader(log, tmp_path):
+    audit = AuditLog(log)
+    assert [e["seq"] for e in audit.entries()] == [1, 2, 3]
+    assert audit.entries()[1]["details"]["tracks"] == [3]
+    assert audit.exists() and not AuditLog(tmp_path / "none.log").exists()
+    assert AuditLog(tmp_path / "none.log").entries() == []
+    with pytest.raises(AuditError, match="cannot read the audit log"):
+        AuditLog(tmp_path / "none.log").verify(KEYS.get)
+    write(log, [*lines(log), b"", b"[1, 2]", b"\xff{"])
+    assert [e.get("seq") for e in audit.entries()] == [1, 2, 3, None, None]
+    assert audit.entries()[3:] == [{"malformed": "[1, 2]"}, {"malformed": "\ufffd{"}]

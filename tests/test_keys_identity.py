@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from gateway.cli import main
 from keys.directory import DirectoryError, KeyDirectory
 from keys.identity import (
     SUITE_MLKEM768_X25519,
@@ -140,6 +139,8 @@ def test_directory_refuses_to_overwrite_and_duplicate(tmp_path):
 
 
 def test_cli_init_and_add_identity(tmp_path, capsys, monkeypatch):
+    from gateway.cli import main  # imported here: the other tests need keys alone
+
     keys = tmp_path / "keys"
     assert main(["keys", "init", str(keys)]) == 0
     monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "s3cret pass")

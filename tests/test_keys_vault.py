@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from keys.audit import AuditLog
 from keys.identity import PrivateIdentity
+from keys.objects import LocalObjects
 from keys.record import open_record, track_key
-from keys.vault import (
-    SegmentHeader,
-    SegmentWriter,
-    VaultError,
-    key_context,
-    partial_path,
-    read_segment,
-    read_wraps,
-    recover_partial,
-    verify_camera,
-)
+from keys.store import VaultStore
+from keys.vault import SegmentHeader, VaultError, key_context, read_segment
 from keys.wrap import Grant, UnwrapError, unwrap_key
 
 GRANTS = {"face": Grant(("investigator",)), "plate": Grant(("privacy-officer",), quorum=2)}
@@ -34,34 +27,40 @@ def header(number: int, previous: str = "0" * 64) -> SegmentHeader:
     return SegmentHeader("lobby", number, 1, "ab" * 32, "rec-1", "2026-11-22T00:00:00+00:00", previous)
 
 
-def writer(root, number, people, signer, previous="0" * 64) -> SegmentWriter:
-    return SegmentWriter(root / "lobby" / f"{number:08d}.pgv", root / "keys" / f"{number:08d}.keys",
-                         header(number, previous), GRANTS, [p.public for p in people], signer)
+def store_at(root, gateway, people=()) -> VaultStore:
+    """A local vault's store without its anchor: this file tests segments, not vault.json."""
+    return VaultStore(LocalObjects(root), root / "segments", AuditLog(root / "audit.log"), gateway,
+                      [p.public for p in people])
+
+
+def writer(store, number, people, signer, previous="0" * 64):
+    return store.open_segment(header(number, previous), GRANTS, [p.public for p in people], signer)
 
 
 @pytest.fixture()
 def vault(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
     rng = np.random.default_rng(1)
     crops = {}
     previous = "0" * 64
     for number in (1, 2, 3):
-        writer_ = writer(tmp_path, number, people, signer, previous)
+        writer_ = writer(store, number, people, signer, previous)
         for frame in range(4):
             for track, cls in ((1, "face"), (2, "face"), (3, "plate")):
                 pixels = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
                 crops[(number, frame, track)] = pixels
                 writer_.add(frame, frame * 40_000, track, cls, (10 * track, 5, 5, 6), pixels)
         previous = writer_.close()
-    return tmp_path, signer.public_key(), crops
+    return store, tmp_path, crops
 
 
 def test_segments_verify_and_restore_exactly(vault, people):
-    root, gateway, crops = vault
-    chain = list(verify_camera(root / "lobby", gateway))
+    store, root, crops = vault
+    chain = list(store.verify_chain("lobby"))
     assert [s.number for s in chain] == [1, 2, 3]
     segment = chain[1]
-    wraps = read_wraps(root / "keys" / "00000002.keys", gateway, segment.keys_sha256)
+    wraps = store.wraps("lobby", segment)
     data_key = unwrap_key(wraps["face"], [people[0]], key_context("lobby", 2, "face"))
     key = track_key(data_key, "lobby", 2, 1)
     for record in segment.records:
@@ -78,73 +77,125 @@ def test_segments_verify_and_restore_exactly(vault, people):
 
 
 def test_altered_byte_detected(vault):
-    root, gateway, _ = vault
-    path = root / "lobby" / "00000002.pgv"
+    store, root, _ = vault
+    path = root / "segments" / "lobby" / "00000002.pgv"
     data = bytearray(path.read_bytes())
     data[200] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(VaultError, match="00000002.pgv: contents altered"):
-        list(verify_camera(root / "lobby", gateway))
+        list(store.verify_chain("lobby"))
 
 
 def test_truncated_segment_detected(vault):
-    root, gateway, _ = vault
-    path = root / "lobby" / "00000003.pgv"
+    store, root, _ = vault
+    path = root / "segments" / "lobby" / "00000003.pgv"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(VaultError, match="00000003.pgv: (truncated|malformed|signature)"):
-        list(verify_camera(root / "lobby", gateway))
+        list(store.verify_chain("lobby"))
 
 
 def test_deleted_segment_detected(vault):
-    root, gateway, _ = vault
-    (root / "lobby" / "00000002.pgv").unlink()
+    store, root, _ = vault
+    (root / "segments" / "lobby" / "00000002.pgv").unlink()
     with pytest.raises(VaultError, match="00000003.pgv: out of sequence"):
-        list(verify_camera(root / "lobby", gateway))
+        list(store.verify_chain("lobby"))
 
 
 def test_swapped_segments_detected(vault):
-    root, gateway, _ = vault
-    a, b = root / "lobby" / "00000001.pgv", root / "lobby" / "00000002.pgv"
+    store, root, _ = vault
+    a, b = root / "segments" / "lobby" / "00000001.pgv", root / "segments" / "lobby" / "00000002.pgv"
     shutil.move(a, root / "x")
     shutil.move(b, a)
     shutil.move(root / "x", b)
     with pytest.raises(VaultError, match="00000001.pgv: out of sequence"):
-        list(verify_camera(root / "lobby", gateway))
+        list(store.verify_chain("lobby"))
 
 
 def test_signed_by_another_gateway_detected(vault):
-    root, _, _ = vault
+    _, root, _ = vault
     with pytest.raises(VaultError, match="00000001.pgv: signature does not verify"):
-        list(verify_camera(root / "lobby", Ed25519PrivateKey.generate().public_key()))
+        list(store_at(root, Ed25519PrivateKey.generate().public_key()).verify_chain("lobby"))
 
 
 def test_key_file_shredded_or_swapped(vault):
-    root, gateway, _ = vault
-    segment = read_segment(root / "lobby" / "00000001.pgv", gateway)
-    shutil.copy(root / "keys" / "00000002.keys", root / "keys" / "00000001.keys")
+    store, root, _ = vault
+    segment = store.segment("lobby", 1)
+    shutil.copy(root / "keys" / "lobby" / "00000002.keys", root / "keys" / "lobby" / "00000001.keys")
     with pytest.raises(VaultError, match="does not belong to its segment"):
-        read_wraps(root / "keys" / "00000001.keys", gateway, segment.keys_sha256)
-    (root / "keys" / "00000001.keys").unlink()
+        store.wraps("lobby", segment)
+    (root / "keys" / "lobby" / "00000001.keys").unlink()
+    assert not store.has_key_file("lobby", 1) and store.has_key_file("lobby", 2)
     with pytest.raises(VaultError, match="no key file"):
-        read_wraps(root / "keys" / "00000001.keys", gateway, segment.keys_sha256)
+        store.wraps("lobby", segment)
     # the segment itself still verifies after its keys are gone
-    assert [s.number for s in verify_camera(root / "lobby", gateway)] == [1, 2, 3]
+    assert [s.number for s in store.verify_chain("lobby")] == [1, 2, 3]
 
 
 def test_crashed_segment_is_recovered_with_its_whole_records(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
-    first = writer(tmp_path, 1, people, signer)
+    store = store_at(tmp_path, signer.public_key(), people)
+    first = writer(store, 1, people, signer)
     pixels = np.arange(90, dtype=np.uint8).reshape(6, 5, 3)
     for frame in range(3):
         first.add(frame, frame * 40_000, 1, "face", (0, 0, 5, 6), pixels)
     first.abort()  # the process died: no trailer, a half-written record at the end
-    partial = partial_path(tmp_path / "lobby" / "00000001.pgv")
+    partial = tmp_path / "segments" / "lobby" / "00000001.pgv.partial"  # where it always was
+    assert store.partial_segments("lobby") == [1] and store.segment_numbers("lobby") == []
     with open(partial, "ab") as tail:
         tail.write(b"PGR1\x00\x00\x01")
-    final, kept = recover_partial(partial, tmp_path / "keys" / "00000001.keys", signer)
-    assert kept == 3 and not partial.exists()
-    (segment,) = verify_camera(tmp_path / "lobby", signer.public_key())
+    kept = store.recover_partial("lobby", 1, signer)
+    assert kept == 3 and not partial.exists() and store.partial_segments("lobby") == []
+    (segment,) = store.verify_chain("lobby")
     assert segment.recovered and len(segment.records) == 3
-    wraps = read_wraps(tmp_path / "keys" / "00000001.keys", signer.public_key(), segment.keys_sha256)
+    wraps = store.wraps("lobby", segment)
     key = track_key(unwrap_key(wraps["face"], [people[0]], key_context("lobby", 1, "face")), "lobby", 1, 1)
     assert all(np.array_equal(open_record(key, r), pixels) for r in segment.records)
+
+
+def test_finished_object_wins_over_a_stale_partial(tmp_path, people):
+    """A crash after the finished segment was kept but before its partial was removed."""
+    signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
+    first = writer(store, 1, people, signer)
+    first.add(0, 0, 1, "face", (0, 0, 5, 6), np.zeros((6, 5, 3), dtype=np.uint8))
+    first.close("2026-11-22T00:00:10+00:00")
+    finished = tmp_path / "segments" / "lobby" / "00000001.pgv"
+    partial = tmp_path / "segments" / "lobby" / "00000001.pgv.partial"
+    assert finished.exists() and not partial.exists()
+    kept = finished.read_bytes()
+    partial.write_bytes(kept[: len(kept) // 2])  # the stale partial, as the crash left it (any state)
+    assert store.partial_segments("lobby") == [1]
+    assert store.recover_partial("lobby", 1, signer) is None  # nothing recovered, nothing to log
+    assert not partial.exists() and finished.read_bytes() == kept
+    (segment,) = store.verify_chain("lobby")
+    assert not segment.recovered and segment.ended == "2026-11-22T00:00:10+00:00"
+
+
+def test_partial_without_its_key_file_is_not_recovered(tmp_path, people):
+    signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
+    writer(store, 1, people, signer).abort()
+    (tmp_path / "keys" / "lobby" / "00000001.keys").unlink()
+    with pytest.raises(VaultError, match="00000001.pgv.partial: its key file 00000001.keys is missing; cannot recover"):
+        store.recover_partial("lobby", 1, signer)
+    assert store.partial_segments("lobby") == [1] and store.segment_numbers("lobby") == []
+
+
+def test_a_segment_read_back_from_its_bytes_is_identical(vault):
+    store, root, _ = vault
+    data = (root / "segments" / "lobby" / "00000002.pgv").read_bytes()
+    segment = read_segment(data, "00000002.pgv", store.gateway)
+    assert segment == store.segment("lobby", 2)
+    body = b"".join(r.to_bytes() for r in segment.records)
+    assert body in data  # every record re-serialises to the bytes it was read from
+    with pytest.raises(VaultError, match="x.pgv: not a vault segment"):
+        read_segment(b"nope", "x.pgv", store.gateway)
+
+
+def test_nothing_leaves_the_store_as_a_path(vault):
+    store, _, _ = vault
+    for gone in ("root", "camera_dir", "segment_path", "keys_path"):
+        assert not hasattr(store, gone)
+    assert store.cameras() == ["lobby"] and store.segment_numbers("lobby") == [1, 2, 3]
+    with pytest.raises(ValueError, match="camera id"):
+        store.segment_numbers("../keys")
