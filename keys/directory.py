@@ -82,6 +82,20 @@ class KeyDirectory:
         directory._write()
         return directory
 
+    @staticmethod
+    def exists(path: Path) -> bool:
+        """Whether ``path`` holds a key directory (its roster), without opening or checking it."""
+        return (Path(path) / "roster.json").is_file()
+
+    @staticmethod
+    def revision(path: Path) -> int | None:
+        """A number that changes whenever the directory's roster is rewritten (None: no directory), so a
+        reader can cache what it opened and re-open only after a change."""
+        try:
+            return (Path(path) / "roster.json").stat().st_mtime_ns
+        except OSError:
+            return None
+
     @classmethod
     def open(cls, path: Path) -> KeyDirectory:
         path = Path(path)

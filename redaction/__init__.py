@@ -8,7 +8,8 @@ for video; :func:`redact_frame` applies the policy's methods with the Numba kern
 
 from .detector import Detector
 from .engine import Analyzer, Decision, Frame, StreamRedactor, build_detectors
-from .policy import Policy, PolicyError, load_policy, parse_policy
+from .kernels import warmup as warmup_kernels
+from .policy import Policy, PolicyError, StrictModel, format_validation_error, load_policy, parse_policy
 from .redact import redact_frame
 from .regions import Region, coverage_mask
 from .tracker import Tracker
@@ -21,11 +22,14 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Region",
+    "StrictModel",
     "StreamRedactor",
     "Tracker",
     "build_detectors",
     "coverage_mask",
+    "format_validation_error",
     "load_policy",
     "parse_policy",
     "redact_frame",
+    "warmup_kernels",
 ]

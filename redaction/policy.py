@@ -30,11 +30,14 @@ class PolicyError(ValueError):
     """A policy that cannot be used; the message lists every offending field path."""
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every validated document (policies here, the gateway's configuration too):
+    unknown keys are refused and instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ClassPolicy(_Model):
+class ClassPolicy(StrictModel):
     """How one class of region is found and redacted."""
 
     enabled: bool = True
@@ -66,7 +69,7 @@ def _plate_default() -> ClassPolicy:
     return ClassPolicy(method="blur", strength=0.35, margin=0.05, threshold=0.5, shape="box")
 
 
-class Classes(_Model):
+class Classes(StrictModel):
     face: ClassPolicy = Field(default_factory=_face_default)
     plate: ClassPolicy = Field(default_factory=_plate_default)
 
@@ -86,7 +89,7 @@ class Classes(_Model):
         return {name: c for name, c in (("face", self.face), ("plate", self.plate)) if c.enabled}
 
 
-class FaceDetection(_Model):
+class FaceDetection(StrictModel):
     #: resize factors of the frame, one CenterFace pass each; > 1 finds smaller faces
     scales: tuple[Annotated[float, Field(gt=0, le=4)], ...] = (1.0,)
     #: passes larger than this many pixels on a side are cut into overlapping tiles
@@ -95,14 +98,14 @@ class FaceDetection(_Model):
     max_side: Annotated[int, Field(ge=64)] | None = None
 
 
-class PlateDetection(_Model):
+class PlateDetection(StrictModel):
     #: long side of the fine text-detector pass (frame scaled up and sharpened: small plates)
     input_side: Annotated[int, Field(ge=64, le=4096)] = 1600
     #: long side of the coarse pass that finds large text (None: fine pass only)
     coarse_side: Annotated[int, Field(ge=64, le=4096)] | None = 960
 
 
-class Detection(_Model):
+class Detection(StrictModel):
     #: run the detectors on every k-th frame; frames between are interpolated from both sides
     stride: Annotated[int, Field(ge=1, le=30)] = 1
     #: seconds a track stays masked after its last detection
@@ -115,14 +118,14 @@ class Detection(_Model):
     plate: PlateDetection = Field(default_factory=PlateDetection)
 
 
-class UnmaskGrant(_Model):
+class UnmaskGrant(StrictModel):
     """Who may restore the originals of one class: any ``quorum`` of the holders of ``roles``."""
 
     roles: Annotated[tuple[Role, ...], Field(min_length=1)] = ("investigator",)
     quorum: Annotated[int, Field(ge=1, le=16)] = 1
 
 
-class Unmask(_Model):
+class Unmask(StrictModel):
     """Who may unmask what, and how; sealed originals are wrapped to these grants."""
 
     face: UnmaskGrant = Field(default_factory=UnmaskGrant)
@@ -131,7 +134,7 @@ class Unmask(_Model):
     watermark: Literal["required", "optional"] = "required"
 
 
-class Policy(_Model):
+class Policy(StrictModel):
     """A whole redaction policy. ``version`` is the policy document's own revision."""
 
     version: Annotated[int, Field(ge=1)] = 1
@@ -159,7 +162,8 @@ class Policy(_Model):
         return self
 
 
-def _format(error: ValidationError) -> str:
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming its field path: ``classes.face.method: ...``."""
     lines = []
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"])
@@ -178,7 +182,7 @@ def parse_policy(data: object, source: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(f"{source}: invalid policy\n{_format(exc)}") from None
+        raise PolicyError(f"{source}: invalid policy\n{format_validation_error(exc)}") from None
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
