@@ -1,12 +1,22 @@
-"""The gateway: sources → pipeline (decide, redact, seal, release) → recorder and WHEP egress.
+"""The gateway: cameras in, only redacted video out (live), and the offline tools around it.
 
-Data flow per camera: :mod:`.sources` (RTSP pull, looping file) → :class:`CameraPipeline`
-(hold-back deadline, watchdog blanking, in-order release; sealing through :mod:`keys.seal`)
-→ :mod:`.recorder` (fragmented MP4 next to the vault) and :mod:`.whep` (encoded once per
-codec, fanned out to viewers). :mod:`.server` runs it all behind a Starlette app with
-``/health`` and ``/metrics``; :mod:`.cli` is the command line (``redact``, ``detect``,
-``keys``, ``unmask``, ``audit``, ``vault``, ``serve``).
+The folders follow a frame's path, and each may import only the rooms to its left (and the
+public API of ``keys`` and ``redaction``, through their ``__all__``)::
 
-Submodules are imported on use (``from gateway.server import serve``): the command line
-must start without loading aiortc or the models.
+    frames, config, http, sealing  ─▶  files, webrtc  ─▶  ingest, egress  ─▶  live  ─▶  api  ─▶  cli
+    (bottom: shared types)            (offline I/O,       (stages 1 and 3)    (stage 2,   (the network  (the command
+                                       WebRTC plumbing)                       composition) face)         line)
+
+* :mod:`.frames` the types that cross stage boundaries (``SourceFrame``, ``Released``);
+  :mod:`.config` the validated configuration; :mod:`.http` bounded request bodies;
+  :mod:`.sealing` the one redact-and-seal step shared by the live path and ``redact``.
+* :mod:`.ingest` camera sources (RTSP, file, WHIP) → :mod:`.live` the fail-closed pipeline
+  per camera (decide, redact + seal, release in order) and the runtime that wires cameras →
+  :mod:`.egress` recorder, live renditions, WHEP and RTSP out.
+* :mod:`.api` access control and the HTTP app over the runtime; :mod:`.cli` the commands;
+  :mod:`.files` offline image and video files (``redact``, ``unmask``), never used live.
+
+``tests/test_structure.py`` checks these rules: no import circles, no arrow to the right, no
+``_private`` name imported across modules. Packages are imported on use: ``privacy-gateway
+redact`` starts without loading aiortc.
 """

@@ -11,24 +11,21 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from keys.store import check_camera
-from redaction.policy import Policy, PolicyError, load_policy
+from keys import check_camera
+from redaction import Policy, PolicyError, StrictModel, format_validation_error, load_policy
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT = CONFIG_DIR / "gateway.yaml"
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message lists every offending field path."""
+    """A configuration, or state on disk it points at, that cannot be used; the message names every
+    offending field path or file. ``serve`` refuses to start on it, and says so in one line."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Camera(_Model):
+class Camera(StrictModel):
     #: ``rtsp://...`` or a video file (``file://`` or a path): a file is read in a loop at its own rate;
     #: none for ``protocol: whip`` (the camera publishes to ``POST /whip/<id>``)
     source: str | None = None
@@ -65,12 +62,12 @@ class Camera(_Model):
         return self.protocol or ("rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file")
 
 
-class Listen(_Model):
+class Listen(StrictModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
 
-class RtspEgress(_Model):
+class RtspEgress(StrictModel):
     """Redacted streams for video-management systems at ``rtsp://HOST:PORT/<camera>`` (digest auth: token id / secret)."""
 
     host: str = "127.0.0.1"
@@ -78,12 +75,12 @@ class RtspEgress(_Model):
     max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
-class Tls(_Model):
+class Tls(StrictModel):
     cert: Path
     key: Path
 
 
-class Storage(_Model):
+class Storage(StrictModel):
     #: everything the gateway keeps: keys/, vault/, recordings/, identities/ (demo)
     data_dir: Path = Path("data")
     #: seconds per recording file (and per vault segment of its sealed originals)
@@ -95,7 +92,7 @@ class Storage(_Model):
     keys: Path | None = None
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(StrictModel):
     cameras: dict[str, Camera]
     storage: Storage = Field(default_factory=Storage)
     listen: Listen = Field(default_factory=Listen)
@@ -142,15 +139,6 @@ def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
     return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls})
 
 
-def _format(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"])
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}" if path else message)
-    return "\n".join(lines)
-
-
 def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple[GatewayConfig, dict[str, Policy]]:
     """The configuration and every camera's policy, all validated; raises :class:`ConfigError`."""
     path = Path(path) if path is not None else DEFAULT
@@ -165,7 +153,7 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
     try:
         config = _resolve(GatewayConfig.model_validate(data), path.resolve().parent)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid configuration\n{_format(exc)}") from None
+        raise ConfigError(f"{path}: invalid configuration\n{format_validation_error(exc)}") from None
     if data_dir is not None:
         config = config.model_copy(update={"storage": config.storage.model_copy(update={"data_dir": data_dir})})
     policies, problems = {}, []

@@ -44,7 +44,7 @@ STAGE_NOTES = {
 
 
 def _pts(media_time: float) -> int:
-    return round(media_time * 90_000)  # as gateway.whep.Rendition.push counts
+    return round(media_time * 90_000)  # as gateway.egress.Rendition.push counts
 
 
 def _stage(name: str) -> str:
@@ -83,11 +83,11 @@ class Stamps:
 
     def install(self) -> None:
         """Wrap ``CameraPipeline.offer``, the renditions' encode and the viewer tracks (before ``serve`` starts)."""
-        from gateway import whep
-        from gateway.pipeline import CameraPipeline
+        from gateway.egress import rendition as whep
+        from gateway.live import CameraPipeline
 
         offer, push, encode = CameraPipeline.offer, whep.Rendition.push, getattr(whep.Rendition, "_encode", None)
-        track = getattr(whep, "_ViewerTrack", None)
+        track = getattr(whep, "ViewerTrack", None)
         started: set[int] = set()
 
         def _offer(pipeline, frame):
@@ -130,7 +130,7 @@ def gateway_process(config_path: str, conn, probe: bool) -> None:
 
     _name_threads()
     from gateway.config import load_config
-    from gateway.server import serve
+    from gateway.api import serve
 
     config, policies = load_config(Path(config_path))
     stamps = Stamps() if probe else None

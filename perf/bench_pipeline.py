@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from _recall import deface_regions  # noqa: E402
 
-from gateway.media import copy_excerpt  # noqa: E402
+from gateway.files import copy_excerpt  # noqa: E402
 CLIP = ROOT.parent / "shared" / "data" / "videos" / "MOT17-13-SDP_raw_h264.mp4"
 
 

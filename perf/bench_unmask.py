@@ -33,12 +33,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_seal import boxes, frames  # noqa: E402
 
-from keys.directory import KeyDirectory  # noqa: E402
-from keys.identity import PrivateIdentity  # noqa: E402
-from keys.seal import Sealed, Sealer  # noqa: E402
-from keys.store import VaultStore  # noqa: E402
-from keys.unmask import Selection, Unmask  # noqa: E402
-from keys.wrap import Grant  # noqa: E402
+from keys import Grant, KeyDirectory, PrivateIdentity, Sealed, Sealer, Selection, Unmask, VaultStore  # noqa: E402
 
 FPS = 30
 FRAME_US = 33_333
@@ -191,9 +186,10 @@ def main() -> int:
         sealed = [seal(store, directory, f"bench-{r}", clip) for r in range(args.repeats)]
         ref = sealed[0][0].ref
         sealing = min(seconds for _, seconds in sealed) / n
-        vault_bytes = sum(p.stat().st_size for p in store.camera_dir("bench-0").glob("*.pgv"))
-        vault_bytes += sum(p.stat().st_size for p in (store.root / "keys" / "bench-0").glob("*.keys"))
-        segments = len(list(store.camera_dir("bench-0").glob("*.pgv")))
+        vault = work / "vault"  # a local vault: docs/vault-format.md's layout
+        vault_bytes = sum(p.stat().st_size for p in (vault / "segments" / "bench-0").glob("*.pgv"))
+        vault_bytes += sum(p.stat().st_size for p in (vault / "keys" / "bench-0").glob("*.keys"))
+        segments = len(store.segment_numbers("bench-0"))
 
         full = repeated(lambda: unmask(store, ref, Selection(), identity, clip, check_full(clip)),
                         args.repeats, args.budget)

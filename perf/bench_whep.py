@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.whep import Rendition, WhepServer  # noqa: E402
+from gateway.egress import Rendition, WhepServer  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 CAMERA = "bench"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.media import copy_excerpt
+from gateway.files import copy_excerpt
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

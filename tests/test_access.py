@@ -1,6 +1,6 @@
 """Access control over HTTP: every role × every endpoint × own and other camera; tokens; signed requests.
 
-A real :class:`gateway.server.Gateway` (two cameras, not started: no frame is needed to
+A real :class:`gateway.api.Gateway` (two cameras, not started: no frame is needed to
 decide who may do what) answers over its ASGI app. Identities are real keys in a real key
 directory; tokens are issued through the API the way users get them.
 """
@@ -8,11 +8,12 @@ directory; tokens are issued through the API the way users get them.
 import json
 
 import httpx
+import numpy as np
 import pytest
 
-from gateway.access import FAILURE_LIMIT, sign_request
+from gateway.api.access import FAILURE_LIMIT, sign_request
 from gateway.config import load_config
-from gateway.server import Gateway
+from gateway.api import Gateway
 from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
 
@@ -261,3 +262,62 @@ async def test_malformed_requests_get_clear_4xx(world):
         for method, path, body, status in cases:
             reply = await http.request(method, path, content=body, headers=olga)
             assert reply.status_code == status and reply.json()["error"], (method, path, reply.status_code, reply.text)
+
+
+@pytest.mark.asyncio
+async def test_activation_refusals_are_409_and_unexpected_failures_500_without_details(world, caplog):
+    """A policy that cannot run here is the officer's to fix (409, why, the old policy stays); an
+    unexpected failure is the gateway's bug: 500, a generic message, the traceback in the log."""
+    from keys import VaultError
+
+    gateway, people = world
+    pipeline = gateway.cameras["lobby"].pipeline
+    async with await client(gateway) as http:
+        olga = {"Authorization": f"Bearer {await token_for(http, people['olga'])}"}
+        stored = await http.post("/api/policies", content=json.dumps({**POLICY, "name": "other"}),
+                                 headers={**olga, "Content-Type": "application/json"})
+        version = stored.json()["version"]
+        before = (await http.get("/api/cameras/lobby/policy", headers=olga)).json()["version"]
+
+        def refuse(policy, identities=None, timeout=30.0):
+            raise VaultError("unmask.face: roles auditor have 0 identities; a quorum of 1 cannot be met")
+
+        def crash(policy, identities=None, timeout=30.0):
+            raise RuntimeError("secret internals: /var/lib/thing at 0x7f")
+
+        for fake, status in ((refuse, 409), (crash, 500)):
+            pipeline.activate = fake
+            reply = await http.put("/api/cameras/lobby/policy", content=json.dumps({"version": version}), headers=olga)
+            assert reply.status_code == status, reply.text
+            assert "stays in force" in reply.json()["error"]
+        assert "quorum of 1 cannot be met" not in reply.json()["error"] and "secret" not in reply.json()["error"]
+        assert (await http.get("/api/cameras/lobby/policy", headers=olga)).json()["version"] == before
+        entries = (await http.get("/api/audit", headers=olga)).json()["entries"]
+        failed = [e["details"]["error"] for e in entries if e["action"] == "activate-policy-failed"]
+        assert failed == ["unmask.face: roles auditor have 0 identities; a quorum of 1 cannot be met", "internal error"]
+    crashes = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert any("secret internals" in str(r.exc_info[1]) for r in crashes)  # the traceback is in the log
+
+
+@pytest.mark.asyncio
+async def test_frames_egress_gives_up_are_counted_on_metrics(world):
+    """What the live encoders and the viewers skip reaches /metrics per camera and codec (and the RTSP skips)."""
+    from gateway.frames import Released
+
+    gateway, people = world
+    feed = gateway.cameras["lobby"].feed
+    image = np.zeros((64, 96, 3), np.uint8)
+    for index in range(2):  # the renditions are made from the camera's first two frames
+        feed(Released("lobby", index, index / 10, "redacted", image, image.shape))
+    try:
+        h264, vp8 = feed.rendition("h264"), feed.rendition("vp8")
+        h264.frames_dropped, h264.packets_dropped, vp8.packets_dropped = 3, 17, 5
+        async with await client(gateway) as http:
+            olga = {"Authorization": f"Bearer {await token_for(http, people['olga'])}"}
+            metrics = (await http.get("/metrics", headers=olga)).text
+    finally:
+        feed.close()
+    assert 'privacy_gateway_rendition_frames_dropped_total{camera="lobby",codec="h264"} 3.0' in metrics
+    assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="h264"} 17.0' in metrics
+    assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="vp8"} 5.0' in metrics
+    assert 'privacy_gateway_rtsp_frames_skipped_total{camera="lobby"} 0.0' in metrics

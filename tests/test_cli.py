@@ -3,6 +3,7 @@
 import json
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.media import copy_excerpt
+from gateway.files import copy_excerpt
 from redaction.regions import Region, coverage_mask
 
 
@@ -168,3 +169,25 @@ def test_avi_with_packed_b_frames_and_ac3_audio(capsys, tmp_path, data, faces_on
     assert len(pts) == frames_in and pts == sorted(pts) and len(set(pts)) == len(pts)
     with av.open(str(target)) as b:
         assert sum(1 for p in b.demux(audio=0) if p.size) > 10
+
+
+def test_serve_reports_configuration_problems_in_one_line_and_keeps_bugs_loud(capsys, tmp_path, monkeypatch):
+    """A configuration that cannot be used is a clear message and exit 2; a bug (here a ValueError raised while
+    building the gateway) keeps its traceback instead of passing for a configuration error."""
+    import gateway.api.server
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("cameras: {cam: {source: nowhere.mp4, holdback_ms: 5}}\n")
+    code, _, err = run(capsys, "serve", "--config", config, "--data", tmp_path / "data")
+    assert code == 2 and err.startswith("privacy-gateway: error: ") and "cameras.cam.holdback_ms" in err
+    assert "Traceback" not in err
+
+    sample = Path(__file__).resolve().parents[1] / "config" / "samples" / "vtest-10s.mp4"
+    config.write_text(f"cameras: {{cam: {{source: {sample}}}}}\n")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not a configuration problem")
+
+    monkeypatch.setattr(gateway.api.server, "Gateway", broken)
+    with pytest.raises(ValueError, match="a bug, not a configuration problem"):
+        main(["serve", "--config", str(config), "--data", str(tmp_path / "data")])

@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.media import VideoTranscoder, read_image
-from keys.directory import KeyDirectory
-from keys.seal import Sealed, Sealer, VaultRef
-from keys.store import VaultStore
-from keys.vault import SegmentHeader, SegmentWriter, verify_camera
-from keys.wrap import Grant
+from gateway.files import VideoTranscoder, read_image
+from keys import Grant, KeyDirectory, Sealed, Sealer, VaultRef, VaultStore
+from keys.vault import SegmentHeader
 
 PEOPLE = {"ivan": ["investigator"], "iris": ["investigator"], "olga": ["privacy-officer"],
           "omar": ["privacy-officer"], "otto": ["privacy-officer"], "vera": ["viewer"]}
@@ -224,7 +221,7 @@ def sealed_clip(world, short_clip):
 
 def test_video_unmask_to_frames_restores_sealed_pixels_exactly_in_the_range(capsys, world, tmp_path, short_clip, sealed_clip):
     redacted, vault = sealed_clip
-    chain = list(verify_camera(vault / "segments" / "stage", VaultStore.open(vault).gateway))
+    chain = list(VaultStore.open(vault).verify_chain("stage"))
     assert len(chain) >= 3 and sum(len(s.records) for s in chain) > 0
     out = tmp_path / "frames"
     code, _, err = run(capsys, *unmask(world, redacted, vault, out, "--no-watermark", "--from", "0.5", "--to", "1.5"))
@@ -347,14 +344,13 @@ def test_crashed_segment_is_recovered_by_the_next_sealer_and_still_unmasks(world
         sealer.add(0, 0, [Sealed(1, "face", (0, 0, 4, 4), pixels)])
     ref = sealer.ref
     header = SegmentHeader("door", 2, 3, store.store_policy({"version": 3}), "crashed", "2026-11-22T00:00:00+00:00",
-                           list(verify_camera(store.camera_dir("door"), store.gateway))[-1].digest)
-    writer = SegmentWriter(store.segment_path("door", 2), store.keys_path("door", 2), header, grants,
-                           directory.identities, directory.signer)
+                           list(store.verify_chain("door"))[-1].digest)
+    writer = store.open_segment(header, grants, directory.identities, directory.signer)
     writer.add(5, 200_000, 4, "face", (0, 0, 4, 4), pixels)
     writer.abort()  # the process died here
     with Sealer(store, directory.signer, "door", {"version": 3}, grants, directory.identities) as again:
         again.add(0, 0, [])
-    chain = list(verify_camera(store.camera_dir("door"), store.gateway))
+    chain = list(store.verify_chain("door"))
     assert [s.number for s in chain] == [1, 2, 3] and chain[1].recovered and len(chain[1].records) == 1
     actions = [e["action"] for e in audit_entries(tmp_path / "vault")]
     assert actions == ["seal", "recover-segment", "seal"]

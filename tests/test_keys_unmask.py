@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keys.unmask as unmask_module
-from gateway.media import image_comment, write_image
+from gateway.files import image_comment, write_image
 from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
 from keys.seal import Sealed, Sealer
@@ -99,7 +99,7 @@ def test_vault_reference_rides_in_png_and_jpeg(tmp_path):
     assert np.array_equal(cv2.imread(str(tmp_path / "a.png")), image)
     write_image(tmp_path / "b.png", image)
     assert image_comment(tmp_path / "b.png") is None
-    from gateway.media import MediaError
+    from gateway.files import MediaError
 
     with pytest.raises(MediaError, match="only PNG and JPEG"):
         write_image(tmp_path / "c.webp", image, comment="x")

@@ -8,18 +8,17 @@ import threading
 import time
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.media import VideoTranscoder, read_image
-from gateway.pipeline import BLANK_LEVEL, CameraPipeline
-from gateway.recorder import Recorder, ThreadedSink
-from keys.directory import KeyDirectory
-from keys.identity import PrivateIdentity
-from keys.seal import Sealer, grants_of
-from keys.store import VaultStore
-from keys.vault import verify_camera
+from gateway.files import VideoTranscoder, read_image
+from gateway.egress import Recorder, ThreadedSink
+from gateway.frames import BLANK_LEVEL
+from gateway.live import CameraPipeline
+from gateway.sealing import RedactSeal
+from keys import KeyDirectory, PrivateIdentity, Sealer, VaultStore, grants_of
 from redaction.engine import Analyzer
 from redaction.policy import parse_policy
 
@@ -117,7 +116,7 @@ def test_frames_are_blanked_until_the_detector_is_warm(clip):
         time.sleep(2.0)  # longer than the hold-back: the first frames cannot wait for it
         return Analyzer(policy, detectors)
 
-    pipeline = CameraPipeline("cam", POLICY, [], holdback=1.5, analyzer_factory=slow_start)
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=1.5, analyzer_factory=slow_start)
     released = run(frames, pipeline, tail=2.5)
     check_fail_closed(released, frames, faces)
     states = [r.state for r in released]
@@ -128,7 +127,7 @@ def test_frames_are_blanked_until_the_detector_is_warm(clip):
 def test_a_crashing_detector_blanks_its_frames_and_the_stream_goes_on(clip):
     frames, faces, detectors = clip
     faulty = Faulty(detectors["face"], frames, crash=range(10, 16))
-    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.8,
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.8,
                               analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
     released = run(frames, pipeline)
     check_fail_closed(released, frames, faces)
@@ -140,7 +139,7 @@ def test_a_crashing_detector_blanks_its_frames_and_the_stream_goes_on(clip):
 def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):
     frames, faces, detectors = clip
     faulty = Faulty(detectors["face"], frames, stall={9: 1.5})
-    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.6, queue_frames=64,
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.6, queue_frames=64,
                               analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
     released = run(frames, pipeline, tail=2.0)
     check_fail_closed(released, frames, faces)
@@ -152,7 +151,7 @@ def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):
 def test_overload_drops_and_blanks_but_never_releases_raw(clip):
     frames, faces, detectors = clip
     faulty = Faulty(detectors["face"], frames, slow=0.5)  # each detection takes longer than its 3 frames
-    pipeline = CameraPipeline("cam", POLICY, [], holdback=0.8, queue_frames=3,
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.8, queue_frames=3,
                               analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
     released = run(frames, pipeline)
     check_fail_closed(released, frames, faces)
@@ -169,9 +168,9 @@ def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, t
     store = VaultStore.for_sealing(tmp_path / "vault", directory)
     sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
                     directory.identities, segment_seconds=None)
-    recorder = Recorder(tmp_path / "recordings", "cam", fps=FPS)
+    recorder = Recorder(tmp_path / "recordings", "cam")
     sink = ThreadedSink("recorder", recorder, keep_all=True)
-    pipeline = CameraPipeline("cam", POLICY, [sink], sealer=sealer, holdback=2.0, recording_seconds=1.5,
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, recording_seconds=1.5), [sink], holdback=2.0,
                               analyzer_factory=lambda p: Analyzer(p, detectors))
     released = run(frames, pipeline, tail=2.5)
     sink.close()
@@ -179,7 +178,7 @@ def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, t
     check_fail_closed(released, frames, faces)
     assert len(recorder.files) >= 2
     records = {}  # recording -> frame -> sealed boxes, from the plaintext record headers
-    for segment in verify_camera(store.camera_dir("cam"), store.gateway):
+    for segment in store.verify_chain("cam"):
         for record in segment.records:
             records.setdefault(segment.header.recording, {}).setdefault(record.header.frame, []).append(record.header.box)
     restored = 0
@@ -203,11 +202,11 @@ def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, t
     assert os.path.exists(tmp_path / "vault" / "audit.log")
 
 
-def test_recorder_keeps_every_frame_of_a_camera_faster_than_its_rate_hint(tmp_path, clip):
-    from gateway.pipeline import Released
+def test_recorder_keeps_every_frame_at_the_camera_s_own_rate(tmp_path, clip):
+    from gateway.frames import Released
 
     frames = clip[0][:20]
-    recorder = Recorder(tmp_path, "cam", fps=25)  # the camera turns out to send 30 fps
+    recorder = Recorder(tmp_path, "cam")  # a 30 fps camera
     for index, image in enumerate(frames):
         recorder(Released("cam", index, index / 30, "redacted", image, image.shape))
     recorder(Released("cam", 20, 20 / 30, "dropped", None, frames[0].shape))
@@ -218,9 +217,27 @@ def test_recorder_keeps_every_frame_of_a_camera_faster_than_its_rate_hint(tmp_pa
     assert abs(decoded[-1].time - 20 / 30) < 1e-3
 
 
+def test_recorder_takes_its_rate_from_the_camera_not_a_guess(tmp_path, clip):
+    """Keyframes every two seconds of the camera's own time (where a player can start, and where
+    unmask can seek), however fast the camera sends: the rate is measured from its frames."""
+    from gateway.frames import Released
+
+    image = clip[0][0]
+    for fps in (30, 12):
+        recorder = Recorder(tmp_path / str(fps), "cam")
+        for index in range(5 * fps):
+            recorder(Released("cam", index, index / fps, "redacted", image, image.shape))
+        recorder.close()
+        assert recorder.fps == pytest.approx(fps)
+        (path,) = recorder.files
+        with av.open(str(path)) as container:
+            keyframes = [i for i, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
+        assert keyframes == list(range(0, 5 * fps, 2 * fps)), f"{fps} fps: keyframes at {keyframes}"
+
+
 def test_frames_the_source_lost_leave_no_gap_in_the_released_numbering(clip):
     frames, faces, detectors = clip
-    pipeline = CameraPipeline("cam", POLICY, [], holdback=1.5, analyzer_factory=lambda p: Analyzer(p, detectors))
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=1.5, analyzer_factory=lambda p: Analyzer(p, detectors))
     released = []
     pipeline.sinks.append(released.append)
     pipeline.start()

@@ -17,7 +17,9 @@ import av
 import numpy as np
 import pytest
 
-from gateway.sources import FileSource, RtspSource, SourceFrame, create_source
+from gateway.frames import SourceFrame
+from gateway.ingest import FileSource, RtspSource, create_source
+from peers import require
 from rtsp_support import gstreamer_missing, rtsp_camera
 
 HAMILTON = "short_hamilton_clip.mp4"  # 640x360, 29.97 fps, keyframe every 2 s, with an audio track
@@ -29,9 +31,7 @@ FAST = dict(open_timeout=2.0, read_timeout=READ_TIMEOUT, backoff_initial=0.2, ba
 
 @pytest.fixture(scope="module")
 def gstreamer() -> None:
-    reason = gstreamer_missing()
-    if reason:
-        pytest.skip(f"no RTSP camera: {reason}")
+    require(gstreamer_missing())
 
 
 @pytest.fixture

@@ -1,0 +1,16 @@
+"""The network face of the gateway: the Starlette app, routes by resource, metrics, pages (the top).
+
+:mod:`.app` composes the live runtime with every entry point (WHEP, WHIP, RTSP, ``/api``,
+``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn. Resources:
+:mod:`.cameras`, :mod:`.policies`, :mod:`.identities` (and tokens), :mod:`.audit`,
+:mod:`.status`; :mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
+:mod:`.access` who may do what. No handler touches pixels or does O(log) work on the event loop.
+
+May import every other gateway package except ``cli``, and ``keys`` and ``redaction`` through
+their public API.
+"""
+
+from .app import Gateway
+from .server import data_dir_default, serve
+
+__all__ = ["Gateway", "data_dir_default", "serve"]

@@ -1,0 +1,143 @@
+"""The whole gateway: the live runtime and every network entry point over it, in one Starlette app.
+
+:class:`Gateway` builds the :class:`~gateway.live.Runtime` (cameras, pipelines, sinks) and, over
+it, what the network reaches: access control, WHEP egress and WHIP ingest (routes in the app),
+RTSP egress (its own listener), the ``/api`` resources, ``/health``, ``/metrics`` and the pages.
+Every entry point asks :class:`~gateway.api.access.Access` first. Composition only: the work is
+done by the modules it wires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from keys import GATEWAY_ACTOR
+from redaction import Policy
+
+from ..config import GatewayConfig
+from ..egress import Rendition, RtspServer, WhepServer
+from ..ingest import WhipServer, WhipSource
+from ..live import LiveCamera, Runtime
+from . import pages
+from .access import RTSP_REALM, Access, Denied, TokenStore, require
+from .audit import AuditRoutes
+from .cameras import CameraRoutes
+from .identities import IdentityRoutes
+from .metrics import Metrics
+from .policies import PolicyRoutes, PolicyVersions
+from .requests import ChangeLog, authenticate, bounded_body
+from .status import StatusRoutes
+
+log = logging.getLogger(__name__)
+
+DEMO_TOKEN_TTL = 24 * 3600  # the viewer token printed at a demo start
+
+
+class Gateway:
+    """Every camera of a configuration, running, plus the network entry points that expose them."""
+
+    def __init__(self, config: GatewayConfig, policies: dict[str, Policy],
+                 announce: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.runtime = runtime = Runtime(config, policies, announce)
+        self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
+        ice = list(config.ice_servers) or None
+        self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
+                               camera_known=runtime.cameras.__contains__)
+        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice)
+        self.rtsp: RtspServer | None = None
+        self.rtsp_port: int | None = None
+        if config.rtsp is not None:
+            limiter = self.access.limiter
+            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.cameras.__contains__,
+                                   self.access.rtsp_user, realm=RTSP_REALM,
+                                   throttled=lambda peer: limiter.retry_after(peer) > 0,
+                                   failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
+                                   max_sessions=config.rtsp.max_sessions)
+        changes = ChangeLog(runtime.store, runtime.signer)
+        versions = PolicyVersions(runtime.store)
+        cameras = CameraRoutes(runtime, self.access, versions, changes)
+        self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
+                               rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {})
+        self.app = Starlette(routes=[
+            *pages.routes(),
+            *StatusRoutes(runtime, self.access, self.metrics).routes,
+            *cameras.routes,
+            *PolicyRoutes(runtime, self.access, versions, changes).routes,
+            *IdentityRoutes(self.access, cameras, changes).routes,
+            *AuditRoutes(runtime.store, self.access).routes,
+            *self.whep.routes,
+            *self.whip.routes,
+        ])
+
+    @property
+    def cameras(self) -> dict[str, LiveCamera]:
+        return self.runtime.cameras
+
+    # --- the entry points' questions -----------------------------------------------------------
+
+    def _rendition(self, camera: str, codec: str) -> Rendition | None:
+        live = self.runtime.cameras.get(camera)
+        return None if live is None else live.rendition(codec)
+
+    def _whip_source(self, camera: str) -> WhipSource | None:
+        live = self.runtime.cameras.get(camera)
+        return live.source if live is not None and isinstance(live.source, WhipSource) else None
+
+    async def _authorize(self, request: Request, permission: str, camera: str) -> Response | None:
+        """An error answer unless the request's principal holds the camera-scoped ``permission`` on ``camera``."""
+        try:
+            signed = request.headers.get("authorization", "").lower().startswith("signature")
+            who = await authenticate(self.access, request, await bounded_body(request) if signed else b"")
+            require(who, permission, camera)
+        except Denied as denied:
+            return PlainTextResponse(denied.message + "\n", status_code=denied.status, headers=denied.headers)
+        request.state.still_allowed = self.access.still_allowed(who, permission, camera)  # for the session's life
+        return None
+
+    async def _authorize_feed(self, request: Request, camera: str) -> Response | None:
+        return await self._authorize(request, "feeds*", camera)  # WHEP: watch
+
+    async def _authorize_ingest(self, request: Request, camera: str) -> Response | None:
+        return await self._authorize(request, "ingest*", camera)  # WHIP: publish
+
+    async def recheck_sessions(self, period: float = 1.0) -> None:
+        """End live WebRTC sessions whose token was revoked or expired, or whose role or grant went
+        (RTSP sessions are re-checked by the RTSP server itself)."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.whep.recheck()
+                await self.whip.recheck()
+            except Exception:  # a failing check must not end the checking
+                log.exception("re-checking sessions failed")
+
+    def demo_viewer_token(self) -> str | None:
+        """With demo identities: a day's token for demo-viewer on every camera, for the printed viewer URLs."""
+        if not self.config.demo_identities or "demo-viewer" not in self.access.identities():
+            return None
+        cameras = list(self.runtime.cameras)
+        self.access.store.grant("demo-viewer", cameras)
+        self.runtime.store.audit.append(GATEWAY_ACTOR, self.runtime.signer, "issue-token",
+                                        {"identity": "demo-viewer", "cameras": cameras, "ttl": DEMO_TOKEN_TTL,
+                                         "by": GATEWAY_ACTOR, "via": "demo start-up"})
+        token, _ = self.access.store.issue("demo-viewer", cameras, DEMO_TOKEN_TTL, GATEWAY_ACTOR)
+        return token
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.runtime.start()
+
+    async def stop(self) -> None:
+        if self.rtsp is not None:
+            await self.rtsp.close()
+        await self.whep.close()
+        await self.whip.close()
+        await asyncio.to_thread(self.runtime.stop)

@@ -1,0 +1,110 @@
+"""Prometheus metrics of a running gateway, read from the cameras' counters at scrape time.
+
+Every counter lives where its event happens (the pipeline, the source, a sink, a rendition, the
+RTSP sender) as a plain number; the collectors read them when Prometheus scrapes, so no
+per-frame path pays for metrics. Names and meanings: docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..live import LiveCamera
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+class _Cameras(Collector):
+    def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], rtsp_skipped: Callable[[], dict[str, int]]) -> None:
+        self._cameras, self._rtsp_skipped = cameras, rtsp_skipped
+
+    def collect(self):
+        frames = CounterMetricFamily("privacy_gateway_frames", "Frames per camera and outcome "
+                                     "(in: from the source; released: redacted; blanked; dropped; late: decided after blanking)",
+                                     labels=["camera", "state"])
+        errors = CounterMetricFamily("privacy_gateway_detector_errors", "Detector failures", labels=["camera"])
+        detect = CounterMetricFamily("privacy_gateway_detector_seconds", "Time spent in detection", labels=["camera"])
+        detections = CounterMetricFamily("privacy_gateway_detections", "Detection runs", labels=["camera"])
+        queue = GaugeMetricFamily("privacy_gateway_queue_depth", "Frames waiting for analysis", labels=["camera"])
+        warm = GaugeMetricFamily("privacy_gateway_detector_warm", "1 once the detector is loaded", labels=["camera"])
+        viewers = GaugeMetricFamily("privacy_gateway_viewers", "WebRTC viewers", labels=["camera"])
+        connected = GaugeMetricFamily("privacy_gateway_source_connected", "1 while the camera delivers", labels=["camera"])
+        reconnects = CounterMetricFamily("privacy_gateway_source_reconnects", "Camera reconnections", labels=["camera"])
+        source_errors = CounterMetricFamily("privacy_gateway_source_errors", "Camera read/decode errors", labels=["camera"])
+        skipped = CounterMetricFamily("privacy_gateway_sink_skipped", "Frames a slow consumer gave up",
+                                      labels=["camera", "sink"])
+        encoder_dropped = CounterMetricFamily("privacy_gateway_rendition_frames_dropped",
+                                              "Frames a live encoder gave up because it was still busy",
+                                              labels=["camera", "codec"])
+        viewer_dropped = CounterMetricFamily("privacy_gateway_viewer_packets_dropped",
+                                             "Encoded packets WebRTC viewers skipped (joined between keyframes, "
+                                             "or too slow)", labels=["camera", "codec"])
+        rtsp_skipped = CounterMetricFamily("privacy_gateway_rtsp_frames_skipped",
+                                           "Frames RTSP sessions skipped because their client was behind",
+                                           labels=["camera"])
+        rtsp_counts = self._rtsp_skipped()
+        for camera in self._cameras():
+            name, stats = camera.name, camera.pipeline.stats
+            for state, value in (("in", stats.frames_in), ("released", stats.released), ("blanked", stats.blanked),
+                                 ("dropped", stats.dropped), ("late", stats.late)):
+                frames.add_metric([name, state], value)
+            errors.add_metric([name], stats.detector_errors)
+            detect.add_metric([name], stats.detect_seconds)
+            detections.add_metric([name], stats.detections)
+            queue.add_metric([name], stats.queue_depth)
+            warm.add_metric([name], 1 if stats.warm else 0)
+            viewers.add_metric([name], camera.viewers())
+            source = camera.source.stats
+            connected.add_metric([name], 1 if source.connected else 0)
+            reconnects.add_metric([name], source.reconnects)
+            source_errors.add_metric([name], source.errors)
+            for sink in camera.sinks:
+                skipped.add_metric([name, sink.name], sink.skipped)
+            for rendition in camera.feed.renditions():
+                encoder_dropped.add_metric([name, rendition.codec], rendition.frames_dropped)
+                viewer_dropped.add_metric([name, rendition.codec], rendition.packets_dropped)
+            rtsp_skipped.add_metric([name], rtsp_counts.get(name, 0))
+        yield from (frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
+                    skipped, encoder_dropped, viewer_dropped, rtsp_skipped)
+
+
+class _Counts(Collector):
+    """One labelled counter read from a ``{label: count}`` mapping at scrape time."""
+
+    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], dict]) -> None:
+        self._name, self._documentation, self._label, self._counts = name, documentation, label, counts
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], count)
+        yield family
+
+
+class Metrics:
+    """A registry of its own (no process-global state), exposed at ``/metrics``."""
+
+    def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], auth_failures: Callable[[], dict] | None = None,
+                 rtsp_skipped: Callable[[], dict[str, int]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._cameras = cameras
+        self.registry.register(_Cameras(cameras, rtsp_skipped))
+        if auth_failures is not None:
+            self.registry.register(_Counts("privacy_gateway_auth_failures", "Failed authentications by reason",
+                                           "reason", auth_failures))
+        self.latency = Histogram("privacy_gateway_release_latency_seconds",
+                                 "Arrival to release of redacted frames (the hold-back bounds it)",
+                                 ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        for camera in self._cameras():
+            pending = camera.pipeline.stats.latency_seconds
+            histogram = self.latency.labels(camera.name)
+            while pending:
+                histogram.observe(pending.popleft())
+        return generate_latest(self.registry)

@@ -1,0 +1,119 @@
+"""``/api/policies``: policy versions, stored by SHA-256 of their canonical JSON, validated, diffed.
+
+A policy is posted as YAML or JSON, validated whole (unknown keys and strengths too weak to
+anonymise are refused with field paths, 422), and stored in the vault under its version: the
+64-hex-digit SHA-256 that segments name. Stored versions are never changed; activating one on a
+camera is ``PUT /api/cameras/<id>/policy`` (:mod:`.cameras`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+
+import yaml
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from keys import EscrowError, VaultStore
+from redaction import Policy, PolicyError, parse_policy
+
+from ..http import content_type
+from ..live import Runtime
+from .access import Access, Denied, Principal, require
+from .requests import ChangeLog, guarded
+
+VERSION = re.compile(r"^[0-9a-f]{64}$")
+
+
+def canonical_yaml(policy: dict) -> str:
+    return yaml.safe_dump(policy, sort_keys=True, default_flow_style=False)
+
+
+class PolicyVersions:
+    """Stored policy versions, read back and parsed."""
+
+    def __init__(self, store: VaultStore) -> None:
+        self.store = store
+
+    def load(self, version: str) -> dict:
+        if not VERSION.match(version):
+            raise Denied(404, f"no such policy version: {version}")
+        try:
+            return self.store.load_policy(version)
+        except EscrowError:
+            raise Denied(404, f"no such policy version: {version}") from None
+
+    def policy(self, version: str) -> Policy:
+        return parse_policy(self.load(version), f"policy {version[:12]}")
+
+    def versions(self) -> list[str]:
+        return sorted(v for v in self.store.policy_versions() if VERSION.match(v))
+
+
+def parse_body(body: bytes, media_type: str) -> Policy:
+    """A posted policy (YAML, or JSON with ``Content-Type: application/json``), validated."""
+    as_json = media_type == "application/json"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Denied(400, "policy: not UTF-8 text") from None
+    try:
+        data = json.loads(text) if as_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise Denied(400, f"policy: not valid {'JSON' if as_json else 'YAML'}: {exc}") from None
+    try:
+        return parse_policy(data, "policy")
+    except PolicyError as exc:
+        lines = str(exc).splitlines()
+        raise Denied(422, lines[0], errors=lines[1:] or lines) from None
+
+
+class PolicyRoutes:
+    def __init__(self, runtime: Runtime, access: Access, versions: PolicyVersions, changes: ChangeLog) -> None:
+        self.runtime, self.versions, self.changes = runtime, versions, changes
+        self.routes = [
+            Route("/api/policies", guarded(access, self.policies), methods=["GET", "POST"]),
+            Route("/api/policies/validate", guarded(access, self.validate), methods=["POST"]),
+            Route("/api/policies/{version}", guarded(access, self.policy), methods=["GET"]),
+            Route("/api/policies/{old}/diff/{new}", guarded(access, self.diff), methods=["GET"]),
+        ]
+
+    async def policies(self, request: Request, who: Principal, body: bytes) -> Response:
+        require(who, "policies")
+        if request.method == "GET":
+            active = self.runtime.activations.versions()
+            listed = []
+            for version in self.versions.versions():
+                data = self.versions.load(version)
+                listed.append({"version": version, "name": data.get("name"),
+                               "active_on": sorted(c for c, v in active.items() if v == version)})
+            return JSONResponse({"policies": listed})
+        policy = parse_body(body, content_type(request))
+        data = policy.model_dump(mode="json")
+        version = self.versions.store.store_policy(data)
+        await self.changes.record(who, "store-policy", {"policy": version, "name": data.get("name")})
+        return JSONResponse({"version": version, "policy": data}, status_code=201,
+                            headers={"Location": f"/api/policies/{version}"})
+
+    async def validate(self, request: Request, who: Principal, body: bytes) -> Response:
+        require(who, "policies")
+        policy = parse_body(body, content_type(request))
+        return JSONResponse({"valid": True, "policy": policy.model_dump(mode="json")})
+
+    async def policy(self, request: Request, who: Principal, body: bytes) -> Response:
+        require(who, "policies")
+        version = request.path_params["version"]
+        self.versions.policy(version)
+        return JSONResponse({"version": version, "policy": self.versions.load(version)})
+
+    async def diff(self, request: Request, who: Principal, body: bytes) -> Response:
+        require(who, "policies")
+        old, new = request.path_params["old"], request.path_params["new"]
+        self.versions.policy(old), self.versions.policy(new)
+        lines = difflib.unified_diff(canonical_yaml(self.versions.load(old)).splitlines(keepends=True),
+                                     canonical_yaml(self.versions.load(new)).splitlines(keepends=True),
+                                     fromfile=old, tofile=new)
+        return PlainTextResponse("".join(lines), media_type="text/x-diff")

@@ -1,0 +1,71 @@
+"""``serve``: the gateway under uvicorn (HTTP, optionally TLS) and its RTSP listener, until stopped.
+
+uvicorn handles SIGINT/SIGTERM; on the way out every WebRTC and RTSP session ends, the cameras
+stop (undecided frames leave blanked, sealers close their segments and log them) and the sinks
+write what they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from redaction import Policy
+
+from ..config import GatewayConfig
+from .app import Gateway
+
+_START_POLL = 0.05  # seconds between checks that uvicorn is listening
+_STOP_POLL = 0.1  # seconds between checks of the caller's stop event
+
+
+async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Callable[[str], None] = print,
+                ready: Callable[[Gateway, int], None] | None = None, stop: threading.Event | None = None) -> None:
+    """Run until interrupted (uvicorn handles SIGINT/SIGTERM) or ``stop`` is set;
+    ``ready(gateway, port)`` is called once listening."""
+    import uvicorn
+
+    gateway = Gateway(config, policies, announce)
+    tls = config.tls
+    server = uvicorn.Server(uvicorn.Config(
+        gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
+        ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
+    gateway.start()
+    rechecks = None
+    try:
+        rtsp_port = None
+        if gateway.rtsp is not None:
+            rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
+            gateway.rtsp_port = rtsp_port
+        task = asyncio.create_task(server.serve())
+        rechecks = asyncio.create_task(gateway.recheck_sessions())
+        while not server.started and not task.done():
+            await asyncio.sleep(_START_POLL)
+        if server.started:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
+            announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/")
+            token = gateway.demo_viewer_token()
+            for name in gateway.cameras:
+                announce(f"  viewer: {base}/view/{name}" + (f"#token={token}" if token else " (with a viewer token)"))
+                if rtsp_port is not None:
+                    announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
+                             "(user: a token's id, password: its secret)")
+            if ready is not None:
+                ready(gateway, port)
+        while stop is not None and not stop.is_set() and not task.done():
+            await asyncio.sleep(_STOP_POLL)
+        if stop is not None and stop.is_set():
+            server.should_exit = True
+        await task
+    finally:
+        if rechecks is not None:
+            rechecks.cancel()
+        await gateway.stop()
+
+
+def data_dir_default(config_path: Path | None) -> Path | None:
+    """The embedded default keeps its data in ./data (the current directory), not beside the config."""
+    return Path("data").resolve() if config_path is None else None

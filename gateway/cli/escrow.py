@@ -1,0 +1,287 @@
+"""``unmask``, ``audit verify`` and ``vault shred/verify/tracks``: key escrow on the command line.
+
+The private keys used here are the people's own identity files, opened on their machine;
+nothing in this module runs inside the gateway process. Every check and every change of the
+vault is :mod:`keys`' own (``Unmask``, ``verify_vault``, ``shred``, ...); this module parses the
+arguments, reads and writes the media files, and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from keys import (
+    EscrowError,
+    IntegrityError,
+    KeyDirectory,
+    Selection,
+    Unmask,
+    UnmaskError,
+    VaultRef,
+    VaultStore,
+    recording_tracks,
+    shred,
+    verify_audit,
+    verify_vault,
+)
+
+from ..files import MediaError, VideoTranscoder, image_comment, is_image, read_image, video_comment, watermark, write_image
+from .errors import CheckFailed, CommandError
+from .prompt import open_identities
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    unmask = commands.add_parser("unmask", help="restore selected redacted regions from the vault (audited)")
+    unmask.add_argument("input", type=Path, metavar="REDACTED", help="an image or video written by redact --vault")
+    unmask.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    unmask.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the key directory")
+    unmask.add_argument("--identity", dest="identities", type=Path, action="append", required=True, metavar="FILE",
+                        help="a private identity file (repeat for a quorum); passphrases from "
+                             "PRIVACY_GATEWAY_PASSPHRASE or prompted per file")
+    unmask.add_argument("--track", dest="tracks", type=int, action="append", default=[], metavar="ID",
+                        help="restore only this track (repeatable; see `vault tracks`)")
+    unmask.add_argument("--class", dest="classes", action="append", choices=("face", "plate"), default=[],
+                        help="restore only this class (repeatable)")
+    unmask.add_argument("--from", dest="start", metavar="T", help="from this media time (seconds or [HH:]MM:SS)")
+    unmask.add_argument("--to", dest="end", metavar="T", help="up to this media time, inclusive")
+    unmask.add_argument("--case", required=True, metavar="ID", help="the case this unmask is for (audited)")
+    unmask.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    unmask.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT",
+                        help="video, image, or a new directory (one lossless PNG per frame)")
+    unmask.add_argument("--no-watermark", action="store_true", help="leave out the visible watermark (if policy allows)")
+    unmask.set_defaults(run=_escrow(_unmask))
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    check = audit_commands.add_parser("verify", help="check the log's hash chain and signatures")
+    check.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    check.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
+    check.set_defaults(run=_escrow(_audit_verify))
+
+    vault = commands.add_parser("vault", help="the vault of sealed originals")
+    vault_commands = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
+    shred_parser = vault_commands.add_parser("shred", help="destroy the wrapped keys of old segments (crypto-shredding)")
+    shred_parser.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    shred_parser.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the gateway's key directory (signs the log)")
+    when = shred_parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--before", metavar="DATE", help="segments that ended before DATE (YYYY-MM-DD or ISO time, UTC)")
+    when.add_argument("--expired", action="store_true", help="segments past their policy's retention_days")
+    shred_parser.set_defaults(run=_escrow(_shred))
+    check_vault = vault_commands.add_parser("verify", help="check every segment chain, key file and the audit log")
+    check_vault.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
+    check_vault.set_defaults(run=_escrow(_vault_verify))
+    tracks = vault_commands.add_parser("tracks", help="list the sealed tracks of a redacted file (no decryption)")
+    tracks.add_argument("input", type=Path, metavar="REDACTED")
+    tracks.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    tracks.set_defaults(run=_escrow(_tracks))
+
+
+
+
+def _escrow(command):
+    """Run ``command``; a vault damaged on inspection is exit 1, any other refusal exit 2, one line each."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except IntegrityError as exc:
+            raise CheckFailed(str(exc)) from None
+        except EscrowError as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
+
+
+# --- unmask -------------------------------------------------------------------------------
+
+def parse_time(text: str | None) -> int | None:
+    """Microseconds from ``SS[.fff]``, ``MM:SS[.fff]`` or ``HH:MM:SS[.fff]``."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(?:(?:(\d+):)?(\d+):)?(\d+(?:\.\d*)?)", text.strip())
+    if not match:
+        raise CommandError(f"time {text!r}: use seconds (12.5) or [HH:]MM:SS[.fff]")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return round((hours * 3600 + minutes * 60 + seconds) * 1e6)
+
+
+def _ref_of(path: Path) -> VaultRef:
+    comment = image_comment(path) if is_image(path) else video_comment(path)
+    ref = VaultRef.decode(comment)
+    if ref is None:
+        raise CommandError(f"{path} carries no vault reference (was it written by redact --vault?)")
+    return ref
+
+
+def _unmask(args: argparse.Namespace) -> int:
+    source, target = args.input, args.output
+    if not source.is_file():
+        raise CommandError(f"cannot read {source}: no such file")
+    to_dir = not target.suffix or target.is_dir()
+    if to_dir and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise CommandError(f"{target}: exists and is not an empty directory; refusing to overwrite")
+    if not to_dir and is_image(source) != is_image(target):
+        raise CommandError(f"{target}: output must be {'an image' if is_image(source) else 'a video'} like the input, "
+                           "or a directory")
+    if not to_dir and target.resolve() == source.resolve():
+        raise CommandError(f"refusing to overwrite the input {source}")
+    start, end = parse_time(args.start), parse_time(args.end)
+    if start is not None and end is not None and end < start:
+        raise CommandError("--to is before --from")
+    ref = _ref_of(source)
+    directory = KeyDirectory.open(args.keys)
+    store = VaultStore.open(args.vault, directory)
+    holders = open_identities(args.identities)
+    selection = Selection(frozenset(args.tracks), frozenset(args.classes), start, end)
+    job = Unmask(store, ref, selection, holders)
+    if job.selected == 0:
+        raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
+    names = ", ".join(sorted(h.public.name for h in holders))
+    mark = None if args.no_watermark else (
+        f"UNMASKED case {args.case} by {names} {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z")
+    entry = job.authorize(args.case, args.reason, str(target), mark is not None)
+
+    def restore(index: int, time: float, image, tolerance_us: int) -> None:
+        job.restore(index, time, image, tolerance_us)
+        if mark is not None:
+            watermark(image, mark)
+
+    if is_image(source):
+        _unmask_image(source, target, to_dir, restore)
+    else:
+        _unmask_video(source, target, to_dir, restore, start, end, job)
+    print(f"restored {job.restored} regions of {len(job.tracks)} tracks to {target} "
+          f"(audit entry {entry['seq']}, case {args.case})")
+    return 0
+
+
+def _check_complete(job: Unmask) -> None:
+    if job.unused:
+        raise UnmaskError(f"{job.unused} selected regions belong to frames this file does not have "
+                          "(cut or edited after redaction?); nothing written")
+
+
+def _unmask_image(source: Path, target: Path, to_dir: bool, restore) -> None:
+    image = read_image(source)
+    restore(0, 0.0, image, 0)
+    if to_dir:
+        with _atomic_dir(target) as tmp:
+            write_image(tmp / "000000.png", image)
+    else:
+        write_image(target, image)
+
+
+def _unmask_video(source: Path, target: Path, to_dir: bool, restore, start, end, job: Unmask) -> None:
+    transcoder = VideoTranscoder(source, None if to_dir else target)
+    tolerance = round(5e5 / float(transcoder.info.rate))  # half a frame
+    try:
+        if to_dir:
+            with _atomic_dir(target) as tmp:
+                for item in transcoder.frames():
+                    at = round(item.time * 1e6)
+                    restore(item.index, item.time, item.image, tolerance)
+                    if (start is None or at >= start) and (end is None or at <= end):
+                        write_image(tmp / f"{item.index:06d}.png", item.image)
+                _check_complete(job)
+        else:
+            def process(item):
+                if item is None:
+                    _check_complete(job)
+                    return []
+                restore(item.index, item.time, item.image, tolerance)
+                return [item]
+
+            transcoder.run(process)
+    finally:
+        transcoder.close()
+
+
+class _atomic_dir:
+    """A new directory filled under a temporary name and renamed into place on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        parent = self.target.parent if str(self.target.parent) else Path(".")
+        if not parent.is_dir():
+            raise MediaError(f"cannot write {self.target}: directory {parent} does not exist")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=parent))
+        return self.tmp
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.is_dir():
+            self.target.rmdir()  # checked empty before any work
+        os.replace(self.tmp, self.target)
+
+
+# --- audit and vault ----------------------------------------------------------------------
+
+def _open_store(vault: Path, keys: Path | None) -> VaultStore:
+    return VaultStore.open(vault, KeyDirectory.open(keys) if keys is not None else None)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    store = _open_store(args.vault, args.keys)
+    if not store.audit.exists():
+        print(f"{args.vault}: no audit log yet (nothing has been sealed or unmasked)")
+        return 0
+    count = verify_audit(store)
+    print(f"{args.vault}: {count} entries, chain and signatures intact "
+          f"(gateway key {store.fingerprint}{'' if args.keys else ', compare out of band'})")
+    return 0
+
+
+def _shred_before(args: argparse.Namespace) -> dt.datetime | None:
+    if args.before is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(args.before)
+    except ValueError:
+        raise CommandError(f"--before {args.before!r}: use YYYY-MM-DD or an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _shred(args: argparse.Namespace) -> int:
+    directory = KeyDirectory.open(args.keys)
+    store = VaultStore.open(args.vault, directory)
+    try:
+        done = shred(store, directory.signer, before=_shred_before(args), expired=args.expired)
+    except EscrowError as exc:  # nothing was shredded: the log is written first, and a refusal says so
+        raise CommandError(str(exc)) from None
+    if not done.segments:
+        print("nothing to shred")
+        return 0
+    print(f"shredded the keys of {len(done.segments)} segments (audit entry {done.entry['seq']}); "
+          "they can no longer be unmasked")
+    return 0
+
+
+def _vault_verify(args: argparse.Namespace) -> int:
+    store = _open_store(args.vault, args.keys)
+    report = verify_vault(store)
+    for camera, count in sorted(report.partials.items()):
+        print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
+    print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
+          f"verified (gateway key {store.fingerprint})")
+    return 0
+
+
+def _tracks(args: argparse.Namespace) -> int:
+    ref = _ref_of(args.input)
+    store = VaultStore.open(args.vault)
+    print(f"{args.input}: camera {ref.camera}, recording {ref.recording}")
+    for t in recording_tracks(store, ref):
+        print(f"  track {t.track:5d}  {t.cls:5s}  {t.first_s:8.2f}s - {t.last_s:8.2f}s  {t.frames:5d} frames  "
+              f"first box {list(t.box)}")
+    return 0

@@ -1,0 +1,332 @@
+"""One encoder per (camera, codec), its packets fanned out to every viewer (WHEP and RTSP alike).
+
+A :class:`Rendition` owns one encoder. The live feed pushes redacted BGR frames into it; the
+rendition's own encoder thread turns them into ``av.Packet`` objects and hands every packet to
+every viewer. Each viewer is an aiortc track whose ``recv()`` returns those packets: aiortc's
+``RTCRtpSender`` sees a packet rather than a frame and only packetizes it (``Encoder.pack``),
+so adding a viewer adds RTP/SRTP work, never an encode. The RTSP server subscribes the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time as _clock
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from ..webrtc import CODECS, Codec
+
+__all__ = ["RTP_CLOCK", "VIEWER_BACKLOG", "Rendition", "ViewerTrack"]
+
+logger = logging.getLogger(__name__)
+
+RTP_CLOCK = 90_000
+_TIME_BASE = Fraction(1, RTP_CLOCK)
+
+# frames waiting for the encoder; older ones are dropped (and counted). The pipeline releases a
+# detection group at once (up to the policy's stride, at most 30 frames), and a viewer should
+# get all of them: RTP timestamps carry the frames' own spacing, so the burst plays evenly.
+_PENDING_FRAMES = 32
+VIEWER_BACKLOG = 15  # packets queued for one viewer before it is declared slow
+_KEYFRAME_MIN_INTERVAL = 1.0  # seconds between keyframes requested by viewers (PLI/FIR, slow viewers)
+_GOP_SECONDS = 2.0  # a keyframe at least this often, whatever viewers ask for
+
+
+class Rendition:
+    """One encoder per (camera, codec); frames are pushed from a worker thread, packets fan out to all viewers.
+
+    Nothing is encoded while nobody watches. A new viewer starts at a keyframe forced for it;
+    a viewer that falls ``VIEWER_BACKLOG`` packets behind loses its backlog and resumes at the
+    next keyframe, so one slow viewer never holds back the encoder or the others.
+    """
+
+    def __init__(
+        self, camera: str, codec: Codec, width: int, height: int, fps: float, bitrate: int = 1_500_000
+    ) -> None:
+        if codec not in CODECS:
+            raise ValueError(f"codec: {codec!r} is not one of {', '.join(CODECS)}")
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, int) or value <= 0 or value % 2:
+                raise ValueError(f"{name}: {value!r} is not a positive even number of pixels")
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps: {fps!r} is not a positive number")
+        if not isinstance(bitrate, int) or bitrate <= 0:
+            raise ValueError(f"bitrate: {bitrate!r} is not a positive number of bits per second")
+        self.camera = camera
+        self.codec = codec
+        self.width = width
+        self.height = height
+        self.fps = float(fps)
+        self.bitrate = bitrate
+        # statistics, plain ints
+        self.frames_encoded = 0
+        self.frames_dropped = 0  # pushed while the encoder was still busy with older frames
+        self.packets_sent = 0  # packets handed to viewers' senders, summed over viewers
+        self.packets_dropped = 0  # packets a viewer skipped (joining before a keyframe, or too slow)
+        self.keyframes = 0
+
+        self._cond = threading.Condition()
+        self._pending: collections.deque[tuple[np.ndarray, int]] = collections.deque(maxlen=_PENDING_FRAMES)
+        self._viewers: set[ViewerTrack] = set()
+        self._keyframe_wanted = False
+        self._last_keyframe_request = -math.inf
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._closed = False
+        self._encoder: av.VideoCodecContext | None = None
+        self._thread = threading.Thread(target=self._run, name=f"whep-{camera}-{codec}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Rendition({self.camera!r}, {self.codec!r}, {self.width}x{self.height}@{self.fps:g})"
+
+    @property
+    def viewers(self) -> int:
+        with self._cond:
+            return len(self._viewers)
+
+    def push(self, image: np.ndarray, time: float) -> None:
+        """Queue a redacted BGR ``uint8`` frame taken at media time ``time`` (seconds) for encoding.
+
+        Thread-safe and never blocks on viewers. The pixels are converted (and copied) before
+        this returns, so the caller may reuse ``image`` at once.
+        """
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"image: expected a BGR uint8 array of shape (h, w, 3), got {dtype} {shape}")
+        if not math.isfinite(time):
+            raise ValueError(f"time: {time!r} is not a finite number of seconds")
+        with self._cond:
+            if self._closed or not self._viewers:
+                return
+        if image.shape[:2] != (self.height, self.width):
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        # BT.601 limited range, what browsers assume for VP8 and for H.264 without colour VUI.
+        yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        with self._cond:
+            pts = round(time * RTP_CLOCK) + self._pts_offset
+            if self._last_pts is not None and pts <= self._last_pts:
+                # Media time went backwards (a source restarted): keep the RTP clock moving on.
+                step = max(1, round(RTP_CLOCK / self.fps))
+                self._pts_offset += self._last_pts + step - pts
+                pts = self._last_pts + step
+            self._last_pts = pts
+            if len(self._pending) == self._pending.maxlen:
+                self.frames_dropped += 1
+            self._pending.append((yuv, pts))
+            self._cond.notify()
+
+    def subscribe(self) -> MediaStreamTrack:
+        """A new viewer track for the running event loop.
+
+        Its ``recv()`` returns this rendition's encoded ``av.Packet`` objects (shared with every
+        other viewer, never modified) starting at a keyframe. It counts as a viewer from its first
+        ``recv()`` until ``stop()``.
+        """
+        return ViewerTrack(self, asyncio.get_running_loop())
+
+    def request_keyframe(self) -> None:
+        """Ask for a keyframe soon (PLI/FIR from a viewer); rate-limited, as it costs every viewer bandwidth."""
+        with self._cond:
+            now = _clock.monotonic()
+            if now - self._last_keyframe_request >= _KEYFRAME_MIN_INTERVAL:
+                self._last_keyframe_request = now
+                self._keyframe_wanted = True
+
+    def close(self) -> None:
+        """Stop the encoder thread and end every viewer track. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending.clear()
+            viewers = list(self._viewers)
+            self._viewers.clear()
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        for viewer in viewers:
+            viewer._stop_threadsafe()
+
+    # -- viewers (called on their event loop) -----------------------------------------------
+
+    def _subscribe(self, viewer: ViewerTrack) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._viewers.add(viewer)
+            self._keyframe_wanted = True  # the newcomer must not wait a whole GOP
+            return True
+
+    def _unsubscribe(self, viewer: ViewerTrack) -> None:
+        with self._cond:
+            self._viewers.discard(viewer)
+
+    # -- encoder thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                yuv, pts = self._pending.popleft()
+                keyframe = self._keyframe_wanted
+                self._keyframe_wanted = False
+                viewers = list(self._viewers)
+            if not viewers:
+                continue
+            try:
+                packets = self._encode(yuv, pts, keyframe)
+            except (av.FFmpegError, ValueError):
+                logger.exception("%r: encoding failed; the encoder restarts at the next frame", self)
+                self._encoder = None
+                continue
+            for packet in packets:
+                self._fan_out(packet, viewers)
+        self._encoder = None
+
+    def _open_encoder(self) -> av.VideoCodecContext:
+        gop = max(1, round(self.fps * _GOP_SECONDS))
+        if self.codec == "h264":
+            encoder = av.CodecContext.create("libx264", "w")
+            kbit = max(1, self.bitrate // 1000)
+            encoder.options = {
+                "preset": "ultrafast",
+                "tune": "zerolatency",
+                # Constrained baseline: what every WebRTC H.264 decoder takes (profile-level-id 42e0xx).
+                "profile": "baseline",
+                # A forced keyframe must be an IDR a newcomer can start from.
+                "forced-idr": "1",
+                # Annex B with SPS/PPS repeated before every IDR (x264 does this without a global
+                # header), which is what aiortc's H264 pack() splits on.
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:vbv-maxrate={kbit}:vbv-bufsize={kbit}",
+            }
+        else:
+            encoder = av.CodecContext.create("libvpx", "w")
+            encoder.options = {
+                "deadline": "realtime",
+                "cpu-used": "10",
+                "lag-in-frames": "0",
+                "error-resilient": "1",
+                "static-thresh": "1",
+                "undershoot-pct": "100",
+                "overshoot-pct": "15",
+                "minrate": str(self.bitrate),
+                "maxrate": str(self.bitrate),
+                "bufsize": str(self.bitrate),
+            }
+            encoder.qmin = 2
+            encoder.qmax = 56
+        encoder.width = self.width
+        encoder.height = self.height
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = _TIME_BASE
+        encoder.framerate = Fraction(self.fps).limit_denominator(1001)
+        encoder.bit_rate = self.bitrate
+        encoder.gop_size = gop
+        encoder.max_b_frames = 0
+        # One thread per rendition: renditions run in parallel with each other and with detection.
+        encoder.thread_count = 1
+        encoder.open()
+        return encoder
+
+    def _encode(self, yuv: np.ndarray, pts: int, keyframe: bool) -> list[av.Packet]:
+        if self._encoder is None:
+            self._encoder = self._open_encoder()
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = _TIME_BASE
+        if keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets = self._encoder.encode(frame)
+        self.frames_encoded += 1
+        for packet in packets:
+            # aiortc maps pts from the packet's time base to the 90 kHz RTP clock.
+            packet.time_base = _TIME_BASE
+            if packet.is_keyframe:
+                self.keyframes += 1
+        return packets
+
+    def _fan_out(self, packet: av.Packet, viewers: list[ViewerTrack]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[ViewerTrack]] = collections.defaultdict(list)
+        for viewer in viewers:
+            by_loop[viewer.loop].append(viewer)
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, group, packet)
+            except RuntimeError:  # the viewers' event loop is closed: they are gone
+                for viewer in group:
+                    self._unsubscribe(viewer)
+
+
+def _deliver(viewers: list[ViewerTrack], packet: av.Packet) -> None:
+    for viewer in viewers:
+        viewer._deliver(packet)
+
+
+class ViewerTrack(MediaStreamTrack):
+    """A video track whose ``recv()`` yields the rendition's encoded packets (see ``Rendition.subscribe``)."""
+
+    kind = "video"
+
+    def __init__(self, rendition: Rendition, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.rendition = rendition
+        self.loop = loop
+        self._queue: collections.deque[av.Packet] = collections.deque()
+        self._ready = asyncio.Event()
+        self._subscribed = False
+        self._want_keyframe = True
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]  # aiortc packetizes packets as they are
+        if not self._subscribed and self.readyState == "live":
+            self._subscribed = True
+            if not self.rendition._subscribe(self):
+                self.stop()
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        self.rendition.packets_sent += 1
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self.rendition._unsubscribe(self)
+        self._queue.clear()
+        self._ready.set()
+
+    def _stop_threadsafe(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.stop)
+        except RuntimeError:  # loop closed; nobody is left to wake
+            pass
+
+    def _deliver(self, packet: av.Packet) -> None:
+        if self.readyState != "live":
+            return
+        if len(self._queue) >= VIEWER_BACKLOG:
+            # Too slow for the stream: drop the backlog and resume at a keyframe.
+            self.rendition.packets_dropped += len(self._queue)
+            self._queue.clear()
+            self._want_keyframe = True
+            self.rendition.request_keyframe()
+        if self._want_keyframe:
+            if not packet.is_keyframe:
+                self.rendition.packets_dropped += 1
+                return
+            self._want_keyframe = False
+        self._queue.append(packet)
+        self._ready.set()

@@ -1,0 +1,441 @@
+"""RTSP egress: redacted video to video-management systems (RTSP 1.0, RFC 2326).
+
+A VMS pulls ``rtsp://HOST:PORT/CAMERA`` with digest authentication (RFC 2617, MD5, with or
+without ``qop="auth"``) and receives one H.264 track (RFC 6184, packetization-mode 1) either
+interleaved in the RTSP connection (``RTP/AVP/TCP``) or as unicast UDP (``RTP/AVP``). The media
+comes from the camera's :class:`~gateway.egress.rendition.Rendition`, the same encoder WHEP
+viewers share: every session subscribes to it, so a session adds packetization and sending
+(:mod:`.sender`), never an encode.
+
+This module reads requests and keeps connections and sessions (:mod:`.session`); the wire
+format is :mod:`.protocol` and the credentials check :mod:`.digest`. Sessions live at most as
+long as the RTSP connection that created them and expire after ``session_timeout`` seconds
+without a request naming them or an RTCP report from their client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+from aiortc.mediastreams import MediaStreamError
+
+from ..rendition import Rendition
+from .digest import AuthFailure, Digest, RtspUser
+from .protocol import (
+    MAX_HEAD,
+    REQUEST_LINE,
+    TRACK,
+    Request,
+    RtspError,
+    choose_transport,
+    cseq_of,
+    error_response,
+    parse_request,
+    response,
+    sdp,
+    sprop,
+    target,
+)
+from .sender import RtpSender
+from .session import SEND_BUFFER, Connection, Datagrams, RETRY_FULL, Session, bind_udp_pair, session_header
+
+__all__ = ["RtspServer"]
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
+_FIRST_PACKET_WAIT = 5.0  # PLAY waits this long for the first frame (to report its rtptime)
+_PROBE_WAIT = 2.0  # DESCRIBE waits this long for a keyframe's SPS/PPS when none is cached
+_RETRY_NO_FRAME = 1  # Retry-After (s): the camera has no frame yet
+_RETRY_THROTTLED = 30  # Retry-After (s): too many failed logins from this address
+PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER"
+_METHODS = frozenset(PUBLIC.split(", "))
+_NOT_ALLOWED = {"ANNOUNCE", "RECORD", "REDIRECT", "SET_PARAMETER"}  # RTSP methods we refuse (405)
+_SESSION_ID = re.compile(r"[0-9A-Za-z$\-_.+]{1,64}")
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+class RtspServer:
+    """RTSP 1.0 server over per-camera H.264 renditions (see the module docstring and docs/rtsp-egress.md)."""
+
+    def __init__(
+        self,
+        rendition_for: Callable[[str], Rendition | None],
+        camera_known: Callable[[str], bool],
+        users: Callable[[str], RtspUser | None],
+        *,
+        realm: str = "privacy-gateway",
+        throttled: Callable[[str], bool] = lambda peer: False,
+        failed: Callable[[str, str | None, str], None] = lambda peer, user, why: None,
+        max_sessions: int = 64,
+        session_timeout: float = 60.0,
+    ) -> None:
+        """``throttled(peer)``: answer that address's requests needing authentication with 503
+        Retry-After before looking at its credentials (RTSP 1.0 has no 429; 503 tells clients to
+        come back rather than give up). ``failed(peer, user, why)``: each failed login; a request
+        without credentials is the normal challenge and is not one."""
+        if '"' in realm or "\\" in realm:
+            raise ValueError(f"realm: {realm!r} may not contain quotes or backslashes")
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise ValueError(f"max_sessions: {max_sessions!r} is not a positive integer")
+        if not session_timeout >= 1:
+            raise ValueError(f"session_timeout: {session_timeout!r} is not at least 1 second")
+        self._rendition_for = rendition_for
+        self._camera_known = camera_known
+        self._users = users
+        self._throttled = throttled
+        self._failed = failed
+        self._digest = Digest(realm)
+        self._max_sessions = max_sessions
+        self._timeout = float(session_timeout)
+        self._max_connections = max(16, 2 * max_sessions)
+        self._sessions: dict[str, Session] = {}
+        self._connections: set[Connection] = set()
+        self.sender = RtpSender(self._timeout)
+        self._server: asyncio.Server | None = None
+        self._reaper: asyncio.Task | None = None
+
+    def sessions(self, camera: str) -> int:
+        """Sessions set up for ``camera``, playing or not."""
+        return sum(1 for session in self._sessions.values() if session.camera == camera)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the bound port."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        self._server = await asyncio.start_server(self._on_connection, host, port, limit=MAX_HEAD)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, end every session and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        tasks = [c.task for c in self._connections if c.task is not None]
+        for connection in list(self._connections):
+            connection.writer.transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = Connection(reader, writer)
+        if len(self._connections) >= self._max_connections:
+            writer.write(response(503, None, {"Retry-After": str(RETRY_FULL)}))
+            writer.close()
+            return
+        connection.task = asyncio.current_task()
+        self._connections.add(connection)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # without autotuning's megabytes, a client that falls behind shows up in our backlog
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        try:
+            await self._serve(connection)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("rtsp %s: connection failed", connection.peer)
+        finally:
+            self._connections.discard(connection)
+            for session in list(connection.sessions.values()):
+                self._end(session, "connection closed")
+            writer.transport.abort()
+
+    async def _serve(self, connection: Connection) -> None:
+        reader = connection.reader
+        while True:
+            first = await reader.readexactly(1)  # idles as long as the client likes; the reaper bounds it
+            connection.last_seen = time.monotonic()
+            if first == b"$":  # interleaved data from the client: RTCP receiver reports
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    channel, length = struct.unpack("!BH", await reader.readexactly(3))
+                    await reader.readexactly(length)
+                for session in connection.sessions.values():
+                    if session.choice.tcp and channel == session.channels[1]:
+                        session.touch()
+                continue
+            try:
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    request = await self._read_request(reader, first)
+            except RtspError as exc:
+                logger.debug("rtsp %s: bad request: %s", connection.peer, exc)
+                connection.write(error_response(exc, exc.cseq))
+                await _linger(connection)  # the framing can no longer be trusted
+                return
+            try:
+                reply, then = await self._handle(connection, request)
+            except RtspError as exc:
+                logger.debug("rtsp %s: %s %s: %d %s", connection.peer, request.method, request.uri, exc.status, exc)
+                reply, then = error_response(exc, request.cseq), None
+            connection.write(reply)
+            connection.last_seen = time.monotonic()
+            if then is not None:
+                then()
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader, first: bytes) -> Request:
+        """Read one request line by line, so a line that cannot start a request is refused at once."""
+        head = first
+        try:
+            head += await reader.readuntil(b"\r\n")
+            if not REQUEST_LINE.fullmatch(head[:-2]):
+                raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
+            while not head.endswith(b"\r\n\r\n"):
+                head += await reader.readuntil(b"\r\n")
+                if len(head) > MAX_HEAD:
+                    break
+        except asyncio.LimitOverrunError:
+            head += b"?" * MAX_HEAD  # a line longer than the whole allowance
+        try:
+            request = parse_request(head)
+        except RtspError as exc:
+            exc.cseq = cseq_of(head)
+            raise
+        length = int(request.headers.get("content-length", "0"))
+        if length:
+            request.body = await reader.readexactly(length)
+        return request
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def _handle(self, connection: Connection, request: Request) -> tuple[bytes, Callable[[], None] | None]:
+        method = request.method
+        if method in _NOT_ALLOWED:
+            raise RtspError(405, f"{method} is not allowed here", {"Allow": PUBLIC})
+        if method not in _METHODS:
+            raise RtspError(501, f"{method} is not implemented", {"Public": PUBLIC})
+        if request.header("require"):
+            raise RtspError(551, "no options are supported", {"Unsupported": request.header("require")})
+        session = self._session_of(connection, request)
+        if method == "OPTIONS":  # the one request answered without authentication
+            if session is not None:
+                session.touch()
+            return response(200, request.cseq, {"Public": PUBLIC}), None
+        authority, camera = target(request.uri)
+        user = self._authenticate(connection, request, session)
+        if session is not None:
+            if session.user != user.name:
+                raise RtspError(454, "no such session")
+            session.touch()
+        if method == "GET_PARAMETER":  # keep-alive, with or without a session
+            if request.body.strip():
+                raise RtspError(451, "no parameters are readable")
+            return response(200, request.cseq, session_header(session, self._timeout)), None
+        if camera is None:
+            raise RtspError(400 if request.uri == "*" else 404, "the URI names no camera")
+        if session is not None and session.camera != camera:
+            raise RtspError(454, "the session belongs to another camera")
+        # Whether a camera exists is told only to those who may view it.
+        if not user.may_view(camera):
+            raise RtspError(403, f"{user.name} may not view this camera")
+        if not self._camera_known(camera):
+            raise RtspError(404, "no such camera")
+
+        if method == "DESCRIBE":
+            return await self._describe(connection, request, camera, authority), None
+        if method == "SETUP":
+            return await self._setup(connection, request, session, camera, authority, user), None
+        if session is None:
+            raise RtspError(454, "a Session header is required")
+        if method == "PLAY":
+            return await self._play(request, session)
+        if method == "PAUSE":
+            session.stop_media()
+            return response(200, request.cseq, session_header(session, self._timeout)), None
+        self._end(session, "teardown")  # TEARDOWN
+        return response(200, request.cseq), None
+
+    def _authenticate(self, connection: Connection, request: Request, session: Session | None) -> RtspUser:
+        if session is None and self._throttled(connection.peer):
+            raise RtspError(503, "too many failed logins; try later", {"Retry-After": str(_RETRY_THROTTLED)})
+        try:
+            return self._digest.check(request, connection.peer, self._users)
+        except AuthFailure as failure:
+            if failure.why is not None:
+                logger.info("rtsp %s: failed login as %r: %s", connection.peer, failure.user, failure.why)
+                self._failed(connection.peer, failure.user, failure.why)
+            challenge = {"WWW-Authenticate": self._digest.challenge(connection.peer, stale=failure.stale)}
+            raise RtspError(401, "authentication required", challenge) from None
+
+    def _session_of(self, connection: Connection, request: Request) -> Session | None:
+        value = request.header("session")
+        if value is None:
+            return None
+        session_id = value.split(";", 1)[0].strip()
+        session = connection.sessions.get(session_id) if _SESSION_ID.fullmatch(session_id) else None
+        if session is None:
+            raise RtspError(454, "no such session")
+        return session
+
+    def _rendition(self, camera: str) -> Rendition:
+        rendition = self._rendition_for(camera)
+        if rendition is None:
+            raise RtspError(503, "the camera has no frame yet; retry", {"Retry-After": str(_RETRY_NO_FRAME)})
+        return rendition
+
+    async def _describe(self, connection: Connection, request: Request, camera: str, authority: str) -> bytes:
+        rendition = self._rendition(camera)
+        parameter_sets = self.sender.sprop.get(rendition)
+        if parameter_sets is None:  # one forced keyframe per rendition, then cached
+            track = rendition.subscribe()
+            try:
+                parameter_sets = sprop(await asyncio.wait_for(track.recv(), _PROBE_WAIT))
+            except (TimeoutError, MediaStreamError):
+                parameter_sets = None
+            finally:
+                track.stop()
+            if parameter_sets is not None:
+                self.sender.sprop[rendition] = parameter_sets
+        description = sdp(camera, connection.local, rendition.fps, parameter_sets)
+        base = f"rtsp://{authority}/{quote(camera, safe='')}/"
+        return response(200, request.cseq, {"Content-Base": base}, description.encode(), "application/sdp")
+
+    async def _setup(self, connection: Connection, request: Request, session: Session | None, camera: str,
+               authority: str, user: RtspUser) -> bytes:
+        if session is not None:
+            raise RtspError(455, "the session is already set up", {"Allow": "PLAY, PAUSE, TEARDOWN, GET_PARAMETER"})
+        self._rendition(camera)
+        choice = choose_transport(request.header("transport") or "")
+        if choice is None:
+            raise RtspError(461, "use RTP/AVP/TCP;unicast;interleaved=a-b or RTP/AVP;unicast;client_port=a-b")
+        if len(self._sessions) >= self._max_sessions:
+            raise RtspError(503, "too many sessions", {"Retry-After": str(RETRY_FULL)})
+        session = Session(secrets.token_hex(8), camera, user.name, connection, choice,
+                           f"rtsp://{authority}/{quote(camera, safe='')}/", allowed=user.may_view)
+        if choice.tcp:
+            channels = choice.channels
+            used = {c for s in connection.sessions.values() if s.choice.tcp for c in s.channels}
+            if channels is None or used & set(channels):
+                channels = connection.free_channels()
+            if channels is None:
+                raise RtspError(461, "no free interleaved channels on this connection")
+            session.channels = channels
+        connection.sessions[session.id] = session
+        self._sessions[session.id] = session
+        if not choice.tcp:
+            try:
+                await self._open_udp(session)
+            except BaseException:
+                self._end(session, "no UDP ports")
+                raise
+        logger.info("rtsp %s: %s set up %s over %s (session %s)", connection.peer, user.name, camera,
+                    "TCP" if choice.tcp else "UDP", session.id)
+        headers = {"Transport": session.transport_header(), **session_header(session, self._timeout)}
+        return response(200, request.cseq, headers)
+
+    async def _open_udp(self, session: Session) -> None:
+        connection = session.connection
+        rtp, rtcp = bind_udp_pair(connection.local)
+        session.server_ports = (rtp.getsockname()[1], rtcp.getsockname()[1])
+
+        def on_rtcp(data: bytes, addr: tuple) -> None:  # receiver reports keep the session alive
+            if addr[0] == connection.peer:
+                session.touch()
+
+        loop = asyncio.get_running_loop()
+        transports = []
+        try:
+            for sock, protocol in ((rtp, Datagrams()), (rtcp, Datagrams(on_rtcp))):
+                transports.append((await loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock))[0])
+        except OSError:
+            for transport in transports:
+                transport.close()
+            rtp.close()
+            rtcp.close()
+            raise RtspError(503, "cannot open UDP ports", {"Retry-After": str(RETRY_FULL)}) from None
+        session.udp = (transports[0], transports[1])
+        if session.id not in self._sessions:  # the client left while the ports opened
+            session.close()
+            raise RtspError(454, "the session ended")
+
+    async def _play(self, request: Request, session: Session) -> tuple[bytes, Callable[[], None] | None]:
+        range_ = request.header("range")
+        if range_ is not None and not range_.strip().lower().startswith(("npt=", "clock=")):
+            raise RtspError(457, "only npt and clock ranges (a live stream plays from now)")
+        headers = {**session_header(session, self._timeout), "Range": "npt=0.000-"}
+        track_url = session.base_url + TRACK
+        if session.playing:
+            headers["RTP-Info"] = f"url={track_url};seq={session.sequence}"
+            return response(200, request.cseq, headers), None
+        rendition = self._rendition(session.camera)
+        track = rendition.subscribe()
+        first = asyncio.ensure_future(track.recv())
+        try:
+            await asyncio.wait({first}, timeout=_FIRST_PACKET_WAIT)
+            if session.id not in self._sessions:
+                raise RtspError(454, "the session ended")
+            if first.done() and first.exception() is not None:
+                raise RtspError(503, "the camera's stream ended; retry", {"Retry-After": str(_RETRY_NO_FRAME)})
+        except BaseException:  # cancelled with the connection, too: the track must not outlive us
+            first.cancel()
+            track.stop()
+            raise
+        session.touch()
+        info = f"url={track_url};seq={session.sequence}"
+        if first.done():  # else the camera is slow: no rtptime, which RFC 2326 allows
+            info += f";rtptime={(first.result().pts + session.ts_offset) & 0xFFFFFFFF}"
+        headers["RTP-Info"] = info
+        session.track, session.rendition = track, rendition
+
+        def start() -> None:
+            if session.track is track:
+                session.pump = asyncio.get_running_loop().create_task(self.sender.pump(session, track, first, self._end))
+
+        return response(200, request.cseq, headers), start
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _end(self, session: Session, why: str) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        session.connection.sessions.pop(session.id, None)
+        session.close()
+        logger.info("rtsp %s: session %s (%s, %s) ended: %s; %d frames skipped", session.connection.peer,
+                    session.id, session.user, session.camera, why, session.frames_dropped)
+
+    async def _reap(self) -> None:
+        """End sessions nobody kept alive and close idle connections without sessions."""
+        while True:
+            await asyncio.sleep(min(1.0, self._timeout / 4))
+            now = time.monotonic()
+            for session in list(self._sessions.values()):
+                if now - session.last_seen > self._timeout:
+                    self._end(session, f"no keep-alive for {self._timeout:g} s")
+                elif session.allowed is not None and not session.allowed(session.camera):
+                    self._end(session, "access revoked")  # token revoked or expired, role or grant taken away
+            for connection in list(self._connections):
+                if not connection.sessions and now - connection.last_seen > self._timeout:
+                    connection.writer.transport.abort()
+
+
+async def _linger(connection: Connection) -> None:
+    """Send what is queued, half-close, and read what the client still sends, so that closing does
+    not reset the connection (and destroy the error response) while unread input is pending."""
+    try:
+        async with asyncio.timeout(2.0):
+            await connection.writer.drain()
+            connection.writer.write_eof()
+            discarded = 0
+            while discarded < (1 << 20) and (chunk := await connection.reader.read(65536)):
+                discarded += len(chunk)
+    except (TimeoutError, ConnectionError, OSError):
+        pass

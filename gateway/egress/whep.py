@@ -1,0 +1,188 @@
+"""WHEP egress: redacted video to browsers over WebRTC (RFC 9725 without trickle ICE).
+
+:class:`WhepServer` answers a viewer's offer (``POST /whep/{camera}``) with a peer connection
+that sends one track of the camera's :class:`~gateway.egress.rendition.Rendition` (the codec the
+offer allows, H.264 preferred), and ends sessions (``DELETE /whep/{camera}/{session}``, a failed
+or closed connection, no connection within :data:`CONNECT_TIMEOUT` seconds, or access revoked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..http import BodyTooLarge, content_type, read_body, text_error
+from ..webrtc import (
+    CODEC_NAMES,
+    CODECS,
+    MAX_OFFER_BYTES,
+    NEGOTIATION_ERRORS,
+    capabilities,
+    configuration,
+    route_keyframe_requests,
+    viewer_codecs,
+)
+from .rendition import Rendition, ViewerTrack
+
+__all__ = ["WhepServer"]
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 30.0  # seconds from answer to a connected peer before the session is dropped
+
+
+@dataclass(eq=False)
+class _Session:
+    id: str
+    camera: str
+    pc: RTCPeerConnection
+    track: ViewerTrack
+    timeout: asyncio.TimerHandle | None = None
+    allowed: Callable[[], bool] | None = None  # left by authorize in request.state.still_allowed
+
+
+class WhepServer:
+    """WHEP endpoints over renditions looked up by ``rendition_for(camera, codec)`` (``None``: no such camera)."""
+
+    def __init__(
+        self,
+        rendition_for: Callable[[str, str], Rendition | None],
+        authorize: Callable[[Request, str], Awaitable[Response | None]],
+        ice_servers: list[str] | None = None,
+        camera_known: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``authorize(request, camera)``: an error response to send (401, 403, 429 ...), or
+        None to go on; asked first, before anything reveals whether the camera exists. It may
+        leave ``request.state.still_allowed``, a callable that :meth:`recheck` asks while the
+        session lives.
+        ``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
+        frame released so far) is answered 503 with Retry-After instead of 404."""
+        self._rendition_for = rendition_for
+        self._authorize = authorize
+        self._camera_known = camera_known or (lambda camera: False)
+        self._ice_servers = list(ice_servers or [])
+        self._sessions: dict[str, _Session] = {}
+        self.routes: list[BaseRoute] = [
+            Route("/whep/{camera}", self._offer, methods=["POST"]),
+            Route("/whep/{camera}/{session}", self._delete, methods=["DELETE"]),
+        ]
+
+    def viewers(self, camera: str) -> int:
+        """Open sessions for ``camera``, connected or still connecting."""
+        return sum(1 for session in self._sessions.values() if session.camera == camera)
+
+    async def close(self) -> None:
+        """Close every peer connection."""
+        await asyncio.gather(*(self._end(session_id) for session_id in list(self._sessions)))
+
+    async def recheck(self) -> int:
+        """End every session whose viewer may no longer watch (see ``authorize``); how many ended."""
+        ended = [s.id for s in list(self._sessions.values()) if s.allowed is not None and not s.allowed()]
+        for session_id in ended:
+            logger.info("WHEP session %s ended: access revoked", session_id)
+        await asyncio.gather(*(self._end(session_id) for session_id in ended))
+        return len(ended)
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    async def _offer(self, request: Request) -> Response:
+        camera = request.path_params["camera"]
+        refused = await self._authorize(request, camera)
+        if refused is not None:
+            return refused
+        if content_type(request) != "application/sdp":
+            return text_error(415, "Content-Type must be application/sdp")
+        forced = request.query_params.get("codec")
+        if forced is not None and forced not in CODECS:
+            return text_error(400, f"codec must be one of {', '.join(CODECS)}")
+        try:
+            body = await read_body(request, MAX_OFFER_BYTES)
+        except BodyTooLarge:
+            return text_error(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        try:
+            offer = body.decode("utf-8")
+            offered = viewer_codecs(offer)
+        except UnicodeDecodeError:
+            return text_error(400, "malformed SDP offer: not UTF-8 text")
+        except ValueError as exc:
+            return text_error(400, f"malformed SDP offer: {exc}")
+
+        wanted = [forced] if forced else list(CODECS)
+        rendition = None
+        for codec in (c for c in wanted if c in offered):
+            rendition = self._rendition_for(camera, codec)
+            if rendition is not None:
+                break
+        if rendition is None:
+            if not any(c in offered for c in wanted) and any(self._rendition_for(camera, c) for c in CODECS):
+                names = " or ".join(CODEC_NAMES[c] for c in wanted)
+                return text_error(400, f"the offer cannot receive {names}")
+            if self._camera_known(camera):
+                return text_error(503, f"camera {camera} has no frame yet; retry", {"Retry-After": "1"})
+            return text_error(404, f"no such camera: {camera}")
+
+        pc = RTCPeerConnection(configuration(self._ice_servers))
+        session = _Session(secrets.token_urlsafe(12), camera, pc, rendition.subscribe(),
+                           allowed=getattr(request.state, "still_allowed", None))
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if pc.connectionState == "connected" and session.timeout is not None:
+                session.timeout.cancel()
+                session.timeout = None
+            elif pc.connectionState in ("failed", "closed"):
+                await self._end(session.id)
+
+        try:
+            transceiver = pc.addTransceiver(session.track, direction="sendonly")
+            transceiver.setCodecPreferences(capabilities(rendition.codec))
+            route_keyframe_requests(transceiver.sender, rendition.request_keyframe)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except NEGOTIATION_ERRORS as exc:
+            session.track.stop()
+            await pc.close()
+            return text_error(400, f"cannot answer the offer: {exc}")
+
+        self._sessions[session.id] = session
+        if pc.connectionState != "connected":
+            session.timeout = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT, self._expire, session)
+        location = f"{request.scope.get('root_path', '')}/whep/{quote(camera, safe='')}/{session.id}"
+        return Response(
+            pc.localDescription.sdp, status_code=201, media_type="application/sdp", headers={"Location": location}
+        )
+
+    async def _delete(self, request: Request) -> Response:
+        refused = await self._authorize(request, request.path_params["camera"])
+        if refused is not None:
+            return refused
+        session = self._sessions.get(request.path_params["session"])
+        if session is None or session.camera != request.path_params["camera"]:
+            return text_error(404, "no such session")
+        await self._end(session.id)
+        return PlainTextResponse("session ended\n")
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _expire(self, session: _Session) -> None:
+        session.timeout = None
+        if session.pc.connectionState != "connected":
+            asyncio.ensure_future(self._end(session.id))
+
+    async def _end(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        if session.timeout is not None:
+            session.timeout.cancel()
+        session.track.stop()
+        await session.pc.close()

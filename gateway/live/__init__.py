@@ -1,0 +1,28 @@
+"""Live: each camera's frames decided, redacted, sealed and released in order (the middle stage).
+
+:mod:`.pipeline` is the fail-closed core (hold-back, watchdog blanking, in-order release);
+:mod:`.camera` wires one camera's source → pipeline → sinks; :mod:`.runtime` composes every
+camera of a configuration and its watchdog; :mod:`.activation` keeps which policy runs where;
+:mod:`.keyring` opens (or creates) the key directory the cameras seal with.
+
+May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
+:mod:`gateway.ingest`, :mod:`gateway.egress`, :mod:`gateway.webrtc` and the public API of
+``keys`` and ``redaction``; never ``api`` or ``cli``.
+"""
+
+from .activation import Activations
+from .camera import LiveCamera
+from .keyring import DEMO_PEOPLE, prepare_keys
+from .pipeline import CameraPipeline, PipelineStats
+from .runtime import WATCHDOG_PERIOD, Runtime
+
+__all__ = [
+    "DEMO_PEOPLE",
+    "WATCHDOG_PERIOD",
+    "Activations",
+    "CameraPipeline",
+    "LiveCamera",
+    "PipelineStats",
+    "Runtime",
+    "prepare_keys",
+]

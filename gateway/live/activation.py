@@ -1,0 +1,71 @@
+"""Which policy version each camera runs, and the versions activated over HTTP, which outlive a restart.
+
+A camera starts with its configured policy file (or the built-in default), unless a privacy
+officer activated another stored version over HTTP: those activations are kept in
+``<data_dir>/active-policies.json`` and win over the configuration at the next start (the start
+says so). Only cameras activated over HTTP are listed there; the others keep following their
+files. Every version in force is stored in the vault (by SHA-256 of its canonical JSON), so
+what sealed a segment can always be read back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from keys import EscrowError, VaultStore, write_durably
+from redaction import Policy, PolicyError, parse_policy
+
+from ..config import ConfigError
+
+
+class Activations:
+    """The version in force per camera, and the ones activated over HTTP (persisted)."""
+
+    def __init__(self, path: Path, store: VaultStore) -> None:
+        self.path, self.store = Path(path), store
+        self._active: dict[str, str] = {}  # camera -> the version in force
+        self._over_http: dict[str, str] = {}  # camera -> the version activated over HTTP
+
+    def restore(self, cameras: Iterable[str], announce: Callable[[str], None]) -> dict[str, Policy]:
+        """The policies activated over HTTP for these cameras; raises :class:`ConfigError` if the file
+        or a version it names cannot be read (fix or remove it to use the configured policies)."""
+        if not self.path.exists():
+            return {}
+        try:
+            versions = json.loads(self.path.read_text("utf-8"))
+            if not isinstance(versions, dict):
+                raise ValueError("expected an object of camera -> version")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.path}: unreadable ({exc}); fix or remove it to use the configured policies") \
+                from None
+        known = set(cameras)
+        out = {}
+        for camera, version in versions.items():
+            if camera not in known:
+                continue
+            try:
+                out[camera] = parse_policy(self.store.load_policy(version), f"policy {version[:12]}")
+            except (EscrowError, PolicyError) as exc:
+                raise ConfigError(f"{self.path}: camera {camera}: {exc}; fix or remove it to use the configured "
+                                  "policies") from None
+            self._over_http[camera] = version
+            announce(f"camera {camera}: policy {version[:12]} (activated over HTTP) is in force, "
+                     f"not its configured file")
+        return out
+
+    def started(self, camera: str, policy: Policy) -> None:
+        """``camera`` starts under ``policy`` (kept in the vault)."""
+        self._active[camera] = self.store.store_policy(policy.model_dump(mode="json"))
+
+    def version(self, camera: str) -> str:
+        return self._active[camera]
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._active)
+
+    def activated(self, camera: str, version: str) -> None:
+        """``camera`` now runs ``version``, activated over HTTP: kept across restarts."""
+        self._active[camera] = self._over_http[camera] = version
+        write_durably(self.path, json.dumps(self._over_http, indent=1, sort_keys=True).encode(), mode=0o600)

@@ -1,0 +1,356 @@
+"""One camera's live pipeline: frames in → decide (detect, track) → redact + seal → release in order.
+
+Fail-closed by construction: a frame leaves only through :meth:`CameraPipeline._drain`, and
+only in one of three states:
+
+``redacted``  the engine decided its regions and they were redacted (and sealed);
+``blanked``   no decision by its deadline (detector still warming up, slow, stalled or
+              crashed, queue behind): replaced by a solid frame of the same size;
+``dropped``   never analysed because the input queue overflowed (no pixels at all).
+
+Every frame index is released exactly once and in order, so a recorder can keep its files
+aligned with the sealed records. The watchdog (:meth:`tick`, driven by the runtime every few
+milliseconds) blanks the oldest frame once its hold-back deadline passes; the worker claims
+a frame before redacting it, and the watchdog never touches a claimed frame, so a frame is
+either redacted or blanked, never both, never raw. Redacting and sealing a decided frame is
+:class:`~gateway.sealing.RedactSeal`'s job, the same step ``privacy-gateway redact`` uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from keys import PublicIdentity, VaultRef
+from redaction import Analyzer, Decision, Frame, Policy, StreamRedactor, warmup_kernels
+
+from ..egress import Sink
+from ..frames import Released, SourceFrame, State, blank
+from ..sealing import PolicyChange, RedactSeal
+
+log = logging.getLogger(__name__)
+
+#: a detection frame is started only if it is expected to finish within its hold-back with a
+#: quarter of its expected cost to spare: detection time varies from frame to frame
+_COST_MARGIN = 1.25
+#: the cost estimate never exceeds this share of the hold-back: 1.25 x 0.75 < 1, so a frame that
+#: has just arrived is always tried, and after a stall the estimate can come down again instead of
+#: every detection frame being judged late for ever
+_COST_CAP = 0.75
+#: weight of the newest detection time in the running cost estimate
+_COST_SMOOTHING = 0.3
+_ERROR_LOG_INTERVAL = 10.0  # seconds between logged detector failures: a crash loop must not flood the log
+
+
+@dataclass
+class PipelineStats:
+    """Counters read by the metrics exporter (plain numbers; written under the pipeline lock)."""
+
+    frames_in: int = 0
+    released: int = 0
+    blanked: int = 0
+    dropped: int = 0
+    late: int = 0  # decided after the watchdog had already blanked them
+    detector_errors: int = 0
+    detections: int = 0
+    detect_seconds: float = 0.0
+    queue_depth: int = 0
+    warm: bool = False
+    #: arrival → release of redacted frames, drained by the metrics exporter (bounded)
+    latency_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+@dataclass(frozen=True)
+class _Queued:
+    index: int  # the pipeline's own, consecutive
+    time: float
+    image: np.ndarray
+    arrived: float
+
+
+@dataclass
+class _Slot:
+    time: float
+    arrived: float
+    shape: tuple[int, int, int]
+    state: State | Literal["pending", "claimed"] = "pending"
+    image: np.ndarray | None = None
+    ref: VaultRef | None = None
+
+
+@dataclass(frozen=True)
+class _Switch:
+    """A policy switch asked for by :meth:`CameraPipeline.activate`, made by the worker between two frames."""
+
+    analyzer: Analyzer
+    change: PolicyChange
+
+
+class CameraPipeline:
+    """Decides, redacts, seals and releases one camera's frames; sinks get :class:`Released` in order."""
+
+    def __init__(
+        self,
+        camera: str,
+        step: RedactSeal,
+        sinks: list[Sink],
+        holdback: float = 0.5,
+        queue_frames: int = 16,
+        analyzer_factory: Callable[[Policy], Analyzer] = Analyzer,
+    ) -> None:
+        """``step`` redacts and seals decided frames (its policy is the one in force at start)."""
+        if holdback <= 0:
+            raise ValueError(f"holdback must be > 0 s, got {holdback}")
+        self.camera, self.step, self.sinks = camera, step, sinks
+        self.holdback = holdback
+        self.stats = PipelineStats()
+        self._analyzer_factory = analyzer_factory
+        self._lock = threading.Lock()
+        self._release_lock = threading.Lock()
+        self._slots: OrderedDict[int, _Slot] = OrderedDict()
+        self._queue: deque[_Queued] = deque()
+        self._next_index = 0
+        self._queue_frames = queue_frames
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._switch: _Switch | None = None
+        self._switched = threading.Condition(self._lock)
+        self._switch_failure: Exception | None = None
+        self._activating = threading.Lock()  # one policy switch at a time
+        self._thread = threading.Thread(target=self._work, name=f"pipeline-{camera}", daemon=True)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (frames decided from now on are redacted and sealed under it)."""
+        return self.step.policy
+
+    # --- input (source thread) --------------------------------------------------------------
+
+    def offer(self, source_frame: SourceFrame) -> None:
+        """Take a frame from the source; never blocks. Overflow drops the oldest queued frame.
+
+        Frames are numbered here, consecutively, whatever the source's numbering: a frame the
+        source itself lost must not leave a gap, or recordings would drift from their records.
+        """
+        with self._lock:
+            frame = _Queued(self._next_index, source_frame.time, source_frame.image, source_frame.arrived)
+            self._next_index += 1
+            self.stats.frames_in += 1
+            self._slots[frame.index] = _Slot(frame.time, frame.arrived, frame.image.shape)
+            self._queue.append(frame)
+            while len(self._queue) > self._queue_frames:
+                old = self._queue.popleft()
+                slot = self._slots.get(old.index)
+                if slot is not None and slot.state == "pending":
+                    slot.state = "dropped"
+            self.stats.queue_depth = len(self._queue)
+            self._wake.notify()
+        self._drain()
+
+    # --- watchdog ------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Blank every frame whose deadline has passed without a decision (call every few ms)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.state != "pending":
+                    continue
+                if now - slot.arrived >= self.holdback:
+                    slot.state = "blanked"
+                else:
+                    break  # younger frames have later deadlines
+        self._drain()
+
+    # --- worker ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; frames not yet decided are released blanked, none raw."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.state == "pending":
+                    slot.state = "blanked"
+        self._drain()
+        if not self._thread.is_alive():
+            self.step.close()
+
+    # --- policy ----------------------------------------------------------------------------------
+
+    def activate(self, policy: Policy, identities: list[PublicIdentity] | None = None, timeout: float = 30.0) -> bool:
+        """Switch to ``policy`` without stopping: call from any thread but the worker's.
+
+        The new analyzer is built here (models loaded and warmed) while the old one keeps
+        deciding; the worker adopts it between two frames. Frames held by the old analyzer at
+        that moment are left to the watchdog, so they leave blanked, never raw. Sealing binds
+        every record from the first frame decided under the new policy to it (a new
+        recording). Raises, with the old policy still in force, if the analyzer cannot be built
+        or the policy's unmask grants cannot be met. Returns True once the worker has switched,
+        False if no frame came within ``timeout`` (the switch then happens at the next frame).
+        """
+        with self._activating:
+            change = self.step.prepare(policy, identities)
+            switch = _Switch(self._analyzer_factory(policy), change)
+            with self._lock:
+                self._switch = switch
+                self._wake.notify()
+                if not self._switched.wait_for(lambda: self._switch is not switch, timeout):
+                    return False
+                if self._switch_failure is not None:
+                    raise self._switch_failure
+                return True
+
+    def _adopt(self, frame: _Queued) -> Analyzer | None:
+        """The switch :meth:`activate` asked for, made before ``frame`` is analysed (worker thread)."""
+        with self._lock:
+            switch = self._switch
+        if switch is None:
+            return None
+        failure = None
+        try:
+            self.step.switch(switch.change, frame.index, frame.time)
+        except Exception as exc:  # the vault refused (disk, audit log): the old policy stays in force
+            log.exception("camera %s: could not seal under the new policy; the old one stays", self.camera)
+            failure = exc
+        with self._lock:
+            self._switch, self._switch_failure = None, failure
+            self._switched.notify_all()
+        return None if failure is not None else switch.analyzer
+
+    def _next(self) -> _Queued | None:
+        with self._lock:
+            while not self._queue and not self._stopping:
+                self._wake.wait(0.5)
+            if self._stopping:
+                return None
+            frame = self._queue.popleft()
+            self.stats.queue_depth = len(self._queue)
+            return frame
+
+    def _work(self) -> None:
+        try:
+            analyzer = self._analyzer_factory(self.policy)
+            warmup_kernels()
+        except Exception:
+            log.exception("camera %s: detector failed to start; every frame will be blanked", self.camera)
+            self.stats.detector_errors += 1
+            return
+        self.stats.warm = True
+        # Detection runs on the frames whose index is a multiple of the stride, whatever was lost,
+        # so a camera never costs more than its policy's detection rate. Frames held for a
+        # detection that is lost (skipped because it could not be decided in time, dropped, or
+        # blanked while queued) are left to the watchdog, and tracking starts afresh at the next
+        # detection frame: interpolating over a gap longer than the stride could miss a face.
+        stream: StreamRedactor | None = None
+        cost, logged = 0.0, -1e9
+        while True:
+            frame = self._next()
+            if frame is None:
+                break
+            adopted = self._adopt(frame)
+            if adopted is not None:
+                # the old analyzer's undecided frames stay pending: the watchdog blanks them
+                if stream is not None:
+                    stream.close()
+                analyzer, stream = adopted, None
+            detects = frame.index % analyzer.policy.detection.stride == 0
+            with self._lock:
+                slot = self._slots.get(frame.index)
+                lost = slot is None or slot.state != "pending"  # dropped or blanked while queued
+                late = (not lost and detects
+                        and time.monotonic() - frame.arrived + _COST_MARGIN * cost > self.holdback)
+                waiting = not lost and not late and stream is None and not detects
+                if late or waiting:
+                    # late: its detection cannot finish in time, so it is not started; waiting:
+                    # a fresh stream begins at a detection frame
+                    slot.state = "blanked"
+            if lost or late or waiting:
+                if detects and stream is not None:
+                    stream.close()
+                    stream = None
+                self._drain()
+                continue
+            if stream is None:
+                stream = StreamRedactor(analyzer, by_index=True)
+            started = time.monotonic()
+            try:
+                decisions = stream.push(Frame(frame.index, frame.time, frame.image))
+            except Exception:
+                # the frames of the failed group are never decided: the watchdog blanks them
+                self.stats.detector_errors += 1
+                if time.monotonic() - logged >= _ERROR_LOG_INTERVAL:
+                    logged = time.monotonic()
+                    log.exception("camera %s: detector failed (%d so far); its frames are blanked", self.camera,
+                                  self.stats.detector_errors)
+                stream.close()
+                stream = None
+                continue
+            if decisions:
+                spent = time.monotonic() - started
+                self.stats.detections += 1
+                self.stats.detect_seconds += spent
+                # expected time to decide a frame: what detection took lately, capped (see _COST_CAP)
+                estimate = spent if cost == 0.0 else (1 - _COST_SMOOTHING) * cost + _COST_SMOOTHING * spent
+                cost = min(estimate, _COST_CAP * self.holdback)
+            for decision in decisions:
+                self._finish(decision)
+        if stream is not None:
+            stream.close()
+
+    def _finish(self, decision: Decision) -> None:
+        frame = decision.frame
+        with self._lock:
+            slot = self._slots.get(frame.index)
+            if slot is None or slot.state != "pending":
+                self.stats.late += 1
+                return
+            slot.state = "claimed"
+        ref = self.step.apply(frame.index, frame.time, frame.image, decision.regions)
+        with self._lock:
+            slot.state, slot.image, slot.ref = "redacted", frame.image, ref
+        self._drain()
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Release, in index order, every frame at the head whose fate is settled."""
+        with self._release_lock:
+            while True:
+                with self._lock:
+                    if not self._slots:
+                        return
+                    index, slot = next(iter(self._slots.items()))
+                    if slot.state in ("pending", "claimed"):
+                        return
+                    del self._slots[index]
+                    ref = slot.ref if slot.ref is not None else self.step.ref_for(index)
+                    self.step.released(index)
+                    if slot.state == "redacted":
+                        self.stats.released += 1
+                        self.stats.latency_seconds.append(time.monotonic() - slot.arrived)
+                        image = slot.image
+                    elif slot.state == "blanked":
+                        self.stats.blanked += 1
+                        image = blank(slot.shape)
+                    else:
+                        self.stats.dropped += 1
+                        image = None
+                item = Released(self.camera, index, slot.time, slot.state, image, slot.shape, ref)  # type: ignore[arg-type]
+                for sink in self.sinks:
+                    try:
+                        sink(item)
+                    except Exception:
+                        log.exception("camera %s: a sink failed on frame %d", self.camera, index)

@@ -1,0 +1,110 @@
+"""The running cameras of one configuration: opened, wired, watched and stopped (composition only).
+
+:class:`Runtime` opens the data directory (key directory, vault), builds one
+:class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
+:mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back, and
+switches a camera's policy live. It knows nothing of HTTP or of who is asking: the network
+entry points (WHEP, WHIP, RTSP, the API) are built over it by :mod:`gateway.api`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from keys import Sealer, VaultStore, grants_of
+from redaction import Policy
+
+from ..config import GatewayConfig
+from ..webrtc import Codec
+from .activation import Activations
+from .camera import LiveCamera
+from .keyring import prepare_keys
+
+log = logging.getLogger(__name__)
+
+#: seconds between two deadline checks of the watchdog: the resolution of the hold-back, and far
+#: below a frame's spacing (33 ms at 30 fps)
+WATCHDOG_PERIOD = 0.005
+
+
+class Runtime:
+    """Every camera of a configuration, wired and (after :meth:`start`) running."""
+
+    def __init__(self, config: GatewayConfig, policies: dict[str, Policy],
+                 announce: Callable[[str], None] = print) -> None:
+        self.config = config
+        data = config.storage.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.directory = directory = prepare_keys(config, announce)
+        self.store = store = VaultStore.for_sealing(data / "vault", directory)
+        self.signer = directory.signer
+        self.activations = Activations(data / "active-policies.json", store)
+        restored = self.activations.restore(config.cameras, announce)
+        self.cameras: dict[str, LiveCamera] = {}
+        for name, camera in config.cameras.items():
+            policy = restored.get(name, policies[name])
+            self.activations.started(name, policy)
+            sealer = Sealer(store, directory.signer, name, policy.model_dump(mode="json"), grants_of(policy),
+                            directory.identities, segment_seconds=None)
+            self.cameras[name] = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
+                                            recording_seconds=config.storage.recording_seconds,
+                                            recording_preset=config.storage.recording_preset,
+                                            codecs=self.codecs(name))
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
+
+    def codecs(self, camera: str) -> tuple[Codec, ...]:
+        """The renditions to make: the camera's WHEP codecs, plus H.264 for RTSP egress."""
+        wanted = [*self.config.cameras[camera].renditions, *(["h264"] if self.config.rtsp else [])]
+        return tuple(dict.fromkeys(wanted))
+
+    # --- policies ------------------------------------------------------------------------------
+
+    def active_version(self, camera: str) -> str:
+        return self.activations.version(camera)
+
+    def activate(self, camera: str, policy: Policy, version: str) -> bool:
+        """Switch a camera's policy live (blocking): see :meth:`CameraPipeline.activate`."""
+        switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
+        try:
+            self.activations.activated(camera, version)
+        except OSError:
+            log.exception("camera %s: policy %s is in force but could not be recorded; the configured policy "
+                          "returns at the next start", camera, version[:12])
+        return switched
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for camera in self.cameras.values():
+            camera.pipeline.start()
+        self._watchdog.start()
+        for camera in self.cameras.values():
+            camera.source.start(camera.pipeline.offer)
+
+    def stop(self) -> None:
+        """Stop every camera: sources first, then pipelines (undecided frames leave blanked, sealers
+        close), then the watchdog, then the sinks (what they hold is written)."""
+        for camera in self.cameras.values():
+            camera.stop_input()
+        self._stop.set()
+        if self._watchdog.is_alive():
+            self._watchdog.join(5)
+        for camera in self.cameras.values():
+            camera.stop_output()
+
+    def _tick(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for camera in self.cameras.values():
+                camera.pipeline.tick(now)
+            self._stop.wait(WATCHDOG_PERIOD)
+
+    def health(self) -> dict:
+        """``ok`` when every camera's detector is warm and its source delivers; per-camera counters."""
+        cameras = {name: camera.health() for name, camera in self.cameras.items()}
+        ok = all(c["warm"] and c["connected"] for c in cameras.values())
+        return {"status": "ok" if ok else "degraded", "cameras": cameras}

@@ -1,0 +1,187 @@
+"""`serve` under test (shared by tests/test_serve*.py): the gateway on its own thread and event loop as
+the command line runs it, a 6 s clip with one large face as the camera, and checks on what leaves."""
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from peers import require
+from rtsp_support import gstreamer_missing
+
+from gateway.api import serve
+from gateway.config import load_config
+from gateway.files import VideoTranscoder, copy_excerpt
+from redaction import Analyzer, parse_policy
+
+FACES = {"classes": {"plate": {"enabled": False}}, "detection": {"stride": 2, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def camera_clip(tmp_path_factory, data):
+    """6 s of a clip with one large face, and its decoded frames (what the camera sends)."""
+    require(gstreamer_missing())
+    clip = copy_excerpt(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("cam") / "cam.mp4", 6.0)
+    frames = [f.image for f in VideoTranscoder(clip).frames()]
+    analyzer = Analyzer(parse_policy(FACES))
+    faces = [[r for r in analyzer.regions(f) if r.score >= 0.5] for f in frames[::5]]
+    return clip, frames, faces
+
+
+class Running:
+    """`serve` on its own thread and event loop, like the command line runs it."""
+
+    def __init__(self, tmp_path, cameras: dict, holdback_ms=1500, recording_seconds=2.0, **settings):
+        (tmp_path / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
+        config = {"cameras": {name: {**(url if isinstance(url, dict) else {"source": url}), "policy": "faces.yaml",
+                                     "holdback_ms": holdback_ms, "renditions": ["h264"]} for name, url in cameras.items()},
+                  "storage": {"data_dir": "data", "recording_seconds": recording_seconds},
+                  "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True, **settings}
+        (tmp_path / "gateway.yaml").write_text(json.dumps(config))
+        self.config, self.policies = load_config(tmp_path / "gateway.yaml")
+        self.lines: list[str] = []
+        self.stop = threading.Event()
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import asyncio
+
+        def ready(gateway, port):
+            self.gateway, self.port = gateway, port
+            # an officer's token, as `POST /api/tokens` would issue it, for /metrics and the detailed /health
+            self.token, _ = gateway.access.store.issue("demo-officer", None, 3600.0, "test")
+            self.viewer_token = next(line.split("#token=")[1] for line in self.lines if "#token=" in line)
+            self.started.set()
+
+        try:
+            asyncio.run(serve(self.config, self.policies, announce=self.lines.append, ready=ready, stop=self.stop))
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+            self.started.set()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.started.wait(60)
+        if self.error:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+
+    def get(self, path, token: str | None = ""):
+        """GET with the officer's token ("": the default; None: none)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token or self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def call(self, method, path, body=None, content_type="application/json"):
+        """An API request with the officer's token: (status, decoded JSON or text)."""
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, text = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text.decode()
+
+    def wait_healthy(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.get("/health")
+            if status == 200:
+                return json.loads(body)
+            time.sleep(0.5)
+        raise AssertionError(f"never healthy: {body!r}")
+
+    def metric(self, name, **labels):
+        _, body = self.get("/metrics")
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        match = re.search(rf"^{name}{{{re.escape(want)}}} (\S+)$", body.decode(), re.M)
+        return float(match.group(1)) if match else None
+
+    def wait_metric(self, name, above, timeout=60, **labels):
+        """Wait until a counter passes ``above``: progress is asserted, never a rate (CI machines are loaded)."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels) or 0.0) <= above:
+            assert time.monotonic() < deadline, f"{name}{labels} stayed at {value}, not above {above}"
+            time.sleep(0.25)
+        return value
+
+
+def collect_released(running, camera, keep_images=False):
+    """Every frame the pipeline releases, as the sinks see them: (state, index, hash[, half-size image])."""
+    seen = []
+
+    def sink(item):
+        digest = None if item.image is None else hashlib.blake2b(item.image.tobytes()).digest()
+        small = half(item.image) if keep_images and item.image is not None else None
+        seen.append((item.state, item.index, digest, small))
+
+    running.gateway.cameras[camera].pipeline.sinks.append(sink)
+    return seen
+
+
+def half(image):
+    return cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def assert_faces_redacted(images, frames, faces) -> int:
+    """Each image (half size) that is one of the sampled camera frames has lost the detail of that
+    frame's confident, visible faces; returns how many faces were checked.
+
+    Detail (variance of the Laplacian) rather than a plain difference: blurring a dark face
+    changes its pixels little, and a lossy hop (VP8 from a publisher, H.264 to a VMS) smooths
+    everything a little. Marginal faces (score < 0.7) may fall under the threshold after such
+    a hop, and nearly flat ones carry no detail to lose: the detector's recall is measured
+    elsewhere, this checks the path through the pipeline.
+    """
+    sources = [half(f) for f in frames[::5]]
+    detail = lambda image: cv2.Laplacian(image.mean(axis=2), cv2.CV_32F).var()
+    checked = 0
+    for image in images:
+        nearest = int(np.argmin([np.abs(image - s).mean() for s in sources]))
+        if np.abs(image - sources[nearest]).mean() > 5:
+            continue  # not one of the sampled frames (only those have known faces), just near one
+        for face in (f for f in faces[nearest] if f.score >= 0.7):
+            x, y, w, h = (v / 2 for v in face.box)  # its middle: the live boxes come from tracking, not this detection
+            box = (slice(round(y + h / 5), round(y + 4 * h / 5)), slice(round(x + w / 5), round(x + 4 * w / 5)))
+            before = detail(sources[nearest][box])
+            if before < 50:
+                continue
+            assert detail(image[box]) < 0.3 * before, f"face {face.box} not redacted"
+            checked += 1
+    return checked
+
+
+def grab(page):
+    """The frame the browser shows now, decoded from a canvas snapshot (PNG, lossless)."""
+    url = page.evaluate("""(() => { const v = document.getElementById('video');
+        if (!v.videoWidth) return null;
+        const c = document.createElement('canvas'); c.width = v.videoWidth; c.height = v.videoHeight;
+        c.getContext('2d').drawImage(v, 0, 0); return c.toDataURL('image/png'); })()""")
+    if not url:
+        return None
+    data = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), dtype=np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)

@@ -1,0 +1,78 @@
+"""The RTSP wire format and digest nonces, without a server: exact parser errors, fuzzing, nonce expiry."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.egress.rtsp import Request, RtspError, RtspUser, parse_request
+from gateway.egress.rtsp.digest import AuthFailure, Digest
+from rtsp_harness import ALICE, METHODS, REALM, digest, ha1, line_text
+
+
+
+def test_nonces_expire():
+    now = [1000.0]
+    checker = Digest(REALM, clock=lambda: now[0])
+    users = {"alice": RtspUser("alice", ha1(*ALICE), lambda camera: True)}.get
+    uri = "rtsp://127.0.0.1:554/cam"
+
+    def request(peer_nonce_from: str) -> Request:
+        challenge = checker.challenge(peer_nonce_from)
+        return Request("DESCRIBE", uri, {"authorization": digest(ALICE, "DESCRIBE", uri, challenge)}, "1")
+
+    fresh = request("10.0.0.1")
+    assert checker.check(fresh, "10.0.0.1", users).name == "alice"
+    with pytest.raises(AuthFailure) as other_address:
+        checker.check(fresh, "10.0.0.2", users)
+    assert other_address.value.stale and other_address.value.why is None
+    now[0] += 299
+    assert checker.check(fresh, "10.0.0.1", users).name == "alice"
+    now[0] += 2
+    with pytest.raises(AuthFailure) as expired:
+        checker.check(fresh, "10.0.0.1", users)
+    assert expired.value.stale and expired.value.why is None
+
+
+@pytest.mark.parametrize("head, status, message", [
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n", 400, "request header section does not end with CRLF CRLF"),
+    (b"OPTIONS  * RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400, "request line is not METHOD URI RTSP/1.0"),
+    (b"OPT(IONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400, "method is not a token"),
+    (b"OPTIONS \x7f RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400, "request URI is empty or has control characters"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq 1\r\n\r\n", 400, "malformed header line 'CSeq 1'"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nX: a\x01\r\n\r\n", 400, "header X has control characters"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nSession: a\r\nsession: b\r\n\r\n", 400, "header session repeated"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: one\r\n\r\n", 400, "CSeq is missing or not a number"),
+    (b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n", 505, "RTSP/2.0 is not RTSP/1.0"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length is not a number"),
+    (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 4097\r\n\r\n", 413, "Content-Length over 4096 bytes"),
+])
+def test_parser_errors_name_the_problem(head, status, message):
+    with pytest.raises(RtspError) as error:
+        parse_request(head)
+    assert (error.value.status, str(error.value)) == (status, message)
+
+
+def test_parser_accepts_a_well_formed_request():
+    request = parse_request(b"SETUP rtsp://h/cam/trackID=0 RTSP/1.0\r\nCSeq: 3\r\n"
+                            b"Transport:RTP/AVP/TCP;interleaved=0-1\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    assert (request.method, request.uri, request.cseq) == ("SETUP", "rtsp://h/cam/trackID=0", "3")
+    assert request.headers == {"cseq": "3", "transport": "RTP/AVP/TCP;interleaved=0-1", "x-a": "1, 2"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda method, uri, version, headers: f"{method} {uri} {version}\r\n{headers}\r\n".encode(),
+              st.sampled_from(METHODS) | line_text, line_text, st.sampled_from(["RTSP/1.0", "RTSP/2.0", "x"]),
+              st.lists(st.tuples(st.sampled_from(["CSeq", "Content-Length", "Session", "X"]) | line_text, line_text)
+                       .map(lambda h: f"{h[0]}:{h[1]}\r\n"), max_size=6).map("".join)),
+))
+def test_parser_fuzz(data):
+    try:
+        request = parse_request(data)
+    except RtspError as exc:
+        assert 400 <= exc.status < 600 and exc.status != 500, exc
+    else:
+        assert request.cseq.isdigit() and request.method and request.uri
