@@ -8,6 +8,7 @@ thread-safe: async tests call it through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import itertools
 import json
 import os
@@ -38,6 +39,16 @@ FLAGS = [
 ]
 
 
+_CHILD_FDS_FROM = 10  # Chromium's pipe ends are duplicated to descriptors from here (bash redirects any)
+
+
+def _above(fd: int) -> int:
+    """``fd`` moved to a descriptor >= _CHILD_FDS_FROM (close-on-exec; ``pass_fds`` hands it on)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _CHILD_FDS_FROM)
+    os.close(fd)
+    return moved
+
+
 class BrowserError(Exception):
     """Chromium failed, answered a command with an error, or a page script threw."""
 
@@ -48,8 +59,12 @@ class Browser:
     def __init__(self, executable: str = CHROMIUM, flags: list[str] | None = None) -> None:
         self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
         self.log_path = Path(self._profile.name) / "chromium.log"
+        # Chromium's ends of the pipes are moved above the descriptors the redirect writes (3, 4):
+        # a fresh process's os.pipe() returns 3 and 4 themselves, and "3<&3 ... 3<&-" would then
+        # close the very descriptor Chromium reads ("Remote debugging pipe file descriptors are not open")
         commands_r, commands_w = os.pipe()
         replies_r, replies_w = os.pipe()
+        commands_r, replies_w = _above(commands_r), _above(replies_w)
         argv = [
             executable,
             *(FLAGS if flags is None else flags),
