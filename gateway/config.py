@@ -85,8 +85,9 @@ class Storage(StrictModel):
     data_dir: Path = Path("data")
     #: seconds per recording file (and per vault segment of its sealed originals)
     recording_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    #: x264 preset of recordings: at 720p30 superfast takes about half the CPU of veryfast for
-    #: about a quarter more bytes (perf/bench_gateway.py shows the recorder's share per camera)
+    #: x264 preset of each camera's one H.264 encode (its recording, WHEP and RTSP stream): at
+    #: 720p30 superfast takes about half the CPU of veryfast for about a quarter more bytes
+    #: (perf/bench_gateway.py shows the encoder's share per camera)
     recording_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = "superfast"
     #: the key directory (public keys and the gateway signing key); default: <data_dir>/keys
     keys: Path | None = None

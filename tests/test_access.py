@@ -305,18 +305,18 @@ async def test_frames_egress_gives_up_are_counted_on_metrics(world):
     from gateway.frames import Released
 
     gateway, people = world
-    feed = gateway.cameras["lobby"].feed
+    output = gateway.cameras["lobby"].output
     image = np.zeros((64, 96, 3), np.uint8)
     for index in range(2):  # the renditions are made from the camera's first two frames
-        feed(Released("lobby", index, index / 10, "redacted", image, image.shape))
+        output(Released("lobby", index, index / 10, "redacted", image, image.shape))
     try:
-        h264, vp8 = feed.rendition("h264"), feed.rendition("vp8")
+        h264, vp8 = output.rendition("h264"), output.rendition("vp8")
         h264.frames_dropped, h264.packets_dropped, vp8.packets_dropped = 3, 17, 5
         async with await client(gateway) as http:
             olga = {"Authorization": f"Bearer {await token_for(http, people['olga'])}"}
             metrics = (await http.get("/metrics", headers=olga)).text
     finally:
-        feed.close()
+        output.close()
     assert 'privacy_gateway_rendition_frames_dropped_total{camera="lobby",codec="h264"} 3.0' in metrics
     assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="h264"} 17.0' in metrics
     assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="vp8"} 5.0' in metrics

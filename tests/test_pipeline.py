@@ -14,7 +14,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.files import VideoTranscoder, read_image
-from gateway.egress import Recorder, ThreadedSink
+from gateway.egress import CameraOutput, Recorder, ThreadedSink
 from gateway.frames import BLANK_LEVEL
 from gateway.live import CameraPipeline
 from gateway.sealing import RedactSeal
@@ -169,12 +169,13 @@ def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, t
     sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
                     directory.identities, segment_seconds=None)
     recorder = Recorder(tmp_path / "recordings", "cam")
-    sink = ThreadedSink("recorder", recorder, keep_all=True)
+    output = CameraOutput("cam", ("h264",), recorder)  # the camera's one encode: recording, WHEP, RTSP
+    sink = ThreadedSink("output", output, keep_all=True)
     pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, recording_seconds=1.5), [sink], holdback=2.0,
                               analyzer_factory=lambda p: Analyzer(p, detectors))
     released = run(frames, pipeline, tail=2.5)
     sink.close()
-    recorder.close()
+    output.close()
     check_fail_closed(released, frames, faces)
     assert len(recorder.files) >= 2
     records = {}  # recording -> frame -> sealed boxes, from the plaintext record headers
@@ -207,10 +208,11 @@ def test_recorder_keeps_every_frame_at_the_camera_s_own_rate(tmp_path, clip):
 
     frames = clip[0][:20]
     recorder = Recorder(tmp_path, "cam")  # a 30 fps camera
+    output = CameraOutput("cam", ("h264",), recorder)
     for index, image in enumerate(frames):
-        recorder(Released("cam", index, index / 30, "redacted", image, image.shape))
-    recorder(Released("cam", 20, 20 / 30, "dropped", None, frames[0].shape))
-    recorder.close()
+        output(Released("cam", index, index / 30, "redacted", image, image.shape))
+    output(Released("cam", 20, 20 / 30, "dropped", None, frames[0].shape))
+    output.close()
     (path,) = recorder.files
     decoded = list(VideoTranscoder(path).frames())
     assert len(decoded) == 21 and (decoded[-1].image.astype(int) - BLANK_LEVEL).__abs__().max() < 8
@@ -225,10 +227,11 @@ def test_recorder_takes_its_rate_from_the_camera_not_a_guess(tmp_path, clip):
     image = clip[0][0]
     for fps in (30, 12):
         recorder = Recorder(tmp_path / str(fps), "cam")
+        output = CameraOutput("cam", ("h264",), recorder)
         for index in range(5 * fps):
-            recorder(Released("cam", index, index / fps, "redacted", image, image.shape))
-        recorder.close()
-        assert recorder.fps == pytest.approx(fps)
+            output(Released("cam", index, index / fps, "redacted", image, image.shape))
+        output.close()
+        assert output.rendition("h264").fps == pytest.approx(fps)
         (path,) = recorder.files
         with av.open(str(path)) as container:
             keyframes = [i for i, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]

@@ -290,6 +290,7 @@ async def test_rendition_encodes_only_for_viewers_and_a_slow_viewer_resumes_at_a
         packet = await asyncio.wait_for(first, 5)
         assert isinstance(packet, av.Packet) and packet.is_keyframe  # forced for the newcomer
         assert (packet.pts, packet.time_base) == (5 * TICKS_PER_FRAME, Fraction(1, 90_000))
+        await asyncio.sleep(1.05)  # keyframe requests are rate-limited (one a second): the newcomer's was one
 
         # The viewer stops reading for 20 frames; the encoder does not wait for it. At 15 queued
         # packets its backlog is dropped, and it resumes at the keyframe requested for it.

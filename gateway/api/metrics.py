@@ -65,7 +65,7 @@ class _Cameras(Collector):
             source_errors.add_metric([name], source.errors)
             for sink in camera.sinks:
                 skipped.add_metric([name, sink.name], sink.skipped)
-            for rendition in camera.feed.renditions():
+            for rendition in camera.output.renditions():
                 encoder_dropped.add_metric([name, rendition.codec], rendition.frames_dropped)
                 viewer_dropped.add_metric([name, rendition.codec], rendition.packets_dropped)
             rtsp_skipped.add_metric([name], rtsp_counts.get(name, 0))

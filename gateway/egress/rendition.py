@@ -1,10 +1,16 @@
 """One encoder per (camera, codec), its packets fanned out to every viewer (WHEP and RTSP alike).
 
-A :class:`Rendition` owns one encoder. The live feed pushes redacted BGR frames into it; the
-rendition's own encoder thread turns them into ``av.Packet`` objects and hands every packet to
-every viewer. Each viewer is an aiortc track whose ``recv()`` returns those packets: aiortc's
-``RTCRtpSender`` sees a packet rather than a frame and only packetizes it (``Encoder.pack``),
-so adding a viewer adds RTP/SRTP work, never an encode. The RTSP server subscribes the same way.
+A :class:`Rendition` owns one encoder (settings in :mod:`.encoding`). The camera's output pushes
+redacted BGR frames into it; the rendition's own encoder thread turns them into ``av.Packet``
+objects and hands every packet to every viewer. Each viewer is an aiortc track whose ``recv()``
+returns those packets: aiortc's ``RTCRtpSender`` sees a packet rather than a frame and only
+packetizes it (``Encoder.pack``), so adding a viewer adds RTP/SRTP work, never an encode. The
+RTSP server subscribes the same way.
+
+A camera's H.264 rendition is :class:`~.encoding.Continuous`: it encodes every frame, watched or
+not, never drops one (``push`` waits for room instead: the recording must keep every frame's
+slot), and hands every packet with its frame's tag to the recorder. Other renditions encode
+only while someone watches and drop the oldest waiting frame when the encoder falls behind.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import logging
 import math
 import threading
 import time as _clock
-from fractions import Fraction
 
 import av
 import cv2
@@ -23,34 +28,31 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..webrtc import CODECS, Codec
+from .encoding import RTP_CLOCK, TIME_BASE, Continuous, StreamInfo, open_encoder
 
 __all__ = ["RTP_CLOCK", "VIEWER_BACKLOG", "Rendition", "ViewerTrack"]
 
 logger = logging.getLogger(__name__)
 
-RTP_CLOCK = 90_000
-_TIME_BASE = Fraction(1, RTP_CLOCK)
-
-# frames waiting for the encoder; older ones are dropped (and counted). The pipeline releases a
-# detection group at once (up to the policy's stride, at most 30 frames), and a viewer should
-# get all of them: RTP timestamps carry the frames' own spacing, so the burst plays evenly.
+# frames waiting for the encoder. The pipeline releases a detection group at once (up to the
+# policy's stride, at most 30 frames), and a viewer should get all of them: RTP timestamps carry
+# the frames' own spacing, so the burst plays evenly. An on-demand rendition drops the oldest
+# beyond this (and counts it); a continuous one makes ``push`` wait.
 _PENDING_FRAMES = 32
 VIEWER_BACKLOG = 15  # packets queued for one viewer before it is declared slow
-_KEYFRAME_MIN_INTERVAL = 1.0  # seconds between keyframes requested by viewers (PLI/FIR, slow viewers)
-_GOP_SECONDS = 2.0  # a keyframe at least this often, whatever viewers ask for
+_KEYFRAME_MIN_INTERVAL = 1.0  # seconds between keyframes requested by viewers (PLI/FIR, newcomers, slow viewers)
 
 
 class Rendition:
-    """One encoder per (camera, codec); frames are pushed from a worker thread, packets fan out to all viewers.
+    """One encoder per (camera, codec); frames are pushed from one thread, packets fan out to all viewers.
 
-    Nothing is encoded while nobody watches. A new viewer starts at a keyframe forced for it;
-    a viewer that falls ``VIEWER_BACKLOG`` packets behind loses its backlog and resumes at the
-    next keyframe, so one slow viewer never holds back the encoder or the others.
+    A new viewer starts at a keyframe asked for it (rate-limited, like every keyframe request); a
+    viewer that falls ``VIEWER_BACKLOG`` packets behind loses its backlog and resumes at the next
+    keyframe, so one slow viewer never holds back the encoder or the others.
     """
 
-    def __init__(
-        self, camera: str, codec: Codec, width: int, height: int, fps: float, bitrate: int = 1_500_000
-    ) -> None:
+    def __init__(self, camera: str, codec: Codec, width: int, height: int, fps: float, bitrate: int = 1_500_000,
+                 continuous: Continuous | None = None) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec: {codec!r} is not one of {', '.join(CODECS)}")
         for name, value in (("width", width), ("height", height)):
@@ -60,21 +62,25 @@ class Rendition:
             raise ValueError(f"fps: {fps!r} is not a positive number")
         if not isinstance(bitrate, int) or bitrate <= 0:
             raise ValueError(f"bitrate: {bitrate!r} is not a positive number of bits per second")
+        if continuous is not None and codec != "h264":
+            raise ValueError("a continuous rendition is H.264")
         self.camera = camera
         self.codec = codec
         self.width = width
         self.height = height
         self.fps = float(fps)
         self.bitrate = bitrate
+        self.continuous = continuous
         # statistics, plain ints
         self.frames_encoded = 0
-        self.frames_dropped = 0  # pushed while the encoder was still busy with older frames
+        self.frames_dropped = 0  # pushed while the encoder was still busy with older frames (on-demand only)
         self.packets_sent = 0  # packets handed to viewers' senders, summed over viewers
         self.packets_dropped = 0  # packets a viewer skipped (joining before a keyframe, or too slow)
         self.keyframes = 0
+        self.errors = 0  # frames the encoder failed on (each restarts it)
 
         self._cond = threading.Condition()
-        self._pending: collections.deque[tuple[np.ndarray, int]] = collections.deque(maxlen=_PENDING_FRAMES)
+        self._pending: collections.deque[tuple[np.ndarray, int, object, bool]] = collections.deque()
         self._viewers: set[ViewerTrack] = set()
         self._keyframe_wanted = False
         self._last_keyframe_request = -math.inf
@@ -82,6 +88,7 @@ class Rendition:
         self._last_pts: int | None = None
         self._closed = False
         self._encoder: av.VideoCodecContext | None = None
+        self._tags: collections.deque[object] = collections.deque()  # of frames in the encoder, in order
         self._thread = threading.Thread(target=self._run, name=f"whep-{camera}-{codec}", daemon=True)
         self._thread.start()
 
@@ -93,11 +100,13 @@ class Rendition:
         with self._cond:
             return len(self._viewers)
 
-    def push(self, image: np.ndarray, time: float) -> None:
+    def push(self, image: np.ndarray, time: float, tag: object = None, keyframe: bool = False) -> None:
         """Queue a redacted BGR ``uint8`` frame taken at media time ``time`` (seconds) for encoding.
 
-        Thread-safe and never blocks on viewers. The pixels are converted (and copied) before
-        this returns, so the caller may reuse ``image`` at once.
+        ``tag`` comes back with the frame's packet (continuous renditions); ``keyframe`` makes the
+        frame an IDR (a recording starts there). Thread-safe; never waits for viewers. A continuous
+        rendition waits here while its encoder is ``_PENDING_FRAMES`` behind. The pixels are
+        converted (and copied) before this returns, so the caller may reuse ``image`` at once.
         """
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             shape = getattr(image, "shape", None)
@@ -106,13 +115,17 @@ class Rendition:
         if not math.isfinite(time):
             raise ValueError(f"time: {time!r} is not a finite number of seconds")
         with self._cond:
-            if self._closed or not self._viewers:
+            if self._closed or (self.continuous is None and not self._viewers):
                 return
         if image.shape[:2] != (self.height, self.width):
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         # BT.601 limited range, what browsers assume for VP8 and for H.264 without colour VUI.
         yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
         with self._cond:
+            if self.continuous is not None:
+                self._cond.wait_for(lambda: len(self._pending) < _PENDING_FRAMES or self._closed)
+                if self._closed:
+                    return
             pts = round(time * RTP_CLOCK) + self._pts_offset
             if self._last_pts is not None and pts <= self._last_pts:
                 # Media time went backwards (a source restarted): keep the RTP clock moving on.
@@ -120,10 +133,11 @@ class Rendition:
                 self._pts_offset += self._last_pts + step - pts
                 pts = self._last_pts + step
             self._last_pts = pts
-            if len(self._pending) == self._pending.maxlen:
+            if len(self._pending) >= _PENDING_FRAMES:
+                self._pending.popleft()
                 self.frames_dropped += 1
-            self._pending.append((yuv, pts))
-            self._cond.notify()
+            self._pending.append((yuv, pts, tag, keyframe))
+            self._cond.notify_all()
 
     def subscribe(self) -> MediaStreamTrack:
         """A new viewer track for the running event loop.
@@ -135,7 +149,8 @@ class Rendition:
         return ViewerTrack(self, asyncio.get_running_loop())
 
     def request_keyframe(self) -> None:
-        """Ask for a keyframe soon (PLI/FIR from a viewer); rate-limited, as it costs every viewer bandwidth."""
+        """Ask for a keyframe soon (PLI/FIR from a viewer, a newcomer); rate-limited: each costs every
+        viewer bandwidth, and a continuous rendition's recording bytes."""
         with self._cond:
             now = _clock.monotonic()
             if now - self._last_keyframe_request >= _KEYFRAME_MIN_INTERVAL:
@@ -143,12 +158,14 @@ class Rendition:
                 self._keyframe_wanted = True
 
     def close(self) -> None:
-        """Stop the encoder thread and end every viewer track. Idempotent."""
+        """Stop the encoder thread and end every viewer track. Idempotent. A continuous rendition
+        encodes what is queued and flushes its encoder first, so the recording loses nothing."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            self._pending.clear()
+            if self.continuous is None:
+                self._pending.clear()
             viewers = list(self._viewers)
             self._viewers.clear()
             self._cond.notify_all()
@@ -164,8 +181,8 @@ class Rendition:
             if self._closed:
                 return False
             self._viewers.add(viewer)
-            self._keyframe_wanted = True  # the newcomer must not wait a whole GOP
-            return True
+        self.request_keyframe()  # the newcomer should not wait a whole GOP
+        return True
 
     def _unsubscribe(self, viewer: ViewerTrack) -> None:
         with self._cond:
@@ -178,85 +195,72 @@ class Rendition:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
-                if self._closed:
+                if not self._pending:  # closed, and nothing left to encode
                     break
-                yuv, pts = self._pending.popleft()
-                keyframe = self._keyframe_wanted
+                yuv, pts, tag, forced = self._pending.popleft()
+                self._cond.notify_all()  # room again, for a continuous push waiting
+                keyframe = forced or self._keyframe_wanted
                 self._keyframe_wanted = False
                 viewers = list(self._viewers)
-            if not viewers:
+            if not viewers and self.continuous is None:
                 continue
-            try:
-                packets = self._encode(yuv, pts, keyframe)
-            except (av.FFmpegError, ValueError):
-                logger.exception("%r: encoding failed; the encoder restarts at the next frame", self)
-                self._encoder = None
-                continue
-            for packet in packets:
-                self._fan_out(packet, viewers)
+            self._emit(self._encode_safely(yuv, pts, tag, keyframe), viewers)
+        if self.continuous is not None and self._encoder is not None:
+            self._emit(self._encoder.encode(None), [])  # what the encoder still holds
         self._encoder = None
 
-    def _open_encoder(self) -> av.VideoCodecContext:
-        gop = max(1, round(self.fps * _GOP_SECONDS))
-        if self.codec == "h264":
-            encoder = av.CodecContext.create("libx264", "w")
-            kbit = max(1, self.bitrate // 1000)
-            encoder.options = {
-                "preset": "ultrafast",
-                "tune": "zerolatency",
-                # Constrained baseline: what every WebRTC H.264 decoder takes (profile-level-id 42e0xx).
-                "profile": "baseline",
-                # A forced keyframe must be an IDR a newcomer can start from.
-                "forced-idr": "1",
-                # Annex B with SPS/PPS repeated before every IDR (x264 does this without a global
-                # header), which is what aiortc's H264 pack() splits on.
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:vbv-maxrate={kbit}:vbv-bufsize={kbit}",
-            }
-        else:
-            encoder = av.CodecContext.create("libvpx", "w")
-            encoder.options = {
-                "deadline": "realtime",
-                "cpu-used": "10",
-                "lag-in-frames": "0",
-                "error-resilient": "1",
-                "static-thresh": "1",
-                "undershoot-pct": "100",
-                "overshoot-pct": "15",
-                "minrate": str(self.bitrate),
-                "maxrate": str(self.bitrate),
-                "bufsize": str(self.bitrate),
-            }
-            encoder.qmin = 2
-            encoder.qmax = 56
-        encoder.width = self.width
-        encoder.height = self.height
-        encoder.pix_fmt = "yuv420p"
-        encoder.time_base = _TIME_BASE
-        encoder.framerate = Fraction(self.fps).limit_denominator(1001)
-        encoder.bit_rate = self.bitrate
-        encoder.gop_size = gop
-        encoder.max_b_frames = 0
-        # One thread per rendition: renditions run in parallel with each other and with detection.
-        encoder.thread_count = 1
-        encoder.open()
-        return encoder
+    def _encode_safely(self, yuv: np.ndarray, pts: int, tag: object, keyframe: bool) -> list[av.Packet]:
+        try:
+            return self._encode(yuv, pts, tag, keyframe)
+        except (av.FFmpegError, ValueError):
+            self.errors += 1
+            logger.exception("%r: encoding failed; the encoder restarts", self)
+            self._encoder = None
+            self._tags.clear()
+            if self.continuous is None:
+                return []
+        # the recording must keep this frame's slot: a fresh encoder, the frame as a keyframe
+        try:
+            return self._encode(yuv, pts, tag, True)
+        except (av.FFmpegError, ValueError):
+            logger.exception("%r: encoding failed twice; the frame is lost to the recording", self)
+            self._encoder = None
+            self._tags.clear()
+            return []
 
-    def _encode(self, yuv: np.ndarray, pts: int, keyframe: bool) -> list[av.Packet]:
+    def _encode(self, yuv: np.ndarray, pts: int, tag: object, keyframe: bool) -> list[av.Packet]:
         if self._encoder is None:
-            self._encoder = self._open_encoder()
+            self._encoder = open_encoder(self.codec, self.width, self.height, self.fps, self.bitrate, self.continuous)
+            keyframe = True
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = pts
-        frame.time_base = _TIME_BASE
+        frame.time_base = TIME_BASE
         if keyframe:
             frame.pict_type = av.video.frame.PictureType.I
+        self._tags.append(tag)
         packets = self._encoder.encode(frame)
         self.frames_encoded += 1
+        return packets
+
+    def _emit(self, packets: list[av.Packet], viewers: list[ViewerTrack]) -> None:
         for packet in packets:
             # aiortc maps pts from the packet's time base to the 90 kHz RTP clock.
-            packet.time_base = _TIME_BASE
+            packet.time_base = TIME_BASE
             if packet.is_keyframe:
                 self.keyframes += 1
-        return packets
+            tag = self._tags.popleft() if self._tags else None  # no B-frames: packets come in frame order
+            if self.continuous is not None:
+                try:
+                    self.continuous.on_packet(packet, tag, self.stream_info)
+                except Exception:  # the recorder failing must not stop the live stream
+                    logger.exception("%r: the recording failed on a packet", self)
+            if viewers:
+                self._fan_out(packet, viewers)
+
+    @property
+    def stream_info(self) -> StreamInfo:
+        extradata = bytes(self._encoder.extradata or b"") if self._encoder is not None else b""
+        return StreamInfo(self.width, self.height, self.fps, extradata)
 
     def _fan_out(self, packet: av.Packet, viewers: list[ViewerTrack]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[ViewerTrack]] = collections.defaultdict(list)

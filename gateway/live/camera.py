@@ -2,13 +2,15 @@
 
     source ──SourceFrame──▶ CameraPipeline (decide · redact + seal · release in order)
                                  │ Released
-                                 ├──▶ recorder sink thread ──▶ Recorder (fMP4 next to the vault)
-                                 └──▶ live sink thread ──▶ LiveFeed ──▶ one Rendition per codec ──▶ WHEP, RTSP
+                                 └──▶ output sink thread ──▶ CameraOutput: pace, encode once (H.264)
+                                                               ├──▶ Recorder (fMP4 next to the vault)
+                                                               ├──▶ WHEP viewers, RTSP clients
+                                                               └──▶ VP8 rendition (only while watched)
 
 Each arrow is a thread boundary with its own bounded queue: the source never waits for the
-pipeline (it drops its oldest frame), the pipeline never waits for a sink (the recorder keeps
-every slot but may give up pixels, the live feed skips), so a slow consumer cannot stall
-redaction. The runtime builds one :class:`LiveCamera` per configured camera and drives its
+pipeline (it drops its oldest frame), the pipeline never waits for the output sink (it keeps
+every frame's slot but gives up pixels when too far behind: those frames are encoded blank),
+so a slow encoder cannot stall redaction. The runtime builds one :class:`LiveCamera` per configured camera and drives its
 watchdog; this module only composes.
 """
 
@@ -20,34 +22,28 @@ from keys import Sealer
 from redaction import Policy
 
 from ..config import Camera
-from ..egress import LiveFeed, Recorder, Rendition, ThreadedSink
+from ..egress import CameraOutput, Recorder, Rendition, ThreadedSink
 from ..ingest import Source, WhipSource, create_source
 from ..sealing import RedactSeal
 from ..webrtc import Codec
 from .pipeline import CameraPipeline
 
-#: frames whose pixels wait for the recorder before it writes blanks in their slots (4 s at 30 fps)
-_RECORDER_BACKLOG = 120
-#: frames waiting for the live feed: a whole detection group is released at once, and the largest
-#: stride a policy allows is 30 (redaction.policy.Detection.stride), plus two frames of slack
-_LIVE_BACKLOG = 32
+#: frames whose pixels wait for the output (4 s at 30 fps: the hold-back, a detection group of up
+#: to 30 frames released at once, and encoder hiccups) before it encodes blanks in their slots
+_OUTPUT_BACKLOG = 120
 
 
 class LiveCamera:
-    """Source → pipeline → recorder and live feed, for one camera."""
+    """Source → pipeline → output (one encode: recording, WHEP, RTSP), for one camera."""
 
     def __init__(self, name: str, config: Camera, policy: Policy, sealer: Sealer | None, *, recordings: Path,
                  recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...]) -> None:
         self.name, self.config = name, config
         self.source: Source = WhipSource(name) if config.kind == "whip" else create_source(
             name, config.source, **({"transport": config.transport} if config.kind == "rtsp" else {}))
-        self.recorder = Recorder(recordings, name, preset=recording_preset) if config.record else None
-        self.feed = LiveFeed(name, codecs)
-        self.sinks: list[ThreadedSink] = []
-        if self.recorder is not None:
-            self.sinks.append(ThreadedSink(f"{name}-recorder", self.recorder, max_images=_RECORDER_BACKLOG,
-                                           keep_all=True))
-        self.sinks.append(ThreadedSink(f"{name}-live", self.feed, max_images=_LIVE_BACKLOG))
+        self.recorder = Recorder(recordings, name) if config.record else None
+        self.output = CameraOutput(name, codecs, self.recorder, preset=recording_preset)
+        self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
         step = RedactSeal(policy, sealer, recording_seconds=recording_seconds)
         self.pipeline = CameraPipeline(name, step, list(self.sinks), holdback=config.holdback_ms / 1000,
                                        queue_frames=config.queue_frames)
@@ -57,10 +53,10 @@ class LiveCamera:
         return self.pipeline.policy
 
     def rendition(self, codec: Codec) -> Rendition | None:
-        return self.feed.rendition(codec)
+        return self.output.rendition(codec)
 
     def viewers(self) -> int:
-        return self.feed.viewers()
+        return self.output.viewers()
 
     def start(self) -> None:
         self.pipeline.start()
@@ -72,12 +68,10 @@ class LiveCamera:
         self.pipeline.stop()
 
     def stop_output(self) -> None:
-        """Finish the sinks (what is queued is written), the recording and the renditions."""
+        """Finish the sink (what is queued is encoded), the renditions and the recording."""
         for sink in self.sinks:
             sink.close()
-        if self.recorder is not None:
-            self.recorder.close()
-        self.feed.close()
+        self.output.close()
 
     def health(self) -> dict:
         stats, source = self.pipeline.stats, self.source.stats

@@ -57,7 +57,7 @@ class Runtime:
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
 
     def codecs(self, camera: str) -> tuple[Codec, ...]:
-        """The renditions to make: the camera's WHEP codecs, plus H.264 for RTSP egress."""
+        """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
         wanted = [*self.config.cameras[camera].renditions, *(["h264"] if self.config.rtsp else [])]
         return tuple(dict.fromkeys(wanted))
 
