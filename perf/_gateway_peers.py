@@ -3,7 +3,10 @@
 Clips are 1280x720 30 fps H.264 in MP4 (no B-frames, a keyframe every second), made in a
 temporary directory from data under ../shared/data (read in place, never copied here):
 
-* :func:`make_street_clip`: a street scene (pedestrians, cars, plates) scaled up to 720p;
+* :func:`make_street_clip`: a street scene from a bus-mounted (moving) camera: pedestrians,
+  cars, plates, every pixel changing; MOT17-13 scaled up to 720p;
+* :func:`make_fixed_clip`: the usual surveillance case, a fixed camera over a walkway
+  (OpenCV's vtest, 10 fps) scaled to fit 720p and re-timed to 30 fps, every frame shown once;
 * :func:`make_coded_clip`: a group photo of faces panning above a strip of 16 black/white
   blocks that spell the frame's number, with the inverse blocks below them, so a viewer can
   read which source frame it decoded after two lossy H.264 encodes.
@@ -28,6 +31,7 @@ import numpy as np
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STREET = DATA / "videos" / "MOT17-13-SDP_raw_h264.mp4"
+WALKWAY = DATA / "videos" / "opencv_vtest.avi"
 FACES = DATA / "faces_dlib_examples" / "images" / "2008_001322.jpg"
 
 # -- the frame code ---------------------------------------------------------------------------------
@@ -103,6 +107,29 @@ def make_street_clip(path: Path, seconds: float) -> Path:
             if writer.frames >= round(seconds * FPS):
                 break
             writer.write(cv2.resize(frame.to_ndarray(format="bgr24"), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR))
+    writer.close()
+    return path
+
+
+def fit(image: np.ndarray) -> np.ndarray:
+    """``image`` scaled to fit 1280x720 (aspect kept), centred on black."""
+    scale = min(WIDTH / image.shape[1], HEIGHT / image.shape[0])
+    w, h = round(image.shape[1] * scale), round(image.shape[0] * scale)
+    canvas = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    x, y = (WIDTH - w) // 2, (HEIGHT - h) // 2
+    canvas[y : y + h, x : x + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    return canvas
+
+
+def make_fixed_clip(path: Path, seconds: float | None = None) -> Path:
+    """The walkway clip (a fixed camera, 10 fps) fitted to 720p, each frame shown once at 30 fps
+    (motion three times faster, no frame duplicated); all of it unless ``seconds`` is given."""
+    writer = _Writer(path)
+    with av.open(str(WALKWAY)) as source:
+        for frame in source.decode(video=0):
+            if seconds is not None and writer.frames >= round(seconds * FPS):
+                break
+            writer.write(fit(frame.to_ndarray(format="bgr24")))
     writer.close()
     return path
 

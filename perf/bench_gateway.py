@@ -1,8 +1,8 @@
 """``serve`` end to end: CPU per 720p30 camera, glass-to-glass latency, cost of extra viewers.
 
-    python perf/bench_gateway.py [--seconds 15] [--warmup 5] [--cameras 1,2]
-                                 [--policies faces,faces+plates] [--policy LABEL=FILE.yaml ...]
-                                 [--holdback-ms 500] [--queue-frames 16] [--no-record] [--latency-policy faces-light]
+    python perf/bench_gateway.py [--seconds 15] [--warmup 5] [--cameras 1,2,3,4] [--scenes fixed,moving]
+                                 [--policies default] [--policy LABEL=FILE.yaml ...]
+                                 [--holdback-ms MS] [--queue-frames 16] [--no-record] [--latency-policy default]
                                  [--no-latency] [--fanout]
 
 Three kinds of process, so that only the gateway's own work counts as gateway CPU: GStreamer
@@ -13,18 +13,18 @@ read from /proc over a fixed window after a warm-up and split by stage (each gat
 renamed for the kernel, and the native threads it starts -- onnxruntime, FFmpeg and x264
 workers -- inherit its name); frame outcomes come from its /metrics.
 
-1. CPU per camera with 1 and with 2 cameras for each policy (default: faces only and faces +
-   plates, both detecting every third frame); whether every camera runs in real time with no
-   frame blanked or dropped in the window (the target for two cameras), and an estimate of the
-   stride that would fit.
+1. CPU per camera with 1 to 4 cameras for each policy (default: the built-in default policy, a
+   camera with no ``policy:``, with the camera's default hold-back) on two scenes: a fixed
+   camera over a walkway (OpenCV's vtest fitted to 720p, every 10 fps frame shown once at 30
+   fps: the usual surveillance case) and a bus-mounted camera in a street (MOT17-13 at 720p:
+   every pixel changes); whether every camera runs in real time with no frame blanked or
+   dropped in the window (the target: two cameras on the fixed scene).
 2. Glass-to-glass latency: a clip whose frames carry their number in a block code (a photo of
    faces above it) goes through the gateway to a viewer that reads the code off every decoded
    frame. The gateway stamps when each frame was decoded from the camera (``arrived``),
    released, pushed to the WHEP rendition and encoded; the viewer when the frame's last RTP
    packet arrived and when aiortc handed over the decoded frame. All are ``time.monotonic()``,
-   one clock for every process on this machine. The default policy here is ``faces-light``
-   (one 640x360 pass every sixth frame): at 720p the stride-3 presets blank every frame on
-   2 cores, which leaves no redacted frame to time.
+   one clock for every process on this machine, with the default policy.
 3. Cost of each extra viewer: measured in isolation by perf/bench_whep.py (pointed to), or
    here with ``--fanout`` (1 vs 4 viewers on one camera).
 
@@ -55,15 +55,30 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _gateway_peers import FPS, HEIGHT, WIDTH, make_coded_clip, make_street_clip, viewers_process  # noqa: E402
+from _gateway_peers import (  # noqa: E402
+    FPS,
+    HEIGHT,
+    WIDTH,
+    make_coded_clip,
+    make_fixed_clip,
+    make_street_clip,
+    viewers_process,
+)
 from _gateway_process import STAGE_NOTES, gateway_process  # noqa: E402
 
 NO_PLATES = {"plate": {"enabled": False}}
 PRESETS = {
+    "default": None,  # the built-in default: cameras with no policy file
     "faces": {"classes": NO_PLATES, "detection": {"stride": 3}},  # as config/policies/live-demo.yaml
     "faces+plates": {"detection": {"stride": 3}},
     # a detection CPU can afford at 720p30: a 640x360 pass on one thread every sixth frame
     "faces-light": {"classes": NO_PLATES, "detection": {"stride": 6, "threads": 1, "face": {"max_side": 640}}},
+}
+SCENES = {
+    "fixed": ("fixed camera over a walkway (OpenCV vtest fitted to 720p, 10 fps frames at 30 fps)",
+              lambda work: make_fixed_clip(work / "walkway.mp4")),
+    "moving": ("bus-mounted camera in a street (MOT17-13 at 720p: every pixel changes)",
+               lambda work: make_street_clip(work / "street.mp4", 8.0)),
 }
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -168,13 +183,14 @@ class Window:
 class Run:
     """One gateway configuration with its viewers: start, warm up, measure windows, stop."""
 
-    def __init__(self, work: Path, label: str, urls: dict[str, str], policy: Path, camera: dict,
+    def __init__(self, work: Path, label: str, urls: dict[str, str], policy: Path | None, camera: dict,
                  viewers_per_camera: int = 1, probe: bool = False, peers: dict[str, int] | None = None):
         """``camera``: settings every camera gets (holdback_ms, queue_frames, record); ``peers``: name -> pid
         of the camera processes, whose CPU is reported beside the gateway's."""
         self.label, self.urls, self.probe, self.peers = label, urls, probe, peers or {}
         directory = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-        config = {"cameras": {name: {"source": url, "policy": str(policy), **camera} for name, url in urls.items()},
+        policy_key = {} if policy is None else {"policy": str(policy)}  # None: the built-in default
+        config = {"cameras": {name: {"source": url, **policy_key, **camera} for name, url in urls.items()},
                   "storage": {"data_dir": str(directory / "data")},
                   "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True}
         self.config = directory / "gateway.yaml"
@@ -450,7 +466,9 @@ def latency_report(window: Window, records: dict, viewed: list, holdback: float)
 # -- main ---------------------------------------------------------------------------------------------
 
 
-def write_policy(work: Path, label: str, spec) -> Path:
+def write_policy(work: Path, label: str, spec) -> Path | None:
+    if spec is None:
+        return None
     if isinstance(spec, Path):
         return spec.resolve()
     path = work / f"policy-{re.sub(r'[^a-z0-9]+', '-', label.lower())}.yaml"
@@ -458,8 +476,8 @@ def write_policy(work: Path, label: str, spec) -> Path:
     return path
 
 
-def stride_of(policy: Path) -> int:
-    from redaction.policy import load_policy
+def stride_of(policy: Path | None) -> int:
+    from redaction import load_policy
 
     return load_policy(policy).detection.stride
 
@@ -468,15 +486,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per configuration")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the viewers start, before measuring")
-    parser.add_argument("--cameras", default="1,2", help="camera counts to run; the first is the baseline")
-    parser.add_argument("--policies", default="faces,faces+plates", help=f"presets: {', '.join(PRESETS)}")
+    parser.add_argument("--cameras", default="1,2,3,4", help="camera counts to run; the first is the baseline")
+    parser.add_argument("--scenes", default="fixed,moving", help=f"camera scenes: {', '.join(SCENES)}")
+    parser.add_argument("--policies", default="default", help=f"presets: {', '.join(PRESETS)}")
     parser.add_argument("--policy", action="append", default=[], metavar="LABEL=FILE",
                         help="also run this policy file (repeatable)")
-    parser.add_argument("--holdback-ms", type=int, default=500, help="camera hold-back (the config default)")
+    parser.add_argument("--holdback-ms", type=int, default=None, help="camera hold-back (default: the camera's own)")
     parser.add_argument("--queue-frames", type=int, default=16, help="camera queue_frames (the config default)")
     parser.add_argument("--no-record", action="store_true", help="cameras without recording (and its encode)")
     parser.add_argument("--no-latency", action="store_true", help="skip the glass-to-glass latency run")
-    parser.add_argument("--latency-policy", default="faces-light",
+    parser.add_argument("--latency-policy", default="default",
                         help="preset or LABEL of --policy for the latency run (one that releases redacted frames)")
     parser.add_argument("--fanout", action="store_true", help="measure 1 vs 4 viewers here too")
     args = parser.parse_args()
@@ -496,42 +515,51 @@ def main() -> int:
     import av
     import onnxruntime
 
-    holdback = args.holdback_ms / 1000
-    camera = {"holdback_ms": args.holdback_ms, "queue_frames": args.queue_frames, "record": not args.no_record}
+    from gateway.config import Camera
+
+    holdback = (args.holdback_ms or Camera.model_fields["holdback_ms"].default) / 1000
+    camera = {"queue_frames": args.queue_frames, "record": not args.no_record,
+              **({"holdback_ms": args.holdback_ms} if args.holdback_ms else {})}
     print(f"serve end to end on {CORES} cores (load average {os.getloadavg()[0]:.2f} at start); "
           f"Python {sys.version.split()[0]}, aiortc {aiortc.__version__}, PyAV {av.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     print(f"cameras: GStreamer RTSP servers, {WIDTH}x{HEIGHT} {FPS} fps H.264 (keyframe every 1 s, no B-frames), "
           f"looped; "
-          f"gateway: recording {'off' if args.no_record else 'on'}, sealing on, hold-back {args.holdback_ms} ms, "
+          f"gateway: recording {'off' if args.no_record else 'on'}, sealing on, hold-back {1000 * holdback:.0f} ms, "
           f"queue {args.queue_frames} frames, renditions h264+vp8; "
           f"one aiortc viewer per camera in a separate process; window {args.seconds:g} s after {args.warmup:g} s "
           f"warm-up")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         work = Path(tmp)
         paths = {label: write_policy(work, label, spec) for label, spec in policies.items()}
         latency_policy = paths.get(args.latency_policy) or write_policy(work, args.latency_policy,
                                                                          PRESETS[args.latency_policy])
-        street = make_street_clip(work / "street.mp4", 8.0)
-        cams = [stack.enter_context(rtsp_camera(street, loop=True)) for _ in range(max(counts))]
-        peers = {f"camera{i}": cam.pid for i, cam in enumerate(cams)}
-
-        if paths:
-            print("\n1. CPU per camera (street clip: MOT17-13 scaled to 720p, pedestrians and cars)")
-            print("   stages: " + "; ".join(f"{name} = {note}" for name, note in STAGE_NOTES.items()))
         results: dict[tuple[str, int], Window] = {}
-        for label, policy in paths.items():
-            print(f"{label}: {policy.read_text().strip() if label in PRESETS else policy}")
-            for count in counts:
-                urls = {f"cam{i}": cams[i].url for i in range(count)}
-                with Run(work, f"{label} x{count}", urls, policy, camera, peers=peers) as run:
-                    window = run.measure(args.warmup, args.seconds)
-                results[label, count] = window
-                print_window(f"{count} camera{'s' if count > 1 else ''}", window, results.get((label, counts[0])))
-            print(f"    {what_fits(results[label, counts[-1]], stride_of(policy), holdback)}")
-        if results:
-            summarize(results)
+        for scene in args.scenes.split(","):
+            what, make = SCENES[scene]
+            clip = make(work)
+            with contextlib.ExitStack() as cameras:
+                cams = [cameras.enter_context(rtsp_camera(clip, loop=True)) for _ in range(max(counts))]
+                peers = {f"camera{i}": cam.pid for i, cam in enumerate(cams)}
+                print(f"\n1. CPU per camera, {what}")
+                print("   stages: " + "; ".join(f"{name} = {note}" for name, note in STAGE_NOTES.items()))
+                scene_results: dict[tuple[str, int], Window] = {}
+                for label, policy in paths.items():
+                    shown = "built-in default" if policy is None else (
+                        policy.read_text().strip() if label in PRESETS else policy)
+                    print(f"{label}: {shown}")
+                    for count in counts:
+                        urls = {f"cam{i}": cams[i].url for i in range(count)}
+                        with Run(work, f"{label} x{count}", urls, policy, camera, peers=peers) as run:
+                            window = run.measure(args.warmup, args.seconds)
+                        scene_results[label, count] = window
+                        print_window(f"{count} camera{'s' if count > 1 else ''}", window,
+                                     scene_results.get((label, counts[0])))
+                    print(f"    {what_fits(scene_results[label, counts[-1]], stride_of(policy), holdback)}")
+                if scene_results:
+                    summarize(scene_results)
+                results.update({(f"{label} ({scene})", count): w for (label, count), w in scene_results.items()})
 
         if not args.no_latency:
             label = args.latency_policy
@@ -542,19 +570,20 @@ def main() -> int:
                 with Run(work, "latency", {"cam0": cam.url}, latency_policy, camera, probe=True,
                          peers={"camera": cam.pid}) as run:
                     window = run.measure(args.warmup, args.seconds)
-                print_window("coded clip", window, results.get((label, 1)))
+                print_window("coded clip", window, None)
                 latency_report(window, run.records, run.viewed, holdback)
 
         print("\n3. Cost of each extra viewer")
         if args.fanout or not (ROOT / "perf" / "bench_whep.py").exists():
             label = args.latency_policy
             windows = {}
-            for viewers in (1, 4):
-                windows[viewers] = results.get((label, 1)) if viewers == 1 else None
-                if windows[viewers] is None:
-                    with Run(work, f"fan-out x{viewers}", {"cam0": cams[0].url}, latency_policy, camera,
-                             viewers_per_camera=viewers, peers=peers) as run:
-                        windows[viewers] = run.measure(args.warmup, args.seconds)
+            with rtsp_camera(SCENES["fixed"][1](work), loop=True) as cam:
+                for viewers in (1, 4):
+                    windows[viewers] = results.get((f"{label} (fixed)", 1)) if viewers == 1 else None
+                    if windows[viewers] is None:
+                        with Run(work, f"fan-out x{viewers}", {"cam0": cam.url}, latency_policy, camera,
+                                 viewers_per_camera=viewers, peers={"camera": cam.pid}) as run:
+                            windows[viewers] = run.measure(args.warmup, args.seconds)
                 print_window(f"{label}, 1 camera, {viewers} viewer{'s' if viewers > 1 else ''}", windows[viewers],
                              windows[1] if viewers > 1 else None)
             one, four = windows[1], windows[4]
