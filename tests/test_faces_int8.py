@@ -1,0 +1,66 @@
+"""The shipped int8 CenterFace: the file is the one documented, it rebuilds from its recipe, and it
+finds the faces the float model finds."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from redaction.faces import INT8_MODEL, CenterFaceDetector
+from redaction.regions import iou_matrix
+
+NOTE = INT8_MODEL.with_name("README.md")
+
+
+def documented_sha256() -> str:
+    return re.search(r"SHA-256: `([0-9a-f]{64})`", NOTE.read_text()).group(1)
+
+
+def test_the_shipped_model_is_the_documented_one():
+    assert hashlib.sha256(INT8_MODEL.read_bytes()).hexdigest() == documented_sha256()
+
+
+def boxes(detector: CenterFaceDetector, image: np.ndarray, score: float = 0.5) -> np.ndarray:
+    return np.array([r.box for r in detector.detect(image) if r.score >= score], np.float64).reshape(-1, 4)
+
+
+def test_int8_finds_the_faces_fp32_finds(data):
+    """Every confident face of the float model on the group photos is found by the int8 one, in place."""
+    fp32 = CenterFaceDetector(threshold=0.1, precision="fp32", threads=1)
+    int8 = CenterFaceDetector(threshold=0.1, precision="int8", threads=1)
+    checked = 0
+    for path in sorted((data / "faces_dlib_examples" / "images").glob("*.jpg")):
+        image = cv2.imread(str(path))
+        want, got = boxes(fp32, image), boxes(int8, image, score=0.1)
+        if len(want):
+            assert len(got) and (iou_matrix(want, got).max(axis=1) >= 0.5).all(), path.name
+            checked += len(want)
+    assert checked >= 30
+
+
+@pytest.mark.slow
+def test_the_model_rebuilds_from_its_recipe(tmp_path, data):
+    """``python -m redaction.int8`` rebuilds the shipped file: byte for byte with the onnxruntime it was
+    built with, else (another version) a model whose detections match the shipped one's."""
+    from redaction.int8 import SAMPLE, build
+
+    rebuilt = tmp_path / "centerface-int8.onnx"
+    digest = build(rebuilt, data)
+    if digest == documented_sha256():
+        return
+    shipped, again = (CenterFaceDetector(threshold=0.1, threads=1) for _ in range(2))
+    from redaction.detector import create_session
+
+    again._session = create_session(rebuilt, 1)
+    import av
+
+    with av.open(str(SAMPLE)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index % 20:
+                continue
+            image = frame.to_ndarray(format="bgr24")
+            a, b = boxes(shipped, image, 0.3), boxes(again, image, 0.3)
+            assert len(a) == len(b) and (not len(a) or (iou_matrix(a, b).max(axis=1) >= 0.8).all())
