@@ -85,14 +85,18 @@ async def test_viewers_get_the_recordings_packets(tmp_path, frames):
     output(Released("cam", 0, 0.0, "redacted", image, image.shape))
     output(Released("cam", 1, 0.1, "redacted", image, image.shape))
     track = output.rendition("h264").subscribe()
-    first = asyncio.ensure_future(track.recv())
+    got = []
+
+    async def watch():  # a viewer reads as packets come (one that falls behind is resumed at a keyframe)
+        while len(got) < 5:
+            got.append(await track.recv())
+
+    viewer = asyncio.ensure_future(watch())
     await asyncio.sleep(0.1)  # subscribed: the rendition now fans out to it
     try:
         for index in range(2, 40):
             await asyncio.to_thread(output, Released("cam", index, index / 10, "redacted", frames[index], image.shape))
-        got = [await asyncio.wait_for(first, 10)]
-        while len(got) < 5:
-            got.append(await asyncio.wait_for(track.recv(), 10))
+        await asyncio.wait_for(viewer, 10)
     finally:
         track.stop()
         await asyncio.to_thread(output.close)

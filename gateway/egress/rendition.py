@@ -83,7 +83,7 @@ class Rendition:
         self._pending: collections.deque[tuple[np.ndarray, int, object, bool]] = collections.deque()
         self._viewers: set[ViewerTrack] = set()
         self._keyframe_wanted = False
-        self._last_keyframe_request = -math.inf
+        self._last_keyframe = -math.inf  # monotonic time the last keyframe was asked of the encoder
         self._pts_offset = 0
         self._last_pts: int | None = None
         self._closed = False
@@ -149,13 +149,12 @@ class Rendition:
         return ViewerTrack(self, asyncio.get_running_loop())
 
     def request_keyframe(self) -> None:
-        """Ask for a keyframe soon (PLI/FIR from a viewer, a newcomer); rate-limited: each costs every
-        viewer bandwidth, and a continuous rendition's recording bytes."""
+        """Ask for a keyframe soon (PLI/FIR from a viewer, a newcomer). Requests are rate-limited,
+        not lost: the next frame encoded at least a second after the last keyframe (whatever made
+        it) is one, however many asked: each costs every viewer bandwidth, and a continuous
+        rendition's recording bytes."""
         with self._cond:
-            now = _clock.monotonic()
-            if now - self._last_keyframe_request >= _KEYFRAME_MIN_INTERVAL:
-                self._last_keyframe_request = now
-                self._keyframe_wanted = True
+            self._keyframe_wanted = True
 
     def close(self) -> None:
         """Stop the encoder thread and end every viewer track. Idempotent. A continuous rendition
@@ -199,8 +198,8 @@ class Rendition:
                     break
                 yuv, pts, tag, forced = self._pending.popleft()
                 self._cond.notify_all()  # room again, for a continuous push waiting
-                keyframe = forced or self._keyframe_wanted
-                self._keyframe_wanted = False
+                keyframe = forced or (self._keyframe_wanted
+                                      and _clock.monotonic() - self._last_keyframe >= _KEYFRAME_MIN_INTERVAL)
                 viewers = list(self._viewers)
             if not viewers and self.continuous is None:
                 continue
@@ -237,6 +236,9 @@ class Rendition:
         frame.time_base = TIME_BASE
         if keyframe:
             frame.pict_type = av.video.frame.PictureType.I
+            with self._cond:  # its packet may come frames later (lookahead): requests count from now
+                self._last_keyframe = _clock.monotonic()
+                self._keyframe_wanted = False
         self._tags.append(tag)
         packets = self._encoder.encode(frame)
         self.frames_encoded += 1
