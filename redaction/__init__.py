@@ -1,12 +1,12 @@
 """Find, track and redact faces and licence plates.
 
 Data flow: :class:`Analyzer` runs the policy's detectors (:mod:`.faces`, :mod:`.plates`) and
-finishes their regions; :class:`StreamRedactor` adds tracking, hold-back and interpolation
-for video; :func:`redact_frame` applies the policy's methods with the Numba kernels in
+finishes their regions; :class:`StreamRedactor` adds tracking, hold-back, interpolation and
+motion-gated detection (:mod:`.gating`, :mod:`.motion`) for video; :func:`redact_frame` applies the policy's methods with the Numba kernels in
 :mod:`.kernels`.
 """
 
-from .detector import Detector
+from .detector import Detector, default_threads
 from .engine import Analyzer, Decision, Frame, StreamRedactor, build_detectors
 from .kernels import warmup as warmup_kernels
 from .policy import Policy, PolicyError, StrictModel, format_validation_error, load_policy, parse_policy
@@ -27,6 +27,7 @@ __all__ = [
     "Tracker",
     "build_detectors",
     "coverage_mask",
+    "default_threads",
     "format_validation_error",
     "load_policy",
     "parse_policy",

@@ -26,6 +26,19 @@ class Detector(abc.ABC):
     def detect(self, frame: np.ndarray) -> list[Region]:
         """Regions found in ``frame``, in frame pixel coordinates, without margin."""
 
+    @abc.abstractmethod
+    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False) -> list[Region]:
+        """Regions found inside ``boxes`` (``x, y, w, h``, within the frame) of ``frame``, in frame
+        pixels: what motion-gated detection looks at. ``sweep`` False: at the detector's
+        region-of-interest scale (which may upscale, to find small faces); True: at the scale a
+        whole-frame :meth:`detect` uses (a slice of the slow whole-frame sweep)."""
+
+    def roi_finest(self, width: int, height: int) -> bool:
+        """Whether :meth:`detect_boxes` on changed regions looks at a ``width`` x ``height`` frame at
+        least as closely as every whole-frame pass (then what a sweep found needs no second look
+        at whole-frame scale when its pixels change). Default: no."""
+        return False
+
 
 def default_threads() -> int:
     """onnxruntime intra-op threads: ``PRIVACY_GATEWAY_ORT_THREADS`` or every core."""

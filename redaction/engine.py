@@ -3,13 +3,13 @@
 :class:`Analyzer` runs the policy's detectors and turns detections into final regions
 (margin, shape, frame clipping). :class:`StreamRedactor` holds frames back between detection
 frames (``detection.stride``) so the tracker can interpolate and back-fill before a frame is
-released. Pixels are changed in :mod:`redaction.redact`.
+released; with ``detection.motion`` it detects where the picture changed and keeps the masks
+of what did not (:mod:`redaction.gating`). Pixels are changed in :mod:`redaction.redact`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -17,19 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from .detector import Detector
+from .detector import Detector, default_threads
+from .gating import GatedDetection, Plan
 from .policy import Policy
 from .regions import Region
 from .tracker import Tracker
 
 
-def build_detectors(policy: Policy) -> dict[str, Detector]:
-    """One warmed detector per enabled class, configured from the policy."""
+def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detector]:
+    """One warmed detector per enabled class, configured from the policy. ``cores``: the cores this
+    stream may use (a gateway with several cameras gives each its share; default: all of them),
+    shared out among the policy's workers; ``detection.threads`` overrides."""
     detectors: dict[str, Detector] = {}
     enabled = policy.classes.enabled()
     threads = policy.detection.threads
-    if threads is None and policy.detection.workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // policy.detection.workers)
+    if threads is None and (cores is not None or policy.detection.workers > 1):
+        threads = max(1, (cores or default_threads()) // policy.detection.workers)
     # a session used alone spins its idle threads (fastest); sessions used in turn must not, or
     # the idle one's spinning pool takes the core the busy one needs
     spin = len(enabled) == 1
@@ -45,6 +48,7 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
             threads=threads,
             precision=face.precision,
             spin=spin,
+            roi_scale=face.roi_scale,
         )
     if "plate" in enabled:
         from .plates import PlateDetector
@@ -55,6 +59,7 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
             coarse_side=policy.detection.plate.coarse_side,
             threads=threads,
             spin=spin,
+            roi_scale=policy.detection.plate.roi_scale,
         )
     return detectors
 
@@ -62,22 +67,41 @@ def build_detectors(policy: Policy) -> dict[str, Detector]:
 class Analyzer:
     """Runs the detectors a policy asks for and finishes their regions for redaction."""
 
-    def __init__(self, policy: Policy, detectors: dict[str, Detector] | None = None) -> None:
+    def __init__(self, policy: Policy, detectors: dict[str, Detector] | None = None, cores: int | None = None) -> None:
+        """``cores``: see :func:`build_detectors` (ignored with ``detectors``)."""
         self.policy = policy
-        self.detectors = build_detectors(policy) if detectors is None else detectors
+        self.detectors = build_detectors(policy, cores) if detectors is None else detectors
         self._classes = policy.classes.enabled()
         missing = set(self._classes) - {c for d in self.detectors.values() for c in d.classes}
         if missing:
             raise ValueError(f"no detector for enabled classes: {sorted(missing)}")
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The enabled classes."""
+        return tuple(self._classes)
+
     def detect(self, image: np.ndarray) -> list[Region]:
         """Raw detections (no margin) of every enabled class above its threshold."""
+        return self._kept(region for detector in self.detectors.values() for region in detector.detect(image))
+
+    def detect_boxes(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+                     classes: tuple[str, ...] | None = None) -> list[Region]:
+        """Raw detections inside ``boxes`` (see :meth:`Detector.detect_boxes`), of ``classes`` (default: all)."""
+        wanted = self.classes if classes is None else classes
+        return self._kept(region for detector in self.detectors.values() if set(detector.classes) & set(wanted)
+                          for region in detector.detect_boxes(image, boxes, sweep) if region.cls in wanted)
+
+    def roi_finest(self, cls: str, width: int, height: int) -> bool:
+        """See :meth:`Detector.roi_finest`, for the detector of ``cls``."""
+        return next(d for d in self.detectors.values() if cls in d.classes).roi_finest(width, height)
+
+    def _kept(self, regions) -> list[Region]:
         found: list[Region] = []
-        for detector in self.detectors.values():
-            for region in detector.detect(image):
-                cls = self._classes.get(region.cls)
-                if cls is not None and region.score >= cls.threshold:
-                    found.append(replace(region, shape=cls.shape))
+        for region in regions:
+            cls = self._classes.get(region.cls)
+            if cls is not None and region.score >= cls.threshold:
+                found.append(replace(region, shape=cls.shape))
         return found
 
     def finish(self, regions: list[Region], width: int, height: int) -> list[Region]:
@@ -127,7 +151,8 @@ class Decision:
 class StreamRedactor:
     """Decides the regions of every frame of one stream, in order.
 
-    Detection runs on every ``stride``-th frame; frames between are held back until the next
+    Detection runs on every ``stride``-th frame (``detection.stride``, or ``detection.interval``
+    seconds at the stream's frame rate); frames between are held back until the next
     detection frame so the tracker can interpolate and back-fill them. ``flush`` runs a last
     detection on the final held-back frame so the tail of a stream is covered too.
 
@@ -145,29 +170,32 @@ class StreamRedactor:
         persist: float | None = None,
         workers: int | None = None,
         by_index: bool = False,
+        rate: float | None = None,
     ) -> None:
-        """``by_index``: detect on the frames whose index is a multiple of the stride (a live
+        """``stride``: default the policy's, at ``rate`` frames per second (``detection.interval``);
+        ``by_index``: detect on the frames whose index is a multiple of the stride (a live
         stream that may lose frames keeps its cadence), instead of on every stride-th frame
         pushed; the first frame pushed must then be one of them."""
         detection = analyzer.policy.detection
         self.by_index = by_index
         self.analyzer = analyzer
-        self.stride = stride if stride is not None else detection.stride
+        self.stride = stride if stride is not None else detection.stride_at(rate)
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         self.workers = workers if workers is not None else detection.workers
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         self.tracker = Tracker(persist if persist is not None else detection.persist)
+        self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []
-        self._pending: deque[tuple[list[Frame], Future]] = deque()
+        self._pending: deque[tuple[list[Frame], Plan | None, Future]] = deque()
         self._pool = ThreadPoolExecutor(self.workers, "detect") if self.workers > 1 else None
         self._count = 0
 
     @property
     def held(self) -> int:
         """Frames taken but not yet released."""
-        return len(self._held) + sum(len(group) for group, _ in self._pending)
+        return len(self._held) + sum(len(group) for group, _, _ in self._pending)
 
     def push(self, frame: Frame) -> list[Decision]:
         """Take one frame; return the frames whose regions are now decided, in order."""
@@ -187,6 +215,14 @@ class StreamRedactor:
             self._submit(self._held.pop())
         return self._collect(wait=True, everything=True)
 
+    def skip(self) -> None:
+        """The next detection frame will not come (it was lost): give up the frames held for it.
+
+        They are never released (the caller blanks them). The tracks and the motion reference
+        stay: the next detection frame's plan looks at everything that changed since the last
+        one analysed, and what it does not look at keeps its mask."""
+        self._held = []
+
     def close(self) -> None:
         """Stop the detection threads (frames still pending are dropped, never released)."""
         if self._pool is not None:
@@ -195,21 +231,27 @@ class StreamRedactor:
     def _submit(self, frame: Frame) -> None:
         group = [*self._held, frame]
         self._held = []
+        plan = (self._gating.plan(frame.image, frame.time, self.tracker.tracks(current=True))
+                if self._gating is not None else None)  # in frame order
+        if plan is None:
+            work, args = self.analyzer.detect, (frame.image,)
+        else:
+            work, args = self._gating.run, (frame.image, plan)
         if self._pool is None:
             future: Future = Future()
             try:
-                future.set_result(self.analyzer.detect(frame.image))
+                future.set_result(work(*args))
             except Exception as exc:  # re-raised, in order, by _collect
                 future.set_exception(exc)
         else:
-            future = self._pool.submit(self.analyzer.detect, frame.image)
-        self._pending.append((group, future))
+            future = self._pool.submit(work, *args)
+        self._pending.append((group, plan, future))
 
     def _collect(self, wait: bool, everything: bool = False) -> list[Decision]:
         """Release groups whose detection is done; with ``wait``, block while too many are in flight."""
         out: list[Decision] = []
         while self._pending:
-            group, future = self._pending[0]
+            group, plan, future = self._pending[0]
             must = everything or (wait and len(self._pending) >= self.workers)
             if not (future.done() or must):
                 break
@@ -220,10 +262,12 @@ class StreamRedactor:
                     return out
                 raise
             self._pending.popleft()
-            out.extend(self._decide(group, detections))
+            out.extend(self._decide(group, plan, detections))
         return out
 
-    def _decide(self, group: list[Frame], detections: list[Region]) -> list[Decision]:
+    def _decide(self, group: list[Frame], plan: Plan | None, detections: list[Region]) -> list[Decision]:
+        if plan is not None and not plan.whole:  # what was not looked at again keeps its mask
+            detections = detections + self._gating.keep(self.tracker.tracks(current=True), detections, plan)
         step = self.tracker.update(group[-1].time, detections)
         out = []
         for held in group:

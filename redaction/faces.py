@@ -77,6 +77,7 @@ class CenterFaceDetector(Detector):
         nms_iou: float = 0.4,
         precision: Literal["int8", "fp32"] = "int8",
         spin: bool = True,
+        roi_scale: float = 1.5,
     ) -> None:
         """``spin``: let onnxruntime's idle threads spin (fastest for a session used alone; turn it
         off when another session alternates with this one, or their pools fight for the cores)."""
@@ -86,6 +87,9 @@ class CenterFaceDetector(Detector):
             raise ValueError(f"face scales must be positive, got {scales}")
         if precision not in ("int8", "fp32"):
             raise ValueError(f"face precision must be int8 or fp32, got {precision!r}")
+        if roi_scale <= 0:
+            raise ValueError(f"face roi_scale must be positive, got {roi_scale}")
+        self.roi_scale = roi_scale
         self.threshold = threshold
         self.scales = tuple(scales)
         self.tile = tile
@@ -97,15 +101,41 @@ class CenterFaceDetector(Detector):
     def _warmup(self) -> None:
         self._infer(np.zeros((64, 64, 3), dtype=np.uint8))
 
+    def _base(self, frame: np.ndarray) -> float:
+        return self._base_of(frame.shape[1], frame.shape[0])
+
+    def _base_of(self, width: int, height: int) -> float:
+        if self.max_side and max(height, width) > self.max_side:
+            return self.max_side / max(height, width)
+        return 1.0
+
     def detect(self, frame: np.ndarray) -> list[Region]:
         check_frame(frame)
-        height, width = frame.shape[:2]
-        base = 1.0
-        if self.max_side and max(height, width) > self.max_side:
-            base = self.max_side / max(height, width)
-        found: list[np.ndarray] = []
-        for scale in self.scales:
-            found.append(self._detect_scaled(frame, base * scale))
+        base = self._base(frame)
+        return self._regions([self._detect_scaled(frame, base * scale) for scale in self.scales])
+
+    def roi_finest(self, width: int, height: int) -> bool:
+        return self.roi_scale >= max(self.scales) * self._base_of(width, height)
+
+    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False) -> list[Region]:
+        """Faces inside ``boxes``: each box cropped and detected at ``roi_scale`` of native size
+        (small faces need more pixels than a whole-frame pass can afford), or for a sweep at
+        the whole-frame scales. Faces on a crop's edge are found as far as they show in it."""
+        check_frame(frame)
+        scales = [self._base(frame) * s for s in self.scales] if sweep else [self.roi_scale]
+        found = []
+        for x, y, w, h in boxes:
+            crop = frame[y : y + h, x : x + w]
+            if crop.size == 0:
+                continue
+            for scale in scales:
+                dets = self._detect_scaled(crop, scale)
+                dets[:, [0, 2]] += x
+                dets[:, [1, 3]] += y
+                found.append(dets)
+        return self._regions(found)
+
+    def _regions(self, found: list[np.ndarray]) -> list[Region]:
         dets = np.concatenate(found) if found else np.zeros((0, 5), np.float32)
         if len(dets) == 0:
             return []

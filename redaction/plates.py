@@ -230,6 +230,7 @@ class PlateDetector(Detector):
         line_aspect: float = 7.0,
         grow: tuple[float, float] = (0.5, 1.8),
         spin: bool = True,
+        roi_scale: float = 1.0,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"plate threshold must be in (0, 1), got {threshold}")
@@ -252,6 +253,9 @@ class PlateDetector(Detector):
         self.max_gap = max_gap
         self.line_aspect = line_aspect
         self.grow = grow
+        if roi_scale <= 0:
+            raise ValueError(f"plate roi_scale must be positive, got {roi_scale}")
+        self.roi_scale = roi_scale
         self._session = create_session(_det_model(), threads, spin)
         self._session.run(None, {_INPUT: np.zeros((1, 3, _ALIGN, _ALIGN), np.float32)})
 
@@ -271,17 +275,48 @@ class PlateDetector(Detector):
         maps = [self.probability(frame, side) for side in self.sides]
         return self.regions_from_maps(maps, frame.shape[1], frame.shape[0])
 
+    def _ranges(self) -> list[tuple[float, float]]:
+        """Text line heights (input pixels) each pass answers for: the fine pass the smaller lines."""
+        return [(0.0, np.inf)] if len(self.sides) == 1 else [(0.0, self.max_line), (self.coarse_min_line, np.inf)]
+
+    def roi_finest(self, width: int, height: int) -> bool:
+        return self.roi_scale >= max(self.sides) / max(width, height)
+
+    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False) -> list[Region]:
+        """Plates inside ``boxes``, the lines of all crops merged. A sweep slice runs each pass at the
+        scale it gives the whole frame (so line sizes mean what they mean there); a changed region
+        runs one pass at ``roi_scale`` of native size, every line size kept: at native resolution a
+        tile around a plate found 67 of the dashcam set's 68 plates, where the frame scaled to 960
+        found 62, at 0.4 the cost (README)."""
+        check_frame(frame)
+        long = max(frame.shape[:2])
+        passes = (list(zip((side / long for side in self.sides), self._ranges())) if sweep
+                  else [(self.roi_scale, (0.0, np.inf))])
+        found = []
+        for x, y, w, h in boxes:
+            crop = frame[y : y + h, x : x + w]
+            if crop.size == 0:
+                continue
+            for scale, (low, high) in passes:
+                size = input_size(w, h, max(w, h) * scale)
+                prob = self._session.run(None, {_INPUT: _blob(crop, size, self.sharpen)})[0][0, 0]
+                lines, scores = self._lines(prob, w, h, low, high)
+                lines[:, 0] += x
+                lines[:, 1] += y
+                found.append((lines, scores))
+        if not found:
+            return []
+        return self._plates(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]))
+
     def regions_from_maps(self, maps: list[np.ndarray], width: int, height: int) -> list[Region]:
         """Plates in a ``width`` x ``height`` frame from its probability maps, one per pass."""
         if len(maps) != len(self.sides):
             raise ValueError(f"expected {len(self.sides)} probability maps, got {len(maps)}")
-        if len(maps) == 1:
-            ranges = [(0.0, np.inf)]
-        else:
-            ranges = [(0.0, self.max_line), (self.coarse_min_line, np.inf)]
-        found = [self._lines(prob, width, height, lo, hi) for prob, (lo, hi) in zip(maps, ranges)]
-        boxes = np.concatenate([b for b, _ in found])
-        scores = np.concatenate([s for _, s in found])
+        found = [self._lines(prob, width, height, lo, hi) for prob, (lo, hi) in zip(maps, self._ranges())]
+        return self._plates(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]))
+
+    def _plates(self, boxes: np.ndarray, scores: np.ndarray) -> list[Region]:
+        """Plates around text lines: fragments of one line joined, then grown by the plate's border."""
         boxes, scores = merge_lines(boxes, scores, self.max_gap)
         pad, factor = self.grow
         ph = boxes[:, 3] * factor

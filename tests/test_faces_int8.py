@@ -3,7 +3,6 @@ finds the faces the float model finds."""
 
 import hashlib
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np

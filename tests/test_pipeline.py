@@ -56,7 +56,7 @@ class Faulty:
         self.ids = {hashlib.blake2b(f.tobytes()).digest(): i for i, f in enumerate(frames)}
         self.calls = 0
 
-    def detect(self, image):
+    def _fault(self, image):
         self.calls += 1
         index = self.ids.get(hashlib.blake2b(image.tobytes()).digest())
         if index in self.crash:
@@ -65,7 +65,17 @@ class Faulty:
             time.sleep(self.stall.pop(index))
         if self.slow:
             time.sleep(self.slow)
+
+    def detect(self, image):
+        self._fault(image)
         return self.real.detect(image)
+
+    def detect_boxes(self, image, boxes, sweep=False):  # motion-gated detection looks into boxes
+        self._fault(image)
+        return self.real.detect_boxes(image, boxes, sweep)
+
+    def roi_finest(self, width, height):
+        return self.real.roi_finest(width, height)
 
 
 def run(frames, pipeline, fps=FPS, tail=1.0):
@@ -252,3 +262,75 @@ def test_frames_the_source_lost_leave_no_gap_in_the_released_numbering(clip):
     pipeline.stop()
     assert [r.index for r in released] == list(range(8))
     assert [r.time for r in released] == [n / FPS for n in range(8)]
+
+
+def test_frames_after_a_detection_frame_lost_in_the_queue_wait_for_the_next_one():
+    """A detection frame dropped from a full queue (the worker never sees it), then a scene cut: the
+    frames after the lost detection frame must not be decided from tracks older than the gap.
+    Every released frame masks the face of its own scene; the others leave blanked."""
+    from gateway.frames import Released
+    from redaction.regions import Region
+
+    cut, stride = 20, 3
+    faces = {"a": Region("face", 10, 10, 30, 30, 0.9), "b": Region("face", 100, 60, 40, 40, 0.9)}
+    release_worker = threading.Event()
+
+    class Scripted:
+        classes = ("face",)
+
+        def _face(self, image):
+            number = int(image[0, 0, 0])
+            if number == 9:
+                release_worker.wait(10)  # the worker stalls here while frames 10..21 pile up
+            return [faces["a" if number < cut else "b"]]
+
+        def detect(self, image):
+            return self._face(image)
+
+        def detect_boxes(self, image, boxes, sweep=False):
+            return [f for f in self._face(image) if any(bx < f.x + f.w and f.x < bx + bw and by < f.y + f.h and f.y < by + bh
+                                                          for bx, by, bw, bh in boxes)]
+
+        def roi_finest(self, width, height):
+            return True
+
+    class Recorded(RedactSeal):
+        def __init__(self, policy):
+            super().__init__(policy)
+            self.regions = {}
+
+        def apply(self, index, time_, image, regions):
+            self.regions[index] = list(regions)
+            return super().apply(index, time_, image, regions)
+
+    policy = parse_policy({"classes": {"plate": {"enabled": False}, "face": {"margin": 0.0}},
+                           "detection": {"stride": stride, "persist": 0.2}})
+    step = Recorded(policy)
+    released: list[Released] = []
+    pipeline = CameraPipeline("cam", step, [released.append], holdback=30.0, queue_frames=3,
+                              analyzer_factory=lambda p: Analyzer(p, {"face": Scripted()}))
+    pipeline.start()
+    while not pipeline.stats.warm:
+        time.sleep(0.01)
+    rng = np.random.default_rng(0)
+    scenes = {"a": rng.integers(0, 256, (120, 160, 3), np.uint8), "b": rng.integers(0, 256, (120, 160, 3), np.uint8)}
+    for number in range(30):
+        image = scenes["a" if number < cut else "b"].copy()
+        image[104:116, 4 * number : 4 * number + 12] = 255  # something moves: each detection frame looks
+        image[0, 0, 0] = number
+        pipeline.offer(Item(number, number / 10, image, time.monotonic()))
+        if number == 21:
+            time.sleep(0.2)
+            release_worker.set()  # frames 10..18 were dropped from the queue meanwhile
+        time.sleep(0.02)
+    time.sleep(1.0)
+    pipeline.tick(time.monotonic() + 60)
+    pipeline.stop()
+    assert [r.index for r in released] == list(range(30))
+    assert pipeline.stats.dropped >= 3  # detection frames among them
+    for item in released:
+        if item.state != "redacted":
+            continue
+        face = faces["a" if item.index < cut else "b"]
+        assert any(r.x <= face.x and r.y <= face.y and r.x + r.w >= face.x + face.w and r.y + r.h >= face.y + face.h
+                   for r in step.regions[item.index]), f"frame {item.index} released without its scene's face"

@@ -95,3 +95,20 @@ def test_policy_roles_are_the_key_directory_roles_that_may_unmask():
     from redaction.policy import Role
 
     assert get_args(Role) == UNMASK_ROLES and set(ROLES) - set(UNMASK_ROLES) == {"publisher"}
+
+
+def test_the_default_policy_file_spells_out_the_built_in_default():
+    """config/policies/default.yaml is documentation of ``Policy()``: they must not drift apart."""
+    assert load_policy(CONFIG / "default.yaml") == Policy()
+
+
+def test_a_cadence_is_a_stride_or_an_interval():
+    assert Policy().detection.stride_at(30.0) == 6 and Policy().detection.stride_at(10.0) == 2
+    assert Policy().detection.stride_at(29.97) == 6 and Policy().detection.stride_at(None) == 1
+    strided = parse_policy({"detection": {"stride": 3}})
+    assert strided.detection.interval is None and strided.detection.stride_at(30.0) == 3
+    assert parse_policy(strided.model_dump(mode="json")) == strided
+    with pytest.raises(PolicyError, match="stride .* or detection.interval .*not both"):
+        parse_policy({"detection": {"stride": 3, "interval": 0.1}})
+    with pytest.raises(PolicyError, match="detection.stride .* or detection.interval"):
+        parse_policy({"detection": {"interval": None}})

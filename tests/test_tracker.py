@@ -64,12 +64,17 @@ def test_interpolation_between_detections_is_never_smaller():
     mid = step.at(0.2)
     assert len(mid) == 1 and mid[0].track == 1
     x, y, w, h = mid[0].box
-    assert (w, h) == (40, 30)
+    # never smaller than either detection, and grown by the uncertainty of the path: a quarter of
+    # the centre's move (|(20, -5)| = 20.6 px) on every side, in full half way
+    slack = 0.25 * (20**2 + 5**2) ** 0.5
+    assert (w, h) == pytest.approx((40 + 2 * slack, 30 + 2 * slack))
     # centre moved half way: from (110, 115) to (130, 110)
     assert (x + w / 2, y + h / 2) == pytest.approx((120, 112.5))
     for t in (0.1, 0.2, 0.3):
         (r,) = step.at(t)
         assert r.w >= 40 and r.h >= 30
+    (end,) = step.at(0.4)
+    assert end.box == (110, 100, 40, 20)  # the detection itself: no slack
 
 
 def test_first_detection_back_fills_held_frames():

@@ -114,7 +114,7 @@ def _redact(args: argparse.Namespace) -> int:
 
 def _redact_video(source: Path, target: Path, analyzer: Analyzer, step: RedactSeal, comment: str | None) -> None:
     transcoder = VideoTranscoder(source, target, comment)
-    stream = StreamRedactor(analyzer)
+    stream = StreamRedactor(analyzer, rate=float(transcoder.info.rate))
     bar = tqdm(total=transcoder.info.frames, unit="frame", desc=source.name, disable=None, file=sys.stderr)
 
     def process(item: VideoFrame | None) -> list[VideoFrame]:
@@ -174,7 +174,7 @@ def _detect(args: argparse.Namespace) -> int:
             emit(path, None, None, image.shape[1], image.shape[0], analyzer.regions(image))
             continue
         transcoder = VideoTranscoder(path)
-        stream = StreamRedactor(analyzer)
+        stream = StreamRedactor(analyzer, rate=float(transcoder.info.rate))
         try:
             width, height = transcoder.info.width, transcoder.info.height
             for item in transcoder.frames():

@@ -16,10 +16,11 @@ watchdog; this module only composes.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from keys import Sealer
-from redaction import Policy
+from redaction import Analyzer, Policy
 
 from ..config import Camera
 from ..egress import CameraOutput, Recorder, Rendition, ThreadedSink
@@ -37,7 +38,9 @@ class LiveCamera:
     """Source → pipeline → output (one encode: recording, WHEP, RTSP), for one camera."""
 
     def __init__(self, name: str, config: Camera, policy: Policy, sealer: Sealer | None, *, recordings: Path,
-                 recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...]) -> None:
+                 recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...],
+                 cores: int | None = None) -> None:
+        """``cores``: the camera's share of the machine for detection (see :func:`redaction.build_detectors`)."""
         self.name, self.config = name, config
         self.source: Source = WhipSource(name) if config.kind == "whip" else create_source(
             name, config.source, **({"transport": config.transport} if config.kind == "rtsp" else {}))
@@ -46,7 +49,8 @@ class LiveCamera:
         self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
         step = RedactSeal(policy, sealer, recording_seconds=recording_seconds)
         self.pipeline = CameraPipeline(name, step, list(self.sinks), holdback=config.holdback_ms / 1000,
-                                       queue_frames=config.queue_frames)
+                                       queue_frames=config.queue_frames,
+                                       analyzer_factory=partial(Analyzer, cores=cores))
 
     @property
     def policy(self) -> Policy:

@@ -32,7 +32,7 @@ from keys import PublicIdentity, VaultRef
 from redaction import Analyzer, Decision, Frame, Policy, StreamRedactor, warmup_kernels
 
 from ..egress import Sink
-from ..frames import Released, SourceFrame, State, blank
+from ..frames import Released, SourceFrame, State, blank, frame_rate
 from ..sealing import PolicyChange, RedactSeal
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,17 @@ class CameraPipeline:
         # Detection runs on the frames whose index is a multiple of the stride, whatever was lost,
         # so a camera never costs more than its policy's detection rate. Frames held for a
         # detection that is lost (skipped because it could not be decided in time, dropped, or
-        # blanked while queued) are left to the watchdog, and tracking starts afresh at the next
-        # detection frame: interpolating over a gap longer than the stride could miss a face.
+        # blanked while queued) are left to the watchdog, and so are the frames after it until
+        # the next detection frame: they would be decided from tracks older than the gap (a face
+        # that appeared, or a scene cut, in the gap would be missed on them). The stream gives
+        # them up and goes on from the next detection frame with its tracks and motion reference:
+        # starting afresh would mean a whole-frame detection, the most expensive kind, just when
+        # the camera is behind.
         stream: StreamRedactor | None = None
+        gap = False  # a detection frame was lost: frames wait for the next one that is not
+        seen: int | None = None  # the index of the last frame the worker took
+        first: SourceFrame | None = None  # the first frame the worker took
+        rate: float | None = None  # the camera's frame rate, from the first two frames taken
         cost, logged = 0.0, -1e9
         while True:
             frame = self._next()
@@ -266,25 +274,43 @@ class CameraPipeline:
                 if stream is not None:
                     stream.close()
                 analyzer, stream = adopted, None
-            detects = frame.index % analyzer.policy.detection.stride == 0
+            if first is None:
+                first = frame
+            elif rate is None and frame.time > first.time:
+                rate = frame_rate(first.time, first.time + (frame.time - first.time) / (frame.index - first.index))
+            detection = analyzer.policy.detection
+            # a stride in seconds (detection.interval) needs the frame rate: until it is known
+            # (the first frame only), frames are not decided
+            stride = detection.stride_at(rate) if rate is not None or detection.interval is None else None
+            detects = stride is not None and frame.index % stride == 0
+            if stride is not None and seen is not None and (frame.index - 1) // stride * stride > seen:
+                # a detection frame between the last frame seen and this one never reached the
+                # worker (dropped from the queue): the frames held for it, and those after it, wait
+                gap = True
+                if stream is not None:
+                    stream.skip()
+            seen = frame.index
             with self._lock:
                 slot = self._slots.get(frame.index)
                 lost = slot is None or slot.state != "pending"  # dropped or blanked while queued
                 late = (not lost and detects
                         and time.monotonic() - frame.arrived + _COST_MARGIN * cost > self.holdback)
-                waiting = not lost and not late and stream is None and not detects
+                waiting = not lost and not late and not detects and (stream is None or gap or stride is None)
                 if late or waiting:
                     # late: its detection cannot finish in time, so it is not started; waiting:
-                    # a fresh stream begins at a detection frame
+                    # frames are decided from a detection frame at or before them
                     slot.state = "blanked"
             if lost or late or waiting:
-                if detects and stream is not None:
-                    stream.close()
-                    stream = None
+                if detects:
+                    gap = True
+                    if stream is not None:
+                        stream.skip()
                 self._drain()
                 continue
+            if detects:
+                gap = False
             if stream is None:
-                stream = StreamRedactor(analyzer, by_index=True)
+                stream = StreamRedactor(analyzer, stride=stride, by_index=True)
             started = time.monotonic()
             try:
                 decisions = stream.push(Frame(frame.index, frame.time, frame.image))

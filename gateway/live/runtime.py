@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from keys import Sealer, VaultStore, grants_of
-from redaction import Policy
+from redaction import Policy, default_threads
 
 from ..config import GatewayConfig
 from ..webrtc import Codec
@@ -44,6 +44,10 @@ class Runtime:
         self.activations = Activations(data / "active-policies.json", store)
         restored = self.activations.restore(config.cameras, announce)
         self.cameras: dict[str, LiveCamera] = {}
+        # each camera's detection gets an equal share of the cores: two single-threaded sessions
+        # working at once do 1.8x the inferences of one, two two-threaded sessions fighting over
+        # two cores only 1.6x (perf/README.md, thread placement)
+        cores = max(1, default_threads() // max(1, len(config.cameras)))
         for name, camera in config.cameras.items():
             policy = restored.get(name, policies[name])
             self.activations.started(name, policy)
@@ -52,7 +56,7 @@ class Runtime:
             self.cameras[name] = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
                                             recording_seconds=config.storage.recording_seconds,
                                             recording_preset=config.storage.recording_preset,
-                                            codecs=self.codecs(name))
+                                            codecs=self.codecs(name), cores=cores)
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
 
