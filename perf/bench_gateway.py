@@ -477,9 +477,10 @@ def write_policy(work: Path, label: str, spec) -> Path | None:
 
 
 def stride_of(policy: Path | None) -> int:
+    """The policy's stride on these cameras (``detection.interval`` at their frame rate)."""
     from redaction import load_policy
 
-    return load_policy(policy).detection.stride
+    return load_policy(policy).detection.stride_at(FPS)
 
 
 def main() -> int:
