@@ -69,10 +69,7 @@ from _gateway_process import STAGE_NOTES, gateway_process  # noqa: E402
 NO_PLATES = {"plate": {"enabled": False}}
 PRESETS = {
     "default": None,  # the built-in default: cameras with no policy file
-    "faces": {"classes": NO_PLATES, "detection": {"stride": 3}},  # as config/policies/live-demo.yaml
-    "faces+plates": {"detection": {"stride": 3}},
-    # a detection CPU can afford at 720p30: a 640x360 pass on one thread every sixth frame
-    "faces-light": {"classes": NO_PLATES, "detection": {"stride": 6, "threads": 1, "face": {"max_side": 640}}},
+    "faces": {"classes": NO_PLATES},  # the built-in default, faces only
 }
 SCENES = {
     "fixed": ("fixed camera over a walkway (OpenCV vtest fitted to 720p, 10 fps frames at 30 fps)",
@@ -80,6 +77,9 @@ SCENES = {
     "moving": ("bus-mounted camera in a street (MOT17-13 at 720p: every pixel changes)",
                lambda work: make_street_clip(work / "street.mp4", 8.0)),
 }
+#: cameras that must run in real time with nothing blanked, per scene (the issue's target; the
+#: stretch goals are four fixed and two moving cameras)
+TARGETS = {"fixed": 2, "moving": 1}
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 _spawn = multiprocessing.get_context("spawn")
@@ -335,7 +335,7 @@ def print_window(label: str, window: Window, baseline: Window | None) -> None:
     print(f"    real time with nothing blanked or dropped: {'yes' if ok else 'NO (' + why + ')'}")
 
 
-def summarize(results: dict[tuple[str, int], Window]) -> None:
+def summarize(results: dict[tuple[str, int], Window], target: int | None = None) -> None:
     base = next(iter(results.values()))
     base_pct = base.core_pct / base.cameras
     print("\n  policy          cameras  % core/camera  vs first  blanked  dropped  viewer fps  "
@@ -348,10 +348,13 @@ def summarize(results: dict[tuple[str, int], Window]) -> None:
         print(f"  {label:15s} {count:7d}  {w.core_pct / count:13.1f}  {w.core_pct / count / base_pct:7.2f}x"
               f"  {100 * blanked:6.1f}%  {100 * dropped:6.1f}%  {min(w.viewer_fps):10.1f}  "
               f"{'yes' if real_time(w)[0] else 'NO'}")
-    most = max(count for _, count in results)
-    met = [label for (label, count), w in results.items() if count == most and real_time(w)[0]]
-    print(f"  target, {most} camera{'s' if most > 1 else ''} in real time with nothing blanked: "
-          f"{'met with ' + ', '.join(met) if met else 'NOT met with any policy run'}")
+    for label in dict.fromkeys(label for label, _ in results):
+        fits = [count for (other, count), w in results.items() if other == label and real_time(w)[0]]
+        print(f"  {label}: {max(fits) if fits else 0} camera(s) in real time with nothing blanked or dropped")
+    if target is not None:  # with the built-in default policy (faces and plates)
+        window = results.get(("default", target))
+        print(f"  target, {target} camera{'s' if target > 1 else ''} with the built-in default in real time with "
+              "nothing blanked: " + ("not run" if window is None else "met" if real_time(window)[0] else "NOT met"))
 
 
 def what_fits(window: Window, stride: int, holdback: float) -> str:
@@ -559,7 +562,7 @@ def main() -> int:
                                      scene_results.get((label, counts[0])))
                     print(f"    {what_fits(scene_results[label, counts[-1]], stride_of(policy), holdback)}")
                 if scene_results:
-                    summarize(scene_results)
+                    summarize(scene_results, TARGETS.get(scene))
                 results.update({(f"{label} ({scene})", count): w for (label, count), w in scene_results.items()})
 
         if not args.no_latency:
