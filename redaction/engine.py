@@ -20,7 +20,7 @@ import numpy as np
 from .detector import Detector, default_threads
 from .gating import GatedDetection, Plan
 from .policy import Policy
-from .regions import Region
+from .regions import Region, merge_duplicates
 from .tracker import Tracker
 
 
@@ -102,7 +102,7 @@ class Analyzer:
             cls = self._classes.get(region.cls)
             if cls is not None and region.score >= cls.threshold:
                 found.append(replace(region, shape=cls.shape))
-        return found
+        return merge_duplicates(found)  # one object found by two passes is one region
 
     def finish(self, regions: list[Region], width: int, height: int) -> list[Region]:
         """Final regions: margin added, rounded outwards to whole pixels, clipped to the frame.
@@ -267,7 +267,11 @@ class StreamRedactor:
 
     def _decide(self, group: list[Frame], plan: Plan | None, detections: list[Region]) -> list[Decision]:
         if plan is not None and not plan.whole:  # what was not looked at again keeps its mask
-            detections = detections + self._gating.keep(self.tracker.tracks(current=True), detections, plan)
+            # the plan's passes (changed areas, sweep tile, known regions again) each found their
+            # own boxes: one object seen by two of them is one region
+            detections = merge_duplicates(detections)
+            detections = merge_duplicates(detections + self._gating.keep(self.tracker.tracks(current=True),
+                                                                         detections, plan))
         step = self.tracker.update(group[-1].time, detections)
         out = []
         for held in group:

@@ -87,6 +87,56 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
+#: two boxes of one class cover the same object when their IoU exceeds this ...
+SAME_IOU = 0.2
+#: ... or when this share of the smaller lies inside the larger (a part found as a whole)
+SAME_CONTAINED = 0.8
+
+
+def merge_duplicates(regions: list[Region]) -> list[Region]:
+    """Boxes of one class that cover the same object, merged into one region per object.
+
+    Detections of one frame come from several passes (scales, tiles, the crops of changed
+    areas, a sweep tile, masks carried on), each with its own non-maximum suppression, so one
+    face can arrive as several boxes a few pixels apart: masked, sealed and tracked several
+    times. Greedily, best score first, each box joins the first kept box it covers the same
+    object as (IoU > :data:`SAME_IOU`, or :data:`SAME_CONTAINED` of the smaller inside), and the
+    kept box grows to the union of its members, so the merged region covers everything each
+    covered. Boxes only join a kept box, never each other through a chain, so two neighbouring
+    faces (IoU well under 0.2: visible faces cannot overlap much) stay two. The merged region
+    keeps the best box's class, score, shape and track.
+    """
+    if len(regions) < 2:
+        return list(regions)
+    out: list[Region] = []
+    for cls in dict.fromkeys(r.cls for r in regions):
+        own = sorted((r for r in regions if r.cls == cls), key=lambda r: -r.score)
+        boxes = np.array([r.box for r in own], dtype=np.float64)
+        iou = iou_matrix(boxes, boxes)
+        x0, y0 = boxes[:, 0], boxes[:, 1]
+        x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+        iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
+        ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
+        area = boxes[:, 2] * boxes[:, 3]
+        contained = iw * ih / np.maximum(np.minimum(area[:, None], area[None]), 1e-12)
+        same = (iou > SAME_IOU) | (contained > SAME_CONTAINED)
+        anchors: list[int] = []
+        bounds: list[list[float]] = []
+        for i in range(len(own)):
+            for k, anchor in enumerate(anchors):
+                if same[i, anchor]:
+                    b = bounds[k]
+                    b[0], b[1] = min(b[0], x0[i]), min(b[1], y0[i])
+                    b[2], b[3] = max(b[2], x1[i]), max(b[3], y1[i])
+                    break
+            else:
+                anchors.append(i)
+                bounds.append([x0[i], y0[i], x1[i], y1[i]])
+        for anchor, (bx0, by0, bx1, by1) in zip(anchors, bounds):
+            out.append(replace(own[anchor], x=float(bx0), y=float(by0), w=float(bx1 - bx0), h=float(by1 - by0)))
+    return out
+
+
 def coverage_mask(regions: list[Region], width: int, height: int) -> np.ndarray:
     """Boolean ``(height, width)`` mask of the pixels the regions redact (ellipses honoured).
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .regions import Region, iou_matrix
+from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix
 
 _IOU_MATCH = 0.25
 _CENTRE_MATCH = 0.6  # centre distance, as a fraction of the larger box side, for a match without overlap
@@ -60,6 +60,8 @@ class _Span:
     score_after: float
     seen: float
     hull: bool = False  # linked only by reach: the frames between get the hull of both boxes
+    #: lost, and its place is another track's detection now: masked on the frames between, not after
+    absorbed: bool = False
 
 
 class Step:
@@ -103,7 +105,7 @@ class Step:
             return np.concatenate([centre - size / 2, size]), min(span.score_before, span.score_after)
         if span.after is not None:  # first detection: back-fill the held-back frames
             return span.after, span.score_after
-        if span.before is not None and time - span.seen <= self._persist:
+        if span.before is not None and time - span.seen <= self._persist and not (span.absorbed and time >= self.time):
             return span.before, span.score_before
         return None, 0.0
 
@@ -148,10 +150,13 @@ class Tracker:
                 _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
                       0.0 if prior is None else prior[1], det.score, time, det_index in reached)
             )
+        absorbed = self._absorbed([t for t in live if t.id not in matched_tracks], detections)
         for track in live:
             if track.id not in matched_tracks and track.id in before:
-                spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen))
-        self._tracks = [t for t in self._tracks if t.id in matched_tracks or time - t.seen <= self.persist]
+                spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
+                                   absorbed=track.id in absorbed))
+        self._tracks = [t for t in self._tracks
+                        if t.id in matched_tracks or time - t.seen <= self.persist and t.id not in absorbed]
         self._time = time
         return Step(time, previous, spans, self.persist)
 
@@ -160,6 +165,27 @@ class Tracker:
         on) at the last detection frame, not those merely persisting after a miss."""
         return [Region(t.cls, *map(float, t.box), t.score, t.shape, t.id) for t in self._tracks
                 if not current or t.seen == self._time]
+
+    @staticmethod
+    def _absorbed(lost: list[_Track], detections: list[Region]) -> set[int]:
+        """The lost tracks whose last box is the same object as one of this frame's detections
+        (:func:`~redaction.regions.merge_duplicates`' rule): another track found it, so masking
+        the lost one on there too would mask (and seal) that object twice. It stays masked on
+        the frames before this one, and ends."""
+        if not lost or not detections:
+            return set()
+        a = np.array([t.box for t in lost], dtype=np.float64)
+        b = np.array([d.box for d in detections], dtype=np.float64)
+        iou = iou_matrix(a, b)
+        iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+                     - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+        ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+                     - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+        smaller = np.minimum(a[:, None, 2] * a[:, None, 3], b[None, :, 2] * b[None, :, 3])
+        contained = iw * ih / np.maximum(smaller, 1e-12)
+        same = ((iou > SAME_IOU) | (contained > SAME_CONTAINED)) & np.array(
+            [[t.cls == d.cls for d in detections] for t in lost])
+        return {t.id for t, row in zip(lost, same) if row.any()}
 
     def _match(self, tracks: list[_Track], detections: list[Region], time: float) -> tuple[dict[int, _Track], set[int]]:
         """Detection index -> its track, and the detections linked only by reach (see the module docstring)."""

@@ -116,3 +116,18 @@ def test_many_crossing_tracks_keep_identity():
         order = [by_pos[tuple(np.round(d.box[:2], 3))] for d in dets]
         first = first or order
         assert order == first
+
+
+def test_a_lost_track_whose_place_another_track_found_ends_there():
+    """Two tracks on one face (found twice before duplicates were merged, or a track that lost it
+    to a neighbour's): when the face is found by one, the other is masked on the frames before,
+    not on the detection frame and after (the face masked and sealed twice)."""
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(100, 50, score=0.9), face(104, 52, score=0.3)])  # two tracks, one face
+    step = tracker.update(0.2, [face(102, 50, score=0.9)])
+    assert [r.track for r in step.current] == [1]
+    assert sorted(r.track for r in step.at(0.1)) == [1, 2]  # the frames between keep both masks
+    assert [r.track for r in tracker.update(0.4, [face(104, 50)]).current] == [1]
+    # a lost track somewhere else persists as before
+    tracker.update(0.6, [face(104, 50), face(300, 50)])
+    assert sorted(r.track for r in tracker.update(0.8, [face(106, 50)]).current) == [1, 3]
