@@ -1,0 +1,81 @@
+"""Track fragmentation and duplicate boxes, as ``privacy-gateway detect --json`` reports them.
+
+    python perf/eval_tracks.py [--policy FILE] [--clips a.mp4,b.mp4]
+
+Per clip and class: regions per frame, distinct track ids, and same-frame pairs of boxes of
+one class overlapping with IoU > 0.3 (the same object masked, and sealed, twice). Clips
+default to the bundled sample (``config/samples/vtest-10s.mp4``: about seven walking people)
+and ``../shared/data/videos/short_hamilton_clip.mp4`` (one performer, three scene cuts).
+The command line runs as a user runs it (its own process, the policy's stride and tracking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = [ROOT / "config" / "samples" / "vtest-10s.mp4", ROOT.parent / "shared" / "data" / "videos" / "short_hamilton_clip.mp4"]
+OVERLAP = 0.3
+
+
+def iou_pairs(boxes: np.ndarray) -> int:
+    """Pairs of boxes (x, y, w, h) with IoU above :data:`OVERLAP`."""
+    if len(boxes) < 2:
+        return 0
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
+    ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
+    inter = iw * ih
+    area = boxes[:, 2] * boxes[:, 3]
+    iou = inter / np.maximum(area[:, None] + area[None] - inter, 1e-9)
+    return int(np.triu(iou > OVERLAP, 1).sum())
+
+
+def measure(clip: Path, policy: Path | None) -> dict[str, dict[str, float]]:
+    command = [sys.executable, "-m", "gateway.cli", "detect", str(clip), "--json"]
+    if policy is not None:
+        command += ["--policy", str(policy)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    frames = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    stats: dict[str, dict[str, float]] = {}
+    for cls in ("face", "plate"):
+        tracks: set[int] = set()
+        regions = pairs = 0
+        for frame in frames:
+            own = [r for r in frame["regions"] if r["class"] == cls]
+            regions += len(own)
+            tracks.update(r["track"] for r in own if r.get("track") is not None)
+            pairs += iou_pairs(np.array([r["box"] for r in own], np.float64).reshape(-1, 4))
+        count = max(1, len(frames))
+        stats[cls] = {"frames": len(frames), "regions_per_frame": regions / count, "tracks": len(tracks),
+                      "overlapping_pairs_per_frame": pairs / count}
+    return stats
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", type=Path, help="policy file (default: the built-in default)")
+    parser.add_argument("--clips", help="comma-separated clip paths (default: the two clips above)")
+    args = parser.parse_args()
+    clips = [Path(c) for c in args.clips.split(",")] if args.clips else CLIPS
+    print(f"policy: {args.policy or 'built-in default'}")
+    totals = defaultdict(float)
+    for clip in clips:
+        for cls, s in measure(clip, args.policy).items():
+            totals[cls] += s["tracks"]
+            print(f"{clip.name:28s} {cls:5s} {s['frames']:4d} frames  {s['regions_per_frame']:6.1f} regions/frame  "
+                  f"{s['tracks']:5d} tracks  {s['overlapping_pairs_per_frame']:5.2f} overlapping pairs/frame "
+                  f"(IoU > {OVERLAP})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
