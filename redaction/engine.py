@@ -185,7 +185,7 @@ class StreamRedactor:
         self.workers = workers if workers is not None else detection.workers
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        self.tracker = Tracker(persist if persist is not None else detection.persist)
+        self.tracker = Tracker(persist if persist is not None else detection.persist, detection.link)
         self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []
         self._pending: deque[tuple[list[Frame], Plan | None, Future]] = deque()

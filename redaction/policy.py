@@ -144,6 +144,9 @@ class Detection(StrictModel):
     interval: Annotated[float, Field(gt=0, le=10)] | None = 0.2
     #: seconds a track stays masked after its last detection
     persist: Annotated[float, Field(ge=0, le=10)] = 0.5
+    #: seconds a lost track is still looked for: found again near where its motion puts it, it
+    #: goes on under its id (one subject for selective unmasking), though not masked meanwhile
+    link: Annotated[float, Field(ge=0, le=60)] = 1.0
     #: onnxruntime threads per model (None: every core, shared out among the workers)
     threads: Annotated[int, Field(ge=1, le=64)] | None = None
     #: frames analysed at once on a video (each a detection frame; results stay in order)

@@ -45,6 +45,9 @@ class _Track:
     score: float
     seen: float  # time of the last detection
     velocity: np.ndarray | None = None  # of the box centre, pixels per second (None: seen once)
+    #: lost where another track's detection is (behind it, or a duplicate of it): not masked,
+    #: still looked for until ``link`` runs out
+    hidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,16 @@ class Step:
 class Tracker:
     """Greedy IoU tracker (with a centre-distance fallback for small, fast boxes)."""
 
-    def __init__(self, persist: float) -> None:
+    def __init__(self, persist: float, link: float | None = None) -> None:
+        """``persist``: seconds a lost track stays masked at its last box; ``link``: seconds a lost
+        track is still looked for (at least ``persist``; default ``persist``): found again where
+        its motion puts it, it goes on under its id, one subject, though unmasked in between."""
         if persist < 0:
             raise ValueError(f"persist must be >= 0 seconds, got {persist}")
+        if link is not None and link < 0:
+            raise ValueError(f"link must be >= 0 seconds, got {link}")
         self.persist = persist
+        self.link = max(persist, persist if link is None else link)
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._time: float | None = None
@@ -126,10 +135,20 @@ class Tracker:
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
-        live = [t for t in self._tracks if time - t.seen <= self.persist or previous is not None and t.seen >= previous]
+        live = [t for t in self._tracks if time - t.seen <= self.link or previous is not None and t.seen >= previous]
         # a track persisting at the previous frame contributes its last box there
-        before = {t.id: (t.box.copy(), t.score) for t in live if previous is None or previous - t.seen <= self.persist}
-        matches, reached = self._match(live, detections, time)
+        before = {t.id: (t.box.copy(), t.score) for t in live
+                  if not t.hidden and (previous is None or previous - t.seen <= self.persist)}
+        # tracks found at the last detection frame take their detections first; then the lost
+        # ones may link to what is left (a track lost for a while must not take a detection, or
+        # break a nearest-neighbour tie, that the track beside it has just been following)
+        active = [t for t in live if previous is not None and t.seen >= previous]
+        matches, reached = self._match(active, detections, time)
+        rest = [i for i in range(len(detections)) if i not in matches]
+        lost = [t for t in live if not (previous is not None and t.seen >= previous)]
+        more, more_reached = self._match(lost, [detections[i] for i in rest], time)
+        matches.update({rest[i]: track for i, track in more.items()})
+        reached |= {rest[i] for i in more_reached}
         spans: list[_Span] = []
         matched_tracks = set()
         for det_index, det in enumerate(detections):
@@ -145,6 +164,7 @@ class Tracker:
                 if time > track.seen:
                     track.velocity = (box[:2] + box[2:] / 2 - track.box[:2] - track.box[2:] / 2) / (time - track.seen)
                 track.box, track.score, track.seen, track.shape = box, det.score, time, det.shape
+                track.hidden = False
             matched_tracks.add(track.id)
             spans.append(
                 _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
@@ -155,8 +175,10 @@ class Tracker:
             if track.id not in matched_tracks and track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
                                    absorbed=track.id in absorbed))
-        self._tracks = [t for t in self._tracks
-                        if t.id in matched_tracks or time - t.seen <= self.persist and t.id not in absorbed]
+        for track in live:
+            if track.id in absorbed:
+                track.hidden = True
+        self._tracks = [t for t in self._tracks if t.id in matched_tracks or time - t.seen <= self.link]
         self._time = time
         return Step(time, previous, spans, self.persist)
 
@@ -164,14 +186,16 @@ class Tracker:
         """Every live track at its last box, with its id; ``current``: only those found (or carried
         on) at the last detection frame, not those merely persisting after a miss."""
         return [Region(t.cls, *map(float, t.box), t.score, t.shape, t.id) for t in self._tracks
-                if not current or t.seen == self._time]
+                if t.seen == self._time or not current and self._time - t.seen <= self.persist]
 
     @staticmethod
     def _absorbed(lost: list[_Track], detections: list[Region]) -> set[int]:
         """The lost tracks whose last box is the same object as one of this frame's detections
-        (:func:`~redaction.regions.merge_duplicates`' rule): another track found it, so masking
-        the lost one on there too would mask (and seal) that object twice. It stays masked on
-        the frames before this one, and ends."""
+        (:func:`~redaction.regions.merge_duplicates`' rule): another track found it there (a face
+        passing in front, or a duplicate), so masking the lost one on there too would mask (and
+        seal) those pixels twice. It stays masked on the frames before this one, then is hidden:
+        not masked, but still looked for, so a face that was behind another one comes out under
+        its own id."""
         if not lost or not detections:
             return set()
         a = np.array([t.box for t in lost], dtype=np.float64)
@@ -204,7 +228,9 @@ class Tracker:
         side = np.maximum(det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2))
         near = distance / np.maximum(side, 1e-9)
         speed = np.array([_NEW_SPEED if t.velocity is None else _KNOWN_SPEED for t in tracks])
-        reach = _CENTRE_MATCH + speed * elapsed  # fractions of the larger side
+        # fractions of the larger side; a track lost for longer than it stays masked is looked for
+        # no further than one masked that long (it is linked, not chased across the frame)
+        reach = _CENTRE_MATCH + speed * np.minimum(elapsed, max(self.persist, 1e-9))
         # beyond the usual centre distance a link is made only between mutual nearest neighbours of
         # one class: in a crowd, a face missed on this frame must not hand its track to a neighbour
         apart = np.where(same_class, near, np.inf)
