@@ -17,7 +17,7 @@ The modules, one concept each:
 - :mod:`.store` the vault (:class:`VaultStore`): what is kept where; no path leaves it.
 - :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
 - :mod:`.seal` the :class:`Sealer` the redaction side holds (public keys only).
-- :mod:`.unmask` audited selective restoration (:class:`Unmask`) and :func:`recording_tracks`.
+- :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks` and :func:`tracks_at`.
 - :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
 - :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
 """
@@ -42,7 +42,7 @@ from .objects import LocalObjects, ObjectStore
 from .retention import Shredded, shred
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
-from .unmask import Selection, TrackSummary, Unmask, recording_tracks
+from .unmask import Selection, TrackSummary, Unmask, recording_tracks, tracks_at
 from .vault import Segment
 from .verification import VaultReport, verify_audit, verify_vault
 from .wrap import Grant
@@ -83,6 +83,7 @@ __all__ = [
     "check_grants",
     "grants_of",
     "recording_tracks",
+    "tracks_at",
     "shred",
     "verify_audit",
     "verify_vault",

@@ -220,9 +220,15 @@ class Unmask:
             raise UnmaskError("a sealed record does not open (vault damaged?)") from None
 
 
+#: a track's records further apart than this (seconds) are two time ranges of it: it was lost
+#: (or behind something) in between and linked again by the tracker
+RANGE_GAP = 0.25
+
+
 @dataclass(frozen=True)
 class TrackSummary:
-    """One sealed track of a recording, from its record headers (nothing is decrypted)."""
+    """One sealed track of a recording, from its record headers (nothing is decrypted). A track
+    is one subject: the tracker links a face it lost for a moment back to its id at seal time."""
 
     cls: str
     track: int
@@ -230,6 +236,18 @@ class TrackSummary:
     first_s: float  # media time in the redacted output of its first and last record
     last_s: float
     box: tuple[int, int, int, int]  # x, y, w, h of its first record
+    #: the time ranges (seconds) it was masked in: more than one when it was lost and linked back
+    ranges: tuple[tuple[float, float], ...] = ()
+
+
+def _headers(store: VaultStore, ref: VaultRef):
+    """(media seconds, header) of every record of the recording ``ref`` names, in seal order."""
+    for number in store.segment_numbers(ref.camera):
+        segment = store.segment(ref.camera, number)
+        if segment.header.recording != ref.recording:
+            continue
+        for record in segment.records:
+            yield (record.header.pts_us - ref.first_pts_us) / 1e6, record.header
 
 
 def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
@@ -239,19 +257,34 @@ def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
     :func:`keys.verify_vault`'s and :class:`Unmask`'s job).
     """
     tracks: dict[tuple[str, int], list] = {}
-    for number in store.segment_numbers(ref.camera):
-        segment = store.segment(ref.camera, number)
-        if segment.header.recording != ref.recording:
-            continue
-        for record in segment.records:
-            h = record.header
-            t = (h.pts_us - ref.first_pts_us) / 1e6
-            item = tracks.setdefault((h.cls, h.track), [0, t, t, h.box])
-            item[0] += 1
-            item[2] = t
-    ordered = sorted(tracks.items(), key=lambda kv: (kv[1][1], kv[0]))
-    return [TrackSummary(cls, track, frames, first, last, tuple(box))
-            for (cls, track), (frames, first, last, box) in ordered]
+    for t, h in _headers(store, ref):
+        item = tracks.setdefault((h.cls, h.track), [0, h.box, []])
+        item[0] += 1
+        ranges = item[2]
+        if ranges and t - ranges[-1][1] <= RANGE_GAP:
+            ranges[-1][1] = t
+        else:
+            ranges.append([t, t])
+    ordered = sorted(tracks.items(), key=lambda kv: (kv[1][2][0][0], kv[0]))
+    return [TrackSummary(cls, track, frames, ranges[0][0], ranges[-1][1], tuple(box),
+                         tuple((a, b) for a, b in ranges))
+            for (cls, track), (frames, box, ranges) in ordered]
+
+
+def tracks_at(store: VaultStore, ref: VaultRef, at_s: float, x: float, y: float) -> list[tuple[str, int]]:
+    """The tracks (class, id) whose sealed box contains the point ``(x, y)`` on the frame shown at
+    media time ``at_s`` (the sealed frame nearest to it): the subject an investigator pointed at.
+    Raises :class:`UnmaskError` when no sealed frame is within half a second of ``at_s``."""
+    frames: dict[float, list] = {}
+    for t, h in _headers(store, ref):
+        frames.setdefault(t, []).append(h)
+    if not frames:
+        raise UnmaskError("the recording has no sealed regions")
+    nearest = min(frames, key=lambda t: abs(t - at_s))
+    if abs(nearest - at_s) > 0.5:
+        raise UnmaskError(f"nothing was sealed near {at_s:.2f} s (nearest sealed frame {nearest:.2f} s)")
+    return sorted({(h.cls, h.track) for h in frames[nearest]
+                   if h.box[0] <= x < h.box[0] + h.box[2] and h.box[1] <= y < h.box[1] + h.box[3]})
 
 
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:

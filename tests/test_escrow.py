@@ -167,6 +167,37 @@ def test_one_track_restores_that_region_and_nothing_of_the_others(capsys, world,
     assert audit_entries(vault)[-1]["details"]["tracks"] == [["face", chosen]]
 
 
+def test_pointing_at_a_subject_restores_its_track_and_audits_the_track_it_resolved_to(capsys, world, tmp_path):
+    redacted, vault = redacted_image(world, capsys, "open", "open")
+    code, listing, err = run(capsys, "vault", "tracks", redacted, "--vault", vault)
+    tracks = [line.split() for line in listing.splitlines()[1:]]
+    boxes = {int(t[1]): json.loads(" ".join(t[t.index("box") + 1:])) for t in tracks}
+
+    def alone(track):  # a pixel of the track's box that no other box covers
+        x, y, w, h = boxes[track]
+        for px in range(x, x + w):
+            for py in range(y, y + h):
+                if not any(ox <= px < ox + ow and oy <= py < oy + oh
+                           for t, (ox, oy, ow, oh) in boxes.items() if t != track):
+                    return px, py
+        return None
+
+    chosen = next(t for t in sorted(boxes) if alone(t))
+    px, py = alone(chosen)
+    out, by_track = tmp_path / "point.png", tmp_path / "track.png"
+    code, said, err = run(capsys, *unmask(world, redacted, vault, out, "--no-watermark", "--at", "0", "--point", f"{px},{py}"))
+    assert code == 0, err
+    assert f"is face track {chosen}" in said
+    assert audit_entries(vault)[-1]["details"]["tracks"] == [["face", chosen]]
+    assert run(capsys, *unmask(world, redacted, vault, by_track, "--no-watermark", "--track", chosen))[0] == 0
+    assert np.array_equal(read_image(out), read_image(by_track))  # the same as naming the track
+    nowhere = tmp_path / "none.png"
+    refused(capsys, world, vault, nowhere, *unmask(world, redacted, vault, nowhere, "--at", "0", "--point", "0,0"),
+            match="no sealed region covers (0, 0) at 0.00 s")
+    refused(capsys, world, vault, nowhere, *unmask(world, redacted, vault, nowhere, "--point", f"{px},{py}"),
+            match="--at and --point go together")
+
+
 def test_wrong_passphrase_and_unknown_identity_are_refused_opaquely(capsys, world, tmp_path, monkeypatch):
     redacted, vault = redacted_image(world, capsys, "open", "open")
     out = tmp_path / "out.png"

@@ -103,3 +103,34 @@ def test_vault_reference_rides_in_png_and_jpeg(tmp_path):
 
     with pytest.raises(MediaError, match="only PNG and JPEG"):
         write_image(tmp_path / "c.webp", image, comment="x")
+
+
+def test_a_track_lost_and_linked_again_lists_its_time_ranges(tmp_path):
+    """A subject the tracker linked back after a gap is one track with two time ranges."""
+    from keys.unmask import recording_tracks
+
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    pixels = np.zeros((10, 10, 3), np.uint8)
+    grants = {"face": Grant(("investigator",))}
+    with Sealer(store, directory.signer, "lobby", {"version": 2}, grants, directory.identities) as sealer:
+        for frame in [*range(0, 10), *range(20, 25)]:  # 10 fps: 0.0-0.9 s, then 2.0-2.4 s
+            sealer.add(frame, frame * 100_000, [Sealed(4, "face", (0, 0, 10, 10), pixels)])
+            if frame < 5:
+                sealer.add(frame, frame * 100_000, [Sealed(5, "face", (20, 0, 10, 10), pixels)])
+    listed = {t.track: t for t in recording_tracks(store, sealer.ref)}
+    assert listed[4].ranges == ((0.0, 0.9), (2.0, 2.4)) and listed[4].frames == 15
+    assert listed[5].ranges == ((0.0, 0.4),)
+
+
+def test_the_subject_at_a_point_and_time(sealed):
+    from keys.unmask import tracks_at
+
+    store, ref, *_ = sealed
+    assert tracks_at(store, ref, 0.1, 12, 12) == [("face", 1)]
+    assert tracks_at(store, ref, 0.12, 25, 25) == [("face", 1), ("face", 2)]  # the overlap: both
+    assert tracks_at(store, ref, 0.0, 55, 35) == [("plate", 3)]
+    assert tracks_at(store, ref, 0.0, 5, 5) == []
+    with pytest.raises(UnmaskError, match="nothing was sealed near 3.00 s"):
+        tracks_at(store, ref, 3.0, 12, 12)

@@ -27,6 +27,7 @@ from keys import (
     VaultStore,
     recording_tracks,
     shred,
+    tracks_at,
     verify_audit,
     verify_vault,
 )
@@ -46,6 +47,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "PRIVACY_GATEWAY_PASSPHRASE or prompted per file")
     unmask.add_argument("--track", dest="tracks", type=int, action="append", default=[], metavar="ID",
                         help="restore only this track (repeatable; see `vault tracks`)")
+    unmask.add_argument("--at", metavar="T", help="with --point: the media time of the frame pointed at")
+    unmask.add_argument("--point", metavar="X,Y", help="restore the subject whose sealed region covers this "
+                        "pixel at --at (its whole track, within --from/--to)")
     unmask.add_argument("--class", dest="classes", action="append", choices=("face", "plate"), default=[],
                         help="restore only this class (repeatable)")
     unmask.add_argument("--from", dest="start", metavar="T", help="from this media time (seconds or [HH:]MM:SS)")
@@ -135,11 +139,16 @@ def _unmask(args: argparse.Namespace) -> int:
     start, end = parse_time(args.start), parse_time(args.end)
     if start is not None and end is not None and end < start:
         raise CommandError("--to is before --from")
+    if (args.at is None) != (args.point is None):
+        raise CommandError("--at and --point go together: the time and the pixel of the subject to restore")
     ref = _ref_of(source)
     directory = KeyDirectory.open(args.keys)
     store = VaultStore.open(args.vault, directory)
+    tracks = set(args.tracks)
+    if args.point is not None:
+        tracks |= _subject_at(store, ref, args.at, args.point)
     holders = open_identities(args.identities)
-    selection = Selection(frozenset(args.tracks), frozenset(args.classes), start, end)
+    selection = Selection(frozenset(tracks), frozenset(args.classes), start, end)
     job = Unmask(store, ref, selection, holders)
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
@@ -160,6 +169,26 @@ def _unmask(args: argparse.Namespace) -> int:
     print(f"restored {job.restored} regions of {len(job.tracks)} tracks to {target} "
           f"(audit entry {entry['seq']}, case {args.case})")
     return 0
+
+
+def _subject_at(store: VaultStore, ref: VaultRef, at: str, point: str) -> set[int]:
+    """The track of the one subject whose sealed region covers ``point`` at ``at``; refuses when
+    none or several do (restoring the wrong person is worse than asking again)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*,\s*(\d+(?:\.\d*)?)\s*", point)
+    if not match:
+        raise CommandError(f"--point {point!r}: use X,Y in pixels of the redacted frame")
+    x, y = float(match.group(1)), float(match.group(2))
+    at_us = parse_time(at)
+    found = tracks_at(store, ref, at_us / 1e6, x, y)
+    where = f"({x:g}, {y:g}) at {at_us / 1e6:.2f} s"
+    if not found:
+        raise CommandError(f"no sealed region covers {where} (see `privacy-gateway vault tracks`)")
+    if len(found) > 1:
+        listed = ", ".join(f"{cls} track {track}" for cls, track in found)
+        raise CommandError(f"several sealed regions cover {where}: {listed}; choose with --track")
+    (cls, track), = found
+    print(f"{where} is {cls} track {track}")
+    return {track}
 
 
 def _check_complete(job: Unmask) -> None:
@@ -282,6 +311,7 @@ def _tracks(args: argparse.Namespace) -> int:
     store = VaultStore.open(args.vault)
     print(f"{args.input}: camera {ref.camera}, recording {ref.recording}")
     for t in recording_tracks(store, ref):
+        ranges = ", ".join(f"{a:.2f}-{b:.2f}s" for a, b in t.ranges)
         print(f"  track {t.track:5d}  {t.cls:5s}  {t.first_s:8.2f}s - {t.last_s:8.2f}s  {t.frames:5d} frames  "
-              f"first box {list(t.box)}")
+              f"first box {list(t.box)}" + (f"  seen {ranges}" if len(t.ranges) > 1 else ""))
     return 0
