@@ -83,8 +83,9 @@ def main() -> int:
             print(f"{clip.name:28s} {cls:5s} {s['frames']:4d} frames  {s['regions_per_frame']:6.1f} regions/frame  "
                   f"{s['tracks']:5d} tracks  {s['overlapping_pairs_per_frame']:5.2f} overlapping pairs/frame "
                   f"(IoU > {OVERLAP})")
+        changes = stats["face"]["largest_face_changes"]
         print(f"{'':28s} the largest face of each frame: {stats['face']['largest_face_tracks']} tracks, "
-              f"changing at {stats['face']['largest_face_changes']} s")
+              f"{len(changes)} changes" + (f" at {changes} s" if len(changes) <= 10 else ""))
     identities(args.policy)
     return 0
 

@@ -155,3 +155,20 @@ def test_a_track_followed_at_the_last_detection_frame_keeps_its_detection_before
     # track 1 was last at x=160, 0.4 s ago; the face track 2 follows is now at 130: it is track 2's,
     # though a lost track's reach (8 sides a second for a track seen once) would take it too
     assert [r.track for r in tracker.update(0.4, [face(130, 50)]).current if r.track != 1] == [2]
+
+
+def test_a_small_face_s_velocity_is_filtered_not_the_last_jittery_difference():
+    """A 10 px face walking 40 px/s, found 2 px off at random on each detection frame (0.2 s
+    apart): the raw difference of the last two centres is off by up to 20 px/s, the filtered
+    velocity settles near the true one."""
+    rng = np.random.default_rng(5)
+    tracker = Tracker(persist=0.5)
+    errors = []
+    for i in range(15):
+        t = i * 0.2
+        jitter = rng.uniform(-2, 2, 2)
+        tracker.update(t, [face(100 + 40 * t + jitter[0], 80 + jitter[1], 10, 10)])
+        (track,) = tracker._tracks
+        if i >= 8:
+            errors.append(np.abs(track.velocity - (40, 0)).max())
+    assert max(errors) < 10  # the raw difference: up to 4 px / 0.2 s = 20 px/s off
