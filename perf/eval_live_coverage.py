@@ -62,18 +62,22 @@ class Recorded(RedactSeal):
 def reference(clip: Path, every: int, cache: Path) -> dict[int, list[tuple[str, list[float], float]]]:
     """Per frame (every ``every``-th), thorough's raw detections ``(class, box, score)``; cached."""
     policy = load_policy(THOROUGH)
-    key = hashlib.sha256(json.dumps([policy.model_dump(mode="json"), clip.stat().st_size, every, 2]).encode())
+    key = hashlib.sha256(json.dumps([policy.model_dump(mode="json"), clip.stat().st_size, every, 3]).encode())
     path = cache / f"{clip.stem}-{key.hexdigest()[:16]}.json"
     if path.exists():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     analyzer = Analyzer(policy)
+    classes = policy.classes.enabled()
     found: dict[int, list] = {}
     started = time.monotonic()
     with av.open(str(clip)) as container:
         for index, frame in enumerate(container.decode(video=0)):
-            if index % every == 0:
-                found[index] = [(r.cls, list(r.box), r.score)
-                                for r in analyzer.detect(frame.to_ndarray(format="bgr24"))]
+            if index % every == 0:  # each detector's own boxes (after its NMS), not merged:
+                # a union of two boxes of one face is not the face, and would be harder to cover
+                image = frame.to_ndarray(format="bgr24")
+                found[index] = [(r.cls, list(r.box), r.score) for detector in analyzer.detectors.values()
+                                for r in detector.detect(image)
+                                if r.cls in classes and r.score >= classes[r.cls].threshold]
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(found))
     print(f"  reference for {clip.name}: {len(found)} frames in {time.monotonic() - started:.0f} s", flush=True)
