@@ -239,13 +239,14 @@ def test_shred_needs_one_rule_and_refuses_while_a_camera_is_sealed(world):
 
 def test_recording_tracks_lists_one_recordings_tracks_in_order(world):
     assert recording_tracks(world.store, world.lobby) == [
-        TrackSummary("face", 1, 20, 0.0, 1.9, (0, 2, 4, 4)),
-        TrackSummary("face", 2, 10, 2.0, 2.9, (20, 2, 4, 4)),
+        TrackSummary("face", 1, 20, 0.0, 1.9, (0, 2, 4, 4), ((0.0, 1.9),)),
+        TrackSummary("face", 2, 10, 2.0, 2.9, (20, 2, 4, 4), ((2.0, 2.9),)),
     ]
     # same first appearance: by class, then id
     assert [(t.cls, t.track) for t in recording_tracks(world.store, world.door)] == [("face", 7), ("plate", 5)]
     # another recording of the same camera, and an output that starts later in it
     shifted = VaultRef("lobby", world.lobby.recording, 10, 1_000_000)
-    assert recording_tracks(world.store, shifted)[1] == TrackSummary("face", 2, 10, 1.0, 1.9, (20, 2, 4, 4))
+    assert recording_tracks(world.store, shifted)[1] == TrackSummary("face", 2, 10, 1.0, 1.9, (20, 2, 4, 4),
+                                                                     ((1.0, 1.9),))
     assert recording_tracks(world.store, VaultRef("lobby", "no-such-recording")) == []
     assert recording_tracks(world.store, VaultRef("attic", "x")) == []
