@@ -15,8 +15,9 @@ to mask on the frames held back between two detection frames:
 Association, on each detection frame: each track's centre moves by a constant-velocity Kalman
 filter (:class:`_Motion`), and detections are matched to where it puts them, by overlap or, for
 small fast boxes, by centre distance within a reach that grows with the time since the track was
-last found. Tracks found at the last detection frame are matched first, lost ones only to the
-detections left (as ByteTrack matches tracked objects before lost ones). A lost track is looked
+last found. As in ByteTrack, tracks found at the last detection frame are matched first, to the
+confident detections (score >= 0.5), then to the doubtful ones; lost tracks only to the
+detections left. A lost track is looked
 for for ``link`` seconds, though masked only for ``persist``: found again, it goes on under its
 id, so a face that was behind another or missed for a moment stays one subject. A lost track
 whose place another track's detection covers is hidden there (not masked twice) but stays
@@ -35,6 +36,7 @@ import numpy as np
 from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix
 
 _IOU_MATCH = 0.25
+_CONFIDENT = 0.5  # detections at least this sure are matched to the tracks being followed first
 _CENTRE_MATCH = 0.6  # centre distance, as a fraction of the larger box side, for a match without overlap
 #: how far (box sides per second) an object may have gone beyond its predicted place between two
 #: detections: a small, fast box (an 8 px face walking 60 px/s) leaves its own width behind
@@ -189,16 +191,22 @@ class Tracker:
         # a track persisting at the previous frame contributes its last box there
         before = {t.id: (t.box.copy(), t.score) for t in live
                   if not t.hidden and (previous is None or previous - t.seen <= self.persist)}
-        # tracks found at the last detection frame take their detections first; then the lost
-        # ones may link to what is left (a track lost for a while must not take a detection, or
-        # break a nearest-neighbour tie, that the track beside it has just been following)
+        # tracks found at the last detection frame take their detections first, confident ones
+        # before doubtful ones (a flicker beside a face must not take the face's track); then the
+        # lost tracks may link to what is left (a track lost for a while must not take a
+        # detection, or break a nearest-neighbour tie, that the track beside it is following)
         active = [t for t in live if previous is not None and t.seen >= previous]
-        matches, reached = self._match(active, detections, time)
-        rest = [i for i in range(len(detections)) if i not in matches]
         lost = [t for t in live if not (previous is not None and t.seen >= previous)]
-        more, more_reached = self._match(lost, [detections[i] for i in rest], time)
-        matches.update({rest[i]: track for i, track in more.items()})
-        reached |= {rest[i] for i in more_reached}
+        matches: dict[int, _Track] = {}
+        reached: set[int] = set()
+        for tracks, confident in ((active, True), (active, False), (lost, None)):
+            taken = {t.id for t in matches.values()}
+            rest = [i for i, d in enumerate(detections)
+                    if i not in matches and (confident is None or (d.score >= _CONFIDENT) == confident)]
+            more, more_reached = self._match([t for t in tracks if t.id not in taken],
+                                             [detections[i] for i in rest], time)
+            matches.update({rest[i]: track for i, track in more.items()})
+            reached |= {rest[i] for i in more_reached}
         spans: list[_Span] = []
         matched_tracks = set()
         for det_index, det in enumerate(detections):

@@ -172,3 +172,11 @@ def test_a_small_face_s_velocity_is_filtered_not_the_last_jittery_difference():
         if i >= 8:
             errors.append(np.abs(track.velocity - (40, 0)).max())
     assert max(errors) < 10  # the raw difference: up to 4 px / 0.2 s = 20 px/s off
+
+
+def test_a_confident_detection_keeps_the_track_before_a_doubtful_flicker_beside_it():
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(100, 50, score=0.9)])
+    # the face moved 6 px; a low-score flicker sits on its old place (more overlap with the track)
+    step = tracker.update(0.2, [face(100, 51, score=0.15), face(106, 50, score=0.9)])
+    assert {r.track: r.score for r in step.current} == {1: 0.9, 2: 0.15}
