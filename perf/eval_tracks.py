@@ -60,9 +60,10 @@ def measure(clip: Path, policy: Path | None) -> dict[str, dict[str, float]]:
         count = max(1, len(frames))
         stats[cls] = {"frames": len(frames), "regions_per_frame": regions / count, "tracks": len(tracks),
                       "overlapping_pairs_per_frame": pairs / count}
-    # the main subject: the largest face of each frame (Hamilton's performer); where its track changes
-    largest = [max((r for r in f["regions"] if r["class"] == "face"), key=lambda r: r["box"][2] * r["box"][3],
-                   default=None) for f in frames]
+    # the main subject: the largest confident face of each frame (Hamilton's performer); where its
+    # track changes (low-score boxes are left out: a large doubtful one is not the performer)
+    largest = [max((r for r in f["regions"] if r["class"] == "face" and r["score"] >= 0.5),
+                   key=lambda r: r["box"][2] * r["box"][3], default=None) for f in frames]
     changes = [round(f["pts"], 2) for f, a, b in zip(frames[1:], largest, largest[1:])
                if a is not None and b is not None and a["track"] != b["track"]]
     stats["face"]["largest_face_tracks"] = len({r["track"] for r in largest if r is not None})
@@ -84,7 +85,7 @@ def main() -> int:
                   f"{s['tracks']:5d} tracks  {s['overlapping_pairs_per_frame']:5.2f} overlapping pairs/frame "
                   f"(IoU > {OVERLAP})")
         changes = stats["face"]["largest_face_changes"]
-        print(f"{'':28s} the largest face of each frame: {stats['face']['largest_face_tracks']} tracks, "
+        print(f"{'':28s} the largest confident face of each frame: {stats['face']['largest_face_tracks']} tracks, "
               f"{len(changes)} changes" + (f" at {changes} s" if len(changes) <= 10 else ""))
     identities(args.policy)
     return 0
