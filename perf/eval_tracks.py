@@ -94,20 +94,15 @@ def main() -> int:
 def identities(policy_path: Path | None) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from identity_support import crossing_clip, idf1, on_truth, switches
+    from identity_support import crossing_clip, idf1, on_truth, switches, track_clip
 
-    from redaction import Analyzer, Frame, Policy, StreamRedactor, load_policy
+    from redaction import Policy, load_policy
 
     policy = Policy() if policy_path is None else load_policy(policy_path)
     policy = policy.model_copy(update={"classes": policy.classes.model_copy(
         update={"plate": policy.classes.plate.model_copy(update={"enabled": False})})})
     clip = crossing_clip(ROOT.parent / "shared" / "data")
-    stream = StreamRedactor(Analyzer(policy), rate=clip.fps)
-    decided = [d for i, image in enumerate(clip.frames) for d in stream.push(Frame(i, i / clip.fps, image))]
-    decided += stream.flush()
-    predicted = [{} for _ in clip.frames]
-    for decision in decided:
-        predicted[decision.frame.index] = {r.track: r.box for r in decision.regions if r.cls == "face"}
+    predicted = track_clip(clip, policy)
     faces = on_truth(clip.truth, predicted)
     print(f"synthetic crossings ({len(clip.frames)} frames, 4 faces, {clip.crossings} crossings): "
           f"IDF1 on the faces {idf1(clip.truth, faces):.3f} (target >= 0.9), with false positives "

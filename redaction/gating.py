@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .motion import Box, MotionGate, area, inside, merge
-from .regions import Region
+from .regions import Region, overlap_of_smaller
 
 #: sweep tiles, in frame pixels (faces at native scale; plates' fine pass upscales these to
 #: about 640x400, the tile a plate detector handles best), and their overlap: an object on a
@@ -248,11 +248,6 @@ def still(tracks: list[Region], detections: list[Region], looked_at: list[Box],
     b = np.array([d.box for d in detections], np.float64)
     # overlap as a share of the smaller box: a face that moved a little, or grew as it came
     # closer, is the same face (IoU would keep its old box as a second, stale mask)
-    iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-                 - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-                 - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    smaller = np.minimum(a[:, None, 2] * a[:, None, 3], b[None, :, 2] * b[None, :, 3])
-    overlap = iw * ih / np.maximum(smaller, 1e-12)
+    overlap = overlap_of_smaller(a, b)
     same_class = np.array([[t.cls == d.cls for d in detections] for t in kept])
     return [t for t, row, cls in zip(kept, overlap, same_class) if not (row[cls] > _SAME).any()]

@@ -73,6 +73,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection of ``(N, 4)`` and ``(M, 4)`` ``x, y, w, h`` boxes over the smaller box's area."""
+    iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+                 - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+                 - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    smaller = np.minimum(a[:, None, 2] * a[:, None, 3], b[None, :, 2] * b[None, :, 3])
+    return iw * ih / np.maximum(smaller, 1e-12)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression of ``x, y, w, h`` boxes; kept indices, best score first."""
     if len(boxes) == 0:
@@ -112,14 +122,9 @@ def merge_duplicates(regions: list[Region]) -> list[Region]:
     for cls in dict.fromkeys(r.cls for r in regions):
         own = sorted((r for r in regions if r.cls == cls), key=lambda r: -r.score)
         boxes = np.array([r.box for r in own], dtype=np.float64)
-        iou = iou_matrix(boxes, boxes)
+        same = (iou_matrix(boxes, boxes) > SAME_IOU) | (overlap_of_smaller(boxes, boxes) > SAME_CONTAINED)
         x0, y0 = boxes[:, 0], boxes[:, 1]
         x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
-        iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
-        ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
-        area = boxes[:, 2] * boxes[:, 3]
-        contained = iw * ih / np.maximum(np.minimum(area[:, None], area[None]), 1e-12)
-        same = (iou > SAME_IOU) | (contained > SAME_CONTAINED)
         anchors: list[int] = []
         bounds: list[list[float]] = []
         for i in range(len(own)):

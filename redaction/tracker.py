@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix
+from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix, overlap_of_smaller
 
 _IOU_MATCH = 0.25
 _CONFIDENT = 0.5  # detections at least this sure are matched to the tracks being followed first
@@ -264,14 +264,7 @@ class Tracker:
             return set()
         a = np.array([t.box for t in lost], dtype=np.float64)
         b = np.array([d.box for d in detections], dtype=np.float64)
-        iou = iou_matrix(a, b)
-        iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-                     - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-        ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-                     - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-        smaller = np.minimum(a[:, None, 2] * a[:, None, 3], b[None, :, 2] * b[None, :, 3])
-        contained = iw * ih / np.maximum(smaller, 1e-12)
-        same = ((iou > SAME_IOU) | (contained > SAME_CONTAINED)) & np.array(
+        same = ((iou_matrix(a, b) > SAME_IOU) | (overlap_of_smaller(a, b) > SAME_CONTAINED)) & np.array(
             [[t.cls == d.cls for d in detections] for t in lost])
         return {t.id for t, row in zip(lost, same) if row.any()}
 

@@ -162,3 +162,16 @@ def switches(truth: list[dict[int, Box]], predicted: list[dict[int, Box]], thres
                 changed[g] += 1
             last[g] = track
     return changed
+
+
+def track_clip(clip: Clip, policy) -> list[dict[int, Box]]:
+    """Per frame of ``clip``: track -> face box, as a stream with ``policy`` releases them."""
+    from redaction import Analyzer, Frame, StreamRedactor
+
+    stream = StreamRedactor(Analyzer(policy), rate=clip.fps)
+    decided = [d for i, image in enumerate(clip.frames) for d in stream.push(Frame(i, i / clip.fps, image))]
+    decided += stream.flush()
+    predicted: list[dict[int, Box]] = [{} for _ in clip.frames]
+    for decision in decided:
+        predicted[decision.frame.index] = {r.track: r.box for r in decision.regions if r.cls == "face"}
+    return predicted

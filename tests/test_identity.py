@@ -1,9 +1,9 @@
 """One person, one track: identities through crossings on a clip of real faces, and the IDF1 used to judge it."""
 
 import pytest
-from identity_support import crossing_clip, idf1, on_truth, switches
+from identity_support import crossing_clip, idf1, on_truth, switches, track_clip
 
-from redaction import Analyzer, Frame, Policy, StreamRedactor
+from redaction import Policy
 
 A, B = (10, 10, 20, 20), (100, 10, 20, 20)
 
@@ -33,12 +33,7 @@ def test_faces_keep_their_identity_through_crossings_and_occlusion(clip):
     on a real street photo, through the default live path (motion-gated detection every 0.2 s,
     tracking, linking). The face hidden behind another comes out under its own track."""
     policy = Policy.model_validate({"classes": {"plate": {"enabled": False}}})
-    stream = StreamRedactor(Analyzer(policy), rate=clip.fps)
-    decided = [d for i, image in enumerate(clip.frames) for d in stream.push(Frame(i, i / clip.fps, image))]
-    decided += stream.flush()
-    predicted = [{} for _ in clip.frames]
-    for decision in decided:
-        predicted[decision.frame.index] = {r.track: r.box for r in decision.regions if r.cls == "face"}
+    predicted = track_clip(clip, policy)
     faces = on_truth(clip.truth, predicted)
     assert idf1(clip.truth, faces) >= 0.9
     assert len({track for frame in faces for track in frame}) <= 2 * len(clip.truth[0])
