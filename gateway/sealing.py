@@ -10,6 +10,10 @@ The step also owns which recording a frame belongs to. A new recording (a new re
 vault recording) starts every ``recording_seconds`` of media time and at every policy change,
 so every segment stays bound to the one policy its header names; :meth:`RedactSeal.ref_for`
 answers for frames that were blanked or dropped, which carry no sealed records of their own.
+
+Live, a frame must never wait for the sealer's coding thread: when that thread is behind,
+:meth:`RedactSeal.apply` raises :class:`SealerBusy` and the frame is blanked, never released
+without its originals sealed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import numpy as np
 
 from keys import PublicIdentity, Sealed, Sealer, VaultRef, check_grants, grants_of
 from redaction import Policy, Region, redact_frame
+
+
+class SealerBusy(Exception):
+    """The sealer refused a frame (its coding thread is behind): blank the frame, do not release it."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,12 @@ class RedactSeal:
     """Redacts decided frames in place and seals their originals (``sealer`` None: redact only)."""
 
     def __init__(self, policy: Policy, sealer: Sealer | None = None, *, recording_seconds: float | None = None,
-                 numbered: bool = False) -> None:
+                 numbered: bool = False, live: bool = False) -> None:
         """``recording_seconds``: media seconds per recording (None: one recording, as for a file).
-        ``numbered``: every region is a track of its own (a still image has no tracking)."""
+        ``numbered``: every region is a track of its own (a still image has no tracking).
+        ``live``: refuse (:class:`SealerBusy`) rather than wait when the sealer is behind."""
         self.policy, self.sealer = policy, sealer
-        self._recording_seconds, self._numbered = recording_seconds, numbered
+        self._recording_seconds, self._numbered, self._live = recording_seconds, numbered, live
         self._recording_start: float | None = None
         self._lock = threading.Lock()
         #: the recordings frames still in flight may belong to, oldest first
@@ -47,7 +56,8 @@ class RedactSeal:
 
     def apply(self, index: int, time: float, image: np.ndarray, regions: list[Region]) -> VaultRef | None:
         """Redact ``regions`` of frame ``index`` (media ``time`` s) in ``image`` in place; seal their originals.
-        Returns the recording the frame belongs to (None without sealing). Frames come in index order."""
+        Returns the recording the frame belongs to (None without sealing). Frames come in index order.
+        Raises :class:`SealerBusy` (live only) if the sealer refused the frame's originals."""
         originals = redact_frame(image, regions, self.policy, copy_out=self.sealer is not None)
         if self.sealer is None:
             return None
@@ -57,9 +67,11 @@ class RedactSeal:
         elif self._recording_seconds is not None and time - self._recording_start >= self._recording_seconds:
             self._remember(self.sealer.start_recording(index, pts_us))
             self._recording_start = time
-        self.sealer.add(index, pts_us, [
-            Sealed(i + 1 if self._numbered else (r.track or 0), r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
-            for i, (r, crop) in enumerate(zip(regions, originals or ()))])
+        sealed = [Sealed(i + 1 if self._numbered else (r.track or 0), r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)),
+                         crop)
+                  for i, (r, crop) in enumerate(zip(regions, originals or ()))]
+        if not self.sealer.add(index, pts_us, sealed, wait=not self._live):
+            raise SealerBusy(f"camera {self.sealer.camera}: the sealer is behind; frame {index} refused")
         return self.sealer.ref
 
     # --- policy changes -----------------------------------------------------------------------

@@ -1,29 +1,38 @@
-"""Sealed region records: the original pixels under one redaction, encrypted and bound.
+"""Sealed records: the original pixels under redactions, encrypted and bound to where they belong.
 
-Each record holds the original pixels of one redacted region of one frame, losslessly (raw
-BGR bytes), encrypted with AES-256-GCM under a key specific to (camera, segment, track),
+A record holds the originals of one track (one class, one track id) of one segment over one
+or more frames, encrypted with AES-256-GCM under a key specific to (camera, segment, track),
 derived with HKDF-SHA256 from the segment's random data key. The record's header is the
-associated data: it binds camera, segment, frame index, pts, track, class, box, policy
-version and pixel shape, so a record cannot be swapped, moved or replayed elsewhere.
-Opening the records of one track derives that track's key only: other tracks' keys are
-never computed.
+associated data: it binds camera, segment, track, class, policy version, codec and every
+frame's index, media time and box, so a record cannot be swapped, moved, re-timed or
+replayed elsewhere. Opening the records of one track derives that track's key only: other
+tracks' keys are never computed.
 
-Byte layout (all integers big-endian; see docs/vault-format.md)::
+Two versions, told apart by their magic (see docs/vault-format.md):
 
-    magic  b"PGR1"
+- **version 2** (``PGR2``, written today): a *clip*, the track's crops over a run of frames
+  coded as one small video (clips.py), so that a time range opens only the clips it overlaps;
+- **version 1** (``PGR1``, read only): one frame's crop as raw BGR bytes, as vaults written
+  before clips hold them.
+
+Byte layout (all integers big-endian)::
+
+    magic  b"PGR2" (or b"PGR1")
     u32    header length H
     H      header: canonical JSON (sorted keys, no spaces, ASCII)
     12     AES-GCM nonce
-    u32    ciphertext length C (pixels + 16-byte tag)
+    u32    ciphertext length C (plaintext + 16-byte tag)
     C      ciphertext
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,46 +41,91 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .clips import CODECS, decode
 from .errors import RecordError
 from .identity import canonical
 
-MAGIC = b"PGR1"
-VERSION = 1
+MAGIC = b"PGR2"
+MAGIC_V1 = b"PGR1"
+VERSION = 2
+RAW = "raw-bgr24"  # the codec of every version-1 record
+_MAGICS = {1: MAGIC_V1, 2: MAGIC}
 _TRACK_INFO = b"privacy-gateway track key v1\x00"
-_MAX_HEADER = 1 << 16
+_MAX_HEADER = 1 << 20
 _MAX_PIXELS = 1 << 28
+_MAX_FRAMES = 1 << 14
+_MAX_CIPHERTEXT = 1 << 31
+
+Box = tuple[int, int, int, int]  # x, y, w, h in the frame
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one frame's original sits: record frame number, media time, and box in the frame."""
+
+    frame: int
+    pts_us: int
+    box: Box
 
 
 @dataclass(frozen=True)
 class Header:
     camera: str
     segment: int
-    frame: int
-    pts_us: int  # presentation time in microseconds
-    track: int  # 0 for a region outside any track (a still image)
+    track: int  # 0 for a region outside any track
     cls: str
-    box: tuple[int, int, int, int]  # x, y, w, h of the stored pixels in the frame
     policy: int  # policy version in force when the region was sealed
+    placements: tuple[Placement, ...]  # one per frame, in frame order (exactly one in version 1)
+    codec: str  # clips.H264 or clips.FFV1; RAW in version 1
+    size: tuple[int, int]  # width, height of the coded canvas (version 1: the box's)
+    version: int = VERSION
 
     @functools.cached_property
     def encoded(self) -> bytes:
         """The header's canonical bytes: written to the record and used as associated data."""
         return canonical(self.to_json())
 
+    @property
+    def frames(self) -> range:
+        return range(self.placements[0].frame, self.placements[-1].frame + 1)
+
     def to_json(self) -> dict:
-        return {"v": VERSION, "camera": self.camera, "segment": self.segment, "frame": self.frame,
-                "pts_us": self.pts_us, "track": self.track, "class": self.cls, "box": list(self.box),
-                "policy": self.policy, "codec": "raw-bgr24"}
+        common = {"v": self.version, "camera": self.camera, "segment": self.segment, "track": self.track,
+                  "class": self.cls, "policy": self.policy, "codec": self.codec}
+        if self.version == 1:
+            (only,) = self.placements
+            return {**common, "frame": only.frame, "pts_us": only.pts_us, "box": list(only.box)}
+        return {**common, "size": list(self.size),
+                "frames": [[p.frame, p.pts_us, *p.box] for p in self.placements]}
 
     @classmethod
     def from_json(cls, data: dict) -> Header:
-        if data.get("v") != VERSION or data.get("codec") != "raw-bgr24":
-            raise RecordError(f"unsupported record version {data.get('v')!r} / codec {data.get('codec')!r}")
-        box = tuple(int(v) for v in data["box"])
-        if len(box) != 4 or box[2] <= 0 or box[3] <= 0 or box[2] * box[3] > _MAX_PIXELS:
-            raise RecordError(f"bad box {data['box']!r}")
-        return cls(str(data["camera"]), int(data["segment"]), int(data["frame"]), int(data["pts_us"]),
-                   int(data["track"]), str(data["class"]), box, int(data["policy"]))  # type: ignore[arg-type]
+        version, codec = data.get("v"), data.get("codec")
+        if not ((version == 1 and codec == RAW) or (version == VERSION and codec in CODECS)):
+            raise RecordError(f"unsupported record version {version!r} / codec {codec!r}")
+        if version == 1:
+            box = _box(data["box"])
+            placements: tuple[Placement, ...] = (Placement(int(data["frame"]), int(data["pts_us"]), box),)
+            size = (box[2], box[3])
+        else:
+            size = tuple(int(v) for v in data["size"])
+            rows = data["frames"]
+            if len(size) != 2 or min(size) <= 0 or size[0] * size[1] > _MAX_PIXELS or not 0 < len(rows) <= _MAX_FRAMES:
+                raise RecordError(f"bad clip size {data['size']!r} or frame count {len(rows)}")
+            placements = tuple(Placement(int(r[0]), int(r[1]), _box(r[2:])) for r in rows)
+            if any(b.frame <= a.frame for a, b in itertools.pairwise(placements)):
+                raise RecordError("clip frames out of order")
+            if any(p.box[2] > size[0] or p.box[3] > size[1] for p in placements):
+                raise RecordError("a clip's box is larger than its canvas")
+        return cls(str(data["camera"]), int(data["segment"]), int(data["track"]), str(data["class"]),
+                   int(data["policy"]), placements, str(codec), size, int(version))  # type: ignore[arg-type]
+
+
+def _box(values) -> Box:
+    box = tuple(int(v) for v in values)
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0 or box[2] * box[3] > _MAX_PIXELS:
+        raise RecordError(f"bad box {list(values)!r}")
+    return box  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -82,7 +136,7 @@ class Record:
 
     def to_bytes(self) -> bytes:
         head = self.header.encoded
-        return b"".join((MAGIC, struct.pack(">I", len(head)), head, self.nonce,
+        return b"".join((_MAGICS[self.header.version], struct.pack(">I", len(head)), head, self.nonce,
                          struct.pack(">I", len(self.ciphertext)), self.ciphertext))
 
     @classmethod
@@ -93,7 +147,8 @@ class Record:
         """
         end = len(data) if end is None else end
         try:
-            if data[offset : offset + 4] != MAGIC:
+            magic = bytes(data[offset : offset + 4])
+            if magic not in (MAGIC, MAGIC_V1):
                 raise RecordError("not a sealed record (bad magic)")
             (hlen,) = struct.unpack_from(">I", data, offset + 4)
             if hlen > _MAX_HEADER:
@@ -103,15 +158,19 @@ class Record:
                 raise RecordError("truncated or malformed record")
             head = bytes(data[offset + 8 : at])
             header = Header.from_json(json.loads(head))
-            if header.encoded != head:
+            if header.encoded != head or _MAGICS[header.version] != magic:
                 raise RecordError("record header is not in canonical form")
             nonce = bytes(data[at : at + 12])
             (clen,) = struct.unpack_from(">I", data, at + 12)
             ciphertext = bytes(data[at + 16 : min(at + 16 + clen, end)])
-        except (struct.error, ValueError, KeyError, TypeError) as exc:
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
             raise RecordError(f"truncated or malformed record ({type(exc).__name__})") from None
-        w, h = header.box[2], header.box[3]
-        if len(nonce) != 12 or len(ciphertext) != clen or clen != w * h * 3 + 16:
+        if header.version == 1:
+            expected = header.size[0] * header.size[1] * 3 + 16
+            well_sized = clen == expected
+        else:
+            well_sized = 16 < clen <= _MAX_CIPHERTEXT
+        if len(nonce) != 12 or len(ciphertext) != clen or not well_sized:
             raise RecordError("truncated or malformed record")
         return cls(header, nonce, ciphertext), at + 16 + clen - offset
 
@@ -122,20 +181,25 @@ def track_key(data_key: bytes, camera: str, segment: int, track: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key)
 
 
-def seal(key: bytes, header: Header, pixels: np.ndarray, nonce: bytes | None = None) -> Record:
-    """Encrypt a ``(h, w, 3)`` uint8 crop under a track key (``nonce`` fixed only by tests)."""
-    x, y, w, h = header.box
-    if pixels.dtype != np.uint8 or pixels.shape != (h, w, 3):
-        raise ValueError(f"pixels of shape {pixels.shape} {pixels.dtype} do not match box {header.box}")
+def seal(key: bytes, header: Header, plaintext: bytes, nonce: bytes | None = None) -> Record:
+    """Encrypt a record's plaintext (a coded clip; raw pixels in version 1) under a track key,
+    the header as associated data (``nonce`` fixed only by tests)."""
+    if header.version == 1 and len(plaintext) != header.size[0] * header.size[1] * 3:
+        raise ValueError(f"{len(plaintext)} bytes of pixels do not match box {header.placements[0].box}")
     nonce = nonce or os.urandom(12)
-    return Record(header, nonce, AESGCM(key).encrypt(nonce, np.ascontiguousarray(pixels).tobytes(), header.encoded))
+    return Record(header, nonce, AESGCM(key).encrypt(nonce, plaintext, header.encoded))
 
 
-def open_record(key: bytes, record: Record) -> np.ndarray:
-    """The original pixels of a record, or :class:`RecordError` if anything does not match."""
+def open_record(key: bytes, record: Record, count: int | None = None) -> list[np.ndarray]:
+    """The original crops of a record, one ``(h, w, 3)`` BGR array per placement (``count``: the
+    first so many only), or :class:`RecordError` if anything does not match."""
+    header = record.header
     try:
-        plain = AESGCM(key).decrypt(record.nonce, record.ciphertext, record.header.encoded)
+        plain = AESGCM(key).decrypt(record.nonce, record.ciphertext, header.encoded)
     except InvalidTag:
         raise RecordError("record does not open") from None
-    w, h = record.header.box[2], record.header.box[3]
-    return np.frombuffer(plain, dtype=np.uint8).reshape(h, w, 3).copy()
+    if header.version == 1:
+        w, h = header.size
+        return [np.frombuffer(plain, dtype=np.uint8).reshape(h, w, 3).copy()]
+    shapes: Sequence[tuple[int, int]] = [(p.box[3], p.box[2]) for p in header.placements]
+    return decode(header.codec, header.size, plain, shapes, count)

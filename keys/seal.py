@@ -6,21 +6,34 @@ and the gateway's signing key, never a key that opens anything. Every frame is h
 ``segment_seconds`` of media time, each chained to the previous one of the camera. The
 redacted output names its recording with a :class:`VaultRef`, which is how ``unmask`` finds
 the records of exactly that output.
+
+Each track's crops are gathered into clips of at most :data:`CLIP_SECONDS` and coded as small
+videos (clips.py) before they are sealed, on the sealer's own thread: :meth:`Sealer.add` only
+queues the frame, so coding never delays a frame's release. The queue is bounded; a frame that
+finds it full is refused (``add`` returns False) and its caller must not release it as
+redacted, since its originals were not sealed. What a crash loses is what was queued or
+gathered and not yet written: at most a clip's length of each track.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import queue
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .clips import ClipCoder
 from .errors import VaultError
 from .identity import PublicIdentity, canonical
+from .record import Placement
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
 from .vault import GENESIS, SegmentHeader, SegmentWriter, utc_now
 from .wrap import Grant, wrap_key
@@ -70,8 +83,33 @@ class Sealed:
     pixels: np.ndarray
 
 
+#: media seconds a clip covers at most: what a time-range unmask decodes at least (a clip starts
+#: with a keyframe), and what a track's crops wait in memory before they are coded
+CLIP_SECONDS = 2.0
+#: a track not seen for this long (media seconds) has its clip coded: it left or was lost
+IDLE_SECONDS = 0.5
+#: frames that may wait for the sealing thread; more, and add() refuses (see the module docstring)
+QUEUE_FRAMES = 64
+
+
+@dataclass
+class _Clip:
+    placements: list[Placement]
+    crops: list[np.ndarray]
+
+
+def originals_mode(policy: dict) -> str:
+    """The policy's ``storage.originals`` (``high`` unless it says ``lossless``)."""
+    return str((policy.get("storage") or {}).get("originals", "high"))
+
+
 class Sealer:
-    """Seals the originals of one camera's redacted regions; use as a context manager."""
+    """Seals the originals of one camera's redacted regions; use as a context manager.
+
+    Every method is called from one thread (the camera's); the sealing itself runs on the
+    sealer's own thread, in the order the calls were made. An error there is raised by the next
+    call (and by :meth:`close`), as it would have been by a sealer that sealed in the caller.
+    """
 
     def __init__(
         self,
@@ -83,15 +121,17 @@ class Sealer:
         identities: list[PublicIdentity],
         segment_seconds: float | None = 10.0,
         clock: Callable[[], str] = utc_now,
+        originals: str | None = None,
     ) -> None:
-        """``segment_seconds`` None: segments end only with their recording (:meth:`start_recording`)."""
+        """``segment_seconds`` None: segments end only with their recording (:meth:`start_recording`).
+        ``originals``: ``high`` or ``lossless`` whatever the policy says (still images are sealed lossless)."""
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment length must be > 0 s, got {segment_seconds}")
         check_grants(grants, identities)
+        coder = ClipCoder(originals or originals_mode(policy))  # raises on an unknown mode
         self.store, self.camera, self.grants, self.identities = store, check_camera(camera), grants, identities
-        self._signer, self._clock = signer, clock
+        self._signer, self._clock, self._forced = signer, clock, originals
         self._segment_us = None if segment_seconds is None else int(segment_seconds * 1e6)
-        self._policy_version = int(policy.get("version", 1))
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(store.camera_lock(camera))
         try:
@@ -101,9 +141,22 @@ class Sealer:
         except BaseException:
             self._lock.close()
             raise
+        # what the sealing thread seals under (the caller's fields above run ahead of it)
+        self._sealing = self.ref = self._new_ref(0, 0)
+        self._sealing_grants, self._sealing_identities = grants, identities
+        self._sealing_version, self._sealing_sha256 = int(policy.get("version", 1)), self._policy_sha256
+        self._coder = coder
         self._writer: SegmentWriter | None = None
         self._started_us = 0
-        self.ref = self._new_ref(0, 0)
+        self._clips: dict[tuple[str, int], _Clip] = {}
+        self.first_segment: int | None = None
+        self.records = self.regions = 0  # records written and regions sealed, in the current recording
+        #: frames refused because the sealing thread was behind; seconds of CPU it has used
+        self.dropped, self.cpu_seconds = 0, 0.0
+        self._failure: BaseException | None = None
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(QUEUE_FRAMES)
+        self._thread = threading.Thread(target=self._run, name=f"seal-{camera}", daemon=True)
+        self._thread.start()
 
     def __enter__(self) -> Sealer:
         return self
@@ -126,42 +179,31 @@ class Sealer:
         last = self.store.segment(self.camera, numbers[-1])
         return last.number, last.digest
 
-    def add(self, frame: int, pts_us: int, regions: list[Sealed]) -> None:
-        """Seal the originals of one frame's regions (call for every frame, in order)."""
-        if self._writer is not None and self._segment_us is not None and pts_us - self._started_us >= self._segment_us:
-            self._roll()
-        if self._writer is None:
-            self._open(pts_us)
-        assert self._writer is not None
-        for region in regions:
-            self._writer.add(frame, pts_us, region.track, region.cls, region.box, region.pixels)
-        self.records += len(regions)
+    # --- the caller's side ----------------------------------------------------------------------
 
-    def _open(self, pts_us: int) -> None:
-        number = self._last + 1
-        header = SegmentHeader(self.camera, number, self._policy_version, self._policy_sha256, self.ref.recording,
-                               self._clock(), self._previous)
-        self._writer = self.store.open_segment(header, self.grants, self.identities, self._signer)
-        self._started_us = pts_us
-        if self.first_segment is None:
-            self.first_segment = number
+    def add(self, frame: int, pts_us: int, regions: list[Sealed], wait: bool = True) -> bool:
+        """Hand over the originals of one frame's regions (call for every frame, in order).
 
-    def _roll(self) -> None:
-        assert self._writer is not None
-        self._previous = self._writer.close(self._clock())
-        self._last = self._writer.header.segment
-        self._writer = None
-
-    def _new_ref(self, first_frame: int, first_pts_us: int) -> VaultRef:
-        self.first_segment: int | None = None
-        self.records = 0
-        return VaultRef(self.camera, f"{self._clock()[:10]}-{secrets.token_hex(8)}", first_frame, first_pts_us)
+        ``wait`` False: if the sealing thread is :data:`QUEUE_FRAMES` frames behind, refuse the
+        frame (False) instead of waiting; the caller must then not release it as redacted."""
+        self._raise_failure()
+        job = functools.partial(self._add, frame, pts_us, regions, self._clock())
+        if wait:
+            self._queue.put(job)
+            return True
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
 
     def start_recording(self, first_frame: int, first_pts_us: int) -> VaultRef:
         """End the current recording (its last segment closed and logged) and begin the next,
         whose output starts with frame ``first_frame`` at media time ``first_pts_us``."""
-        self._finish_recording(complete=True)
+        self._raise_failure()
         self.ref = self._new_ref(first_frame, first_pts_us)
+        self._queue.put(functools.partial(self._switch, self.ref, None, self._clock()))
         return self.ref
 
     def change_policy(self, policy: dict, grants: dict[str, Grant], first_frame: int, first_pts_us: int,
@@ -171,34 +213,116 @@ class Sealer:
         The current recording ends and the next begins, so every segment stays bound to the one
         policy its header names. Raises before changing anything if a grant cannot be met.
         """
+        self._raise_failure()
         identities = self.identities if identities is None else identities
         check_grants(grants, identities)
+        coder = ClipCoder(self._forced or originals_mode(policy))
         digest = self.store.store_policy(policy)
-        self._finish_recording(complete=True)
-        self.grants, self.identities = grants, identities
-        self._policy_version, self._policy_sha256 = int(policy.get("version", 1)), digest
+        self.grants, self.identities, self._policy_sha256 = grants, identities, digest
         self.ref = self._new_ref(first_frame, first_pts_us)
+        change = (grants, identities, int(policy.get("version", 1)), digest, coder)
+        self._queue.put(functools.partial(self._switch, self.ref, change, self._clock()))
         return self.ref
 
     @property
     def policy_sha256(self) -> str:
         return self._policy_sha256
 
-    def _finish_recording(self, complete: bool) -> None:
-        if self._writer is not None:
-            self._roll()
-        if self.first_segment is not None:
-            self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
-                "camera": self.camera, "recording": self.ref.recording,
-                "segments": [self.first_segment, self._last], "records": self.records,
-                "head": self._previous, "output": "written" if complete else "failed"})
-
     def close(self, complete: bool = True) -> None:
         """Finish the last segment and log the recording (``complete`` False: its output failed)."""
         try:
-            self._finish_recording(complete)
+            if self._thread.is_alive():
+                self._queue.put(functools.partial(self._finish_recording, complete, self._clock()))
+                self._queue.put(None)
+                self._thread.join()
+            self._raise_failure()
         finally:
             self._lock.close()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _new_ref(self, first_frame: int, first_pts_us: int) -> VaultRef:
+        return VaultRef(self.camera, f"{self._clock()[:10]}-{secrets.token_hex(8)}", first_frame, first_pts_us)
+
+    # --- the sealing thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # keep draining, so that callers never block on a dead thread
+            started = time.thread_time()
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller by its next call)
+                self._failure = exc
+            self.cpu_seconds += time.thread_time() - started
+
+    # (``now``: the clock when the caller made the call, so that times do not depend on the thread's lag)
+
+    def _add(self, frame: int, pts_us: int, regions: list[Sealed], now: str) -> None:
+        if self._writer is not None and self._segment_us is not None and pts_us - self._started_us >= self._segment_us:
+            self._roll(now)
+        if self._writer is None:
+            self._open(pts_us, now)
+        for key in [k for k, c in self._clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]:
+            self._seal_clip(key)
+            self._coder.forget(key)
+        for region in regions:
+            key = (region.cls, region.track)
+            clip = self._clips.get(key)
+            if clip is not None and (clip.placements[-1].frame >= frame
+                                     or pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6):
+                self._seal_clip(key)  # full, or a second region of the same track in one frame
+                clip = None
+            if clip is None:
+                clip = self._clips[key] = _Clip([], [])
+            clip.placements.append(Placement(frame, pts_us, region.box))
+            clip.crops.append(region.pixels)
+        self.regions += len(regions)
+
+    def _seal_clip(self, key: tuple[str, int]) -> None:
+        assert self._writer is not None
+        clip = self._clips.pop(key)
+        codec, size, coded = self._coder.encode(clip.crops, key)
+        self._writer.add_clip(key[1], key[0], tuple(clip.placements), codec, size, coded)
+        self.records += 1
+
+    def _open(self, pts_us: int, now: str) -> None:
+        number = self._last + 1
+        header = SegmentHeader(self.camera, number, self._sealing_version, self._sealing_sha256,
+                               self._sealing.recording, now, self._previous)
+        self._writer = self.store.open_segment(header, self._sealing_grants, self._sealing_identities, self._signer)
+        self._started_us = pts_us
+        if self.first_segment is None:
+            self.first_segment = number
+
+    def _roll(self, now: str) -> None:
+        assert self._writer is not None
+        for key in list(self._clips):
+            self._seal_clip(key)
+        self._previous = self._writer.close(now)
+        self._last = self._writer.header.segment
+        self._writer = None
+
+    def _switch(self, ref: VaultRef, change: tuple | None, now: str) -> None:
+        self._finish_recording(True, now)
+        if change is not None:
+            (self._sealing_grants, self._sealing_identities, self._sealing_version, self._sealing_sha256,
+             self._coder) = change
+        self._sealing = ref
+        self.first_segment, self.records, self.regions = None, 0, 0
+
+    def _finish_recording(self, complete: bool, now: str) -> None:
+        if self._writer is not None:
+            self._roll(now)
+        if self.first_segment is not None:
+            self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
+                "camera": self.camera, "recording": self._sealing.recording,
+                "segments": [self.first_segment, self._last], "records": self.records, "regions": self.regions,
+                "head": self._previous, "output": "written" if complete else "failed"})
+
 
 
 def check_grants(grants: dict[str, Grant], identities: list[PublicIdentity]) -> None:

@@ -11,7 +11,8 @@ The steps, in this order, and nothing is decrypted before the fourth:
    signs it); only then are data keys unwrapped, and only the selected tracks' keys derived.
 
 A restored region never reveals a region that was not selected: where a selected box
-overlaps an unselected one, the overlap stays as redacted.
+overlaps an unselected one, the overlap stays as redacted. A record (a clip of one track) is
+decrypted and decoded only if one of its frames is selected, and only up to the last of them.
 
 :func:`recording_tracks` is the look before an unmask (``vault tracks``): which tracks a
 recording sealed, when and where they first appear, from the record headers alone.
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import AuditError, RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
-from .record import Record, open_record, track_key
+from .record import Header, Placement, Record, open_record, track_key
 from .seal import VaultRef
 from .store import VaultStore
 from .vault import Segment, key_context, segment_name
@@ -42,9 +43,8 @@ class Selection:
     start_us: int | None = None  # media time in the redacted output, inclusive
     end_us: int | None = None
 
-    def wants(self, record: Record, first_pts_us: int) -> bool:
-        header = record.header
-        at = header.pts_us - first_pts_us
+    def wants(self, header: Header, placement: Placement, first_pts_us: int) -> bool:
+        at = placement.pts_us - first_pts_us
         return ((not self.tracks or header.track in self.tracks)
                 and (not self.classes or header.cls in self.classes)
                 and (self.start_us is None or at >= self.start_us)
@@ -66,18 +66,26 @@ class Unmask:
         log = self._verified_log()
         segments = self._segments(log)
         self.policies = {s.header.policy_sha256: store.load_policy(s.header.policy_sha256) for s in segments}
-        self._frames: dict[int, list[tuple[Record, bool, Segment]]] = defaultdict(list)
+        #: per record frame: (record, index of the frame in it, selected?, segment)
+        self._frames: dict[int, list[tuple[Record, int, bool, Segment]]] = defaultdict(list)
+        #: per selected record: how many of its first frames must be decoded, and how many are still to restore
+        self._needs: dict[int, list[int]] = {}
+        self._opened: dict[int, list[np.ndarray]] = {}  # decoded crops of records being restored
         self.selected = 0
         self.tracks: set[tuple[str, int]] = set()
         needed: set[tuple[int, str]] = set()
         for segment in segments:
             for record in segment.records:
-                wanted = selection.wants(record, ref.first_pts_us)
-                self._frames[record.header.frame].append((record, wanted, segment))
-                if wanted:
-                    self.selected += 1
-                    self.tracks.add((record.header.cls, record.header.track))
-                    needed.add((segment.number, record.header.cls))
+                header = record.header
+                for at, placement in enumerate(header.placements):
+                    wanted = selection.wants(header, placement, ref.first_pts_us)
+                    self._frames[placement.frame].append((record, at, wanted, segment))
+                    if wanted:
+                        need = self._needs.setdefault(id(record), [0, 0])
+                        need[0], need[1] = at + 1, need[1] + 1
+                        self.selected += 1
+                        self.tracks.add((header.cls, header.track))
+                        needed.add((segment.number, header.cls))
         by_number = {s.number: s for s in segments}
         self._wraps: dict[tuple[int, str], list[Wrap]] = {}
         names = {h.public.name for h in holders}
@@ -180,27 +188,35 @@ class Unmask:
             return 0
         expected = self.ref.first_pts_us + round(time_s * 1e6)
         height, width = image.shape[:2]
-        for record, _, _ in items:
-            x, y, w, h = record.header.box
-            if abs(record.header.pts_us - expected) > tolerance_us or x + w > width or y + h > height:
+        for record, at, _, _ in items:
+            placement = record.header.placements[at]
+            x, y, w, h = placement.box
+            if abs(placement.pts_us - expected) > tolerance_us or x + w > width or y + h > height:
                 raise UnmaskError("the file does not match its sealed records (cut, re-encoded or edited after "
                                   "redaction?)")
         count = 0
-        others = [r.header.box for r, chosen, _ in items if not chosen]
-        for record, wanted, segment in items:
+        others = [r.header.placements[at].box for r, at, chosen, _ in items if not chosen]
+        for record, at, wanted, segment in items:
             if not wanted:
                 continue
-            _paste(image, record.header.box, self._open(record, segment), others)
+            crops = self._opened.get(id(record))
+            if crops is None:
+                crops = self._opened[id(record)] = self._open(record, segment, self._needs[id(record)][0])
+            _paste(image, record.header.placements[at].box, crops[at], others)
             count += 1
+            need = self._needs[id(record)]
+            need[1] -= 1
+            if need[1] == 0:  # every selected frame of the clip is back: let its pictures go
+                del self._opened[id(record)]
         self.restored += count
         return count
 
     @property
     def unused(self) -> int:
-        """Selected records whose frame never came (the file is shorter than what was sealed)."""
-        return sum(1 for items in self._frames.values() for _, wanted, _ in items if wanted)
+        """Selected regions whose frame never came (the file is shorter than what was sealed)."""
+        return sum(1 for items in self._frames.values() for _, _, wanted, _ in items if wanted)
 
-    def _open(self, record: Record, segment: Segment) -> np.ndarray:
+    def _open(self, record: Record, segment: Segment, count: int) -> list[np.ndarray]:
         header = record.header
         key = self._track_keys.get((segment.number, header.cls, header.track))
         if key is None:
@@ -215,7 +231,7 @@ class Unmask:
             key = track_key(data_key, header.camera, segment.number, header.track)
             self._track_keys[(segment.number, header.cls, header.track)] = key
         try:
-            return open_record(key, record)
+            return open_record(key, record, count)
         except RecordError:
             raise UnmaskError("a sealed record does not open (vault damaged?)") from None
 
@@ -232,22 +248,24 @@ class TrackSummary:
 
     cls: str
     track: int
-    frames: int  # records of the track (one per frame it was redacted in)
+    frames: int  # frames the track was redacted in
     first_s: float  # media time in the redacted output of its first and last record
     last_s: float
-    box: tuple[int, int, int, int]  # x, y, w, h of its first record
+    box: tuple[int, int, int, int]  # x, y, w, h of its first sealed box
     #: the time ranges (seconds) it was masked in: more than one when it was lost and linked back
     ranges: tuple[tuple[float, float], ...] = ()
 
 
-def _headers(store: VaultStore, ref: VaultRef):
-    """(media seconds, header) of every record of the recording ``ref`` names, in seal order."""
+def _placements(store: VaultStore, ref: VaultRef):
+    """(media seconds, header, placement) of every sealed frame of the recording ``ref`` names, in
+    time order within each track (records are written as their clips close, not in frame order)."""
     for number in store.segment_numbers(ref.camera):
         segment = store.segment(ref.camera, number)
         if segment.header.recording != ref.recording:
             continue
         for record in segment.records:
-            yield (record.header.pts_us - ref.first_pts_us) / 1e6, record.header
+            for placement in record.header.placements:
+                yield (placement.pts_us - ref.first_pts_us) / 1e6, record.header, placement
 
 
 def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
@@ -257,8 +275,8 @@ def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
     :func:`keys.verify_vault`'s and :class:`Unmask`'s job).
     """
     tracks: dict[tuple[str, int], list] = {}
-    for t, h in _headers(store, ref):
-        item = tracks.setdefault((h.cls, h.track), [0, h.box, []])
+    for t, h, p in sorted(_placements(store, ref), key=lambda item: item[0]):
+        item = tracks.setdefault((h.cls, h.track), [0, p.box, []])
         item[0] += 1
         ranges = item[2]
         if ranges and t - ranges[-1][1] <= RANGE_GAP:
@@ -276,15 +294,15 @@ def tracks_at(store: VaultStore, ref: VaultRef, at_s: float, x: float, y: float)
     media time ``at_s`` (the sealed frame nearest to it): the subject an investigator pointed at.
     Raises :class:`UnmaskError` when no sealed frame is within half a second of ``at_s``."""
     frames: dict[float, list] = {}
-    for t, h in _headers(store, ref):
-        frames.setdefault(t, []).append(h)
+    for t, h, p in _placements(store, ref):
+        frames.setdefault(t, []).append((h, p.box))
     if not frames:
         raise UnmaskError("the recording has no sealed regions")
     nearest = min(frames, key=lambda t: abs(t - at_s))
     if abs(nearest - at_s) > 0.5:
         raise UnmaskError(f"nothing was sealed near {at_s:.2f} s (nearest sealed frame {nearest:.2f} s)")
-    return sorted({(h.cls, h.track) for h in frames[nearest]
-                   if h.box[0] <= x < h.box[0] + h.box[2] and h.box[1] <= y < h.box[1] + h.box[3]})
+    return sorted({(h.cls, h.track) for h, box in frames[nearest]
+                   if box[0] <= x < box[0] + box[2] and box[1] <= y < box[1] + box[3]})
 
 
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:

@@ -2,7 +2,8 @@
 
 Two objects per segment (named, and kept, by :mod:`keys.store`)::
 
-    <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header, the records, then a
+    <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header (``"v": 2``; segments
+               of format version 1 are still read), the records, then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
                file, end time), u32 summary length, and the gateway's 64-byte Ed25519
@@ -30,19 +31,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from .durable import make_dirs
 from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
-from .record import Header, Record, seal, track_key
+from .record import Header, Placement, Record, seal, track_key
 from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
 TRAILER_MAGIC = b"PGVT"
-VERSION = 1
+VERSION = 2  # written; version 1 segments (raw records, PGR1) are read
 GENESIS = "0" * 64
 
 __all__ = ["GENESIS", "Segment", "SegmentHeader", "SegmentWriter", "check_chain", "key_context", "keys_name",
@@ -68,18 +71,19 @@ class SegmentHeader:
     recording: str  # the redacted output (file or recorder segment) these records belong to
     started: str  # UTC ISO 8601 time the segment was opened
     previous: str = GENESIS  # digest of the camera's previous segment
+    version: int = VERSION  # its records' version too
 
     def to_json(self) -> dict:
-        return {"v": VERSION, "camera": self.camera, "segment": self.segment, "policy": self.policy,
+        return {"v": self.version, "camera": self.camera, "segment": self.segment, "policy": self.policy,
                 "policy_sha256": self.policy_sha256, "recording": self.recording, "started": self.started,
                 "previous": self.previous}
 
     @classmethod
     def from_json(cls, data: dict) -> SegmentHeader:
-        if data.get("v") != VERSION:
+        if data.get("v") not in (1, VERSION):
             raise ValueError(f"unsupported segment version {data.get('v')!r}")
         return cls(str(data["camera"]), int(data["segment"]), int(data["policy"]), str(data["policy_sha256"]),
-                   str(data["recording"]), str(data["started"]), str(data["previous"]))
+                   str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]))
 
 
 class SegmentWriter:
@@ -114,7 +118,7 @@ class SegmentWriter:
             for cls, grant in grants.items()
         }
         self._track_keys: dict[tuple[str, int], bytes] = {}
-        keys = canonical({"v": VERSION, "camera": camera, "segment": number, "wraps": wraps})
+        keys = canonical({"v": 1, "camera": camera, "segment": number, "wraps": wraps})
         keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
         save_keys(keys_doc)
@@ -133,15 +137,17 @@ class SegmentWriter:
         self._file.write(data)
         self._hash.update(data)
 
-    def add(self, frame: int, pts_us: int, track: int, cls: str, box: tuple[int, int, int, int], pixels: np.ndarray) -> None:
+    def add_clip(self, track: int, cls: str, placements: tuple[Placement, ...], codec: str, size: tuple[int, int],
+                 coded: bytes) -> None:
+        """Seal one clip of one track: its placements (frame, time, box each) and its coded crops."""
         if cls not in self._data_keys:
             raise ValueError(f"no grant for class {cls!r} in this segment's policy")
         key = self._track_keys.get((cls, track))
         if key is None:
             key = self._track_keys[(cls, track)] = track_key(self._data_keys[cls], self.header.camera,
                                                              self.header.segment, track)
-        header = Header(self.header.camera, self.header.segment, frame, pts_us, track, cls, box, self.header.policy)
-        self._write(seal(key, header, pixels).to_bytes())
+        header = Header(self.header.camera, self.header.segment, track, cls, self.header.policy, placements, codec, size)
+        self._write(seal(key, header, coded).to_bytes())
         self._count += 1
 
     def close(self, ended: str | None = None) -> str:
@@ -271,6 +277,9 @@ def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
             raise VaultError(f"{name}: record {len(records)}: {exc}") from None
         if (record.header.camera, record.header.segment) != (header.camera, header.segment):
             raise VaultError(f"{name}: record {len(records)} belongs to another segment")
+        if record.header.version != header.version:
+            raise VaultError(f"{name}: record {len(records)} is of version {record.header.version}, "
+                             f"its segment of version {header.version}")
         records.append(record)
         at += used
     if len(records) != summary["count"]:

@@ -197,6 +197,14 @@ class Unmask(StrictModel):
     watermark: Literal["required", "optional"] = "required"
 
 
+class Storage(StrictModel):
+    """How the sealed originals are kept (see docs/vault-format.md, clips)."""
+
+    #: ``high``: coded as video (H.264 4:4:4), every restored crop at >= 45 dB luma PSNR against
+    #: the frames as the gateway decoded them; ``lossless``: bit-exact (FFV1), several times larger
+    originals: Literal["high", "lossless"] = "high"
+
+
 class Policy(StrictModel):
     """A whole redaction policy. ``version`` is the policy document's own revision."""
 
@@ -205,6 +213,7 @@ class Policy(StrictModel):
     classes: Classes = Field(default_factory=Classes)
     detection: Detection = Field(default_factory=Detection)
     unmask: Unmask = Field(default_factory=Unmask)
+    storage: Storage = Field(default_factory=Storage)
     #: days sealed originals are kept before ``vault shred --expired`` destroys their keys (None: until shredded by hand)
     retention_days: Annotated[int, Field(ge=1, le=36500)] | None = None
 

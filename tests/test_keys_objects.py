@@ -158,7 +158,8 @@ def test_a_whole_vault_on_another_object_store(tmp_path):
     memory, scratch = MemoryObjects(), tmp_path / "scratch"
     store = VaultStore.from_objects(memory, scratch, AuditLog(tmp_path / "audit.log"), directory, create=True)
     pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
-    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": Grant(("investigator",))},
+    lossless = {"version": 1, "storage": {"originals": "lossless"}}  # restored bit-exact below
+    with Sealer(store, directory.signer, "lobby", lossless, {"face": Grant(("investigator",))},
                 directory.identities, segment_seconds=1.0) as sealer:
         for frame in range(15):
             sealer.add(frame, frame * 100_000, [Sealed(3, "face", (1, 1, 4, 4), pixels)])

@@ -1,4 +1,4 @@
-"""Sealed region records: byte-exact round trips, binding, and a known-answer vector."""
+"""Sealed records: byte-exact round trips, binding, known-answer vectors for both versions."""
 
 import dataclasses
 import hashlib
@@ -8,28 +8,51 @@ import os
 import numpy as np
 import pytest
 
-from keys.record import Header, Record, RecordError, open_record, seal, track_key
+from keys.clips import FFV1, H264, ClipCoder
+from keys.record import RAW, Header, Placement, Record, RecordError, open_record, seal, track_key
 
 DATA_KEY = bytes(range(32))
-HEADER = Header("lobby", 7, 120, 4_800_000, 3, "face", (10, 20, 4, 3), 2)
+PLACEMENTS = (Placement(120, 4_800_000, (10, 20, 4, 3)), Placement(121, 4_840_000, (11, 20, 5, 3)))
+#: a clip of track 3: two frames whose boxes differ, coded on a 16x16 canvas
+HEADER = Header("lobby", 7, 3, "face", 2, PLACEMENTS, FFV1, (16, 16))
+#: version 1, as vaults written before clips hold it: one frame, raw BGR
+HEADER_V1 = Header("lobby", 7, 3, "face", 2, (Placement(120, 4_800_000, (10, 20, 4, 3)),), RAW, (4, 3), version=1)
 
 
-def pixels(h=3, w=4, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+def crops(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(p.box[3], p.box[2], 3), dtype=np.uint8) for p in PLACEMENTS]
+
+
+def coded(seed=0) -> bytes:
+    codec, size, data = ClipCoder("lossless").encode(crops(seed))
+    assert (codec, size) == (FFV1, (16, 16))
+    return data
 
 
 def test_round_trip_is_byte_exact_and_lossless():
     key = track_key(DATA_KEY, "lobby", 7, 3)
-    original = pixels()
-    record = seal(key, HEADER, original)
+    record = seal(key, HEADER, coded())
     data = record.to_bytes()
     parsed, used = Record.from_bytes(data + b"next record")
     assert used == len(data) and parsed == record and parsed.to_bytes() == data
-    assert np.array_equal(open_record(key, parsed), original)
+    restored = open_record(key, parsed)
+    assert len(restored) == 2 and all(np.array_equal(a, b) for a, b in zip(restored, crops()))
+    assert len(open_record(key, parsed, count=1)) == 1  # a time range decodes only what it needs
     at_offset, used = Record.from_bytes(b"previous" + data + b"next", 8)  # in place inside a segment
     assert used == len(data) and at_offset == record
     with pytest.raises(RecordError, match="truncated"):
         Record.from_bytes(b"previous" + data, 8, 8 + len(data) - 1)
+
+
+def test_version_1_records_still_open():
+    key = track_key(DATA_KEY, "lobby", 7, 3)
+    pixels = crops()[0]
+    data = seal(key, HEADER_V1, pixels.tobytes()).to_bytes()
+    parsed, _ = Record.from_bytes(data)
+    assert parsed.header == HEADER_V1 and data[:4] == b"PGR1"
+    (restored,) = open_record(key, parsed)
+    assert np.array_equal(restored, pixels)
 
 
 def _hkdf_sha256(ikm: bytes, info: bytes, length: int = 32) -> bytes:
@@ -48,31 +71,52 @@ def test_track_key_is_hkdf_sha256_over_the_documented_info():
     assert track_key(DATA_KEY, "lobby", 7, 3).hex() == KNOWN_TRACK_KEY
 
 
-def test_known_answer():
-    """Fixed key, nonce and pixels: the record bytes must never change for format version 1."""
+def _header_bytes(data: bytes) -> bytes:
+    return data[8 : 8 + int.from_bytes(data[4:8], "big")]
+
+
+def test_known_answer_version_1():
+    """Fixed key, nonce and pixels: the bytes of a version 1 record, as old vaults hold them."""
     key = track_key(DATA_KEY, "lobby", 7, 3)
-    record = seal(key, HEADER, np.arange(36, dtype=np.uint8).reshape(3, 4, 3), nonce=b"\x00" * 12)
+    record = seal(key, HEADER_V1, np.arange(36, dtype=np.uint8).tobytes(), nonce=b"\x00" * 12)
     data = record.to_bytes()
     assert data[:4] == b"PGR1"
-    assert data[8 : 8 + int.from_bytes(data[4:8], "big")] == (
+    assert _header_bytes(data) == (
         b'{"box":[10,20,4,3],"camera":"lobby","class":"face","codec":"raw-bgr24","frame":120,'
         b'"policy":2,"pts_us":4800000,"segment":7,"track":3,"v":1}'
     )
-    assert hashlib.sha256(data).hexdigest() == KNOWN_SHA256
+    assert hashlib.sha256(data).hexdigest() == KNOWN_SHA256_V1
+
+
+def test_known_answer_version_2():
+    """Fixed key, nonce and coded bytes: the bytes of a clip record must never change for version 2."""
+    key = track_key(DATA_KEY, "lobby", 7, 3)
+    data = seal(key, dataclasses.replace(HEADER, codec=H264), bytes(range(200)), nonce=b"\x00" * 12).to_bytes()
+    assert data[:4] == b"PGR2"
+    assert _header_bytes(data) == (
+        b'{"camera":"lobby","class":"face","codec":"h264-yuv444p","frames":[[120,4800000,10,20,4,3],'
+        b'[121,4840000,11,20,5,3]],"policy":2,"segment":7,"size":[16,16],"track":3,"v":2}'
+    )
+    assert hashlib.sha256(data).hexdigest() == KNOWN_SHA256_V2
 
 
 KNOWN_TRACK_KEY = "6c1ab047b8ae5b032d4ce15b6269e93a934488c051fcd3a6b4295831b5e8b741"
-KNOWN_SHA256 = "93f1dc40a9ee3422eed1105f617b85c85f38be8b36772823b2a8130541692f94"
+KNOWN_SHA256_V1 = "93f1dc40a9ee3422eed1105f617b85c85f38be8b36772823b2a8130541692f94"
+KNOWN_SHA256_V2 = "d0d2dcd67b869789ea8fbbbcf020d0b8bc241798b976040b4909bc951c441520"
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("camera", "garage"), ("segment", 8), ("frame", 121), ("pts_us", 4_800_001), ("track", 4),
-     ("cls", "plate"), ("box", (11, 20, 4, 3)), ("policy", 3)],
+    [("camera", "garage"), ("segment", 8), ("track", 4), ("cls", "plate"), ("policy", 3), ("codec", H264),
+     ("size", (16, 17)),
+     ("placements", (Placement(120, 4_800_000, (10, 20, 4, 3)), Placement(122, 4_840_000, (11, 20, 5, 3)))),
+     ("placements", (Placement(120, 4_800_001, (10, 20, 4, 3)), PLACEMENTS[1])),
+     ("placements", (Placement(120, 4_800_000, (10, 21, 4, 3)), PLACEMENTS[1])),
+     ("placements", PLACEMENTS[:1])],
 )
 def test_every_bound_field_is_checked(field, value):
     key = track_key(DATA_KEY, "lobby", 7, 3)
-    record = seal(key, HEADER, pixels())
+    record = seal(key, HEADER, coded())
     moved = Record(dataclasses.replace(HEADER, **{field: value}), record.nonce, record.ciphertext)
     with pytest.raises(RecordError, match="^record does not open$"):
         open_record(key, moved)
@@ -81,7 +125,7 @@ def test_every_bound_field_is_checked(field, value):
 def test_other_tracks_and_segments_have_other_keys():
     keys = {track_key(DATA_KEY, c, s, t) for c in ("lobby", "garage") for s in (7, 8) for t in (0, 3, 4)}
     assert len(keys) == 12
-    record = seal(track_key(DATA_KEY, "lobby", 7, 3), HEADER, pixels())
+    record = seal(track_key(DATA_KEY, "lobby", 7, 3), HEADER, coded())
     with pytest.raises(RecordError):
         open_record(track_key(DATA_KEY, "lobby", 7, 4), record)
     with pytest.raises(RecordError):
@@ -90,7 +134,7 @@ def test_other_tracks_and_segments_have_other_keys():
 
 def test_flipped_bits_and_truncation_are_detected():
     key = track_key(DATA_KEY, "lobby", 7, 3)
-    data = seal(key, HEADER, pixels()).to_bytes()
+    data = seal(key, HEADER, coded()).to_bytes()
     for position in (len(data) - 1, len(data) - 20):
         damaged = bytearray(data)
         damaged[position] ^= 0x01
@@ -100,12 +144,32 @@ def test_flipped_bits_and_truncation_are_detected():
     for cut in (3, 10, len(data) // 2, len(data) - 1):
         with pytest.raises(RecordError, match="malformed|magic"):
             Record.from_bytes(data[:cut])
-    head = data[8 : 8 + int.from_bytes(data[4:8], "big")]
-    loose = head.replace(b'"box":[10,20,4,3]', b'"box":[10,20,4, 3]')
+    head = _header_bytes(data)
+    loose = head.replace(b'"size":[16,16]', b'"size":[16, 16]')
     with pytest.raises(RecordError, match="canonical"):
-        Record.from_bytes(b"PGR1" + len(loose).to_bytes(4, "big") + loose + data[8 + len(head):])
+        Record.from_bytes(b"PGR2" + len(loose).to_bytes(4, "big") + loose + data[8 + len(head):])
+    with pytest.raises(RecordError, match="canonical"):  # a version 2 header under the version 1 magic
+        Record.from_bytes(b"PGR1" + data[4:])
 
 
-def test_shape_mismatch_refused():
+@pytest.mark.parametrize("change, message", [
+    ({"size": [4, 3]}, "larger than its canvas"),
+    ({"frames": [[121, 0, 10, 20, 4, 3], [120, 1, 10, 20, 4, 3]]}, "out of order"),
+    ({"frames": []}, "frame count"),
+    ({"codec": "raw-bgr24"}, "unsupported"),
+])
+def test_malformed_clip_headers_are_refused(change, message):
+    with pytest.raises(RecordError, match=message):
+        Header.from_json({**HEADER.to_json(), **change})
+
+
+def test_a_clip_that_does_not_decode_is_refused_after_it_opens():
+    key = track_key(DATA_KEY, "lobby", 7, 3)
+    record = seal(key, HEADER, coded()[:40])  # authentic (sealed so), but cut short before sealing
+    with pytest.raises(RecordError, match="decode"):
+        open_record(key, record)
+
+
+def test_version_1_pixels_must_match_the_box():
     with pytest.raises(ValueError, match="do not match box"):
-        seal(track_key(DATA_KEY, "lobby", 7, 3), HEADER, pixels(4, 4))
+        seal(track_key(DATA_KEY, "lobby", 7, 3), HEADER_V1, bytes(4 * 4 * 3))

@@ -27,7 +27,9 @@ def sealed(tmp_path):
     originals = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
     boxes = {1: (10, 10, 20, 20), 2: (20, 20, 20, 20), 3: (50, 30, 20, 10)}
     classes = {1: "face", 2: "face", 3: "plate"}
-    with Sealer(store, directory.signer, "lobby", {"version": 2}, grants, directory.identities) as sealer:
+    # kept bit-exact, so that what is restored and what stays redacted can be told apart to the pixel
+    policy = {"version": 2, "storage": {"originals": "lossless"}}
+    with Sealer(store, directory.signer, "lobby", policy, grants, directory.identities) as sealer:
         for frame, image in enumerate(originals):
             sealer.add(frame, frame * 100_000, [Sealed(t, classes[t], b, image[b[1] : b[1] + b[3], b[0] : b[0] + b[2]])
                                                 for t, b in boxes.items()])

@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from keys.audit import AuditLog
 from keys.identity import PrivateIdentity
 from keys.objects import LocalObjects
-from keys.record import open_record, track_key
+from keys.clips import ClipCoder
+from keys.record import Placement, open_record, track_key
 from keys.store import VaultStore
 from keys.vault import SegmentHeader, VaultError, key_context, read_segment
 from keys.wrap import Grant, UnwrapError, unwrap_key
@@ -37,6 +38,16 @@ def writer(store, number, people, signer, previous="0" * 64):
     return store.open_segment(header(number, previous), GRANTS, [p.public for p in people], signer)
 
 
+def add(writer_, frame, pts_us, track, cls, box, pixels):
+    """One frame of one track as a clip of its own, coded losslessly (so that it restores exactly)."""
+    codec, size, coded = ClipCoder("lossless").encode([pixels])
+    writer_.add_clip(track, cls, (Placement(frame, pts_us, box),), codec, size, coded)
+
+
+def first(record):
+    return record.header.placements[0].frame
+
+
 @pytest.fixture()
 def vault(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
@@ -50,7 +61,7 @@ def vault(tmp_path, people):
             for track, cls in ((1, "face"), (2, "face"), (3, "plate")):
                 pixels = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
                 crops[(number, frame, track)] = pixels
-                writer_.add(frame, frame * 40_000, track, cls, (10 * track, 5, 5, 6), pixels)
+                add(writer_, frame, frame * 40_000, track, cls, (10 * track, 5, 5, 6), pixels)
         previous = writer_.close()
     return store, tmp_path, crops
 
@@ -65,7 +76,7 @@ def test_segments_verify_and_restore_exactly(vault, people):
     key = track_key(data_key, "lobby", 2, 1)
     for record in segment.records:
         if record.header.track == 1:
-            assert np.array_equal(open_record(key, record), crops[(2, record.header.frame, 1)])
+            assert np.array_equal(open_record(key, record)[0], crops[(2, first(record), 1)])
     # the investigator cannot open plates (2 of the officers needed), the viewer nothing
     with pytest.raises(UnwrapError):
         unwrap_key(wraps["plate"], [people[0], people[1]], key_context("lobby", 2, "plate"))
@@ -73,7 +84,7 @@ def test_segments_verify_and_restore_exactly(vault, people):
         unwrap_key(wraps["face"], [people[3]], key_context("lobby", 2, "face"))
     plate_key = unwrap_key(wraps["plate"], [people[1], people[2]], key_context("lobby", 2, "plate"))
     plate = next(r for r in segment.records if r.header.cls == "plate")
-    assert np.array_equal(open_record(track_key(plate_key, "lobby", 2, 3), plate), crops[(2, plate.header.frame, 3)])
+    assert np.array_equal(open_record(track_key(plate_key, "lobby", 2, 3), plate)[0], crops[(2, first(plate), 3)])
 
 
 def test_altered_byte_detected(vault):
@@ -134,31 +145,31 @@ def test_key_file_shredded_or_swapped(vault):
 def test_crashed_segment_is_recovered_with_its_whole_records(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)
-    first = writer(store, 1, people, signer)
+    first_writer = writer(store, 1, people, signer)
     pixels = np.arange(90, dtype=np.uint8).reshape(6, 5, 3)
     for frame in range(3):
-        first.add(frame, frame * 40_000, 1, "face", (0, 0, 5, 6), pixels)
-    first.abort()  # the process died: no trailer, a half-written record at the end
+        add(first_writer, frame, frame * 40_000, 1, "face", (0, 0, 5, 6), pixels)
+    first_writer.abort()  # the process died: no trailer, a half-written record at the end
     partial = tmp_path / "segments" / "lobby" / "00000001.pgv.partial"  # where it always was
     assert store.partial_segments("lobby") == [1] and store.segment_numbers("lobby") == []
     with open(partial, "ab") as tail:
-        tail.write(b"PGR1\x00\x00\x01")
+        tail.write(b"PGR2\x00\x00\x01")
     kept = store.recover_partial("lobby", 1, signer)
     assert kept == 3 and not partial.exists() and store.partial_segments("lobby") == []
     (segment,) = store.verify_chain("lobby")
     assert segment.recovered and len(segment.records) == 3
     wraps = store.wraps("lobby", segment)
     key = track_key(unwrap_key(wraps["face"], [people[0]], key_context("lobby", 1, "face")), "lobby", 1, 1)
-    assert all(np.array_equal(open_record(key, r), pixels) for r in segment.records)
+    assert all(np.array_equal(open_record(key, r)[0], pixels) for r in segment.records)
 
 
 def test_finished_object_wins_over_a_stale_partial(tmp_path, people):
     """A crash after the finished segment was kept but before its partial was removed."""
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)
-    first = writer(store, 1, people, signer)
-    first.add(0, 0, 1, "face", (0, 0, 5, 6), np.zeros((6, 5, 3), dtype=np.uint8))
-    first.close("2026-11-22T00:00:10+00:00")
+    first_writer = writer(store, 1, people, signer)
+    add(first_writer, 0, 0, 1, "face", (0, 0, 5, 6), np.zeros((6, 5, 3), dtype=np.uint8))
+    first_writer.close("2026-11-22T00:00:10+00:00")
     finished = tmp_path / "segments" / "lobby" / "00000001.pgv"
     partial = tmp_path / "segments" / "lobby" / "00000001.pgv.partial"
     assert finished.exists() and not partial.exists()

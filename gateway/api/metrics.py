@@ -47,6 +47,11 @@ class _Cameras(Collector):
         rtsp_skipped = CounterMetricFamily("privacy_gateway_rtsp_frames_skipped",
                                            "Frames RTSP sessions skipped because their client was behind",
                                            labels=["camera"])
+        seal_cpu = CounterMetricFamily("privacy_gateway_sealer_cpu_seconds",
+                                       "CPU time of the camera's sealing thread (coding and encrypting originals)",
+                                       labels=["camera"])
+        seal_refused = CounterMetricFamily("privacy_gateway_sealer_refused_frames",
+                                           "Frames blanked because the sealing thread was behind", labels=["camera"])
         rtsp_counts = self._rtsp_skipped()
         for camera in self._cameras():
             name, stats = camera.name, camera.pipeline.stats
@@ -69,8 +74,12 @@ class _Cameras(Collector):
                 encoder_dropped.add_metric([name, rendition.codec], rendition.frames_dropped)
                 viewer_dropped.add_metric([name, rendition.codec], rendition.packets_dropped)
             rtsp_skipped.add_metric([name], rtsp_counts.get(name, 0))
+            sealer = camera.pipeline.step.sealer
+            if sealer is not None:
+                seal_cpu.add_metric([name], sealer.cpu_seconds)
+            seal_refused.add_metric([name], stats.seal_refused)
         yield from (frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
-                    skipped, encoder_dropped, viewer_dropped, rtsp_skipped)
+                    skipped, encoder_dropped, viewer_dropped, rtsp_skipped, seal_cpu, seal_refused)
 
 
 class _Counts(Collector):

@@ -63,8 +63,8 @@ def check_input(path: Path) -> None:
         raise CommandError(f"cannot read {path}: permission denied")
 
 
-def _sealer(args: argparse.Namespace, policy: Policy) -> Sealer | None:
-    """A sealer when ``--keys``/``--vault`` are given, else None."""
+def _sealer(args: argparse.Namespace, policy: Policy, still: bool) -> Sealer | None:
+    """A sealer when ``--keys``/``--vault`` are given, else None (a ``still`` image's originals are kept bit-exact)."""
     if (args.keys is None) != (args.vault is None):
         raise CommandError("--keys and --vault go together: sealing needs the key directory and the vault")
     if args.keys is None:
@@ -74,7 +74,8 @@ def _sealer(args: argparse.Namespace, policy: Policy) -> Sealer | None:
         directory = KeyDirectory.open(args.keys)
         store = VaultStore.for_sealing(args.vault, directory)
         return Sealer(store, directory.signer, camera, policy.model_dump(mode="json"), grants_of(policy),
-                      directory.identities, segment_seconds=args.segment_seconds)
+                      directory.identities, segment_seconds=args.segment_seconds,
+                      originals="lossless" if still else None)
     except (EscrowError, ValueError) as exc:  # ValueError: a camera id or segment length out of range
         raise CommandError(str(exc)) from None
 
@@ -92,7 +93,7 @@ def _redact(args: argparse.Namespace) -> int:
             f"{target}: output must be {'an image' if is_image(source) else 'a video'} like the input"
         )
     policy, analyzer = _engine(args)
-    sealer = _sealer(args, policy)
+    sealer = _sealer(args, policy, still=is_image(source))
     step = RedactSeal(policy, sealer, numbered=is_image(source))
     comment = None if sealer is None else sealer.ref.encode()
     try:
@@ -107,7 +108,7 @@ def _redact(args: argparse.Namespace) -> int:
         raise
     step.close()
     if sealer is not None:
-        print(f"sealed {sealer.records} regions into {args.vault} (camera {sealer.camera}, "
+        print(f"sealed {sealer.regions} regions into {args.vault} (camera {sealer.camera}, "
               f"recording {sealer.ref.recording})", file=sys.stderr)
     return 0
 

@@ -47,7 +47,7 @@ class LiveCamera:
         self.recorder = Recorder(recordings, name) if config.record else None
         self.output = CameraOutput(name, codecs, self.recorder, preset=recording_preset)
         self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
-        step = RedactSeal(policy, sealer, recording_seconds=recording_seconds)
+        step = RedactSeal(policy, sealer, recording_seconds=recording_seconds, live=True)
         self.pipeline = CameraPipeline(name, step, list(self.sinks), holdback=config.holdback_ms / 1000,
                                        queue_frames=config.queue_frames,
                                        analyzer_factory=partial(Analyzer, cores=cores))

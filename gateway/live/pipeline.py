@@ -33,7 +33,7 @@ from redaction import Analyzer, Decision, Frame, Policy, StreamRedactor, warmup_
 
 from ..egress import Sink
 from ..frames import Released, SourceFrame, State, blank, frame_rate
-from ..sealing import PolicyChange, RedactSeal
+from ..sealing import PolicyChange, RedactSeal, SealerBusy
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class PipelineStats:
     blanked: int = 0
     dropped: int = 0
     late: int = 0  # decided after the watchdog had already blanked them
+    seal_refused: int = 0  # decided, but blanked: the sealer was behind and could not take their originals
     detector_errors: int = 0
     detections: int = 0
     detect_seconds: float = 0.0
@@ -344,9 +345,15 @@ class CameraPipeline:
                 self.stats.late += 1
                 return
             slot.state = "claimed"
-        ref = self.step.apply(frame.index, frame.time, frame.image, decision.regions)
-        with self._lock:
-            slot.state, slot.image, slot.ref = "redacted", frame.image, ref
+        try:
+            ref = self.step.apply(frame.index, frame.time, frame.image, decision.regions)
+        except SealerBusy:  # its originals could not be sealed: it leaves blanked, never unsealed
+            with self._lock:
+                slot.state = "blanked"
+                self.stats.seal_refused += 1
+        else:
+            with self._lock:
+                slot.state, slot.image, slot.ref = "redacted", frame.image, ref
         self._drain()
 
     # --- output ----------------------------------------------------------------------------------

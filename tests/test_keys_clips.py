@@ -1,0 +1,163 @@
+"""Sealed originals coded as video: the PSNR bound, bit-exact lossless mode, constant padding,
+clips split by time, and vaults written by format version 1 still read, verify and unmask."""
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import keys.clips as clips
+from gateway.cli import main
+from gateway.files import VideoTranscoder
+from keys import Grant, KeyDirectory, PrivateIdentity, Sealed, Sealer, Selection, Unmask, VaultStore, verify_vault
+from keys.clips import FFV1, H264, MIN_PSNR, ClipCoder, decode, psnr
+from keys.seal import CLIP_SECONDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "config" / "samples" / "vtest-10s.mp4"
+V1 = Path(__file__).resolve().parent / "data" / "vault-v1"
+FPS = 10  # the sample's rate
+
+
+@pytest.fixture(scope="module")
+def frames():
+    with av.open(str(SAMPLE)) as container:
+        return [f.to_ndarray(format="bgr24") for _, f in zip(range(45), container.decode(video=0))]
+
+
+def moving_boxes(index: int, height: int, width: int) -> dict[int, tuple[int, int, int, int]]:
+    """Three tracks over the walkway: one growing, one shrinking, one sliding along the borders."""
+    grow = 16 + 3 * index
+    shrink = max(8, 150 - 3 * index)
+    side = 40 + index % 7  # odd and even sizes
+    border = (0, height - side) if index % 2 else (width - side, 0)  # touching two borders in turn
+    return {1: (200, 150, grow, grow + 7), 2: (400, 100, shrink, shrink // 2 + 5), 3: (*border, side, side)}
+
+
+def seal_frames(tmp_path, frames, mode: str):
+    directory = KeyDirectory.init(tmp_path / "keys")
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    directory.add(ivan.public)
+    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    height, width = frames[0].shape[:2]
+    with Sealer(store, directory.signer, "walkway", {"version": 1, "storage": {"originals": mode}},
+                {"face": Grant(("investigator",))}, directory.identities) as sealer:
+        for index, image in enumerate(frames):
+            regions = [Sealed(t, "face", b, image[b[1] : b[1] + b[3], b[0] : b[0] + b[2]].copy())
+                       for t, b in moving_boxes(index, height, width).items()]
+            sealer.add(index, index * 1_000_000 // FPS, regions)
+    return store, sealer, ivan
+
+
+@pytest.mark.parametrize("mode", ["high", "lossless"])
+def test_restored_regions_meet_the_mode_bound_on_a_real_clip(tmp_path, frames, mode):
+    store, sealer, ivan = seal_frames(tmp_path, frames, mode)
+    segment, = store.verify_chain("walkway")
+    codecs = {r.header.codec for r in segment.records}
+    assert codecs == {H264 if mode == "high" else FFV1}
+    # clips close every CLIP_SECONDS of a track: 45 frames at 10 fps are three clips per track
+    assert len(segment.records) == 3 * -(-len(frames) // int(CLIP_SECONDS * FPS)) and sealer.regions == 3 * len(frames)
+    job = Unmask(store, sealer.ref, Selection(), [ivan])
+    job.authorize("C-1", "test", "memory", True)
+    worst = float("inf")
+    height, width = frames[0].shape[:2]
+    for index, original in enumerate(frames):
+        image = np.zeros_like(original)
+        assert job.restore(index, index / FPS, image, tolerance_us=1000) == 3
+        for x, y, w, h in moving_boxes(index, height, width).values():
+            back = image[y : y + h, x : x + w]
+            if mode == "lossless":
+                assert np.array_equal(back, original[y : y + h, x : x + w])
+            worst = min(worst, psnr(original[y : y + h, x : x + w], back))
+    assert worst >= MIN_PSNR
+    assert job.unused == 0
+
+
+def test_a_time_range_opens_only_the_clips_it_overlaps(tmp_path, frames, monkeypatch):
+    store, sealer, ivan = seal_frames(tmp_path, frames[:30], "high")
+    decoded = []
+    real = clips.decode
+    monkeypatch.setattr("keys.record.decode", lambda *a, **k: decoded.append(a[4] if len(a) > 4 else k.get("count"))
+                        or real(*a, **k))
+    job = Unmask(store, sealer.ref, Selection(tracks=frozenset({1}), start_us=500_000, end_us=700_000), [ivan])
+    job.authorize("C-1", "test", "memory", True)
+    for index in range(30):
+        job.restore(index, index / FPS, np.zeros_like(frames[0]), tolerance_us=1000)
+    assert job.restored == 3 and decoded == [8]  # one clip (frames 0-19), decoded up to frame 7, not beyond
+
+
+def test_padding_is_a_constant_never_the_surrounding_pixels(frames):
+    crops = [frames[i][100 : 100 + 20 + i, 300 : 330 - i].copy() for i in range(10)]
+    for mode in ("high", "lossless"):
+        codec, size, coded = ClipCoder(mode).encode(crops)
+        assert size == (30, 29)
+        canvases = decode(codec, size, coded, [(size[1], size[0])] * len(crops))
+        for crop, canvas in zip(crops, canvases):
+            h, w = crop.shape[:2]
+            padding = np.concatenate([canvas[h:].reshape(-1, 3), canvas[:h, w:].reshape(-1, 3)])
+            assert padding.size and (padding.max() == 0 if mode == "lossless" else padding.mean() < 2)
+
+
+def test_the_quantiser_falls_until_the_bound_holds_and_rises_when_there_is_room(frames):
+    noisy = [np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8) for i in range(5)]
+    coder = ClipCoder("high", qp={("face", 1): 30})  # as if the track's last clip had been easy
+    codec, size, coded = coder.encode(noisy, ("face", 1))
+    assert clips.min_psnr(noisy, decode(codec, size, coded, [(24, 24)] * 5)) >= MIN_PSNR
+    assert coder.qp[("face", 1)] < 30 and coder.encodes > 1  # noise needed finer quantisers, tried in turn
+    flat = [np.full((24, 24, 3), 90, dtype=np.uint8)] * 5
+    coder.encode(flat, ("face", 2))
+    assert coder.qp[("face", 2)] > clips._FIRST_QP  # a flat clip leaves room: the next one starts coarser
+
+
+def test_unknown_originals_mode_is_refused(tmp_path):
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    with pytest.raises(ValueError, match="storage.originals must be one of high, lossless"):
+        Sealer(store, directory.signer, "cam", {"storage": {"originals": "tiny"}}, {"face": Grant(("investigator",))},
+               directory.identities)
+    Sealer(store, directory.signer, "cam", {}, {"face": Grant(("investigator",))}, directory.identities).close()
+
+
+# --- a vault written by format version 1 ------------------------------------------------------------
+
+@pytest.fixture()
+def old_vault(tmp_path, monkeypatch):
+    root = tmp_path / "v1"
+    shutil.copytree(V1, root)
+    (root / "keys" / "gateway.key").chmod(0o600)  # git does not keep modes
+    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "fixture passphrase v1")
+    return root
+
+
+def test_a_version_1_vault_still_verifies_and_unmasks(old_vault, capsys):
+    store = VaultStore.open(old_vault / "vault")
+    (segment,) = store.verify_chain("walkway")
+    assert segment.header.version == 1 and {r.header.version for r in segment.records} == {1}
+    assert verify_vault(store).segments == 1
+    out = old_vault / "frames"
+    assert main(["unmask", str(old_vault / "redacted.mp4"), "--vault", str(old_vault / "vault"), "--keys",
+                 str(old_vault / "keys"), "--identity", str(old_vault / "ines.identity"), "--case", "C-1",
+                 "--reason", "old vault", "-o", str(out)]) == 0, capsys.readouterr().err
+    originals = [f.image for f in VideoTranscoder(old_vault / "clip.mp4").frames()]
+    restored = 0
+    for record in segment.records:
+        (placement,) = record.header.placements
+        x, y, w, h = placement.box
+        image = av.open(str(out / f"{placement.frame:06d}.png")).decode(video=0).__next__().to_ndarray(format="bgr24")
+        if 0.1 * image.shape[0] < y and y + h < 0.9 * image.shape[0]:  # clear of the watermark bands
+            assert np.array_equal(image[y : y + h, x : x + w], originals[placement.frame][y : y + h, x : x + w])
+            restored += 1
+    assert restored >= 10
+    assert main(["vault", "verify", "--vault", str(old_vault / "vault"), "--keys", str(old_vault / "keys")]) == 0
+
+
+def test_a_tampered_version_1_segment_is_still_caught(old_vault, capsys):
+    path = old_vault / "vault" / "segments" / "walkway" / "00000001.pgv"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    assert main(["vault", "verify", "--vault", str(old_vault / "vault")]) == 1
+    assert "00000001.pgv: contents altered" in capsys.readouterr().err
