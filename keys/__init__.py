@@ -7,7 +7,7 @@ verifications that find damage raise :class:`IntegrityError`. Formats: docs/vaul
 The modules, one concept each:
 
 - :mod:`.errors` the error tree (:class:`EscrowError` and its subclasses).
-- :mod:`.durable` the one durable-write helper: :func:`atomic_path`, :func:`write_durably`.
+- :mod:`.durable` the one durable-write helper: :func:`atomic_path`, :func:`write_durably`, :func:`atomic_dir`.
 - :mod:`.identity` people's keys (private halves encrypted at rest).
 - :mod:`.directory` the key directory: the gateway's signing key and the signed roster.
 - :mod:`.wrap` HPKE wrapping of data keys to people, with k-of-n quorums.
@@ -24,7 +24,7 @@ The modules, one concept each:
 
 from .audit import AuditLog
 from .directory import KeyDirectory
-from .durable import atomic_path, write_durably
+from .durable import atomic_dir, atomic_path, write_durably
 from .errors import (
     AuditError,
     DirectoryError,
@@ -78,13 +78,14 @@ __all__ = [
     "VaultRef",
     "VaultReport",
     "VaultStore",
+    "atomic_dir",
     "atomic_path",
     "check_camera",
     "check_grants",
     "grants_of",
     "recording_tracks",
-    "tracks_at",
     "shred",
+    "tracks_at",
     "verify_audit",
     "verify_vault",
     "write_durably",

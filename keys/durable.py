@@ -12,7 +12,10 @@ gateway's own small state files too):
 
 On any failure before the rename the temporary file is removed and the target is untouched.
 A crash can leave a hidden temporary file behind; it is never mistaken for the target.
-:func:`remove_durably` and :func:`make_dirs` are the same care for unlink and mkdir.
+:func:`remove_durably` and :func:`make_dirs` are the same care for unlink and mkdir, and
+:func:`atomic_dir` the same recipe for a whole directory of files: filled under a hidden
+temporary name beside the target, every file and directory in it fsynced, renamed into place
+(over an empty directory at most), the parent fsynced.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "fsync_dir", "make_dirs", "remove_durably", "write_durably"]
+__all__ = ["atomic_dir", "atomic_path", "fsync_dir", "make_dirs", "remove_durably", "write_durably"]
 
 # link(2) fails with these where the file system has no hard links (FAT on a USB stick, some
 # network shares); an exclusive write then claims the name with O_EXCL first
@@ -91,6 +95,33 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644, *, exclusive: bool
     """Replace ``path`` with ``data`` atomically and durably (see :func:`atomic_path`)."""
     with atomic_path(path, mode, exclusive=exclusive) as tmp, open(tmp, "wb") as out:
         out.write(data)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, mode: int = 0o755) -> Iterator[Path]:
+    """A temporary directory beside ``path`` to fill; on success it becomes ``path`` durably.
+
+    The directory exists (empty, with ``mode``) when the block starts. When the block ends
+    without an exception every file and directory in it is fsynced, it is renamed onto
+    ``path`` (which must not exist, or be an empty directory: rename(2) replaces that one
+    atomically) and the parent fsynced; on an exception, or if the rename fails, it is removed
+    with all it holds and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        os.chmod(tmp, mode)
+        yield tmp
+        for directory, _, files in os.walk(tmp, topdown=False):  # a directory after what it holds
+            for name in files:
+                if not os.path.islink(os.path.join(directory, name)):
+                    _fsync_file(Path(directory, name))
+            fsync_dir(Path(directory))
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_durably(path: Path, *, missing_ok: bool = False) -> None:

@@ -131,7 +131,8 @@ def encode(clip: Clip) -> bytes:
 
 
 def decode(data: bytes) -> tuple[float, int]:
-    """Decode to BGR ndarrays (what restore works on), FFmpeg threads as in gateway/media.py."""
+    """Decode to BGR ndarrays (what restore works on), FFmpeg threads as VideoTranscoder sets them
+    (gateway/files/video.py: ``thread_type = "AUTO"``)."""
     start = time.perf_counter()
     count = 0
     with av.open(io.BytesIO(data)) as container:

@@ -2,11 +2,12 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 import keys.durable as durable
-from keys import atomic_path, write_durably
+from keys import atomic_dir, atomic_path, write_durably
 
 
 def test_write_replaces_whole_with_the_mode_asked_for(tmp_path):
@@ -70,3 +71,39 @@ def test_directory_and_removal_are_fsynced(tmp_path, monkeypatch):
     durable.remove_durably(tmp_path / "a" / "b" / "f", missing_ok=True)
     with pytest.raises(FileNotFoundError):
         durable.remove_durably(tmp_path / "a" / "b" / "f")
+
+
+def test_a_directory_is_published_whole_with_its_files_and_entries_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real_dir, real_file = durable.fsync_dir, durable._fsync_file
+    monkeypatch.setattr(durable, "fsync_dir", lambda path: synced.append(("dir", Path(path))) or real_dir(path))
+    monkeypatch.setattr(durable, "_fsync_file", lambda path: synced.append(("file", Path(path))) or real_file(path))
+    target = tmp_path / "frames"
+    target.mkdir()  # an empty directory is replaced
+    with atomic_dir(target, mode=0o700) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".frames.")
+        assert stat.S_IMODE(tmp.stat().st_mode) == 0o700 and os.listdir(target) == []
+        (tmp / "000000.png").write_bytes(b"one")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "000001.png").write_bytes(b"two")
+    assert os.listdir(tmp_path) == ["frames"]
+    assert (target / "000000.png").read_bytes() == b"one" and (target / "sub" / "000001.png").read_bytes() == b"two"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    inside = [(kind, path.relative_to(tmp.parent).parts[1:]) for kind, path in synced[:-1]]
+    assert sorted(inside) == sorted([("file", ("000000.png",)), ("file", ("sub", "000001.png")),
+                                     ("dir", ("sub",)), ("dir", ())])
+    assert inside.index(("file", ("sub", "000001.png"))) < inside.index(("dir", ("sub",))) < inside.index(("dir", ()))
+    assert synced[-1] == ("dir", tmp_path)  # the rename itself, after everything it publishes
+
+
+def test_a_directory_not_finished_or_not_placed_leaves_the_target_as_it_was(tmp_path):
+    target = tmp_path / "frames"
+    with pytest.raises(RuntimeError, match="decoder died"), atomic_dir(target) as tmp:
+        (tmp / "000000.png").write_bytes(b"half")
+        raise RuntimeError("decoder died")
+    assert os.listdir(tmp_path) == []
+    target.mkdir()
+    (target / "kept").write_bytes(b"old")  # rename(2) never replaces a directory that holds something
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "000000.png").write_bytes(b"new")
+    assert os.listdir(tmp_path) == ["frames"] and os.listdir(target) == ["kept"]

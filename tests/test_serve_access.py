@@ -200,3 +200,28 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
                 pass  # the server ended the session: the demuxer may report the closed connection
         assert frames >= 10
         assert running.gateway.rtsp.sessions("cam") == 0
+
+
+def test_the_demo_viewer_token_is_logged_off_the_event_loop(camera_clip, tmp_path, monkeypatch):
+    """Issuing it appends to the audit log (an fsync, under a file lock shared with unmask runs):
+    the event loop must not wait on the disk while it serves requests."""
+    import asyncio
+
+    from keys import AuditLog
+
+    appended = []
+    real = AuditLog.append
+
+    def append(self, actor, signer, action, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            appended.append((action, "on the event loop"))
+        except RuntimeError:
+            appended.append((action, "off the loop"))
+        return real(self, actor, signer, action, *args, **kwargs)
+
+    monkeypatch.setattr(AuditLog, "append", append)
+    with Running(tmp_path, {"cam": str(camera_clip[0])}) as running:
+        assert running.viewer_token
+    assert ("issue-token", "off the loop") in appended
+    assert ("issue-token", "on the event loop") not in appended

@@ -119,7 +119,10 @@ class Gateway:
                 log.exception("re-checking sessions failed")
 
     def demo_viewer_token(self) -> str | None:
-        """With demo identities: a day's token for demo-viewer on every camera, for the printed viewer URLs."""
+        """With demo identities: a day's token for demo-viewer on every camera, for the printed viewer URLs.
+
+        Blocking (the grant, the audit entry and the token are written durably): call it off the
+        event loop."""
         if not self.config.demo_identities or "demo-viewer" not in self.access.identities():
             return None
         cameras = list(self.runtime.cameras)

@@ -9,11 +9,10 @@ arguments, reads and writes the media files, and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import os
 import re
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from keys import (
@@ -25,6 +24,7 @@ from keys import (
     UnmaskError,
     VaultRef,
     VaultStore,
+    atomic_dir,
     recording_tracks,
     shred,
     tracks_at,
@@ -32,7 +32,16 @@ from keys import (
     verify_vault,
 )
 
-from ..files import MediaError, VideoTranscoder, image_comment, is_image, read_image, video_comment, watermark, write_image
+from ..files import (
+    MediaError,
+    VideoTranscoder,
+    image_comment,
+    is_image,
+    read_image,
+    video_comment,
+    watermark,
+    write_image,
+)
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
 
@@ -201,7 +210,7 @@ def _unmask_image(source: Path, target: Path, to_dir: bool, restore) -> None:
     image = read_image(source)
     restore(0, 0.0, image, 0)
     if to_dir:
-        with _atomic_dir(target) as tmp:
+        with _output_dir(target) as tmp:
             write_image(tmp / "000000.png", image)
     else:
         write_image(target, image)
@@ -212,7 +221,7 @@ def _unmask_video(source: Path, target: Path, to_dir: bool, restore, start, end,
     tolerance = round(5e5 / float(transcoder.info.rate))  # half a frame
     try:
         if to_dir:
-            with _atomic_dir(target) as tmp:
+            with _output_dir(target) as tmp:
                 for item in transcoder.frames():
                     at = round(item.time * 1e6)
                     restore(item.index, item.time, item.image, tolerance)
@@ -232,26 +241,15 @@ def _unmask_video(source: Path, target: Path, to_dir: bool, restore, start, end,
         transcoder.close()
 
 
-class _atomic_dir:
-    """A new directory filled under a temporary name and renamed into place on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        parent = self.target.parent if str(self.target.parent) else Path(".")
-        if not parent.is_dir():
-            raise MediaError(f"cannot write {self.target}: directory {parent} does not exist")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=parent))
-        return self.tmp
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.is_dir():
-            self.target.rmdir()  # checked empty before any work
-        os.replace(self.tmp, self.target)
+@contextlib.contextmanager
+def _output_dir(target: Path) -> Iterator[Path]:
+    """A new directory of unmasked frames, published whole and durably (:func:`keys.atomic_dir`);
+    owner-only, like every unmasked file: it holds what the redaction hid."""
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise MediaError(f"cannot write {target}: directory {parent} does not exist")
+    with atomic_dir(target, mode=0o700) as tmp:  # target: absent or empty, checked before any work
+        yield tmp
 
 
 # --- audit and vault ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from fractions import Fraction
 import av
 from av.codec.context import Flags
 
+from ..frames import Released
 from ..webrtc import Codec
 
 RTP_CLOCK = 90_000
@@ -48,11 +49,12 @@ class StreamInfo:
 class Continuous:
     """Encode every frame, whether or not anyone watches, and hand each packet on in order.
 
-    ``on_packet(packet, tag, stream)`` runs on the encoder thread for every packet, with the tag
-    its frame was pushed with (the recorder writes it into the recording the tag names).
+    ``on_packet(packet, frame, stream)`` runs on the encoder thread for every packet, with the
+    released frame it was pushed with as its tag (the recorder writes it into the recording the
+    frame's ``ref`` names); None for a frame pushed without one.
     """
 
-    on_packet: Callable[[av.Packet, object, StreamInfo], None]
+    on_packet: Callable[[av.Packet, Released | None, StreamInfo], None]
     preset: str = "superfast"
     crf: int = 23
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import threading
 
+import av
+
+from keys import VaultRef
+
 from ..frames import MIN_RATE, Released, frame_rate
 from ..webrtc import Codec
-from .encoding import Continuous
+from .encoding import Continuous, StreamInfo
 from .pacing import Pacer
 from .recorder import Recorder
 from .rendition import Rendition
@@ -40,7 +44,7 @@ class CameraOutput:
         self._renditions: dict[Codec, Rendition] = {}
         self._lock = threading.Lock()
         self._first: Released | None = None  # held until the second frame tells the rate
-        self._ref: object = None
+        self._ref: VaultRef | None = None  # the recording of the last frame encoded
         self._started = False
         self._pacer = Pacer()
 
@@ -90,7 +94,7 @@ class CameraOutput:
             elif item.image is not None:  # viewers of an extra codec skip the frames that have none
                 rendition.push(image, item.time)
 
-    def _record(self, packet, frame: Released, stream) -> None:
+    def _record(self, packet: av.Packet, frame: Released | None, stream: StreamInfo) -> None:
         if self.recorder is not None and frame is not None:
             self.recorder.write(packet, frame, stream)
 

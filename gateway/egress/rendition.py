@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..frames import Released
 from ..webrtc import CODECS, Codec
 from .encoding import RTP_CLOCK, TIME_BASE, Continuous, StreamInfo, open_encoder
 
@@ -80,7 +81,7 @@ class Rendition:
         self.errors = 0  # frames the encoder failed on (each restarts it)
 
         self._cond = threading.Condition()
-        self._pending: collections.deque[tuple[np.ndarray, int, object, bool]] = collections.deque()
+        self._pending: collections.deque[tuple[np.ndarray, int, Released | None, bool]] = collections.deque()
         self._viewers: set[ViewerTrack] = set()
         self._keyframe_wanted = False
         self._last_keyframe = -math.inf  # monotonic time the last keyframe was asked of the encoder
@@ -88,7 +89,7 @@ class Rendition:
         self._last_pts: int | None = None
         self._closed = False
         self._encoder: av.VideoCodecContext | None = None
-        self._tags: collections.deque[object] = collections.deque()  # of frames in the encoder, in order
+        self._tags: collections.deque[Released | None] = collections.deque()  # of frames in the encoder, in order
         self._thread = threading.Thread(target=self._run, name=f"whep-{camera}-{codec}", daemon=True)
         self._thread.start()
 
@@ -100,10 +101,10 @@ class Rendition:
         with self._cond:
             return len(self._viewers)
 
-    def push(self, image: np.ndarray, time: float, tag: object = None, keyframe: bool = False) -> None:
+    def push(self, image: np.ndarray, time: float, tag: Released | None = None, keyframe: bool = False) -> None:
         """Queue a redacted BGR ``uint8`` frame taken at media time ``time`` (seconds) for encoding.
 
-        ``tag`` comes back with the frame's packet (continuous renditions); ``keyframe`` makes the
+        ``tag``, the released frame, comes back with its packet (continuous renditions); ``keyframe`` makes the
         frame an IDR (a recording starts there). Thread-safe; never waits for viewers. A continuous
         rendition waits here while its encoder is ``_PENDING_FRAMES`` behind. The pixels are
         converted (and copied) before this returns, so the caller may reuse ``image`` at once.
@@ -208,7 +209,7 @@ class Rendition:
             self._emit(self._encoder.encode(None), [])  # what the encoder still holds
         self._encoder = None
 
-    def _encode_safely(self, yuv: np.ndarray, pts: int, tag: object, keyframe: bool) -> list[av.Packet]:
+    def _encode_safely(self, yuv: np.ndarray, pts: int, tag: Released | None, keyframe: bool) -> list[av.Packet]:
         try:
             return self._encode(yuv, pts, tag, keyframe)
         except (av.FFmpegError, ValueError):
@@ -227,7 +228,7 @@ class Rendition:
             self._tags.clear()
             return []
 
-    def _encode(self, yuv: np.ndarray, pts: int, tag: object, keyframe: bool) -> list[av.Packet]:
+    def _encode(self, yuv: np.ndarray, pts: int, tag: Released | None, keyframe: bool) -> list[av.Packet]:
         if self._encoder is None:
             self._encoder = open_encoder(self.codec, self.width, self.height, self.fps, self.bitrate, self.continuous)
             keyframe = True

@@ -20,6 +20,10 @@ from .stages import Stage
 #: containers whose ``comment`` tag survives a round trip (the vault reference rides in it)
 COMMENT_VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".3gp"})
+#: the rate of a stream that declares none: 25 fps, what FFmpeg's raw H.264/HEVC demuxers assume
+#: too. It sets the output's nominal rate, the frame count estimate, the spacing given to frames
+#: without timestamps and unmask's half-frame tolerance; frames with timestamps keep theirs
+FALLBACK_RATE = Fraction(25)
 
 
 def copy_excerpt(source: Path, target: Path, seconds: float) -> Path:
@@ -76,7 +80,7 @@ def open_video(path: Path) -> av.container.InputContainer:
 
 def video_info(container: av.container.InputContainer) -> VideoInfo:
     stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    rate = stream.average_rate or stream.guessed_rate or FALLBACK_RATE
     frames = stream.frames or None
     if frames is None and stream.duration and stream.time_base:
         frames = int(stream.duration * stream.time_base * rate)

@@ -7,10 +7,11 @@ comes from the camera's :class:`~gateway.egress.rendition.Rendition`, the same e
 viewers share: every session subscribes to it, so a session adds packetization and sending
 (:mod:`.sender`), never an encode.
 
-This module reads requests and keeps connections and sessions (:mod:`.session`); the wire
-format is :mod:`.protocol` and the credentials check :mod:`.digest`. Sessions live at most as
-long as the RTSP connection that created them and expire after ``session_timeout`` seconds
-without a request naming them or an RTCP report from their client.
+This module accepts connections, answers their requests and keeps the sessions; a connection's
+I/O (reading a request, lingering before a close) and a session's transports are
+:mod:`.session`, the wire format is :mod:`.protocol` and the credentials check :mod:`.digest`.
+Sessions live at most as long as the RTSP connection that created them and expire after
+``session_timeout`` seconds without a request naming them or an RTCP report from their client.
 """
 
 from __future__ import annotations
@@ -31,21 +32,18 @@ from ..rendition import Rendition
 from .digest import AuthFailure, Digest, RtspUser
 from .protocol import (
     MAX_HEAD,
-    REQUEST_LINE,
     TRACK,
     Request,
     RtspError,
     choose_transport,
-    cseq_of,
     error_response,
-    parse_request,
     response,
     sdp,
     sprop,
     target,
 )
 from .sender import RtpSender
-from .session import SEND_BUFFER, Connection, Datagrams, RETRY_FULL, Session, bind_udp_pair, session_header
+from .session import RETRY_FULL, SEND_BUFFER, Connection, Session, session_header
 
 __all__ = ["RtspServer"]
 
@@ -175,11 +173,11 @@ class RtspServer:
                 continue
             try:
                 async with asyncio.timeout(_REQUEST_TIMEOUT):
-                    request = await self._read_request(reader, first)
+                    request = await connection.read_request(first)
             except RtspError as exc:
                 logger.debug("rtsp %s: bad request: %s", connection.peer, exc)
                 connection.write(error_response(exc, exc.cseq))
-                await _linger(connection)  # the framing can no longer be trusted
+                await connection.linger()  # the framing can no longer be trusted
                 return
             try:
                 reply, then = await self._handle(connection, request)
@@ -190,30 +188,6 @@ class RtspServer:
             connection.last_seen = time.monotonic()
             if then is not None:
                 then()
-
-    @staticmethod
-    async def _read_request(reader: asyncio.StreamReader, first: bytes) -> Request:
-        """Read one request line by line, so a line that cannot start a request is refused at once."""
-        head = first
-        try:
-            head += await reader.readuntil(b"\r\n")
-            if not REQUEST_LINE.fullmatch(head[:-2]):
-                raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
-            while not head.endswith(b"\r\n\r\n"):
-                head += await reader.readuntil(b"\r\n")
-                if len(head) > MAX_HEAD:
-                    break
-        except asyncio.LimitOverrunError:
-            head += b"?" * MAX_HEAD  # a line longer than the whole allowance
-        try:
-            request = parse_request(head)
-        except RtspError as exc:
-            exc.cseq = cseq_of(head)
-            raise
-        length = int(request.headers.get("content-length", "0"))
-        if length:
-            request.body = await reader.readexactly(length)
-        return request
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -333,7 +307,10 @@ class RtspServer:
         self._sessions[session.id] = session
         if not choice.tcp:
             try:
-                await self._open_udp(session)
+                await session.open_udp()
+                if session.id not in self._sessions:  # the client left while the ports opened
+                    session.close()
+                    raise RtspError(454, "the session ended")
             except BaseException:
                 self._end(session, "no UDP ports")
                 raise
@@ -341,31 +318,6 @@ class RtspServer:
                     "TCP" if choice.tcp else "UDP", session.id)
         headers = {"Transport": session.transport_header(), **session_header(session, self._timeout)}
         return response(200, request.cseq, headers)
-
-    async def _open_udp(self, session: Session) -> None:
-        connection = session.connection
-        rtp, rtcp = bind_udp_pair(connection.local)
-        session.server_ports = (rtp.getsockname()[1], rtcp.getsockname()[1])
-
-        def on_rtcp(data: bytes, addr: tuple) -> None:  # receiver reports keep the session alive
-            if addr[0] == connection.peer:
-                session.touch()
-
-        loop = asyncio.get_running_loop()
-        transports = []
-        try:
-            for sock, protocol in ((rtp, Datagrams()), (rtcp, Datagrams(on_rtcp))):
-                transports.append((await loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock))[0])
-        except OSError:
-            for transport in transports:
-                transport.close()
-            rtp.close()
-            rtcp.close()
-            raise RtspError(503, "cannot open UDP ports", {"Retry-After": str(RETRY_FULL)}) from None
-        session.udp = (transports[0], transports[1])
-        if session.id not in self._sessions:  # the client left while the ports opened
-            session.close()
-            raise RtspError(454, "the session ended")
 
     async def _play(self, request: Request, session: Session) -> tuple[bytes, Callable[[], None] | None]:
         range_ = request.header("range")
@@ -425,17 +377,3 @@ class RtspServer:
             for connection in list(self._connections):
                 if not connection.sessions and now - connection.last_seen > self._timeout:
                     connection.writer.transport.abort()
-
-
-async def _linger(connection: Connection) -> None:
-    """Send what is queued, half-close, and read what the client still sends, so that closing does
-    not reset the connection (and destroy the error response) while unread input is pending."""
-    try:
-        async with asyncio.timeout(2.0):
-            await connection.writer.drain()
-            connection.writer.write_eof()
-            discarded = 0
-            while discarded < (1 << 20) and (chunk := await connection.reader.read(65536)):
-                discarded += len(chunk)
-    except (TimeoutError, ConnectionError, OSError):
-        pass

@@ -1,6 +1,7 @@
 """RTSP connections and the sessions set up on them: transports (TCP interleaved or UDP) and sending.
 
-A :class:`Session` lives at most as long as the :class:`Connection` that set it up. It sends RTP
+A :class:`Connection` reads requests off its stream (and lingers before closing after a framing
+error). A :class:`Session` lives at most as long as the :class:`Connection` that set it up. It sends RTP
 and RTCP either interleaved in the RTSP connection (``$`` framing, RFC 2326 10.12) or over a
 pair of UDP sockets bound next to the server's address; either way its :meth:`Session.backlog`
 says how many bytes wait to be sent, which is how a client that falls behind is noticed.
@@ -20,7 +21,15 @@ from dataclasses import dataclass, field
 from aiortc.mediastreams import MediaStreamTrack
 
 from ..rendition import Rendition
-from .protocol import RtspError, TransportChoice
+from .protocol import (
+    MAX_HEAD,
+    REQUEST_LINE,
+    Request,
+    RtspError,
+    TransportChoice,
+    cseq_of,
+    parse_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,7 @@ CONNECTION_BUFFER_LIMIT = 4 * BACKLOG_BYTES  # unread responses + media: the con
 RETRY_FULL = 5  # Retry-After (s): session cap reached, or no UDP ports
 
 
-def bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
+def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
     """Two UDP sockets on consecutive ports, the first even (RTP, RTCP), as RFC 3550 expects."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(64):
@@ -54,7 +63,7 @@ def bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
     raise RtspError(503, "no free UDP port pair", {"Retry-After": str(RETRY_FULL)})
 
 
-class Datagrams(asyncio.DatagramProtocol):
+class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, on_packet: Callable[[bytes, tuple], None] | None = None) -> None:
         self.on_packet = on_packet
 
@@ -108,6 +117,30 @@ class Session:
         c, d = self.server_ports
         return f"RTP/AVP;unicast;client_port={a}-{b};server_port={c}-{d};ssrc={self.ssrc:08X}"
 
+    async def open_udp(self) -> None:
+        """Bind the server's RTP/RTCP port pair beside the connection's local address and listen
+        on it; RTCP receiver reports from the client's address keep the session alive."""
+        connection = self.connection
+        rtp, rtcp = _bind_udp_pair(connection.local)
+        self.server_ports = (rtp.getsockname()[1], rtcp.getsockname()[1])
+
+        def on_rtcp(data: bytes, addr: tuple) -> None:  # receiver reports keep the session alive
+            if addr[0] == connection.peer:
+                self.touch()
+
+        loop = asyncio.get_running_loop()
+        transports = []
+        try:
+            for sock, protocol in ((rtp, _Datagrams()), (rtcp, _Datagrams(on_rtcp))):
+                transports.append((await loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock))[0])
+        except OSError:
+            for transport in transports:
+                transport.close()
+            rtp.close()
+            rtcp.close()
+            raise RtspError(503, "cannot open UDP ports", {"Retry-After": str(RETRY_FULL)}) from None
+        self.udp = (transports[0], transports[1])
+
     def backlog(self) -> int:
         if self.udp is not None:
             return self.udp[0].get_write_buffer_size()
@@ -160,6 +193,44 @@ class Connection:
             self.writer.transport.abort()
             return
         self.writer.write(data)
+
+    async def read_request(self, first: bytes) -> Request:
+        """Read one request (``first``: its first byte, already read) line by line, so a line that
+        cannot start a request is refused at once."""
+        reader = self.reader
+        head = first
+        try:
+            head += await reader.readuntil(b"\r\n")
+            if not REQUEST_LINE.fullmatch(head[:-2]):
+                raise RtspError(400, "request line is not METHOD URI RTSP/1.0")
+            while not head.endswith(b"\r\n\r\n"):
+                head += await reader.readuntil(b"\r\n")
+                if len(head) > MAX_HEAD:
+                    break
+        except asyncio.LimitOverrunError:
+            head += b"?" * MAX_HEAD  # a line longer than the whole allowance
+        try:
+            request = parse_request(head)
+        except RtspError as exc:
+            exc.cseq = cseq_of(head)
+            raise
+        length = int(request.headers.get("content-length", "0"))
+        if length:
+            request.body = await reader.readexactly(length)
+        return request
+
+    async def linger(self) -> None:
+        """Send what is queued, half-close, and read what the client still sends, so that closing does
+        not reset the connection (and destroy the error response) while unread input is pending."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self.writer.drain()
+                self.writer.write_eof()
+                discarded = 0
+                while discarded < (1 << 20) and (chunk := await self.reader.read(65536)):
+                    discarded += len(chunk)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
 
     def free_channels(self) -> tuple[int, int] | None:
         used = {c for s in self.sessions.values() if s.choice.tcp for c in s.channels}
