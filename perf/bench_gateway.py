@@ -136,7 +136,8 @@ def scrape(port: int, token: str) -> dict[str, dict[str, float]]:
             if sample.name == "privacy_gateway_frames_total":
                 cameras.setdefault(camera, {})[sample.labels["state"]] = sample.value
             elif sample.name in ("privacy_gateway_detections_total", "privacy_gateway_detector_seconds_total",
-                                 "privacy_gateway_source_errors_total", "privacy_gateway_detector_errors_total"):
+                                 "privacy_gateway_source_errors_total", "privacy_gateway_detector_errors_total",
+                                 "privacy_gateway_sealer_cpu_seconds_total", "privacy_gateway_sealer_refused_frames_total"):
                 cameras.setdefault(camera, {})[sample.name.removeprefix("privacy_gateway_")] = sample.value
             elif sample.name == "privacy_gateway_sink_skipped_total":
                 cameras.setdefault(camera, {})["skipped " + sample.labels["sink"]] = sample.value
@@ -324,7 +325,8 @@ def print_window(label: str, window: Window, baseline: Window | None) -> None:
               f"released {f.get('released', 0):4.0f}  blanked {f.get('blanked', 0):4.0f}  "
               f"dropped {f.get('dropped', 0):4.0f}  late {f.get('late', 0):3.0f}  |  "
               f"{detections / window.seconds:4.1f} detections/s, {mean} each (wall)  |  "
-              f"sinks skipped: {skipped}")
+              f"sealing {100 * f.get('sealer_cpu_seconds_total', 0) / window.seconds:4.1f} % of a core, "
+              f"{f.get('sealer_refused_frames_total', 0):.0f} refused  |  sinks skipped: {skipped}")
     print(f"    viewers decoded: {', '.join(f'{fps:.1f}' for fps in window.viewer_fps)} fps")
     named = sum(window.stages.values())
     parts = sorted(window.stages.items(), key=lambda kv: -kv[1])
