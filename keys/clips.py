@@ -79,16 +79,19 @@ class ClipCoder:
     def encode(self, crops: Sequence[np.ndarray], key: tuple[str, int] = ("", 0)) -> tuple[str, tuple[int, int], bytes]:
         """Code ``crops`` (BGR uint8, any sizes) as one clip: returns (codec, canvas size, coded bytes)."""
         size = canvas_size(crops)
+        canvases = _canvases(crops, size)
         if self.mode == "lossless":
             self.encodes += 1
-            return FFV1, size, _encode(FFV1, size, crops, None)
+            return FFV1, size, _encode(FFV1, canvases, None)
+        shapes = [c.shape[:2] for c in crops]
+        original = luma(canvases)
         # a new track starts a step coarser than the camera's last clip kept: one camera's noise and light are alike
         qp = self.qp.get(key, self.qp.get(_LAST, _FIRST_QP - 1) + 1)
         best: tuple[int, bytes] | None = None
         for _ in range(_MAX_TRIES):
             self.encodes += 1
-            coded = _encode(H264, size, crops, qp)
-            worst = min_psnr(crops, decode(H264, size, coded, [c.shape[:2] for c in crops]))
+            coded = _encode(H264, canvases, qp)
+            worst = _worst_psnr(original, luma(_decode(H264, size, coded, len(crops))), shapes)
             if worst >= MIN_PSNR or qp == 0:
                 best = (qp, coded)
                 # about 1 dB per quantiser step: room for several steps is worth one more try
@@ -102,7 +105,7 @@ class ClipCoder:
                 qp = max(0, qp - max(_QP_STEP, math.ceil((MIN_PSNR - worst) / _DB_PER_QP) + 1))
         if best is None:  # out of tries: code it losslessly in x264 (qp 0 always passes)
             self.encodes += 1
-            best = (0, _encode(H264, size, crops, 0))
+            best = (0, _encode(H264, canvases, 0))
         self.qp[key] = self.qp[_LAST] = best[0]
         return H264, size, best[1]
 
@@ -116,32 +119,36 @@ def canvas_size(crops: Sequence[np.ndarray]) -> tuple[int, int]:
     return (max(_MIN_SIDE, max(c.shape[1] for c in crops)), max(_MIN_SIDE, max(c.shape[0] for c in crops)))
 
 
-def _canvas(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _canvases(crops: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """The clip as one ``(n, height, width, 3)`` array: each crop at the top-left, the rest 0."""
     width, height = size
-    h, w = crop.shape[:2]
-    if (w, h) == (width, height):
-        return np.ascontiguousarray(crop)
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    canvas[:h, :w] = crop
-    return canvas
+    canvases = np.zeros((len(crops), height, width, 3), dtype=np.uint8)
+    for canvas, crop in zip(canvases, crops):
+        canvas[: crop.shape[0], : crop.shape[1]] = crop
+    return canvases
 
 
-def _encode(codec: str, size: tuple[int, int], crops: Sequence[np.ndarray], qp: int | None) -> bytes:
+def _encode(codec: str, canvases: np.ndarray, qp: int | None) -> bytes:
+    count, height, width = canvases.shape[:3]
     if codec == H264:
         context = av.CodecContext.create("libx264", "w")
         context.pix_fmt = "yuv444p"
         context.options = {**X264_OPTIONS, "qp": str(qp)}
-        context.gop_size = len(crops)  # one keyframe, at the start
+        context.gop_size = count  # one keyframe, at the start
+        # the whole clip in one conversion, then planar: one array per picture
+        pictures = _convert(canvases, cv2.COLOR_BGR2YUV).transpose(0, 3, 1, 2)
     else:
         context = av.CodecContext.create("ffv1", "w")
         context.pix_fmt = "bgra"
         context.options = {"level": "3", "context": "1", "slicecrc": "0", "threads": "1"}
-    context.width, context.height = size
+        pictures = np.zeros((count, height, width, 4), dtype=np.uint8)  # a constant fourth byte
+        pictures[..., :3] = canvases
+    context.width, context.height = width, height
     context.time_base = Fraction(1, _FRAME_RATE)
     context.open()
     parts = [struct.pack(">I", len(context.extradata or b"")), context.extradata or b""]
-    for index, crop in enumerate(crops):
-        frame = _to_frame(_canvas(crop, size), codec)
+    for index, picture in enumerate(pictures):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=context.pix_fmt)
         frame.pts = index
         parts.extend(_packets(context.encode(frame)))
     parts.extend(_packets(context.encode(None)))
@@ -150,21 +157,12 @@ def _encode(codec: str, size: tuple[int, int], crops: Sequence[np.ndarray], qp: 
 
 # Colour conversion is OpenCV's, both ways (swscale's took half the sealer's time on small crops):
 # H.264 clips hold full-range BT.601 YCbCr as cv2.COLOR_BGR2YUV computes it, planar 4:4:4; FFV1
-# clips hold the BGR bytes themselves, padded to four per pixel.
+# clips hold the BGR bytes themselves and a constant fourth byte.
 
-def _to_frame(canvas: np.ndarray, codec: str) -> av.VideoFrame:
-    if codec == H264:
-        planes = np.ascontiguousarray(cv2.cvtColor(canvas, cv2.COLOR_BGR2YUV).transpose(2, 0, 1))
-        return av.VideoFrame.from_ndarray(planes, format="yuv444p")
-    padded = np.empty(canvas.shape[:2] + (4,), dtype=np.uint8)
-    padded[..., :3], padded[..., 3] = canvas, 0
-    return av.VideoFrame.from_ndarray(padded, format="bgra")
-
-
-def _from_frame(picture: av.VideoFrame, codec: str) -> np.ndarray:
-    if codec == H264:
-        return cv2.cvtColor(np.ascontiguousarray(picture.to_ndarray().transpose(1, 2, 0)), cv2.COLOR_YUV2BGR)
-    return picture.to_ndarray()[..., :3]
+def _convert(images: np.ndarray, code: int) -> np.ndarray:
+    """``cv2.cvtColor`` over a whole ``(n, h, w, 3)`` clip at once."""
+    count, height, width = images.shape[:3]
+    return cv2.cvtColor(np.ascontiguousarray(images).reshape(count * height, width, 3), code).reshape(images.shape)
 
 
 def _packets(packets) -> list[bytes]:
@@ -180,9 +178,15 @@ def decode(codec: str, size: tuple[int, int], coded: bytes, shapes: Sequence[tup
     """The crops of a clip: one ``(h, w, 3)`` BGR array per ``shapes`` entry (``count``: only the first so many).
 
     Raises :class:`RecordError` if the bytes do not decode to that many pictures of that size."""
+    count = len(shapes) if count is None else count
+    canvases = _decode(codec, size, coded, count)
+    return [canvas[:h, :w] for canvas, (h, w) in zip(canvases, shapes[:count])]
+
+
+def _decode(codec: str, size: tuple[int, int], coded: bytes, count: int) -> np.ndarray:
+    """The first ``count`` canvases of a clip, as one ``(count, height, width, 3)`` BGR array."""
     if codec not in CODECS:
         raise RecordError(f"unknown clip codec {codec!r}")
-    count = len(shapes) if count is None else count
     try:
         (elen,) = struct.unpack_from(">I", coded, 0)
         context = av.CodecContext.create("h264" if codec == H264 else "ffv1", "r")
@@ -204,22 +208,34 @@ def decode(codec: str, size: tuple[int, int], coded: bytes, shapes: Sequence[tup
         raise RecordError(f"clip does not decode ({type(exc).__name__})") from None
     if len(pictures) < count or any((p.width, p.height) != tuple(size) for p in pictures[:count]):
         raise RecordError("clip does not decode to its frames")
-    return [_from_frame(p, codec)[:h, :w] for p, (h, w) in zip(pictures[:count], shapes[:count])]
+    arrays = np.stack([p.to_ndarray() for p in pictures[:count]])
+    if codec == H264:
+        return _convert(arrays.transpose(0, 2, 3, 1), cv2.COLOR_YUV2BGR)
+    return arrays[..., :3]
 
 
 _BT601 = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # B, G, R weights of luma
 
 
 def luma(image: np.ndarray) -> np.ndarray:
-    """BT.601 luma of a BGR image, unrounded (the plane the PSNR bound is stated on)."""
+    """BT.601 luma of BGR pixels (any leading shape), unrounded: the plane the PSNR bound is stated on."""
     return image.astype(np.float32) @ _BT601
 
 
+def _db(mse: float) -> float:
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def psnr(original: np.ndarray, restored: np.ndarray) -> float:
-    """Luma PSNR in dB (inf when equal)."""
-    error = float(np.mean((luma(original) - luma(restored)) ** 2)) if original.size else 0.0
-    return float("inf") if error == 0 else 10 * np.log10(255.0**2 / error)
+    """Luma PSNR of one crop in dB (inf when equal)."""
+    return _db(float(np.mean((luma(original) - luma(restored)) ** 2)) if original.size else 0.0)
 
 
 def min_psnr(originals: Sequence[np.ndarray], restored: Sequence[np.ndarray]) -> float:
     return min(psnr(a, b) for a, b in zip(originals, restored))
+
+
+def _worst_psnr(original: np.ndarray, restored: np.ndarray, shapes: Sequence[tuple[int, int]]) -> float:
+    """The lowest luma PSNR over a clip's crops, from its ``(n, H, W)`` luma canvases."""
+    error = (original - restored) ** 2
+    return min(_db(float(e[:h, :w].mean())) for e, (h, w) in zip(error, shapes))
