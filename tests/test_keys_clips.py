@@ -161,3 +161,11 @@ def test_a_tampered_version_1_segment_is_still_caught(old_vault, capsys):
     path.write_bytes(bytes(data))
     assert main(["vault", "verify", "--vault", str(old_vault / "vault")]) == 1
     assert "00000001.pgv: contents altered" in capsys.readouterr().err
+
+
+def test_lossless_clips_of_large_crops_stay_exact(frames):
+    """FFV1 takes one slice only for small pictures; larger ones use its own slicing, still exact."""
+    crops = [frames[i][0:270, 0:330].copy() for i in range(3)]
+    codec, size, coded = ClipCoder("lossless").encode(crops)
+    assert (codec, size) == (FFV1, (330, 270))
+    assert all(np.array_equal(a, b) for a, b in zip(crops, decode(codec, size, coded, [(270, 330)] * 3)))
