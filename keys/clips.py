@@ -10,11 +10,12 @@ an investigator the bystanders next to the subject). Two modes, chosen by the po
 ``high``      H.264 (libx264) in 4:4:4, constant quantiser, tuned for PSNR. Each clip is
               decoded again after encoding and its per-frame luma PSNR against the crops
               checked: a clip below :data:`MIN_PSNR` is re-encoded at a finer quantiser (down to
-              0, which x264 codes losslessly), so the bound holds by construction, not by hope;
+              0, lossless in YCbCr: ~55 dB after the colour conversions), so the bound holds by
+              construction, not by hope;
               one that passes with several dB to spare is tried once more, coarser. The
               quantiser a track's last clip kept is where its next clip starts.
-``lossless``  FFV1 on BGR (with a constant fourth byte, ``bgra``): bit-exact, intra-only. Still
-              images always use it.
+``lossless``  FFV1 on BGR (with a constant fourth byte, ``bgra``): bit-exact; pictures are coded
+              on their own, only the coder's adapted states carry over. Still images always use it.
 
 A clip starts with a keyframe, so restoring a time range decodes only the clips that overlap it.
 
@@ -43,8 +44,8 @@ FFV1 = "ffv1-bgra"
 CODECS = (H264, FFV1)
 MODES = ("high", "lossless")
 
-#: luma PSNR (dB) every restored crop of a ``high`` clip reaches against the original; the
-#: issue's bound is 45 dB, and the check is made on the decoder's output, so there is no margin to add
+#: luma PSNR (dB) every restored crop of a ``high`` clip reaches against the original ("visually
+#: lossless"); the check is made on what the decoder gives back, so no margin needs adding
 MIN_PSNR = 45.0
 _FIRST_QP = 16  # measured on real face crops: the coarsest that passes is 11-23, median 15.5
 _QP_STEP = 2  # the least a failed try steps finer
