@@ -169,3 +169,18 @@ def test_lossless_clips_of_large_crops_stay_exact(frames):
     codec, size, coded = ClipCoder("lossless").encode(crops)
     assert (codec, size) == (FFV1, (330, 270))
     assert all(np.array_equal(a, b) for a, b in zip(crops, decode(codec, size, coded, [(270, 330)] * 3)))
+
+
+def test_high_clips_have_no_b_frames(frames):
+    """Decoding order is display order (the format says so), which also keeps B-frames, coded
+    coarser by x264 at a constant quantiser, from setting the clip's quantiser."""
+    crops = [frames[i][200:280, 300:360].copy() for i in range(20)]
+    codec, size, coded = ClipCoder("high").encode(crops)
+    context = av.CodecContext.create("h264", "r")
+    at, kinds = 4 + int.from_bytes(coded[:4], "big"), []
+    while at < len(coded):
+        length = int.from_bytes(coded[at : at + 4], "big")
+        kinds += [p.pict_type for p in context.decode(av.Packet(coded[at + 4 : at + 4 + length]))]
+        at += 4 + length
+    kinds += [p.pict_type for p in context.decode(None)]
+    assert len(kinds) == 20 and av.video.frame.PictureType.B not in kinds
