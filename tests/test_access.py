@@ -42,7 +42,9 @@ def world(tmp_path):
     gateway = Gateway(config, policies, announce=lambda line: None)
     gateway.access.store.grant("vera", ["lobby"])
     gateway.access.store.grant("pete", ["door"])
-    return gateway, people
+    yield gateway, people
+    for camera in gateway.runtime.cameras.values():  # never started, but its sealers hold locks and threads
+        camera.pipeline.step.close()
 
 
 async def client(gateway, peer="10.0.0.1"):
