@@ -134,20 +134,13 @@ def _canvases(crops: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
 def _encode(codec: str, canvases: np.ndarray, qp: int | None) -> bytes:
     count, height, width = canvases.shape[:3]
     if codec == H264:
-        context = av.CodecContext.create("libx264", "w")
-        context.pix_fmt = "yuv444p"
-        context.options = {**X264_OPTIONS, "qp": str(qp)}
-        context.gop_size = count  # one keyframe, at the start
+        context = _open_encoder("libx264", "yuv444p", {**X264_OPTIONS, "qp": str(qp)}, width, height, count)
         # the whole clip in one conversion, then planar: one array per picture
         pictures = _convert(canvases, cv2.COLOR_BGR2YUV).transpose(0, 3, 1, 2)
     else:
         context = _ffv1(width, height, count)
         pictures = np.zeros((count, height, width, 4), dtype=np.uint8)  # a constant fourth byte
         pictures[..., :3] = canvases
-    if not context.is_open:
-        context.width, context.height = width, height
-        context.time_base = Fraction(1, _FRAME_RATE)
-        context.open()
     parts = [struct.pack(">I", len(context.extradata or b"")), context.extradata or b""]
     for index, picture in enumerate(pictures):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=context.pix_fmt)
@@ -167,15 +160,17 @@ def _ffv1(width: int, height: int, count: int) -> av.CodecContext:
     """An open FFV1 encoder: one slice (one set of adapted states) where FFV1 accepts it, which it
     does for small pictures only (about 320x256); its own slicing above that."""
     try:
-        return _open_ffv1(width, height, count, {"slices": "1"})
+        return _open_encoder("ffv1", "bgra", {**_FFV1_OPTIONS, "slices": "1"}, width, height, count)
     except av.FFmpegError:
-        return _open_ffv1(width, height, count, {})
+        return _open_encoder("ffv1", "bgra", _FFV1_OPTIONS, width, height, count)
 
 
-def _open_ffv1(width: int, height: int, count: int, extra: dict[str, str]) -> av.CodecContext:
-    context = av.CodecContext.create("ffv1", "w")
-    context.pix_fmt = "bgra"
-    context.options = {**_FFV1_OPTIONS, **extra}
+def _open_encoder(name: str, pix_fmt: str, options: dict[str, str], width: int, height: int,
+                  count: int) -> av.CodecContext:
+    """An open encoder for a clip of ``count`` pictures, with one keyframe, at its start."""
+    context = av.CodecContext.create(name, "w")
+    context.pix_fmt = pix_fmt
+    context.options = options
     context.gop_size = count
     context.width, context.height = width, height
     context.time_base = Fraction(1, _FRAME_RATE)
@@ -257,10 +252,6 @@ def _db(mse: float) -> float:
 def psnr(original: np.ndarray, restored: np.ndarray) -> float:
     """Luma PSNR of one crop in dB (inf when equal)."""
     return _db(float(np.mean((luma(original) - luma(restored)) ** 2)) if original.size else 0.0)
-
-
-def min_psnr(originals: Sequence[np.ndarray], restored: Sequence[np.ndarray]) -> float:
-    return min(psnr(a, b) for a, b in zip(originals, restored))
 
 
 def _worst_psnr(original: np.ndarray, restored: np.ndarray, shapes: Sequence[tuple[int, int]]) -> float:

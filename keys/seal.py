@@ -92,6 +92,17 @@ IDLE_SECONDS = 0.5
 QUEUE_FRAMES = 64
 
 
+@dataclass(frozen=True)
+class _Terms:
+    """What the sealing thread seals under: the policy's grants, roster, version and coding."""
+
+    grants: dict[str, Grant]
+    identities: list[PublicIdentity]
+    version: int
+    sha256: str
+    coder: ClipCoder
+
+
 @dataclass
 class _Clip:
     placements: list[Placement]
@@ -143,9 +154,7 @@ class Sealer:
             raise
         # what the sealing thread seals under (the caller's fields above run ahead of it)
         self._sealing = self.ref = self._new_ref(0, 0)
-        self._sealing_grants, self._sealing_identities = grants, identities
-        self._sealing_version, self._sealing_sha256 = int(policy.get("version", 1)), self._policy_sha256
-        self._coder = coder
+        self._terms = _Terms(grants, identities, int(policy.get("version", 1)), self._policy_sha256, coder)
         self._writer: SegmentWriter | None = None
         self._started_us = 0
         self._clips: dict[tuple[str, int], _Clip] = {}
@@ -220,8 +229,8 @@ class Sealer:
         digest = self.store.store_policy(policy)
         self.grants, self.identities, self._policy_sha256 = grants, identities, digest
         self.ref = self._new_ref(first_frame, first_pts_us)
-        change = (grants, identities, int(policy.get("version", 1)), digest, coder)
-        self._queue.put(functools.partial(self._switch, self.ref, change, self._clock()))
+        terms = _Terms(grants, identities, int(policy.get("version", 1)), digest, coder)
+        self._queue.put(functools.partial(self._switch, self.ref, terms, self._clock()))
         return self.ref
 
     @property
@@ -268,7 +277,7 @@ class Sealer:
             self._open(pts_us, now)
         for key in [k for k, c in self._clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]:
             self._seal_clip(key)
-            self._coder.forget(key)
+            self._terms.coder.forget(key)
         for region in regions:
             key = (region.cls, region.track)
             clip = self._clips.get(key)
@@ -285,15 +294,16 @@ class Sealer:
     def _seal_clip(self, key: tuple[str, int]) -> None:
         assert self._writer is not None
         clip = self._clips.pop(key)
-        codec, size, coded = self._coder.encode(clip.crops, key)
+        codec, size, coded = self._terms.coder.encode(clip.crops, key)
         self._writer.add_clip(key[1], key[0], tuple(clip.placements), codec, size, coded)
         self.records += 1
 
     def _open(self, pts_us: int, now: str) -> None:
         number = self._last + 1
-        header = SegmentHeader(self.camera, number, self._sealing_version, self._sealing_sha256,
-                               self._sealing.recording, now, self._previous)
-        self._writer = self.store.open_segment(header, self._sealing_grants, self._sealing_identities, self._signer)
+        terms = self._terms
+        header = SegmentHeader(self.camera, number, terms.version, terms.sha256, self._sealing.recording, now,
+                               self._previous)
+        self._writer = self.store.open_segment(header, terms.grants, terms.identities, self._signer)
         self._started_us = pts_us
         if self.first_segment is None:
             self.first_segment = number
@@ -306,11 +316,9 @@ class Sealer:
         self._last = self._writer.header.segment
         self._writer = None
 
-    def _switch(self, ref: VaultRef, change: tuple | None, now: str) -> None:
+    def _switch(self, ref: VaultRef, terms: _Terms | None, now: str) -> None:
         self._finish_recording(True, now)
-        if change is not None:
-            (self._sealing_grants, self._sealing_identities, self._sealing_version, self._sealing_sha256,
-             self._coder) = change
+        self._terms = terms or self._terms
         self._sealing = ref
         self.first_segment, self.records, self.regions = None, 0, 0
 
@@ -322,7 +330,6 @@ class Sealer:
                 "camera": self.camera, "recording": self._sealing.recording,
                 "segments": [self.first_segment, self._last], "records": self.records, "regions": self.regions,
                 "head": self._previous, "output": "written" if complete else "failed"})
-
 
 
 def check_grants(grants: dict[str, Grant], identities: list[PublicIdentity]) -> None:

@@ -199,12 +199,12 @@ class Unmask:
         for record, at, wanted, segment in items:
             if not wanted:
                 continue
+            need = self._needs[id(record)]
             crops = self._opened.get(id(record))
             if crops is None:
-                crops = self._opened[id(record)] = self._open(record, segment, self._needs[id(record)][0])
+                crops = self._opened[id(record)] = self._open(record, segment, need[0])
             _paste(image, record.header.placements[at].box, crops[at], others)
             count += 1
-            need = self._needs[id(record)]
             need[1] -= 1
             if need[1] == 0:  # every selected frame of the clip is back: let its pictures go
                 del self._opened[id(record)]

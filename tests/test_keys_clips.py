@@ -104,7 +104,7 @@ def test_the_quantiser_falls_until_the_bound_holds_and_rises_when_there_is_room(
     noisy = [np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8) for i in range(5)]
     coder = ClipCoder("high", qp={("face", 1): 30})  # as if the track's last clip had been easy
     codec, size, coded = coder.encode(noisy, ("face", 1))
-    assert clips.min_psnr(noisy, decode(codec, size, coded, [(24, 24)] * 5)) >= MIN_PSNR
+    assert min(psnr(a, b) for a, b in zip(noisy, decode(codec, size, coded, [(24, 24)] * 5))) >= MIN_PSNR
     assert coder.qp[("face", 1)] < 30 and coder.encodes > 1  # noise needed finer quantisers, tried in turn
     flat = [np.full((24, 24, 3), 90, dtype=np.uint8)] * 5
     coder.encode(flat, ("face", 2))
