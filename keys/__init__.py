@@ -15,6 +15,7 @@ The modules, one concept each:
 - :mod:`.vault` segments: their byte layout, writer, reader and hash chain.
 - :mod:`.objects` the object-store seam (:class:`ObjectStore`) and :class:`LocalObjects`.
 - :mod:`.store` the vault (:class:`VaultStore`): what is kept where; no path leaves it.
+- :mod:`.cosigner` the online co-signer (OpenBao transit): :class:`CoSigner`, :func:`set_up`, people's access.
 - :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
 - :mod:`.seal` the :class:`Sealer` the redaction side holds (public keys only).
 - :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks` and :func:`tracks_at`.
@@ -23,10 +24,13 @@ The modules, one concept each:
 """
 
 from .audit import AuditLog
+from .cosigner import CoSigner, grant_access, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
 from .errors import (
     AuditError,
+    CoSignerRefused,
+    CoSignerUnavailable,
     DirectoryError,
     EscrowError,
     IdentityError,
@@ -53,6 +57,9 @@ __all__ = [
     "UNMASK_ROLES",
     "AuditError",
     "AuditLog",
+    "CoSigner",
+    "CoSignerRefused",
+    "CoSignerUnavailable",
     "DirectoryError",
     "EscrowError",
     "Grant",
@@ -82,8 +89,11 @@ __all__ = [
     "atomic_path",
     "check_camera",
     "check_grants",
+    "grant_access",
     "grants_of",
     "recording_tracks",
+    "revoke_access",
+    "set_up",
     "shred",
     "tracks_at",
     "verify_audit",

@@ -11,6 +11,10 @@ The tree, and what a caller does with each::
       VaultError              a segment, key file, policy or anchor missing, malformed or failing
       UnmaskError             an unmask refused or not completed
       ObjectMissing           an object store has no object of that name
+      CoSignerUnavailable     the co-signer (OpenBao) does not answer, is sealed or cannot audit:
+                              an availability problem, said plainly; try again once it is back
+      CoSignerRefused         the co-signer refused (not authorised, wrong track, no such key):
+                              deliberately the same words whatever the reason
       IntegrityError          a verification found damage (the command line exits 1 for it,
                               2 for every other EscrowError)
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 __all__ = [
     "AuditError",
+    "CoSignerRefused",
+    "CoSignerUnavailable",
     "DirectoryError",
     "EscrowError",
     "IdentityError",
@@ -65,6 +71,14 @@ class VaultError(EscrowError):
 
 class UnmaskError(EscrowError):
     """An unmask that is refused or cannot be completed; the message is safe to show."""
+
+
+class CoSignerUnavailable(EscrowError):
+    """OpenBao does not answer, is sealed, or cannot write its audit log; nothing was decided."""
+
+
+class CoSignerRefused(EscrowError):
+    """OpenBao refused a request; deliberately says nothing about why (its audit log does)."""
 
 
 class ObjectMissing(EscrowError):

@@ -15,6 +15,7 @@ edited file, or not an identity file at all.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ def _unb64(text: str) -> bytes:
 def canonical(obj: object) -> bytes:
     """The one byte encoding of a JSON value that signatures and associated data cover."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def fingerprint(public_key: bytes) -> str:
+    """The one fingerprint format of a raw public key: SHA-256, first 16 hex digits."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 def check_name(name: str) -> str:

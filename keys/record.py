@@ -1,23 +1,27 @@
 """Sealed records: the original pixels under redactions, encrypted and bound to where they belong.
 
 A record holds the originals of one track (one class, one track id) of one segment over one
-or more frames, encrypted with AES-256-GCM under a key specific to (camera, segment, track),
-derived with HKDF-SHA256 from the segment's random data key. The record's header is the
-associated data: it binds camera, segment, track, class, policy version, codec and every
-frame's index, media time and box, so a record cannot be swapped, moved, re-timed or
-replayed elsewhere. Opening the records of one track derives that track's key only: other
-tracks' keys are never computed.
+or more frames, encrypted with AES-256-GCM under a key specific to (camera, segment, class,
+track), derived with HKDF-SHA256 from two secrets: the segment's random data key (which the
+policy's quorum unwraps) and the track's random *share*, which only the co-signer (OpenBao,
+cosigner.py) can decrypt; the header carries the share as OpenBao encrypted it. The header
+is the associated data: it binds camera, segment, track, class, policy version, codec, the
+share and every frame's index, media time and box, so a record cannot be swapped, moved,
+re-timed or replayed elsewhere. Opening the records of one track derives that track's key
+only: other tracks' keys are never computed, and their shares never asked for.
 
-Two versions, told apart by their magic (see docs/vault-format.md):
+Three versions, told apart by their magic (see docs/vault-format.md):
 
-- **version 2** (``PGR2``, written today): a *clip*, the track's crops over a run of frames
-  coded as one small video (clips.py), so that a time range opens only the clips it overlaps;
+- **version 3** (``PGR3``, written today): a *clip*, the track's crops over a run of frames
+  coded as one small video (clips.py), so that a time range opens only the clips it
+  overlaps, under a key that needs the co-signer's share;
+- **version 2** (``PGR2``, read only): the same clips under a key from the data key alone;
 - **version 1** (``PGR1``, read only): one frame's crop as raw BGR bytes, as vaults written
   before clips hold them.
 
 Byte layout (all integers big-endian)::
 
-    magic  b"PGR2" (or b"PGR1")
+    magic  b"PGR3" (or b"PGR2", b"PGR1")
     u32    header length H
     H      header: canonical JSON (sorted keys, no spaces, ASCII)
     12     AES-GCM nonce
@@ -45,12 +49,13 @@ from .clips import CODECS, decode
 from .errors import RecordError
 from .identity import canonical
 
-MAGIC = b"PGR2"
-MAGIC_V1 = b"PGR1"
-VERSION = 2
+MAGIC = b"PGR3"
+VERSION = 3
 RAW = "raw-bgr24"  # the codec of every version-1 record
-_MAGICS = {1: MAGIC_V1, 2: MAGIC}
-_TRACK_INFO = b"privacy-gateway track key v1\x00"
+_MAGICS = {1: b"PGR1", 2: b"PGR2", 3: MAGIC}
+_TRACK_INFO = b"privacy-gateway track key v1\x00"  # versions 1 and 2: the data key alone
+_SHARED_TRACK_INFO = b"privacy-gateway track key v3\x00"  # version 3: data key and co-signer's share
+_MAX_SHARE = 1024  # characters of the co-signer's ciphertext of a share
 _MAX_HEADER = 1 << 20
 _MAX_PIXELS = 1 << 28
 _MAX_FRAMES = 1 << 14
@@ -79,6 +84,7 @@ class Header:
     codec: str  # clips.H264 or clips.FFV1; RAW in version 1
     size: tuple[int, int]  # width, height of the coded canvas (version 1: the box's)
     version: int = VERSION
+    share: str = ""  # version 3: the track's share, encrypted by the co-signer ("vault:v1:...")
 
     @functools.cached_property
     def encoded(self) -> bytes:
@@ -95,13 +101,13 @@ class Header:
         if self.version == 1:
             (only,) = self.placements
             return {**common, "frame": only.frame, "pts_us": only.pts_us, "box": list(only.box)}
-        return {**common, "size": list(self.size),
-                "frames": [[p.frame, p.pts_us, *p.box] for p in self.placements]}
+        clip = {**common, "size": list(self.size), "frames": [[p.frame, p.pts_us, *p.box] for p in self.placements]}
+        return clip if self.version == 2 else {**clip, "share": self.share}
 
     @classmethod
     def from_json(cls, data: dict) -> Header:
         version, codec = data.get("v"), data.get("codec")
-        if not ((version == 1 and codec == RAW) or (version == VERSION and codec in CODECS)):
+        if not ((version == 1 and codec == RAW) or (version in (2, VERSION) and codec in CODECS)):
             raise RecordError(f"unsupported record version {version!r} / codec {codec!r}")
         if version == 1:
             box = _box(data["box"])
@@ -117,8 +123,13 @@ class Header:
                 raise RecordError("clip frames out of order")
             if any(p.box[2] > size[0] or p.box[3] > size[1] for p in placements):
                 raise RecordError("a clip's box is larger than its canvas")
+        share = ""
+        if version == VERSION:
+            share = data["share"]
+            if not isinstance(share, str) or not 0 < len(share) <= _MAX_SHARE or not share.isascii():
+                raise RecordError("bad co-signer share")
         return cls(str(data["camera"]), int(data["segment"]), int(data["track"]), str(data["class"]),
-                   int(data["policy"]), placements, str(codec), size, int(version))  # type: ignore[arg-type]
+                   int(data["policy"]), placements, str(codec), size, int(version), share)  # type: ignore[arg-type]
 
 
 def _box(values) -> Box:
@@ -148,7 +159,7 @@ class Record:
         end = len(data) if end is None else end
         try:
             magic = bytes(data[offset : offset + 4])
-            if magic not in (MAGIC, MAGIC_V1):
+            if magic not in _MAGICS.values():
                 raise RecordError("not a sealed record (bad magic)")
             (hlen,) = struct.unpack_from(">I", data, offset + 4)
             if hlen > _MAX_HEADER:
@@ -176,9 +187,17 @@ class Record:
 
 
 def track_key(data_key: bytes, camera: str, segment: int, track: int) -> bytes:
-    """The AES-256 key of one (camera, segment, track)."""
+    """The AES-256 key of one (camera, segment, track) in versions 1 and 2 (read only)."""
     info = _TRACK_INFO + canonical({"camera": camera, "segment": segment, "track": track})
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key)
+
+
+def shared_track_key(data_key: bytes, share: bytes, camera: str, segment: int, cls: str, track: int) -> bytes:
+    """The AES-256 key of one (camera, segment, class, track) in version 3: both secrets go in."""
+    if len(data_key) != 32 or len(share) != 32:
+        raise RecordError("record does not open")
+    info = _SHARED_TRACK_INFO + canonical({"camera": camera, "segment": segment, "class": cls, "track": track})
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key + share)
 
 
 def seal(key: bytes, header: Header, plaintext: bytes, nonce: bytes | None = None) -> Record:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clips import ClipCoder
+from .cosigner import segment_key, share_context
 from .errors import VaultError
 from .identity import PublicIdentity, canonical
 from .record import Placement
@@ -143,9 +144,13 @@ class Sealer:
         self.store, self.camera, self.grants, self.identities = store, check_camera(camera), grants, identities
         self._signer, self._clock, self._forced = signer, clock, originals
         self._segment_us = None if segment_seconds is None else int(segment_seconds * 1e6)
+        if store.cosigner is None:
+            raise VaultError("sealing needs the co-signer (OpenBao): no address is configured for this vault")
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(store.camera_lock(camera))
         try:
+            store.cosigner.check()
+            store.grant_access(camera, grants, identities)
             self._policy_sha256 = store.store_policy(policy)
             self._recover()
             self._last, self._previous = self._chain_head()
@@ -158,6 +163,8 @@ class Sealer:
         self._writer: SegmentWriter | None = None
         self._started_us = 0
         self._clips: dict[tuple[str, int], _Clip] = {}
+        #: the current segment's track shares and the co-signer's ciphertexts of them
+        self._shares: dict[tuple[str, int], tuple[bytes, str]] = {}
         self.first_segment: int | None = None
         self.records = self.regions = 0  # records written and regions sealed, in the current recording
         #: frames refused because the sealing thread was behind; seconds of CPU it has used
@@ -226,6 +233,7 @@ class Sealer:
         identities = self.identities if identities is None else identities
         check_grants(grants, identities)
         coder = ClipCoder(self._forced or originals_mode(policy))
+        self.store.grant_access(self.camera, grants, identities)
         digest = self.store.store_policy(policy)
         self.grants, self.identities, self._policy_sha256 = grants, identities, digest
         self.ref = self._new_ref(first_frame, first_pts_us)
@@ -266,6 +274,9 @@ class Sealer:
                 job()
             except BaseException as exc:  # noqa: BLE001 (handed to the caller by its next call)
                 self._failure = exc
+                if self._writer is not None:  # its partial stays, for the next sealer to recover
+                    self._writer.abort()
+                    self._writer = None
             self.cpu_seconds += time.thread_time() - started
 
     # (``now``: the clock when the caller made the call, so that times do not depend on the thread's lag)
@@ -275,15 +286,18 @@ class Sealer:
             self._roll(now)
         if self._writer is None:
             self._open(pts_us, now)
-        for key in [k for k, c in self._clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]:
-            self._seal_clip(key)
+        idle = [k for k, c in self._clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]
+        self._seal_clips(idle)
+        for key in idle:
             self._terms.coder.forget(key)
+        full = {(r.cls, r.track) for r in regions if (clip := self._clips.get((r.cls, r.track))) is not None
+                and pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6}
+        self._seal_clips(sorted(full))
         for region in regions:
             key = (region.cls, region.track)
             clip = self._clips.get(key)
-            if clip is not None and (clip.placements[-1].frame >= frame
-                                     or pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6):
-                self._seal_clip(key)  # full, or a second region of the same track in one frame
+            if clip is not None and clip.placements[-1].frame >= frame:
+                self._seal_clips([key])  # a second region of the same track in one frame
                 clip = None
             if clip is None:
                 clip = self._clips[key] = _Clip([], [])
@@ -291,18 +305,29 @@ class Sealer:
             clip.crops.append(region.pixels)
         self.regions += len(regions)
 
-    def _seal_clip(self, key: tuple[str, int]) -> None:
+    def _seal_clips(self, keys: list[tuple[str, int]]) -> None:
+        """Code and seal these tracks' clips; shares for tracks new to the segment first, one
+        co-signer request per class."""
         assert self._writer is not None
-        clip = self._clips.pop(key)
-        codec, size, coded = self._terms.coder.encode(clip.crops, key)
-        self._writer.add_clip(key[1], key[0], tuple(clip.placements), codec, size, coded)
-        self.records += 1
+        header = self._writer.header
+        for cls in sorted({cls for cls, track in keys if (cls, track) not in self._shares}):
+            tracks = sorted({track for c, track in keys if c == cls and (c, track) not in self._shares})
+            shares = [os.urandom(32) for _ in tracks]
+            contexts = [share_context(self.camera, header.segment, cls, track) for track in tracks]
+            sealed = self.store.cosigner.seal_shares(segment_key(header.vault, self.camera, cls, header.segment),
+                                                     zip(contexts, shares, strict=True))
+            self._shares.update({(cls, t): (s, c) for t, s, c in zip(tracks, shares, sealed, strict=True)})
+        for key in keys:
+            clip = self._clips.pop(key)
+            codec, size, coded = self._terms.coder.encode(clip.crops, key)
+            self._writer.add_clip(key[1], key[0], tuple(clip.placements), codec, size, coded, self._shares[key])
+            self.records += 1
 
     def _open(self, pts_us: int, now: str) -> None:
         number = self._last + 1
         terms = self._terms
         header = SegmentHeader(self.camera, number, terms.version, terms.sha256, self._sealing.recording, now,
-                               self._previous)
+                               self._previous, vault=self.store.vault_id)
         self._writer = self.store.open_segment(header, terms.grants, terms.identities, self._signer)
         self._started_us = pts_us
         if self.first_segment is None:
@@ -310,8 +335,8 @@ class Sealer:
 
     def _roll(self, now: str) -> None:
         assert self._writer is not None
-        for key in list(self._clips):
-            self._seal_clip(key)
+        self._seal_clips(list(self._clips))
+        self._shares.clear()
         self._previous = self._writer.close(now)
         self._last = self._writer.header.segment
         self._writer = None

@@ -3,6 +3,8 @@
 Objects, in an :class:`~keys.objects.ObjectStore` (for a local vault, files under ``VAULT``)::
 
     vault.json                 the anchor: format, version and the gateway's public signing key
+    escrow.json                the vault's id and its co-signer (OpenBao address and transit
+                               mount), signed by the gateway; written when it first seals
     roster.json                a copy of the key directory's signed roster (who may sign the log)
     policies/<sha256>.json     every policy that sealed something, by digest of its canonical JSON
     segments/<camera>/<n>.pgv  finished segments: sealed records (keys/vault.py)
@@ -43,10 +45,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .audit import AuditLog
+from .cosigner import CoSigner, grant_access, key_prefix
 from .directory import KeyDirectory
 from .durable import remove_durably
-from .errors import ObjectMissing, VaultError
-from .identity import PublicIdentity, canonical
+from .errors import CoSignerRefused, ObjectMissing, VaultError
+from .identity import PublicIdentity, canonical, fingerprint
 from .objects import LocalObjects, ObjectStore
 from .vault import (
     Segment,
@@ -60,7 +63,7 @@ from .vault import (
     recover_partial,
     segment_name,
 )
-from .wrap import Grant, Wrap
+from .wrap import Grant, Wrap, recipients
 
 __all__ = ["GATEWAY_ACTOR", "VaultStore", "check_camera"]
 
@@ -104,6 +107,11 @@ class VaultStore:
         self.audit = audit
         self.gateway = gateway
         self.identities = identities
+        #: the vault's id and co-signer as escrow.json records them (empty before the first seal)
+        self.vault_id, self.escrow_address, self.escrow_mount = "", "", ""
+        #: the gateway's client of the co-signer (sealing only); whether it also maintains people's access
+        self.cosigner: CoSigner | None = None
+        self.manages_access = False
 
     @property
     def location(self) -> str:
@@ -113,14 +121,21 @@ class VaultStore:
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the gateway's raw public key, first 16 hex digits: for out-of-band checks."""
-        return hashlib.sha256(self.gateway.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+        return fingerprint(self.gateway.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     # --- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def for_sealing(cls, root: Path, directory: KeyDirectory) -> VaultStore:
-        """Open (or create) the local vault at ``root`` for the gateway of ``directory``; refreshes the roster copy."""
+    def for_sealing(cls, root: Path, directory: KeyDirectory, cosigner: CoSigner | None = None, *,
+                    manages_access: bool = False) -> VaultStore:
+        """Open (or create) the local vault at ``root`` for the gateway of ``directory``; refreshes the roster copy.
+
+        ``cosigner``: the gateway's client of the vault's co-signer (sealing refuses without
+        one); ``manages_access``: its token also keeps people's OpenBao access in step with the
+        policies (the embedded default; see docs/escrow.md)."""
         root = Path(root)
+        if cosigner is not None:
+            cosigner.check()  # before the vault's directory is made
         if not (root / "vault.json").exists():
             if root.exists() and not root.is_dir():
                 raise VaultError(f"{root}: not a directory")
@@ -128,7 +143,7 @@ class VaultStore:
             if any(p.name != "audit.log" for p in root.iterdir()):
                 raise VaultError(f"{root}: not empty and not a vault (no vault.json); refusing to use it")
         return cls.from_objects(LocalObjects(root), root / "segments", AuditLog(root / "audit.log"), directory,
-                                create=True)
+                                create=True, cosigner=cosigner, manages_access=manages_access)
 
     @classmethod
     def open(cls, root: Path, directory: KeyDirectory | None = None) -> VaultStore:
@@ -138,7 +153,8 @@ class VaultStore:
 
     @classmethod
     def from_objects(cls, objects: ObjectStore, scratch: Path, audit: AuditLog, directory: KeyDirectory | None = None,
-                     *, create: bool = False) -> VaultStore:
+                     *, create: bool = False, cosigner: CoSigner | None = None,
+                     manages_access: bool = False) -> VaultStore:
         """The vault in ``objects``, sealing through ``scratch`` (a local directory) and logging to ``audit``.
 
         ``create``: as :meth:`for_sealing` (``directory`` required): write the anchor into an
@@ -147,6 +163,8 @@ class VaultStore:
         if create:
             if directory is None:
                 raise ValueError("sealing needs the key directory")
+            if cosigner is not None:
+                cosigner.check()  # an unreachable co-signer is said plainly, before anything is written
             if not objects.exists("vault.json"):
                 # a local vault keeps audit.log beside its objects; anything else means not ours
                 if any(name != "audit.log" for name in objects.list()):
@@ -179,7 +197,65 @@ class VaultStore:
                 current = None
             if current is None or current["roster"]["serial"] < directory.serial:
                 objects.put("roster.json", directory.signed_roster())
+            if cosigner is not None:
+                store._bind_cosigner(directory, cosigner, manages_access)
+        store._read_escrow()
         return store
+
+    # --- the co-signer ----------------------------------------------------------------------------
+
+    def _read_escrow(self) -> None:
+        try:
+            document = json.loads(self._objects.get("escrow.json"))
+            self.gateway.verify(bytes.fromhex(document["signature"]), canonical(document["escrow"]))
+            escrow = document["escrow"]
+            vault, address, mount = str(escrow["vault"]), str(escrow["address"]), str(escrow["mount"])
+        except ObjectMissing:
+            return
+        except (InvalidSignature, OSError, ValueError, KeyError, TypeError):
+            raise VaultError(f"{self._objects}/escrow.json: fails its signature check (edited?)") from None
+        if not re.fullmatch(r"[0-9a-f]{16}", vault):
+            raise VaultError(f"{self._objects}/escrow.json: malformed vault id")
+        self.vault_id, self.escrow_address, self.escrow_mount = vault, address, mount
+
+    def _bind_cosigner(self, directory: KeyDirectory, cosigner: CoSigner, manages_access: bool) -> None:
+        """Record the co-signer in escrow.json (new vault id on the first seal); refuse another one."""
+        self._read_escrow()
+        if self.vault_id and (self.escrow_address, self.escrow_mount) != (cosigner.address, cosigner.mount):
+            raise VaultError(f"this vault's co-signer is {self.escrow_address} (mount {self.escrow_mount}), "
+                             f"not {cosigner.address} (mount {cosigner.mount}): its keys are there")
+        if not self.vault_id:
+            escrow = {"vault": os.urandom(8).hex(), "address": cosigner.address, "mount": cosigner.mount}
+            document = {"escrow": escrow, "signature": directory.signer.sign(canonical(escrow)).hex()}
+            self._objects.put("escrow.json", (json.dumps(document, indent=2) + "\n").encode())
+            self._read_escrow()
+        self.cosigner, self.manages_access = cosigner, manages_access
+
+    def unmask_cosigner(self, address: str | None = None, ca: Path | None = None) -> CoSigner:
+        """A client (no token) of this vault's co-signer, or of ``address`` when one overrides it."""
+        if not self.vault_id:
+            raise VaultError(f"{self.location}: no co-signer recorded (escrow.json is missing)")
+        return CoSigner(address or self.escrow_address, mount=self.escrow_mount, ca=ca)
+
+    def grant_access(self, camera: str, grants: dict[str, Grant], identities: list[PublicIdentity],
+                     admin: CoSigner | None = None) -> None:
+        """Let exactly the identities ``grants`` name decrypt this camera's shares per class, and
+        nobody else: through ``admin`` (an officer's client), else only when this gateway
+        maintains access."""
+        if admin is None:
+            if self.cosigner is None or not self.manages_access:
+                return
+            admin = self.cosigner
+        # this camera's prefixes are replaced, the other cameras' kept (one ACL policy per identity)
+        mine = {key_prefix(self.vault_id, camera, cls) for cls in ("face", "plate")}
+        for identity in identities:
+            wanted = {key_prefix(self.vault_id, camera, cls) for cls, grant in grants.items()
+                      if identity in recipients(grant, identities)}
+            try:
+                grant_access(admin, identity, wanted, keep=lambda prefix: prefix not in mine)
+            except CoSignerRefused:
+                raise VaultError("the gateway's co-signer token may not maintain people's access "
+                                 "(docs/escrow.md: who keeps access in a production layout)") from None
 
     # --- cameras and their segments -------------------------------------------------------------
 

@@ -7,8 +7,11 @@ The steps, in this order, and nothing is decrypted before the fourth:
 2. records are selected by class, track and time from their headers (plaintext; no key);
 3. the holders are checked against the key files' recipient lists: some wrap of every
    needed class must name only holders (not a recipient, or quorum incomplete: refused);
-4. :meth:`Unmask.authorize` appends the signed request to the audit log (every holder
-   signs it); only then are data keys unwrapped, and only the selected tracks' keys derived.
+4. :meth:`Unmask.authorize` checks that the co-signer (OpenBao) answers and logs the
+   requester in with their identity key, then appends the signed request to the audit log
+   (every holder signs it); only then are data keys unwrapped and, one request per track and
+   segment, the selected tracks' shares asked of the co-signer, which decides by its own
+   policies and logs each request before answering. Only the selected tracks' keys are derived.
 
 A restored region never reveals a region that was not selected: where a selected box
 overlaps an unselected one, the overlap stays as redacted. A record (a clip of one track) is
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
-from .errors import AuditError, RecordError, UnmaskError, UnwrapError, VaultError
+from .cosigner import CoSigner, segment_key, share_context
+from .errors import AuditError, CoSignerRefused, RecordError, UnmaskError, UnwrapError, VaultError
 from .identity import PrivateIdentity, canonical
-from .record import Header, Placement, Record, open_record, track_key
+from .record import Header, Placement, Record, open_record, shared_track_key, track_key
 from .seal import VaultRef
 from .store import VaultStore
 from .vault import Segment, key_context, segment_name
@@ -58,7 +63,9 @@ class Selection:
 class Unmask:
     """One unmask of one recording by a set of holders; see the module docstring for the steps."""
 
-    def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity]) -> None:
+    def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity],
+                 cosigner: CoSigner | None = None) -> None:
+        """``cosigner``: the co-signer to ask for shares (default: the one the vault records)."""
         if not holders:
             raise UnmaskError("no identity given")
         self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
@@ -74,6 +81,8 @@ class Unmask:
         self.selected = 0
         self.tracks: set[tuple[str, int]] = set()
         needed: set[tuple[int, str]] = set()
+        #: per selected (segment, class, track) of version 3: where to find its share's ciphertext
+        self._sealed_shares: dict[tuple[int, str, int], tuple[Segment, Header]] = {}
         for segment in segments:
             for record in segment.records:
                 header = record.header
@@ -86,16 +95,27 @@ class Unmask:
                         self.selected += 1
                         self.tracks.add((header.cls, header.track))
                         needed.add((segment.number, header.cls))
+                        if header.version >= 3:
+                            self._sealed_shares[(segment.number, header.cls, header.track)] = (segment, header)
         by_number = {s.number: s for s in segments}
         self._wraps: dict[tuple[int, str], list[Wrap]] = {}
         names = {h.public.name for h in holders}
+        #: who asks the co-signer for a class's shares: a holder some openable wrap names
+        self._askers: dict[str, PrivateIdentity] = {}
         for number, cls in sorted(needed):
             segment = by_number[number]
             wraps = self._read_wraps(segment, log).get(cls, [])
-            if not any(set(w.names) <= names for w in wraps):
+            usable = [w for w in wraps if set(w.names) <= names]
+            if not usable:
                 raise UnmaskError(f"{', '.join(sorted(names))} may not unmask {cls} regions of this recording "
                                   "(not a recipient, or the quorum is incomplete)")
             self._wraps[(number, cls)] = wraps
+            if segment.header.version >= 3:
+                self._askers.setdefault(cls, next(h for h in holders if h.public.name in usable[0].names))
+        self._cosigner = cosigner if cosigner is not None or not self._askers else store.unmask_cosigner()
+        self._tokens: dict[str, str] = {}
+        self._shares: dict[tuple[int, str, int], bytes] = {}
+        self.shares_asked = 0  # share decrypt requests made (one per selected track and segment)
         self._authorized = False
         self._data_keys: dict[tuple[int, str], bytes] = {}
         self._track_keys: dict[tuple[int, str, int], bytes] = {}
@@ -168,6 +188,13 @@ class Unmask:
             raise UnmaskError("a case id and a reason are required")
         if not watermark and self.watermark_required:
             raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
+        if self._cosigner is not None:  # availability first: nothing is logged as granted that cannot run
+            self._cosigner.check()
+            try:
+                self._tokens = {cls: self._cosigner.login(h) for cls, h in self._askers.items()}
+            except CoSignerRefused:
+                self._refused(case, reason, "the co-signer refused the login of " +
+                              ", ".join(sorted({h.public.name for h in self._askers.values()})))
         details = self.request(case, reason, output, watermark)
         details["approvals"] = {h.public.name: h.signing.sign(canonical(self.request(case, reason, output, watermark))).hex()
                                 for h in self.holders}
@@ -176,8 +203,19 @@ class Unmask:
             entry = self.store.audit.append(first.public.name, first.signing, "unmask", details)
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused") from None
+        # every share now, before any pixel: an outage or refusal stops the unmask before it writes anything
+        for (number, cls, track), (segment, header) in sorted(self._sealed_shares.items(), key=lambda kv: kv[0]):
+            self._shares[(number, cls, track)] = self._share(segment, header, case, reason)
         self._authorized = True
         return entry
+
+    def _refused(self, case: str, reason: str, why: str) -> NoReturn:
+        """Audit a refusal with its reason, then give the caller one opaque refusal."""
+        first = self.holders[0]
+        details = {"camera": self.ref.camera, "recording": self.ref.recording, "case": case, "reason": reason,
+                   "identities": sorted(h.public.name for h in self.holders), "refused": why}
+        self.store.audit.append(first.public.name, first.signing, "unmask-refused", details)
+        raise UnmaskError("unmask refused")
 
     def restore(self, index: int, time_s: float, image: np.ndarray, tolerance_us: int) -> int:
         """Restore the selected regions of the output's frame ``index`` in place; returns how many."""
@@ -228,12 +266,30 @@ class Unmask:
                 except UnwrapError:
                     raise UnmaskError("cannot unmask: the identities given do not open this recording's keys") from None
                 self._data_keys[(segment.number, header.cls)] = data_key
-            key = track_key(data_key, header.camera, segment.number, header.track)
+            if header.version < 3:
+                key = track_key(data_key, header.camera, segment.number, header.track)
+            else:
+                key = shared_track_key(data_key, self._shares[(segment.number, header.cls, header.track)],
+                                       header.camera, segment.number, header.cls, header.track)
             self._track_keys[(segment.number, header.cls, header.track)] = key
         try:
             return open_record(key, record, count)
         except RecordError:
             raise UnmaskError("a sealed record does not open (vault damaged?)") from None
+
+
+    def _share(self, segment: Segment, header: Header, case: str, reason: str) -> bytes:
+        """One track's share in one segment, from the co-signer: one request, naming that track."""
+        assert self._cosigner is not None
+        key = segment_key(segment.header.vault, header.camera, header.cls, segment.number)
+        self.shares_asked += 1
+        try:
+            return self._cosigner.open_share(self._tokens[header.cls], key,
+                                             share_context(header.camera, segment.number, header.cls, header.track),
+                                             header.share)
+        except CoSignerRefused:
+            self._refused(case, reason, f"the co-signer refused the share of {header.cls} track {header.track} "
+                                        f"in segment {segment.number}")
 
 
 #: a track's records further apart than this (seconds) are two time ranges of it: it was lost

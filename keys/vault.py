@@ -2,8 +2,8 @@
 
 Two objects per segment (named, and kept, by :mod:`keys.store`)::
 
-    <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header (``"v": 2``; segments
-               of format version 1 are still read), the records, then a
+    <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header (``"v": 3``, with the
+               vault's id; segments of format versions 1 and 2 are still read), the records, then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
                file, end time), u32 summary length, and the gateway's 64-byte Ed25519
@@ -40,12 +40,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .durable import make_dirs
 from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
-from .record import Header, Placement, Record, seal, track_key
+from .record import Header, Placement, Record, seal, shared_track_key
 from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
 TRAILER_MAGIC = b"PGVT"
-VERSION = 2  # written; version 1 segments (raw records, PGR1) are read
+VERSION = 3  # written; versions 1 (raw records, PGR1) and 2 (clips without a co-signer share, PGR2) are read
 GENESIS = "0" * 64
 
 __all__ = ["GENESIS", "Segment", "SegmentHeader", "SegmentWriter", "check_chain", "key_context", "keys_name",
@@ -72,18 +72,21 @@ class SegmentHeader:
     started: str  # UTC ISO 8601 time the segment was opened
     previous: str = GENESIS  # digest of the camera's previous segment
     version: int = VERSION  # its records' version too
+    vault: str = ""  # version 3: the id of the vault it was sealed into (a chain cannot move to another)
 
     def to_json(self) -> dict:
-        return {"v": self.version, "camera": self.camera, "segment": self.segment, "policy": self.policy,
+        data = {"v": self.version, "camera": self.camera, "segment": self.segment, "policy": self.policy,
                 "policy_sha256": self.policy_sha256, "recording": self.recording, "started": self.started,
                 "previous": self.previous}
+        return data if self.version < 3 else {**data, "vault": self.vault}
 
     @classmethod
     def from_json(cls, data: dict) -> SegmentHeader:
-        if data.get("v") not in (1, VERSION):
+        if data.get("v") not in (1, 2, VERSION):
             raise ValueError(f"unsupported segment version {data.get('v')!r}")
+        vault = str(data["vault"]) if data["v"] == VERSION else ""
         return cls(str(data["camera"]), int(data["segment"]), int(data["policy"]), str(data["policy_sha256"]),
-                   str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]))
+                   str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]), vault)
 
 
 class SegmentWriter:
@@ -138,15 +141,19 @@ class SegmentWriter:
         self._hash.update(data)
 
     def add_clip(self, track: int, cls: str, placements: tuple[Placement, ...], codec: str, size: tuple[int, int],
-                 coded: bytes) -> None:
-        """Seal one clip of one track: its placements (frame, time, box each) and its coded crops."""
+                 coded: bytes, share: tuple[bytes, str]) -> None:
+        """Seal one clip of one track: its placements (frame, time, box each) and its coded crops.
+
+        ``share``: the track's share in this segment and the co-signer's ciphertext of it (the
+        same for every clip of the track in the segment)."""
         if cls not in self._data_keys:
             raise ValueError(f"no grant for class {cls!r} in this segment's policy")
         key = self._track_keys.get((cls, track))
         if key is None:
-            key = self._track_keys[(cls, track)] = track_key(self._data_keys[cls], self.header.camera,
-                                                             self.header.segment, track)
-        header = Header(self.header.camera, self.header.segment, track, cls, self.header.policy, placements, codec, size)
+            key = self._track_keys[(cls, track)] = shared_track_key(self._data_keys[cls], share[0], self.header.camera,
+                                                                    self.header.segment, cls, track)
+        header = Header(self.header.camera, self.header.segment, track, cls, self.header.policy, placements, codec, size,
+                        share=share[1])
         self._write(seal(key, header, coded).to_bytes())
         self._count += 1
 

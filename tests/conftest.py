@@ -31,3 +31,87 @@ def faces_only(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("policies") / "faces.yaml"
     path.write_text("classes:\n  plate:\n    enabled: false\n")
     return path
+
+
+class OpenBaoDev:
+    """A real OpenBao server (dev mode: in memory, unsealed, root token known) set up as the gateway's
+    co-signer, shared by the session; each vault names its own transit keys, so tests do not meet."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+        import subprocess
+        import time
+
+        import httpx
+
+        from gateway.openbao import find_binary
+        from keys.cosigner import CoSigner, set_up
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address, self.root = f"http://127.0.0.1:{port}", "test-root"
+        #: OpenBao's own audit log: what it was asked, one JSON object per line, written before it answers
+        self.audit_log = directory / "audit.log"
+        (directory / "audit.hcl").write_text(
+            f'audit "file" "pg" {{\n  options {{\n    file_path = "{self.audit_log}"\n  }}\n}}\n')
+        self._log = open(directory / "bao.log", "wb")  # noqa: SIM115 (closed in stop)
+        self._process = subprocess.Popen(
+            [str(find_binary()), "server", "-dev", f"-dev-root-token-id={self.root}",
+             f"-dev-listen-address=127.0.0.1:{port}", f"-config={directory / 'audit.hcl'}"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.address}/v1/sys/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"bao dev server did not start: {(directory / 'bao.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        self.gateway_token = set_up(CoSigner(self.address, self.root), embedded=True)
+        self.token_file = directory / "gateway-token"
+        self.token_file.write_text(self.gateway_token + "\n")
+
+    def decrypts(self) -> list[dict]:
+        """The transit decrypt requests OpenBao has logged so far (with their context in clear)."""
+        import json
+
+        entries = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        return [e["request"] for e in entries
+                if e.get("type") == "request" and "/decrypt/" in e.get("request", {}).get("path", "")]
+
+    def config(self) -> dict:
+        """The ``escrow`` section of a gateway configuration that uses this server."""
+        return {"address": self.address, "token_file": str(self.token_file), "manage_access": True}
+
+    def cosigner(self):
+        """The gateway's client: seals and maintains people's access, never decrypts."""
+        from keys.cosigner import CoSigner
+
+        return CoSigner(self.address, self.gateway_token)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory):
+    server = OpenBaoDev(tmp_path_factory.mktemp("openbao"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sealing_store(openbao):
+    """``sealing_store(root, directory)``: a vault opened for sealing with the session's co-signer."""
+    from keys import VaultStore
+
+    def make(root: Path, directory):
+        return VaultStore.for_sealing(root, directory, openbao.cosigner(), manages_access=True)
+
+    return make

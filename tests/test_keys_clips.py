@@ -36,11 +36,11 @@ def moving_boxes(index: int, height: int, width: int) -> dict[int, tuple[int, in
     return {1: (200, 150, grow, grow + 7), 2: (400, 100, shrink, shrink // 2 + 5), 3: (*border, side, side)}
 
 
-def seal_frames(tmp_path, frames, mode: str):
+def seal_frames(tmp_path, frames, mode: str, sealing_store):
     directory = KeyDirectory.init(tmp_path / "keys")
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
     directory.add(ivan.public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     height, width = frames[0].shape[:2]
     with Sealer(store, directory.signer, "walkway", {"version": 1, "storage": {"originals": mode}},
                 {"face": Grant(("investigator",))}, directory.identities) as sealer:
@@ -52,8 +52,8 @@ def seal_frames(tmp_path, frames, mode: str):
 
 
 @pytest.mark.parametrize("mode", ["high", "lossless"])
-def test_restored_regions_meet_the_mode_bound_on_a_real_clip(tmp_path, frames, mode):
-    store, sealer, ivan = seal_frames(tmp_path, frames, mode)
+def test_restored_regions_meet_the_mode_bound_on_a_real_clip(tmp_path, frames, mode, sealing_store):
+    store, sealer, ivan = seal_frames(tmp_path, frames, mode, sealing_store)
     segment, = store.verify_chain("walkway")
     codecs = {r.header.codec for r in segment.records}
     assert codecs == {H264 if mode == "high" else FFV1}
@@ -75,8 +75,8 @@ def test_restored_regions_meet_the_mode_bound_on_a_real_clip(tmp_path, frames, m
     assert job.unused == 0
 
 
-def test_a_time_range_opens_only_the_clips_it_overlaps(tmp_path, frames, monkeypatch):
-    store, sealer, ivan = seal_frames(tmp_path, frames[:30], "high")
+def test_a_time_range_opens_only_the_clips_it_overlaps(tmp_path, frames, monkeypatch, sealing_store):
+    store, sealer, ivan = seal_frames(tmp_path, frames[:30], "high", sealing_store)
     decoded = []
     real = clips.decode
     monkeypatch.setattr("keys.record.decode", lambda *a, **k: decoded.append(a[4] if len(a) > 4 else k.get("count"))
@@ -111,10 +111,10 @@ def test_the_quantiser_falls_until_the_bound_holds_and_rises_when_there_is_room(
     assert coder.qp[("face", 2)] > clips._FIRST_QP  # a flat clip leaves room: the next one starts coarser
 
 
-def test_unknown_originals_mode_is_refused(tmp_path):
+def test_unknown_originals_mode_is_refused(tmp_path, sealing_store):
     directory = KeyDirectory.init(tmp_path / "keys")
     directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     with pytest.raises(ValueError, match="storage.originals must be one of high, lossless"):
         Sealer(store, directory.signer, "cam", {"storage": {"originals": "tiny"}}, {"face": Grant(("investigator",))},
                directory.identities)

@@ -143,7 +143,7 @@ def test_the_default_put_file_is_put(tmp_path):
     assert memory.get("a/b") == b"data" and memory.list("a/") == ["a/b"]
 
 
-def test_a_whole_vault_on_another_object_store(tmp_path):
+def test_a_whole_vault_on_another_object_store(tmp_path, openbao):
     """Seal, verify, list, unmask and shred with the objects in memory: nothing needs a vault path."""
     import datetime as dt
 
@@ -156,7 +156,8 @@ def test_a_whole_vault_on_another_object_store(tmp_path):
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
     directory.add(ivan.public)
     memory, scratch = MemoryObjects(), tmp_path / "scratch"
-    store = VaultStore.from_objects(memory, scratch, AuditLog(tmp_path / "audit.log"), directory, create=True)
+    store = VaultStore.from_objects(memory, scratch, AuditLog(tmp_path / "audit.log"), directory, create=True,
+                                    cosigner=openbao.cosigner(), manages_access=True)
     pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
     lossless = {"version": 1, "storage": {"originals": "lossless"}}  # restored bit-exact below
     with Sealer(store, directory.signer, "lobby", lossless, {"face": Grant(("investigator",))},
@@ -164,7 +165,7 @@ def test_a_whole_vault_on_another_object_store(tmp_path):
         for frame in range(15):
             sealer.add(frame, frame * 100_000, [Sealed(3, "face", (1, 1, 4, 4), pixels)])
     assert sorted(memory.objects) == sorted([
-        "vault.json", "roster.json", f"policies/{sealer.policy_sha256}.json",
+        "vault.json", "roster.json", "escrow.json", f"policies/{sealer.policy_sha256}.json",
         "segments/lobby/00000001.pgv", "segments/lobby/00000002.pgv", "keys/lobby/00000001.keys",
         "keys/lobby/00000002.keys"])
     assert [p.name for p in (scratch / "lobby").iterdir()] == [".lock"]  # partials were put, then removed

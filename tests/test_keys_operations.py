@@ -26,7 +26,6 @@ from keys import (
     UnmaskError,
     VaultError,
     VaultRef,
-    VaultStore,
     recording_tracks,
     shred,
     verify_audit,
@@ -46,12 +45,12 @@ class World:
     """A key directory with one investigator and a vault: camera ``lobby`` sealed in three
     segments of 1 s (ending on 2, 3 and 4 January), camera ``door`` in one."""
 
-    def __init__(self, root, policy=None):
+    def __init__(self, root, sealing_store, policy=None):
         self.root = root
         self.directory = KeyDirectory.init(root / "keys")
         self.ivan = PrivateIdentity.generate("ivan", ["investigator"])
         self.directory.add(self.ivan.public)
-        self.store = VaultStore.for_sealing(root / "vault", self.directory)
+        self.store = sealing_store(root / "vault", self.directory)
         self.policy = policy or {"version": 1}
         self.now = [day(1)]
         with self.sealer("lobby") as sealer:
@@ -74,8 +73,8 @@ class World:
 
 
 @pytest.fixture()
-def world(tmp_path):
-    return World(tmp_path)
+def world(tmp_path, sealing_store):
+    return World(tmp_path, sealing_store)
 
 
 def actions(world):
@@ -138,9 +137,9 @@ def test_tampered_audit_log(world):
         assert isinstance(caught.value, EscrowError)
 
 
-def test_verify_audit_without_a_log_and_verify_vault_without_one(tmp_path):
+def test_verify_audit_without_a_log_and_verify_vault_without_one(tmp_path, sealing_store):
     directory = KeyDirectory.init(tmp_path / "keys")
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     assert not store.audit.exists()
     with pytest.raises(IntegrityError, match="cannot read the audit log"):
         verify_audit(store)
@@ -204,8 +203,8 @@ def test_unmask_of_a_shredded_segment_names_the_shred_entry(world):
     assert Unmask(world.store, world.lobby, Selection(tracks=frozenset({2})), [world.ivan]).selected == 10
 
 
-def test_shred_expired_uses_each_policys_retention(tmp_path):
-    world = World(tmp_path, policy={"version": 1, "retention_days": 1})
+def test_shred_expired_uses_each_policys_retention(tmp_path, sealing_store):
+    world = World(tmp_path, sealing_store, policy={"version": 1, "retention_days": 1})
     now = dt.datetime(2026, 1, 4, 12, tzinfo=UTC)  # lobby's segments ended on 2, 3 and 4 January, door's on the 4th
     result = shred(world.store, world.directory.signer, expired=True, now=now)
     assert result.segments == [("lobby", 1), ("lobby", 2)]

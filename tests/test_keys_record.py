@@ -1,4 +1,4 @@
-"""Sealed records: byte-exact round trips, binding, known-answer vectors for both versions."""
+"""Sealed records: byte-exact round trips, binding, known-answer vectors for every version."""
 
 import dataclasses
 import hashlib
@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from keys.clips import FFV1, H264, ClipCoder
-from keys.record import RAW, Header, Placement, Record, RecordError, open_record, seal, track_key
+from keys.record import RAW, Header, Placement, Record, RecordError, open_record, seal, shared_track_key, track_key
 
 DATA_KEY = bytes(range(32))
 PLACEMENTS = (Placement(120, 4_800_000, (10, 20, 4, 3)), Placement(121, 4_840_000, (11, 20, 5, 3)))
-#: a clip of track 3: two frames whose boxes differ, coded on a 16x16 canvas
-HEADER = Header("lobby", 7, 3, "face", 2, PLACEMENTS, FFV1, (16, 16))
+SHARE = bytes(range(32, 64))  # the track's share, as the co-signer gives it back
+#: a clip of track 3: two frames whose boxes differ, coded on a 16x16 canvas; the share as OpenBao encrypted it
+HEADER = Header("lobby", 7, 3, "face", 2, PLACEMENTS, FFV1, (16, 16), share="vault:v1:c2hhcmU=")
+#: version 2, clips before the co-signer: no share
+HEADER_V2 = dataclasses.replace(HEADER, version=2, share="")
 #: version 1, as vaults written before clips hold it: one frame, raw BGR
 HEADER_V1 = Header("lobby", 7, 3, "face", 2, (Placement(120, 4_800_000, (10, 20, 4, 3)),), RAW, (4, 3), version=1)
 
@@ -31,7 +34,7 @@ def coded(seed=0) -> bytes:
 
 
 def test_round_trip_is_byte_exact_and_lossless():
-    key = track_key(DATA_KEY, "lobby", 7, 3)
+    key = shared_track_key(DATA_KEY, SHARE, "lobby", 7, "face", 3)
     record = seal(key, HEADER, coded())
     data = record.to_bytes()
     parsed, used = Record.from_bytes(data + b"next record")
@@ -71,6 +74,19 @@ def test_track_key_is_hkdf_sha256_over_the_documented_info():
     assert track_key(DATA_KEY, "lobby", 7, 3).hex() == KNOWN_TRACK_KEY
 
 
+def test_version_3_track_key_needs_both_secrets():
+    info = b'privacy-gateway track key v3\x00{"camera":"lobby","class":"face","segment":7,"track":3}'
+    key = shared_track_key(DATA_KEY, SHARE, "lobby", 7, "face", 3)
+    assert key == _hkdf_sha256(DATA_KEY + SHARE, info)
+    assert key.hex() == KNOWN_SHARED_TRACK_KEY
+    record = seal(key, HEADER, coded())
+    for data_key, share in ((DATA_KEY, os.urandom(32)), (os.urandom(32), SHARE)):  # either one alone opens nothing
+        with pytest.raises(RecordError, match="^record does not open$"):
+            open_record(shared_track_key(data_key, share, "lobby", 7, "face", 3), record)
+    with pytest.raises(RecordError):
+        shared_track_key(DATA_KEY, SHARE[:16], "lobby", 7, "face", 3)
+
+
 def _header_bytes(data: bytes) -> bytes:
     return data[8 : 8 + int.from_bytes(data[4:8], "big")]
 
@@ -91,18 +107,34 @@ def test_known_answer_version_1():
 def test_known_answer_version_2():
     """Fixed key, nonce and coded bytes: the bytes of a clip record must never change for version 2."""
     key = track_key(DATA_KEY, "lobby", 7, 3)
-    data = seal(key, dataclasses.replace(HEADER, codec=H264), bytes(range(200)), nonce=b"\x00" * 12).to_bytes()
+    data = seal(key, dataclasses.replace(HEADER_V2, codec=H264), bytes(range(200)), nonce=b"\x00" * 12).to_bytes()
     assert data[:4] == b"PGR2"
     assert _header_bytes(data) == (
         b'{"camera":"lobby","class":"face","codec":"h264-yuv444p","frames":[[120,4800000,10,20,4,3],'
         b'[121,4840000,11,20,5,3]],"policy":2,"segment":7,"size":[16,16],"track":3,"v":2}'
     )
     assert hashlib.sha256(data).hexdigest() == KNOWN_SHA256_V2
+    assert Record.from_bytes(data)[0].header == dataclasses.replace(HEADER_V2, codec=H264)
+
+
+def test_known_answer_version_3():
+    """Fixed keys, nonce and coded bytes: the bytes of a clip record with its co-signer share."""
+    key = shared_track_key(DATA_KEY, SHARE, "lobby", 7, "face", 3)
+    data = seal(key, dataclasses.replace(HEADER, codec=H264), bytes(range(200)), nonce=b"\x00" * 12).to_bytes()
+    assert data[:4] == b"PGR3"
+    assert _header_bytes(data) == (
+        b'{"camera":"lobby","class":"face","codec":"h264-yuv444p","frames":[[120,4800000,10,20,4,3],'
+        b'[121,4840000,11,20,5,3]],"policy":2,"segment":7,"share":"vault:v1:c2hhcmU=","size":[16,16],"track":3,'
+        b'"v":3}'
+    )
+    assert hashlib.sha256(data).hexdigest() == KNOWN_SHA256_V3
 
 
 KNOWN_TRACK_KEY = "6c1ab047b8ae5b032d4ce15b6269e93a934488c051fcd3a6b4295831b5e8b741"
 KNOWN_SHA256_V1 = "93f1dc40a9ee3422eed1105f617b85c85f38be8b36772823b2a8130541692f94"
 KNOWN_SHA256_V2 = "d0d2dcd67b869789ea8fbbbcf020d0b8bc241798b976040b4909bc951c441520"
+KNOWN_SHARED_TRACK_KEY = "de65109783b5aa2ae2534b33eef0415acae45877bb6215301c5c60ae5ce23550"
+KNOWN_SHA256_V3 = "5bb76d2cd1e9cca3956a70e11cfdbbba82ae76350159f39ca72d4a8ebb56400b"
 
 
 @pytest.mark.parametrize(
@@ -112,10 +144,10 @@ KNOWN_SHA256_V2 = "d0d2dcd67b869789ea8fbbbcf020d0b8bc241798b976040b4909bc951c441
      ("placements", (Placement(120, 4_800_000, (10, 20, 4, 3)), Placement(122, 4_840_000, (11, 20, 5, 3)))),
      ("placements", (Placement(120, 4_800_001, (10, 20, 4, 3)), PLACEMENTS[1])),
      ("placements", (Placement(120, 4_800_000, (10, 21, 4, 3)), PLACEMENTS[1])),
-     ("placements", PLACEMENTS[:1])],
+     ("placements", PLACEMENTS[:1]), ("share", "vault:v1:b3RoZXI=")],
 )
 def test_every_bound_field_is_checked(field, value):
-    key = track_key(DATA_KEY, "lobby", 7, 3)
+    key = shared_track_key(DATA_KEY, SHARE, "lobby", 7, "face", 3)
     record = seal(key, HEADER, coded())
     moved = Record(dataclasses.replace(HEADER, **{field: value}), record.nonce, record.ciphertext)
     with pytest.raises(RecordError, match="^record does not open$"):
@@ -147,9 +179,10 @@ def test_flipped_bits_and_truncation_are_detected():
     head = _header_bytes(data)
     loose = head.replace(b'"size":[16,16]', b'"size":[16, 16]')
     with pytest.raises(RecordError, match="canonical"):
-        Record.from_bytes(b"PGR2" + len(loose).to_bytes(4, "big") + loose + data[8 + len(head):])
-    with pytest.raises(RecordError, match="canonical"):  # a version 2 header under the version 1 magic
-        Record.from_bytes(b"PGR1" + data[4:])
+        Record.from_bytes(b"PGR3" + len(loose).to_bytes(4, "big") + loose + data[8 + len(head):])
+    for magic in (b"PGR1", b"PGR2"):  # a version 3 header under an older version's magic
+        with pytest.raises(RecordError, match="canonical"):
+            Record.from_bytes(magic + data[4:])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -157,6 +190,8 @@ def test_flipped_bits_and_truncation_are_detected():
     ({"frames": [[121, 0, 10, 20, 4, 3], [120, 1, 10, 20, 4, 3]]}, "out of order"),
     ({"frames": []}, "frame count"),
     ({"codec": "raw-bgr24"}, "unsupported"),
+    ({"share": ""}, "share"),
+    ({"share": 7}, "share"),
 ])
 def test_malformed_clip_headers_are_refused(change, message):
     with pytest.raises(RecordError, match=message):

@@ -1,5 +1,8 @@
 """Unmask as a library: selection, overlap, which keys are derived, and the order of steps."""
 
+import base64
+import json
+
 import numpy as np
 import pytest
 
@@ -8,20 +11,19 @@ from gateway.files import image_comment, write_image
 from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
 from keys.seal import Sealed, Sealer
-from keys.store import VaultStore
 from keys.unmask import Selection, Unmask, UnmaskError
 from keys.wrap import Grant
 
 
 @pytest.fixture()
-def sealed(tmp_path):
+def sealed(tmp_path, sealing_store):
     """Two frames, three overlapping tracks: 1 and 2 faces, 3 a plate; originals kept for comparison."""
     directory = KeyDirectory.init(tmp_path / "keys")
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
     olga = PrivateIdentity.generate("olga", ["privacy-officer"])
     directory.add(ivan.public)
     directory.add(olga.public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     grants = {"face": Grant(("investigator",)), "plate": Grant(("privacy-officer",))}
     rng = np.random.default_rng(3)
     originals = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
@@ -45,15 +47,21 @@ def restore_all(job, redacted):
     return out
 
 
-def test_one_track_derives_only_its_key_and_leaves_overlaps_redacted(sealed, monkeypatch):
+def test_one_track_derives_only_its_key_and_leaves_overlaps_redacted(sealed, monkeypatch, openbao):
     store, ref, originals, redacted, boxes, (ivan, _) = sealed
     derived = []
-    real = unmask_module.track_key
-    monkeypatch.setattr(unmask_module, "track_key", lambda key, camera, segment, track: derived.append(track) or
-                        real(key, camera, segment, track))
+    real = unmask_module.shared_track_key
+    monkeypatch.setattr(unmask_module, "shared_track_key", lambda key, share, camera, segment, cls, track:
+                        derived.append(track) or real(key, share, camera, segment, cls, track))
+    before = len(openbao.decrypts())
     job = Unmask(store, ref, Selection(tracks=frozenset({1})), [ivan])
     out = restore_all(job, redacted)
     assert set(derived) == {1}
+    # the co-signer was asked for exactly one share, naming track 1 (OpenBao's own audit log says so)
+    asked = openbao.decrypts()[before:]
+    assert job.shares_asked == 1 and len(asked) == 1
+    assert json.loads(base64.b64decode(asked[0]["data"]["context"])) == {
+        "camera": "lobby", "segment": 1, "class": "face", "track": 1}
     for original, image in zip(originals, out):
         assert np.array_equal(image[10:20, 10:30], original[10:20, 10:30])  # track 1 outside track 2's box
         assert np.array_equal(image[20:30, 10:20], original[20:30, 10:20])
@@ -107,13 +115,13 @@ def test_vault_reference_rides_in_png_and_jpeg(tmp_path):
         write_image(tmp_path / "c.webp", image, comment="x")
 
 
-def test_a_track_lost_and_linked_again_lists_its_time_ranges(tmp_path):
+def test_a_track_lost_and_linked_again_lists_its_time_ranges(tmp_path, sealing_store):
     """A subject the tracker linked back after a gap is one track with two time ranges."""
     from keys.unmask import recording_tracks
 
     directory = KeyDirectory.init(tmp_path / "keys")
     directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     pixels = np.zeros((10, 10, 3), np.uint8)
     grants = {"face": Grant(("investigator",))}
     with Sealer(store, directory.signer, "lobby", {"version": 2}, grants, directory.identities) as sealer:

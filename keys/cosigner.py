@@ -1,0 +1,267 @@
+"""The online co-signer: OpenBao's transit engine holds a second key to every sealed track.
+
+Every track of every segment is sealed under a key that needs two things (record.py): the
+segment's data key, which the policy's quorum of identities unwraps (HPKE, wrap.py), and a
+random 32-byte *share*, which the gateway had OpenBao's transit engine encrypt and which only
+OpenBao can decrypt. The transit key is one per (vault, camera, class, segment), derived per
+track: the decrypt request must name the track's context (camera, segment, class, track), so
+one request opens one track, and OpenBao's audit device logs it before it answers. Deleting
+the transit key crypto-shreds the segment for good; no copy of the vault's files undoes it.
+
+Who may ask for what is OpenBao's to enforce, not this program's:
+
+- the gateway's token (:data:`GATEWAY_POLICY`) may encrypt and create, read and delete the
+  ``pg-`` transit keys, never decrypt; in the embedded default it may also maintain people's
+  access (:data:`ACCESS_POLICY`), which a production layout keeps with the officers instead;
+- each identity has its own JWT auth mount whose only validation key is that identity's
+  Ed25519 public key (a mount-wide key list would let any listed key sign for any subject),
+  and its own ACL policy allowing ``transit/decrypt`` on exactly the cameras and classes whose
+  grants name one of its roles (:func:`grant_access`).
+
+The client speaks OpenBao's HTTP API with httpx. Availability problems (no answer, sealed,
+standby, audit device failing) raise :class:`CoSignerUnavailable` with a plain message; every
+refusal raises one opaque :class:`CoSignerRefused` (the reason is in OpenBao's audit log).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import CoSignerRefused, CoSignerUnavailable
+from .identity import PrivateIdentity, PublicIdentity, canonical, fingerprint
+
+__all__ = ["ACCESS_POLICY", "GATEWAY_POLICY", "CoSigner", "grant_access", "revoke_access", "segment_key",
+           "set_up", "share_context"]
+
+MOUNT = "transit"
+_RULE = re.compile(r'path "[^"/]+/decrypt/(pg-[0-9a-f]{16}-[a-z]+-[0-9a-f]{16}-)\*"')
+ISSUER = "privacy-gateway"
+AUDIENCE = "openbao"
+LOGIN_SECONDS = 60  # lifetime of the JWT an identity signs to log in
+TOKEN_TTL = "15m"  # lifetime of the token an identity gets for one unmask
+
+#: what the gateway's token may do with transit: seal (encrypt, creating the segment's key on
+#: first use), look a key up, and shred (allow deletion, delete); never decrypt or export
+GATEWAY_POLICY = """
+path "{mount}/encrypt/pg-*" {{ capabilities = ["create", "update"] }}
+path "{mount}/keys/pg-*" {{ capabilities = ["read", "delete"] }}
+path "{mount}/keys/pg-*/config" {{ capabilities = ["update"] }}
+path "auth/token/renew-self" {{ capabilities = ["update"] }}
+path "auth/token/lookup-self" {{ capabilities = ["read"] }}
+"""
+
+#: maintaining people's access: their JWT mounts and ACL policies (grant_access, revoke_access)
+ACCESS_POLICY = """
+path "sys/auth" { capabilities = ["read"] }
+path "sys/auth/pg-id-*" { capabilities = ["create", "update", "delete", "sudo"] }
+path "auth/pg-id-*" { capabilities = ["create", "update", "read", "delete"] }
+path "sys/policies/acl/pg-id-*" { capabilities = ["create", "update", "read", "delete"] }
+"""
+
+
+def _camera_tag(camera: str) -> str:
+    # camera ids may contain '.', '-' and '_', so a name built from them could be a prefix of
+    # another camera's; a digest cannot, and keeps ACL globs exact
+    return hashlib.sha256(camera.encode()).hexdigest()[:16]
+
+
+def key_prefix(vault: str, camera: str, cls: str) -> str:
+    """The common prefix of one camera's and class's transit key names in one vault."""
+    return f"pg-{vault}-{cls}-{_camera_tag(camera)}-"
+
+
+def segment_key(vault: str, camera: str, cls: str, segment: int) -> str:
+    """The transit key of one segment's class: deleting it shreds that class of the segment."""
+    return f"{key_prefix(vault, camera, cls)}{segment:08d}"
+
+
+def share_context(camera: str, segment: int, cls: str, track: int) -> bytes:
+    """The transit key derivation context of one track: a decrypt must name exactly this."""
+    return canonical({"camera": camera, "segment": segment, "class": cls, "track": track})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _mount_of(identity: PublicIdentity) -> str:
+    return f"pg-id-{fingerprint(identity.signing)}"
+
+
+class CoSigner:
+    """A client of one OpenBao server (or cluster address) and one transit mount."""
+
+    def __init__(self, address: str, token: str | None = None, *, mount: str = MOUNT, ca: Path | None = None,
+                 timeout: float = 10.0) -> None:
+        self.address, self.mount, self.token = address.rstrip("/"), mount, token
+        self._tls = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        self._timeout = timeout
+        self.requests = 0  # HTTP requests made (what the tests and benchmarks count)
+
+    def _http(self) -> httpx.Client:
+        # a connection per call: nothing to close, and a co-signer restarted in between is simply reached again
+        return httpx.Client(base_url=f"{self.address}/v1/", timeout=self._timeout, verify=self._tls)
+
+    def _call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
+        headers = {}
+        if token or self.token:
+            headers["X-Vault-Token"] = token or self.token
+        self.requests += 1
+        try:
+            with self._http() as http:
+                reply = http.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError:
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} does not answer") from None
+        if reply.status_code in (500, 502, 503, 429, 501):
+            # 503: sealed or standby without a leader; 500: among others, no audit device could log the request
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} is sealed, has no active node "
+                                      f"or cannot write its audit log (HTTP {reply.status_code})")
+        if reply.status_code >= 400:
+            raise CoSignerRefused("the co-signer refused the request")
+        return reply.json() if reply.content else {}
+
+    def check(self) -> None:
+        """Raise :class:`CoSignerUnavailable` unless OpenBao answers, initialised and unsealed."""
+        self.requests += 1
+        try:
+            with self._http() as http:
+                reply = http.get("sys/health")
+        except httpx.HTTPError:
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} does not answer") from None
+        if reply.status_code != 200:
+            state = {503: "sealed", 501: "not initialised", 429: "a standby"}.get(reply.status_code, "not active")
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} is {state}")
+
+    # --- the gateway's side -------------------------------------------------------------------
+
+    def seal_shares(self, key: str, items: Iterable[tuple[bytes, bytes]]) -> list[str]:
+        """Encrypt ``(context, share)`` pairs under the derived transit ``key`` in one request
+        (the key is created, derived, on first use); returns the ciphertexts in order."""
+        batch = [{"context": _b64(context), "plaintext": _b64(share)} for context, share in items]
+        reply = self._call("POST", f"{self.mount}/encrypt/{key}", {"batch_input": batch})
+        results = reply.get("data", {}).get("batch_results", [])
+        if len(results) != len(batch) or any("error" in r and r["error"] for r in results):
+            raise CoSignerRefused("the co-signer refused the request")
+        return [str(r["ciphertext"]) for r in results]
+
+    def key_exists(self, key: str) -> bool:
+        try:
+            self._call("GET", f"{self.mount}/keys/{key}")
+        except CoSignerRefused:
+            return False
+        return True
+
+    def delete_key(self, key: str) -> bool:
+        """Destroy a transit key (crypto-shredding); False if there was none."""
+        if not self.key_exists(key):
+            return False
+        self._call("POST", f"{self.mount}/keys/{key}/config", {"deletion_allowed": True})
+        self._call("DELETE", f"{self.mount}/keys/{key}")
+        return True
+
+    def revoke_self(self) -> None:
+        """Revoke this client's token (the root token, once set-up is done)."""
+        self._call("POST", "auth/token/revoke-self", {})
+
+    def renew(self) -> None:
+        """Renew the gateway's periodic token (done at every start, so it never lapses in use)."""
+        self._call("POST", "auth/token/renew-self", {})
+
+    # --- an investigator's side -----------------------------------------------------------------
+
+    def login(self, identity: PrivateIdentity) -> str:
+        """A short-lived token for ``identity``: it signs a JWT with its own Ed25519 key."""
+        now = int(time.time())
+        head = _b64url(json.dumps({"alg": "EdDSA", "typ": "JWT"}).encode())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": identity.public.name, "iat": now, "nbf": now - 5,
+                  "exp": now + LOGIN_SECONDS}
+        body = _b64url(json.dumps(claims).encode())
+        signature = _b64url(identity.signing.sign(f"{head}.{body}".encode()))
+        reply = self._call("POST", f"auth/{_mount_of(identity.public)}/login",
+                           {"role": "unmask", "jwt": f"{head}.{body}.{signature}"})
+        try:
+            return str(reply["auth"]["client_token"])
+        except (KeyError, TypeError):
+            raise CoSignerRefused("the co-signer refused the request") from None
+
+    def open_share(self, token: str, key: str, context: bytes, ciphertext: str) -> bytes:
+        """Decrypt one track's share: one request, one track, logged by OpenBao before it answers."""
+        reply = self._call("POST", f"{self.mount}/decrypt/{key}", {"ciphertext": ciphertext, "context": _b64(context)},
+                           token=token)
+        try:
+            return base64.b64decode(reply["data"]["plaintext"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise CoSignerRefused("the co-signer refused the request") from None
+
+
+# --- set-up and people's access (a token with ACCESS_POLICY, or root during set-up) -----------------
+
+def set_up(admin: CoSigner, embedded: bool) -> str:
+    """Mount transit (if not yet), write the gateway's policies and return a new periodic gateway token.
+
+    ``embedded``: the gateway also maintains people's access (the single-host default); a
+    production layout leaves that to an officer's token (docs/escrow.md)."""
+    mounts = admin._call("GET", "sys/mounts")
+    if f"{admin.mount}/" not in mounts.get("data", mounts):
+        admin._call("POST", f"sys/mounts/{admin.mount}", {"type": "transit"})
+    # OpenBao's audit log shows which track each request named (contexts are not secret; shares are)
+    admin._call("POST", f"sys/mounts/{admin.mount}/tune", {"audit_non_hmac_request_keys": ["context"]})
+    admin._call("PUT", "sys/policies/acl/pg-gateway", {"policy": GATEWAY_POLICY.format(mount=admin.mount)})
+    policies = ["pg-gateway"]
+    if embedded:
+        admin._call("PUT", "sys/policies/acl/pg-access", {"policy": ACCESS_POLICY})
+        policies.append("pg-access")
+    reply = admin._call("POST", "auth/token/create-orphan", {
+        "policies": policies, "no_default_policy": True, "period": "768h", "display_name": "privacy-gateway"})
+    return str(reply["auth"]["client_token"])
+
+
+def grant_access(admin: CoSigner, identity: PublicIdentity, prefixes: Iterable[str],
+                 keep: Callable[[str], bool] = lambda prefix: False) -> None:
+    """Let ``identity`` (and nobody else through its mount) decrypt shares of the transit keys
+    starting with ``prefixes`` (see :func:`key_prefix`), besides the prefixes it already has
+    that ``keep`` keeps; none at all leaves it a login and nothing else."""
+    mount = _mount_of(identity)
+    auths = admin._call("GET", "sys/auth")
+    if f"{mount}/" not in auths.get("data", auths):
+        admin._call("POST", f"sys/auth/{mount}", {"type": "jwt", "description": f"privacy-gateway {identity.name}"})
+    pem = identity.signing_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    admin._call("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [pem], "jwt_supported_algs": ["EdDSA"],
+                                                  "bound_issuer": ISSUER})
+    admin._call("POST", f"auth/{mount}/role/unmask", {
+        "role_type": "jwt", "user_claim": "sub", "bound_subject": identity.name, "bound_audiences": [AUDIENCE],
+        "token_policies": [mount], "token_no_default_policy": True, "token_ttl": TOKEN_TTL,
+        "token_max_ttl": TOKEN_TTL})
+    try:
+        current = admin._call("GET", f"sys/policies/acl/{mount}").get("data", {}).get("policy", "")
+    except CoSignerRefused:  # none yet (404)
+        current = ""
+    had = set(_RULE.findall(current))
+    wanted = {p for p in had if keep(p)} | set(prefixes)
+    if wanted == had and current:
+        return
+    rules = "".join(f'path "{admin.mount}/decrypt/{p}*" {{ capabilities = ["update"] }}\n' for p in sorted(wanted))
+    # a policy may not be empty; a rule on a path nothing serves grants nothing
+    admin._call("PUT", f"sys/policies/acl/{mount}", {"policy": rules or 'path "pg-none" { capabilities = ["deny"] }'})
+
+
+def revoke_access(admin: CoSigner, identity: PublicIdentity) -> None:
+    """End ``identity``'s access: its mount goes (revoking every token it issued), then its policy."""
+    mount = _mount_of(identity)
+    admin._call("DELETE", f"sys/auth/{mount}")
+    admin._call("DELETE", f"sys/policies/acl/{mount}")
+
