@@ -1,4 +1,4 @@
-"""The gateway's configuration (YAML): cameras, their policies, storage, listen address, TLS.
+"""The gateway's configuration (YAML): cameras, their policies, storage, escrow, listen address, TLS.
 
 Validated whole at load: unknown keys are refused and every error names its field path
 (``cameras.lobby.holdback_ms: ...``). Relative paths are relative to the configuration file.
@@ -93,9 +93,44 @@ class Storage(StrictModel):
     keys: Path | None = None
 
 
+class Escrow(StrictModel):
+    """The co-signer (OpenBao) every sealed track also needs (docs/escrow.md).
+
+    With no ``address``, ``serve`` runs an embedded OpenBao on loopback (storage under
+    ``<data_dir>/openbao``), initialised and unsealed on first start: fine for trying the
+    gateway, not a separation of duties. In production ``address`` points at an OpenBao
+    cluster on other hosts."""
+
+    #: an external OpenBao (``https://...``); none: the embedded one
+    address: str | None = None
+    #: its transit mount
+    mount: str = "transit"
+    #: CA certificate of its TLS
+    ca: Path | None = None
+    #: file holding the gateway's token (external only; see docs/escrow.md for its policy)
+    token_file: Path | None = None
+    #: whether that token also maintains people's access (ACCESS_POLICY); else officers do
+    manage_access: bool = False
+    #: the embedded OpenBao's loopback port (its cluster port is the next one)
+    port: Annotated[int, Field(ge=1024, le=65534)] = 8200
+
+    @model_validator(mode="after")
+    def _external(self) -> Escrow:
+        if self.address is not None:
+            if not self.address.startswith(("http://", "https://")):
+                raise ValueError(f"address: an http:// or https:// URL, not {self.address!r}")
+            if self.token_file is None:
+                raise ValueError("token_file: required with an external address (the gateway's token)")
+        elif self.token_file is not None or self.ca is not None:
+            raise ValueError("token_file and ca go with an external address")
+        return self
+
+
 class GatewayConfig(StrictModel):
     cameras: dict[str, Camera]
     storage: Storage = Field(default_factory=Storage)
+    #: the co-signer: none configured means the embedded OpenBao
+    escrow: Escrow = Field(default_factory=Escrow)
     listen: Listen = Field(default_factory=Listen)
     tls: Tls | None = None
     #: RTSP egress; none unless configured
@@ -137,7 +172,9 @@ def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
         "keys": at(config.storage.keys) or config.storage.keys})
     tls = None if config.tls is None else Tls(cert=at(config.tls.cert) or config.tls.cert,
                                               key=at(config.tls.key) or config.tls.key)
-    return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls})
+    escrow = config.escrow.model_copy(update={"ca": at(config.escrow.ca) or config.escrow.ca,
+                                              "token_file": at(config.escrow.token_file) or config.escrow.token_file})
+    return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls, "escrow": escrow})
 
 
 def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple[GatewayConfig, dict[str, Policy]]:
@@ -169,6 +206,9 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
         for field in ("cert", "key"):
             if not getattr(config.tls, field).is_file():
                 problems.append(f"tls.{field}: no such file {getattr(config.tls, field)}")
+    for field in ("ca", "token_file"):
+        if (file := getattr(config.escrow, field)) is not None and not file.is_file():
+            problems.append(f"escrow.{field}: no such file {file}")
     if problems:
         raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(problems))
     return config, policies

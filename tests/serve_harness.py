@@ -38,12 +38,14 @@ def camera_clip(tmp_path_factory, data):
 class Running:
     """`serve` on its own thread and event loop, like the command line runs it."""
 
-    def __init__(self, tmp_path, cameras: dict, holdback_ms=1500, recording_seconds=2.0, **settings):
+    def __init__(self, tmp_path, openbao, cameras: dict, holdback_ms=1500, recording_seconds=2.0, **settings):
+        """``openbao``: the session's co-signer (conftest.py), configured as the gateway's external one."""
         (tmp_path / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
         config = {"cameras": {name: {**(url if isinstance(url, dict) else {"source": url}), "policy": "faces.yaml",
                                      "holdback_ms": holdback_ms, "renditions": ["h264"]} for name, url in cameras.items()},
                   "storage": {"data_dir": "data", "recording_seconds": recording_seconds},
-                  "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True, **settings}
+                  "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True, "escrow": openbao.config(),
+                  **settings}
         (tmp_path / "gateway.yaml").write_text(json.dumps(config))
         self.config, self.policies = load_config(tmp_path / "gateway.yaml")
         self.lines: list[str] = []

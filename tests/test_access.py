@@ -23,7 +23,7 @@ POLICY = {"classes": {"plate": {"enabled": False}}, "detection": {"stride": 2, "
 
 
 @pytest.fixture()
-def world(tmp_path):
+def world(tmp_path, openbao):
     """A gateway with cameras lobby, garage and door (WHIP); vera (viewer) is granted lobby, pete (publisher) door."""
     keys = tmp_path / "data" / "keys"
     directory = KeyDirectory.init(keys)
@@ -37,7 +37,7 @@ def world(tmp_path):
     (tmp_path / "gateway.yaml").write_text(json.dumps({
         "cameras": {**{name: {"source": str(clip), "policy": "faces.yaml"} for name in ("lobby", "garage")},
                     "door": {"protocol": "whip", "policy": "faces.yaml"}},
-        "storage": {"data_dir": "data"}}))
+        "storage": {"data_dir": "data"}, "escrow": openbao.config()}))
     config, policies = load_config(tmp_path / "gateway.yaml")
     gateway = Gateway(config, policies, announce=lambda line: None)
     gateway.access.store.grant("vera", ["lobby"])

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.openbao import write_credentials
 from gateway.files import VideoTranscoder, read_image
 from keys import Grant, KeyDirectory, Sealed, Sealer, VaultRef, VaultStore
 from keys.clips import MIN_PSNR, ClipCoder, psnr
+from keys.cosigner import segment_key, share_context
 from keys.record import Placement
 from keys.vault import SegmentHeader
 
@@ -42,10 +44,12 @@ def passphrase():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, data, passphrase):
-    """A key directory with six people (one investigator post-quantum) and three policies."""
+def world(tmp_path_factory, data, passphrase, openbao):
+    """A key directory with six people (one investigator post-quantum) and three policies,
+    the gateway's co-signer the session's OpenBao."""
     root = tmp_path_factory.mktemp("escrow")
     assert main(["keys", "init", str(root / "keys")]) == 0
+    write_credentials(root / "keys", openbao.address, openbao.gateway_token, manage_access=True)
     for name, roles in PEOPLE.items():
         extra = ["--post-quantum"] if name == "iris" else []
         args = ["keys", "add-identity", str(root / "keys"), name, *sum((["--role", r] for r in roles), []),
@@ -389,19 +393,22 @@ def test_shredded_segments_cannot_be_unmasked_by_anyone(capsys, world, tmp_path,
     assert code == 0, err  # the records themselves stay verifiable
 
 
-def test_crashed_segment_is_recovered_by_the_next_sealer_and_still_unmasks(world, tmp_path):
+def test_crashed_segment_is_recovered_by_the_next_sealer_and_still_unmasks(world, tmp_path, sealing_store):
     directory = KeyDirectory.open(world / "keys")
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     grants = {"face": Grant(("investigator",))}
     pixels = np.full((4, 4, 3), 7, dtype=np.uint8)
     with Sealer(store, directory.signer, "door", {"version": 3}, grants, directory.identities) as sealer:
         sealer.add(0, 0, [Sealed(1, "face", (0, 0, 4, 4), pixels)])
     ref = sealer.ref
     header = SegmentHeader("door", 2, 3, store.store_policy({"version": 3}), "crashed", "2026-11-22T00:00:00+00:00",
-                           list(store.verify_chain("door"))[-1].digest)
+                           list(store.verify_chain("door"))[-1].digest, vault=store.vault_id)
     writer = store.open_segment(header, grants, directory.identities, directory.signer)
     codec, size, coded = ClipCoder().encode([pixels])
-    writer.add_clip(4, "face", (Placement(5, 200_000, (0, 0, 4, 4)),), codec, size, coded)
+    share = os.urandom(32)
+    (sealed_share,) = store.cosigner.seal_shares(segment_key(store.vault_id, "door", "face", 2),
+                                                 [(share_context("door", 2, "face", 4), share)])
+    writer.add_clip(4, "face", (Placement(5, 200_000, (0, 0, 4, 4)),), codec, size, coded, (share, sealed_share))
     writer.abort()  # the process died here
     with Sealer(store, directory.signer, "door", {"version": 3}, grants, directory.identities) as again:
         again.add(0, 0, [])

@@ -19,7 +19,7 @@ from gateway.frames import BLANK_LEVEL
 from gateway.live import CameraPipeline
 from gateway.sealing import RedactSeal
 import keys.seal
-from keys import KeyDirectory, PrivateIdentity, Sealer, VaultStore, grants_of
+from keys import CoSignerUnavailable, KeyDirectory, PrivateIdentity, Sealer, grants_of
 from keys.clips import MIN_PSNR, psnr
 from redaction.engine import Analyzer
 from redaction.policy import parse_policy
@@ -170,14 +170,14 @@ def test_overload_drops_and_blanks_but_never_releases_raw(clip):
     assert pipeline.stats.dropped >= 3 and pipeline.stats.released >= 1
 
 
-def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip, tmp_path, monkeypatch):
+def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip, tmp_path, monkeypatch, sealing_store):
     """The sealing thread codes clips off the frame's path; when it falls behind by a whole queue,
     the frames it cannot take leave blanked (counted), never redacted with their originals unsealed."""
     frames, faces, detectors = clip
     monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
     directory = KeyDirectory.init(tmp_path / "keys")
     directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
                     directory.identities, segment_seconds=None)
     stall = threading.Event()
@@ -198,14 +198,40 @@ def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip,
     assert sum(r.state == "blanked" for r in released) >= refused
 
 
-def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, tmp_path, monkeypatch):
+def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, monkeypatch, sealing_store):
+    """OpenBao goes away mid-stream: the sealing thread fails at the next share it needs, and from then
+    on every frame leaves blanked (counted), never redacted with originals nobody can seal."""
+    frames, faces, detectors = clip
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = sealing_store(tmp_path / "vault", directory)
+    sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
+                    directory.identities, segment_seconds=None)
+
+    def gone(*args):
+        raise CoSignerUnavailable("the co-signer (OpenBao) at http://test does not answer")
+
+    monkeypatch.setattr(store.cosigner, "seal_shares", gone)
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, live=True), [], holdback=1.0,
+                              analyzer_factory=lambda p: Analyzer(p, detectors))
+    released = []
+    pipeline.sinks.append(released.append)
+    with pytest.raises(CoSignerUnavailable):
+        run(frames, pipeline, tail=2.0)  # stopping closes the sealer, which reports the failure too
+    check_fail_closed(released, frames, faces)
+    assert pipeline.stats.seal_refused > 0
+    first_blanked = next(i for i, r in enumerate(released) if r.state == "blanked" and i > 10)
+    assert all(r.state == "blanked" for r in released[first_blanked:])
+
+
+def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, tmp_path, monkeypatch, sealing_store):
     frames, faces, detectors = clip
     monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "pw")
     directory = KeyDirectory.init(tmp_path / "keys")
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
     ivan.save(tmp_path / "ivan.id", "pw")
     directory.add(ivan.public)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    store = sealing_store(tmp_path / "vault", directory)
     sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
                     directory.identities, segment_seconds=None)
     recorder = Recorder(tmp_path / "recordings", "cam")

@@ -27,7 +27,7 @@ def is_blank(shot, shape):
     return shot.shape != shape or bool((np.abs(shot.astype(int) - 48) < 3).all())
 
 
-def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, tmp_path, capsys):
+def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, tmp_path, capsys, openbao):
     from browser import Browser
 
     require(chromium_missing())
@@ -35,7 +35,7 @@ def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, t
     clip, frames, faces = camera_clip
     raw = {hashlib.blake2b(f.tobytes()).digest() for f in frames}
     sources = [half(f) for f in frames[::5]]
-    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, {"cam": camera.url}) as running:
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url}) as running:
         released = collect_released(running, "cam", keep_images=True)
         health = running.wait_healthy()
         assert health["cameras"]["cam"]["warm"] and health["cameras"]["cam"]["connected"]
@@ -101,10 +101,10 @@ def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, t
     assert len(list(out.iterdir())) > 0 and read_image(sorted(out.iterdir())[0]).shape == frames[0].shape
 
 
-def test_camera_disconnect_and_reconnect_releases_nothing_raw_and_keeps_recordings(camera_clip, tmp_path):
+def test_camera_disconnect_and_reconnect_releases_nothing_raw_and_keeps_recordings(camera_clip, tmp_path, openbao):
     clip, frames, _ = camera_clip
     raw = {hashlib.blake2b(f.tobytes()).digest() for f in frames}
-    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, {"cam": camera.url}) as running:
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url}) as running:
         released = collect_released(running, "cam")
         running.wait_healthy()
         time.sleep(1.0)
@@ -126,13 +126,13 @@ def test_camera_disconnect_and_reconnect_releases_nothing_raw_and_keeps_recordin
         assert len(list(VideoTranscoder(recording).frames())) > 0
 
 
-def test_overload_blanks_or_drops_and_releases_nothing_raw(camera_clip, tmp_path):
+def test_overload_blanks_or_drops_and_releases_nothing_raw(camera_clip, tmp_path, openbao):
     """Three cameras at once on two cores with a short hold-back: more than the machine can redact."""
     clip, frames, _ = camera_clip
     raw = {hashlib.blake2b(f.tobytes()).digest() for f in frames}
     with rtsp_camera(clip, loop=True) as camera:
         cameras = {f"cam{i}": camera.url for i in range(3)}
-        with Running(tmp_path, cameras, holdback_ms=250) as running:
+        with Running(tmp_path, openbao, cameras, holdback_ms=250) as running:
             seen = {name: collect_released(running, name) for name in cameras}
             time.sleep(12)
             blanked = sum(running.metric("privacy_gateway_frames_total", camera=n, state=s) or 0
@@ -143,7 +143,7 @@ def test_overload_blanks_or_drops_and_releases_nothing_raw(camera_clip, tmp_path
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
 
 
-def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact(camera_clip, tmp_path, monkeypatch):
+def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact(camera_clip, tmp_path, monkeypatch, openbao):
     from redaction.faces import CenterFaceDetector
 
     clip, frames, _ = camera_clip
@@ -162,7 +162,7 @@ def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact
     # whole frames and the changed regions motion-gated detection reads alike
     monkeypatch.setattr(CenterFaceDetector, "detect", faulty(CenterFaceDetector.detect))
     monkeypatch.setattr(CenterFaceDetector, "detect_boxes", faulty(CenterFaceDetector.detect_boxes))
-    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, {"cam": camera.url}, holdback_ms=800) as running:
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url}, holdback_ms=800) as running:
         released = collect_released(running, "cam")
         running.wait_healthy()
         fault["now"] = "crash"
@@ -188,14 +188,14 @@ def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact
     assert total == len(released)  # every released frame recorded, blanked ones included
 
 
-def test_corrupt_camera_bitstream_is_counted_and_nothing_raw_leaves(camera_clip, tmp_path):
+def test_corrupt_camera_bitstream_is_counted_and_nothing_raw_leaves(camera_clip, tmp_path, openbao):
     from test_sources import damage_video_data
 
     clip, frames, _ = camera_clip
     damaged = tmp_path / "damaged.mp4"
     assert damage_video_data(clip, damaged, every=6) > 10
     raw = {hashlib.blake2b(f.image.tobytes()).digest() for f in VideoTranscoder(damaged).frames()}
-    with rtsp_camera(damaged, loop=True) as camera, Running(tmp_path, {"cam": camera.url}) as running:
+    with rtsp_camera(damaged, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url}) as running:
         released = collect_released(running, "cam")
         running.wait_healthy()
         running.wait_metric("privacy_gateway_frames_total", 30, camera="cam", state="released")
@@ -204,7 +204,7 @@ def test_corrupt_camera_bitstream_is_counted_and_nothing_raw_leaves(camera_clip,
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
 
 
-def test_tls_listener_serves_health_over_https(tmp_path, camera_clip):
+def test_tls_listener_serves_health_over_https(tmp_path, camera_clip, openbao):
     import datetime as dt
     import ssl
 
@@ -225,7 +225,7 @@ def test_tls_listener_serves_health_over_https(tmp_path, camera_clip):
                                                          serialization.NoEncryption()))
     from gateway.config import Tls
 
-    running = Running(tmp_path, {"cam": str(camera_clip[0])})
+    running = Running(tmp_path, openbao, {"cam": str(camera_clip[0])})
     running.config = running.config.model_copy(update={"tls": Tls(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")})
     with running:
         context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
@@ -243,7 +243,7 @@ def test_tls_listener_serves_health_over_https(tmp_path, camera_clip):
             urllib.request.urlopen(f"http://127.0.0.1:{running.port}/health", timeout=5).read()
 
 
-def test_whip_publisher_goes_through_the_same_pipeline_and_only_redacted_frames_leave(camera_clip, tmp_path):
+def test_whip_publisher_goes_through_the_same_pipeline_and_only_redacted_frames_leave(camera_clip, tmp_path, openbao):
     """An aiortc publisher with a publisher identity's token: its frames are redacted like a camera's."""
     import asyncio
     from fractions import Fraction
@@ -292,7 +292,7 @@ def test_whip_publisher_goes_through_the_same_pipeline_and_only_redacted_frames_
         finally:
             await pc.close()
 
-    with Running(tmp_path, {"door": {"protocol": "whip"}}) as running:
+    with Running(tmp_path, openbao, {"door": {"protocol": "whip"}}) as running:
         released = collect_released(running, "door", keep_images=True)
         directory = KeyDirectory.open(tmp_path / "data" / "keys")
         directory.add(PrivateIdentity.generate("door-encoder", ["publisher"]).public)

@@ -19,7 +19,7 @@ from serve_harness import (  # noqa: F401  (camera_clip is a fixture)
 from gateway.cli import main
 
 
-def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives_a_restart(camera_clip, tmp_path):
+def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives_a_restart(camera_clip, tmp_path, openbao):
     from keys import VaultStore
 
     clip, frames, _ = camera_clip
@@ -27,7 +27,7 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
     pixelate = {**FACES, "name": "pixelated", "classes": {"plate": {"enabled": False}, "face": {"method": "pixelate"}},
                 "unmask": {"face": {"roles": ["investigator"], "quorum": 1}, "watermark": "optional"}}
     with rtsp_camera(clip, loop=True) as camera:
-        with Running(tmp_path, {"cam": camera.url, "side": str(clip)}) as running:
+        with Running(tmp_path, openbao, {"cam": camera.url, "side": str(clip)}) as running:
             released = collect_released(running, "cam")
             running.wait_healthy()
             status, before = running.call("GET", "/api/cameras/cam/policy")
@@ -66,7 +66,7 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
         assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
         assert main(["audit", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
 
-        with Running(tmp_path, {"cam": camera.url, "side": str(clip)}) as again:  # a restart keeps what was activated
+        with Running(tmp_path, openbao, {"cam": camera.url, "side": str(clip)}) as again:  # a restart keeps what was activated
             assert again.call("GET", "/api/cameras/cam/policy")[1]["version"] == version
             assert again.call("GET", "/api/cameras/side/policy")[1]["version"] == before["version"]  # its file's
             assert [line for line in again.lines if "activated over HTTP" in line] == [
@@ -74,8 +74,8 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
 
 
 def test_token_command_gets_a_token_with_a_signed_request_and_it_opens_only_its_camera(camera_clip, tmp_path, capsys,
-                                                                                       monkeypatch):
-    with Running(tmp_path, {"cam": str(camera_clip[0]), "other": str(camera_clip[0])}) as running:
+                                                                                       monkeypatch, openbao):
+    with Running(tmp_path, openbao, {"cam": str(camera_clip[0]), "other": str(camera_clip[0])}) as running:
         passphrase = next(line.rsplit(": ", 1)[1] for line in running.lines if "passphrase" in line)
         monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", passphrase)
         identity = tmp_path / "data" / "identities" / "demo-officer.identity"
@@ -110,11 +110,11 @@ def test_token_command_gets_a_token_with_a_signed_request_and_it_opens_only_its_
         assert "cannot open identity" in errors and "cannot reach" in errors and "refused (403)" in errors
 
 
-def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(camera_clip, tmp_path):
+def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(camera_clip, tmp_path, openbao):
     import av
 
     clip, frames, faces = camera_clip
-    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, {"cam": camera.url, "other": camera.url},
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url, "other": camera.url},
                                                          rtsp={"port": 0}) as running:
         running.wait_healthy()
         deadline = time.monotonic() + 30
@@ -145,14 +145,14 @@ def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(cam
     assert assert_faces_redacted([half(d) for d in decoded], frames, faces) >= 3
 
 
-def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path):
+def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path, openbao):
     """A viewer watching over WHEP and a VMS pulling RTSP are cut off once their token is revoked."""
     import asyncio
 
     import av
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    with Running(tmp_path, {"cam": str(camera_clip[0])}, rtsp={"port": 0}) as running:
+    with Running(tmp_path, openbao, {"cam": str(camera_clip[0])}, rtsp={"port": 0}) as running:
         running.wait_healthy()
         deadline = time.monotonic() + 30
         while running.gateway.cameras["cam"].rendition("h264") is None:
@@ -202,7 +202,7 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
         assert running.gateway.rtsp.sessions("cam") == 0
 
 
-def test_the_demo_viewer_token_is_logged_off_the_event_loop(camera_clip, tmp_path, monkeypatch):
+def test_the_demo_viewer_token_is_logged_off_the_event_loop(camera_clip, tmp_path, monkeypatch, openbao):
     """Issuing it appends to the audit log (an fsync, under a file lock shared with unmask runs):
     the event loop must not wait on the disk while it serves requests."""
     import asyncio
@@ -221,7 +221,7 @@ def test_the_demo_viewer_token_is_logged_off_the_event_loop(camera_clip, tmp_pat
         return real(self, actor, signer, action, *args, **kwargs)
 
     monkeypatch.setattr(AuditLog, "append", append)
-    with Running(tmp_path, {"cam": str(camera_clip[0])}) as running:
+    with Running(tmp_path, openbao, {"cam": str(camera_clip[0])}) as running:
         assert running.viewer_token
     assert ("issue-token", "off the loop") in appended
     assert ("issue-token", "on the event loop") not in appended

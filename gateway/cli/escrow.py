@@ -42,6 +42,7 @@ from ..files import (
     watermark,
     write_image,
 )
+from .cosigning import add_unmask_arguments, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
 
@@ -68,6 +69,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     unmask.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT",
                         help="video, image, or a new directory (one lossless PNG per frame)")
     unmask.add_argument("--no-watermark", action="store_true", help="leave out the visible watermark (if policy allows)")
+    add_unmask_arguments(unmask)
     unmask.set_defaults(run=_escrow(_unmask))
 
     audit = commands.add_parser("audit", help="the audit log")
@@ -158,7 +160,7 @@ def _unmask(args: argparse.Namespace) -> int:
         tracks |= _subject_at(store, ref, args.at, args.point)
     holders = open_identities(args.identities)
     selection = Selection(frozenset(tracks), frozenset(args.classes), start, end)
-    job = Unmask(store, ref, selection, holders)
+    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store))
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
     names = ", ".join(sorted(h.public.name for h in holders))

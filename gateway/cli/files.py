@@ -18,6 +18,7 @@ from redaction import Analyzer, Frame, Policy, PolicyError, StreamRedactor, load
 
 from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrame, VideoTranscoder, check_writable, is_image, read_image, write_image
 from ..sealing import RedactSeal
+from .cosigning import gateway_cosigner
 from .errors import CommandError
 
 
@@ -72,7 +73,8 @@ def _sealer(args: argparse.Namespace, policy: Policy, still: bool) -> Sealer | N
     camera = args.camera or re.sub(r"[^A-Za-z0-9_.-]+", "-", args.input.stem).lstrip(".-")[:64] or "camera"
     try:
         directory = KeyDirectory.open(args.keys)
-        store = VaultStore.for_sealing(args.vault, directory)
+        cosigner, manages_access = gateway_cosigner(args.keys)
+        store = VaultStore.for_sealing(args.vault, directory, cosigner, manages_access=manages_access)
         return Sealer(store, directory.signer, camera, policy.model_dump(mode="json"), grants_of(policy),
                       directory.identities, segment_seconds=args.segment_seconds,
                       originals="lossless" if still else None)

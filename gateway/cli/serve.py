@@ -14,6 +14,7 @@ from pathlib import Path
 from keys import EscrowError
 
 from ..config import ConfigError, load_config
+from ..openbao import OpenBaoError
 from .errors import CommandError
 from .prompt import open_identities
 
@@ -83,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                   if v is not None})
         config = config.model_copy(update={"listen": listen})
         asyncio.run(serve(config, policies, announce=lambda line: print(line, flush=True)))
-    except (ConfigError, EscrowError) as exc:
+    except (ConfigError, EscrowError, OpenBaoError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:  # a listening port taken, a data directory not writable
         raise CommandError(f"cannot serve: {exc.strerror or exc}"

@@ -58,7 +58,7 @@ class PipelineStats:
     blanked: int = 0
     dropped: int = 0
     late: int = 0  # decided after the watchdog had already blanked them
-    seal_refused: int = 0  # decided, but blanked: the sealer was behind and could not take their originals
+    seal_refused: int = 0  # decided, but blanked: the sealer was behind, or failed, and did not take their originals
     detector_errors: int = 0
     detections: int = 0
     detect_seconds: float = 0.0
@@ -112,6 +112,7 @@ class CameraPipeline:
         self.camera, self.step, self.sinks = camera, step, sinks
         self.holdback = holdback
         self.stats = PipelineStats()
+        self._seal_logged = -_ERROR_LOG_INTERVAL  # when a sealing failure was last logged
         self._analyzer_factory = analyzer_factory
         self._lock = threading.Lock()
         self._release_lock = threading.Lock()
@@ -347,10 +348,15 @@ class CameraPipeline:
             slot.state = "claimed"
         try:
             ref = self.step.apply(frame.index, frame.time, frame.image, decision.regions)
-        except SealerBusy:  # its originals could not be sealed: it leaves blanked, never unsealed
+        except Exception as exc:  # noqa: BLE001 (its originals could not be sealed: it leaves blanked, never unsealed)
             with self._lock:
                 slot.state = "blanked"
                 self.stats.seal_refused += 1
+            # SealerBusy: the sealing thread is behind; anything else (the co-signer gone, the disk
+            # full) stopped it, and every later frame is blanked too until the gateway restarts
+            if not isinstance(exc, SealerBusy) and time.monotonic() - self._seal_logged >= _ERROR_LOG_INTERVAL:
+                self._seal_logged = time.monotonic()
+                log.error("camera %s: sealing failed (%s); its frames are blanked", self.camera, exc)
         else:
             with self._lock:
                 slot.state, slot.image, slot.ref = "redacted", frame.image, ref

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from keys import Sealer, VaultStore, grants_of
+from keys import CoSigner, Sealer, VaultStore, grants_of
 from redaction import Policy, default_threads
 
 from ..config import GatewayConfig
 from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
+from .cosigning import open_cosigner
 from .keyring import prepare_keys
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,18 @@ class Runtime:
         self.config = config
         data = config.storage.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        self.directory = directory = prepare_keys(config, announce)
-        self.store = store = VaultStore.for_sealing(data / "vault", directory)
+        self.directory = prepare_keys(config, announce)
+        cosigner, manages_access, self._openbao = open_cosigner(config, announce)
+        try:
+            self._open(config, policies, cosigner, manages_access, announce)
+        except BaseException:
+            self._stop_openbao()
+            raise
+
+    def _open(self, config: GatewayConfig, policies: dict[str, Policy], cosigner: CoSigner, manages_access: bool,
+              announce: Callable[[str], None]) -> None:
+        data, directory = config.storage.data_dir, self.directory
+        self.store = store = VaultStore.for_sealing(data / "vault", directory, cosigner, manages_access=manages_access)
         self.signer = directory.signer
         self.activations = Activations(data / "active-policies.json", store)
         restored = self.activations.restore(config.cameras, announce)
@@ -99,6 +110,11 @@ class Runtime:
             self._watchdog.join(5)
         for camera in self.cameras.values():
             camera.stop_output()
+        self._stop_openbao()
+
+    def _stop_openbao(self) -> None:
+        if self._openbao is not None:
+            self._openbao.stop()
 
     def _tick(self) -> None:
         while not self._stop.is_set():

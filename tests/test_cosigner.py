@@ -1,0 +1,345 @@
+"""The co-signer (OpenBao) in the loop: what a copy of the files and one identity can no longer do,
+what each refusal looks like, and the embedded OpenBao of the default configuration.
+
+Everything runs against real ``bao`` servers: the session's dev-mode one (conftest.py) and, for the
+embedded default and its outages, a production-mode one with Raft storage started here.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.files import read_image
+from gateway.live.cosigning import open_cosigner, unseal_key_file
+from gateway.openbao import CREDENTIALS, find_binary, write_credentials
+from keys import (
+    CoSigner,
+    CoSignerRefused,
+    KeyDirectory,
+    PrivateIdentity,
+    RecordError,
+    Sealed,
+    Sealer,
+    Selection,
+    Unmask,
+    UnmaskError,
+    VaultStore,
+    revoke_access,
+)
+from keys.cosigner import segment_key, share_context
+from keys.record import open_record, shared_track_key, track_key
+from keys.vault import key_context
+from keys.wrap import Grant, unwrap_key
+
+GRANTS = {"face": Grant(("investigator",)), "plate": Grant(("privacy-officer",))}
+PASSPHRASE = "correct horse battery"
+
+
+@pytest.fixture()
+def sealed(tmp_path, sealing_store):
+    """Camera lobby, one segment: faces 1 and 2 (investigator ivan) and plate 3 (officer olga), lossless."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    olga = PrivateIdentity.generate("olga", ["privacy-officer"])
+    directory.add(ivan.public)
+    directory.add(olga.public)
+    store = sealing_store(tmp_path / "vault", directory)
+    image = np.random.default_rng(5).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    boxes = {1: ("face", (10, 10, 20, 20)), 2: ("face", (40, 10, 20, 20)), 3: ("plate", (50, 40, 20, 10))}
+    with Sealer(store, directory.signer, "lobby", {"version": 1, "storage": {"originals": "lossless"}}, GRANTS,
+                directory.identities) as sealer:
+        for frame in range(3):
+            sealer.add(frame, frame * 100_000, [Sealed(t, cls, b, image[b[1]:b[1] + b[3], b[0]:b[0] + b[2]])
+                                                for t, (cls, b) in boxes.items()])
+    return store, sealer.ref, image, ivan, olga, directory
+
+
+def test_one_identity_and_a_copy_of_the_files_decrypt_nothing(sealed, tmp_path, openbao):
+    """The attack of issue 13: an investigator's identity file and a copy of the vault, and a short script
+    using the library. The data key unwraps (HPKE, as before), but no track key follows from it alone."""
+    _, _, image, ivan, _, _ = sealed
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "vault", copy)
+    reader = VaultStore.open(copy)
+    (segment,) = reader.verify_chain("lobby")
+    data_key = unwrap_key(reader.wraps("lobby", segment)["face"], [ivan], key_context("lobby", 1, "face"))
+    faces = [r for r in segment.records if r.header.cls == "face"]
+    assert faces and all(r.header.version == 3 for r in faces)
+    for record in faces:
+        h = record.header
+        for key in (track_key(data_key, "lobby", 1, h.track),  # the old derivation
+                    shared_track_key(data_key, os.urandom(32), "lobby", 1, "face", h.track),  # a guessed share
+                    shared_track_key(data_key, bytes(32), "lobby", 1, "face", h.track)):
+            with pytest.raises(RecordError):
+                open_record(key, record)
+    # the share is OpenBao's to give: not without a login, not for a class ivan's grant does not name
+    cosigner = CoSigner(openbao.address)
+    face, plate = faces[0].header, next(r.header for r in segment.records if r.header.cls == "plate")
+    with pytest.raises(CoSignerRefused):
+        cosigner.open_share("", segment_key(reader.vault_id, "lobby", "face", 1),
+                            share_context("lobby", 1, "face", face.track), face.share)
+    token = cosigner.login(ivan)
+    with pytest.raises(CoSignerRefused):
+        cosigner.open_share(token, segment_key(reader.vault_id, "lobby", "plate", 1),
+                            share_context("lobby", 1, "plate", plate.track), plate.share)
+    # nor a share under another track's context: the derived key differs, the decrypt fails
+    with pytest.raises(CoSignerRefused):
+        cosigner.open_share(token, segment_key(reader.vault_id, "lobby", "face", 1),
+                            share_context("lobby", 1, "face", face.track + 1), face.share)
+    # the one legitimate path: ivan's own face track, asked for and logged by OpenBao
+    share = cosigner.open_share(token, segment_key(reader.vault_id, "lobby", "face", 1),
+                                share_context("lobby", 1, "face", face.track), face.share)
+    x, y, w, h = faces[0].header.placements[0].box
+    restored = open_record(shared_track_key(data_key, share, "lobby", 1, "face", face.track), faces[0])
+    assert np.array_equal(restored[0], image[y:y + h, x:x + w])
+
+
+def test_a_login_or_share_refused_by_openbao_is_audited_and_opaque(sealed, openbao, tmp_path):
+    store, ref, _, ivan, _, directory = sealed
+    revoke_access(CoSigner(openbao.address, openbao.root), ivan.public)  # ivan's OpenBao access ends
+    job = Unmask(VaultStore.open(store.location), ref, Selection(tracks=frozenset({1})), [ivan])
+    with pytest.raises(UnmaskError, match="^unmask refused$"):
+        job.authorize("C-7", "suspect", "memory", True)
+    log = [json.loads(line) for line in (tmp_path / "vault" / "audit.log").read_text().splitlines()]
+    assert [e["action"] for e in log] == ["seal", "unmask-refused"]
+    assert "refused the login of ivan" in log[-1]["details"]["refused"] and log[-1]["details"]["case"] == "C-7"
+    # the next seal of the camera restores ivan's access (this gateway maintains it)
+    Sealer(store, directory.signer, "lobby", {"version": 1}, GRANTS, directory.identities).close()
+    job = Unmask(VaultStore.open(store.location), ref, Selection(tracks=frozenset({1})), [ivan])
+    job.authorize("C-7", "suspect", "memory", True)
+    assert job.shares_asked == 1
+
+
+def test_each_identity_logs_in_only_with_its_own_key(sealed, openbao):
+    """One JWT mount per identity, whose only key is that identity's: olga's key cannot sign for ivan."""
+    _, _, _, ivan, olga, _ = sealed
+    impostor = PrivateIdentity(ivan.public, olga.hpke, olga.signing)  # ivan's name, olga's keys
+    with pytest.raises(CoSignerRefused):
+        CoSigner(openbao.address).login(impostor)
+
+
+# --- the embedded default and its outages ------------------------------------------------------
+
+def free_port_pair() -> int:
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65000:
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, data):
+    """A data directory whose gateway runs the embedded OpenBao (the default configuration's escrow),
+    an investigator in its key directory and a sealed photo; the OpenBao server is left stopped."""
+    root = tmp_path_factory.mktemp("embedded")
+    port = free_port_pair()
+    (root / "gateway.yaml").write_text(json.dumps({
+        "cameras": {"demo": {"source": str(data / "videos" / "short_hamilton_clip.mp4")}},
+        "storage": {"data_dir": "data"}, "escrow": {"port": port}}))
+    config, _ = load_config(root / "gateway.yaml")
+    KeyDirectory.init(config.keys_dir)
+    os.environ["PRIVACY_GATEWAY_PASSPHRASE"] = PASSPHRASE
+    assert main(["keys", "add-identity", str(config.keys_dir), "ivan", "--role", "investigator",
+                 "--out", str(root / "ivan.id")]) == 0
+    lines, captured = [], {}
+    from gateway.live import cosigning
+
+    real_set_up = cosigning.set_up
+
+    def set_up(admin, embedded):
+        captured["root"] = admin.token
+        return real_set_up(admin, embedded)
+
+    cosigning.set_up = set_up
+    try:
+        cosigner, manages_access, local = open_cosigner(config, lines.append)
+    finally:
+        cosigning.set_up = real_set_up
+    photo = sorted((data / "faces_dlib_examples" / "images").glob("*.jpg"))[0]
+    cv2.imwrite(str(root / "group.png"), cv2.imread(str(photo)))
+    (root / "open.yaml").write_text("classes: {plate: {enabled: false}}\nunmask: {watermark: optional}\n")
+    try:
+        assert main(["redact", str(root / "group.png"), "-o", str(root / "redacted.png"), "--keys",
+                     str(config.keys_dir), "--vault", str(config.storage.data_dir / "vault"),
+                     "--policy", str(root / "open.yaml")]) == 0
+        yield {"root": root, "config": config, "local": local, "lines": lines, "cosigner": cosigner,
+               "manages_access": manages_access, "captured_root": captured["root"]}
+    finally:
+        local.stop()
+        os.environ.pop("PRIVACY_GATEWAY_PASSPHRASE", None)
+
+
+def test_the_embedded_openbao_is_set_up_once_and_its_root_token_revoked(embedded):
+    config, local = embedded["config"], embedded["local"]
+    data = config.storage.data_dir
+    key_file = unseal_key_file(data)
+    assert key_file.parent == data.resolve().parent and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((config.keys_dir / CREDENTIALS).stat().st_mode) == 0o600
+    assert embedded["manages_access"] and any(str(key_file) in line for line in embedded["lines"])
+    root = embedded["captured_root"]
+    assert httpx.get(f"{local.address}/v1/auth/token/lookup-self", headers={"X-Vault-Token": root}).status_code == 403
+    assert root not in "".join(p.read_text(errors="replace") for p in data.rglob("*") if p.is_file()
+                               and p.stat().st_size < 1 << 20)
+    # the gateway's token seals; it cannot decrypt
+    me = httpx.get(f"{local.address}/v1/auth/token/lookup-self",
+                   headers={"X-Vault-Token": embedded["cosigner"].token}).json()["data"]
+    assert sorted(me["policies"]) == ["pg-access", "pg-gateway"]
+    reader = VaultStore.open(data / "vault")
+    (segment,) = reader.verify_chain(reader.cameras()[0])
+    record = segment.records[0].header
+    with pytest.raises(CoSignerRefused):
+        embedded["cosigner"].open_share(embedded["cosigner"].token, segment_key(reader.vault_id, record.camera,
+                                        record.cls, 1), share_context(record.camera, 1, record.cls, record.track),
+                                        record.share)
+
+
+def _unmask(embedded, output):
+    root, config = embedded["root"], embedded["config"]
+    return ["unmask", str(root / "redacted.png"), "--vault", str(config.storage.data_dir / "vault"), "--keys",
+            str(config.keys_dir), "--identity", str(root / "ivan.id"), "--case", "C-1", "--reason", "test",
+            "--no-watermark", "-o", str(output)]
+
+
+def _audit_lines(embedded) -> int:
+    return len((embedded["config"].storage.data_dir / "vault" / "audit.log").read_text().splitlines())
+
+
+def _refused(capsys, embedded, output, match):
+    before = _audit_lines(embedded)
+    code = main(_unmask(embedded, output))
+    err = capsys.readouterr().err
+    assert code == 2 and match in err, err
+    assert not output.exists() and _audit_lines(embedded) == before
+
+
+def test_unmask_refuses_while_openbao_is_down_sealed_or_cannot_audit_and_works_once_it_is_back(
+        embedded, tmp_path, capsys):
+    local, config = embedded["local"], embedded["config"]
+    original = read_image(embedded["root"] / "group.png")
+    local.stop()
+    _refused(capsys, embedded, tmp_path / "down.png", "does not answer")
+
+    # sealed: the server runs, nobody unsealed it
+    process = subprocess.Popen([str(find_binary()), "server", f"-config={local.directory / 'server.hcl'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{local.address}/v1/sys/health", timeout=1).status_code == 503:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        _refused(capsys, embedded, tmp_path / "sealed.png", "is sealed")
+        key = unseal_key_file(config.storage.data_dir).read_text().strip()
+        assert httpx.put(f"{local.address}/v1/sys/unseal", json={"key": key}).status_code == 200
+        while httpx.get(f"{local.address}/v1/sys/health").status_code != 200:
+            time.sleep(0.1)
+
+        # its audit device cannot write: OpenBao refuses to answer what it cannot log
+        audit = local.audit_log
+        audit.rename(audit.with_suffix(".kept"))
+        audit.mkdir()
+        process.send_signal(signal.SIGHUP)  # the file device reopens its path, a directory now
+        time.sleep(1.0)
+        _refused(capsys, embedded, tmp_path / "no-audit.png", "cannot write its audit log")
+        audit.rmdir()
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+
+        out = tmp_path / "back.png"
+        assert main(_unmask(embedded, out)) == 0, capsys.readouterr().err
+        assert np.array_equal(read_image(out), original)
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_a_restart_unseals_from_the_key_file_and_refuses_without_it(embedded):
+    config = embedded["config"]
+    key_file = unseal_key_file(config.storage.data_dir)
+    lines = []
+    cosigner, _, again = open_cosigner(config, lines.append)
+    try:
+        assert lines == []  # set up once only
+        cosigner.check()
+    finally:
+        again.stop()
+    moved = key_file.with_name("moved-away.key")
+    key_file.rename(moved)
+    try:
+        from gateway.openbao import OpenBaoError
+
+        with pytest.raises(OpenBaoError, match="sealed"):
+            open_cosigner(config, lines.append)
+    finally:
+        moved.rename(key_file)
+
+
+def test_sealing_without_credentials_says_what_is_missing(tmp_path, capsys):
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    code = main(["redact", str(image), "-o", str(tmp_path / "b.png"), "--keys", str(tmp_path / "keys"), "--vault",
+                 str(tmp_path / "vault")])
+    assert code == 2 and f"{tmp_path / 'keys' / CREDENTIALS} is missing" in capsys.readouterr().err
+    write_credentials(tmp_path / "keys", "http://127.0.0.1:9", "token")  # nothing listens on port 9
+    code = main(["redact", str(image), "-o", str(tmp_path / "b.png"), "--keys", str(tmp_path / "keys"), "--vault",
+                 str(tmp_path / "vault")])
+    assert code == 2 and "does not answer" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+
+
+def test_an_external_openbao_connected_by_an_operator_and_access_kept_by_an_officer(tmp_path, capsys, openbao,
+                                                                                    monkeypatch, data):
+    """`escrow connect` without --manage-access: the gateway's token seals and nothing else, so nobody
+    may unmask until an officer runs `escrow sync-access`; then exactly the granted identity may."""
+    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", PASSPHRASE)
+    keys = tmp_path / "keys"
+    assert main(["keys", "init", str(keys)]) == 0
+    assert main(["keys", "add-identity", str(keys), "ivan", "--role", "investigator", "--out",
+                 str(tmp_path / "ivan.id")]) == 0
+    admin = tmp_path / "admin.token"
+    admin.write_text(openbao.root + "\n")
+    assert main(["escrow", "connect", str(keys), "--address", openbao.address, "--admin-token-file", str(admin)]) == 0
+    credentials = json.loads((keys / CREDENTIALS).read_text())
+    assert credentials["manage_access"] is False and credentials["token"] != openbao.root
+    policies = httpx.get(f"{openbao.address}/v1/auth/token/lookup-self",
+                         headers={"X-Vault-Token": credentials["token"]}).json()["data"]["policies"]
+    assert policies == ["pg-gateway"]
+    photo = sorted((data / "faces_dlib_examples" / "images").glob("*.jpg"))[0]  # faces the detector finds
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.imread(str(photo)))
+    vault = tmp_path / "vault"
+    assert main(["redact", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--keys", str(keys), "--vault",
+                 str(vault)]) == 0
+    capsys.readouterr()
+    args = ["unmask", str(tmp_path / "b.png"), "--vault", str(vault), "--keys", str(keys), "--identity",
+            str(tmp_path / "ivan.id"), "--case", "C-3", "--reason", "test", "-o", str(tmp_path / "c.png")]
+    assert main(args) == 2 and "unmask refused" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+    assert main(["escrow", "sync-access", "--keys", str(keys), "--vault", str(vault), "--admin-token-file",
+                 str(admin)]) == 0
+    assert main(args) == 0, capsys.readouterr().err
+    actions = [json.loads(line)["action"] for line in (vault / "audit.log").read_text().splitlines()]
+    assert actions == ["seal", "unmask-refused", "unmask"]
