@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
+from _cosigner import local_cosigner  # noqa: E402
 from bench_seal import boxes, frames  # noqa: E402
 
 from keys import Grant, KeyDirectory, PrivateIdentity, Sealed, Sealer, Selection, Unmask, VaultStore  # noqa: E402
@@ -202,22 +203,23 @@ def main() -> int:
         directory = KeyDirectory.init(work / "keys")
         identity = PrivateIdentity.generate("ivan", ["investigator"])
         directory.add(identity.public)
-        store = VaultStore.for_sealing(work / "vault", directory)
+        with local_cosigner(work) as (cosigner, _):
+            store = VaultStore.for_sealing(work / "vault", directory, cosigner, manages_access=True)
 
-        # every repeat seals its own camera, so each unmask verifies a chain of exactly one recording
-        sealed = [seal(store, directory, f"bench-{r}", clip, args.originals) for r in range(max(1, args.seal_repeats))]
-        ref = sealed[0][0].ref
-        sealing = min(seconds for _, seconds in sealed) / n
-        vault = work / "vault"  # a local vault: docs/vault-format.md's layout
-        vault_bytes = sum(p.stat().st_size for p in (vault / "segments" / "bench-0").glob("*.pgv"))
-        vault_bytes += sum(p.stat().st_size for p in (vault / "keys" / "bench-0").glob("*.keys"))
-        segments = len(store.segment_numbers("bench-0"))
+            # every repeat seals its own camera, so each unmask verifies a chain of exactly one recording
+            sealed = [seal(store, directory, f"bench-{r}", clip, args.originals) for r in range(max(1, args.seal_repeats))]
+            ref = sealed[0][0].ref
+            sealing = min(seconds for _, seconds in sealed) / n
+            vault = work / "vault"  # a local vault: docs/vault-format.md's layout
+            vault_bytes = sum(p.stat().st_size for p in (vault / "segments" / "bench-0").glob("*.pgv"))
+            vault_bytes += sum(p.stat().st_size for p in (vault / "keys" / "bench-0").glob("*.keys"))
+            segments = len(store.segment_numbers("bench-0"))
 
-        lossless = args.originals == "lossless"
-        full = repeated(lambda: unmask(store, ref, Selection(), identity, clip, check_full(clip, lossless)),
-                        args.repeats, args.budget)
-        one = repeated(lambda: unmask(store, ref, Selection(tracks=frozenset({ONE_TRACK})), identity, clip,
-                                      check_one(clip, ONE_TRACK, lossless)), args.repeats, args.budget)
+            lossless = args.originals == "lossless"
+            full = repeated(lambda: unmask(store, ref, Selection(), identity, clip, check_full(clip, lossless)),
+                            args.repeats, args.budget)
+            one = repeated(lambda: unmask(store, ref, Selection(tracks=frozenset({ONE_TRACK})), identity, clip,
+                                          check_one(clip, ONE_TRACK, lossless)), args.repeats, args.budget)
 
     copied = min(paste(clip) for _ in range(args.repeats))
     video = encode(clip)
