@@ -181,9 +181,16 @@ class Sealer:
         self.close(complete=kind is None)
 
     def _recover(self) -> None:
-        """Sign and keep what a crashed writer left; the event goes to the audit log."""
+        """Sign and keep what a crashed writer left; the event goes to the audit log. A partial
+        that cannot be vouched for is refused (logged too), and so is sealing, until it is moved away."""
         for number in self.store.partial_segments(self.camera):
-            kept = self.store.recover_partial(self.camera, number, self._signer)
+            try:
+                kept = self.store.recover_partial(self.camera, number, self._signer)
+            except VaultError as exc:
+                self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-refused",
+                                        {"camera": self.camera, "segment": number, "reason": str(exc)})
+                raise VaultError(f"camera {self.camera!r}: {exc}; sealing refused until the file is moved out "
+                                 "of the vault (investigate it first: it may be forged)") from None
             if kept is not None:  # None: the segment was finished, only its partial was left behind
                 self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-segment",
                                         {"camera": self.camera, "segment": number, "records": kept})

@@ -21,7 +21,8 @@ these sit exactly where they always have) and beside it::
 
 A segment is an object only once it is finished: its partial is put whole, then removed.
 After a crash between the two the object is authoritative and the partial is discarded
-(:meth:`VaultStore.recover_partial`); a partial without its object is signed as recovered.
+(:meth:`VaultStore.recover_partial`); a partial without its object is signed as recovered
+if it is the camera's next segment and as far as the gateway's checkpoints in it vouch.
 
 The anchor is written when a gateway first seals into the vault; afterwards only that
 gateway's key may add to it. A reader given the key directory checks the anchor against it;
@@ -49,9 +50,10 @@ from .cosigner import CoSigner, grant_access, key_prefix
 from .directory import KeyDirectory
 from .durable import remove_durably
 from .errors import CoSignerRefused, ObjectMissing, VaultError
-from .identity import PublicIdentity, canonical, fingerprint
+from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
 from .objects import LocalObjects, ObjectStore
 from .vault import (
+    GENESIS,
     Segment,
     SegmentHeader,
     SegmentWriter,
@@ -249,6 +251,8 @@ class VaultStore:
         # this camera's prefixes are replaced, the other cameras' kept (one ACL policy per identity)
         mine = {key_prefix(self.vault_id, camera, cls) for cls in ("face", "plate")}
         for identity in identities:
+            if not set(identity.roles) & set(UNMASK_ROLES):
+                continue  # may never be granted an unmask: no login to maintain
             wanted = {key_prefix(self.vault_id, camera, cls) for cls, grant in grants.items()
                       if identity in recipients(grant, identities)}
             try:
@@ -359,16 +363,30 @@ class VaultStore:
 
         A partial whose segment object exists is what a crash between keeping a finished segment
         and removing its partial leaves: the object is authoritative, the partial is removed.
+        Otherwise it must be the camera's next segment, which no ``seal`` entry of the audit log
+        covers yet, and only what its signed checkpoints vouch for is kept
+        (:func:`keys.vault.recover_partial`); anything else raises :class:`VaultError` and the
+        file is left where it is.
         """
         partial = self._partial(camera, number)
         if self._objects.exists(_segments_of(camera) + segment_name(number)):
             remove_durably(partial, missing_ok=True)
             return None
+        chain = list(self.verify_chain(camera))
+        head = (chain[-1].number, chain[-1].digest) if chain else (0, GENESIS)
+        if self.audit.exists():
+            for entry in self.audit.entries():
+                details = entry["details"]
+                if entry["action"] == "seal" and details.get("camera") == camera:
+                    first, last = details["segments"]
+                    if first <= number <= last:
+                        raise VaultError(f"{partial_name(number)}: the audit log records segment {number} as "
+                                         f"sealed (entry {entry['seq']}); a partial of it is not recovered")
         try:
             keys = self._objects.get(_keys_object(camera, number))
         except ObjectMissing:
             keys = None
-        kept = recover_partial(partial, keys, signer)
+        kept = recover_partial(partial, keys, signer, head, self.vault_id)
         self._publish(camera, number, partial)
         return kept
 

@@ -3,7 +3,10 @@
 Two objects per segment (named, and kept, by :mod:`keys.store`)::
 
     <n>.pgv    the segment: magic ``PGV1``, u32 + canonical-JSON header (``"v": 3``, with the
-               vault's id; segments of format versions 1 and 2 are still read), the records, then a
+               vault's id; segments of format versions 1 and 2 are still read), the records,
+               each followed (version 3) by a signed *checkpoint*: magic ``PGVC``, u32 +
+               canonical JSON (records so far, SHA-256 of every byte before the checkpoint,
+               time), the gateway's 64-byte signature of it; then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
                file, end time), u32 summary length, and the gateway's 64-byte Ed25519
@@ -15,6 +18,12 @@ Two objects per segment (named, and kept, by :mod:`keys.store`)::
 The header names the previous segment's digest, so per camera the segments form a hash
 chain: a deleted, reordered, truncated or altered segment or record is detected by
 :func:`check_chain`, which names the first broken segment.
+
+A crash leaves a segment without its trailer. :func:`recover_partial` finishes it only when it
+is the camera's next segment (its number follows the chain's head, its ``previous`` is the
+head's digest) and keeps only what a checkpoint the gateway signed vouches for, ending it at
+that checkpoint's time: a partial file made by hand, or a sealed segment turned back into one
+and edited, is refused, not signed.
 
 Nothing here knows where segments are kept: :class:`SegmentWriter` appends to a local
 ``<n>.pgv.partial`` file and hands the key file and, on close, the finished partial to the
@@ -45,6 +54,7 @@ from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
 TRAILER_MAGIC = b"PGVT"
+CHECKPOINT_MAGIC = b"PGVC"
 VERSION = 3  # written; versions 1 (raw records, PGR1) and 2 (clips without a co-signer share, PGR2) are read
 GENESIS = "0" * 64
 
@@ -131,6 +141,8 @@ class SegmentWriter:
         self._count = 0
         head = canonical(header.to_json())
         self._write(SEGMENT_MAGIC + struct.pack(">I", len(head)) + head)
+        if header.version >= 3:
+            self._checkpoint()  # the header itself is vouched for
 
     @property
     def count(self) -> int:
@@ -156,6 +168,12 @@ class SegmentWriter:
                         share=share[1])
         self._write(seal(key, header, coded).to_bytes())
         self._count += 1
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Vouch for every byte so far: what :func:`recover_partial` may keep after a crash."""
+        summary = canonical({"count": self._count, "body": self._hash.hexdigest(), "time": utc_now()})
+        self._write(CHECKPOINT_MAGIC + struct.pack(">I", len(summary)) + summary + self._signer.sign(summary))
 
     def close(self, ended: str | None = None) -> str:
         """Sign and finish the segment; returns its digest (the next segment's ``previous``)."""
@@ -198,13 +216,36 @@ def partial_name(number: int) -> str:
     return f"{number:08d}.pgv.partial"
 
 
-def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey) -> int:
-    """Finish, in place, a segment a crash left as ``partial``: keep its whole records, sign them.
+def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, count: int) -> tuple[int, dict]:
+    """The checkpoint at ``mark``, if the gateway signed it for ``count`` records and the bytes
+    ``running`` has hashed (it then hashes the checkpoint too); its end and summary, else ValueError."""
+    try:
+        if data[mark : mark + 4] != CHECKPOINT_MAGIC:
+            raise ValueError
+        (slen,) = struct.unpack_from(">I", data, mark + 4)
+        summary_bytes = bytes(data[mark + 8 : mark + 8 + slen])
+        gateway.verify(bytes(data[mark + 8 + slen : mark + 8 + slen + 64]), summary_bytes)
+        summary = json.loads(summary_bytes)
+    except (struct.error, InvalidSignature):
+        raise ValueError("not a checkpoint") from None
+    if not isinstance(summary, dict) or summary.get("count") != count or summary.get("body") != running.hexdigest():
+        raise ValueError("a checkpoint of other bytes")
+    end = mark + 8 + slen + 64
+    running.update(data[mark:end])
+    return end, summary
 
-    A record cut short at the end is dropped; every complete record is kept, the trailer
-    says ``"recovered": true`` and its end time is the file's last modification.
+
+def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey,
+                    head: tuple[int, str], vault: str) -> int:
+    """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it.
+
+    Refused (:class:`VaultError`, the file left as it is) unless it is a version 3 segment of
+    ``vault`` that continues the chain whose last segment is ``head`` (number, digest). Every
+    record up to the last checkpoint signed by the gateway's key (``signer``'s public half) and
+    matching the bytes before it is kept (the checkpoint after the header must be good: else
+    nothing is); the trailer says ``"recovered": true`` and its end time is that checkpoint's.
     ``keys_document`` is the segment's key file (None if it is missing: nothing can be
-    recovered). Returns the number of records kept; the caller then keeps the file.
+    recovered). Returns the number of records kept.
     """
     partial = Path(partial)
     name = partial.name
@@ -213,26 +254,43 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
         if data[:4] != SEGMENT_MAGIC:
             raise VaultError(f"{name}: not a vault segment")
         (hlen,) = struct.unpack_from(">I", data, 4)
-        SegmentHeader.from_json(json.loads(data[8 : 8 + hlen]))
+        header = SegmentHeader.from_json(json.loads(data[8 : 8 + hlen]))
     except (struct.error, ValueError, KeyError, TypeError):
         raise VaultError(f"{name}: header unreadable; cannot recover") from None
-    at, count = 8 + hlen, 0
-    while at < len(data):
-        try:
-            _, used = Record.from_bytes(data, at)
-        except RecordError:
-            break
-        at, count = at + used, count + 1
+    number, digest = head
+    if name != partial_name(header.segment):
+        raise VaultError(f"{name}: says it is segment {header.segment}; not recovered")
+    if header.version < VERSION or header.vault != vault:
+        raise VaultError(f"{name}: not a segment this vault's gateway writes (version {header.version}, "
+                         "or another vault's); not recovered")
+    if header.segment != number + 1 or header.previous != digest:
+        raise VaultError(f"{name}: does not continue the camera's chain (its head is segment {number}); "
+                         "not recovered")
     if keys_document is None:
         keys_file = name.removesuffix(".pgv.partial") + ".keys"
         raise VaultError(f"{name}: its key file {keys_file} is missing; cannot recover")
-    keys_sha256 = hashlib.sha256(keys_document).hexdigest()
-    ended = dt.datetime.fromtimestamp(partial.stat().st_mtime, dt.UTC).isoformat(timespec="microseconds")
-    body = hashlib.sha256(data[:at])
+    gateway = signer.public_key()
+    running = hashlib.sha256(data[: 8 + hlen])  # of every byte before ``at``
+    try:
+        at, summary = _checkpoint_at(data, 8 + hlen, gateway, running, 0)
+    except ValueError:
+        raise VaultError(f"{name}: its header is not vouched for by the gateway; not recovered") from None
+    kept, count, ended = at, 0, str(summary["time"])
+    while at < len(data):
+        try:
+            _, used = Record.from_bytes(data, at)
+            probe = running.copy()
+            probe.update(data[at : at + used])
+            end, summary = _checkpoint_at(data, at + used, gateway, probe, count + 1)
+        except (RecordError, ValueError):
+            break  # nothing after the last good checkpoint is vouched for
+        running = probe
+        at = kept = end
+        count, ended = count + 1, str(summary["time"])
     with open(partial, "r+b") as file:
-        file.truncate(at)
-        file.seek(at)
-        _finish(file, body, count, keys_sha256, ended, signer, recovered=True)
+        file.truncate(kept)
+        file.seek(kept)
+        _finish(file, running, count, hashlib.sha256(keys_document).hexdigest(), ended, signer, recovered=True)
     return count
 
 
@@ -276,12 +334,16 @@ def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise VaultError(f"{name}: malformed header ({type(exc).__name__})") from None
     at = 8 + hlen
+    if header.version >= 3:
+        at = _skip_checkpoint(data, at, trailer, name, "the header")
     records = []
     while at < trailer:
         try:
             record, used = Record.from_bytes(data, at, trailer)
         except RecordError as exc:
             raise VaultError(f"{name}: record {len(records)}: {exc}") from None
+        if header.version >= 3:  # each record is followed by its checkpoint (covered by the trailer's digest)
+            used = _skip_checkpoint(data, at + used, trailer, name, f"record {len(records)}") - at
         if (record.header.camera, record.header.segment) != (header.camera, header.segment):
             raise VaultError(f"{name}: record {len(records)} belongs to another segment")
         if record.header.version != header.version:
@@ -307,6 +369,19 @@ def read_wraps(raw: bytes | None, name: str, gateway: Ed25519PublicKey, expected
         return {cls: [Wrap.from_json(w) for w in wraps] for cls, wraps in document["keys"]["wraps"].items()}
     except (InvalidSignature, ValueError, KeyError, TypeError):
         raise VaultError(f"{name}: key file signature does not verify") from None
+
+
+def _skip_checkpoint(data: bytes, mark: int, end: int, name: str, after: str) -> int:
+    """Where the checkpoint at ``mark`` ends (its signature is the trailer's business once finished)."""
+    try:
+        if data[mark : mark + 4] != CHECKPOINT_MAGIC:
+            raise ValueError
+        (slen,) = struct.unpack_from(">I", data, mark + 4)
+    except (struct.error, ValueError):
+        raise VaultError(f"{name}: no checkpoint after {after}") from None
+    if mark + 8 + slen + 64 > end:
+        raise VaultError(f"{name}: checkpoint after {after} truncated")
+    return mark + 8 + slen + 64
 
 
 def check_chain(camera: str, segments: Iterable[tuple[str, Segment]]) -> Iterator[Segment]:

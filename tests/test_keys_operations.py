@@ -31,6 +31,9 @@ from keys import (
     verify_audit,
     verify_vault,
 )
+from keys.clips import ClipCoder
+from keys.record import Placement
+from keys.vault import SegmentHeader
 
 GRANTS = {"face": Grant(("investigator",)), "plate": Grant(("investigator",))}
 PIXELS = np.full((4, 4, 3), 9, dtype=np.uint8)
@@ -148,16 +151,99 @@ def test_verify_audit_without_a_log_and_verify_vault_without_one(tmp_path, seali
 
 def test_unfinished_segments_are_reported_not_damage(world):
     header_source = world.store.segment("lobby", 3).header
-    from keys.vault import SegmentHeader
-
     with world.store.camera_lock("lobby"):
         header = SegmentHeader("lobby", 4, 1, header_source.policy_sha256, "crashed", day(5),
-                               world.store.segment("lobby", 3).digest)
+                               world.store.segment("lobby", 3).digest, vault=world.store.vault_id)
         world.store.open_segment(header, GRANTS, world.directory.identities, world.directory.signer).abort()
     assert verify_vault(world.store).partials == {"lobby": 1}
     with world.sealer("lobby") as again:  # sealing resumes: recovered and logged
         again.add(0, 0, [])
     assert verify_vault(world.store).partials == {} and actions(world)[-2:] == ["recover-segment", "seal"]
+    recovered = world.store.segment("lobby", 4)
+    assert recovered.recovered and recovered.ended > day(5)  # the header checkpoint's time, not the file's
+
+
+def _as_partial(world, number: int, keep_records: int | None = None, edit=None) -> None:
+    """Turn finished segment ``number`` back into a partial, as someone with the files could:
+    the trailer cut off, optionally only the first records kept, optionally its bytes edited."""
+    path = world.path("segments", "lobby", f"{number:08d}.pgv")
+    data = path.read_bytes()
+    segment = world.store.segment("lobby", number)
+    trailer = data.rindex(b"PGVT")
+    if keep_records is not None:
+        trailer = data.index(segment.records[keep_records].to_bytes()) if keep_records < len(segment.records) \
+            else trailer
+    body = data[:trailer]
+    if edit is not None:
+        body = edit(body)
+    path.unlink()
+    world.path("segments", "lobby", f"{number:08d}.pgv.partial").write_bytes(body)
+
+
+def test_a_sealed_segment_turned_back_into_a_partial_is_refused_reported_and_left(world):
+    """Issue 13, attack 2: the last sealed segment made a partial again (one track dropped) is not re-signed."""
+    _as_partial(world, 3, keep_records=0)
+    partial = world.path("segments", "lobby", "00000003.pgv.partial")
+    kept = partial.read_bytes()
+    with pytest.raises(VaultError, match="records segment 3 as sealed.*sealing refused"):
+        world.sealer("lobby")
+    assert partial.read_bytes() == kept and actions(world)[-1] == "recover-refused"
+    entry = world.store.audit.entries()[-1]["details"]
+    assert entry["segment"] == 3 and "as sealed" in entry["reason"]
+    with pytest.raises(IntegrityError, match="00000003.pgv is missing"):
+        verify_vault(world.store)
+
+
+def _next_partial(world, records: int):
+    """A genuine crash: segment 4 of lobby written with ``records`` records, never finished."""
+    source = world.store.segment("lobby", 3)
+    with world.store.camera_lock("lobby"):
+        header = SegmentHeader("lobby", 4, 1, source.header.policy_sha256, "crashed", day(5), source.digest,
+                               vault=world.store.vault_id)
+        writer = world.store.open_segment(header, GRANTS, world.directory.identities, world.directory.signer)
+        codec, size, coded = ClipCoder("lossless").encode([PIXELS])
+        for track in range(records):
+            writer.add_clip(track, "face", (Placement(40 + track, 0, (0, 0, 4, 4)),), codec, size, coded,
+                            (bytes(32), "vault:v1:test"))
+        writer.abort()
+    return world.path("segments", "lobby", "00000004.pgv.partial")
+
+
+def test_a_partial_with_an_edited_header_is_refused(world):
+    partial = _next_partial(world, 2)
+    data = partial.read_bytes()
+    policy = world.store.segment("lobby", 3).header.policy_sha256
+    partial.write_bytes(data.replace(policy.encode(), world.store.store_policy({"version": 9}).encode(), 1))
+    with pytest.raises(VaultError, match="header is not vouched for"):
+        world.sealer("lobby")
+    assert actions(world)[-1] == "recover-refused"
+
+
+def test_only_what_the_checkpoints_vouch_for_is_recovered(world):
+    partial = _next_partial(world, 3)
+    data = bytearray(partial.read_bytes())
+    data[data.rindex(b"PGR3") + 200] ^= 1  # the third record altered after it was written
+    partial.write_bytes(bytes(data))
+    with world.sealer("lobby") as again:
+        again.add(0, 0, [])
+    assert len(world.store.segment("lobby", 4).records) == 2 and actions(world)[-2:] == ["recover-segment", "seal"]
+    assert world.store.audit.entries()[-2]["details"]["records"] == 2
+
+
+def test_a_partial_that_does_not_continue_the_chain_is_refused(world):
+    partial = _next_partial(world, 1)
+    partial.rename(partial.with_name("00000005.pgv.partial"))
+    with pytest.raises(VaultError, match="00000005.pgv.partial: says it is segment 4"):
+        world.sealer("lobby")
+    world.path("segments", "lobby", "00000005.pgv.partial").unlink()
+    _next_partial(world, 1)  # segment 4, genuine; and a segment 5 that claims another predecessor
+    with world.store.camera_lock("lobby"):
+        header = SegmentHeader("lobby", 5, 1, world.store.segment("lobby", 3).header.policy_sha256, "x", day(6),
+                               "0" * 64, vault=world.store.vault_id)
+        world.store.open_segment(header, GRANTS, world.directory.identities, world.directory.signer).abort()
+    with pytest.raises(VaultError, match="00000005.pgv.partial: does not continue the camera's chain"):
+        world.sealer("lobby")
+    assert world.store.segment("lobby", 4).recovered  # the genuine one before it was kept
 
 
 def test_a_stale_partial_beside_its_finished_segment_is_discarded_silently(world):
