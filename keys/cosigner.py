@@ -51,11 +51,11 @@ LOGIN_SECONDS = 60  # lifetime of the JWT an identity signs to log in
 TOKEN_TTL = "15m"  # lifetime of the token an identity gets for one unmask
 
 #: what the gateway's token may do with transit: seal (encrypt, creating the segment's key on
-#: first use), look a key up, and shred (allow deletion, delete); never decrypt or export
+#: first use), look a key up, and shred (allow deletion in its config, delete); never decrypt,
+#: export or back up (those paths are not granted)
 GATEWAY_POLICY = """
 path "{mount}/encrypt/pg-*" {{ capabilities = ["create", "update"] }}
-path "{mount}/keys/pg-*" {{ capabilities = ["read", "delete"] }}
-path "{mount}/keys/pg-*/config" {{ capabilities = ["update"] }}
+path "{mount}/keys/pg-*" {{ capabilities = ["read", "update", "delete"] }}
 path "auth/token/renew-self" {{ capabilities = ["update"] }}
 path "auth/token/lookup-self" {{ capabilities = ["read"] }}
 """

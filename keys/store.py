@@ -293,9 +293,14 @@ class VaultStore:
         return self._read(camera, segment_name(number))
 
     def verify_chain(self, camera: str) -> Iterator[Segment]:
-        """Every segment of the camera in order, checking the chain; raises :class:`VaultError` at the first break."""
+        """Every segment of the camera in order, checking the chain; raises :class:`VaultError` at the
+        first break, and at a segment sealed into another vault (a chain moved here whole)."""
         camera = check_camera(camera)
-        yield from check_chain(camera, ((name, self._read(camera, name)) for name in self._segment_files(camera)))
+        for segment in check_chain(camera, ((name, self._read(camera, name)) for name in self._segment_files(camera))):
+            if segment.header.version >= 3 and segment.header.vault != self.vault_id:
+                raise VaultError(f"{segment_name(segment.number)}: sealed into another vault "
+                                 f"({segment.header.vault}, this is {self.vault_id or 'a vault without an id'})")
+            yield segment
 
     # --- key files ------------------------------------------------------------------------------
 
@@ -312,6 +317,10 @@ class VaultStore:
         except OSError as exc:
             raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
         return read_wraps(raw, name, self.gateway, segment.keys_sha256)
+
+    def check_roster_copy(self) -> None:
+        """Check the signature of the vault's roster copy (also when readers were given the key directory)."""
+        _roster_copy(self._objects, self.gateway)
 
     def shred_key_file(self, camera: str, number: int) -> None:
         """Delete a segment's key file, durably: nobody can unmask the segment afterwards."""

@@ -164,11 +164,10 @@ class Unmask:
         return segments
 
     def _read_wraps(self, segment: Segment, log: list[dict]) -> dict[str, list[Wrap]]:
-        if not self.store.has_key_file(self.ref.camera, segment.number):
-            for entry in log:
-                if entry["action"] == "shred" and [self.ref.camera, segment.number] in entry["details"].get("segments", []):
-                    raise UnmaskError(f"segment {segment_name(segment.number)} of camera {self.ref.camera!r} was "
-                                      f"crypto-shredded (audit entry {entry['seq']}); nobody can unmask it")
+        for entry in log:  # a key file put back after shredding opens nothing: the co-signer's keys are gone
+            if entry["action"] == "shred" and [self.ref.camera, segment.number] in entry["details"].get("segments", []):
+                raise UnmaskError(f"segment {segment_name(segment.number)} of camera {self.ref.camera!r} was "
+                                  f"crypto-shredded (audit entry {entry['seq']}); nobody can unmask it")
         try:
             return self.store.wraps(self.ref.camera, segment)
         except VaultError as exc:

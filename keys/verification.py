@@ -6,11 +6,17 @@ What :func:`verify_vault` checks, in this order, stopping at the first damage wi
 1. the audit log (if there is one): every entry's chain link, sequence and signature;
 2. per camera (every camera in the vault, and every camera the log says sealed something):
    its segment chain (:meth:`~keys.store.VaultStore.verify_chain`);
-3. the chain's head against the log's last ``seal`` entry for the camera: a chain that stops
-   short of the segment the log records as sealed has lost its newest segments, which the
-   chain alone cannot tell;
+3. the chain against the log's ``seal`` entries for the camera: a chain that stops short of the
+   segment the log records as sealed has lost its newest segments, which the chain alone
+   cannot tell; and every recording the log sealed must be there as logged: its segments
+   belong to it, hold the records the entry counts, and end at the digest it names (a chain
+   from another vault, or one rebuilt by hand, does not); a version 3 segment must name this
+   vault's id;
 4. every segment's key file: present and belonging to its segment, or absent with a ``shred``
-   entry in the log that names it.
+   entry in the log that names it; a key file *present* for a segment the log says was
+   shredded is damage too (a copy put back: it opens nothing, since the co-signer's keys are
+   gone, but it must not pass unnoticed);
+5. the signature of the vault's copy of the roster, whether or not the key directory was given.
 
 Segments left unfinished by a crash are not damage: they are counted per camera in the
 report, and recovered when sealing resumes. Nothing is repaired or changed.
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .errors import AuditError, IntegrityError, VaultError
 from .store import VaultStore
-from .vault import segment_name
+from .vault import Segment, segment_name
 
 __all__ = ["VaultReport", "verify_audit", "verify_vault"]
 
@@ -58,11 +64,17 @@ def verify_vault(store: VaultStore) -> VaultReport:
             log = store.audit.entries()
         except AuditError as exc:
             raise IntegrityError(str(exc)) from None
-    shredded = {tuple(s) for e in log if e["action"] == "shred" for s in e["details"]["segments"]}
+    try:
+        store.check_roster_copy()
+    except VaultError as exc:
+        raise IntegrityError(str(exc)) from None
+    shredded = {tuple(s): e["seq"] for e in log if e["action"] == "shred" for s in e["details"]["segments"]}
     heads: dict[str, int] = {}
+    seals: dict[str, list[dict]] = {}
     for entry in log:
         if entry["action"] == "seal":
             heads[entry["details"]["camera"]] = entry["details"]["segments"][1]
+            seals.setdefault(entry["details"]["camera"], []).append(entry)
     cameras = store.cameras()
     total, partials = 0, {}
     for camera in sorted(set(cameras) | set(heads)):
@@ -74,8 +86,13 @@ def verify_vault(store: VaultStore) -> VaultReport:
             missing = segment_name(chain[-1].number + 1 if chain else 1)
             raise IntegrityError(f"camera {camera!r}: segment {missing} is missing (the audit log records segments "
                                  f"up to {segment_name(heads[camera])} as sealed)")
+        _check_seals(camera, chain, seals.get(camera, []))
         for segment in chain:
             if store.has_key_file(camera, segment.number):
+                if (camera, segment.number) in shredded:
+                    raise IntegrityError(f"camera {camera!r}: key file of {segment_name(segment.number)} is present, "
+                                         f"but audit entry {shredded[(camera, segment.number)]} shredded it "
+                                         "(put back from a copy?)")
                 try:
                     store.wraps(camera, segment)
                 except VaultError as exc:
@@ -89,3 +106,27 @@ def verify_vault(store: VaultStore) -> VaultReport:
         if unfinished:
             partials[camera] = len(unfinished)
     return VaultReport(tuple(cameras), total, len(log), partials)
+
+
+def _check_seals(camera: str, chain: list[Segment], seals: list[dict]) -> None:
+    """Every recording the log says was sealed, against the segments that hold it."""
+    by_number = {segment.number: segment for segment in chain}
+    for entry in seals:
+        details = entry["details"]
+        first, last = details["segments"]
+        held = [by_number.get(n) for n in range(first, last + 1)]
+        if any(segment is None for segment in held):
+            missing = next(n for n, segment in zip(range(first, last + 1), held, strict=True) if segment is None)
+            raise IntegrityError(f"camera {camera!r}: segment {segment_name(missing)} of the recording audit entry "
+                                 f"{entry['seq']} sealed is missing")
+        where = f"camera {camera!r}: segments {segment_name(first)}-{segment_name(last)}"
+        if any(segment.header.recording != details["recording"] for segment in held):
+            raise IntegrityError(f"{where} do not all belong to recording {details['recording']} "
+                                 f"(audit entry {entry['seq']})")
+        records = sum(len(segment.records) for segment in held)
+        if "records" in details and records != details["records"]:
+            raise IntegrityError(f"{where} hold {records} records; audit entry {entry['seq']} sealed "
+                                 f"{details['records']}")
+        if "head" in details and held[-1].digest != details["head"]:
+            raise IntegrityError(f"{where} end at another digest than audit entry {entry['seq']} sealed "
+                                 "(replaced?)")

@@ -343,3 +343,84 @@ def test_an_external_openbao_connected_by_an_operator_and_access_kept_by_an_offi
     assert main(args) == 0, capsys.readouterr().err
     actions = [json.loads(line)["action"] for line in (vault / "audit.log").read_text().splitlines()]
     assert actions == ["seal", "unmask-refused", "unmask"]
+
+
+# --- shredding that lasts, and a vault whose parts must agree -----------------------------------
+
+def _two_segments(tmp_path, sealing_store, name="vault"):
+    directory = KeyDirectory.open(tmp_path / "keys") if (tmp_path / "keys").exists() else KeyDirectory.init(
+        tmp_path / "keys")
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    if not directory.identities:
+        directory.add(ivan.public)
+    store = sealing_store(tmp_path / name, directory)
+    pixels = np.full((8, 8, 3), 77, np.uint8)
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=1.0) as sealer:
+        for frame in range(20):
+            sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+    return store, directory, sealer.ref, ivan
+
+
+def test_key_files_put_back_after_shredding_are_flagged_and_open_nothing(tmp_path, sealing_store, openbao):
+    import datetime as dt
+
+    from keys import IntegrityError, shred, verify_vault
+
+    store, directory, ref, ivan = _two_segments(tmp_path, sealing_store)
+    copies = {p.name: p.read_bytes() for p in (tmp_path / "vault" / "keys" / "lobby").iterdir()}
+    root = CoSigner(openbao.address, openbao.root)
+    transit = [segment_key(store.vault_id, "lobby", "face", n) for n in (1, 2)]
+    assert all(root.key_exists(k) for k in transit)
+    done = shred(store, directory.signer, before=dt.datetime(2999, 1, 1, tzinfo=dt.UTC))
+    assert done.segments == [("lobby", 1), ("lobby", 2)]
+    assert not any(root.key_exists(k) for k in transit)  # the co-signer's keys are gone for good
+    for name, data in copies.items():  # someone puts the key files back from a copy
+        (tmp_path / "vault" / "keys" / "lobby" / name).write_bytes(data)
+    with pytest.raises(IntegrityError, match="key file of 00000001.pgv is present, but audit entry 2 shredded it"):
+        verify_vault(VaultStore.open(tmp_path / "vault"))
+    with pytest.raises(UnmaskError, match="crypto-shredded"):
+        Unmask(VaultStore.open(tmp_path / "vault"), ref, Selection(), [ivan])
+    # even past the tool's own refusal, the share does not come back
+    (segment,) = [s for s in VaultStore.open(tmp_path / "vault").verify_chain("lobby") if s.number == 1]
+    record = segment.records[0].header
+    with pytest.raises(CoSignerRefused):
+        root.open_share(openbao.root, transit[0], share_context("lobby", 1, "face", record.track), record.share)
+    # the next shred finishes the job again (no second entry) and verify passes
+    again = shred(store, directory.signer, before=dt.datetime(2999, 1, 1, tzinfo=dt.UTC))
+    assert again.segments == [] and verify_vault(VaultStore.open(tmp_path / "vault")).segments == 2
+
+
+def test_a_chain_from_another_vault_fails_verify(tmp_path, sealing_store):
+    """Same gateway key, two vaults: camera lobby's whole chain copied from one into the other."""
+    from keys import IntegrityError, verify_vault
+
+    _two_segments(tmp_path, sealing_store, "a")
+    _two_segments(tmp_path, sealing_store, "b")
+    for tree in ("segments", "keys"):
+        shutil.rmtree(tmp_path / "a" / tree / "lobby")
+        shutil.copytree(tmp_path / "b" / tree / "lobby", tmp_path / "a" / tree / "lobby")
+    with pytest.raises(IntegrityError, match="sealed into another vault"):
+        verify_vault(VaultStore.open(tmp_path / "a"))
+
+
+def test_verify_ties_seal_entries_to_their_segments_and_checks_the_roster_copy(tmp_path, sealing_store):
+    from keys import IntegrityError, verify_vault
+
+    store, directory, ref, _ = _two_segments(tmp_path, sealing_store)
+    vault = tmp_path / "vault"
+    assert verify_vault(VaultStore.open(vault, directory)).segments == 2
+    roster_bytes = (vault / "roster.json").read_bytes()
+    roster = json.loads(roster_bytes)
+    roster["roster"]["identities"] = []
+    (vault / "roster.json").write_text(json.dumps(roster))
+    with pytest.raises(IntegrityError, match="roster.json: fails its signature check"):
+        verify_vault(VaultStore.open(vault, directory))  # with the key directory given, too
+    (vault / "roster.json").write_bytes(roster_bytes)
+    # a seal entry and the segments it names must agree (here: one the gateway key signed, claiming more)
+    chain = list(store.verify_chain("lobby"))
+    store.audit.append("gateway", directory.signer, "seal", {
+        "camera": "lobby", "recording": ref.recording, "segments": [1, 2], "records": 99, "regions": 20,
+        "head": chain[-1].digest, "output": "written"})
+    with pytest.raises(IntegrityError, match="hold 2 records; audit entry 2 sealed 99"):
+        verify_vault(VaultStore.open(vault, directory))

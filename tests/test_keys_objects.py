@@ -178,8 +178,8 @@ def test_a_whole_vault_on_another_object_store(tmp_path, openbao):
     job.authorize("C-1", "test", "memory", True)
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     assert job.restore(14, 1.4, image, 1000) == 1 and np.array_equal(image[1:5, 1:5], pixels)
-    assert shred(reader, directory.signer, before=dt.datetime(2999, 1, 1, tzinfo=dt.UTC)).segments == [
-        ("lobby", 1), ("lobby", 2)]
+    done = shred(reader, directory.signer, before=dt.datetime(2999, 1, 1, tzinfo=dt.UTC), cosigner=store.cosigner)
+    assert done.segments == [("lobby", 1), ("lobby", 2)]
     assert not any(name.startswith("keys/") for name in memory.objects)
     with pytest.raises(VaultError, match="memory://vault: not a vault"):
         VaultStore.from_objects(MemoryObjects(), scratch, AuditLog(tmp_path / "audit.log"))

@@ -306,7 +306,7 @@ def test_shred_expired_without_retention_shreds_nothing(world):
 def test_shred_that_cannot_log_shreds_nothing(world, tmp_path):
     (tmp_path / "gone").mkdir()
     world.store.audit = AuditLog(tmp_path / "gone")  # a log that cannot be written
-    with pytest.raises(AuditError, match="cannot write the audit log .*; nothing shredded$"):
+    with pytest.raises(AuditError, match="cannot (read|write) the audit log .*; nothing shredded$"):
         shred(world.store, world.directory.signer, before=dt.datetime(2999, 1, 1, tzinfo=UTC))
     assert all(world.store.has_key_file(c, n) for c, n in (("lobby", 1), ("lobby", 2), ("lobby", 3), ("door", 1)))
 

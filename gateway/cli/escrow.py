@@ -42,7 +42,7 @@ from ..files import (
     watermark,
     write_image,
 )
-from .cosigning import add_unmask_arguments, unmask_cosigner
+from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
 
@@ -81,7 +81,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     vault = commands.add_parser("vault", help="the vault of sealed originals")
     vault_commands = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
-    shred_parser = vault_commands.add_parser("shred", help="destroy the wrapped keys of old segments (crypto-shredding)")
+    shred_parser = vault_commands.add_parser("shred", help="destroy the keys of old segments, the co-signer's "
+                                             "and the wrapped ones (crypto-shredding)")
     shred_parser.add_argument("--vault", type=Path, required=True, metavar="VAULT")
     shred_parser.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the gateway's key directory (signs the log)")
     when = shred_parser.add_mutually_exclusive_group(required=True)
@@ -284,8 +285,9 @@ def _shred_before(args: argparse.Namespace) -> dt.datetime | None:
 def _shred(args: argparse.Namespace) -> int:
     directory = KeyDirectory.open(args.keys)
     store = VaultStore.open(args.vault, directory)
+    cosigner = gateway_cosigner(args.keys)[0] if store.vault_id else None  # vaults before co-signers need none
     try:
-        done = shred(store, directory.signer, before=_shred_before(args), expired=args.expired)
+        done = shred(store, directory.signer, before=_shred_before(args), expired=args.expired, cosigner=cosigner)
     except EscrowError as exc:  # nothing was shredded: the log is written first, and a refusal says so
         raise CommandError(str(exc)) from None
     if not done.segments:

@@ -78,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..api import data_dir_default, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to the co-signer is noise
     try:
         config, policies = load_config(args.config, args.data or data_dir_default(args.config))
         listen = config.listen.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
