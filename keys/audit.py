@@ -49,10 +49,31 @@ def _now() -> str:
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: called with (seq, line digest) after every append: where the head is checkpointed out of
+        #: this file's reach (the co-signer; keys.store sets it when sealing)
+        self.checkpoint: Callable[[int, str], None] | None = None
 
     def exists(self) -> bool:
         """Whether anything was ever logged (the file is created by the first append)."""
         return self.path.exists()
+
+    def head(self) -> tuple[int, str]:
+        """(sequence number, SHA-256 of the line) of the last entry; ``(0, GENESIS)`` before the first.
+
+        What segments and the co-signer keep as checkpoints of the log (:meth:`verify`'s ``anchors``).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0, GENESIS
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # not between another writer's tail read and its append
+            seq, last = _tail(fd)
+        finally:
+            os.close(fd)
+        return seq - 1, last
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -80,6 +101,8 @@ class AuditLog:
                 fsync_dir(self.path.parent)
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror or exc}") from None
+        if self.checkpoint is not None:
+            self.checkpoint(seq, hashlib.sha256(line[:-1]).hexdigest())
         return entry
 
     # --- reading ------------------------------------------------------------------------------
@@ -110,13 +133,16 @@ class AuditLog:
             out.append(entry if isinstance(entry, dict) else {"malformed": line.decode("utf-8", "replace")[:200]})
         return out
 
-    def verify(self, key_of: KeyOf) -> int:
+    def verify(self, key_of: KeyOf, anchors: list[tuple[int, str, str]] = ()) -> int:
         """Check the whole chain; returns the number of entries or raises at the first broken one.
 
         ``key_of(actor)`` gives the public key an actor signs with, or None if unknown. A log
         that does not exist cannot be read: :class:`AuditError`, like any other damage.
+        ``anchors``: checkpoints kept elsewhere, ``(seq, SHA-256 of that entry's line, where)``;
+        the log must hold each one's entry, unchanged (else it was cut or rolled back).
         """
         prev, count = GENESIS, 0
+        digests = {}
         lines = self._read().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
@@ -145,6 +171,14 @@ class AuditLog:
                 raise AuditError(f"{where}: signature does not verify") from None
             _check_approvals(where, body["details"], key_of)
             prev, count = hashlib.sha256(line).hexdigest(), number
+            digests[number] = prev
+        for seq, digest, source in sorted(anchors, reverse=True):
+            if seq > count:
+                raise AuditError(f"the audit log has {count} entries, but {source} checkpoints entry {seq} "
+                                 "(the log was cut, rolled back or replaced)")
+            if seq and digests[seq] != digest:
+                raise AuditError(f"audit log entry {seq} differs from its checkpoint in {source} (rolled back or "
+                                 "replaced)")
         return count
 
 

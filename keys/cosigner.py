@@ -58,7 +58,15 @@ path "{mount}/encrypt/pg-*" {{ capabilities = ["create", "update"] }}
 path "{mount}/keys/pg-*" {{ capabilities = ["read", "update", "delete"] }}
 path "auth/token/renew-self" {{ capabilities = ["update"] }}
 path "auth/token/lookup-self" {{ capabilities = ["read"] }}
+path "pg-kv/data/audit/*" {{ capabilities = ["create", "update", "read"] }}
 """
+
+#: where the audit log's checkpoints are kept: a KV version 2 mount (every version is kept, and
+#: neither the gateway's nor people's tokens may delete or destroy one)
+KV_MOUNT = "pg-kv"
+#: versions of a checkpoint read back: a rollback written over it stays visible this long
+CHECKPOINT_HISTORY = 10
+_AUDIT_RULE = 'path "pg-kv/data/audit/*" { capabilities = ["create", "update", "read"] }\n'
 
 #: maintaining people's access: their JWT mounts and ACL policies (grant_access, revoke_access)
 ACCESS_POLICY = """
@@ -173,6 +181,50 @@ class CoSigner:
         self._call("DELETE", f"{self.mount}/keys/{key}")
         return True
 
+    # --- the audit log's checkpoints (KV version 2, check-and-set) ------------------------------
+
+    def checkpoint(self, vault: str, seq: int, head: str, token: str | None = None) -> None:
+        """Record that the vault's audit log reached entry ``seq`` (line digest ``head``), unless a
+        later entry is recorded already; check-and-set, so two writers never undo each other."""
+        for _ in range(5):
+            current, version = self._checkpoint(vault, token)
+            if current is not None and current[0] >= seq:
+                return
+            try:
+                self._call("POST", f"{KV_MOUNT}/data/audit/{vault}",
+                           {"options": {"cas": version}, "data": {"seq": seq, "head": head}}, token=token)
+                return
+            except CoSignerRefused:
+                continue  # another writer got there first: read again
+        raise CoSignerRefused("the co-signer refused the request")
+
+    def _checkpoint(self, vault: str, token: str | None, version: int | None = None) -> tuple[tuple[int, str] | None, int]:
+        path = f"{KV_MOUNT}/data/audit/{vault}" + ("" if version is None else f"?version={version}")
+        try:
+            reply = self._call("GET", path, token=token)
+        except CoSignerRefused:  # none yet (404), or that version deleted
+            return None, 0
+        data = reply.get("data") or {}
+        values, meta = data.get("data") or {}, data.get("metadata") or {}
+        try:
+            found = (int(values["seq"]), str(values["head"]))
+        except (KeyError, TypeError, ValueError):
+            found = None
+        return found, int(meta.get("version") or 0)
+
+    def checkpoints(self, vault: str, token: str | None = None) -> list[tuple[int, str, int]]:
+        """The audit log's checkpoints the co-signer keeps: ``(seq, head, version)``, the latest
+        :data:`CHECKPOINT_HISTORY` versions (a lower seq after a higher one is a rollback)."""
+        latest, version = self._checkpoint(vault, token)
+        if latest is None:
+            return []
+        out = [(*latest, version)]
+        for older in range(version - 1, max(0, version - CHECKPOINT_HISTORY), -1):
+            found, _ = self._checkpoint(vault, token, older)
+            if found is not None:
+                out.append((*found, older))
+        return out
+
     def revoke_self(self) -> None:
         """Revoke this client's token (the root token, once set-up is done)."""
         self._call("POST", "auth/token/revoke-self", {})
@@ -220,6 +272,8 @@ def set_up(admin: CoSigner, embedded: bool) -> str:
         admin._call("POST", f"sys/mounts/{admin.mount}", {"type": "transit"})
     # OpenBao's audit log shows which track each request named (contexts are not secret; shares are)
     admin._call("POST", f"sys/mounts/{admin.mount}/tune", {"audit_non_hmac_request_keys": ["context"]})
+    if f"{KV_MOUNT}/" not in mounts.get("data", mounts):
+        admin._call("POST", f"sys/mounts/{KV_MOUNT}", {"type": "kv", "options": {"version": "2"}})
     admin._call("PUT", "sys/policies/acl/pg-gateway", {"policy": GATEWAY_POLICY.format(mount=admin.mount)})
     policies = ["pg-gateway"]
     if embedded:
@@ -252,11 +306,11 @@ def grant_access(admin: CoSigner, identity: PublicIdentity, prefixes: Iterable[s
         current = ""
     had = set(_RULE.findall(current))
     wanted = {p for p in had if keep(p)} | set(prefixes)
-    if wanted == had and current:
+    if wanted == had and _AUDIT_RULE in current:
         return
     rules = "".join(f'path "{admin.mount}/decrypt/{p}*" {{ capabilities = ["update"] }}\n' for p in sorted(wanted))
-    # a policy may not be empty; a rule on a path nothing serves grants nothing
-    admin._call("PUT", f"sys/policies/acl/{mount}", {"policy": rules or 'path "pg-none" { capabilities = ["deny"] }'})
+    # every identity that unmasks also checkpoints the audit log it appended to
+    admin._call("PUT", f"sys/policies/acl/{mount}", {"policy": rules + _AUDIT_RULE})
 
 
 def revoke_access(admin: CoSigner, identity: PublicIdentity) -> None:

@@ -344,7 +344,7 @@ class Sealer:
         assert self._writer is not None
         self._seal_clips(list(self._clips))
         self._shares.clear()
-        self._previous = self._writer.close(now)
+        self._previous = self._writer.close(now, self.store.audit.head())
         self._last = self._writer.header.segment
         self._writer = None
 

@@ -35,6 +35,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -49,7 +50,7 @@ from .audit import AuditLog
 from .cosigner import CoSigner, grant_access, key_prefix
 from .directory import KeyDirectory
 from .durable import remove_durably
-from .errors import CoSignerRefused, ObjectMissing, VaultError
+from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
 from .objects import LocalObjects, ObjectStore
 from .vault import (
@@ -114,6 +115,7 @@ class VaultStore:
         #: the gateway's client of the co-signer (sealing only); whether it also maintains people's access
         self.cosigner: CoSigner | None = None
         self.manages_access = False
+        self.checkpoints_missed = 0  # audit appends whose checkpoint did not reach the co-signer
 
     @property
     def location(self) -> str:
@@ -232,6 +234,25 @@ class VaultStore:
             self._objects.put("escrow.json", (json.dumps(document, indent=2) + "\n").encode())
             self._read_escrow()
         self.cosigner, self.manages_access = cosigner, manages_access
+        self.audit.checkpoint = self._checkpoint_audit
+
+    def _checkpoint_audit(self, seq: int, head: str) -> None:
+        """Best effort: an entry whose checkpoint did not reach the co-signer is carried by the next one."""
+        assert self.cosigner is not None
+        try:
+            self.cosigner.checkpoint(self.vault_id, seq, head)
+        except (CoSignerRefused, CoSignerUnavailable):
+            self.checkpoints_missed += 1
+
+    def cosigner_anchors(self, cosigner: CoSigner, token: str | None = None) -> list[tuple[int, str, str]]:
+        """The audit log's checkpoints the co-signer keeps, as :meth:`keys.audit.AuditLog.verify` anchors;
+        raises :class:`VaultError` if they were rolled back."""
+        kept = cosigner.checkpoints(self.vault_id, token)
+        for (seq, _, version), (older_seq, _, older) in itertools.pairwise(kept):
+            if older_seq > seq:
+                raise VaultError(f"the co-signer's checkpoint of the audit log was rolled back (version {older} "
+                                 f"records entry {older_seq}, version {version} entry {seq})")
+        return [(seq, head, f"the co-signer's checkpoint (version {version})") for seq, head, version in kept]
 
     def unmask_cosigner(self, address: str | None = None, ca: Path | None = None) -> CoSigner:
         """A client (no token) of this vault's co-signer, or of ``address`` when one overrides it."""
@@ -318,6 +339,21 @@ class VaultStore:
             raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
         return read_wraps(raw, name, self.gateway, segment.keys_sha256)
 
+    def audit_anchors(self) -> list[tuple[int, str, str]]:
+        """The audit log's checkpoints in segment trailers: ``(seq, line digest, segment)``, every camera.
+
+        Each segment is read and its signature checked (not its place in the chain)."""
+        anchors = []
+        for camera in self.cameras():
+            for number in self.segment_numbers(camera):
+                segment = self.segment(camera, number)
+                if segment.audit is not None:
+                    anchors.append((*segment.audit, f"segment {camera}/{segment_name(number)}"))
+        return anchors
+
+    def holds_segments(self) -> bool:
+        return any(self.segment_numbers(camera) for camera in self.cameras())
+
     def check_roster_copy(self) -> None:
         """Check the signature of the vault's roster copy (also when readers were given the key directory)."""
         _roster_copy(self._objects, self.gateway)
@@ -395,7 +431,7 @@ class VaultStore:
             keys = self._objects.get(_keys_object(camera, number))
         except ObjectMissing:
             keys = None
-        kept = recover_partial(partial, keys, signer, head, self.vault_id)
+        kept = recover_partial(partial, keys, signer, head, self.vault_id, self.audit.head())
         self._publish(camera, number, partial)
         return kept
 

@@ -70,8 +70,9 @@ class Unmask:
             raise UnmaskError("no identity given")
         self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
         self._check_holders()
-        log = self._verified_log()
-        segments = self._segments(log)
+        chain = self._chain()
+        log = self._verified_log(chain)
+        segments = self._segments(chain, log)
         self.policies = {s.header.policy_sha256: store.load_policy(s.header.policy_sha256) for s in segments}
         #: per record frame: (record, index of the frame in it, selected?, segment)
         self._frames: dict[int, list[tuple[Record, int, bool, Segment]]] = defaultdict(list)
@@ -135,22 +136,29 @@ class Unmask:
             if public is None or public.hpke != holder.public.hpke or public.signing != holder.public.signing:
                 raise UnmaskError(f"identity {holder.public.name!r} is not in this vault's key directory")
 
-    def _verified_log(self) -> list[dict]:
+    def _chain(self) -> list[Segment]:
+        try:
+            return list(self.store.verify_chain(self.ref.camera))
+        except VaultError as exc:
+            raise UnmaskError(f"vault camera {self.ref.camera!r}: {exc}") from None
+
+    def _verified_log(self, chain: list[Segment]) -> list[dict]:
+        """The verified log, which must reach every checkpoint the camera's segments keep of it."""
         audit = self.store.audit
         if not audit.exists():
+            if any(s.audit is None or s.audit[0] > 0 for s in chain):
+                raise UnmaskError("the audit log is missing, but the vault holds segments sealed after entries "
+                                  "of it; unmask refused until the log is restored or investigated")
             return []
+        anchors = [(*s.audit, f"segment {self.ref.camera}/{segment_name(s.number)}") for s in chain if s.audit]
         try:
-            audit.verify(self.store.key_of)
+            audit.verify(self.store.key_of, anchors)
             return audit.entries()
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
 
-    def _segments(self, log: list[dict]) -> list[Segment]:
+    def _segments(self, chain: list[Segment], log: list[dict]) -> list[Segment]:
         camera = self.ref.camera
-        try:
-            chain = list(self.store.verify_chain(camera))
-        except VaultError as exc:
-            raise UnmaskError(f"vault camera {camera!r}: {exc}") from None
         segments = [s for s in chain if s.header.recording == self.ref.recording]
         sealed = [e["details"] for e in log if e["action"] == "seal" and e["details"].get("recording") == self.ref.recording]
         if sealed:
@@ -187,6 +195,7 @@ class Unmask:
             raise UnmaskError("a case id and a reason are required")
         if not watermark and self.watermark_required:
             raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
+        token = None
         if self._cosigner is not None:  # availability first: nothing is logged as granted that cannot run
             self._cosigner.check()
             try:
@@ -194,6 +203,11 @@ class Unmask:
             except CoSignerRefused:
                 self._refused(case, reason, "the co-signer refused the login of " +
                               ", ".join(sorted({h.public.name for h in self._askers.values()})))
+            token = next(iter(self._tokens.values()))
+            try:  # the log must reach what the co-signer last saw of it: not cut, not rolled back
+                self.store.audit.verify(self.store.key_of, self.store.cosigner_anchors(self._cosigner, token))
+            except (AuditError, VaultError) as exc:
+                raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         details = self.request(case, reason, output, watermark)
         details["approvals"] = {h.public.name: h.signing.sign(canonical(self.request(case, reason, output, watermark))).hex()
                                 for h in self.holders}
@@ -202,6 +216,12 @@ class Unmask:
             entry = self.store.audit.append(first.public.name, first.signing, "unmask", details)
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused") from None
+        if self._cosigner is not None:  # the entry reaches the co-signer before any share is asked for
+            seq, head = self.store.audit.head()
+            try:
+                self._cosigner.checkpoint(self.store.vault_id, seq, head, token)
+            except CoSignerRefused:
+                raise UnmaskError("unmask refused: the co-signer did not take the audit log's checkpoint") from None
         # every share now, before any pixel: an outage or refusal stops the unmask before it writes anything
         for (number, cls, track), (segment, header) in sorted(self._sealed_shares.items(), key=lambda kv: kv[0]):
             self._shares[(number, cls, track)] = self._share(segment, header, case, reason)

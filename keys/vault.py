@@ -175,12 +175,15 @@ class SegmentWriter:
         summary = canonical({"count": self._count, "body": self._hash.hexdigest(), "time": utc_now()})
         self._write(CHECKPOINT_MAGIC + struct.pack(">I", len(summary)) + summary + self._signer.sign(summary))
 
-    def close(self, ended: str | None = None) -> str:
-        """Sign and finish the segment; returns its digest (the next segment's ``previous``)."""
+    def close(self, ended: str | None = None, audit: tuple[int, str] | None = None) -> str:
+        """Sign and finish the segment; returns its digest (the next segment's ``previous``).
+
+        ``audit``: the audit log's head (:meth:`keys.audit.AuditLog.head`), kept in the trailer."""
         self._data_keys.clear()
         self._track_keys.clear()
         self._file.flush()
-        digest = _finish(self._file, self._hash, self._count, self._keys_sha256, ended or utc_now(), self._signer)
+        digest = _finish(self._file, self._hash, self._count, self._keys_sha256, ended or utc_now(), self._signer,
+                         audit=audit)
         self._publish(self._partial)
         return digest
 
@@ -192,10 +195,12 @@ class SegmentWriter:
 
 
 def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: Ed25519PrivateKey,
-            recovered: bool = False) -> str:
+            recovered: bool = False, audit: tuple[int, str] | None = None) -> str:
     fields = {"count": count, "body": body_hash.hexdigest(), "keys": keys_sha256, "ended": ended}
     if recovered:
         fields["recovered"] = True
+    if audit is not None:  # the audit log's head as the segment closed: a checkpoint the log cannot shed
+        fields["audit"] = {"seq": audit[0], "head": audit[1]}
     summary = canonical(fields)
     file.write(TRAILER_MAGIC + summary + struct.pack(">I", len(summary)) + signer.sign(summary))
     file.flush()
@@ -236,7 +241,7 @@ def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, c
 
 
 def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey,
-                    head: tuple[int, str], vault: str) -> int:
+                    head: tuple[int, str], vault: str, audit: tuple[int, str] | None = None) -> int:
     """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it.
 
     Refused (:class:`VaultError`, the file left as it is) unless it is a version 3 segment of
@@ -290,7 +295,8 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
     with open(partial, "r+b") as file:
         file.truncate(kept)
         file.seek(kept)
-        _finish(file, running, count, hashlib.sha256(keys_document).hexdigest(), ended, signer, recovered=True)
+        _finish(file, running, count, hashlib.sha256(keys_document).hexdigest(), ended, signer, recovered=True,
+                audit=audit)
     return count
 
 
@@ -302,6 +308,7 @@ class Segment:
     ended: str
     recovered: bool
     records: list[Record]
+    audit: tuple[int, str] | None = None  # the audit log's (seq, line digest) when it closed (version 3)
 
     @property
     def number(self) -> int:
@@ -353,8 +360,13 @@ def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
         at += used
     if len(records) != summary["count"]:
         raise VaultError(f"{name}: {len(records)} records, trailer says {summary['count']}")
+    anchor = summary.get("audit")
+    try:
+        audit = None if anchor is None else (int(anchor["seq"]), str(anchor["head"]))
+    except (KeyError, TypeError, ValueError):
+        raise VaultError(f"{name}: malformed audit checkpoint") from None
     return Segment(header, hashlib.sha256(summary_bytes).hexdigest(), summary["keys"], summary["ended"],
-                   bool(summary.get("recovered")), records)
+                   bool(summary.get("recovered")), records, audit)
 
 
 def read_wraps(raw: bytes | None, name: str, gateway: Ed25519PublicKey, expected_sha256: str) -> dict[str, list[Wrap]]:

@@ -3,7 +3,9 @@
 What :func:`verify_vault` checks, in this order, stopping at the first damage with an
 :class:`~keys.errors.IntegrityError` that names it:
 
-1. the audit log (if there is one): every entry's chain link, sequence and signature;
+1. the audit log: every entry's chain link, sequence and signature, and every checkpoint of it
+   the segments keep (a log cut, rolled back or replaced fails); a missing log fails as soon
+   as a segment was sealed after an entry of it, or before checkpoints were kept;
 2. per camera (every camera in the vault, and every camera the log says sealed something):
    its segment chain (:meth:`~keys.store.VaultStore.verify_chain`);
 3. the chain against the log's ``seal`` entries for the camera: a chain that stops short of the
@@ -26,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import AuditError, IntegrityError, VaultError
+from .cosigner import CoSigner
+from .errors import AuditError, CoSignerRefused, IntegrityError, VaultError
 from .store import VaultStore
 from .vault import Segment, segment_name
 
@@ -43,23 +46,41 @@ class VaultReport:
     partials: dict[str, int] = field(default_factory=dict)  # camera -> unfinished segments, only where > 0
 
 
-def verify_audit(store: VaultStore) -> int:
-    """Verify the vault's audit log; the number of entries, or :class:`IntegrityError` naming the first broken one.
+def verify_audit(store: VaultStore, cosigner: CoSigner | None = None) -> int:
+    """Verify the vault's audit log against its checkpoints in the segments; the number of
+    entries, or :class:`IntegrityError` naming the first damage.
 
-    A log that cannot be read (including one that does not exist yet; see
-    :meth:`~keys.audit.AuditLog.exists`) raises too.
+    A log that does not exist is 0 entries while nothing shows it ever existed (no segment
+    sealed after an entry of it or before checkpoints were kept, no checkpoint at the
+    co-signer), and damage otherwise; one that cannot be read raises. With ``cosigner`` (a client whose token
+    may read them, such as the gateway's), the checkpoints the co-signer keeps count too: the
+    only ones that catch entries dropped after the last segment closed.
     """
     try:
-        return store.audit.verify(store.key_of)
-    except AuditError as exc:
+        anchors = store.audit_anchors()
+        if cosigner is not None and store.vault_id:
+            anchors += store.cosigner_anchors(cosigner)
+        if not store.audit.exists():
+            _missing_log(store, anchors)
+            return 0
+        return store.audit.verify(store.key_of, anchors)
+    except (AuditError, VaultError, CoSignerRefused) as exc:
         raise IntegrityError(str(exc)) from None
 
 
-def verify_vault(store: VaultStore) -> VaultReport:
+def _missing_log(store: VaultStore, anchors: list[tuple[int, str, str]]) -> None:
+    anchored = [source for seq, _, source in anchors if seq > 0]
+    unanchored = any(store.segment(c, n).audit is None for c in store.cameras() for n in store.segment_numbers(c))
+    if anchored or unanchored:
+        where = anchored[0] if anchored else "segments sealed before checkpoints were kept"
+        raise IntegrityError(f"the audit log is missing, but {where} show it existed (deleted?)")
+
+
+def verify_vault(store: VaultStore, cosigner: CoSigner | None = None) -> VaultReport:
     """Check every segment chain, key file and the audit log against each other (see the module docstring)."""
     log: list[dict] = []
+    verify_audit(store, cosigner)
     if store.audit.exists():
-        verify_audit(store)
         try:
             log = store.audit.entries()
         except AuditError as exc:

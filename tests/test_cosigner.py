@@ -424,3 +424,61 @@ def test_verify_ties_seal_entries_to_their_segments_and_checks_the_roster_copy(t
         "head": chain[-1].digest, "output": "written"})
     with pytest.raises(IntegrityError, match="hold 2 records; audit entry 2 sealed 99"):
         verify_vault(VaultStore.open(vault, directory))
+
+
+# --- an anchored audit log ------------------------------------------------------------------------
+
+@pytest.fixture()
+def logged(tmp_path, sealing_store, openbao):
+    """Camera lobby: recording A (segments 1-2, seal entry 1), an unmask of it (entry 2), recording B
+    (segment 3, whose trailer checkpoints entry 2; seal entry 3, checkpointed at the co-signer)."""
+    from keys import verify_vault
+
+    store, directory, ref, ivan = _two_segments(tmp_path, sealing_store)
+    job = Unmask(VaultStore.open(tmp_path / "vault"), ref, Selection(), [ivan])
+    job.authorize("C-1", "test", "memory", True)
+    pixels = np.full((8, 8, 3), 5, np.uint8)
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=10.0) as sealer:
+        sealer.add(0, 0, [Sealed(2, "face", (0, 0, 8, 8), pixels)])
+    log = tmp_path / "vault" / "audit.log"
+    assert [json.loads(line)["action"] for line in log.read_text().splitlines()] == ["seal", "unmask", "seal"]
+    gateway = openbao.cosigner()
+    assert verify_vault(VaultStore.open(tmp_path / "vault"), gateway).entries == 3
+    return tmp_path / "vault", log, ref, ivan, gateway
+
+
+def _lines(log, n):
+    return "".join(line + "\n" for line in log.read_text().splitlines()[:n])
+
+
+@pytest.mark.parametrize("damage", ["cut to 1", "rolled back to 2", "deleted", "last segment and its entry dropped"])
+def test_a_cut_rolled_back_or_deleted_audit_log_fails_verify_and_blocks_unmask(logged, damage):
+    """Issue 13, attack 3. Segment trailers checkpoint the log as they close; the co-signer keeps a
+    checkpoint after every append, where nobody with the vault's files can rewrite it."""
+    from keys import IntegrityError, verify_audit, verify_vault
+
+    vault, log, ref, ivan, gateway = logged
+    if damage == "cut to 1":
+        log.write_text(_lines(log, 1))
+        caught_offline = True  # segment 3 checkpoints entry 2
+    elif damage == "rolled back to 2":
+        log.write_text(_lines(log, 2))
+        caught_offline = False  # only the co-signer saw entry 3
+    elif damage == "deleted":
+        log.unlink()
+        caught_offline = True
+    else:
+        log.write_text(_lines(log, 2))
+        for tree, suffix in (("segments", "pgv"), ("keys", "keys")):
+            (vault / tree / "lobby" / f"00000003.{suffix}").unlink()
+        caught_offline = False
+    store = VaultStore.open(vault)
+    if caught_offline:
+        with pytest.raises(IntegrityError, match="checkpoints entry|audit log is missing"):
+            verify_audit(store)
+    with pytest.raises(IntegrityError, match="checkpoint|audit log is missing"):
+        verify_vault(store, gateway)
+    with pytest.raises(UnmaskError):
+        Unmask(store, ref, Selection(), [ivan]).authorize("C-2", "again", "memory", True)
+    assert not log.exists() or len(log.read_text().splitlines()) <= 2  # nothing appended by the refusal

@@ -229,7 +229,8 @@ def test_audit_log_that_cannot_be_written_refuses_the_unmask(capsys, world, tmp_
     (vault / "audit.log").unlink()
     (vault / "audit.log").symlink_to(tmp_path / "gone" / "audit.log")  # a log on storage that vanished
     out = tmp_path / "out.png"
-    refused(capsys, world, vault, out, *unmask(world, redacted, vault, out), match="cannot write the audit log")
+    # refused when the log is checked against the co-signer's checkpoint, before anything is appended
+    refused(capsys, world, vault, out, *unmask(world, redacted, vault, out), match="cannot read the audit log")
 
 
 def test_redact_refuses_a_grant_nobody_can_meet_before_doing_any_work(capsys, world, tmp_path):

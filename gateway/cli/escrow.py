@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from keys import (
+    CoSigner,
     EscrowError,
     IntegrityError,
     KeyDirectory,
@@ -42,6 +43,7 @@ from ..files import (
     watermark,
     write_image,
 )
+from ..openbao import OpenBaoError, read_credentials
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
@@ -261,14 +263,27 @@ def _open_store(vault: Path, keys: Path | None) -> VaultStore:
     return VaultStore.open(vault, KeyDirectory.open(keys) if keys is not None else None)
 
 
+def _checkpoints_of(args: argparse.Namespace, store: VaultStore) -> tuple[CoSigner | None, str]:
+    """The gateway's co-signer client, when the key directory holds its credentials, to read the
+    audit log's checkpoints there; and what to say about them."""
+    if args.keys is None or not store.vault_id:
+        return None, ""
+    try:
+        cosigner, _ = read_credentials(args.keys)
+    except OpenBaoError:
+        return None, "; the co-signer's checkpoints not checked (no credentials in the key directory)"
+    return cosigner, "; checked against the co-signer's checkpoints"
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     store = _open_store(args.vault, args.keys)
-    if not store.audit.exists():
-        print(f"{args.vault}: no audit log yet (nothing has been sealed or unmasked)")
+    cosigner, checked = _checkpoints_of(args, store)
+    count = verify_audit(store, cosigner)
+    if count == 0:
+        print(f"{args.vault}: no audit log yet (nothing has been sealed or unmasked){checked}")
         return 0
-    count = verify_audit(store)
-    print(f"{args.vault}: {count} entries, chain and signatures intact "
-          f"(gateway key {store.fingerprint}{'' if args.keys else ', compare out of band'})")
+    print(f"{args.vault}: {count} entries, chain, signatures and checkpoints intact "
+          f"(gateway key {store.fingerprint}{'' if args.keys else ', compare out of band'}){checked}")
     return 0
 
 
@@ -300,11 +315,12 @@ def _shred(args: argparse.Namespace) -> int:
 
 def _vault_verify(args: argparse.Namespace) -> int:
     store = _open_store(args.vault, args.keys)
-    report = verify_vault(store)
+    cosigner, checked = _checkpoints_of(args, store)
+    report = verify_vault(store, cosigner)
     for camera, count in sorted(report.partials.items()):
         print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
-          f"verified (gateway key {store.fingerprint})")
+          f"verified (gateway key {store.fingerprint}){checked}")
     return 0
 
 
