@@ -5,16 +5,25 @@ Layout of ``DIR``::
     gateway.key    the gateway's Ed25519 signing key (PKCS#8 PEM, mode 0600). It signs the
                    roster and, later, vault segments; it cannot unmask anything.
     roster.json    {"roster": {...}, "signature": ...}: every identity's public keys and roles,
-                   signed with the gateway key over the roster's canonical JSON.
+                   and the revoked keys (``"revoked"``), signed with the gateway key over the
+                   roster's canonical JSON.
 
 The roster is verified on every open against the key in ``gateway.key``, so a roster edited
 by hand, or re-signed with another key, is refused. Every change bumps ``serial``.
+
+An identity leaves the roster in one of two ways: :meth:`KeyDirectory.remove` drops it, and
+:meth:`KeyDirectory.revoke` drops it and lists its keys (name, fingerprint, public keys, time)
+under ``"revoked"``, where every reader of the roster sees them, and :meth:`KeyDirectory.add`
+refuses them for good. Ending the identity's OpenBao access is the caller's part
+(``keys.revoke_access``).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -29,10 +38,44 @@ from cryptography.hazmat.primitives.serialization import (
 
 from .durable import make_dirs, write_durably
 from .errors import DirectoryError
-from .identity import PublicIdentity, canonical
+from .identity import PublicIdentity, canonical, check_name, fingerprint
 
 _FORMAT = "privacy-gateway-roster"
-_VERSION = 1
+_VERSION = 1  # "revoked" came later, as an optional field: a roster without it has revoked nobody
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A revoked identity's keys, as the signed roster lists them: never added again."""
+
+    name: str
+    fingerprint: str  # of the signing key, :func:`keys.identity.fingerprint`
+    signing: bytes  # Ed25519 public key, raw 32 bytes
+    hpke: bytes  # X25519 public key, raw 32 bytes
+    time: str  # UTC ISO time of the revocation
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "fingerprint": self.fingerprint, "signing": _b64(self.signing),
+                "hpke": _b64(self.hpke), "time": self.time}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Revoked:
+        signing, hpke = _unb64(data["signing"]), _unb64(data["hpke"])
+        if len(signing) != 32 or len(hpke) != 32 or data["fingerprint"] != fingerprint(signing):
+            raise ValueError(f"revoked identity {data['name']!r}: malformed keys or fingerprint")
+        return cls(str(data["name"]), str(data["fingerprint"]), signing, hpke, str(data["time"]))
+
+    def matches(self, identity: PublicIdentity) -> bool:
+        """Whether ``identity`` reuses one of these keys (signing or X25519)."""
+        return identity.signing == self.signing or identity.hpke == self.hpke
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
 
 
 class KeyDirectory:
@@ -51,8 +94,25 @@ class KeyDirectory:
         return self._signer
 
     @property
+    def fingerprint(self) -> str:
+        """The gateway key's fingerprint (:func:`keys.identity.fingerprint`), to compare out of band."""
+        return fingerprint(self.gateway_public)
+
+    @property
     def serial(self) -> int:
         return int(self._roster["serial"])
+
+    @property
+    def revoked(self) -> list[Revoked]:
+        """The revoked identities' keys, oldest first (a roster without ``"revoked"`` has none)."""
+        return [Revoked.from_json(item) for item in self._roster.get("revoked", [])]
+
+    @property
+    def departed(self) -> list[Revoked]:
+        """Everyone who left the roster, removed or revoked, in the order they left: whose past
+        signatures (audit entries, approvals) must still verify."""
+        removed = [Revoked.from_json(item) for item in self._roster.get("removed", [])]
+        return sorted([*removed, *self.revoked], key=lambda r: r.time)
 
     @property
     def identities(self) -> list[PublicIdentity]:
@@ -117,14 +177,63 @@ class KeyDirectory:
         if roster.get("format") != _FORMAT or roster.get("version") != _VERSION:
             raise DirectoryError(f"{path}: unsupported roster format {roster.get('format')!r} {roster.get('version')!r}")
         directory = cls(path, signer, roster)
-        directory.identities  # validates every entry
+        try:
+            directory.identities  # noqa: B018 (validates every entry)
+            directory.departed  # noqa: B018
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DirectoryError(f"{path}: roster.json holds a malformed entry ({exc})") from None
         return directory
 
     def add(self, identity: PublicIdentity) -> None:
+        """Add a new identity: refused for a reserved or taken name, a key already in the roster,
+        or a revoked key."""
+        try:
+            check_name(identity.name)
+        except ValueError as exc:
+            raise DirectoryError(f"{self.path}: {exc}") from None
         if any(i.name == identity.name for i in self.identities):
             raise DirectoryError(f"{self.path}: an identity named {identity.name!r} already exists")
-        self._roster = {**self._roster, "serial": self.serial + 1,
-                        "identities": [*self._roster["identities"], identity.to_json()]}
+        for revoked in self.revoked:
+            if revoked.matches(identity):
+                raise DirectoryError(f"{self.path}: the keys of {identity.name!r} were revoked (as {revoked.name!r}, "
+                                     f"fingerprint {revoked.fingerprint}, {revoked.time}); a revoked key is never "
+                                     "added again")
+        for other in self.identities:
+            if other.signing == identity.signing or other.hpke == identity.hpke:
+                raise DirectoryError(f"{self.path}: the keys of {identity.name!r} are already {other.name!r}'s")
+        self._change(identities=[*self._roster["identities"], identity.to_json()])
+
+    def remove(self, name: str) -> PublicIdentity:
+        """Drop the identity ``name`` from the roster (it could be added again); returns it. Its
+        public keys stay listed under ``"removed"``, so that what it signed still verifies."""
+        identity = self._named(name)
+        record = Revoked(identity.name, identity.fingerprint, identity.signing, identity.hpke,
+                         dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self._change(identities=[i for i in self._roster["identities"] if i["name"] != name],
+                     removed=[*self._roster.get("removed", []), record.to_json()])
+        return identity
+
+    def revoke(self, identity: PublicIdentity, time: str | None = None) -> Revoked:
+        """Revoke ``identity``'s keys: drop it from the roster if it is there, and list its keys under
+        ``"revoked"`` (once), so they are never added again. Returns the roster's record of it."""
+        for revoked in self.revoked:
+            if revoked.signing == identity.signing:
+                return revoked  # already revoked (and so not in the roster: add refuses it)
+        time = time or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        record = Revoked(identity.name, identity.fingerprint, identity.signing, identity.hpke, time)
+        self._change(identities=[i for i in self._roster["identities"] if _unb64(i["signing"]) != identity.signing],
+                     revoked=[*self._roster.get("revoked", []), record.to_json()])
+        return record
+
+    def _named(self, name: str) -> PublicIdentity:
+        try:
+            return self.identity(name)
+        except KeyError:
+            raise DirectoryError(f"{self.path}: no identity named {name!r}") from None
+
+    def _change(self, **fields: object) -> None:
+        """One change of the roster: the new fields, the serial bumped, signed and written."""
+        self._roster = {**self._roster, **fields, "serial": self.serial + 1}
         self._write()
 
     def signed_roster(self) -> bytes:

@@ -6,10 +6,13 @@ over its ML-KEM key and its X25519 key, never plain DHKEM(X25519). Classic ident
 files and their roster entries are exactly as before.
 
 The private half lives only in a file the person keeps, encrypted at rest: scrypt derives
-an AES-256-GCM key from the passphrase, and the file's header (format, version, name,
-scrypt parameters) is bound as associated data, so a header edited by hand does not open.
+an AES-256-GCM key from the passphrase (at least :data:`MIN_PASSPHRASE` characters for a new
+file), and the file's header (format, version, name, scrypt parameters) is bound as
+associated data, so a header edited by hand does not open. New files use scrypt with
+n = 2**17; files written with the earlier n = 2**15 still open, while parameters weaker than
+that, or costly enough to be a denial of service, are refused before any derivation.
 Every failure to open reads the same (:class:`IdentityError`): wrong passphrase, damaged or
-edited file, or not an identity file at all.
+edited file, refused parameters, or not an identity file at all.
 """
 
 from __future__ import annotations
@@ -38,8 +41,15 @@ ROLES = ("privacy-officer", "investigator", "auditor", "viewer", "publisher")
 UNMASK_ROLES = ROLES[:4]
 _FORMAT = "privacy-gateway-identity"
 _VERSION = 1
-# scrypt cost: 2**15 * 8 * 128 B = 32 MiB and ~0.1 s per attempt here (RFC 7914's interactive tier)
-_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+# scrypt cost of new files: 2**17 * 8 * 128 B = 128 MiB and ~0.3 s per attempt on a 2-core
+# build host (files written before used 2**15, RFC 7914's interactive tier; they still open)
+_SCRYPT = {"n": 2**17, "r": 8, "p": 1}
+_SCRYPT_MIN_N = 2**15  # and n * r >= 2**15 * 8: nothing weaker than the first files this format wrote
+_SCRYPT_MAX_MEMORY = 2**30  # bytes (128 * n * r): a file asking more is refused, not derived
+_SCRYPT_MAX_N, _SCRYPT_MAX_P = 2**20, 4
+#: the shortest passphrase a new identity file accepts (opening older files is not restricted)
+MIN_PASSPHRASE = 12
+RESERVED_NAMES = ("gateway",)  # the gateway's own name in the audit log (compared case-insensitively)
 _MLKEM_PUBLIC_BYTES = 1184  # ML-KEM-768 encapsulation key (FIPS 203)
 
 SUITE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -65,9 +75,33 @@ def fingerprint(public_key: bytes) -> str:
 
 
 def check_name(name: str) -> str:
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_.@" for c in name):
+    """A name for a new identity: its characters, and not a reserved name."""
+    _check_characters(name)
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"identity name {name!r} is reserved (the gateway signs the audit log as "
+                         f"{name.lower()!r}); choose another")
+    return name
+
+
+def _check_characters(name: str) -> str:
+    """The characters alone: what a roster entry written before names were reserved is held to."""
+    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_.@" for c in name):
         raise ValueError(f"identity name {name!r}: use 1-64 letters, digits and - _ . @")
     return name
+
+
+def _check_scrypt(kdf: dict) -> dict[str, int]:
+    """The scrypt parameters of a file header, refused (:class:`IdentityError`) when weaker than the
+    oldest files or so costly that deriving them would be a denial of service."""
+    params = {k: kdf[k] for k in ("n", "r", "p")}
+    if not all(type(v) is int for v in params.values()):
+        raise IdentityError
+    n, r, p = params["n"], params["r"], params["p"]
+    if not (_SCRYPT_MIN_N <= n <= _SCRYPT_MAX_N and 1 <= r and 1 <= p <= _SCRYPT_MAX_P):
+        raise IdentityError
+    if n * r < _SCRYPT_MIN_N * 8 or 128 * n * r > _SCRYPT_MAX_MEMORY:
+        raise IdentityError
+    return params
 
 
 def check_roles(roles: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -93,6 +127,11 @@ class PublicIdentity:
     def post_quantum(self) -> bool:
         return self.mlkem is not None
 
+    @property
+    def fingerprint(self) -> str:
+        """The identity's fingerprint: :func:`fingerprint` of its Ed25519 (signing) key."""
+        return fingerprint(self.signing)
+
     def to_json(self) -> dict:
         data = {"name": self.name, "roles": list(self.roles), "hpke": _b64(self.hpke), "signing": _b64(self.signing)}
         if self.mlkem is not None:
@@ -101,7 +140,7 @@ class PublicIdentity:
 
     @classmethod
     def from_json(cls, data: dict) -> PublicIdentity:
-        name = check_name(data["name"])
+        name = _check_characters(data["name"])
         mlkem = None
         if "mlkem" in data:
             mlkem = _check_mlkem(name, data["mlkem"])
@@ -172,8 +211,9 @@ class PrivateIdentity:
 
     def save(self, path: Path, passphrase: str, *, salt: bytes | None = None, nonce: bytes | None = None) -> None:
         """Write the private keys encrypted under ``passphrase`` (``salt``/``nonce`` fixed only by tests)."""
-        if not passphrase:
-            raise ValueError("an empty passphrase would leave the private keys unprotected")
+        if len(passphrase) < MIN_PASSPHRASE:
+            raise ValueError(f"a passphrase must be at least {MIN_PASSPHRASE} characters "
+                             f"(this one has {len(passphrase)})")
         salt = salt or os.urandom(16)
         nonce = nonce or os.urandom(12)
         header = {"format": _FORMAT, "version": _VERSION, "name": self.public.name,
@@ -191,17 +231,27 @@ class PrivateIdentity:
         # never replaces a file: an existing one raises FileExistsError
         write_durably(path, (json.dumps(document, indent=2) + "\n").encode("ascii"), 0o600, exclusive=True)
 
+    @staticmethod
+    def name_in(path: Path) -> str | None:
+        """The name an identity file's header gives, or None if it does not read as one. Not yet
+        authenticated (the header is bound to the ciphertext): only a hint, e.g. for which
+        passphrase to ask."""
+        try:
+            name = json.loads(Path(path).read_text(encoding="ascii"))["name"]
+            return _check_characters(name)
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+
     @classmethod
     def load(cls, path: Path, passphrase: str) -> PrivateIdentity:
+        """Open an identity file (any passphrase length: older files may have shorter ones)."""
         try:
             document = json.loads(Path(path).read_text(encoding="ascii"))
             header = {k: document[k] for k in ("format", "version", "name", "kdf")}
             kdf = header["kdf"]
             if header["format"] != _FORMAT or header["version"] != _VERSION or kdf.get("name") != "scrypt":
                 raise IdentityError
-            params = {k: int(kdf[k]) for k in ("n", "r", "p")}
-            if params["n"] > 2**20 or params["r"] > 32 or params["p"] > 16:  # refuse a denial-of-service file
-                raise IdentityError
+            params = _check_scrypt(kdf)  # before deriving anything
             key = _derive(passphrase, _unb64(kdf["salt"]), params)
             secret = AESGCM(key).decrypt(_unb64(document["nonce"]), _unb64(document["ciphertext"]), canonical(header))
             inner = json.loads(secret)
@@ -209,7 +259,7 @@ class PrivateIdentity:
             hpke = X25519PrivateKey.from_private_bytes(_unb64(inner["hpke"]))
             signing = Ed25519PrivateKey.from_private_bytes(_unb64(inner["signing"]))
             mlkem = MLKEM768PrivateKey.from_seed_bytes(_unb64(inner["mlkem"])) if "mlkem" in inner else None
-        except (OSError, ValueError, KeyError, TypeError, InvalidTag, UnicodeDecodeError, IdentityError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidTag, UnicodeDecodeError, IdentityError):
             raise IdentityError(f"cannot open identity {path}: wrong passphrase or not a valid identity file") from None
         if (
             hpke.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != public.hpke

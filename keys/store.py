@@ -116,6 +116,9 @@ class VaultStore:
         self.cosigner: CoSigner | None = None
         self.manages_access = False
         self.checkpoints_missed = 0  # audit appends whose checkpoint did not reach the co-signer
+        #: signing keys of people who left the roster (removed or revoked), by name: their past
+        #: audit entries and approvals still verify
+        self.departed: dict[str, bytes] = {}
 
     @property
     def location(self) -> str:
@@ -189,10 +192,11 @@ class VaultStore:
         if directory is not None:
             if directory.gateway_public != gateway_raw:
                 raise VaultError(f"{objects}: sealed by another gateway key than the one in {directory.path}")
-            identities = directory.identities
+            identities, departed = directory.identities, {d.name: d.signing for d in directory.departed}
         else:
-            identities = _roster_copy(objects, gateway)
+            identities, departed = _roster_copy(objects, gateway)
         store = cls(objects, scratch, audit, gateway, identities)
+        store.departed = departed
         if create:
             assert directory is not None
             try:
@@ -471,16 +475,21 @@ class VaultStore:
         for identity in self.identities:
             if identity.name == actor:
                 return identity.signing_key()
+        if actor in self.departed:
+            return Ed25519PublicKey.from_public_bytes(self.departed[actor])
         return None
 
 
-def _roster_copy(objects: ObjectStore, gateway: Ed25519PublicKey) -> list[PublicIdentity]:
+def _roster_copy(objects: ObjectStore, gateway: Ed25519PublicKey) -> tuple[list[PublicIdentity], dict[str, bytes]]:
+    """The roster copy's identities, and the signing keys of those who left it, by name."""
     try:
         document = json.loads(objects.get("roster.json").decode("ascii"))
         roster = document["roster"]
         gateway.verify(base64.b64decode(document["signature"], validate=True), canonical(roster))
-        return [PublicIdentity.from_json(item) for item in roster["identities"]]
+        departed = sorted([*roster.get("removed", []), *roster.get("revoked", [])], key=lambda d: d["time"])
+        return ([PublicIdentity.from_json(item) for item in roster["identities"]],
+                {str(d["name"]): base64.b64decode(d["signing"], validate=True) for d in departed})
     except ObjectMissing:
-        return []
+        return [], {}
     except (InvalidSignature, OSError, ValueError, KeyError, TypeError):
         raise VaultError(f"{objects}/roster.json: fails its signature check (edited?)") from None

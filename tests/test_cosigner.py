@@ -482,3 +482,22 @@ def test_a_cut_rolled_back_or_deleted_audit_log_fails_verify_and_blocks_unmask(l
     with pytest.raises(UnmaskError):
         Unmask(store, ref, Selection(), [ivan]).authorize("C-2", "again", "memory", True)
     assert not log.exists() or len(log.read_text().splitlines()) <= 2  # nothing appended by the refusal
+
+
+@pytest.mark.parametrize("leave", ["remove", "revoke"])
+def test_what_someone_signed_still_verifies_after_they_left(logged, leave, tmp_path):
+    """ivan unmasked (entry 2, signed by him) and then left the roster: the log still verifies,
+    from the key directory and from the vault's roster copy alike; his later logins end."""
+    from keys import verify_audit
+
+    vault, log, ref, ivan, gateway = logged
+    directory = KeyDirectory.open(tmp_path / "keys")
+    if leave == "remove":
+        directory.remove("ivan")
+    else:
+        directory.revoke(ivan.public)
+    assert not directory.identities
+    assert verify_audit(VaultStore.open(vault, directory), gateway) == 3
+    # the vault's copy of the roster is refreshed by the next seal
+    VaultStore.for_sealing(vault, directory, gateway)
+    assert verify_audit(VaultStore.open(vault), gateway) == 3

@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from keys.directory import DirectoryError, KeyDirectory
@@ -43,6 +45,20 @@ Rypz/DQZvijHAU4rWGZSiFhVWR8qcWrmUkGLuu9vOduzaJSFAtq/5o4+TzkEGT8sF73udW7XEp3wZMIM
 MAWGuAO069HysKa0YX3b7ftTTJj/D1T1lDDyQI1sYglV+kw=="
 }
 """
+#: a passphrase as long as a new identity file needs (12 characters or more)
+PASSPHRASE = "correct horse battery"
+
+
+def open_secret(document: dict, passphrase: str) -> bytes:
+    """An identity file's secret, opened as docs/vault-format.md describes it (not with keys.identity)."""
+    kdf = document["kdf"]
+    key = Scrypt(salt=base64.b64decode(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
+        passphrase.encode())
+    header = {k: document[k] for k in ("format", "version", "name", "kdf")}
+    return AESGCM(key).decrypt(base64.b64decode(document["nonce"]), base64.b64decode(document["ciphertext"]),
+                               canonical(header))
+
+
 CLASSIC_SHA256 = "919ff606b9d7ff05d2991115e728c952a7d5a2f850ad5ee5652fcfbf71c2031e"
 CLASSIC_ROSTER_ENTRY = (
     b'{"hpke":"j0DFrbaPJWJK5bIU6nZ6bslNgp09e14a0bpvPiE4KF8=","name":"kat","roles":["auditor","viewer"],'
@@ -66,17 +82,17 @@ def test_known_answer_with_fixed_salt_and_nonce(tmp_path):
     """Same keys, passphrase, salt and nonce: byte-identical files (the format is deterministic)."""
     identity = PrivateIdentity.generate("bob", ["auditor"])
     a, b = tmp_path / "a.key", tmp_path / "b.key"
-    identity.save(a, "pw", salt=b"s" * 16, nonce=b"n" * 12)
-    identity.save(b, "pw", salt=b"s" * 16, nonce=b"n" * 12)
+    identity.save(a, PASSPHRASE, salt=b"s" * 16, nonce=b"n" * 12)
+    identity.save(b, PASSPHRASE, salt=b"s" * 16, nonce=b"n" * 12)
     assert a.read_bytes() == b.read_bytes()
 
 
 @pytest.mark.parametrize("damage", ["passphrase", "ciphertext", "header", "truncated", "not-json"])
 def test_every_failure_is_the_same_opaque_error(tmp_path, damage):
     path = tmp_path / "carol.key"
-    PrivateIdentity.generate("carol", ["privacy-officer"]).save(path, "pw")
+    PrivateIdentity.generate("carol", ["privacy-officer"]).save(path, PASSPHRASE)
     document = json.loads(path.read_text())
-    passphrase = "pw"
+    passphrase = PASSPHRASE
     if damage == "passphrase":
         passphrase = "wrong"
     elif damage == "ciphertext":
@@ -143,12 +159,12 @@ def test_cli_init_and_add_identity(tmp_path, capsys, monkeypatch):
 
     keys = tmp_path / "keys"
     assert main(["keys", "init", str(keys)]) == 0
-    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "s3cret pass")
+    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "s3cret passphrase")
     out = tmp_path / "frank.key"
     assert main(["keys", "add-identity", str(keys), "frank", "--role", "investigator",
                  "--role", "auditor", "--out", str(out)]) == 0
     assert KeyDirectory.open(keys).identity("frank").roles == ("auditor", "investigator")
-    assert PrivateIdentity.load(out, "s3cret pass").public.name == "frank"
+    assert PrivateIdentity.load(out, "s3cret passphrase").public.name == "frank"
     # refusals: existing private file, unknown role, duplicate name
     assert main(["keys", "add-identity", str(keys), "gina", "--role", "viewer", "--out", str(out)]) == 2
     assert main(["keys", "add-identity", str(keys), "gina", "--role", "boss", "--out", str(tmp_path / "g.key")]) == 2
@@ -173,7 +189,9 @@ def test_gateway_key_is_private_and_not_a_person(tmp_path):
 
 
 def test_classic_identity_serialises_exactly_as_before(tmp_path):
-    """A file and a roster entry from before post-quantum identities load, and re-save byte for byte."""
+    """A file and a roster entry from before post-quantum identities load, and re-save the same but for
+    the stronger scrypt cost (and the longer passphrase a new file needs): same header otherwise, same
+    secret inside."""
     assert hashlib.sha256(CLASSIC_FILE.encode()).hexdigest() == CLASSIC_SHA256
     old = tmp_path / "old.key"
     old.write_text(CLASSIC_FILE)
@@ -188,8 +206,12 @@ def test_classic_identity_serialises_exactly_as_before(tmp_path):
         Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))),
     )
     new = tmp_path / "new.key"
-    rebuilt.save(new, "pw", salt=b"s" * 16, nonce=b"n" * 12)
-    assert new.read_text() == CLASSIC_FILE
+    rebuilt.save(new, PASSPHRASE, salt=b"s" * 16, nonce=b"n" * 12)
+    old_document, new_document = json.loads(CLASSIC_FILE), json.loads(new.read_text())
+    assert new_document["kdf"] == {**old_document["kdf"], "n": 2**17}
+    assert {k: v for k, v in new_document.items() if k not in ("kdf", "ciphertext")} == \
+        {k: v for k, v in old_document.items() if k not in ("kdf", "ciphertext")}
+    assert open_secret(new_document, PASSPHRASE) == open_secret(old_document, "pw")
     suite, private_key = loaded.hpke_opener()
     assert suite is SUITE_X25519 and private_key is loaded.hpke
     assert loaded.public.hpke_recipient()[0] is SUITE_X25519
@@ -225,9 +247,9 @@ def test_load_refuses_an_mlkem_seed_that_does_not_match_the_public_key(tmp_path,
         "public-without-seed": PrivateIdentity(real.public, real.hpke, real.signing),
     }[mismatch]
     path = tmp_path / "quinn.key"
-    forged.save(path, "pw")
+    forged.save(path, PASSPHRASE)
     with pytest.raises(IdentityError) as info:
-        PrivateIdentity.load(path, "pw")
+        PrivateIdentity.load(path, PASSPHRASE)
     assert str(info.value) == f"cannot open identity {path}: wrong passphrase or not a valid identity file"
 
 

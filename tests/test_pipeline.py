@@ -226,10 +226,10 @@ def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, mo
 
 def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, tmp_path, monkeypatch, sealing_store):
     frames, faces, detectors = clip
-    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "pw")
+    monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "pipeline passphrase")
     directory = KeyDirectory.init(tmp_path / "keys")
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
-    ivan.save(tmp_path / "ivan.id", "pw")
+    ivan.save(tmp_path / "ivan.id", "pipeline passphrase")
     directory.add(ivan.public)
     store = sealing_store(tmp_path / "vault", directory)
     sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),

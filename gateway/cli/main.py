@@ -16,7 +16,7 @@ import sys
 import av
 
 from ..files import MediaError
-from . import cosigning, escrow, files, identities, serve
+from . import cosigning, escrow, files, identities, prompt, serve
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, CommandError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -24,7 +24,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="privacy-gateway",
-                                   description="Privacy-by-design anonymization for video surveillance.")
+                                   description="Privacy-by-design anonymization for video surveillance.",
+                                   epilog=prompt.HELP)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     files.register(commands)
     identities.register(commands)
