@@ -91,6 +91,10 @@ class Storage(StrictModel):
     recording_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = "superfast"
     #: the key directory (public keys and the gateway signing key); default: <data_dir>/keys
     keys: Path | None = None
+    #: seconds between retention runs (expired segments shredded, expired recordings deleted, quota kept)
+    retention_check_s: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
+    #: most the data directory may hold; over it, the oldest finished recordings are deleted. None: no quota
+    quota_gb: Annotated[float, Field(gt=0)] | None = None
 
 
 class Escrow(StrictModel):

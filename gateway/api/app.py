@@ -64,7 +64,8 @@ class Gateway:
         versions = PolicyVersions(runtime.store)
         cameras = CameraRoutes(runtime, self.access, versions, changes)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
-                               rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {})
+                               rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
+                               retention=lambda: dict(runtime.retention.counts))
         self.app = Starlette(routes=[
             *pages.routes(),
             *StatusRoutes(runtime, self.access, self.metrics).routes,

@@ -99,13 +99,17 @@ class Metrics:
     """A registry of its own (no process-global state), exposed at ``/metrics``."""
 
     def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], auth_failures: Callable[[], dict] | None = None,
-                 rtsp_skipped: Callable[[], dict[str, int]] = dict) -> None:
+                 rtsp_skipped: Callable[[], dict[str, int]] = dict, retention: Callable[[], dict] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cameras = cameras
         self.registry.register(_Cameras(cameras, rtsp_skipped))
         if auth_failures is not None:
             self.registry.register(_Counts("privacy_gateway_auth_failures", "Failed authentications by reason",
                                            "reason", auth_failures))
+        if retention is not None:
+            self.registry.register(_Counts("privacy_gateway_retention_actions", "Retention runs and what they "
+                                           "destroyed (runs, segments_shredded, recordings_expired, "
+                                           "recordings_evicted, errors)", "action", retention))
         self.latency = Histogram("privacy_gateway_release_latency_seconds",
                                  "Arrival to release of redacted frames (the hold-back bounds it)",
                                  ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)

@@ -75,6 +75,11 @@ class Recorder:
         self._start = round(start / TIME_BASE)
         self.files.append(path)
 
+    @property
+    def current(self) -> Path | None:
+        """The file being written, which retention must leave alone."""
+        return self.files[-1] if self._out is not None else None
+
     def close(self) -> None:
         """Finish the open file."""
         if self._out is None:

@@ -22,6 +22,7 @@ from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
 from .cosigning import open_cosigner
+from .retention import Retention
 from .keyring import prepare_keys
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ class Runtime:
                                             codecs=self.codecs(name), cores=cores)
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
+        quota = config.storage.quota_gb
+        self.retention = Retention(
+            store, directory.signer, data, data / "recordings",
+            lambda: {name: camera.policy for name, camera in self.cameras.items()},
+            lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
+            config.storage.retention_check_s, None if quota is None else int(quota * 1e9))
 
     def codecs(self, camera: str) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
@@ -99,10 +106,12 @@ class Runtime:
         self._watchdog.start()
         for camera in self.cameras.values():
             camera.source.start(camera.pipeline.offer)
+        self.retention.start()
 
     def stop(self) -> None:
         """Stop every camera: sources first, then pipelines (undecided frames leave blanked, sealers
         close), then the watchdog, then the sinks (what they hold is written)."""
+        self.retention.stop()
         for camera in self.cameras.values():
             camera.stop_input()
         self._stop.set()
