@@ -18,6 +18,7 @@ gathered and not yet written: at most a clip's length of each track.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -91,6 +92,9 @@ CLIP_SECONDS = 2.0
 IDLE_SECONDS = 0.5
 #: frames that may wait for the sealing thread; more, and add() refuses (see the module docstring)
 QUEUE_FRAMES = 64
+#: media seconds between two looks at the key directory's roster: a removed or revoked person
+#: stops being a recipient (a new segment begins) within this much of the change
+ROSTER_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class Sealer:
         self._terms = _Terms(grants, identities, int(policy.get("version", 1)), self._policy_sha256, coder)
         self._writer: SegmentWriter | None = None
         self._started_us = 0
+        self._roster_checked_us: int | None = None
         self._clips: dict[tuple[str, int], _Clip] = {}
         #: the current segment's track shares and the co-signer's ciphertexts of them
         self._shares: dict[tuple[str, int], tuple[bytes, str]] = {}
@@ -289,6 +294,11 @@ class Sealer:
     # (``now``: the clock when the caller made the call, so that times do not depend on the thread's lag)
 
     def _add(self, frame: int, pts_us: int, regions: list[Sealed], now: str) -> None:
+        if self._roster_checked_us is None or abs(pts_us - self._roster_checked_us) >= ROSTER_CHECK_SECONDS * 1e6:
+            self._roster_checked_us = pts_us
+            identities = self.store.reload_roster()
+            if identities is not None:
+                self._new_roster(identities, now)
         if self._writer is not None and self._segment_us is not None and pts_us - self._started_us >= self._segment_us:
             self._roll(now)
         if self._writer is None:
@@ -311,6 +321,16 @@ class Sealer:
             clip.placements.append(Placement(frame, pts_us, region.box))
             clip.crops.append(region.pixels)
         self.regions += len(regions)
+
+    def _new_roster(self, identities: list[PublicIdentity], now: str) -> None:
+        """Seal from here on to the roster as it is now: a new segment, wrapped to the people in it.
+        A roster that no longer meets a grant stops sealing (raises), so the camera's frames are blanked."""
+        check_grants(self._terms.grants, identities)
+        self.store.grant_access(self.camera, self._terms.grants, identities)
+        if self._writer is not None:
+            self._roll(now)
+        self._terms = dataclasses.replace(self._terms, identities=identities)
+        self.identities = identities
 
     def _seal_clips(self, keys: list[tuple[str, int]]) -> None:
         """Code and seal these tracks' clips; shares for tracks new to the segment first, one

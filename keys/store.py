@@ -119,6 +119,7 @@ class VaultStore:
         #: signing keys of people who left the roster (removed or revoked), by name: their past
         #: audit entries and approvals still verify
         self.departed: dict[str, bytes] = {}
+        self._directory: tuple[Path, int | None] | None = None  # sealing: the key directory, its revision
 
     @property
     def location(self) -> str:
@@ -207,6 +208,7 @@ class VaultStore:
                 objects.put("roster.json", directory.signed_roster())
             if cosigner is not None:
                 store._bind_cosigner(directory, cosigner, manages_access)
+            store._directory = (directory.path, KeyDirectory.revision(directory.path))
         store._read_escrow()
         return store
 
@@ -357,6 +359,22 @@ class VaultStore:
 
     def holds_segments(self) -> bool:
         return any(self.segment_numbers(camera) for camera in self.cameras())
+
+    def reload_roster(self) -> list[PublicIdentity] | None:
+        """The key directory's identities if its roster changed since it was last read (sealing
+        only; the vault's copy is refreshed too), else None."""
+        if self._directory is None:
+            return None
+        path, seen = self._directory
+        revision = KeyDirectory.revision(path)
+        if revision == seen:
+            return None
+        directory = KeyDirectory.open(path)
+        self._directory = (path, revision)
+        self.identities = directory.identities
+        self.departed = {d.name: d.signing for d in directory.departed}
+        self._objects.put("roster.json", directory.signed_roster())
+        return self.identities
 
     def check_roster_copy(self) -> None:
         """Check the signature of the vault's roster copy (also when readers were given the key directory)."""

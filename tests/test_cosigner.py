@@ -35,6 +35,7 @@ from keys import (
     Selection,
     Unmask,
     UnmaskError,
+    VaultError,
     VaultStore,
     revoke_access,
 )
@@ -501,3 +502,34 @@ def test_what_someone_signed_still_verifies_after_they_left(logged, leave, tmp_p
     # the vault's copy of the roster is refreshed by the next seal
     VaultStore.for_sealing(vault, directory, gateway)
     assert verify_audit(VaultStore.open(vault), gateway) == 3
+
+
+def test_a_revoked_identity_stops_being_a_recipient_within_a_second(tmp_path, sealing_store):
+    """The sealer looks at the roster every second of media: a change begins a new segment wrapped
+    to the people in it; a roster that no longer meets a grant stops sealing (frames are blanked)."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    ivan, iris = (PrivateIdentity.generate(n, ["investigator"]) for n in ("ivan", "iris"))
+    directory.add(ivan.public)
+    directory.add(iris.public)
+    store = sealing_store(tmp_path / "vault", directory)
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    sealer = Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                    segment_seconds=None)
+    for frame in range(10):
+        sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+    KeyDirectory.open(tmp_path / "keys").revoke(iris.public)
+    for frame in range(10, 25):
+        sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+    sealer.close()
+    chain = list(store.verify_chain("lobby"))
+    names = [sorted({n for w in store.wraps("lobby", s)["face"] for n in w.names}) for s in chain]
+    assert names == [["iris", "ivan"], ["ivan"]]
+    sealer = Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, store.identities,
+                    segment_seconds=None)
+    sealer.add(0, 0, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+    KeyDirectory.open(tmp_path / "keys").revoke(ivan.public)  # nobody left to unmask faces
+    with pytest.raises(VaultError, match="unmask.face"):
+        for frame in range(1, 40):
+            sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+            time.sleep(0.01)
+        sealer.close()
