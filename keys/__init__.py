@@ -21,12 +21,14 @@ The modules, one concept each:
 - :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks` and :func:`tracks_at`.
 - :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
 - :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
+- :mod:`.evidence` signed evidence manifests of unmask outputs (:func:`make_manifest`, :func:`verify_manifest`).
 """
 
 from .audit import AuditLog
 from .cosigner import CoSigner, grant_access, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
+from .evidence import Evidence, make_manifest, verify_manifest
 from .errors import (
     AuditError,
     CoSignerRefused,
@@ -62,6 +64,7 @@ __all__ = [
     "CoSignerUnavailable",
     "DirectoryError",
     "EscrowError",
+    "Evidence",
     "Grant",
     "IdentityError",
     "IntegrityError",
@@ -91,12 +94,14 @@ __all__ = [
     "check_grants",
     "grant_access",
     "grants_of",
+    "make_manifest",
     "recording_tracks",
     "revoke_access",
     "set_up",
     "shred",
     "tracks_at",
     "verify_audit",
+    "verify_manifest",
     "verify_vault",
     "write_durably",
 ]

@@ -419,3 +419,30 @@ def test_crashed_segment_is_recovered_by_the_next_sealer_and_still_unmasks(world
     assert actions == ["seal", "recover-segment", "seal"]
     assert ref.recording != again.ref.recording
     assert VaultRef.decode(ref.encode()) == ref
+
+
+def test_unmask_writes_a_signed_evidence_manifest_that_evidence_verify_checks(capsys, world, tmp_path):
+    redacted, pristine = redacted_image(world, capsys, "quorum", "quorum")
+    vault = tmp_path / "vault"
+    shutil.copytree(pristine, vault)
+    out = tmp_path / "evidence.png"
+    code, _, err = run(capsys, *unmask(world, redacted, vault, out, "--no-watermark", who=("olga", "omar")))
+    assert code == 0, err
+    manifest = tmp_path / "evidence.png.evidence.json"
+    document = json.loads(manifest.read_text())
+    assert sorted(document["signatures"]) == ["olga", "omar"] and document["manifest"]["case"] == "C-1"
+    code, text, err = run(capsys, "evidence", "verify", manifest, "--vault", vault, "--keys", world / "keys")
+    assert code == 0 and "signed by olga, omar" in text and "matches" in text, err
+    good = out.read_bytes()
+    out.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    code, _, err = run(capsys, "evidence", "verify", manifest)
+    assert code == 1 and "evidence.png: altered" in err
+    out.write_bytes(good)
+    forged = json.loads(manifest.read_text())
+    forged["manifest"]["reason"] = "something else"
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    code, _, err = run(capsys, "evidence", "verify", tmp_path / "forged.json")
+    assert code == 1 and "signature of the manifest does not verify" in err
+    # a manifest whose audit entry is not the vault's: another vault's log
+    code, _, err = run(capsys, "evidence", "verify", manifest, "--vault", pristine)
+    assert code == 1 and "no unmask entry" in err

@@ -18,6 +18,9 @@ from pathlib import Path
 from keys import (
     CoSigner,
     EscrowError,
+    make_manifest,
+    verify_manifest,
+    write_durably,
     IntegrityError,
     KeyDirectory,
     Selection,
@@ -95,6 +98,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     check_vault.add_argument("--vault", type=Path, required=True, metavar="VAULT")
     check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
     check_vault.set_defaults(run=_escrow(_vault_verify))
+    evidence = commands.add_parser("evidence", help="the signed manifests unmask writes beside its output")
+    evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
+    check_evidence = evidence_commands.add_parser("verify", help="check a manifest's signatures, the outputs it "
+                                                  "names and (with --vault) its audit entry")
+    check_evidence.add_argument("manifest", type=Path, metavar="MANIFEST", help="OUTPUT.evidence.json")
+    check_evidence.add_argument("--vault", type=Path, metavar="VAULT", help="compare with the vault's audit log")
+    check_evidence.add_argument("--keys", type=Path, metavar="DIR", help="the signers' keys must be the directory's")
+    check_evidence.set_defaults(run=_escrow(_evidence_verify))
     tracks = vault_commands.add_parser("tracks", help="list the sealed tracks of a redacted file (no decryption)")
     tracks.add_argument("input", type=Path, metavar="REDACTED")
     tracks.add_argument("--vault", type=Path, required=True, metavar="VAULT")
@@ -180,8 +191,34 @@ def _unmask(args: argparse.Namespace) -> int:
         _unmask_image(source, target, to_dir, restore)
     else:
         _unmask_video(source, target, to_dir, restore, start, end, job)
+    outputs = ([(f"{target.name}/{p.name}", p) for p in sorted(target.iterdir())] if to_dir
+               else [(target.name, target)])
+    manifest = target.with_name(target.name + ".evidence.json")
+    write_durably(manifest, make_manifest(holders, entry, outputs, store.vault_id, store.fingerprint))
     print(f"restored {job.restored} regions of {len(job.tracks)} tracks to {target} "
-          f"(audit entry {entry['seq']}, case {args.case})")
+          f"(audit entry {entry['seq']}, case {args.case}); signed manifest {manifest}")
+    return 0
+
+
+def _evidence_verify(args: argparse.Namespace) -> int:
+    try:
+        data = args.manifest.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.manifest}: {exc.strerror or exc}") from None
+    known = None
+    if args.keys is not None:
+        directory = KeyDirectory.open(args.keys)
+        keys = {d.name: d.signing for d in directory.departed} | {i.name: i.signing for i in directory.identities}
+        known = keys.get
+    log = None
+    if args.vault is not None:
+        store = VaultStore.open(args.vault, KeyDirectory.open(args.keys) if args.keys else None)
+        verify_audit(store)
+        log = store.audit.entries()
+    found = verify_manifest(data, args.manifest.parent, known, log)
+    print(f"{args.manifest}: {len(found.outputs)} output(s) intact, case {found.case}, signed by "
+          f"{', '.join(found.signers)}" + (f"; audit entry {found.audit_seq} of {args.vault} matches" if log
+                                            is not None else "; audit entry not compared (no --vault)"))
     return 0
 
 
