@@ -22,8 +22,8 @@ from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
 from .cosigning import open_cosigner
-from .retention import Retention
 from .keyring import prepare_keys
+from .retention import Retention
 
 log = logging.getLogger(__name__)
 
