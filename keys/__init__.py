@@ -24,7 +24,7 @@ The modules, one concept each:
 - :mod:`.evidence` signed evidence manifests of unmask outputs (:func:`make_manifest`, :func:`verify_manifest`).
 """
 
-from .audit import AuditLog
+from .audit import AuditLog, verify_entry
 from .cosigner import CoSigner, grant_access, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
@@ -43,7 +43,7 @@ from .errors import (
     UnwrapError,
     VaultError,
 )
-from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity
+from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
 from .objects import LocalObjects, ObjectStore
 from .retention import Shredded, shred
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
@@ -90,6 +90,7 @@ __all__ = [
     "VaultStore",
     "atomic_dir",
     "atomic_path",
+    "canonical",
     "check_camera",
     "check_grants",
     "grant_access",
@@ -101,6 +102,7 @@ __all__ = [
     "shred",
     "tracks_at",
     "verify_audit",
+    "verify_entry",
     "verify_manifest",
     "verify_vault",
     "write_durably",

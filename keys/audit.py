@@ -33,7 +33,7 @@ from .durable import fsync_dir
 from .errors import AuditError
 from .identity import canonical
 
-__all__ = ["GENESIS", "AuditLog"]
+__all__ = ["GENESIS", "AuditLog", "verify_entry"]
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 4096  # bytes read per step backwards; a typical entry is 300-2000 bytes
@@ -180,6 +180,25 @@ class AuditLog:
                 raise AuditError(f"audit log entry {seq} differs from its checkpoint in {source} (rolled back or "
                                  "replaced)")
         return count
+
+
+def verify_entry(entry: dict, key_of: KeyOf) -> None:
+    """Check one entry's signature (and its approvals) on its own, as an unmask elsewhere receives
+    entries from the gateway; :class:`AuditError` if it does not hold."""
+    where = f"audit log entry {entry.get('seq')!r}"
+    try:
+        body = {k: entry[k] for k in _FIELDS}
+        signature = bytes.fromhex(entry["signature"])
+        key = key_of(body["actor"])
+    except (KeyError, TypeError, ValueError):
+        raise AuditError(f"{where}: malformed") from None
+    if key is None:
+        raise AuditError(f"{where}: unknown actor {body['actor']!r}")
+    try:
+        key.verify(signature, canonical(body))
+    except InvalidSignature:
+        raise AuditError(f"{where}: signature does not verify") from None
+    _check_approvals(where, body["details"], key_of)
 
 
 def _tail(fd: int) -> tuple[int, str]:

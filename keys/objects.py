@@ -149,3 +149,32 @@ class LocalObjects(ObjectStore):
 
     def delete(self, name: str) -> None:
         remove_durably(self._path(name), missing_ok=True)
+
+
+class MemoryObjects(ObjectStore):
+    """Objects in memory: a part of a vault as a remote unmask receives it (never durable)."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None, label: str = "memory") -> None:
+        self._objects = {check_name(name): bytes(data) for name, data in (objects or {}).items()}
+        self._label = label
+
+    def __str__(self) -> str:
+        return self._label
+
+    def put(self, name: str, data: bytes) -> None:
+        self._objects[check_name(name)] = bytes(data)
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self._objects[check_name(name)]
+        except KeyError:
+            raise ObjectMissing(f"{name}: no such object in {self._label}") from None
+
+    def exists(self, name: str) -> bool:
+        return check_name(name) in self._objects
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(name for name in self._objects if name.startswith(prefix))
+
+    def delete(self, name: str) -> None:
+        self._objects.pop(check_name(name), None)

@@ -52,7 +52,7 @@ from .directory import KeyDirectory
 from .durable import remove_durably
 from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
-from .objects import LocalObjects, ObjectStore
+from .objects import LocalObjects, MemoryObjects, ObjectStore
 from .vault import (
     GENESIS,
     Segment,
@@ -120,6 +120,8 @@ class VaultStore:
         #: audit entries and approvals still verify
         self.departed: dict[str, bytes] = {}
         self._directory: tuple[Path, int | None] | None = None  # sealing: the key directory, its revision
+        #: per camera, where its chain starts when this store holds only part of it (a bundle)
+        self._chain_start: dict[str, tuple[int, str]] = {}
 
     @property
     def location(self) -> str:
@@ -323,7 +325,9 @@ class VaultStore:
         """Every segment of the camera in order, checking the chain; raises :class:`VaultError` at the
         first break, and at a segment sealed into another vault (a chain moved here whole)."""
         camera = check_camera(camera)
-        for segment in check_chain(camera, ((name, self._read(camera, name)) for name in self._segment_files(camera))):
+        start = self._chain_start.get(camera, (1, GENESIS))
+        for segment in check_chain(camera, ((name, self._read(camera, name)) for name in self._segment_files(camera)),
+                                   start):
             if segment.header.version >= 3 and segment.header.vault != self.vault_id:
                 raise VaultError(f"{segment_name(segment.number)}: sealed into another vault "
                                  f"({segment.header.vault}, this is {self.vault_id or 'a vault without an id'})")
@@ -375,6 +379,51 @@ class VaultStore:
         self.departed = {d.name: d.signing for d in directory.departed}
         self._objects.put("roster.json", directory.signed_roster())
         return self.identities
+
+    # --- a recording's sealed part, for a remote unmask ---------------------------------------------
+
+    def bundle(self, camera: str, recording: str, entries: list[dict]) -> dict:
+        """What an unmask elsewhere needs of one recording: the anchor, co-signer record, roster copy,
+        policies, the recording's segments and key files, and ``entries`` (the log's ``seal`` entry
+        of it and any ``shred`` entry naming its segments, as the caller verified them)."""
+        camera = check_camera(camera)
+        seals = [e for e in entries if e["action"] == "seal" and e["details"].get("camera") == camera
+                 and e["details"].get("recording") == recording]
+        if not seals:
+            raise VaultError(f"no sealed recording {recording!r} of camera {camera!r} in the audit log "
+                             "(unknown, or still being recorded)")
+        first, last = seals[-1]["details"]["segments"]
+        names = ["vault.json", "escrow.json", "roster.json"]
+        for number in range(first, last + 1):
+            segment = self.segment(camera, number)
+            names += [f"policies/{segment.header.policy_sha256}.json", _segments_of(camera) + segment_name(number)]
+            if self.has_key_file(camera, number):
+                names.append(_keys_object(camera, number))
+        objects = {name: base64.b64encode(self._objects.get(name)).decode("ascii")
+                   for name in dict.fromkeys(names) if self._objects.exists(name)}
+        shreds = [e for e in entries if e["action"] == "shred"
+                  and any(c == camera and first <= n <= last for c, n in e["details"]["segments"])]
+        return {"format": "privacy-gateway-sealed", "version": 1, "camera": camera, "recording": recording,
+                "first": first, "objects": objects, "entries": [seals[-1], *shreds]}
+
+    @classmethod
+    def from_bundle(cls, bundle: dict, directory: KeyDirectory | None = None) -> VaultStore:
+        """A store of what :meth:`bundle` gave (in memory; no audit log of its own): its segments
+        verify as a chain from the bundle's first one, under the anchor's gateway key (which
+        ``directory``, if given, must hold)."""
+        try:
+            if bundle["format"] != "privacy-gateway-sealed" or bundle["version"] != 1:
+                raise ValueError
+            objects = MemoryObjects({name: base64.b64decode(data, validate=True)
+                                     for name, data in bundle["objects"].items()}, "the gateway's sealed records")
+            camera, first = check_camera(bundle["camera"]), int(bundle["first"])
+        except (ValueError, KeyError, TypeError):
+            raise VaultError("the gateway sent malformed sealed records") from None
+        store = cls.from_objects(objects, Path("/nonexistent/privacy-gateway-bundle"), AuditLog(Path("/nonexistent")),
+                                 directory)
+        head = store.segment(camera, first)
+        store._chain_start[camera] = (first, head.header.previous)
+        return store
 
     def check_roster_copy(self) -> None:
         """Check the signature of the vault's roster copy (also when readers were given the key directory)."""

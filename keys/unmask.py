@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import numpy as np
 
@@ -64,14 +64,19 @@ class Unmask:
     """One unmask of one recording by a set of holders; see the module docstring for the steps."""
 
     def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity],
-                 cosigner: CoSigner | None = None) -> None:
-        """``cosigner``: the co-signer to ask for shares (default: the one the vault records)."""
+                 cosigner: CoSigner | None = None, log: UnmaskLog | None = None) -> None:
+        """``cosigner``: the co-signer to ask for shares (default: the one the vault records);
+        ``log``: where the audit log is (default: the vault's own, :class:`LocalLog`)."""
         if not holders:
             raise UnmaskError("no identity given")
         self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
+        self.log = log or LocalLog(store)
         self._check_holders()
         chain = self._chain()
-        log = self._verified_log(chain)
+        try:
+            log = self.log.entries(chain)
+        except (AuditError, VaultError) as exc:
+            raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         segments = self._segments(chain, log)
         self.policies = {s.header.policy_sha256: store.load_policy(s.header.policy_sha256) for s in segments}
         #: per record frame: (record, index of the frame in it, selected?, segment)
@@ -142,21 +147,6 @@ class Unmask:
         except VaultError as exc:
             raise UnmaskError(f"vault camera {self.ref.camera!r}: {exc}") from None
 
-    def _verified_log(self, chain: list[Segment]) -> list[dict]:
-        """The verified log, which must reach every checkpoint the camera's segments keep of it."""
-        audit = self.store.audit
-        if not audit.exists():
-            if any(s.audit is None or s.audit[0] > 0 for s in chain):
-                raise UnmaskError("the audit log is missing, but the vault holds segments sealed after entries "
-                                  "of it; unmask refused until the log is restored or investigated")
-            return []
-        anchors = [(*s.audit, f"segment {self.ref.camera}/{segment_name(s.number)}") for s in chain if s.audit]
-        try:
-            audit.verify(self.store.key_of, anchors)
-            return audit.entries()
-        except AuditError as exc:
-            raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
-
     def _segments(self, chain: list[Segment], log: list[dict]) -> list[Segment]:
         camera = self.ref.camera
         segments = [s for s in chain if s.header.recording == self.ref.recording]
@@ -205,21 +195,19 @@ class Unmask:
                               ", ".join(sorted({h.public.name for h in self._askers.values()})))
             token = next(iter(self._tokens.values()))
             try:  # the log must reach what the co-signer last saw of it: not cut, not rolled back
-                self.store.audit.verify(self.store.key_of, self.store.cosigner_anchors(self._cosigner, token))
+                self.log.confirm(self._cosigner, token)
             except (AuditError, VaultError) as exc:
                 raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         details = self.request(case, reason, output, watermark)
         details["approvals"] = {h.public.name: h.signing.sign(canonical(self.request(case, reason, output, watermark))).hex()
                                 for h in self.holders}
-        first = self.holders[0]
         try:
-            entry = self.store.audit.append(first.public.name, first.signing, "unmask", details)
+            entry = self.log.append(self.holders, "unmask", details)
         except AuditError as exc:
             raise UnmaskError(f"{exc}; unmask refused") from None
         if self._cosigner is not None:  # the entry reaches the co-signer before any share is asked for
-            seq, head = self.store.audit.head()
             try:
-                self._cosigner.checkpoint(self.store.vault_id, seq, head, token)
+                self.log.anchor(entry, self._cosigner, token)
             except CoSignerRefused:
                 raise UnmaskError("unmask refused: the co-signer did not take the audit log's checkpoint") from None
         # every share now, before any pixel: an outage or refusal stops the unmask before it writes anything
@@ -233,7 +221,8 @@ class Unmask:
         first = self.holders[0]
         details = {"camera": self.ref.camera, "recording": self.ref.recording, "case": case, "reason": reason,
                    "identities": sorted(h.public.name for h in self.holders), "refused": why}
-        self.store.audit.append(first.public.name, first.signing, "unmask-refused", details)
+        details["approvals"] = {first.public.name: first.signing.sign(canonical(details)).hex()}
+        self.log.append([first], "unmask-refused", details)
         raise UnmaskError("unmask refused")
 
     def restore(self, index: int, time_s: float, image: np.ndarray, tolerance_us: int) -> int:
@@ -309,6 +298,53 @@ class Unmask:
         except CoSignerRefused:
             self._refused(case, reason, f"the co-signer refused the share of {header.cls} track {header.track} "
                                         f"in segment {segment.number}")
+
+
+class UnmaskLog(Protocol):
+    """Where an unmask reads and writes the audit log: the vault's own file (:class:`LocalLog`), or
+    the gateway's over its API for an unmask on another machine."""
+
+    def entries(self, chain: list[Segment]) -> list[dict]:
+        """The log's entries that bear on ``chain`` (the camera's segments), verified; raises
+        :class:`AuditError` or :class:`VaultError` if the log or its checkpoints do not hold."""
+
+    def confirm(self, cosigner: CoSigner, token: str) -> None:
+        """Check the log against the co-signer's checkpoints (``token``: a person's, just logged in)."""
+
+    def append(self, holders: list[PrivateIdentity], action: str, details: dict) -> dict:
+        """Write one entry (``details`` carries every holder's approval); the entry as written."""
+
+    def anchor(self, entry: dict, cosigner: CoSigner, token: str) -> None:
+        """Make sure the co-signer's checkpoint covers ``entry`` before any share is asked for."""
+
+
+class LocalLog:
+    """The vault's own audit log file, verified against the segments' and the co-signer's checkpoints."""
+
+    def __init__(self, store: VaultStore) -> None:
+        self.store = store
+
+    def entries(self, chain: list[Segment]) -> list[dict]:
+        audit = self.store.audit
+        if not audit.exists():
+            if any(s.audit is None or s.audit[0] > 0 for s in chain):
+                raise AuditError("the audit log is missing, but the vault holds segments sealed after entries of it")
+            return []
+        camera = chain[0].header.camera if chain else ""
+        audit.verify(self.store.key_of, [(*s.audit, f"segment {camera}/{segment_name(s.number)}")
+                                         for s in chain if s.audit])
+        return audit.entries()
+
+    def confirm(self, cosigner: CoSigner, token: str) -> None:
+        self.store.audit.verify(self.store.key_of, self.store.cosigner_anchors(cosigner, token))
+
+    def append(self, holders: list[PrivateIdentity], action: str, details: dict) -> dict:
+        first = holders[0]
+        return self.store.audit.append(first.public.name, first.signing, action, details)
+
+    def anchor(self, entry: dict, cosigner: CoSigner, token: str) -> None:
+        seq, head = self.store.audit.head()
+        cosigner.checkpoint(self.store.vault_id, seq, head, token)
 
 
 #: a track's records further apart than this (seconds) are two time ranges of it: it was lost

@@ -396,13 +396,16 @@ def _skip_checkpoint(data: bytes, mark: int, end: int, name: str, after: str) ->
     return mark + 8 + slen + 64
 
 
-def check_chain(camera: str, segments: Iterable[tuple[str, Segment]]) -> Iterator[Segment]:
+def check_chain(camera: str, segments: Iterable[tuple[str, Segment]],
+                start: tuple[int, str] = (1, GENESIS)) -> Iterator[Segment]:
     """A camera's segments, as ``(name, segment)`` in name order, checked as a chain; raises at the first break.
 
     Read the segments lazily (a generator): the first unreadable one raises where it stands.
+    ``start``: the first segment's number and the digest it must name as previous (a part of a
+    chain, as a remote unmask receives it; whoever passes it vouches for that link).
     """
-    previous = GENESIS
-    for expected, (name, segment) in enumerate(segments, start=1):
+    previous = start[1]
+    for expected, (name, segment) in enumerate(segments, start=start[0]):
         if segment.number != expected or name != segment_name(segment.number):
             raise VaultError(f"{name}: out of sequence (expected segment {expected}; one deleted or renamed?)")
         if segment.header.previous != previous:

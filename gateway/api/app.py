@@ -27,6 +27,7 @@ from ..live import LiveCamera, Runtime
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
 from .audit import AuditRoutes
+from .recordings import RecordingRoutes
 from .cameras import CameraRoutes
 from .identities import IdentityRoutes
 from .metrics import Metrics
@@ -73,6 +74,7 @@ class Gateway:
             *PolicyRoutes(runtime, self.access, versions, changes).routes,
             *IdentityRoutes(self.access, cameras, changes).routes,
             *AuditRoutes(runtime.store, self.access).routes,
+            *RecordingRoutes(runtime, self.access, changes).routes,
             *self.whep.routes,
             *self.whip.routes,
         ])

@@ -50,13 +50,22 @@ from ..openbao import OpenBaoError, read_credentials
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
+from .remote import fetch
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     unmask = commands.add_parser("unmask", help="restore selected redacted regions from the vault (audited)")
-    unmask.add_argument("input", type=Path, metavar="REDACTED", help="an image or video written by redact --vault")
-    unmask.add_argument("--vault", type=Path, required=True, metavar="VAULT")
-    unmask.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the key directory")
+    unmask.add_argument("input", type=Path, nargs="?", metavar="REDACTED",
+                        help="an image or video written by redact --vault (not with --gateway)")
+    unmask.add_argument("--vault", type=Path, metavar="VAULT", help="the vault (not with --gateway)")
+    unmask.add_argument("--keys", type=Path, metavar="DIR", help="the key directory (with --gateway: optional, to "
+                        "check the gateway's key against it)")
+    unmask.add_argument("--gateway", metavar="URL", help="unmask here a recording that gateway keeps: it sends the "
+                        "redacted video and sealed records and logs the request; keys and pixels stay here")
+    unmask.add_argument("--gateway-ca", type=Path, metavar="FILE", help="CA certificate of the gateway's TLS")
+    unmask.add_argument("--camera", metavar="ID", help="with --gateway: the camera")
+    unmask.add_argument("--recording", metavar="NAME", help="with --gateway: the recording (else the one --from "
+                        "and --to, wall-clock ISO 8601 times there, fall in)")
     unmask.add_argument("--identity", dest="identities", type=Path, action="append", required=True, metavar="FILE",
                         help="a private identity file (repeat for a quorum); passphrases from "
                              "PRIVACY_GATEWAY_PASSPHRASE or prompted per file")
@@ -150,9 +159,41 @@ def _ref_of(path: Path) -> VaultRef:
 
 
 def _unmask(args: argparse.Namespace) -> int:
+    if args.gateway is not None:
+        if args.input is not None or args.vault is not None:
+            raise CommandError("--gateway fetches the recording and its sealed records: no REDACTED or --vault")
+        return _remote_unmask(args)
+    if args.input is None or args.vault is None or args.keys is None:
+        raise CommandError("unmask needs REDACTED, --vault and --keys (or --gateway URL)")
     source, target = args.input, args.output
     if not source.is_file():
         raise CommandError(f"cannot read {source}: no such file")
+    _check_target(source, target)
+    start, end = parse_time(args.start), parse_time(args.end)
+    if start is not None and end is not None and end < start:
+        raise CommandError("--to is before --from")
+    directory = KeyDirectory.open(args.keys)
+    store = VaultStore.open(args.vault, directory)
+    holders = open_identities(args.identities)
+    return _unmask_with(args, source, target, store, holders, start, end, None)
+
+
+def _remote_unmask(args: argparse.Namespace) -> int:
+    target = args.output
+    holders = open_identities(args.identities)
+    directory = KeyDirectory.open(args.keys) if args.keys is not None else None
+    work = target.resolve().parent
+    video, store, log, start, end = fetch(args, holders, work, directory)
+    try:
+        if directory is None:
+            print(f"the gateway's key fingerprint is {store.fingerprint}: compare it out of band (or give --keys)")
+        _check_target(video, target)
+        return _unmask_with(args, video, target, store, holders, start, end, log)
+    finally:
+        video.unlink(missing_ok=True)
+
+
+def _check_target(source: Path, target: Path) -> None:
     to_dir = not target.suffix or target.is_dir()
     if to_dir and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CommandError(f"{target}: exists and is not an empty directory; refusing to overwrite")
@@ -161,20 +202,20 @@ def _unmask(args: argparse.Namespace) -> int:
                            "or a directory")
     if not to_dir and target.resolve() == source.resolve():
         raise CommandError(f"refusing to overwrite the input {source}")
-    start, end = parse_time(args.start), parse_time(args.end)
-    if start is not None and end is not None and end < start:
-        raise CommandError("--to is before --from")
+
+
+def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: VaultStore, holders, start, end,
+                 log) -> int:
+    """The unmask itself, of ``source`` against ``store``, logged to ``log`` (None: the vault's own)."""
+    to_dir = not target.suffix or target.is_dir()
     if (args.at is None) != (args.point is None):
         raise CommandError("--at and --point go together: the time and the pixel of the subject to restore")
     ref = _ref_of(source)
-    directory = KeyDirectory.open(args.keys)
-    store = VaultStore.open(args.vault, directory)
     tracks = set(args.tracks)
     if args.point is not None:
         tracks |= _subject_at(store, ref, args.at, args.point)
-    holders = open_identities(args.identities)
     selection = Selection(frozenset(tracks), frozenset(args.classes), start, end)
-    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store))
+    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log)
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
     names = ", ".join(sorted(h.public.name for h in holders))

@@ -51,6 +51,7 @@ class Runtime:
     def _open(self, config: GatewayConfig, policies: dict[str, Policy], cosigner: CoSigner, manages_access: bool,
               announce: Callable[[str], None]) -> None:
         data, directory = config.storage.data_dir, self.directory
+        self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
         self.store = store = VaultStore.for_sealing(data / "vault", directory, cosigner, manages_access=manages_access)
         self.signer = directory.signer
         self.activations = Activations(data / "active-policies.json", store)

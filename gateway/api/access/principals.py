@@ -20,12 +20,15 @@ PERMISSIONS = {
     "tokens": "issue tokens to any identity, list and revoke any token",
     "audit": "read and verify the whole audit log",
     "audit:own": "read the audit entries of one's own actions",
+    "unmask*": "fetch a camera's redacted recordings and sealed records, and log unmask requests of it "
+               "(decryption happens on the person's machine, with their keys and the co-signer's shares)",
     "metrics": "read /metrics and the detailed /health",
 }
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "privacy-officer": frozenset({"feeds*", "cameras", "policies", "identities", "tokens", "audit", "metrics"}),
+    "privacy-officer": frozenset({"feeds*", "cameras", "policies", "identities", "tokens", "audit", "metrics",
+                                  "unmask*"}),
     "viewer": frozenset({"feeds*"}),
-    "investigator": frozenset({"audit:own"}),
+    "investigator": frozenset({"audit:own", "unmask*"}),
     "auditor": frozenset({"audit", "metrics"}),
     "publisher": frozenset({"ingest*"}),
 }
