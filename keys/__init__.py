@@ -21,6 +21,7 @@ The modules, one concept each:
 - :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks` and :func:`tracks_at`.
 - :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
 - :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
+- :mod:`.requests` unmask requests a quorum on several machines approves and peels in turn (:class:`UnmaskRequest`).
 - :mod:`.evidence` signed evidence manifests of unmask outputs (:func:`make_manifest`, :func:`verify_manifest`).
 """
 
@@ -45,6 +46,7 @@ from .errors import (
 )
 from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
 from .objects import LocalObjects, ObjectStore
+from .requests import UnmaskRequest
 from .retention import Shredded, shred
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
@@ -83,6 +85,7 @@ __all__ = [
     "TrackSummary",
     "Unmask",
     "UnmaskError",
+    "UnmaskRequest",
     "UnwrapError",
     "VaultError",
     "VaultRef",

@@ -23,11 +23,13 @@ recording sealed, when and where they first appear, from the record headers alon
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 
 from .cosigner import CoSigner, segment_key, share_context
 from .errors import AuditError, CoSignerRefused, RecordError, UnmaskError, UnwrapError, VaultError
@@ -36,7 +38,7 @@ from .record import Header, Placement, Record, open_record, shared_track_key, tr
 from .seal import VaultRef
 from .store import VaultStore
 from .vault import Segment, key_context, segment_name
-from .wrap import Wrap, unwrap_key
+from .wrap import Wrap, peel, unwrap_key
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,15 @@ class Unmask:
     """One unmask of one recording by a set of holders; see the module docstring for the steps."""
 
     def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity],
-                 cosigner: CoSigner | None = None, log: UnmaskLog | None = None) -> None:
+                 cosigner: CoSigner | None = None, log: UnmaskLog | None = None, others: tuple[str, ...] = ()) -> None:
         """``cosigner``: the co-signer to ask for shares (default: the one the vault records);
-        ``log``: where the audit log is (default: the vault's own, :class:`LocalLog`)."""
+        ``log``: where the audit log is (default: the vault's own, :class:`LocalLog`); ``others``:
+        the rest of the quorum, on other machines (they approve and peel their layers of a
+        request file; :mod:`keys.requests`)."""
         if not holders:
             raise UnmaskError("no identity given")
         self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
+        self.others = tuple(sorted(set(others) - {h.public.name for h in holders}))
         self.log = log or LocalLog(store)
         self._check_holders()
         chain = self._chain()
@@ -105,7 +110,7 @@ class Unmask:
                             self._sealed_shares[(segment.number, header.cls, header.track)] = (segment, header)
         by_number = {s.number: s for s in segments}
         self._wraps: dict[tuple[int, str], list[Wrap]] = {}
-        names = {h.public.name for h in holders}
+        names = {h.public.name for h in holders} | set(self.others)
         #: who asks the co-signer for a class's shares: a holder some openable wrap names
         self._askers: dict[str, PrivateIdentity] = {}
         for number, cls in sorted(needed):
@@ -117,7 +122,10 @@ class Unmask:
                                   "(not a recipient, or the quorum is incomplete)")
             self._wraps[(number, cls)] = wraps
             if segment.header.version >= 3:
-                self._askers.setdefault(cls, next(h for h in holders if h.public.name in usable[0].names))
+                asker = next((h for w in usable for h in holders if h.public.name in w.names), None)
+                if asker is None:
+                    raise UnmaskError(f"no identity given here may unmask {cls} regions of this recording")
+                self._askers.setdefault(cls, asker)
         self._cosigner = cosigner if cosigner is not None or not self._askers else store.unmask_cosigner()
         self._tokens: dict[str, str] = {}
         self._shares: dict[tuple[int, str, int], bytes] = {}
@@ -175,12 +183,32 @@ class Unmask:
 
     def request(self, case: str, reason: str, output: str, watermark: bool) -> dict:
         return {"camera": self.ref.camera, "recording": self.ref.recording, "case": case, "reason": reason,
-                "selection": self.selection.to_json(), "identities": sorted(h.public.name for h in self.holders),
+                "selection": self.selection.to_json(),
+                "identities": sorted({h.public.name for h in self.holders} | set(self.others)),
                 "tracks": [[cls, track] for cls, track in sorted(self.tracks)], "regions": self.selected,
                 "output": output, "watermark": watermark}
 
-    def authorize(self, case: str, reason: str, output: str, watermark: bool) -> dict:
-        """Write the signed request to the audit log; raises (and nothing opens) if it cannot be written."""
+    def layers(self, requester: PrivateIdentity) -> list[dict]:
+        """For a quorum on several machines: per needed (segment, class), the wrap sealed to exactly
+        the quorum with ``requester`` innermost, so that the others peel theirs and only the
+        requester ever sees the data key (:mod:`keys.requests`)."""
+        names = {h.public.name for h in self.holders} | set(self.others)
+        out = []
+        for (number, cls), wraps in sorted(self._wraps.items()):
+            wrap = next((w for w in wraps if set(w.names) <= names and w.names[0] == requester.public.name), None)
+            if wrap is None:
+                raise UnmaskError(f"segment {segment_name(number)}: no {cls} key is sealed with "
+                                  f"{requester.public.name} innermost (sealed before quorums could peel in turn?)")
+            out.append({"segment": number, "class": cls, "names": list(wrap.names), "peeled": 0,
+                        "blob": base64.b64encode(wrap.blob).decode("ascii")})
+        return out
+
+    def authorize(self, case: str, reason: str, output: str, watermark: bool, approvals: dict[str, str] | None = None,
+                  layers: list[dict] | None = None) -> dict:
+        """Write the signed request to the audit log; raises (and nothing opens) if it cannot be written.
+
+        ``approvals``: the other quorum members' signatures of :meth:`request` (checked here);
+        ``layers``: the wraps they peeled down to the one holder's innermost layer."""
         if not case.strip() or not reason.strip():
             raise UnmaskError("a case id and a reason are required")
         if not watermark and self.watermark_required:
@@ -199,8 +227,22 @@ class Unmask:
             except (AuditError, VaultError) as exc:
                 raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         details = self.request(case, reason, output, watermark)
-        details["approvals"] = {h.public.name: h.signing.sign(canonical(self.request(case, reason, output, watermark))).hex()
-                                for h in self.holders}
+        signed = canonical(details)
+        given = dict(approvals or {})
+        if sorted(given) != list(self.others):
+            raise UnmaskError(f"the request needs the approval of {', '.join(self.others) or 'nobody else'}; "
+                              f"it has {', '.join(sorted(given)) or 'none'}")
+        for name, signature in given.items():
+            key = self.store.key_of(name)
+            try:
+                if key is None:
+                    raise ValueError
+                key.verify(bytes.fromhex(signature), signed)
+            except (ValueError, InvalidSignature):
+                raise UnmaskError(f"{name}'s approval does not verify (another request, or altered)") from None
+        if layers is not None:
+            self._open_layers(layers)
+        details["approvals"] = {**given, **{h.public.name: h.signing.sign(signed).hex() for h in self.holders}}
         try:
             entry = self.log.append(self.holders, "unmask", details)
         except AuditError as exc:
@@ -215,6 +257,24 @@ class Unmask:
             self._shares[(number, cls, track)] = self._share(segment, header, case, reason)
         self._authorized = True
         return entry
+
+    def _open_layers(self, layers: list[dict]) -> None:
+        """The data keys from layers the rest of the quorum peeled: each down to one holder's."""
+        holders = {h.public.name: h for h in self.holders}
+        for layer in layers:
+            try:
+                names, peeled = tuple(layer["names"]), int(layer["peeled"])
+                number, cls = int(layer["segment"]), str(layer["class"])
+                blob = base64.b64decode(layer["blob"], validate=True)
+                holder = holders[names[0]]
+                if peeled != len(names) - 1 or (number, cls) not in self._wraps:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise UnmaskError("the request's key layers are not peeled down to an identity given here") from None
+            try:
+                self._data_keys[(number, cls)] = peel(names, peeled, blob, holder, key_context(self.ref.camera, number, cls))
+            except UnwrapError:
+                raise UnmaskError("cannot unmask: the identities given do not open this recording's keys") from None
 
     def _refused(self, case: str, reason: str, why: str) -> NoReturn:
         """Audit a refusal with its reason, then give the caller one opaque refusal."""

@@ -2,10 +2,13 @@
 
 A grant names roles and a quorum ``k``. Every identity holding one of the roles is a
 recipient. With ``k == 1`` the data key is HPKE-sealed to each recipient. With ``k > 1`` it is
-sealed once per k-subset of recipients, in nested layers: the innermost layer to the first
+sealed per k-subset of recipients, in nested layers: the innermost layer to the first
 member, that ciphertext to the second, and so on, so opening one wrap takes the private keys
-of every member of its subset; no fewer than ``k`` people can open any wrap. No secret
-sharing or other home-made construction is involved, only HPKE's base mode.
+of every member of its subset; no fewer than ``k`` people can open any wrap. Each subset is
+sealed ``k`` times, each member innermost once, so that a quorum on different machines can
+peel its layers one after another (:func:`peel`) and the data key appears only to the one who
+peels last: the person who asked for the unmask. No secret sharing or other home-made
+construction is involved, only HPKE's base mode.
 
 Each layer uses the suite of the person it is sealed to: DHKEM(X25519) for classic identities,
 the hybrid ML-KEM-768+X25519 KEM for post-quantum ones (both with HKDF-SHA256 and AES-256-GCM),
@@ -77,13 +80,29 @@ def wrap_key(data_key: bytes, grant: Grant, identities: list[PublicIdentity], co
         raise ValueError(f"{k} of {len(people)} needs {comb(len(people), k)} wraps per key (limit {MAX_SUBSETS})")
     wraps = []
     for subset in combinations(people, k):
-        names = tuple(p.name for p in subset)
-        blob = data_key
-        for layer, person in enumerate(subset):
-            suite, public_key = person.hpke_recipient()
-            blob = suite.encrypt(blob, public_key, info=_info(context, names, layer))
-        wraps.append(Wrap(names, blob))
+        for turn in range(k):  # each member innermost once (k == 1: one wrap)
+            order = subset[turn:] + subset[:turn]
+            names = tuple(p.name for p in order)
+            blob = data_key
+            for layer, person in enumerate(order):
+                suite, public_key = person.hpke_recipient()
+                blob = suite.encrypt(blob, public_key, info=_info(context, names, layer))
+            wraps.append(Wrap(names, blob))
     return wraps
+
+
+def peel(names: tuple[str, ...], peeled: int, blob: bytes, holder: PrivateIdentity, context: bytes) -> bytes:
+    """Remove the outermost layer still on ``blob`` (a wrap sealed to ``names``, innermost first, of
+    which ``peeled`` outer layers are gone already); it must be ``holder``'s. What is left: the next
+    layer in, or the data key once the innermost is peeled. :class:`UnwrapError` if it does not open."""
+    layer = len(names) - 1 - peeled
+    if not 0 <= layer < len(names) or names[layer] != holder.public.name:
+        raise UnwrapError("cannot unwrap the data key")
+    suite, private_key = holder.hpke_opener()
+    try:
+        return suite.decrypt(blob, private_key, info=_info(context, names, layer))
+    except (InvalidTag, ValueError):
+        raise UnwrapError("cannot unwrap the data key") from None
 
 
 def unwrap_key(wraps: list[Wrap], holders: list[PrivateIdentity], context: bytes) -> bytes:

@@ -446,3 +446,39 @@ def test_unmask_writes_a_signed_evidence_manifest_that_evidence_verify_checks(ca
     # a manifest whose audit entry is not the vault's: another vault's log
     code, _, err = run(capsys, "evidence", "verify", manifest, "--vault", pristine)
     assert code == 1 and "no unmask entry" in err
+
+
+def test_a_quorum_on_two_machines_approves_a_request_file_in_turn(capsys, world, tmp_path):
+    """olga asks (omar's approval needed, quorum 2): omar, on his machine, approves and peels his layer;
+    only then can olga unmask, and only she ever holds the data key. The entry carries both approvals."""
+    redacted, pristine = redacted_image(world, capsys, "quorum", "quorum")
+    vault = tmp_path / "vault"
+    shutil.copytree(pristine, vault)
+    out, request = tmp_path / "restored.png", tmp_path / "request.json"
+    base = ["unmask", redacted, "--vault", vault, "--keys", world / "keys", "--case", "C-5", "--reason", "quorum",
+            "-o", out, "--no-watermark"]
+    logged = len(audit_entries(vault))
+    code, text, err = run(capsys, *base, "--identity", world / "olga.id", "--with", "omar", "--request-out", request)
+    assert code == 0 and "omar approve" in text, err
+    assert not out.exists() and len(audit_entries(vault)) == logged  # nothing logged yet
+    code, _, err = run(capsys, "unmask", "--request", request, "--identity", world / "olga.id")
+    assert code == 2 and "still needs the approval of omar" in err
+    code, _, err = run(capsys, "unmask", "approve", request, "--identity", world / "otto.id")
+    assert code == 2 and "not one of the people" in err  # otto is an officer, but not in this request
+    code, text, err = run(capsys, "unmask", "approve", request, "--identity", world / "omar.id")
+    assert code == 0 and "every approval is in" in text, err
+    layer = json.loads(request.read_text())["layers"][0]
+    assert layer["names"] == ["olga", "omar"] and layer["peeled"] == 1  # down to olga's layer
+    # a request file edited after omar approved it is refused: his approval no longer verifies
+    forged = json.loads(request.read_text())
+    forged["request"]["reason"] = "something else"
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    code, _, err = run(capsys, "unmask", "--request", tmp_path / "forged.json", "--identity", world / "olga.id")
+    assert code == 2 and "omar's approval does not verify" in err and not out.exists()
+    code, text, err = run(capsys, "unmask", "--request", request, "--identity", world / "olga.id")
+    assert code == 0, err
+    assert np.array_equal(read_image(out), read_image(world / "group.png"))
+    entry = audit_entries(vault)[-1]
+    assert entry["action"] == "unmask" and sorted(entry["details"]["approvals"]) == ["olga", "omar"]
+    code, _, err = run(capsys, "audit", "verify", "--vault", vault, "--keys", world / "keys")
+    assert code == 0, err

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import hpke
 
 from keys.identity import PrivateIdentity
-from keys.wrap import Grant, UnwrapError, Wrap, unwrap_key, wrap_key
+from keys.wrap import peel, Grant, UnwrapError, Wrap, unwrap_key, wrap_key
 
 CONTEXT = b"camera=lobby;segment=7;class=face"
 
@@ -41,7 +41,9 @@ def test_single_recipient_role(people):
 def test_two_of_three_officers(people):
     key = os.urandom(32)
     wraps = wrap_key(key, Grant(("privacy-officer",), quorum=2), publics(people), CONTEXT)
-    assert sorted(w.names for w in wraps) == [("olga", "omar"), ("olga", "otto"), ("omar", "otto")]
+    # every pair, each member innermost once (whoever peels last of a quorum on different machines)
+    assert sorted(w.names for w in wraps) == [("olga", "omar"), ("olga", "otto"), ("omar", "olga"), ("omar", "otto"),
+                                              ("otto", "olga"), ("otto", "omar")]
     for a, b in (("olga", "omar"), ("otto", "olga"), ("omar", "otto")):
         assert unwrap_key(wraps, [people[a], people[b]], CONTEXT) == key
     for alone in ("olga", "omar", "otto"):  # k-1 of k
@@ -109,7 +111,7 @@ def test_hybrid_layer_carries_an_mlkem_ciphertext(mixed):
 def test_two_of_four_mixed_classic_and_post_quantum(mixed):
     key = os.urandom(32)
     wraps = wrap_key(key, Grant(("privacy-officer",), quorum=2), [p.public for p in mixed.values()], CONTEXT)
-    assert len(wraps) == 6
+    assert len(wraps) == 12  # 6 pairs, each member innermost once
     for wrap in wraps:
         hybrids = sum(mixed[n].public.post_quantum for n in wrap.names)
         assert len(wrap.blob) == 32 + hybrids * HYBRID_LAYER + (2 - hybrids) * CLASSIC_LAYER
@@ -125,7 +127,7 @@ def test_k_minus_one_of_k_post_quantum_fails(mixed):
     key = os.urandom(32)
     officers = [p.public for p in mixed.values()]
     wraps = wrap_key(key, Grant(("privacy-officer",), quorum=3), officers, CONTEXT)
-    assert len(wraps) == 4
+    assert len(wraps) == 12  # 4 triples, each member innermost once
     assert unwrap_key(wraps, [mixed["pia"], mixed["pete"], mixed["cara"]], CONTEXT) == key
     for pair in combinations(mixed, 2):
         with pytest.raises(UnwrapError, match="^cannot unwrap the data key$"):
@@ -149,3 +151,17 @@ def test_hybrid_layer_needs_the_mlkem_key_too(mixed):
         unwrap_key([Wrap(wraps[0].names, wraps[0].blob[:1120])], [pia], CONTEXT)
     with pytest.raises(UnwrapError, match="^cannot unwrap the data key$"):
         unwrap_key(wraps, [pia], b"camera=lobby;segment=8;class=face")
+
+
+def test_a_quorum_peels_its_layers_one_after_another_and_only_the_last_sees_the_key(people):
+    """Two officers on two machines: omar peels his layer, olga (who asked) the innermost one."""
+    key = os.urandom(32)
+    wraps = wrap_key(key, Grant(("privacy-officer",), quorum=2), publics(people), CONTEXT)
+    wrap = next(w for w in wraps if w.names == ("olga", "omar"))  # olga innermost: she opens last
+    with pytest.raises(UnwrapError):
+        peel(wrap.names, 0, wrap.blob, people["olga"], CONTEXT)  # not hers to peel first
+    inner = peel(wrap.names, 0, wrap.blob, people["omar"], CONTEXT)
+    assert inner != key and key not in inner
+    assert peel(wrap.names, 1, inner, people["olga"], CONTEXT) == key
+    with pytest.raises(UnwrapError):
+        peel(wrap.names, 1, inner, people["olga"], b"another context")

@@ -18,6 +18,8 @@ from pathlib import Path
 from keys import (
     CoSigner,
     EscrowError,
+    UnmaskRequest,
+    canonical,
     make_manifest,
     verify_manifest,
     write_durably,
@@ -78,13 +80,26 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="restore only this class (repeatable)")
     unmask.add_argument("--from", dest="start", metavar="T", help="from this media time (seconds or [HH:]MM:SS)")
     unmask.add_argument("--to", dest="end", metavar="T", help="up to this media time, inclusive")
-    unmask.add_argument("--case", required=True, metavar="ID", help="the case this unmask is for (audited)")
-    unmask.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
-    unmask.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT",
+    unmask.add_argument("--case", metavar="ID", help="the case this unmask is for (audited)")
+    unmask.add_argument("--reason", metavar="TEXT", help="why (audited)")
+    unmask.add_argument("--with", dest="others", action="append", default=[], metavar="NAME",
+                        help="another member of the quorum, on another machine (repeatable): with --request-out")
+    unmask.add_argument("--request-out", type=Path, metavar="FILE", help="write a request file for the members "
+                        "named by --with to approve in turn (`privacy-gateway unmask approve FILE`) instead of "
+                        "unmasking now")
+    unmask.add_argument("--request", type=Path, metavar="FILE", help="unmask what an approved request file asks "
+                        "for (its case, reason, selection, output and recording)")
+    unmask.add_argument("-o", "--output", type=Path, metavar="OUTPUT",
                         help="video, image, or a new directory (one lossless PNG per frame)")
     unmask.add_argument("--no-watermark", action="store_true", help="leave out the visible watermark (if policy allows)")
     add_unmask_arguments(unmask)
     unmask.set_defaults(run=_escrow(_unmask))
+    approve = commands.add_parser("unmask-approve", help="(as `unmask approve REQUEST`) approve an unmask request "
+                                  "and peel your layer of its keys")
+    approve.add_argument("request", type=Path, metavar="REQUEST", help="the request file (rewritten in place)")
+    approve.add_argument("--identity", dest="identities", type=Path, action="append", required=True, metavar="FILE",
+                         help="your identity file")
+    approve.set_defaults(run=_escrow(_approve))
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -159,6 +174,10 @@ def _ref_of(path: Path) -> VaultRef:
 
 
 def _unmask(args: argparse.Namespace) -> int:
+    pending = _load_request(args) if args.request is not None else None
+    if pending is None and (not args.case or not args.reason or args.output is None):
+        raise CommandError("unmask needs --case, --reason and -o OUTPUT (or --request FILE)")
+    args.pending = pending
     if args.gateway is not None:
         if args.input is not None or args.vault is not None:
             raise CommandError("--gateway fetches the recording and its sealed records: no REDACTED or --vault")
@@ -208,6 +227,8 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
                  log) -> int:
     """The unmask itself, of ``source`` against ``store``, logged to ``log`` (None: the vault's own)."""
     to_dir = not target.suffix or target.is_dir()
+    if args.pending is not None:  # the request file's selection, in media time
+        start, end = args.start_us, args.end_us
     if (args.at is None) != (args.point is None):
         raise CommandError("--at and --point go together: the time and the pixel of the subject to restore")
     ref = _ref_of(source)
@@ -215,13 +236,25 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
     if args.point is not None:
         tracks |= _subject_at(store, ref, args.at, args.point)
     selection = Selection(frozenset(tracks), frozenset(args.classes), start, end)
-    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log)
+    pending: UnmaskRequest | None = args.pending
+    others = (set(pending.request["identities"]) if pending else set(args.others)) - {h.public.name for h in holders}
+    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log, tuple(others))
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
-    names = ", ".join(sorted(h.public.name for h in holders))
+    names = ", ".join(sorted({h.public.name for h in holders} | others))
     mark = None if args.no_watermark else (
         f"UNMASKED case {args.case} by {names} {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z")
-    entry = job.authorize(args.case, args.reason, str(target), mark is not None)
+    if args.request_out is not None:
+        return _write_request(args, job, holders, target, mark is not None)
+    approvals = layers = None
+    if pending is not None:
+        if job.request(args.case, args.reason, str(target), mark is not None) != pending.request:
+            raise CommandError("the recording or the selection differ from what the request file asks for")
+        if pending.missing != sorted({h.public.name for h in holders} - set(pending.approvals)):
+            raise CommandError(f"the request still needs the approval of {', '.join(pending.missing)}")
+        approvals = {n: s for n, s in pending.approvals.items() if n in others}
+        layers = pending.layers
+    entry = job.authorize(args.case, args.reason, str(target), mark is not None, approvals, layers)
 
     def restore(index: int, time: float, image, tolerance_us: int) -> None:
         job.restore(index, time, image, tolerance_us)
@@ -238,6 +271,71 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
     write_durably(manifest, make_manifest(holders, entry, outputs, store.vault_id, store.fingerprint))
     print(f"restored {job.restored} regions of {len(job.tracks)} tracks to {target} "
           f"(audit entry {entry['seq']}, case {args.case}); signed manifest {manifest}")
+    return 0
+
+
+def _load_request(args: argparse.Namespace) -> UnmaskRequest:
+    """Read a request file and take from it what the unmask is to be: case, reason, output,
+    selection, watermark and where the recording is (arguments given too must agree)."""
+    try:
+        pending = UnmaskRequest.from_bytes(args.request.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.request}: {exc.strerror or exc}") from None
+    request, source = pending.request, pending.source
+    args.case, args.reason = request["case"], request["reason"]
+    if args.output is not None and str(args.output) != request["output"]:
+        raise CommandError(f"the request file writes {request['output']}, not {args.output}")
+    args.output = Path(request["output"])
+    args.no_watermark = not request["watermark"]
+    selection = request["selection"]
+    args.tracks, args.classes = list(selection["tracks"]), list(selection["classes"])
+    args.start_us, args.end_us = selection["from_us"], selection["to_us"]
+    if "gateway" in source:
+        args.gateway, args.camera, args.recording = source["gateway"], source["camera"], source["recording"]
+        args.start = args.end = None
+    else:
+        args.input, args.vault = Path(source["input"]), Path(source["vault"])
+        args.keys = args.keys or Path(source["keys"])
+        args.start = args.end = None
+    return pending
+
+
+def _write_request(args: argparse.Namespace, job: Unmask, holders, target: Path, watermark: bool) -> int:
+    if not job.others:
+        raise CommandError("--request-out is for a quorum on several machines: name the others with --with")
+    requester = holders[0]
+    request = job.request(args.case, args.reason, str(target), watermark)
+    if args.gateway is not None:
+        source = {"gateway": args.gateway, "camera": job.ref.camera, "recording": job.ref.recording}
+    else:
+        source = {"input": str(args.input.resolve()), "vault": str(args.vault.resolve()), "keys": str(args.keys.resolve())}
+    pending = UnmaskRequest(request, requester.public.name, source, job.layers(requester),
+                            {h.public.name: h.signing.sign(canonical(request)).hex() for h in holders})
+    write_durably(args.request_out, pending.to_bytes(), 0o600)
+    print(f"request written to {args.request_out}: {', '.join(pending.missing)} approve it in this order "
+          f"({' then '.join(reversed(job.layers(requester)[0]['names'][1:]))}) with `privacy-gateway unmask approve "
+          f"{args.request_out} --identity THEIR.identity`; then {requester.public.name} runs `privacy-gateway "
+          f"unmask --request {args.request_out} --identity ...`")
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    try:
+        pending = UnmaskRequest.from_bytes(args.request.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.request}: {exc.strerror or exc}") from None
+    request = pending.request
+    print(f"camera {request['camera']}, recording {request['recording']}: case {request['case']} "
+          f"({request['reason']}), {request['regions']} regions of tracks "
+          f"{', '.join(f'{c} {t}' for c, t in request['tracks'])}, asked by {pending.requester}")
+    for holder in open_identities(args.identities):
+        peeled = pending.approve(holder)
+        print(f"{holder.public.name} approved and peeled {peeled} key layer(s)")
+    write_durably(args.request, pending.to_bytes(), 0o600)
+    left = pending.missing
+    print(f"still to approve: {', '.join(left)}" if left else
+          f"every approval is in: {pending.requester} may now run `privacy-gateway unmask --request {args.request} "
+          "--identity ...`")
     return 0
 
 

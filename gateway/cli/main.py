@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["unmask", "approve"]:  # `unmask approve REQUEST`: its own parser (unmask's takes a file first)
+        argv = ["unmask-approve", *argv[2:]]
     args = parser().parse_args(argv)
     try:
         return args.run(args)
