@@ -533,3 +533,36 @@ def test_a_revoked_identity_stops_being_a_recipient_within_a_second(tmp_path, se
             sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
             time.sleep(0.01)
         sealer.close()
+
+
+def test_reconcile_finds_a_share_taken_outside_unmask(tmp_path, sealing_store, openbao, capsys):
+    """ivan's grant lets him ask OpenBao for face shares with his own script: OpenBao logs it, and
+    `escrow reconcile` finds the share no unmask entry covers (the legitimate unmask's are covered)."""
+    from gateway.cli import main
+
+    store, directory, ref, ivan = _two_segments(tmp_path, sealing_store)
+    job = Unmask(VaultStore.open(tmp_path / "vault"), ref, Selection(tracks=frozenset({1})), [ivan])
+    job.authorize("C-3", "legitimate", "memory", True)
+    args = ["escrow", "reconcile", "--openbao-audit", str(openbao.audit_log), "--vault", str(tmp_path / "vault"),
+            "--keys", str(tmp_path / "keys")]
+    assert main(args) == 0 and "2 shares OpenBao gave out" in capsys.readouterr().out
+    # the same person, bypassing unmask: a share of segment 2 asked for directly
+    (segment,) = [s for s in store.verify_chain("lobby") if s.number == 2]
+    header = segment.records[0].header
+    cosigner = CoSigner(openbao.address)
+    cosigner.open_share(cosigner.login(ivan), segment_key(store.vault_id, "lobby", "face", 2),
+                        share_context("lobby", 2, "face", header.track), header.share)
+    # covered only by an unmask entry written before it: the earlier one names this track and recording...
+    assert main(args) == 0
+    # ...so a share of a track no unmask named is what stands out
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=10.0) as sealer:
+        sealer.add(0, 0, [Sealed(9, "face", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+    (latest,) = [s for s in store.verify_chain("lobby") if s.number == 3]
+    header = latest.records[0].header
+    cosigner.open_share(cosigner.login(ivan), segment_key(store.vault_id, "lobby", "face", 3),
+                        share_context("lobby", 3, "face", 9), header.share)
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "ivan got the share of face track 9 of camera lobby, segment 3, without an unmask entry" in out
+    assert "1 of 4 shares" in err

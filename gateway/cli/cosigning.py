@@ -12,11 +12,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from keys import CoSigner, EscrowError, KeyDirectory, VaultStore, grants_of, set_up
+from keys import (
+    CoSigner,
+    EscrowError,
+    IntegrityError,
+    KeyDirectory,
+    VaultStore,
+    grants_of,
+    reconcile,
+    set_up,
+    verify_audit,
+)
 from redaction import PolicyError, parse_policy
 
 from ..openbao import OpenBaoError, read_credentials, write_credentials
-from .errors import CommandError
+from .errors import CheckFailed, CommandError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -43,6 +53,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     sync.add_argument("--escrow", metavar="URL", help="default: the co-signer the vault recorded")
     sync.add_argument("--escrow-ca", type=Path, metavar="FILE")
     sync.set_defaults(run=_sync_access)
+    check = actions.add_parser("reconcile", help="every share OpenBao gave out must be covered by an unmask entry "
+                               "of the vault's log (exit 1 naming those that are not)")
+    check.add_argument("--openbao-audit", type=Path, required=True, metavar="FILE",
+                       help="OpenBao's file audit device log (embedded default: <data>/openbao/audit.log)")
+    check.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    check.add_argument("--keys", type=Path, metavar="DIR", help="the key directory (names people by its roster)")
+    check.set_defaults(run=_reconcile)
 
 
 def _token(path: Path) -> str:
@@ -89,6 +106,24 @@ def gateway_cosigner(keys_dir: Path) -> tuple[CoSigner, bool]:
         return read_credentials(keys_dir)
     except OpenBaoError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    try:
+        store = VaultStore.open(args.vault, KeyDirectory.open(args.keys) if args.keys is not None else None)
+        verify_audit(store)
+        given, uncovered = reconcile(store, args.openbao_audit, store.audit.entries())
+    except IntegrityError as exc:
+        raise CheckFailed(str(exc)) from None
+    except EscrowError as exc:
+        raise CommandError(str(exc)) from None
+    for item in uncovered:
+        print(f"{item.time}: {item.who} got the share of {item.cls} track {item.track} of camera {item.camera}, "
+              f"segment {item.segment}, without an unmask entry")
+    if uncovered:
+        raise CheckFailed(f"{len(uncovered)} of {given} shares OpenBao gave out are covered by no unmask entry")
+    print(f"{given} shares OpenBao gave out for {args.vault}, every one covered by an unmask entry")
+    return 0
 
 
 def _sync_access(args: argparse.Namespace) -> int:
