@@ -33,7 +33,7 @@ import numpy as np
 
 from .clips import ClipCoder
 from .cosigner import segment_key, share_context
-from .errors import VaultError
+from .errors import CoSignerUnavailable, VaultError
 from .identity import PublicIdentity, canonical
 from .record import Placement
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
@@ -95,6 +95,10 @@ QUEUE_FRAMES = 64
 #: media seconds between two looks at the key directory's roster: a removed or revoked person
 #: stops being a recipient (a new segment begins) within this much of the change
 ROSTER_CHECK_SECONDS = 1.0
+#: seconds the sealing thread waits for a co-signer that does not answer before it gives up
+#: (meanwhile its queue fills and live frames are refused, so blanked): a restart of OpenBao
+#: costs blanked frames, not the camera
+COSIGNER_PATIENCE = 60.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class Sealer:
         #: frames refused because the sealing thread was behind; seconds of CPU it has used
         self.dropped, self.cpu_seconds = 0, 0.0
         self._failure: BaseException | None = None
+        self._closing = threading.Event()  # close() stops any wait for the co-signer
+        self.cosigner_waits = 0  # times the sealing thread found the co-signer not answering
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(QUEUE_FRAMES)
         self._thread = threading.Thread(target=self._run, name=f"seal-{camera}", daemon=True)
         self._thread.start()
@@ -261,6 +267,7 @@ class Sealer:
         """Finish the last segment and log the recording (``complete`` False: its output failed)."""
         try:
             if self._thread.is_alive():
+                self._closing.set()
                 self._queue.put(functools.partial(self._finish_recording, complete, self._clock()))
                 self._queue.put(None)
                 self._thread.join()
@@ -322,6 +329,18 @@ class Sealer:
             clip.crops.append(region.pixels)
         self.regions += len(regions)
 
+    def _seal_shares(self, key: str, items: list[tuple[bytes, bytes]]) -> list[str]:
+        """The co-signer's ciphertexts of the shares, waiting up to :data:`COSIGNER_PATIENCE` for it."""
+        deadline = time.monotonic() + COSIGNER_PATIENCE
+        while True:
+            try:
+                return self.store.cosigner.seal_shares(key, items)
+            except CoSignerUnavailable:
+                if self._closing.is_set() or time.monotonic() > deadline:
+                    raise
+                self.cosigner_waits += 1
+                self._closing.wait(0.5)
+
     def _new_roster(self, identities: list[PublicIdentity], now: str) -> None:
         """Seal from here on to the roster as it is now: a new segment, wrapped to the people in it.
         A roster that no longer meets a grant stops sealing (raises), so the camera's frames are blanked."""
@@ -341,8 +360,8 @@ class Sealer:
             tracks = sorted({track for c, track in keys if c == cls and (c, track) not in self._shares})
             shares = [os.urandom(32) for _ in tracks]
             contexts = [share_context(self.camera, header.segment, cls, track) for track in tracks]
-            sealed = self.store.cosigner.seal_shares(segment_key(header.vault, self.camera, cls, header.segment),
-                                                     zip(contexts, shares, strict=True))
+            sealed = self._seal_shares(segment_key(header.vault, self.camera, cls, header.segment),
+                                       list(zip(contexts, shares, strict=True)))
             self._shares.update({(cls, t): (s, c) for t, s, c in zip(tracks, shares, sealed, strict=True)})
         for key in keys:
             clip = self._clips.pop(key)

@@ -566,3 +566,26 @@ def test_reconcile_finds_a_share_taken_outside_unmask(tmp_path, sealing_store, o
     out, err = capsys.readouterr()
     assert "ivan got the share of face track 9 of camera lobby, segment 3, without an unmask entry" in out
     assert "1 of 4 shares" in err
+
+
+def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_store):
+    """OpenBao unreachable for a moment (here: the client pointed at a closed port, then back): the
+    sealing thread waits and goes on; nothing is lost and nothing is sealed without a share."""
+    import threading
+
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = sealing_store(tmp_path / "vault", directory)
+    real = store.cosigner.address
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=None) as sealer:
+        store.cosigner.address = "http://127.0.0.1:9"  # nothing listens there: connection refused
+        back = threading.Timer(1.5, lambda: setattr(store.cosigner, "address", real))
+        back.start()
+        for frame in range(40):  # clips close every 2 s of media: the first one needs a share
+            sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+        back.join()
+    assert sealer.cosigner_waits > 0
+    (segment,) = store.verify_chain("lobby")
+    assert sum(len(r.header.placements) for r in segment.records) == 40

@@ -199,9 +199,11 @@ def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip,
 
 
 def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, monkeypatch, sealing_store):
-    """OpenBao goes away mid-stream: the sealing thread fails at the next share it needs, and from then
-    on every frame leaves blanked (counted), never redacted with originals nobody can seal."""
+    """OpenBao goes away mid-stream: the sealing thread waits for it at the next share it needs, its
+    queue fills, and from then on every frame leaves blanked (counted), never redacted with
+    originals nobody can seal; closing gives up the wait and reports the co-signer."""
     frames, faces, detectors = clip
+    monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
     directory = KeyDirectory.init(tmp_path / "keys")
     directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
     store = sealing_store(tmp_path / "vault", directory)
