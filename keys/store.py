@@ -244,6 +244,12 @@ class VaultStore:
         self.cosigner, self.manages_access = cosigner, manages_access
         self.audit.checkpoint = self._checkpoint_audit
 
+    def checkpoint_with(self, cosigner: CoSigner) -> None:
+        """Checkpoint this store's audit appends at ``cosigner`` (the gateway's client), as a
+        sealing store does: for the gateway's own commands on an opened vault (``vault shred``)."""
+        self.cosigner = cosigner
+        self.audit.checkpoint = self._checkpoint_audit
+
     def _checkpoint_audit(self, seq: int, head: str) -> None:
         """Best effort: an entry whose checkpoint did not reach the co-signer is carried by the next one."""
         assert self.cosigner is not None

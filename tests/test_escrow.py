@@ -253,9 +253,9 @@ def sealed_clip(world, short_clip):
     return _seal_clip(world, short_clip, "open")
 
 
-def _seal_clip(world, clip, policy):
-    target = world / f"clip-{policy}.mp4"
-    vault = world / f"vault-clip-{policy}"
+def _seal_clip(world, clip, policy, name=None):
+    target = world / f"clip-{name or policy}.mp4"
+    vault = world / f"vault-clip-{name or policy}"
     if target.exists():  # sealed once per module: tests that alter a vault work on a copy
         return target, vault
     code = main(["redact", str(clip), "-o", str(target), "--policy", str(world / f"{policy}.yaml"),
@@ -374,10 +374,9 @@ def test_audit_verify_names_the_first_broken_entry(capsys, world, tmp_path, seal
     assert code == 1 and "audit log entry 1 (line 1): signature does not verify" in err
 
 
-def test_shredded_segments_cannot_be_unmasked_by_anyone(capsys, world, tmp_path, sealed_clip):
-    redacted, pristine = sealed_clip
-    vault = tmp_path / "vault"
-    shutil.copytree(pristine, vault)
+def test_shredded_segments_cannot_be_unmasked_by_anyone(capsys, world, tmp_path, short_clip):
+    # a recording of its own: shredding destroys the co-signer's keys, which a copy of a vault shares
+    redacted, vault = _seal_clip(world, short_clip, "open", "shred")
     code, out, err = run(capsys, "vault", "shred", "--vault", vault, "--keys", world / "keys", "--before", "2000-01-01")
     assert code == 0 and "nothing to shred" in out, err
     code, out, err = run(capsys, "vault", "shred", "--vault", vault, "--keys", world / "keys", "--expired")
@@ -422,9 +421,8 @@ def test_crashed_segment_is_recovered_by_the_next_sealer_and_still_unmasks(world
 
 
 def test_unmask_writes_a_signed_evidence_manifest_that_evidence_verify_checks(capsys, world, tmp_path):
-    redacted, pristine = redacted_image(world, capsys, "quorum", "quorum")
-    vault = tmp_path / "vault"
-    shutil.copytree(pristine, vault)
+    # a vault of its own: a copy of another test's would be an older copy to the co-signer's checkpoint
+    redacted, vault = redacted_image(world, capsys, "quorum", "quorum-evidence")
     out = tmp_path / "evidence.png"
     code, _, err = run(capsys, *unmask(world, redacted, vault, out, "--no-watermark", who=("olga", "omar")))
     assert code == 0, err
@@ -444,16 +442,15 @@ def test_unmask_writes_a_signed_evidence_manifest_that_evidence_verify_checks(ca
     code, _, err = run(capsys, "evidence", "verify", tmp_path / "forged.json")
     assert code == 1 and "signature of the manifest does not verify" in err
     # a manifest whose audit entry is not the vault's: another vault's log
-    code, _, err = run(capsys, "evidence", "verify", manifest, "--vault", pristine)
+    other = redacted_image(world, capsys, "quorum", "quorum-other")[1]
+    code, _, err = run(capsys, "evidence", "verify", manifest, "--vault", other)
     assert code == 1 and "no unmask entry" in err
 
 
 def test_a_quorum_on_two_machines_approves_a_request_file_in_turn(capsys, world, tmp_path):
     """olga asks (omar's approval needed, quorum 2): omar, on his machine, approves and peels his layer;
     only then can olga unmask, and only she ever holds the data key. The entry carries both approvals."""
-    redacted, pristine = redacted_image(world, capsys, "quorum", "quorum")
-    vault = tmp_path / "vault"
-    shutil.copytree(pristine, vault)
+    redacted, vault = redacted_image(world, capsys, "quorum", "quorum-request")
     out, request = tmp_path / "restored.png", tmp_path / "request.json"
     base = ["unmask", redacted, "--vault", vault, "--keys", world / "keys", "--case", "C-5", "--reason", "quorum",
             "-o", out, "--no-watermark"]

@@ -477,6 +477,8 @@ def _shred(args: argparse.Namespace) -> int:
     directory = KeyDirectory.open(args.keys)
     store = VaultStore.open(args.vault, directory)
     cosigner = gateway_cosigner(args.keys)[0] if store.vault_id else None  # vaults before co-signers need none
+    if cosigner is not None:
+        store.checkpoint_with(cosigner)  # the shred entry is checkpointed like every other
     try:
         done = shred(store, directory.signer, before=_shred_before(args), expired=args.expired, cosigner=cosigner)
     except EscrowError as exc:  # nothing was shredded: the log is written first, and a refusal says so
