@@ -11,6 +11,11 @@ Layout of ``DIR``::
 The roster is verified on every open against the key in ``gateway.key``, so a roster edited
 by hand, or re-signed with another key, is refused. Every change bumps ``serial``.
 
+The gateway key can be rotated (:meth:`KeyDirectory.rotate`): the old key signs the new one, the
+record goes under ``"rotations"`` in the roster, and the roster is signed by the new key. Vaults
+sealed under the old key keep verifying: their anchor, followed along the chain of rotations,
+reaches the current key (:meth:`KeyDirectory.gateway_chain`).
+
 An identity leaves the roster in one of two ways: :meth:`KeyDirectory.remove` drops it, and
 :meth:`KeyDirectory.revoke` drops it and lists its keys (name, fingerprint, public keys, time)
 under ``"revoked"``, where every reader of the roster sees them, and :meth:`KeyDirectory.add`
@@ -23,11 +28,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -36,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from .durable import make_dirs, write_durably
+from .durable import fsync_dir, make_dirs, write_durably
 from .errors import DirectoryError
 from .identity import PublicIdentity, canonical, check_name, fingerprint
 
@@ -78,6 +84,23 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def rotation_chain(records: list[dict]) -> list[bytes]:
+    """The gateway keys a list of rotations leads through, first to last (raw public keys; empty
+    for none), each record checked: the key it replaces signed the new one. ValueError if not."""
+    chain: list[bytes] = []
+    for record in records:
+        try:
+            old, new = base64.b64decode(record["old"], validate=True), base64.b64decode(record["new"], validate=True)
+            body = canonical({"old": record["old"], "new": record["new"], "time": record["time"]})
+            Ed25519PublicKey.from_public_bytes(old).verify(bytes.fromhex(record["signature"]), body)
+        except (KeyError, TypeError, ValueError, InvalidSignature):
+            raise ValueError("a gateway key rotation does not verify") from None
+        if chain and chain[-1] != old:
+            raise ValueError("the gateway key rotations do not form a chain")
+        chain = [*(chain or [old]), new]
+    return chain
+
+
 class KeyDirectory:
     def __init__(self, path: Path, signer: Ed25519PrivateKey, roster: dict) -> None:
         self.path = path
@@ -97,6 +120,40 @@ class KeyDirectory:
     def fingerprint(self) -> str:
         """The gateway key's fingerprint (:func:`keys.identity.fingerprint`), to compare out of band."""
         return fingerprint(self.gateway_public)
+
+    def gateway_chain(self) -> list[bytes]:
+        """Every gateway key this directory has had, first to current (raw public keys), each
+        rotation checked: signed by the key it replaced. Raises :class:`DirectoryError` if one is not."""
+        try:
+            chain = rotation_chain(self._roster.get("rotations", []))
+        except ValueError as exc:
+            raise DirectoryError(f"{self.path}: roster.json: {exc}") from None
+        if chain and chain[-1] != self.gateway_public:
+            raise DirectoryError(f"{self.path}: the last gateway key rotation is not to gateway.key")
+        return chain or [self.gateway_public]
+
+    @property
+    def rotations(self) -> list[dict]:
+        return list(self._roster.get("rotations", []))
+
+    def rotate(self) -> bytes:
+        """Replace the gateway's signing key: the old key signs the new one (kept under
+        ``"rotations"``), the roster is signed by the new key, the old private key is gone.
+        Returns the new raw public key. Crash-safe: the new key is written beside the old one
+        first (``gateway.key.next``); :meth:`open` finishes a rotation a crash interrupted."""
+        new = Ed25519PrivateKey.generate()
+        old_public = base64.b64encode(self.gateway_public).decode("ascii")
+        new_public = base64.b64encode(new.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+        time = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        record = {"old": old_public, "new": new_public, "time": time,
+                  "signature": self._signer.sign(canonical({"old": old_public, "new": new_public, "time": time})).hex()}
+        pem = new.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        write_durably(self.path / "gateway.key.next", pem, 0o600)
+        self._signer = new
+        self._change(gateway=new_public, rotations=[*self._roster.get("rotations", []), record])
+        os.replace(self.path / "gateway.key.next", self.path / "gateway.key")
+        fsync_dir(self.path)
+        return base64.b64decode(new_public)
 
     @property
     def serial(self) -> int:
@@ -173,7 +230,9 @@ class KeyDirectory:
         try:
             signer.public_key().verify(signature, canonical(roster))
         except InvalidSignature:
-            raise DirectoryError(f"{path}: roster.json fails its signature check (edited outside privacy-gateway?)") from None
+            signer = cls._finish_rotation(path, signature, roster)
+            if signer is None:
+                raise DirectoryError(f"{path}: roster.json fails its signature check (edited outside privacy-gateway?)") from None
         if roster.get("format") != _FORMAT or roster.get("version") != _VERSION:
             raise DirectoryError(f"{path}: unsupported roster format {roster.get('format')!r} {roster.get('version')!r}")
         directory = cls(path, signer, roster)
@@ -183,6 +242,20 @@ class KeyDirectory:
         except (ValueError, KeyError, TypeError) as exc:
             raise DirectoryError(f"{path}: roster.json holds a malformed entry ({exc})") from None
         return directory
+
+    @staticmethod
+    def _finish_rotation(path: Path, signature: bytes, roster: dict) -> Ed25519PrivateKey | None:
+        """The new key of a rotation a crash cut short (roster already signed by it), now in place."""
+        try:
+            signer = load_pem_private_key((path / "gateway.key.next").read_bytes(), password=None)
+            if not isinstance(signer, Ed25519PrivateKey):
+                return None
+            signer.public_key().verify(signature, canonical(roster))
+        except (OSError, ValueError, InvalidSignature):
+            return None
+        os.replace(path / "gateway.key.next", path / "gateway.key")
+        fsync_dir(path)
+        return signer
 
     def add(self, identity: PublicIdentity) -> None:
         """Add a new identity: refused for a reserved or taken name, a key already in the roster,

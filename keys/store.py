@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .audit import AuditLog
 from .cosigner import CoSigner, grant_access, key_prefix
-from .directory import KeyDirectory
+from .directory import KeyDirectory, rotation_chain
 from .durable import remove_durably
 from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
@@ -104,7 +104,7 @@ def _keys_object(camera: str, number: int) -> str:
 class VaultStore:
     """One vault: its objects, the node's scratch directory, the audit log and the anchor's key."""
 
-    def __init__(self, objects: ObjectStore, scratch: Path, audit: AuditLog, gateway: Ed25519PublicKey,
+    def __init__(self, objects: ObjectStore, scratch: Path, audit: AuditLog, gateway: GatewayKeys,
                  identities: list[PublicIdentity]) -> None:
         self._objects, self._scratch = objects, Path(scratch)
         self.audit = audit
@@ -187,18 +187,17 @@ class VaultStore:
             if document.get("format") != _FORMAT or document.get("version") != _VERSION:
                 raise ValueError
             gateway_raw = base64.b64decode(document["gateway"], validate=True)
-            gateway = Ed25519PublicKey.from_public_bytes(gateway_raw)
+            Ed25519PublicKey.from_public_bytes(gateway_raw)
         except ObjectMissing:
             raise VaultError(f"{objects}: not a vault (no vault.json)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise VaultError(f"{objects}/vault.json: malformed") from None
+        keys = _gateway_keys(objects, gateway_raw, directory, create)
         if directory is not None:
-            if directory.gateway_public != gateway_raw:
-                raise VaultError(f"{objects}: sealed by another gateway key than the one in {directory.path}")
             identities, departed = directory.identities, {d.name: d.signing for d in directory.departed}
         else:
-            identities, departed = _roster_copy(objects, gateway)
-        store = cls(objects, scratch, audit, gateway, identities)
+            identities, departed = _roster_copy(objects, keys)
+        store = cls(objects, scratch, audit, keys, identities)
         store.departed = departed
         if create:
             assert directory is not None
@@ -508,7 +507,7 @@ class VaultStore:
             keys = self._objects.get(_keys_object(camera, number))
         except ObjectMissing:
             keys = None
-        kept = recover_partial(partial, keys, signer, head, self.vault_id, self.audit.head())
+        kept = recover_partial(partial, keys, signer, head, self.vault_id, self.audit.head(), self.gateway)
         self._publish(camera, number, partial)
         return kept
 
@@ -553,7 +552,57 @@ class VaultStore:
         return None
 
 
-def _roster_copy(objects: ObjectStore, gateway: Ed25519PublicKey) -> tuple[list[PublicIdentity], dict[str, bytes]]:
+class GatewayKeys:
+    """The gateway keys a vault accepts signatures of: its anchor (vault.json) and every key the
+    anchor was rotated to since, each rotation signed by the key it replaced (keys.directory)."""
+
+    def __init__(self, chain: list[bytes]) -> None:
+        self.chain = list(chain)
+        self._keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in self.chain]
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """As :meth:`Ed25519PublicKey.verify`, by any of the keys (the newest first)."""
+        for key in reversed(self._keys):
+            try:
+                key.verify(signature, data)
+                return
+            except InvalidSignature:
+                continue
+        raise InvalidSignature
+
+    def public_bytes(self, encoding: Encoding, format: PublicFormat) -> bytes:
+        """The anchor's: what the vault's fingerprint names."""
+        return self._keys[0].public_bytes(encoding, format)
+
+
+_ROTATIONS = "gateway-rotations.json"
+
+
+def _gateway_keys(objects: ObjectStore, anchor: bytes, directory: KeyDirectory | None, create: bool) -> GatewayKeys:
+    """The keys from the vault's anchor to the key directory's (or, without one, to the last
+    rotation the vault keeps a copy of); refuses a directory whose chain does not reach the anchor."""
+    if directory is not None:
+        chain = directory.gateway_chain()
+        if anchor not in chain:
+            raise VaultError(f"{objects}: sealed by another gateway key than the one in {directory.path}")
+        keys = chain[chain.index(anchor):]
+        if create and len(keys) > 1:
+            records = [r for r in directory.rotations if base64.b64decode(r["old"]) in keys[:-1]]
+            objects.put(_ROTATIONS, (json.dumps(records, indent=2) + "\n").encode())
+        return GatewayKeys(keys)
+    try:
+        records = json.loads(objects.get(_ROTATIONS))
+        chain = rotation_chain(records)
+    except ObjectMissing:
+        return GatewayKeys([anchor])
+    except (ValueError, TypeError):
+        raise VaultError(f"{objects}/{_ROTATIONS}: a gateway key rotation does not verify") from None
+    if anchor not in chain:
+        raise VaultError(f"{objects}/{_ROTATIONS}: does not start at the vault's anchor")
+    return GatewayKeys(chain[chain.index(anchor):])
+
+
+def _roster_copy(objects: ObjectStore, gateway: GatewayKeys) -> tuple[list[PublicIdentity], dict[str, bytes]]:
     """The roster copy's identities, and the signing keys of those who left it, by name."""
     try:
         document = json.loads(objects.get("roster.json").decode("ascii"))

@@ -241,7 +241,8 @@ def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, c
 
 
 def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey,
-                    head: tuple[int, str], vault: str, audit: tuple[int, str] | None = None) -> int:
+                    head: tuple[int, str], vault: str, audit: tuple[int, str] | None = None,
+                    vouchers: Ed25519PublicKey | None = None) -> int:
     """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it.
 
     Refused (:class:`VaultError`, the file left as it is) unless it is a version 3 segment of
@@ -274,7 +275,7 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
     if keys_document is None:
         keys_file = name.removesuffix(".pgv.partial") + ".keys"
         raise VaultError(f"{name}: its key file {keys_file} is missing; cannot recover")
-    gateway = signer.public_key()
+    gateway = vouchers or signer.public_key()  # whose checkpoints count (a rotation: the old key's too)
     running = hashlib.sha256(data[: 8 + hlen])  # of every byte before ``at``
     try:
         at, summary = _checkpoint_at(data, 8 + hlen, gateway, running, 0)

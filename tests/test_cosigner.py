@@ -589,3 +589,58 @@ def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_st
     assert sealer.cosigner_waits > 0
     (segment,) = store.verify_chain("lobby")
     assert sum(len(r.header.placements) for r in segment.records) == 40
+
+
+def test_a_rotated_gateway_key_keeps_old_and_new_segments_verifying(tmp_path, sealing_store, capsys):
+    """Seal, rotate the gateway key (the old key signs the new), seal again into the same vault: the
+    chain, the log (entries by both keys) and unmask of both recordings verify; the vault keeps the
+    rotation, so a reader without the key directory follows it too. A forged rotation is refused."""
+    from gateway.cli import main
+    from keys import verify_vault
+
+    store, directory, first, ivan = _two_segments(tmp_path, sealing_store)
+    old = directory.fingerprint
+    assert main(["keys", "rotate-gateway", str(tmp_path / "keys")]) == 0
+    assert old in capsys.readouterr().out
+    directory = KeyDirectory.open(tmp_path / "keys")
+    assert directory.fingerprint != old and len(directory.gateway_chain()) == 2
+    store = sealing_store(tmp_path / "vault", directory)
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=10.0) as sealer:
+        sealer.add(0, 0, [Sealed(1, "face", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+    readers = (VaultStore.open(tmp_path / "vault", directory), VaultStore.open(tmp_path / "vault"))
+    for reader in readers:
+        report = verify_vault(reader)
+        assert report.segments == 3 and report.entries == 2  # a seal entry by each key
+        assert reader.fingerprint == old  # the anchor's, as compared out of band
+    for ref in (first, sealer.ref):
+        Unmask(readers[1], ref, Selection(), [ivan]).authorize("C-4", "rotation", "memory", True)
+    # a rotation record signed by another key than the one it replaces does not verify
+    roster = json.loads((tmp_path / "keys" / "roster.json").read_text())
+    forged = dict(roster["roster"]["rotations"][0], signature="00" * 64)
+    (tmp_path / "vault" / "gateway-rotations.json").write_text(json.dumps([forged]))
+    with pytest.raises(VaultError, match="rotation does not verify"):
+        VaultStore.open(tmp_path / "vault")
+
+
+def test_a_rotation_cut_short_by_a_crash_is_finished_when_the_directory_opens(tmp_path, monkeypatch):
+    import keys.directory
+
+    directory = KeyDirectory.init(tmp_path / "keys")
+    old = directory.fingerprint
+
+    real, calls = os.replace, []
+
+    def crash(source, target):  # the third rename: after gateway.key.next and the new roster are written
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError("the process died here")
+        real(source, target)
+
+    monkeypatch.setattr(keys.directory.os, "replace", crash)
+    with pytest.raises(OSError):
+        directory.rotate()
+    monkeypatch.undo()
+    again = KeyDirectory.open(tmp_path / "keys")
+    assert again.fingerprint != old and len(again.gateway_chain()) == 2
+    assert not (tmp_path / "keys" / "gateway.key.next").exists() and str(calls[-1]).endswith("gateway.key")

@@ -59,6 +59,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing = actions.add_parser("list", help="the roster: identities, roles, fingerprints, revoked keys")
     listing.add_argument("directory", type=Path, metavar="DIR")
     listing.set_defaults(run=_list)
+    rotate = actions.add_parser("rotate-gateway", help="replace the gateway's signing key (the old key signs the "
+                                "new one; vaults sealed under it keep verifying); run it while serve is stopped")
+    rotate.add_argument("directory", type=Path, metavar="DIR")
+    rotate.set_defaults(run=_rotate)
     leaving = (
         ("remove-identity", False, "drop a person from the roster (and end their OpenBao access)"),
         ("revoke", True, ("drop a person from the roster and list their keys as revoked for good "
@@ -111,6 +115,18 @@ def _add_identity(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     print(f"identity {args.name} ({', '.join(identity.public.roles)}, fingerprint {identity.public.fingerprint}) "
           f"added to {args.directory}; private keys in {args.out}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    try:
+        directory = KeyDirectory.open(args.directory)
+        old = directory.fingerprint
+        directory.rotate()
+    except (EscrowError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"gateway key of {args.directory} rotated: {old} -> {directory.fingerprint} (the old key signed the new "
+          "one; vaults sealed under either verify, and record the rotation the next time they are sealed into)")
     return 0
 
 
