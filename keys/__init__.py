@@ -22,7 +22,7 @@ The modules, one concept each:
 - :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
 - :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
 - :mod:`.requests` unmask requests a quorum on several machines approves and peels in turn (:class:`UnmaskRequest`).
-- :mod:`.reconcile` every share OpenBao gave out against the unmask entries (:func:`reconcile`).
+- :mod:`.reconcile` every share OpenBao gave out against the unmask entries (:func:`reconcile_shares`).
 - :mod:`.evidence` signed evidence manifests of unmask outputs (:func:`make_manifest`, :func:`verify_manifest`).
 """
 
@@ -47,7 +47,7 @@ from .errors import (
 )
 from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
 from .objects import LocalObjects, ObjectStore
-from .reconcile import Uncovered, reconcile
+from .reconcile import Uncovered, reconcile_shares
 from .requests import UnmaskRequest
 from .retention import Shredded, shred
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
@@ -102,7 +102,7 @@ __all__ = [
     "grant_access",
     "grants_of",
     "make_manifest",
-    "reconcile",
+    "reconcile_shares",
     "recording_tracks",
     "revoke_access",
     "set_up",

@@ -4,7 +4,7 @@ covered by an unmask entry.
 A person with the right grant could ask OpenBao for shares with their own script, outside
 ``unmask``: OpenBao allows it (its policies scope people to cameras and classes, not to logged
 requests) but logs each request, with the track's context in clear, before it answers.
-:func:`reconcile` reads that log (the file audit device's JSON lines) and finds every
+:func:`reconcile_shares` reads that log (the file audit device's JSON lines) and finds every
 successful share decrypt of this vault that no ``unmask`` entry covers: one naming that person
 among its identities and that (class, track) among its tracks, for the recording the segment
 belongs to, written before the decrypt.
@@ -23,7 +23,7 @@ from .errors import IntegrityError
 from .identity import fingerprint
 from .store import VaultStore
 
-__all__ = ["Uncovered", "reconcile"]
+__all__ = ["Uncovered", "reconcile_shares"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _when(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def reconcile(store: VaultStore, openbao_audit: Path, log: list[dict]) -> tuple[int, list[Uncovered]]:
+def reconcile_shares(store: VaultStore, openbao_audit: Path, log: list[dict]) -> tuple[int, list[Uncovered]]:
     """(shares given out for this vault, those no unmask entry covers); ``log``: the vault's
     verified audit entries. Raises :class:`IntegrityError` if the OpenBao log cannot be read."""
     people = {f"pg-id-{identity.fingerprint}": identity.name for identity in store.identities}

@@ -19,7 +19,7 @@ from keys import (
     KeyDirectory,
     VaultStore,
     grants_of,
-    reconcile,
+    reconcile_shares,
     set_up,
     verify_audit,
 )
@@ -112,7 +112,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     try:
         store = VaultStore.open(args.vault, KeyDirectory.open(args.keys) if args.keys is not None else None)
         verify_audit(store)
-        given, uncovered = reconcile(store, args.openbao_audit, store.audit.entries())
+        given, uncovered = reconcile_shares(store, args.openbao_audit, store.audit.entries())
     except IntegrityError as exc:
         raise CheckFailed(str(exc)) from None
     except EscrowError as exc:
