@@ -398,7 +398,7 @@ class VaultStore:
             raise VaultError(f"no sealed recording {recording!r} of camera {camera!r} in the audit log "
                              "(unknown, or still being recorded)")
         first, last = seals[-1]["details"]["segments"]
-        names = ["vault.json", "escrow.json", "roster.json"]
+        names = ["vault.json", "escrow.json", _ROTATIONS, "roster.json"]
         for number in range(first, last + 1):
             segment = self.segment(camera, number)
             names += [f"policies/{segment.header.policy_sha256}.json", _segments_of(camera) + segment_name(number)]
