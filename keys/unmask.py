@@ -213,19 +213,6 @@ class Unmask:
             raise UnmaskError("a case id and a reason are required")
         if not watermark and self.watermark_required:
             raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
-        token = None
-        if self._cosigner is not None:  # availability first: nothing is logged as granted that cannot run
-            self._cosigner.check()
-            try:
-                self._tokens = {cls: self._cosigner.login(h) for cls, h in self._askers.items()}
-            except CoSignerRefused:
-                self._refused(case, reason, "the co-signer refused the login of " +
-                              ", ".join(sorted({h.public.name for h in self._askers.values()})))
-            token = next(iter(self._tokens.values()))
-            try:  # the log must reach what the co-signer last saw of it: not cut, not rolled back
-                self.log.confirm(self._cosigner, token)
-            except (AuditError, VaultError) as exc:
-                raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         details = self.request(case, reason, output, watermark)
         signed = canonical(details)
         given = dict(approvals or {})
@@ -240,8 +227,19 @@ class Unmask:
                 key.verify(bytes.fromhex(signature), signed)
             except (ValueError, InvalidSignature):
                 raise UnmaskError(f"{name}'s approval does not verify (another request, or altered)") from None
-        if layers is not None:
-            self._open_layers(layers)
+        token = None
+        if self._cosigner is not None:  # availability first: nothing is logged as granted that cannot run
+            self._cosigner.check()
+            try:
+                self._tokens = {cls: self._cosigner.login(h) for cls, h in self._askers.items()}
+            except CoSignerRefused:
+                self._refused(case, reason, "the co-signer refused the login of " +
+                              ", ".join(sorted({h.public.name for h in self._askers.values()})))
+            token = next(iter(self._tokens.values()))
+            try:  # the log must reach what the co-signer last saw of it: not cut, not rolled back
+                self.log.confirm(self._cosigner, token)
+            except (AuditError, VaultError) as exc:
+                raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         details["approvals"] = {**given, **{h.public.name: h.signing.sign(signed).hex() for h in self.holders}}
         try:
             entry = self.log.append(self.holders, "unmask", details)
@@ -252,6 +250,8 @@ class Unmask:
                 self.log.anchor(entry, self._cosigner, token)
             except CoSignerRefused:
                 raise UnmaskError("unmask refused: the co-signer did not take the audit log's checkpoint") from None
+        if layers is not None:  # the data keys the quorum peeled down to a holder here, once logged
+            self._open_layers(layers)
         # every share now, before any pixel: an outage or refusal stops the unmask before it writes anything
         for (number, cls, track), (segment, header) in sorted(self._sealed_shares.items(), key=lambda kv: kv[0]):
             self._shares[(number, cls, track)] = self._share(segment, header, case, reason)
