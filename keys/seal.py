@@ -259,6 +259,12 @@ class Sealer:
         self._queue.put(functools.partial(self._switch, self.ref, terms, self._clock()))
         return self.ref
 
+    def recorded(self, file: str, frames: int) -> dict:
+        """Log that the redacted output of the current recording (``file``) holds ``frames`` frames:
+        what ``vault verify --recordings`` and ``unmask`` compare the file with (call after :meth:`close`)."""
+        return self.store.audit.append(GATEWAY_ACTOR, self._signer, "recorded", {
+            "camera": self.camera, "recording": self.ref.recording, "file": file, "frames": frames})
+
     @property
     def policy_sha256(self) -> str:
         return self._policy_sha256

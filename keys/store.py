@@ -408,8 +408,10 @@ class VaultStore:
                    for name in dict.fromkeys(names) if self._objects.exists(name)}
         shreds = [e for e in entries if e["action"] == "shred"
                   and any(c == camera and first <= n <= last for c, n in e["details"]["segments"])]
+        recorded = [e for e in entries if e["action"] == "recorded" and e["details"].get("camera") == camera
+                    and e["details"].get("recording") == recording]
         return {"format": "privacy-gateway-sealed", "version": 1, "camera": camera, "recording": recording,
-                "first": first, "objects": objects, "entries": [seals[-1], *shreds]}
+                "first": first, "objects": objects, "entries": [seals[-1], *shreds, *recorded[-1:]]}
 
     @classmethod
     def from_bundle(cls, bundle: dict, directory: KeyDirectory | None = None) -> VaultStore:

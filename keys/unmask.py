@@ -83,6 +83,11 @@ class Unmask:
         except (AuditError, VaultError) as exc:
             raise UnmaskError(f"{exc}; unmask refused until the log is repaired or investigated") from None
         segments = self._segments(chain, log)
+        recorded = [e["details"] for e in log if e.get("action") == "recorded"
+                    and e["details"].get("camera") == ref.camera and e["details"].get("recording") == ref.recording]
+        #: the frames the gateway logged the redacted output as holding (None: not logged, older vaults)
+        self.recorded_frames: int | None = recorded[-1]["frames"] if recorded else None
+        self.frames_seen = 0  # frames handed to restore()
         self.policies = {s.header.policy_sha256: store.load_policy(s.header.policy_sha256) for s in segments}
         #: per record frame: (record, index of the frame in it, selected?, segment)
         self._frames: dict[int, list[tuple[Record, int, bool, Segment]]] = defaultdict(list)
@@ -289,6 +294,7 @@ class Unmask:
         """Restore the selected regions of the output's frame ``index`` in place; returns how many."""
         if not self._authorized:
             raise RuntimeError("authorize() must write the audit entry before anything is decrypted")
+        self.frames_seen += 1
         items = self._frames.pop(self.ref.first_frame + index, None)
         if not items:
             return 0

@@ -18,7 +18,10 @@ What :func:`verify_vault` checks, in this order, stopping at the first damage wi
    entry in the log that names it; a key file *present* for a segment the log says was
    shredded is damage too (a copy put back: it opens nothing, since the co-signer's keys are
    gone, but it must not pass unnoticed);
-5. the signature of the vault's copy of the roster, whether or not the key directory was given.
+5. the signature of the vault's copy of the roster, whether or not the key directory was given;
+6. given the recordings' directory (``<camera>/<file>``) and a way to count a file's frames:
+   every recording the log says was written (``recorded``) is there, holding the frames it
+   logged, unless a ``retention`` entry deleted it: a recording cut or replaced fails.
 
 Segments left unfinished by a crash are not damage: they are counted per camera in the
 report, and recovered when sealing resumes. Nothing is repaired or changed.
@@ -26,7 +29,9 @@ report, and recovered when sealing resumes. Nothing is repaired or changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .cosigner import CoSigner
 from .errors import AuditError, CoSignerRefused, IntegrityError, VaultError
@@ -76,7 +81,8 @@ def _missing_log(store: VaultStore, anchors: list[tuple[int, str, str]]) -> None
         raise IntegrityError(f"the audit log is missing, but {where} show it existed (deleted?)")
 
 
-def verify_vault(store: VaultStore, cosigner: CoSigner | None = None) -> VaultReport:
+def verify_vault(store: VaultStore, cosigner: CoSigner | None = None, recordings: Path | None = None,
+                 frames_of: Callable[[Path], int] | None = None) -> VaultReport:
     """Check every segment chain, key file and the audit log against each other (see the module docstring)."""
     log: list[dict] = []
     verify_audit(store, cosigner)
@@ -126,7 +132,29 @@ def verify_vault(store: VaultStore, cosigner: CoSigner | None = None) -> VaultRe
         unfinished = [n for n in store.partial_segments(camera) if n not in finished]
         if unfinished:
             partials[camera] = len(unfinished)
+    if recordings is not None and frames_of is not None:
+        _check_recordings(log, Path(recordings), frames_of)
     return VaultReport(tuple(cameras), total, len(log), partials)
+
+
+def _check_recordings(log: list[dict], recordings: Path, frames_of: Callable[[Path], int]) -> None:
+    deleted = {name for e in log if e.get("action") == "retention"
+               for name in [*e["details"].get("expired", []), *e["details"].get("evicted", [])]}
+    for entry in log:
+        if entry.get("action") != "recorded":
+            continue
+        details = entry["details"]
+        name = f"{details['camera']}/{details['file']}"
+        if name in deleted:
+            continue
+        path = recordings / details["camera"] / details["file"]
+        if not path.is_file():
+            raise IntegrityError(f"recording {name} is missing (audit entry {entry['seq']} logged it; no retention "
+                                 "run deleted it)")
+        frames = frames_of(path)
+        if frames != details["frames"]:
+            raise IntegrityError(f"recording {name} holds {frames} frames; audit entry {entry['seq']} logged "
+                                 f"{details['frames']} (cut or edited?)")
 
 
 def _check_seals(camera: str, chain: list[Segment], seals: list[dict]) -> None:

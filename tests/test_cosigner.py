@@ -343,7 +343,7 @@ def test_an_external_openbao_connected_by_an_operator_and_access_kept_by_an_offi
                  str(admin)]) == 0
     assert main(args) == 0, capsys.readouterr().err
     actions = [json.loads(line)["action"] for line in (vault / "audit.log").read_text().splitlines()]
-    assert actions == ["seal", "unmask-refused", "unmask"]
+    assert actions == ["seal", "recorded", "unmask-refused", "unmask"]
 
 
 # --- shredding that lasts, and a vault whose parts must agree -----------------------------------

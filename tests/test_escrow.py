@@ -119,7 +119,7 @@ def test_png_unmask_gives_back_the_original_pixels_exactly(capsys, world, tmp_pa
     assert entry["action"] == "unmask" and entry["actor"] == "iris"
     assert entry["details"]["case"] == "C-1" and entry["details"]["watermark"] is False
     code, out, err = run(capsys, "audit", "verify", "--vault", vault, "--keys", world / "keys")
-    assert code == 0 and "3 entries" in out, err
+    assert code == 0 and "4 entries" in out, err  # seal, recorded, two unmasks
 
 
 def test_watermark_names_people_and_case_and_is_required_unless_policy_allows(capsys, world, tmp_path):
@@ -479,3 +479,20 @@ def test_a_quorum_on_two_machines_approves_a_request_file_in_turn(capsys, world,
     assert entry["action"] == "unmask" and sorted(entry["details"]["approvals"]) == ["olga", "omar"]
     code, _, err = run(capsys, "audit", "verify", "--vault", vault, "--keys", world / "keys")
     assert code == 0, err
+
+
+def test_a_video_cut_after_redaction_is_refused_by_its_logged_frame_count(capsys, world, tmp_path, sealed_clip):
+    """redact --vault logs how many frames its output holds; an unmask of a cut copy is refused even
+    when the frames it selects are all still there."""
+    from gateway.files import copy_excerpt, count_frames, video_comment
+
+    redacted, vault = sealed_clip
+    entry = next(e for e in audit_entries(vault) if e["action"] == "recorded")
+    assert entry["details"]["file"] == redacted.name and entry["details"]["frames"] == count_frames(redacted)
+    excerpt = copy_excerpt(redacted, tmp_path / "excerpt.mp4", 1.0)
+    cut = tmp_path / "cut.mp4"  # the first second, with the redacted file's vault reference kept
+    VideoTranscoder(excerpt, cut, video_comment(redacted)).run(lambda item: [] if item is None else [item])
+    assert count_frames(cut) < entry["details"]["frames"]
+    out = tmp_path / "frames"
+    refused(capsys, world, vault, out, *unmask(world, cut, vault, out, "--to", "0.5"),
+            match="the gateway logged")

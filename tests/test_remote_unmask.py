@@ -11,7 +11,7 @@ import numpy as np
 from serve_harness import Running, camera_clip  # noqa: F401  (camera_clip is a fixture)
 
 from gateway.cli import main
-from gateway.files import VideoTranscoder
+from gateway.files import VideoTranscoder, copy_excerpt
 
 
 def _audit(tmp_path):
@@ -71,4 +71,13 @@ def test_an_investigator_unmasks_on_their_own_machine_and_the_gateway_logs_it(ca
         assert main(args) == 2 and "lacks the unmask permission" in capsys.readouterr().err
         assert not (away / "viewer.mp4").exists()
         assert [e["action"] for e in _audit(tmp_path)].count("unmask") == 1
+        # every finished recording holds the frames the gateway logged for it; a cut one fails
+        verify = ["vault", "verify", "--vault", str(tmp_path / "data" / "vault"), "--recordings",
+                  str(tmp_path / "data" / "recordings")]
+        assert main(verify) == 0, capsys.readouterr().err
+        logged = next(e for e in _audit(tmp_path) if e["action"] == "recorded")["details"]
+        path = tmp_path / "data" / "recordings" / "cam" / logged["file"]
+        copy_excerpt(path, tmp_path / "cut.mp4", 0.5)
+        (tmp_path / "cut.mp4").replace(path)
+        assert main(verify) == 1 and f"recording cam/{logged['file']} holds" in capsys.readouterr().err
     del os.environ["PRIVACY_GATEWAY_PASSPHRASE"]

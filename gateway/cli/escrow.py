@@ -41,6 +41,7 @@ from keys import (
 from ..files import (
     MediaError,
     VideoTranscoder,
+    count_frames,
     image_comment,
     is_image,
     read_image,
@@ -121,6 +122,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     check_vault = vault_commands.add_parser("verify", help="check every segment chain, key file and the audit log")
     check_vault.add_argument("--vault", type=Path, required=True, metavar="VAULT")
     check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
+    check_vault.add_argument("--recordings", type=Path, metavar="DIR", help="also check every logged recording "
+                             "file under DIR/<camera>/ holds the frames logged for it (serve's <data>/recordings)")
     check_vault.set_defaults(run=_escrow(_vault_verify))
     evidence = commands.add_parser("evidence", help="the signed manifests unmask writes beside its output")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
@@ -241,6 +244,9 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
     job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log, tuple(others))
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
+    if job.recorded_frames is not None and not is_image(source) and count_frames(source) != job.recorded_frames:
+        raise UnmaskError(f"the file has {count_frames(source)} frames, the gateway logged {job.recorded_frames} "
+                          "for this recording (cut or edited after redaction?); nothing written")
     names = ", ".join(sorted({h.public.name for h in holders} | others))
     mark = None if args.no_watermark else (
         f"UNMASKED case {args.case} by {names} {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z")
@@ -385,6 +391,9 @@ def _check_complete(job: Unmask) -> None:
     if job.unused:
         raise UnmaskError(f"{job.unused} selected regions belong to frames this file does not have "
                           "(cut or edited after redaction?); nothing written")
+    if job.recorded_frames is not None and job.frames_seen != job.recorded_frames:
+        raise UnmaskError(f"the file has {job.frames_seen} frames, the gateway logged {job.recorded_frames} for this "
+                          "recording (cut or edited after redaction?); nothing written")
 
 
 def _unmask_image(source: Path, target: Path, to_dir: bool, restore) -> None:
@@ -494,7 +503,7 @@ def _shred(args: argparse.Namespace) -> int:
 def _vault_verify(args: argparse.Namespace) -> int:
     store = _open_store(args.vault, args.keys)
     cosigner, checked = _checkpoints_of(args, store)
-    report = verify_vault(store, cosigner)
+    report = verify_vault(store, cosigner, args.recordings, count_frames)
     for camera, count in sorted(report.partials.items()):
         print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "

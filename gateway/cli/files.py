@@ -16,7 +16,17 @@ from tqdm import tqdm
 from keys import EscrowError, KeyDirectory, Sealer, VaultStore, grants_of
 from redaction import Analyzer, Frame, Policy, PolicyError, StreamRedactor, load_policy, warmup_kernels
 
-from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrame, VideoTranscoder, check_writable, is_image, read_image, write_image
+from ..files import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoFrame,
+    VideoTranscoder,
+    check_writable,
+    count_frames,
+    is_image,
+    read_image,
+    write_image,
+)
 from ..sealing import RedactSeal
 from .cosigning import gateway_cosigner
 from .errors import CommandError
@@ -103,19 +113,24 @@ def _redact(args: argparse.Namespace) -> int:
             image = read_image(source)
             step.apply(0, 0.0, image, analyzer.regions(image))
             write_image(target, image, comment)
+            frames = 1
         else:
-            _redact_video(source, target, analyzer, step, comment)
+            frames = _redact_video(source, target, analyzer, step, comment)
     except BaseException:
         step.close(complete=False)
         raise
     step.close()
     if sealer is not None:
+        try:
+            sealer.recorded(target.name, frames)
+        except EscrowError as exc:
+            raise CommandError(f"{exc}; the output is written and sealed, its frame count not logged") from None
         print(f"sealed {sealer.regions} regions into {args.vault} (camera {sealer.camera}, "
               f"recording {sealer.ref.recording})", file=sys.stderr)
     return 0
 
 
-def _redact_video(source: Path, target: Path, analyzer: Analyzer, step: RedactSeal, comment: str | None) -> None:
+def _redact_video(source: Path, target: Path, analyzer: Analyzer, step: RedactSeal, comment: str | None) -> int:
     transcoder = VideoTranscoder(source, target, comment)
     stream = StreamRedactor(analyzer, rate=float(transcoder.info.rate))
     bar = tqdm(total=transcoder.info.frames, unit="frame", desc=source.name, disable=None, file=sys.stderr)
@@ -140,6 +155,7 @@ def _redact_video(source: Path, target: Path, analyzer: Analyzer, step: RedactSe
     if transcoder.skipped_audio:
         print(f"privacy-gateway: warning: {source}: {transcoder.skipped_audio} damaged audio packets dropped",
               file=sys.stderr)
+    return count_frames(target)  # what the file holds, as unmask and vault verify will count it
 
 
 def _walk(inputs: list[Path]) -> Iterator[Path]:

@@ -13,6 +13,7 @@ fragment playable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,7 +30,10 @@ log = logging.getLogger(__name__)
 class Recorder:
     """Packets of one camera → ``<directory>/<camera>/<recording>.mp4`` (fragmented, H.264 as encoded)."""
 
-    def __init__(self, directory: Path, camera: str) -> None:
+    def __init__(self, directory: Path, camera: str,
+                 finished: Callable[[Path, VaultRef | None, int], None] | None = None) -> None:
+        """``finished(path, ref, frames)``: told of every file once it is complete (the gateway
+        logs its frame count, which ``vault verify --recordings`` and ``unmask`` check)."""
         self.directory = Path(directory) / camera
         self.directory.mkdir(parents=True, exist_ok=True)
         self.camera = camera
@@ -40,6 +44,7 @@ class Recorder:
         self._last_pts = -1
         self.files: list[Path] = []
         self.frames = 0
+        self._finished, self._file_frames = finished, 0
 
     def write(self, packet: av.Packet, frame: Released, stream: StreamInfo) -> None:
         """Mux the packet of ``frame`` (on the encoder's thread, in frame order)."""
@@ -56,6 +61,7 @@ class Recorder:
         packet.time_base = TIME_BASE
         self._out.mux(packet)  # type: ignore[union-attr]
         self.frames += 1
+        self._file_frames += 1
 
     def _open(self, frame: Released, stream: StreamInfo) -> None:
         self.close()
@@ -72,6 +78,7 @@ class Recorder:
         video.codec_context.extradata = stream.extradata
         start = 0.0 if ref is None else ref.first_pts_us / 1e6
         self._out, self._stream, self._ref, self._last_pts = out, video, ref, -1
+        self._file_frames = 0
         self._start = round(start / TIME_BASE)
         self.files.append(path)
 
@@ -88,3 +95,8 @@ class Recorder:
             self._out.close()
         finally:
             self._out = self._stream = None
+        if self._finished is not None:
+            try:
+                self._finished(self.files[-1], self._ref, self._file_frames)
+            except Exception:  # noqa: BLE001 (the recording is kept; its frame count goes unlogged)
+                log.exception("camera %s: could not log the frame count of %s", self.camera, self.files[-1].name)

@@ -7,7 +7,7 @@ import ``keys`` (its public API), never another ``gateway`` package.
 
 from .images import IMAGE_SUFFIXES, image_comment, is_image, read_image, write_image
 from .output import MediaError, atomic_output, check_writable
-from .video import VIDEO_SUFFIXES, VideoFrame, VideoInfo, VideoTranscoder, copy_excerpt, video_comment
+from .video import VIDEO_SUFFIXES, VideoFrame, VideoInfo, VideoTranscoder, copy_excerpt, count_frames, video_comment
 from .watermark import watermark
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "atomic_output",
     "check_writable",
     "copy_excerpt",
+    "count_frames",
     "image_comment",
     "is_image",
     "read_image",

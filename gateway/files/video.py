@@ -50,6 +50,17 @@ def video_comment(path: Path) -> str | None:
         container.close()
 
 
+def count_frames(path: Path) -> int:
+    """The number of video frames a file holds (its video packets, without decoding)."""
+    container = open_video(path)
+    try:
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot read {path}: {_reason(exc)}") from None
+    finally:
+        container.close()
+
+
 @dataclass
 class VideoInfo:
     width: int

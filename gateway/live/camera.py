@@ -16,6 +16,8 @@ watchdog; this module only composes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from functools import partial
 from pathlib import Path
 
@@ -39,12 +41,13 @@ class LiveCamera:
 
     def __init__(self, name: str, config: Camera, policy: Policy, sealer: Sealer | None, *, recordings: Path,
                  recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...],
-                 cores: int | None = None) -> None:
-        """``cores``: the camera's share of the machine for detection (see :func:`redaction.build_detectors`)."""
+                 cores: int | None = None, recorded: Callable | None = None) -> None:
+        """``cores``: the camera's share of the machine for detection (see :func:`redaction.build_detectors`);
+        ``recorded(path, ref, frames)``: told of each finished recording file."""
         self.name, self.config = name, config
         self.source: Source = WhipSource(name) if config.kind == "whip" else create_source(
             name, config.source, **({"transport": config.transport} if config.kind == "rtsp" else {}))
-        self.recorder = Recorder(recordings, name) if config.record else None
+        self.recorder = Recorder(recordings, name, recorded) if config.record else None
         self.output = CameraOutput(name, codecs, self.recorder, preset=recording_preset)
         self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
         step = RedactSeal(policy, sealer, recording_seconds=recording_seconds, live=True)

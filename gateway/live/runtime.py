@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from keys import CoSigner, Sealer, VaultStore, grants_of
+from keys import GATEWAY_ACTOR, CoSigner, Sealer, VaultStore, grants_of
 from redaction import Policy, default_threads
 
 from ..config import GatewayConfig
@@ -69,7 +69,7 @@ class Runtime:
             self.cameras[name] = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
                                             recording_seconds=config.storage.recording_seconds,
                                             recording_preset=config.storage.recording_preset,
-                                            codecs=self.codecs(name), cores=cores)
+                                            codecs=self.codecs(name), cores=cores, recorded=self._recorded)
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
         quota = config.storage.quota_gb
@@ -78,6 +78,13 @@ class Runtime:
             lambda: {name: camera.policy for name, camera in self.cameras.items()},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
             config.storage.retention_check_s, None if quota is None else int(quota * 1e9))
+
+    def _recorded(self, path, ref, frames: int) -> None:
+        """Log a finished recording's frame count (on its camera's output thread): what
+        ``vault verify --recordings`` and ``unmask`` compare the file with."""
+        if ref is not None:
+            self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
+                "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
 
     def codecs(self, camera: str) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
