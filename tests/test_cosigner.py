@@ -196,6 +196,7 @@ def test_the_embedded_openbao_is_set_up_once_and_its_root_token_revoked(embedded
     assert key_file.parent == data.resolve().parent and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((config.keys_dir / CREDENTIALS).stat().st_mode) == 0o600
     assert embedded["manages_access"] and any(str(key_file) in line for line in embedded["lines"])
+    assert any(key_file.read_text().strip() in line for line in embedded["lines"])  # printed once, at set-up
     root = embedded["captured_root"]
     assert httpx.get(f"{local.address}/v1/auth/token/lookup-self", headers={"X-Vault-Token": root}).status_code == 403
     assert root not in "".join(p.read_text(errors="replace") for p in data.rglob("*") if p.is_file()

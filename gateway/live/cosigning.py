@@ -47,9 +47,10 @@ def open_cosigner(config: GatewayConfig, announce: Callable[[str], None]) -> tup
             admin = CoSigner(local.address, root)
             write_credentials(config.keys_dir, local.address, set_up(admin, embedded=True), manage_access=True)
             admin.revoke_self()
-            announce(f"embedded OpenBao initialised in {local.directory}; its unseal key is in "
-                     f"{local.unseal_key_file}: keep it away from this machine's disk (every start needs it "
-                     "back there) and read docs/escrow.md before relying on a single host")
+            key = local.unseal_key_file.read_text().strip()
+            announce(f"embedded OpenBao initialised in {local.directory}; its unseal key, shown only now: {key} "
+                     f"(also in {local.unseal_key_file}: keep it away from this machine's disk, every start "
+                     "needs it back there; read docs/escrow.md before relying on a single host)")
         cosigner, manages_access = read_credentials(config.keys_dir)
         cosigner.check()
         cosigner.renew()
