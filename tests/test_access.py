@@ -151,9 +151,11 @@ async def test_token_scope_limits_cameras_and_viewers_cannot_widen_it(world):
         sdp = {"Content-Type": "text/plain"}
         assert (await http.post("/whep/lobby", content="x", headers={**sdp, "Authorization": f"Bearer {vera}"})).status_code == 415
         assert (await http.post("/whep/garage", content="x", headers={**sdp, "Authorization": f"Bearer {vera}"})).status_code == 403
-        # an officer token scoped to garage does not reach lobby
-        reply = await http.post("/api/tokens", json={"cameras": ["garage"]}, headers={"Authorization": f"Bearer {olga}"})
-        scoped = reply.json()["token"]
+        # an officer token scoped to garage (asked for with her key: a token never mints its own
+        # identity's tokens) does not reach lobby
+        assert (await http.post("/api/tokens", json={"cameras": ["garage"]},
+                                headers={"Authorization": f"Bearer {olga}"})).status_code == 403
+        scoped = await token_for(http, people["olga"], cameras=["garage"])
         assert (await http.post("/whep/lobby", content="x", headers={**sdp, "Authorization": f"Bearer {scoped}"})).status_code == 403
         assert (await http.post("/whep/garage", content="x", headers={**sdp, "Authorization": f"Bearer {scoped}"})).status_code == 415
         # a viewer's token cannot mint more tokens, nor tokens for others
@@ -323,3 +325,44 @@ async def test_frames_egress_gives_up_are_counted_on_metrics(world):
     assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="h264"} 17.0' in metrics
     assert 'privacy_gateway_viewer_packets_dropped_total{camera="lobby",codec="vp8"} 5.0' in metrics
     assert 'privacy_gateway_rtsp_frames_skipped_total{camera="lobby"} 0.0' in metrics
+
+
+@pytest.mark.asyncio
+async def test_a_token_never_outlives_or_outranks_the_token_that_issued_it(world):
+    """Issue 14: an 8-hour officer token minted a 90-day token for its own identity that survived
+    revoking the parent. Now only a signed request mints one's own tokens; a token issued by a
+    token expires no later and is revoked with it."""
+    gateway, people = world
+    async with await client(gateway) as http:
+        olga = await token_for(http, people["olga"], ttl=8 * 3600)
+        own = await http.post("/api/tokens", json={"ttl": 90 * 86400}, headers={"Authorization": f"Bearer {olga}"})
+        assert own.status_code == 403 and "identity key" in own.json()["error"]
+        child = await http.post("/api/tokens", json={"identity": "vera", "ttl": 90 * 86400},
+                                headers={"Authorization": f"Bearer {olga}"})
+        assert child.status_code == 201
+        record = child.json()
+        parent_id = olga.split("_")[1]
+        parent = next(t for t in gateway.access.store.tokens() if t.id == parent_id)
+        assert record["expires"] == next(t for t in gateway.access.store.tokens()
+                                         if t.id == record["id"]).public()["expires"] <= parent.public()["expires"]
+        vera = {"Authorization": f"Bearer {child.json()['token']}"}
+        assert (await http.get("/api/whoami", headers=vera)).status_code == 200
+        assert (await http.delete(f"/api/tokens/{parent_id}", headers={"Authorization": f"Bearer {olga}"})).status_code == 200
+        reply = await http.get("/api/whoami", headers=vera)
+        assert (reply.status_code, reply.json()["error"]) == (401, "token revoked")
+
+
+@pytest.mark.asyncio
+async def test_deeply_nested_json_and_yaml_get_a_clean_400(world):
+    gateway, people = world
+    async with await client(gateway) as http:
+        olga = await token_for(http, people["olga"])
+        auth = {"Authorization": f"Bearer {olga}"}
+        deep = b"[" * 30000 + b"]" * 30000
+        reply = await http.post("/api/tokens", content=b'{"cameras": ' + deep + b"}", headers=auth)
+        assert reply.status_code == 400 and "nested deeper" in reply.json()["error"]
+        reply = await http.post("/api/policies", content=deep, headers={**auth, "Content-Type": "application/json"})
+        assert reply.status_code == 400 and "nested deeper" in reply.json()["error"]
+        yaml_deep = ("a:\n" + "".join("  " * i + "b:\n" for i in range(1, 3000))).encode()[:60000]
+        reply = await http.post("/api/policies", content=yaml_deep, headers={**auth, "Content-Type": "application/yaml"})
+        assert reply.status_code in (400, 422)  # never a 500 with a RecursionError

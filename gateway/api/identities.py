@@ -71,9 +71,11 @@ class IdentityRoutes:
             raise Denied(400, f"ttl: expected seconds between 1 and {MAX_TOKEN_TTL:g}")
         if identity != who.name:
             require(who, "tokens")
-        elif who.token is not None and not who.may("tokens"):
-            # a token cannot mint its own successors: only the identity's key (a signed request) can
-            raise Denied(403, "a token cannot issue tokens; sign the request with your identity key")
+        elif who.token is not None:
+            # a token never mints its own identity's successors, an officer's neither: only the
+            # identity's key (a signed request) can, so a stolen token cannot outlive itself
+            raise Denied(403, "a token cannot issue tokens for its own identity; sign the request with your "
+                              "identity key")
         if identity not in self.access.identities():
             raise Denied(404, f"no such identity: {identity}")
         for camera in cameras or ():
@@ -81,7 +83,8 @@ class IdentityRoutes:
         if who.scope is not None and (cameras is None or not set(cameras) <= who.scope):
             raise Denied(403, "a token can only issue tokens within its own cameras")
         await self.changes.record(who, "issue-token", {"identity": identity, "cameras": cameras, "ttl": ttl})
-        token, record = self.access.store.issue(identity, cameras, float(ttl), who.name)
+        # a token issued by a token expires no later than its issuer and dies with it
+        token, record = self.access.store.issue(identity, cameras, float(ttl), who.name, parent=who.token)
         log.info("token %s issued to %s by %s", record.id, identity, who.name)
         return JSONResponse({"token": token, **record.public()}, status_code=201)
 

@@ -23,7 +23,7 @@ from redaction import Policy, PolicyError, parse_policy
 from ..http import content_type
 from ..live import Runtime
 from .access import Access, Denied, Principal, require
-from .requests import ChangeLog, guarded
+from .requests import MAX_DEPTH, ChangeLog, guarded, nesting
 
 VERSION = re.compile(r"^[0-9a-f]{64}$")
 
@@ -60,9 +60,11 @@ def parse_body(body: bytes, media_type: str) -> Policy:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise Denied(400, "policy: not UTF-8 text") from None
+    if nesting(text) > MAX_DEPTH:
+        raise Denied(400, f"policy: nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(text) if as_json else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         raise Denied(400, f"policy: not valid {'JSON' if as_json else 'YAML'}: {exc}") from None
     try:
         return parse_policy(data, "policy")

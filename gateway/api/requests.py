@@ -59,11 +59,42 @@ def guarded(access: Access, handler: Handler) -> Callable[[Request], Awaitable[R
     return endpoint
 
 
+#: deepest nesting of lists and objects a request body may have (a policy needs 4)
+MAX_DEPTH = 32
+
+
+def nesting(text: bytes | str) -> int:
+    """How deep ``[`` and ``{`` nest in a JSON or YAML flow text (strings skipped), without
+    parsing it: deep bodies are refused before a recursive parser could overflow."""
+    data = text.encode() if isinstance(text, str) else text
+    depth = deepest = 0
+    quoted = escaped = False
+    for byte in data:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def json_object(body: bytes) -> dict:
-    """The body as a JSON object; :class:`Denied` (400) if it is not one."""
+    """The body as a JSON object; :class:`Denied` (400) if it is not one, or nests deeper than
+    :data:`MAX_DEPTH`."""
+    if nesting(body) > MAX_DEPTH:
+        raise Denied(400, f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body or b"{}")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Denied(400, f"malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise Denied(400, "malformed JSON: expected an object")

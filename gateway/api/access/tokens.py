@@ -45,6 +45,7 @@ class TokenRecord:
     expires: float
     issued_by: str
     revoked: float | None = None
+    parent: str | None = None  # the token that issued it (None: a signed request); it dies with it
 
     def public(self) -> dict:
         """What may be shown about a token: never its digests."""
@@ -83,16 +84,25 @@ class TokenStore:
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    def issue(self, identity: str, cameras: list[str] | None, ttl: float, issued_by: str) -> tuple[str, TokenRecord]:
-        """A new token: its string (shown once, never stored) and its record."""
+    def issue(self, identity: str, cameras: list[str] | None, ttl: float, issued_by: str,
+              parent: str | None = None) -> tuple[str, TokenRecord]:
+        """A new token: its string (shown once, never stored) and its record. ``parent``: the id of
+        the token that asked for it; the new one expires no later, and is dead once it is."""
         if not 0 < ttl <= MAX_TOKEN_TTL:
             raise ValueError(f"ttl: {ttl:g} s is not between 0 and {MAX_TOKEN_TTL:g} s")
         token_id = "".join(secrets.choice("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(16))
         secret = secrets.token_hex(32)
         now = self._clock()
+        expires = now + ttl
+        if parent is not None:
+            issuer = self._tokens.get(parent)
+            if issuer is None:
+                raise ValueError(f"no token {parent}")
+            expires = min(expires, issuer.expires)
         record = TokenRecord(token_id, identity, hashlib.sha256(secret.encode()).hexdigest(),
                              hashlib.md5(f"{token_id}:{RTSP_REALM}:{secret}".encode()).hexdigest(),
-                             None if cameras is None else tuple(sorted(set(cameras))), now, now + ttl, issued_by)
+                             None if cameras is None else tuple(sorted(set(cameras))), now, expires, issued_by,
+                             parent=parent)
         with self._lock:
             self._tokens[token_id] = record
             self._save_tokens()
@@ -104,16 +114,26 @@ class TokenStore:
         record = self._tokens.get(match.group(1)) if match else None
         if record is None or not hmac.compare_digest(record.digest, hashlib.sha256(match.group(2).encode()).hexdigest()):
             raise Denied(401, "invalid token")
-        if record.revoked is not None:
+        if record.revoked is not None or self._dead_parent(record):
             raise Denied(401, "token revoked")
         if self._clock() >= record.expires:
             raise Denied(401, "token expired")
         return record
 
+    def _dead_parent(self, record: TokenRecord) -> bool:
+        """Whether a token up the chain that issued ``record`` was revoked (or is gone)."""
+        seen = 0
+        while record.parent is not None and seen < 64:
+            parent = self._tokens.get(record.parent)
+            if parent is None or parent.revoked is not None:
+                return True
+            record, seen = parent, seen + 1
+        return False
+
     def live(self, token_id: str) -> TokenRecord | None:
         """The record of an unexpired, unrevoked token by id (RTSP digest usernames are token ids)."""
         record = self._tokens.get(token_id)
-        if record is None or record.revoked is not None or self._clock() >= record.expires:
+        if record is None or record.revoked is not None or self._clock() >= record.expires or self._dead_parent(record):
             return None
         return record
 
