@@ -81,7 +81,7 @@ class AuditLog:
         """Write one signed entry durably; raises :class:`AuditError` if it cannot."""
         try:
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 # one writer at a time, across threads (each camera's sealer, the HTTP API) and
                 # processes (an unmask run while serve is sealing): the tail read and the append

@@ -44,8 +44,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def make_dirs(path: Path) -> None:
-    """``mkdir -p`` whose new directories survive a crash (each new one's parent is fsynced)."""
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """``mkdir -p`` whose new directories survive a crash (each new one's parent is fsynced);
+    new directories are ``mode`` (private by default: what the vault and keys keep is sealed or secret)."""
     path = Path(path)
     missing = []
     while not path.is_dir():
@@ -55,7 +56,7 @@ def make_dirs(path: Path) -> None:
         path = path.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir()
+            directory.mkdir(mode)
         except FileExistsError:
             if not directory.is_dir():
                 raise

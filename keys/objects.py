@@ -87,7 +87,7 @@ class ObjectStore(abc.ABC):
 class LocalObjects(ObjectStore):
     """Objects as files under a local directory (created by the first :meth:`put`)."""
 
-    def __init__(self, root: Path, mode: int = 0o644) -> None:
+    def __init__(self, root: Path, mode: int = 0o600) -> None:
         self.root = Path(root)
         self._mode = mode
 

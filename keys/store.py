@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .audit import AuditLog
 from .cosigner import CoSigner, grant_access, key_prefix
 from .directory import KeyDirectory, rotation_chain
-from .durable import remove_durably
+from .durable import make_dirs, remove_durably
 from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
 from .objects import LocalObjects, MemoryObjects, ObjectStore
@@ -149,7 +149,7 @@ class VaultStore:
         if not (root / "vault.json").exists():
             if root.exists() and not root.is_dir():
                 raise VaultError(f"{root}: not a directory")
-            root.mkdir(parents=True, exist_ok=True)
+            make_dirs(root)
             if any(p.name != "audit.log" for p in root.iterdir()):
                 raise VaultError(f"{root}: not empty and not a vault (no vault.json); refusing to use it")
         return cls.from_objects(LocalObjects(root), root / "segments", AuditLog(root / "audit.log"), directory,
@@ -446,8 +446,8 @@ class VaultStore:
     def camera_lock(self, camera: str) -> Iterator[None]:
         """Exclusive right to append to a camera's chain (one sealing process per camera)."""
         directory = self._scratch / check_camera(camera)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        make_dirs(directory)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -136,7 +136,8 @@ class SegmentWriter:
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
         save_keys(keys_doc)
         make_dirs(self._partial.parent)
-        self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
+        # O_EXCL, owner only: a segment being sealed is never another's file, nor readable by others
+        self._file = os.fdopen(os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         self._hash = hashlib.sha256()
         self._count = 0
         head = canonical(header.to_json())

@@ -107,3 +107,32 @@ def test_a_directory_not_finished_or_not_placed_leaves_the_target_as_it_was(tmp_
     with pytest.raises(OSError), atomic_dir(target) as tmp:
         (tmp / "000000.png").write_bytes(b"new")
     assert os.listdir(tmp_path) == ["frames"] and os.listdir(target) == ["kept"]
+
+
+def test_what_the_vault_keeps_is_private(tmp_path, sealing_store):
+    """Issue 14: segments, key files, the audit log and their directories were 0644/0755. Now every
+    file the vault writes is 0600 and every directory 0700 (as created, whatever the umask)."""
+    import stat
+
+    import numpy as np
+
+    from keys import Grant, KeyDirectory, PrivateIdentity, Sealed, Sealer
+
+    old = os.umask(0o022)
+    try:
+        directory = KeyDirectory.init(tmp_path / "keys")
+        directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+        store = sealing_store(tmp_path / "vault", directory)
+        with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": Grant(("investigator",))},
+                    directory.identities) as sealer:
+            sealer.add(0, 0, [Sealed(1, "face", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+    finally:
+        os.umask(old)
+    paths = list((tmp_path / "vault").rglob("*"))
+    assert any(p.suffix == ".pgv" for p in paths) and any(p.suffix == ".keys" for p in paths)
+    for path in [tmp_path / "vault", *paths]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir():
+            assert mode == 0o700, (path, oct(mode))
+        else:
+            assert mode & 0o077 == 0, (path, oct(mode))
