@@ -7,6 +7,7 @@ With no file, :data:`DEFAULT` (``config/gateway.yaml``) runs one demo camera on 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -65,6 +66,9 @@ class Camera(StrictModel):
 class Listen(StrictModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: reverse proxies whose ``X-Forwarded-For`` names the client (networks, e.g. ``10.0.0.0/8``);
+    #: none by default: the connection's address is the client's
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 class RtspEgress(StrictModel):

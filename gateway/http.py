@@ -7,6 +7,8 @@ the gateway buffer more than the endpoint expects.
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
@@ -44,8 +46,27 @@ def text_error(status: int, message: str, headers: dict[str, str] | None = None)
 
 
 def peer_of(request: Request) -> str:
-    """The client's address (the rate limiter's key)."""
-    return request.client.host if request.client else "unknown"
+    """The client's address (the rate limiter's key): the connection's, or, when that is a trusted
+    proxy (``listen.trusted_proxies``), the nearest address in ``X-Forwarded-For`` that is not."""
+    host = request.client.host if request.client else "unknown"
+    trusted = getattr(request.app.state, "trusted_proxies", ()) if "app" in request.scope else ()
+    if not trusted or not _within(host, trusted):
+        return host
+    for hop in reversed(request.headers.get("x-forwarded-for", "").split(",")):
+        hop = hop.strip()
+        if not hop:
+            continue
+        if not _within(hop, trusted):
+            return hop
+    return host
+
+
+def _within(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def target_of(request: Request) -> str:

@@ -235,12 +235,36 @@ async def test_failed_authentication_is_rate_limited_logged_and_counted(world, c
         olga = await token_for(other, people["olga"])
         for _ in range(FAILURE_LIMIT):
             assert (await attacker.get("/api/whoami", headers={"Authorization": "Bearer pgw_guess"})).status_code == 401
-        blocked = await attacker.get("/api/whoami", headers={"Authorization": f"Bearer {olga}"})
-        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1  # even a good token, for now
+        blocked = await attacker.get("/api/whoami", headers={"Authorization": "Bearer pgw_guess"})
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1  # the next failure
+        # issue 14: someone else's failures from the same address (a NAT, a proxy) never lock out a valid token
+        assert (await attacker.get("/api/whoami", headers={"Authorization": f"Bearer {olga}"})).status_code == 200
         assert (await other.get("/api/whoami", headers={"Authorization": f"Bearer {olga}"})).status_code == 200
         metrics = (await other.get("/metrics", headers={"Authorization": f"Bearer {olga}"})).text
-        assert 'privacy_gateway_auth_failures_total{reason="invalid token"} 10.0' in metrics
-    assert sum("authentication failed from 10.9.9.9" in r.getMessage() for r in caplog.records) == FAILURE_LIMIT
+        assert 'privacy_gateway_auth_failures_total{reason="invalid token"} 11.0' in metrics
+    assert sum("authentication failed from 10.9.9.9" in r.getMessage() for r in caplog.records) == FAILURE_LIMIT + 1
+
+
+@pytest.mark.asyncio
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(world):
+    """With listen.trusted_proxies, X-Forwarded-For names the client: one client's failures behind
+    the proxy are its own, and an untrusted peer's X-Forwarded-For is ignored."""
+    import ipaddress
+
+    gateway, people = world
+    gateway.app.state.trusted_proxies = (ipaddress.ip_network("10.5.0.0/16"),)
+    async with await client(gateway, peer="10.5.0.1") as proxy, await client(gateway, peer="10.6.0.1") as direct:
+        for _ in range(FAILURE_LIMIT):
+            reply = await proxy.get("/api/whoami", headers={"Authorization": "Bearer pgw_guess",
+                                                             "X-Forwarded-For": "192.0.2.7"})
+            assert reply.status_code == 401
+        bad = {"Authorization": "Bearer pgw_guess"}
+        assert (await proxy.get("/api/whoami", headers={**bad, "X-Forwarded-For": "192.0.2.7"})).status_code == 429
+        assert (await proxy.get("/api/whoami", headers={**bad, "X-Forwarded-For": "192.0.2.8"})).status_code == 401
+        # a peer that is not a trusted proxy cannot pick its address
+        for _ in range(FAILURE_LIMIT):
+            await direct.get("/api/whoami", headers={**bad, "X-Forwarded-For": "192.0.2.9"})
+        assert (await direct.get("/api/whoami", headers={**bad, "X-Forwarded-For": "192.0.2.10"})).status_code == 429
 
 
 @pytest.mark.asyncio

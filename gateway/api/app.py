@@ -78,6 +78,7 @@ class Gateway:
             *self.whep.routes,
             *self.whip.routes,
         ])
+        self.app.state.trusted_proxies = config.listen.trusted_proxies  # gateway.http.peer_of
 
     @property
     def cameras(self) -> dict[str, LiveCamera]:

@@ -66,10 +66,10 @@ class Access:
     # -- authentication ------------------------------------------------------------------------------
 
     def authenticate(self, peer: str, authorization: str | None, method: str, target: str, body: bytes) -> Principal:
-        """The principal behind a request's Authorization header; raises :class:`Denied` (401/429)."""
-        wait = self.limiter.retry_after(peer)
-        if wait > 0:
-            raise Denied(429, "too many failed authentications; try again later", {"Retry-After": str(max(1, round(wait)))})
+        """The principal behind a request's Authorization header; raises :class:`Denied` (401/429).
+
+        Valid credentials always pass: an address past its failure limit gets 429 for failures
+        only, so nobody else's failures (behind the same proxy or NAT) lock out a valid token."""
         if not authorization:  # not a failure: how every client first learns that it must authenticate
             raise Denied(401, "authentication required: a bearer token or a signed request",
                          {"WWW-Authenticate": 'Bearer realm="privacy-gateway"'})
@@ -86,7 +86,11 @@ class Access:
                                          None)
             raise Denied(401, "unsupported authorization scheme (use Bearer or Signature)")
         except Denied as denied:
+            wait = self.limiter.retry_after(peer)
             self.limiter.failed(peer, None, denied.message)
+            if wait > 0:
+                raise Denied(429, "too many failed authentications; try again later",
+                             {"Retry-After": str(max(1, round(wait)))}) from None
             denied.headers.setdefault("WWW-Authenticate", 'Bearer realm="privacy-gateway"')
             raise
 
