@@ -52,11 +52,17 @@ async def client(gateway, peer="10.0.0.1"):
     return httpx.AsyncClient(transport=transport, base_url="http://gateway")
 
 
+def sign(fingerprint, person, method, target, body=b"", **kw) -> str:
+    """A signed request to this test's gateway (Host ``gateway``, whose key has ``fingerprint``)."""
+    return sign_request(person, method, target, body, host="gateway", gateway=fingerprint, **kw)
+
+
 async def token_for(http, person, **fields) -> str:
     """A token the way an identity gets its first one: a request signed with its own key."""
     body = json.dumps(fields).encode()
+    fingerprint = (await http.get("/api/gateway")).json()["fingerprint"]  # public: what signatures name
     reply = await http.post("/api/tokens", content=body, headers={
-        "Authorization": sign_request(person, "POST", "/api/tokens", body), "Content-Type": "application/json"})
+        "Authorization": sign(fingerprint, person, "POST", "/api/tokens", body), "Content-Type": "application/json"})
     assert reply.status_code == 201, reply.text
     return reply.json()["token"]
 
@@ -162,7 +168,7 @@ async def test_token_scope_limits_cameras_and_viewers_cannot_widen_it(world):
         for body in ({}, {"identity": "olga"}):
             assert (await http.post("/api/tokens", json=body, headers={"Authorization": f"Bearer {vera}"})).status_code == 403
         # unknown identity, unknown camera, bad ttl, unknown field
-        signed = lambda body: {"Authorization": sign_request(people["olga"], "POST", "/api/tokens", json.dumps(body).encode()),
+        signed = lambda body: {"Authorization": sign(gateway.access.fingerprint, people["olga"], "POST", "/api/tokens", json.dumps(body).encode()),
                                "Content-Type": "application/json"}
         for body, status in (({"identity": "nobody"}, 404), ({"cameras": ["attic"]}, 404), ({"ttl": 0}, 400),
                              ({"ttl": 10**9}, 400), ({"scope": "all"}, 400)):
@@ -206,22 +212,22 @@ async def test_signed_requests_are_checked_and_never_replayed(world):
     gateway, people = world
     async with await client(gateway) as http:
         body = b"{}"
-        header = sign_request(people["vera"], "POST", "/api/tokens", body)
+        header = sign(gateway.access.fingerprint, people["vera"], "POST", "/api/tokens", body)
         headers = {"Authorization": header, "Content-Type": "application/json"}
         assert (await http.post("/api/tokens", content=body, headers=headers)).status_code == 201
         replay = await http.post("/api/tokens", content=body, headers=headers)
         assert (replay.status_code, replay.json()["error"]) == (401, "signed request replayed")
         # another body, path or key than the signature covers; a stale clock; a stranger; garbage
-        fresh = sign_request(people["vera"], "POST", "/api/tokens", body)
+        fresh = sign(gateway.access.fingerprint, people["vera"], "POST", "/api/tokens", body)
         assert (await http.post("/api/tokens", content=b'{"ttl": 60}', headers={"Authorization": fresh})).status_code == 401
-        assert (await http.get("/api/whoami", headers={"Authorization": sign_request(people["vera"], "GET", "/api/cameras")})).status_code == 401
-        forged = sign_request(people["ivan"], "GET", "/api/whoami").replace('keyId="ivan"', 'keyId="olga"')
+        assert (await http.get("/api/whoami", headers={"Authorization": sign(gateway.access.fingerprint, people["vera"], "GET", "/api/cameras")})).status_code == 401
+        forged = sign(gateway.access.fingerprint, people["ivan"], "GET", "/api/whoami").replace('keyId="ivan"', 'keyId="olga"')
         assert (await http.get("/api/whoami", headers={"Authorization": forged})).status_code == 401
-        stale = sign_request(people["vera"], "GET", "/api/whoami", created=1_000_000_000)
+        stale = sign(gateway.access.fingerprint, people["vera"], "GET", "/api/whoami", created=1_000_000_000)
         reply = await http.get("/api/whoami", headers={"Authorization": stale})
         assert reply.status_code == 401 and "time window" in reply.json()["error"]
         stranger = PrivateIdentity.generate("mallory", ["privacy-officer"])
-        assert (await http.get("/api/whoami", headers={"Authorization": sign_request(stranger, "GET", "/api/whoami")})).status_code == 401
+        assert (await http.get("/api/whoami", headers={"Authorization": sign(gateway.access.fingerprint, stranger, "GET", "/api/whoami")})).status_code == 401
     async with await client(gateway, peer="10.0.0.2") as http:  # a fresh address: under the failure limit
         for junk in ("Signature", 'Signature keyId="vera"', "Signature created=x", "Basic dmVyYTp4", "Bearer", "Bearer pgw_x_y"):
             reply = await http.get("/api/whoami", headers={"Authorization": junk})
@@ -390,3 +396,28 @@ async def test_deeply_nested_json_and_yaml_get_a_clean_400(world):
         yaml_deep = ("a:\n" + "".join("  " * i + "b:\n" for i in range(1, 3000))).encode()[:60000]
         reply = await http.post("/api/policies", content=yaml_deep, headers={**auth, "Content-Type": "application/yaml"})
         assert reply.status_code in (400, 422)  # never a 500 with a RecursionError
+
+
+@pytest.mark.asyncio
+async def test_a_signed_request_replays_neither_after_a_restart_nor_at_another_gateway_or_host(world, tmp_path):
+    """Issue 14: a signed request captured before a restart minted a token after it. The signature
+    now covers the Host and the gateway's key fingerprint, and used signatures are kept on disk."""
+    from gateway.api.access import Access, Denied, TokenStore
+
+    gateway, people = world
+    body = b'{"ttl": 60}'
+    header = sign(gateway.access.fingerprint, people["vera"], "POST", "/api/tokens", body)
+    async with await client(gateway) as http:
+        assert (await http.post("/api/tokens", content=body, headers={"Authorization": header})).status_code == 201
+    # the gateway restarts: a new Access over the same data directory still knows the signature
+    restarted = Access(gateway.config.keys_dir, TokenStore(gateway.config.storage.data_dir / "access"))
+    with pytest.raises(Denied, match="replayed"):
+        restarted.authenticate("10.0.0.1", header, "POST", "/api/tokens", body, "gateway")
+    # at another gateway (another key), or sent to another Host, the signature does not verify
+    fresh = sign(gateway.access.fingerprint, people["vera"], "POST", "/api/tokens", body)
+    with pytest.raises(Denied, match="invalid signature"):
+        restarted.authenticate("10.0.0.1", fresh, "POST", "/api/tokens", body, "other.example:8080")
+    elsewhere = sign("0123456789abcdef", people["vera"], "POST", "/api/tokens", body)
+    with pytest.raises(Denied, match="invalid signature"):
+        restarted.authenticate("10.0.0.1", elsewhere, "POST", "/api/tokens", body, "gateway")
+    assert restarted.authenticate("10.0.0.1", fresh, "POST", "/api/tokens", body, "gateway").name == "vera"

@@ -35,7 +35,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, **ex
 async def authenticate(access: Access, request: Request, body: bytes = b"") -> Principal:
     """The request's principal; raises :class:`Denied` (401, 429)."""
     return access.authenticate(peer_of(request), request.headers.get("authorization"), request.method,
-                               target_of(request), body)
+                               target_of(request), body, request.headers.get("host", ""))
 
 
 async def bounded_body(request: Request, limit: int = MAX_BODY) -> bytes:

@@ -24,8 +24,13 @@ class StatusRoutes:
         self.runtime, self.access, self.metrics = runtime, access, metrics
         self.routes = [
             Route("/health", self.health, methods=["GET"]),
+            Route("/api/gateway", self.gateway, methods=["GET"]),
             Route("/metrics", self.render, methods=["GET"]),
         ]
+
+    async def gateway(self, request: Request) -> Response:
+        """Public: the gateway key's fingerprint, which signed requests name (and people compare out of band)."""
+        return JSONResponse({"fingerprint": self.access.fingerprint})
 
     async def health(self, request: Request) -> Response:
         report = self.runtime.health()

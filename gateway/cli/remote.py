@@ -14,7 +14,7 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -39,13 +39,21 @@ class GatewayClient:
         self.base, self.identity = base.rstrip("/"), identity
         self._verify: str | bool = str(ca) if ca is not None else True
         self._timeout = timeout
+        self._fingerprint: str | None = None  # the gateway key's, which every signed request names
 
     def request(self, method: str, path: str, query: dict | None = None, body: bytes = b"",
                 stream_to: Path | None = None) -> httpx.Response:
         from ..api.access import sign_request  # on use: the API's modules load aiortc
 
+        if self._fingerprint is None:
+            try:
+                with httpx.Client(base_url=self.base, verify=self._verify, timeout=self._timeout) as http:
+                    self._fingerprint = str(http.get("/api/gateway").json()["fingerprint"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                raise CommandError(f"the gateway at {self.base} does not answer (GET /api/gateway)") from None
         target = path + (f"?{urlencode(query)}" if query else "")
-        headers = {"Authorization": sign_request(self.identity, method, target, body)}
+        headers = {"Authorization": sign_request(self.identity, method, target, body,
+                                                 host=urlsplit(self.base).netloc, gateway=self._fingerprint)}
         if body:
             headers["Content-Type"] = "application/json"
         try:

@@ -8,6 +8,7 @@ import logging
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -50,10 +51,14 @@ def _token(args: argparse.Namespace) -> int:
               **({"cameras": args.cameras} if args.cameras else {})}
     body = json.dumps(fields).encode()
     base = args.gateway.rstrip("/")
-    request = urllib.request.Request(f"{base}/api/tokens", data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": sign_request(holder, "POST", "/api/tokens", body)})
     context = ssl.create_default_context(cafile=str(args.cafile)) if args.cafile else None
     try:
+        with urllib.request.urlopen(f"{base}/api/gateway", timeout=_REQUEST_TIMEOUT, context=context) as reply:
+            fingerprint = json.loads(reply.read())["fingerprint"]
+        signature = sign_request(holder, "POST", "/api/tokens", body, host=urllib.parse.urlsplit(base).netloc,
+                                 gateway=fingerprint)
+        request = urllib.request.Request(f"{base}/api/tokens", data=body, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": signature})
         with urllib.request.urlopen(request, timeout=_REQUEST_TIMEOUT, context=context) as reply:
             answer = json.loads(reply.read())
     except urllib.error.HTTPError as error:

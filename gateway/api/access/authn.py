@@ -38,7 +38,7 @@ class Access:
         self.limiter = limiter or FailureLimiter()
         self._clock = clock
         self._directory: tuple[int, dict[str, PublicIdentity]] | None = None
-        self._signatures = SignatureChecker(clock)
+        self._signatures = SignatureChecker(clock, store.directory / "signatures-seen.json")
         self._lock = threading.Lock()
 
     # -- identities --------------------------------------------------------------------------------
@@ -65,7 +65,16 @@ class Access:
 
     # -- authentication ------------------------------------------------------------------------------
 
-    def authenticate(self, peer: str, authorization: str | None, method: str, target: str, body: bytes) -> Principal:
+    @property
+    def fingerprint(self) -> str:
+        """The gateway key's fingerprint: what signed requests name (``GET /api/gateway``)."""
+        try:
+            return KeyDirectory.open(self.keys_dir).fingerprint
+        except DirectoryError:
+            return ""
+
+    def authenticate(self, peer: str, authorization: str | None, method: str, target: str, body: bytes,
+                     host: str = "") -> Principal:
         """The principal behind a request's Authorization header; raises :class:`Denied` (401/429).
 
         Valid credentials always pass: an address past its failure limit gets 429 for failures
@@ -82,8 +91,8 @@ class Access:
                     raise Denied(401, "the token's identity is no longer in the key directory")
                 return self.principal_of(identity, record.cameras, record.id)
             if scheme.lower() == "signature":
-                return self.principal_of(self._signatures.check(value, method, target, body, self.identities()), None,
-                                         None)
+                return self.principal_of(self._signatures.check(value, method, target, body, self.identities(),
+                                                                host, self.fingerprint), None, None)
             raise Denied(401, "unsupported authorization scheme (use Bearer or Signature)")
         except Denied as denied:
             wait = self.limiter.retry_after(peer)

@@ -1,9 +1,11 @@
 """Signed requests: how an identity proves itself with its own Ed25519 key, without any shared secret.
 
 ``Authorization: Signature keyId="<identity>",created="<unix seconds>",nonce="<random>",signature="<base64>"``
-carries the identity's signature over the method, path and query, the time, the nonce and the
-body's SHA-256 (:func:`signing_string`). It is accepted within :data:`SIGNATURE_SKEW` seconds,
-once: a replayed signature is refused. This is how an identity gets its first token.
+carries the identity's signature over the method, the Host, the gateway's key fingerprint, path
+and query, the time, the nonce and the body's SHA-256 (:func:`signing_string`). It is accepted
+within :data:`SIGNATURE_SKEW` seconds, once, also across restarts (the signatures used are kept
+on disk): a replayed signature is refused, at this gateway or any other. This is how an identity
+gets its first token.
 """
 
 from __future__ import annotations
@@ -11,34 +13,42 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import logging
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from keys import PublicIdentity
+from keys import PublicIdentity, write_durably
 
 from .principals import Denied
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_SKEW = 300.0  # seconds a signed request may be early or late
 _SIGNATURE_PARAM = re.compile(r'\s*([a-zA-Z]+)="([^"]*)"\s*(?:,|$)')
 
 
-def signing_string(method: str, target: str, created: int, nonce: str, body: bytes) -> bytes:
-    """What a signed request's signature covers: ``target`` is the path with its query string; the
-    nonce makes two otherwise identical requests in the same second differ (Ed25519 is deterministic)."""
-    return (f"privacy-gateway-request-v1\n{method.upper()}\n{target}\n{created}\n{nonce}\n"
-            f"{hashlib.sha256(body).hexdigest()}").encode()
+def signing_string(method: str, host: str, gateway: str, target: str, created: int, nonce: str, body: bytes) -> bytes:
+    """What a signed request's signature covers: the Host it was sent to and the gateway's key
+    fingerprint (so it cannot be replayed at another gateway), ``target`` (the path with its query
+    string); the nonce makes two otherwise identical requests in the same second differ."""
+    return (f"privacy-gateway-request-v2\n{method.upper()}\n{host.lower()}\n{gateway}\n{target}\n{created}\n"
+            f"{nonce}\n{hashlib.sha256(body).hexdigest()}").encode()
 
 
-def sign_request(identity, method: str, target: str, body: bytes = b"", created: int | None = None) -> str:
-    """The Authorization header value for a request signed by ``identity`` (a PrivateIdentity)."""
+def sign_request(identity, method: str, target: str, body: bytes = b"", created: int | None = None, *, host: str,
+                 gateway: str) -> str:
+    """The Authorization header value for a request signed by ``identity`` (a PrivateIdentity), sent
+    to ``host`` (the Host header) at the gateway whose key fingerprint is ``gateway`` (``GET /api/gateway``)."""
     created = int(time.time()) if created is None else created
     nonce = secrets.token_urlsafe(12)
-    signature = identity.signing.sign(signing_string(method, target, created, nonce, body))
+    signature = identity.signing.sign(signing_string(method, host, gateway, target, created, nonce, body))
     return (f'Signature keyId="{identity.public.name}",created="{created}",nonce="{nonce}",'
             f'signature="{base64.b64encode(signature).decode("ascii")}"')
 
@@ -46,13 +56,22 @@ def sign_request(identity, method: str, target: str, body: bytes = b"", created:
 class SignatureChecker:
     """Verifies ``Signature`` authorization values, each accepted once within its time window."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] = time.time, seen_file: Path | None = None) -> None:
+        """``seen_file``: where the signatures already used are kept, so that a restart does not
+        make them usable again within their window (0600; its loss only reopens that window)."""
+        self._clock, self._seen_file = clock, seen_file
         self._seen: dict[bytes, float] = {}  # signatures already used -> when they stop mattering
         self._lock = threading.Lock()
+        if seen_file is not None and seen_file.is_file():
+            try:
+                stored = json.loads(seen_file.read_text())
+                self._seen = {bytes.fromhex(s): float(until) for s, until in stored.items()}
+            except (OSError, ValueError, TypeError, AttributeError):
+                log.error("%s unreadable: signed requests of the last %g s could be replayed once", seen_file,
+                          SIGNATURE_SKEW)
 
-    def check(self, value: str, method: str, target: str, body: bytes,
-              identities: dict[str, PublicIdentity]) -> PublicIdentity:
+    def check(self, value: str, method: str, target: str, body: bytes, identities: dict[str, PublicIdentity],
+              host: str = "", gateway: str = "") -> PublicIdentity:
         """The identity that signed this request; raises :class:`Denied` (401) saying why not, in general terms."""
         params = dict(_SIGNATURE_PARAM.findall(value))
         try:
@@ -67,7 +86,8 @@ class SignatureChecker:
         if identity is None:
             raise Denied(401, "invalid signature")
         try:
-            identity.signing_key().verify(signature, signing_string(method, target, created, nonce, body))
+            identity.signing_key().verify(signature, signing_string(method, host, gateway, target, created, nonce,
+                                                                    body))
         except InvalidSignature:
             raise Denied(401, "invalid signature") from None
         with self._lock:
@@ -75,4 +95,8 @@ class SignatureChecker:
             if signature in self._seen:
                 raise Denied(401, "signed request replayed")
             self._seen[signature] = created + SIGNATURE_SKEW + 1
+            if self._seen_file is not None:
+                self._seen_file.parent.mkdir(parents=True, exist_ok=True)
+                write_durably(self._seen_file, json.dumps({s.hex(): until for s, until in self._seen.items()}).encode(),
+                              0o600)
         return identity
