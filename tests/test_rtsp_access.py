@@ -243,3 +243,19 @@ def test_request_handling_fuzz(gw, data, seed, server_errors):
                 session = response.headers["session"].split(";")[0]
             if session is None or response.status in (400, 413, 414, 505):  # no session, or maybe closed
                 break
+
+
+def test_a_captured_digest_header_does_not_replay_on_another_connection(gw):
+    """Issue 14: a captured Authorization header replayed from the same address for 5 minutes. A
+    nonce is now bound to its TCP connection: on another one it is stale (a new challenge)."""
+    with RawClient(gw.port) as client:
+        client.challenge = client.request("DESCRIBE", gw.url("cam")).headers["www-authenticate"]
+        captured = digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge)
+        client.cseq += 1
+        client.send(f"DESCRIBE {gw.url('cam')} RTSP/1.0\r\nCSeq: {client.cseq}\r\n"
+                    f"Authorization: {captured}\r\n\r\n".encode())
+        assert client.read_response().status == 200  # on its own connection it works
+    with RawClient(gw.port) as thief:
+        thief.send(f"DESCRIBE {gw.url('cam')} RTSP/1.0\r\nCSeq: 1\r\nAuthorization: {captured}\r\n\r\n".encode())
+        response = thief.read_response()
+        assert response.status == 401 and "stale=true" in response.headers["www-authenticate"]

@@ -1,7 +1,10 @@
 """Digest authentication for RTSP (RFC 2617, MD5, with or without ``qop="auth"``).
 
-Nonces are stateless: the server keeps nothing per client, and a nonce is bound to the
-address it was issued to and accepted for ``_NONCE_TTL`` seconds.
+Nonces are stateless: the server keeps nothing per client, and a nonce is bound to the TCP
+connection it was issued on (address and port) and accepted for ``_NONCE_TTL`` seconds, so a
+captured Authorization header does not replay on another connection. The HA1 the token store
+keeps (``MD5(id:realm:secret)``) is a password equivalent for RTSP: it is kept 0600 and never
+shown.
 """
 
 from __future__ import annotations

@@ -242,12 +242,12 @@ class RtspServer:
         if session is None and self._throttled(connection.peer):
             raise RtspError(503, "too many failed logins; try later", {"Retry-After": str(_RETRY_THROTTLED)})
         try:
-            return self._digest.check(request, connection.peer, self._users)
+            return self._digest.check(request, connection.endpoint, self._users)
         except AuthFailure as failure:
             if failure.why is not None:
                 logger.info("rtsp %s: failed login as %r: %s", connection.peer, failure.user, failure.why)
                 self._failed(connection.peer, failure.user, failure.why)
-            challenge = {"WWW-Authenticate": self._digest.challenge(connection.peer, stale=failure.stale)}
+            challenge = {"WWW-Authenticate": self._digest.challenge(connection.endpoint, stale=failure.stale)}
             raise RtspError(401, "authentication required", challenge) from None
 
     def _session_of(self, connection: Connection, request: Request) -> Session | None:

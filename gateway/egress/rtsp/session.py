@@ -176,6 +176,9 @@ class Connection:
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = writer.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.peer: str = peer[0]
+        #: the TCP connection (address and port) a digest nonce is bound to: a captured
+        #: Authorization header does not replay on another connection, even from the same address
+        self.endpoint: str = f"{peer[0]}:{peer[1]}"
         self.local: str = local[0]
         self.sessions: dict[str, Session] = {}
         self.last_seen = time.monotonic()
