@@ -162,14 +162,7 @@ class AuditLog:
                 raise AuditError(f"{where}: sequence {body['seq']} out of order (entry deleted or inserted?)")
             if body["prev"] != prev:
                 raise AuditError(f"{where}: hash chain broken (previous entry changed, deleted or reordered)")
-            key = key_of(body["actor"])
-            if key is None:
-                raise AuditError(f"{where}: unknown actor {body['actor']!r}")
-            try:
-                key.verify(signature, canonical(body))
-            except InvalidSignature:
-                raise AuditError(f"{where}: signature does not verify") from None
-            _check_approvals(where, body["details"], key_of)
+            _check_signed(where, body, signature, key_of)
             prev, count = hashlib.sha256(line).hexdigest(), number
             digests[number] = prev
         for seq, digest, source in sorted(anchors, reverse=True):
@@ -189,9 +182,14 @@ def verify_entry(entry: dict, key_of: KeyOf) -> None:
     try:
         body = {k: entry[k] for k in _FIELDS}
         signature = bytes.fromhex(entry["signature"])
-        key = key_of(body["actor"])
     except (KeyError, TypeError, ValueError):
         raise AuditError(f"{where}: malformed") from None
+    _check_signed(where, body, signature, key_of)
+
+
+def _check_signed(where: str, body: dict, signature: bytes, key_of: KeyOf) -> None:
+    """The entry's signature by its actor's key, and every approval in its details."""
+    key = key_of(body["actor"])
     if key is None:
         raise AuditError(f"{where}: unknown actor {body['actor']!r}")
     try:

@@ -43,11 +43,6 @@ class UnmaskRequest:
         """Who still has to approve."""
         return sorted(set(self.request["identities"]) - set(self.approvals))
 
-    def next_peelers(self) -> list[str]:
-        """Whose layer is outermost on some wrap now (empty: every wrap is down to the requester's)."""
-        return sorted({layer["names"][len(layer["names"]) - 1 - layer["peeled"]] for layer in self.layers
-                       if len(layer["names"]) - layer["peeled"] > 1})
-
     def to_bytes(self) -> bytes:
         document = {"format": _FORMAT, "version": 1, "request": self.request, "requester": self.requester,
                     "source": self.source, "layers": self.layers, "approvals": self.approvals}

@@ -115,7 +115,6 @@ class VaultStore:
         #: the gateway's client of the co-signer (sealing only); whether it also maintains people's access
         self.cosigner: CoSigner | None = None
         self.manages_access = False
-        self.checkpoints_missed = 0  # audit appends whose checkpoint did not reach the co-signer
         #: signing keys of people who left the roster (removed or revoked), by name: their past
         #: audit entries and approvals still verify
         self.departed: dict[str, bytes] = {}
@@ -250,12 +249,11 @@ class VaultStore:
         self.audit.checkpoint = self._checkpoint_audit
 
     def _checkpoint_audit(self, seq: int, head: str) -> None:
-        """Best effort: an entry whose checkpoint did not reach the co-signer is carried by the next one."""
+        """Best effort: an entry whose checkpoint did not reach the co-signer is carried by the next
+        one (a checkpoint names the log's head, not one entry); unmask checks what arrived."""
         assert self.cosigner is not None
-        try:
+        with contextlib.suppress(CoSignerRefused, CoSignerUnavailable):
             self.cosigner.checkpoint(self.vault_id, seq, head)
-        except (CoSignerRefused, CoSignerUnavailable):
-            self.checkpoints_missed += 1
 
     def cosigner_anchors(self, cosigner: CoSigner, token: str | None = None) -> list[tuple[int, str, str]]:
         """The audit log's checkpoints the co-signer keeps, as :meth:`keys.audit.AuditLog.verify` anchors;
@@ -365,9 +363,6 @@ class VaultStore:
                 if segment.audit is not None:
                     anchors.append((*segment.audit, f"segment {camera}/{segment_name(number)}"))
         return anchors
-
-    def holds_segments(self) -> bool:
-        return any(self.segment_numbers(camera) for camera in self.cameras())
 
     def reload_roster(self) -> list[PublicIdentity] | None:
         """The key directory's identities if its roster changed since it was last read (sealing

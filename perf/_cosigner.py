@@ -4,25 +4,11 @@ device) started in a temporary directory, set up as the embedded default sets it
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.openbao import LocalOpenBao, write_credentials
+from gateway.openbao import LocalOpenBao, free_port_pair, write_credentials
 from keys import CoSigner, set_up
-
-
-def _free_port_pair() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,7 +21,7 @@ def cpu_seconds(pid: int) -> float:
 def local_cosigner(work: Path, keys_dir: Path | None = None) -> Iterator[tuple[CoSigner, LocalOpenBao]]:
     """The gateway's co-signer client and the server; with ``keys_dir``, its credentials are
     written there (what ``redact --keys`` reads)."""
-    local = LocalOpenBao(work / "openbao", work / "openbao-unseal.key", _free_port_pair())
+    local = LocalOpenBao(work / "openbao", work / "openbao-unseal.key", free_port_pair())
     root = local.start()
     try:
         admin = CoSigner(local.address, root)

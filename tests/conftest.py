@@ -38,18 +38,15 @@ class OpenBaoDev:
     co-signer, shared by the session; each vault names its own transit keys, so tests do not meet."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
         import subprocess
         import time
 
         import httpx
 
-        from gateway.openbao import find_binary
+        from gateway.openbao import find_binary, free_port_pair
         from keys.cosigner import CoSigner, set_up
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port_pair()  # dev mode listens on port + 1 for its cluster too
         self.address, self.root = f"http://127.0.0.1:{port}", "test-root"
         #: OpenBao's own audit log: what it was asked, one JSON object per line, written before it answers
         self.audit_log = directory / "audit.log"

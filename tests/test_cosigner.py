@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -23,7 +22,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.files import read_image
 from gateway.live.cosigning import open_cosigner, unseal_key_file
-from gateway.openbao import CREDENTIALS, find_binary, write_credentials
+from gateway.openbao import CREDENTIALS, find_binary, free_port_pair, write_credentials
 from keys import (
     CoSigner,
     CoSignerRefused,
@@ -132,20 +131,6 @@ def test_each_identity_logs_in_only_with_its_own_key(sealed, openbao):
 
 
 # --- the embedded default and its outages ------------------------------------------------------
-
-def free_port_pair() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, data):

@@ -170,16 +170,22 @@ def test_overload_drops_and_blanks_but_never_releases_raw(clip):
     assert pipeline.stats.dropped >= 3 and pipeline.stats.released >= 1
 
 
+def live_sealer(tmp_path, sealing_store, investigator) -> Sealer:
+    """Camera cam's sealer as the live gateway makes it (segments end with their recording), into a
+    fresh vault whose one investigator is ``investigator``."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(investigator.public)
+    store = sealing_store(tmp_path / "vault", directory)
+    return Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
+                  directory.identities, segment_seconds=None)
+
+
 def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip, tmp_path, monkeypatch, sealing_store):
     """The sealing thread codes clips off the frame's path; when it falls behind by a whole queue,
     the frames it cannot take leave blanked (counted), never redacted with their originals unsealed."""
     frames, faces, detectors = clip
     monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
-    directory = KeyDirectory.init(tmp_path / "keys")
-    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = sealing_store(tmp_path / "vault", directory)
-    sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
-                    directory.identities, segment_seconds=None)
+    sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
     stall = threading.Event()
     monkeypatch.setattr(sealer, "_add", lambda *args: stall.wait())  # the sealing thread never gets through a frame
     pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, live=True), [], holdback=1.0,
@@ -204,11 +210,8 @@ def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, mo
     originals nobody can seal; closing gives up the wait and reports the co-signer."""
     frames, faces, detectors = clip
     monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
-    directory = KeyDirectory.init(tmp_path / "keys")
-    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = sealing_store(tmp_path / "vault", directory)
-    sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
-                    directory.identities, segment_seconds=None)
+    sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
+    store = sealer.store
 
     def gone(*args):
         raise CoSignerUnavailable("the co-signer (OpenBao) at http://test does not answer")
@@ -229,13 +232,10 @@ def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, mo
 def test_recordings_of_the_live_pipeline_unmask_with_an_investigator_key(clip, tmp_path, monkeypatch, sealing_store):
     frames, faces, detectors = clip
     monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "pipeline passphrase")
-    directory = KeyDirectory.init(tmp_path / "keys")
     ivan = PrivateIdentity.generate("ivan", ["investigator"])
     ivan.save(tmp_path / "ivan.id", "pipeline passphrase")
-    directory.add(ivan.public)
-    store = sealing_store(tmp_path / "vault", directory)
-    sealer = Sealer(store, directory.signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
-                    directory.identities, segment_seconds=None)
+    sealer = live_sealer(tmp_path, sealing_store, ivan)
+    store = sealer.store
     recorder = Recorder(tmp_path / "recordings", "cam")
     output = CameraOutput("cam", ("h264",), recorder)  # the camera's one encode: recording, WHEP, RTSP
     sink = ThreadedSink("output", output, keep_all=True)

@@ -244,9 +244,10 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
     job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log, tuple(others))
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
-    if job.recorded_frames is not None and not is_image(source) and count_frames(source) != job.recorded_frames:
-        raise UnmaskError(f"the file has {count_frames(source)} frames, the gateway logged {job.recorded_frames} "
-                          "for this recording (cut or edited after redaction?); nothing written")
+    frames = None if job.recorded_frames is None or is_image(source) else count_frames(source)
+    if frames is not None and frames != job.recorded_frames:
+        raise UnmaskError(f"the file has {frames} frames, the gateway logged {job.recorded_frames} for this "
+                          "recording (cut or edited after redaction?); nothing written")
     names = ", ".join(sorted({h.public.name for h in holders} | others))
     mark = None if args.no_watermark else (
         f"UNMASKED case {args.case} by {names} {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z")

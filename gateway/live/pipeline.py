@@ -352,8 +352,9 @@ class CameraPipeline:
             with self._lock:
                 slot.state = "blanked"
                 self.stats.seal_refused += 1
-            # SealerBusy: the sealing thread is behind; anything else (the co-signer gone, the disk
-            # full) stopped it, and every later frame is blanked too until the gateway restarts
+            # SealerBusy: the sealing thread is behind (or waiting for its co-signer); anything else
+            # (the co-signer gone for over a minute, the disk full) stopped it, and every later
+            # frame is blanked too until the gateway restarts
             if not isinstance(exc, SealerBusy) and time.monotonic() - self._seal_logged >= _ERROR_LOG_INTERVAL:
                 self._seal_logged = time.monotonic()
                 log.error("camera %s: sealing failed (%s); its frames are blanked", self.camera, exc)
