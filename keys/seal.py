@@ -142,9 +142,13 @@ class Sealer:
         segment_seconds: float | None = 10.0,
         clock: Callable[[], str] = utc_now,
         originals: str | None = None,
+        first_frame: int = 0,
+        first_pts_us: int = 0,
     ) -> None:
         """``segment_seconds`` None: segments end only with their recording (:meth:`start_recording`).
-        ``originals``: ``high`` or ``lossless`` whatever the policy says (still images are sealed lossless)."""
+        ``originals``: ``high`` or ``lossless`` whatever the policy says (still images are sealed lossless).
+        ``first_frame``, ``first_pts_us``: where the first recording starts in the camera's output
+        (a sealer restarted after a failure goes on from the frame it failed at)."""
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment length must be > 0 s, got {segment_seconds}")
         check_grants(grants, identities)
@@ -166,7 +170,7 @@ class Sealer:
             self._lock.close()
             raise
         # what the sealing thread seals under (the caller's fields above run ahead of it)
-        self._sealing = self.ref = self._new_ref(0, 0)
+        self._sealing = self.ref = self._new_ref(first_frame, first_pts_us)
         self._terms = _Terms(grants, identities, int(policy.get("version", 1)), self._policy_sha256, coder)
         self._writer: SegmentWriter | None = None
         self._started_us = 0

@@ -393,3 +393,62 @@ def test_frames_after_a_detection_frame_lost_in_the_queue_wait_for_the_next_one(
         face = faces["a" if item.index < cut else "b"]
         assert any(r.x <= face.x and r.y <= face.y and r.x + r.w >= face.x + face.w and r.y + r.h >= face.y + face.h
                    for r in step.regions[item.index]), f"frame {item.index} released without its scene's face"
+
+
+def test_a_worker_that_fails_is_restarted_with_backoff_and_its_frames_blanked(clip, monkeypatch):
+    """An error escaping the worker (here: the detector failing to load, twice) costs frames, never the camera."""
+    import gateway.faults
+
+    monkeypatch.setattr(gateway.faults, "FIRST_BACKOFF", 0.2)
+    frames, faces, detectors = clip
+    attempts = []
+
+    def flaky(policy):
+        attempts.append(time.monotonic())
+        if len(attempts) <= 2:
+            raise OSError("injected: the model file could not be opened")
+        return Analyzer(policy, detectors)
+
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.8, analyzer_factory=flaky)
+    released = run(frames, pipeline, tail=1.5)
+    check_fail_closed(released, frames, faces)
+    faults = pipeline.worker_faults
+    assert len(attempts) == 3 and faults.errors == 2 and faults.recoveries == 1 and faults.reason is None
+    assert attempts[2] - attempts[1] >= 2 * (attempts[1] - attempts[0]) * 0.9  # the wait doubled
+    assert released[0].state != "redacted" and sum(r.state == "redacted" for r in released) >= 10
+
+
+def test_faults_log_once_per_burst_and_back_off():
+    from gateway.faults import LOG_INTERVAL, MAX_BACKOFF, Faults
+
+    now = [100.0]
+    faults = Faults("camera cam: sealing", clock=lambda: now[0])
+    assert faults.due() and faults.wait() == 0.0
+    waits = []
+    for _ in range(8):
+        faults.failed(OSError("disk"))
+        waits.append(faults.wait())
+        assert not faults.due()
+        now[0] += waits[-1]
+        assert faults.due()
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF]
+    assert faults.errors == 8 and faults.reason == "OSError: disk"
+    faults.recovered()
+    assert faults.reason is None and faults.recoveries == 1 and faults.due()
+    faults.failed("again")
+    assert faults.wait() == 1.0  # a new burst starts from the first backoff
+    assert LOG_INTERVAL <= MAX_BACKOFF
+
+
+def test_faults_do_not_flood_the_log(caplog):
+    from gateway.faults import Faults
+
+    now = [0.0]
+    faults = Faults("camera cam: recording", clock=lambda: now[0])
+    with caplog.at_level("ERROR"):
+        for _ in range(1000):  # a failure per frame for 33 s at 30 fps
+            faults.failed(OSError("No space left on device"))
+            now[0] += 1 / 30
+    assert 1 <= len(caplog.records) <= 5
+    assert "recording failed" in caplog.records[0].getMessage()
+    assert "still failing" in caplog.records[-1].getMessage()

@@ -51,7 +51,15 @@ class _Cameras(Collector):
                                        "CPU time of the camera's sealing thread (coding and encrypting originals)",
                                        labels=["camera"])
         seal_refused = CounterMetricFamily("privacy_gateway_sealer_refused_frames",
-                                           "Frames blanked because the sealing thread was behind", labels=["camera"])
+                                           "Frames blanked because the sealing thread was behind or "
+                                           "had failed", labels=["camera"])
+        faults = CounterMetricFamily("privacy_gateway_faults", "Failures of a camera's parts (sealing, worker, "
+                                     "recording: each retried with backoff; redaction, sink: per frame)",
+                                     labels=["camera", "part"])
+        recoveries = CounterMetricFamily("privacy_gateway_recoveries", "Times a failed part worked again",
+                                         labels=["camera", "part"])
+        healthy = GaugeMetricFamily("privacy_gateway_camera_healthy", "1 while /health finds the camera ok",
+                                    labels=["camera"])
         rtsp_counts = self._rtsp_skipped()
         for camera in self._cameras():
             name, stats = camera.name, camera.pipeline.stats
@@ -78,7 +86,16 @@ class _Cameras(Collector):
             if sealer is not None:
                 seal_cpu.add_metric([name], sealer.cpu_seconds)
             seal_refused.add_metric([name], stats.seal_refused)
-        yield from (frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
+            parts = {"sealing": camera.pipeline.step.faults, "worker": camera.pipeline.worker_faults}
+            if camera.recorder is not None:
+                parts["recording"] = camera.recorder.faults
+            for part, fault in parts.items():
+                faults.add_metric([name, part], fault.errors)
+                recoveries.add_metric([name, part], fault.recoveries)
+            faults.add_metric([name, "redaction"], stats.redaction_errors)
+            faults.add_metric([name, "sink"], stats.sink_errors + sum(sink.errors for sink in camera.sinks))
+            healthy.add_metric([name], 1 if camera.health()["status"] == "ok" else 0)
+        yield from (faults, recoveries, healthy, frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
                     skipped, encoder_dropped, viewer_dropped, rtsp_skipped, seal_cpu, seal_refused)
 
 

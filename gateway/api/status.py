@@ -1,8 +1,8 @@
 """``/health`` and ``/metrics``: whether the gateway is well, for load balancers and Prometheus.
 
-``/health`` answers anyone with ``ok`` (200) or ``degraded`` (503: a camera's detector is not
-warm or its source does not deliver); holders of the ``metrics`` permission get every camera's
-counters too. ``/metrics`` is the Prometheus exposition (bearer token in the scrape config).
+``/health`` answers anyone with ``ok`` (200) or ``degraded`` (503: a camera is not well, see
+:meth:`~gateway.live.LiveCamera.health`); holders of the ``metrics`` permission get every
+camera's reasons and counters too. ``/metrics`` is the Prometheus exposition (bearer token in the scrape config).
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ RTSP clients get. Every frame index has its packet, blanked and dropped frames i
 blank), and every recording starts with an IDR forced at its first frame, so frame *n* of a file
 is always frame *n* of its sealed records. Fragmented MP4 means a crash leaves every complete
 fragment playable.
+
+A recorder that cannot write (disk full, no file descriptors left, the directory gone) does not
+raise into the encoder: it counts the error, logs it once per burst (:mod:`gateway.faults`),
+finishes the file it had (its frame count logged as written, so it still unmasks up to there)
+and asks the pipeline, through ``restart``, for a new recording, retried with backoff: a file
+can only start at a recording's first frame, or frame *n* of it would not be frame *n* of its
+records. The frames in between are missing from the recordings; viewers still get them.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import av
 
 from keys import VaultRef
 
+from ..faults import Faults
 from ..frames import Released
 from .encoding import TIME_BASE, StreamInfo
 
@@ -31,12 +39,17 @@ class Recorder:
     """Packets of one camera → ``<directory>/<camera>/<recording>.mp4`` (fragmented, H.264 as encoded)."""
 
     def __init__(self, directory: Path, camera: str,
-                 finished: Callable[[Path, VaultRef | None, int], None] | None = None) -> None:
+                 finished: Callable[[Path, VaultRef | None, int], None] | None = None,
+                 restart: Callable[[], None] | None = None) -> None:
         """``finished(path, ref, frames)``: told of every file once it is complete (the gateway
-        logs its frame count, which ``vault verify --recordings`` and ``unmask`` check)."""
+        logs its frame count, which ``vault verify --recordings`` and ``unmask`` check);
+        ``restart()``: asks for a new recording after a failure (any thread)."""
         self.directory = Path(directory) / camera
         self.directory.mkdir(parents=True, exist_ok=True)
         self.camera = camera
+        self.faults = Faults(f"camera {camera}: recording", "its frames are not recorded (viewers still get them)")
+        self.restart = restart
+        self._failed_ref: object = None  # the recording a failure cut short: its later frames are skipped
         self._out: av.container.OutputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._ref: VaultRef | None = None
@@ -47,21 +60,44 @@ class Recorder:
         self._finished, self._file_frames = finished, 0
 
     def write(self, packet: av.Packet, frame: Released, stream: StreamInfo) -> None:
-        """Mux the packet of ``frame`` (on the encoder's thread, in frame order)."""
-        if self._out is None or frame.ref != self._ref:
-            if not packet.is_keyframe:
-                log.error("camera %s: recording %s would not start at a keyframe; frame %d left out", self.camera,
-                          frame.ref.recording if frame.ref else "?", frame.index)
-                return
-            self._open(frame, stream)
-        pts = max(round(frame.time / TIME_BASE) - self._start, self._last_pts + 1)
+        """Mux the packet of ``frame`` (on the encoder's thread, in frame order); never raises."""
+        try:
+            if self._out is None or frame.ref != self._ref:
+                if self.faults.reason is not None and frame.ref == self._failed_ref:
+                    self._retry()
+                    return  # the rest of a recording whose file failed: no file can take it up
+                if not packet.is_keyframe:
+                    log.error("camera %s: recording %s would not start at a keyframe; frame %d left out", self.camera,
+                              frame.ref.recording if frame.ref else "?", frame.index)
+                    return
+                self._open(frame, stream)
+            pts = max(round(frame.time / TIME_BASE) - self._start, self._last_pts + 1)
+            packet.stream = self._stream
+            packet.pts = packet.dts = pts
+            packet.time_base = TIME_BASE
+            self._out.mux(packet)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 (counted, logged per burst; the file so far is kept)
+            self._fail(exc, frame)
+            return
         self._last_pts = pts
-        packet.stream = self._stream
-        packet.pts = packet.dts = pts
-        packet.time_base = TIME_BASE
-        self._out.mux(packet)  # type: ignore[union-attr]
         self.frames += 1
         self._file_frames += 1
+        self.faults.recovered()
+
+    def _fail(self, error: Exception, frame: Released) -> None:
+        self.faults.failed(error)
+        self._failed_ref = frame.ref
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (what reached the disk stays; nothing more can be done with it)
+            self._out = self._stream = None
+        self._retry()
+
+    def _retry(self) -> None:
+        """Ask for a new recording once a retry is due (each ask is one attempt)."""
+        if self.restart is not None and self.faults.due():
+            self.faults.retrying()
+            self.restart()
 
     def _open(self, frame: Released, stream: StreamInfo) -> None:
         self.close()
@@ -69,6 +105,19 @@ class Recorder:
         name = ref.recording if ref is not None else f"{frame.index:012d}"
         path = self.directory / f"{name}.mp4"
         out = av.open(str(path), mode="w", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
+        try:
+            video = self._add_stream(out, ref, stream)
+        except BaseException:
+            out.close()
+            raise
+        start = 0.0 if ref is None else ref.first_pts_us / 1e6
+        self._out, self._stream, self._ref, self._last_pts = out, video, ref, -1
+        self._file_frames = 0
+        self._start = round(start / TIME_BASE)
+        self.files.append(path)
+
+    @staticmethod
+    def _add_stream(out: av.container.OutputContainer, ref: VaultRef | None, stream: StreamInfo) -> av.VideoStream:
         if ref is not None:
             out.metadata["comment"] = ref.encode()
         video = out.add_stream("h264", rate=Fraction(stream.fps).limit_denominator(1001))
@@ -76,11 +125,7 @@ class Recorder:
         video.time_base = TIME_BASE
         # Annex B SPS/PPS: the MP4 muxer writes its avcC from them and converts every packet
         video.codec_context.extradata = stream.extradata
-        start = 0.0 if ref is None else ref.first_pts_us / 1e6
-        self._out, self._stream, self._ref, self._last_pts = out, video, ref, -1
-        self._file_frames = 0
-        self._start = round(start / TIME_BASE)
-        self.files.append(path)
+        return video
 
     @property
     def current(self) -> Path | None:
@@ -98,5 +143,5 @@ class Recorder:
         if self._finished is not None:
             try:
                 self._finished(self.files[-1], self._ref, self._file_frames)
-            except Exception:  # noqa: BLE001 (the recording is kept; its frame count goes unlogged)
+            except Exception:
                 log.exception("camera %s: could not log the frame count of %s", self.camera, self.files[-1].name)

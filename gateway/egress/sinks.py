@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -19,6 +20,8 @@ from ..frames import Released
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Released], None]
+
+_LOG_INTERVAL = 10.0  # seconds between two logged failures of one sink: a broken consumer must not flood the log
 
 
 class ThreadedSink:
@@ -31,6 +34,8 @@ class ThreadedSink:
         self._cond = threading.Condition()
         self._closed = False
         self.skipped = 0  # frames (or frames' pixels, with keep_all) given up because the consumer was behind
+        self.errors = 0  # frames the consumer raised on (logged once per burst)
+        self._logged = -_LOG_INTERVAL
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -59,7 +64,10 @@ class ThreadedSink:
             try:
                 self._consume(item)
             except Exception:
-                log.exception("sink %s failed on frame %d", self.name, item.index)
+                self.errors += 1
+                if time.monotonic() - self._logged >= _LOG_INTERVAL:
+                    self._logged = time.monotonic()
+                    log.exception("sink %s failed on frame %d (%d failures so far)", self.name, item.index, self.errors)
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop."""

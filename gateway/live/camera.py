@@ -16,8 +16,8 @@ watchdog; this module only composes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-
 from functools import partial
 from pathlib import Path
 
@@ -27,13 +27,16 @@ from redaction import Analyzer, Policy
 from ..config import Camera
 from ..egress import CameraOutput, Recorder, Rendition, ThreadedSink
 from ..ingest import Source, WhipSource, create_source
-from ..sealing import RedactSeal
+from ..sealing import RedactSeal, Reopen
 from ..webrtc import Codec
 from .pipeline import CameraPipeline
 
 #: frames whose pixels wait for the output (4 s at 30 fps: the hold-back, a detection group of up
 #: to 30 frames released at once, and encoder hiccups) before it encodes blanks in their slots
 _OUTPUT_BACKLOG = 120
+#: seconds without a redacted frame leaving, while frames come in, after which ``/health`` says the
+#: camera is degraded (beyond any hold-back, and beyond the blanked bursts of a busy machine)
+RELEASE_STALL = 5.0
 
 
 class LiveCamera:
@@ -41,16 +44,17 @@ class LiveCamera:
 
     def __init__(self, name: str, config: Camera, policy: Policy, sealer: Sealer | None, *, recordings: Path,
                  recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...],
-                 cores: int | None = None, recorded: Callable | None = None) -> None:
+                 cores: int | None = None, recorded: Callable | None = None, reopen: Reopen | None = None) -> None:
         """``cores``: the camera's share of the machine for detection (see :func:`redaction.build_detectors`);
-        ``recorded(path, ref, frames)``: told of each finished recording file."""
+        ``recorded(path, ref, frames)``: told of each finished recording file; ``reopen``: opens
+        the camera's sealer anew after it failed (see :class:`~gateway.sealing.RedactSeal`)."""
         self.name, self.config = name, config
         self.source: Source = WhipSource(name) if config.kind == "whip" else create_source(
             name, config.source, **({"transport": config.transport} if config.kind == "rtsp" else {}))
-        self.recorder = Recorder(recordings, name, recorded) if config.record else None
+        step = RedactSeal(policy, sealer, recording_seconds=recording_seconds, live=True, reopen=reopen)
+        self.recorder = Recorder(recordings, name, recorded, restart=step.request_recording) if config.record else None
         self.output = CameraOutput(name, codecs, self.recorder, preset=recording_preset)
         self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
-        step = RedactSeal(policy, sealer, recording_seconds=recording_seconds, live=True)
         self.pipeline = CameraPipeline(name, step, list(self.sinks), holdback=config.holdback_ms / 1000,
                                        queue_frames=config.queue_frames,
                                        analyzer_factory=partial(Analyzer, cores=cores))
@@ -80,9 +84,30 @@ class LiveCamera:
             sink.close()
         self.output.close()
 
-    def health(self) -> dict:
-        stats, source = self.pipeline.stats, self.source.stats
-        return {"warm": stats.warm, "connected": source.connected, "frames_in": stats.frames_in,
+    def health(self, now: float | None = None) -> dict:
+        """The camera's counters, and ``status`` ``ok`` or ``degraded`` with the ``reasons``."""
+        now = time.monotonic() if now is None else now
+        pipeline, stats, source = self.pipeline, self.pipeline.stats, self.source.stats
+        reasons = []
+        if not source.connected:
+            reasons.append("the source does not deliver")
+        if not stats.warm:
+            reasons.append(f"the detector is not running ({pipeline.worker_faults.reason})"
+                           if pipeline.worker_faults.reason else "the detector is warming up")
+        elif pipeline.worker_faults.reason:
+            reasons.append(f"the pipeline worker failed ({pipeline.worker_faults.reason}); restarting")
+        if pipeline.step.faults.reason:
+            reasons.append(f"sealing failed ({pipeline.step.faults.reason}); frames are blanked, retrying")
+        if self.recorder is not None and self.recorder.faults.reason:
+            reasons.append(f"recording failed ({self.recorder.faults.reason}); retrying at a new recording")
+        last = stats.last_redacted if stats.last_redacted is not None else stats.started
+        if stats.warm and stats.last_in is not None and now - stats.last_in < RELEASE_STALL \
+                and now - last > RELEASE_STALL:
+            reasons.append(f"no redacted frame released for {now - last:.0f} s (every frame blanked or dropped)")
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "warm": stats.warm, "connected": source.connected, "frames_in": stats.frames_in,
                 "released": stats.released, "blanked": stats.blanked, "dropped": stats.dropped,
                 "detector_errors": stats.detector_errors, "reconnects": source.reconnects,
+                "seal_errors": pipeline.step.faults.errors, "worker_errors": pipeline.worker_faults.errors,
+                "recording_errors": self.recorder.faults.errors if self.recorder is not None else 0,
                 "viewers": self.viewers()}

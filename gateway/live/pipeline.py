@@ -14,6 +14,10 @@ milliseconds) blanks the oldest frame once its hold-back deadline passes; the wo
 a frame before redacting it, and the watchdog never touches a claimed frame, so a frame is
 either redacted or blanked, never both, never raw. Redacting and sealing a decided frame is
 :class:`~gateway.sealing.RedactSeal`'s job, the same step ``privacy-gateway redact`` uses.
+
+Nothing stops the worker for good: an error that escapes it is counted and logged once per
+burst (:mod:`gateway.faults`) and the worker starts again after a backoff, while the watchdog
+blanks the frames that come meanwhile.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from keys import PublicIdentity, VaultRef
 from redaction import Analyzer, Decision, Frame, Policy, StreamRedactor, warmup_kernels
 
 from ..egress import Sink
+from ..faults import Faults
 from ..frames import Released, SourceFrame, State, blank, frame_rate
-from ..sealing import PolicyChange, RedactSeal, SealerBusy
+from ..sealing import PolicyChange, RedactSeal, SealerBusy, SealingDown
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,11 @@ class PipelineStats:
     detect_seconds: float = 0.0
     queue_depth: int = 0
     warm: bool = False
+    started: float = 0.0  # when the worker started (monotonic s)
+    last_redacted: float | None = None  # when a redacted frame last left (monotonic s)
+    last_in: float | None = None  # when a frame last came in (monotonic s)
+    redaction_errors: int = 0  # decided frames blanked because redacting them raised
+    sink_errors: int = 0  # frames a sink raised on (the sink logs and counts its own failures)
     #: arrival → release of redacted frames, drained by the metrics exporter (bounded)
     latency_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
@@ -112,7 +122,8 @@ class CameraPipeline:
         self.camera, self.step, self.sinks = camera, step, sinks
         self.holdback = holdback
         self.stats = PipelineStats()
-        self._seal_logged = -_ERROR_LOG_INTERVAL  # when a sealing failure was last logged
+        self._seal_logged = -_ERROR_LOG_INTERVAL  # when a redaction failure was last logged
+        self._sink_logged = -_ERROR_LOG_INTERVAL  # when a sink failure was last logged
         self._analyzer_factory = analyzer_factory
         self._lock = threading.Lock()
         self._release_lock = threading.Lock()
@@ -126,7 +137,9 @@ class CameraPipeline:
         self._switched = threading.Condition(self._lock)
         self._switch_failure: Exception | None = None
         self._activating = threading.Lock()  # one policy switch at a time
-        self._thread = threading.Thread(target=self._work, name=f"pipeline-{camera}", daemon=True)
+        #: the worker's own failures (it restarts, with backoff, after any error that escapes it)
+        self.worker_faults = Faults(f"camera {camera}: pipeline worker")
+        self._thread = threading.Thread(target=self._run, name=f"pipeline-{camera}", daemon=True)
 
     @property
     def policy(self) -> Policy:
@@ -145,6 +158,7 @@ class CameraPipeline:
             frame = _Queued(self._next_index, source_frame.time, source_frame.image, source_frame.arrived)
             self._next_index += 1
             self.stats.frames_in += 1
+            self.stats.last_in = source_frame.arrived
             self._slots[frame.index] = _Slot(frame.time, frame.arrived, frame.image.shape)
             self._queue.append(frame)
             while len(self._queue) > self._queue_frames:
@@ -174,6 +188,7 @@ class CameraPipeline:
     # --- worker ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.stats.started = time.monotonic()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -242,14 +257,28 @@ class CameraPipeline:
             self.stats.queue_depth = len(self._queue)
             return frame
 
+    def _run(self) -> None:
+        """The worker, restarted with backoff whenever an error escapes it: meanwhile the watchdog
+        blanks every frame, so a failure costs frames, never the camera, and never a raw frame."""
+        while True:
+            try:
+                self._work()
+                return
+            except Exception as exc:  # noqa: BLE001 (counted, logged once per burst, restarted)
+                self.worker_faults.failed(exc)
+            with self._lock:
+                self._wake.wait_for(lambda: self._stopping, self.worker_faults.wait())
+                if self._stopping:
+                    return
+
     def _work(self) -> None:
         try:
             analyzer = self._analyzer_factory(self.policy)
             warmup_kernels()
         except Exception:
-            log.exception("camera %s: detector failed to start; every frame will be blanked", self.camera)
             self.stats.detector_errors += 1
-            return
+            raise
+        self.worker_faults.recovered()
         self.stats.warm = True
         # Detection runs on the frames whose index is a multiple of the stride, whatever was lost,
         # so a camera never costs more than its policy's detection rate. Frames held for a
@@ -348,16 +377,20 @@ class CameraPipeline:
             slot.state = "claimed"
         try:
             ref = self.step.apply(frame.index, frame.time, frame.image, decision.regions)
-        except Exception as exc:  # noqa: BLE001 (its originals could not be sealed: it leaves blanked, never unsealed)
+        except (SealerBusy, SealingDown):
+            # the sealer is behind (or waiting for its co-signer), or failed and is being reopened
+            # (the step counts and logs that): the frame leaves blanked, never without its originals sealed
             with self._lock:
                 slot.state = "blanked"
                 self.stats.seal_refused += 1
-            # SealerBusy: the sealing thread is behind (or waiting for its co-signer); anything else
-            # (the co-signer gone for over a minute, the disk full) stopped it, and every later
-            # frame is blanked too until the gateway restarts
-            if not isinstance(exc, SealerBusy) and time.monotonic() - self._seal_logged >= _ERROR_LOG_INTERVAL:
+        except Exception as exc:  # noqa: BLE001 (a redaction or sealing error: blanked, counted, logged per burst)
+            with self._lock:
+                slot.state = "blanked"
+                self.stats.redaction_errors += 1
+            if time.monotonic() - self._seal_logged >= _ERROR_LOG_INTERVAL:
                 self._seal_logged = time.monotonic()
-                log.error("camera %s: sealing failed (%s); its frames are blanked", self.camera, exc)
+                log.error("camera %s: redacting frame %d failed (%s: %s; %d so far); its frames are blanked",
+                          self.camera, frame.index, type(exc).__name__, exc, self.stats.redaction_errors)
         else:
             with self._lock:
                 slot.state, slot.image, slot.ref = "redacted", frame.image, ref
@@ -380,6 +413,7 @@ class CameraPipeline:
                     self.step.released(index)
                     if slot.state == "redacted":
                         self.stats.released += 1
+                        self.stats.last_redacted = time.monotonic()
                         self.stats.latency_seconds.append(time.monotonic() - slot.arrived)
                         image = slot.image
                     elif slot.state == "blanked":
@@ -393,4 +427,8 @@ class CameraPipeline:
                     try:
                         sink(item)
                     except Exception:
-                        log.exception("camera %s: a sink failed on frame %d", self.camera, index)
+                        self.stats.sink_errors += 1
+                        if self.stats.sink_errors == 1 or time.monotonic() - self._sink_logged >= _ERROR_LOG_INTERVAL:
+                            self._sink_logged = time.monotonic()
+                            log.exception("camera %s: a sink failed on frame %d (%d so far)", self.camera, index,
+                                          self.stats.sink_errors)

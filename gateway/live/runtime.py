@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from keys import GATEWAY_ACTOR, CoSigner, Sealer, VaultStore, grants_of
 from redaction import Policy, default_threads
@@ -69,7 +70,8 @@ class Runtime:
             self.cameras[name] = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
                                             recording_seconds=config.storage.recording_seconds,
                                             recording_preset=config.storage.recording_preset,
-                                            codecs=self.codecs(name), cores=cores, recorded=self._recorded)
+                                            codecs=self.codecs(name), cores=cores, recorded=self._recorded,
+                                            reopen=partial(self._reopen, name))
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
         quota = config.storage.quota_gb
@@ -78,6 +80,12 @@ class Runtime:
             lambda: {name: camera.policy for name, camera in self.cameras.items()},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
             config.storage.retention_check_s, None if quota is None else int(quota * 1e9))
+
+    def _reopen(self, camera: str, policy: Policy, identities: list, first_frame: int, first_pts_us: int) -> Sealer:
+        """A camera's sealer opened anew after a failure, as a restart would (it recovers what the
+        failed one left), its first recording starting at ``first_frame``."""
+        return Sealer(self.store, self.signer, camera, policy.model_dump(mode="json"), grants_of(policy), identities,
+                      segment_seconds=None, first_frame=first_frame, first_pts_us=first_pts_us)
 
     def _recorded(self, path, ref, frames: int) -> None:
         """Log a finished recording's frame count (on its camera's output thread): what
@@ -121,7 +129,10 @@ class Runtime:
         close), then the watchdog, then the sinks (what they hold is written)."""
         self.retention.stop()
         for camera in self.cameras.values():
-            camera.stop_input()
+            try:
+                camera.stop_input()
+            except Exception:  # one camera's failure must not leave the others running
+                log.exception("camera %s: stopping failed", camera.name)
         self._stop.set()
         if self._watchdog.is_alive():
             self._watchdog.join(5)
@@ -134,14 +145,21 @@ class Runtime:
             self._openbao.stop()
 
     def _tick(self) -> None:
+        logged = -60.0
         while not self._stop.is_set():
             now = time.monotonic()
             for camera in self.cameras.values():
-                camera.pipeline.tick(now)
+                try:
+                    camera.pipeline.tick(now)
+                except Exception:  # the watchdog must outlive any one camera's fault
+                    if now - logged >= 10.0:
+                        logged = now
+                        log.exception("camera %s: the watchdog failed", camera.name)
             self._stop.wait(WATCHDOG_PERIOD)
 
     def health(self) -> dict:
-        """``ok`` when every camera's detector is warm and its source delivers; per-camera counters."""
+        """``ok`` when every camera is (see :meth:`LiveCamera.health`), else ``degraded``; per camera
+        its state, why, and its counters."""
         cameras = {name: camera.health() for name, camera in self.cameras.items()}
-        ok = all(c["warm"] and c["connected"] for c in cameras.values())
+        ok = all(c["status"] == "ok" for c in cameras.values())
         return {"status": "ok" if ok else "degraded", "cameras": cameras}
