@@ -169,6 +169,10 @@ class WhepServer:
             session.track.stop()
             await pc.close()
             return text_error(400, f"cannot answer the offer: {exc}")
+        except BaseException:  # a bug, an aiortc the adapters refuse, or cancellation: leave no peer behind
+            session.track.stop()
+            await pc.close()
+            raise
 
         self._sessions[session.id] = session
         if pc.connectionState != "connected":
