@@ -1,4 +1,4 @@
-"""The gateway's configuration (YAML): cameras, their policies, storage, escrow, listen address, TLS.
+"""The gateway's configuration (YAML): cameras, their policies, storage, escrow, listen address, TLS, WebRTC.
 
 Validated whole at load: unknown keys are refused and every error names its field path
 (``cameras.lobby.holdback_ms: ...``). Relative paths are relative to the configuration file.
@@ -8,6 +8,7 @@ With no file, :data:`DEFAULT` (``config/gateway.yaml``) runs one demo camera on 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -69,6 +70,53 @@ class Listen(StrictModel):
     #: reverse proxies whose ``X-Forwarded-For`` names the client (networks, e.g. ``10.0.0.0/8``);
     #: none by default: the connection's address is the client's
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+class WebRtc(StrictModel):
+    """Where WebRTC (WHEP viewers, WHIP publishers) gathers ICE candidates and whom it talks to
+    (:mod:`gateway.webrtc.ice`; defaults in docs/gateway.md, "WebRTC networks")."""
+
+    #: local addresses to gather host candidates on; none: ``listen.host``'s (every interface for 0.0.0.0 or ::)
+    local_addresses: tuple[str, ...] | None = None
+    #: networks a peer's candidates must lie in (others are ignored); none: this host's own addresses when
+    #: every local address is loopback, else any unicast address but loopback, link-local, multicast, reserved
+    remote_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+
+    @field_validator("local_addresses")
+    @classmethod
+    def _local(cls, addresses: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if addresses is None:
+            return None
+        if not addresses:
+            raise ValueError("at least one address; leave it out to follow listen.host")
+        canonical = []
+        for text in addresses:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IP address") from None
+            if address.is_unspecified or address.is_multicast:
+                raise ValueError(f"{text} is not one address of this host; leave local_addresses out to "
+                                 "gather on every interface")
+            if address.version == 6 and address.is_link_local:
+                raise ValueError(f"{text}: link-local IPv6 addresses cannot be gathered on (no interface scope)")
+            canonical.append(str(address))
+        return tuple(dict.fromkeys(canonical))
+
+    @field_validator("remote_networks", mode="before")
+    @classmethod
+    def _remote(cls, networks: object) -> object:
+        if networks is None or not isinstance(networks, list | tuple):
+            return networks
+        if not networks:
+            raise ValueError("at least one network; leave it out for the default")
+        parsed = []
+        for text in networks:
+            try:
+                parsed.append(ipaddress.ip_network(str(text)))
+            except ValueError as exc:
+                raise ValueError(f"{text!r}: {exc}") from None
+        return tuple(parsed)
 
 
 class RtspEgress(StrictModel):
@@ -145,6 +193,8 @@ class GatewayConfig(StrictModel):
     rtsp: RtspEgress | None = None
     #: STUN/TURN URLs offered to WebRTC peers; none by default (loopback and LAN candidates only)
     ice_servers: tuple[str, ...] = ()
+    #: the addresses WebRTC gathers on and the networks of the peers it talks to
+    webrtc: WebRtc = Field(default_factory=WebRtc)
     #: create demo identities (a privacy officer and an investigator) on first start when the key directory is new
     demo_identities: bool = False
 
@@ -185,6 +235,17 @@ def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
     return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls, "escrow": escrow})
 
 
+def _unbindable(address: str) -> str | None:
+    """Why a UDP socket cannot bind ``address`` (not an address of this host, say); None if it can."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple[GatewayConfig, dict[str, Policy]]:
     """The configuration and every camera's policy, all validated; raises :class:`ConfigError`."""
     path = Path(path) if path is not None else DEFAULT
@@ -217,6 +278,9 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
     for field in ("ca", "token_file"):
         if (file := getattr(config.escrow, field)) is not None and not file.is_file():
             problems.append(f"escrow.{field}: no such file {file}")
+    for address in config.webrtc.local_addresses or ():
+        if (why := _unbindable(address)) is not None:
+            problems.append(f"webrtc.local_addresses: cannot gather on {address}: {why}")
     if problems:
         raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(problems))
     return config, policies

@@ -358,6 +358,51 @@ async def test_frames_egress_gives_up_are_counted_on_metrics(world):
 
 
 @pytest.mark.asyncio
+async def test_offers_naming_only_addresses_outside_the_ice_networks_are_refused_and_counted_on_metrics(world):
+    """Issue 14 (ICE): on the default listen address (loopback), WHEP and WHIP offers whose
+    candidates all name 127.0.0.90 are answered 400 before any peer connection exists, and
+    /metrics counts what was ignored per endpoint and reason (tests/test_webrtc_ice.py has the
+    packets)."""
+    import re
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+
+    from gateway.frames import Released
+
+    gateway, people = world
+    output = gateway.cameras["lobby"].output
+    image = np.zeros((64, 96, 3), np.uint8)
+    for index in range(2):  # the renditions are made from the camera's first two frames
+        output(Released("lobby", index, index / 10, "redacted", image, image.shape))
+    try:
+        async with await client(gateway) as http:
+            named = {}
+            for person, endpoint, path in (("vera", "whep", "/whep/lobby"), ("pete", "whip", "/whip/door")):
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                if endpoint == "whep":
+                    pc.addTransceiver("video", direction="recvonly")
+                else:
+                    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                await pc.close()
+                offer, named[endpoint] = re.subn(r"^(a=candidate:\S+ \d+ \S+ \d+ )\S+", r"\g<1>127.0.0.90",
+                                                 pc.localDescription.sdp, flags=re.MULTILINE)
+                assert named[endpoint] >= 1  # aiortc names every non-loopback address of this host
+                token = await token_for(http, people[person])
+                reply = await http.post(path, content=offer, headers={"Authorization": f"Bearer {token}",
+                                                                      "Content-Type": "application/sdp"})
+                assert reply.status_code == 400
+                assert reply.text.startswith(f"no usable ICE candidate: the offer's {named[endpoint]} candidate")
+            olga = {"Authorization": f"Bearer {await token_for(http, people['olga'])}"}
+            metrics = (await http.get("/metrics", headers=olga)).text
+    finally:
+        output.close()
+    assert gateway.whep.viewers("lobby") == 0 and gateway.whip.publishers("door") == 0
+    for endpoint, count in named.items():
+        assert f'privacy_gateway_ice_candidates_ignored_total{{endpoint="{endpoint}",reason="network"}} {count}.0' in metrics
+
+
+@pytest.mark.asyncio
 async def test_a_token_never_outlives_or_outranks_the_token_that_issued_it(world):
     """Issue 14: an 8-hour officer token minted a 90-day token for its own identity that survived
     revoking the parent. Now only a signed request mints one's own tokens; a token issued by a

@@ -20,10 +20,11 @@ from starlette.responses import PlainTextResponse, Response
 from keys import GATEWAY_ACTOR
 from redaction import Policy
 
-from ..config import GatewayConfig
+from ..config import ConfigError, GatewayConfig
 from ..egress import Rendition, RtspServer, WhepServer
 from ..ingest import WhipServer, WhipSource
 from ..live import LiveCamera, Runtime
+from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
 from .audit import AuditRoutes
@@ -46,12 +47,17 @@ class Gateway:
     def __init__(self, config: GatewayConfig, policies: dict[str, Policy],
                  announce: Callable[[str], None] = print) -> None:
         self.config = config
+        try:  # the listen address may be a host name (and --host may have changed it since load_config)
+            self.ice = IcePolicy.for_listen(config.listen.host, config.webrtc.local_addresses,
+                                            config.webrtc.remote_networks)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.runtime = runtime = Runtime(config, policies, announce)
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.cameras.__contains__)
-        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice)
+                               camera_known=runtime.cameras.__contains__, ice=self.ice)
+        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice)
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
@@ -66,7 +72,8 @@ class Gateway:
         cameras = CameraRoutes(runtime, self.access, versions, changes)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
-                               retention=lambda: dict(runtime.retention.counts))
+                               retention=lambda: dict(runtime.retention.counts),
+                               ice_ignored=self._ignored_candidates)
         self.app = Starlette(routes=[
             *pages.routes(),
             *StatusRoutes(runtime, self.access, self.metrics).routes,
@@ -89,6 +96,10 @@ class Gateway:
     def _rendition(self, camera: str, codec: str) -> Rendition | None:
         live = self.runtime.cameras.get(camera)
         return None if live is None else live.rendition(codec)
+
+    def _ignored_candidates(self) -> dict[tuple[str, str], int]:
+        return {**{("whep", reason): n for reason, n in self.whep.ignored_candidates.items()},
+                **{("whip", reason): n for reason, n in self.whip.ignored_candidates.items()}}
 
     def _whip_source(self, camera: str) -> WhipSource | None:
         live = self.runtime.cameras.get(camera)

@@ -100,15 +100,17 @@ class _Cameras(Collector):
 
 
 class _Counts(Collector):
-    """One labelled counter read from a ``{label: count}`` mapping at scrape time."""
+    """One labelled counter read at scrape time from ``{value: count}`` (one label) or
+    ``{(value, ...): count}`` (several)."""
 
-    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], dict]) -> None:
-        self._name, self._documentation, self._label, self._counts = name, documentation, label, counts
+    def __init__(self, name: str, documentation: str, label: str | tuple[str, ...], counts: Callable[[], dict]) -> None:
+        self._name, self._documentation, self._counts = name, documentation, counts
+        self._labels = [label] if isinstance(label, str) else list(label)
 
     def collect(self):
-        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
-        for value, count in sorted(self._counts().items()):
-            family.add_metric([value], count)
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for values, count in sorted(self._counts().items()):
+            family.add_metric([values] if len(self._labels) == 1 else list(values), count)
         yield family
 
 
@@ -116,7 +118,8 @@ class Metrics:
     """A registry of its own (no process-global state), exposed at ``/metrics``."""
 
     def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], auth_failures: Callable[[], dict] | None = None,
-                 rtsp_skipped: Callable[[], dict[str, int]] = dict, retention: Callable[[], dict] | None = None) -> None:
+                 rtsp_skipped: Callable[[], dict[str, int]] = dict, retention: Callable[[], dict] | None = None,
+                 ice_ignored: Callable[[], dict[tuple[str, str], int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cameras = cameras
         self.registry.register(_Cameras(cameras, rtsp_skipped))
@@ -127,6 +130,12 @@ class Metrics:
             self.registry.register(_Counts("privacy_gateway_retention_actions", "Retention runs and what they "
                                            "destroyed (runs, segments_shredded, recordings_expired, "
                                            "recordings_evicted, errors)", "action", retention))
+        if ice_ignored is not None:
+            self.registry.register(_Counts("privacy_gateway_ice_candidates_ignored", "WebRTC peers' ICE candidates "
+                                           "left out, by endpoint (whep, whip) and reason (network: outside "
+                                           "webrtc.remote_networks; hostname: an mDNS name; peer_reflexive: "
+                                           "checks from an address outside them)", ("endpoint", "reason"),
+                                           ice_ignored))
         self.latency = Histogram("privacy_gateway_release_latency_seconds",
                                  "Arrival to release of redacted frames (the hold-back bounds it)",
                                  ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)

@@ -47,6 +47,7 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
             port = server.servers[0].sockets[0].getsockname()[1]
             base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
             announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/")
+            announce(f"  {gateway.ice.describe()}")
             token = await asyncio.to_thread(gateway.demo_viewer_token)  # grants, logs, issues: disk writes
             for name in gateway.cameras:
                 announce(f"  viewer: {base}/view/{name}" + (f"#token={token}" if token else " (with a viewer token)"))

@@ -4,6 +4,8 @@
 that sends one track of the camera's :class:`~gateway.egress.rendition.Rendition` (the codec the
 offer allows, H.264 preferred), and ends sessions (``DELETE /whep/{camera}/{session}``, a failed
 or closed connection, no connection within :data:`CONNECT_TIMEOUT` seconds, or access revoked).
+Its ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the viewer's candidates outside the
+allowed networks are taken out of the offer (counted in :attr:`WhepServer.ignored_candidates`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -26,8 +29,11 @@ from ..webrtc import (
     CODECS,
     MAX_OFFER_BYTES,
     NEGOTIATION_ERRORS,
+    IcePolicy,
     capabilities,
     configuration,
+    confine_ice,
+    filter_offer,
     route_keyframe_requests,
     viewer_codecs,
 )
@@ -59,17 +65,23 @@ class WhepServer:
         authorize: Callable[[Request, str], Awaitable[Response | None]],
         ice_servers: list[str] | None = None,
         camera_known: Callable[[str], bool] | None = None,
+        ice: IcePolicy | None = None,
     ) -> None:
         """``authorize(request, camera)``: an error response to send (401, 403, 429 ...), or
         None to go on; asked first, before anything reveals whether the camera exists. It may
         leave ``request.state.still_allowed``, a callable that :meth:`recheck` asks while the
         session lives.
         ``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
-        frame released so far) is answered 503 with Retry-After instead of 404."""
+        frame released so far) is answered 503 with Retry-After instead of 404.
+        ``ice``: where peer connections gather and whom they talk to; default: the policy of a
+        gateway listening on 127.0.0.1 (the default ``listen.host``)."""
         self._rendition_for = rendition_for
         self._authorize = authorize
         self._camera_known = camera_known or (lambda camera: False)
         self._ice_servers = list(ice_servers or [])
+        self._ice = ice if ice is not None else IcePolicy.for_listen("127.0.0.1")
+        #: remote candidates left out, by reason (``network``, ``hostname``, ``peer_reflexive``)
+        self.ignored_candidates: Counter[str] = Counter()
         self._sessions: dict[str, _Session] = {}
         self.routes: list[BaseRoute] = [
             Route("/whep/{camera}", self._offer, methods=["POST"]),
@@ -130,6 +142,10 @@ class WhepServer:
                 return text_error(503, f"camera {camera} has no frame yet; retry", {"Retry-After": "1"})
             return text_error(404, f"no such camera: {camera}")
 
+        filtered = filter_offer(offer, self._ice)
+        self.ignored_candidates.update(filtered.ignored)
+        if filtered.error is not None:
+            return text_error(400, filtered.error)
         pc = RTCPeerConnection(configuration(self._ice_servers))
         session = _Session(secrets.token_urlsafe(12), camera, pc, rendition.subscribe(),
                            allowed=getattr(request.state, "still_allowed", None))
@@ -146,12 +162,17 @@ class WhepServer:
             transceiver = pc.addTransceiver(session.track, direction="sendonly")
             transceiver.setCodecPreferences(capabilities(rendition.codec))
             route_keyframe_requests(transceiver.sender, rendition.request_keyframe)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=filtered.sdp, type="offer"))
+            confine_ice(pc, self._ice, self.ignored_candidates)
             await pc.setLocalDescription(await pc.createAnswer())
         except NEGOTIATION_ERRORS as exc:
             session.track.stop()
             await pc.close()
             return text_error(400, f"cannot answer the offer: {exc}")
+        except BaseException:  # a bug, an aiortc the adapters refuse, or cancellation: leave no peer behind
+            session.track.stop()
+            await pc.close()
+            raise
 
         self._sessions[session.id] = session
         if pc.connectionState != "connected":

@@ -14,6 +14,9 @@ Only video is taken. An offer must have exactly one video section that sends (``
 ``sendrecv``) VP8 or H.264 (constrained baseline, packetization-mode 1: what aiortc's answerer
 negotiates); audio sections are answered ``inactive`` so that publishers which always offer
 audio (browsers, OBS) can connect, and no audio reaches the gateway.
+
+ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the publisher's candidates outside the
+allowed networks are taken out of the offer (counted in :attr:`WhipServer.ignored_candidates`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import concurrent.futures
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -34,7 +38,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..http import BodyTooLarge, content_type, read_body, text_error
-from ..webrtc import MAX_OFFER_BYTES, NEGOTIATION_ERRORS, check_publisher_offer, configuration
+from ..webrtc import (
+    MAX_OFFER_BYTES,
+    NEGOTIATION_ERRORS,
+    IcePolicy,
+    check_publisher_offer,
+    configuration,
+    confine_ice,
+    filter_offer,
+)
 from .whip import WhipSource
 
 __all__ = ["WhipServer"]
@@ -87,7 +99,8 @@ class WhipServer:
 
     ``authorize(request, camera)`` runs first in every handler, before anything else is looked
     at (not even whether the camera exists, nor the body): it returns a response to send (401,
-    403, ...) or ``None`` to go on.
+    403, ...) or ``None`` to go on. ``ice``: where peer connections gather and whom they talk to;
+    default: the policy of a gateway listening on 127.0.0.1 (the default ``listen.host``).
     """
 
     def __init__(
@@ -97,12 +110,16 @@ class WhipServer:
         ice_servers: list[str] | None = None,
         *,
         connect_timeout: float = _CONNECT_TIMEOUT,
+        ice: IcePolicy | None = None,
     ) -> None:
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout!r}")
         self._source_for = source_for
         self._authorize = authorize
         self._ice_servers = list(ice_servers or [])
+        self._ice = ice if ice is not None else IcePolicy.for_listen("127.0.0.1")
+        #: remote candidates left out, by reason (``network``, ``hostname``, ``peer_reflexive``)
+        self.ignored_candidates: Counter[str] = Counter()
         self._connect_timeout = connect_timeout
         self._sessions: dict[str, _Publisher] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -153,6 +170,10 @@ class WhipServer:
             return text_error(400, "malformed SDP offer: not UTF-8 text")
         except ValueError as exc:
             return text_error(400, f"malformed SDP offer: {exc}")
+        filtered = filter_offer(offer, self._ice)
+        self.ignored_candidates.update(filtered.ignored)
+        if filtered.error is not None:
+            return text_error(400, filtered.error)
 
         session = _Publisher(secrets.token_urlsafe(12), camera, source, self, asyncio.get_running_loop(),
                              allowed=getattr(request.state, "still_allowed", None))
@@ -178,7 +199,8 @@ class WhipServer:
                 await self._end(session, None)
 
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=filtered.sdp, type="offer"))
+            confine_ice(pc, self._ice, self.ignored_candidates)
             video = None
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video" and video is None:
