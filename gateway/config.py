@@ -16,7 +16,14 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from keys import check_camera
-from redaction import Policy, PolicyError, StrictModel, format_validation_error, load_policy
+from redaction import (
+    Policy,
+    PolicyError,
+    StrictModel,
+    format_validation_error,
+    load_document,
+    load_policy,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT = CONFIG_DIR / "gateway.yaml"
@@ -250,7 +257,7 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
     """The configuration and every camera's policy, all validated; raises :class:`ConfigError`."""
     path = Path(path) if path is not None else DEFAULT
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_document(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

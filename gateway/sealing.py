@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from keys import PublicIdentity, Sealed, Sealer, VaultRef, check_grants, grants_of
-from redaction import Policy, Region, redact_frame
+from redaction import Policy, Region, redact_frame, zone_regions
 
 from .faults import Faults
 
+DETECTED = ("face", "plate")  # the classes a detector finds (a zone's class is ``zone:<name>``, its track 0)
 #: opens a camera's sealer anew after a failure: (policy, roster, first frame, its media time in µs)
 Reopen = Callable[[Policy, list[PublicIdentity], int, int], Sealer]
 
@@ -79,14 +80,16 @@ class RedactSeal:
         Returns the recording the frame belongs to (None without sealing). Frames come in index order.
         Raises :class:`SealerBusy` (live only) if the sealer refused the frame's originals, and
         :class:`SealingDown` (with ``reopen``) while the sealer is failed."""
+        if self.sealer is not None:  # liftable zones are sealed as regions of their own
+            regions = [*regions, *zone_regions(self.policy, *image.shape[:2])]
         originals = redact_frame(image, regions, self.policy, copy_out=self.sealer is not None)
         if self.sealer is None:
             return None
         if self.faults.reason is not None and not self._restart(index, time):
             raise SealingDown(f"camera {self.sealer.camera}: sealing is down ({self.faults.reason})")
         pts_us = round(time * 1e6)
-        sealed = [Sealed(i + 1 if self._numbered else (r.track or 0), r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)),
-                         crop)
+        sealed = [Sealed(i + 1 if self._numbered and r.cls in DETECTED else (r.track or 0), r.cls,
+                         (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
                   for i, (r, crop) in enumerate(zip(regions, originals or ()))]
         try:
             if self._recording_start is None:

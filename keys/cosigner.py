@@ -84,8 +84,12 @@ def _camera_tag(camera: str) -> str:
 
 
 def key_prefix(vault: str, camera: str, cls: str) -> str:
-    """The common prefix of one camera's and class's transit key names in one vault."""
-    return f"pg-{vault}-{cls}-{_camera_tag(camera)}-"
+    """The common prefix of one camera's and class's transit key names in one vault.
+
+    A zone's class ``zone:<name>`` is written ``zone.<name>.``: zone names hold only ``a-z0-9-``,
+    so no zone's prefix is the beginning of another's (an ACL glob on one never covers another)."""
+    tag = cls if ":" not in cls else cls.replace(":", ".", 1) + "."
+    return f"pg-{vault}-{tag}-{_camera_tag(camera)}-"
 
 
 def segment_key(vault: str, camera: str, cls: str, segment: int) -> str:

@@ -423,7 +423,13 @@ def check_grants(grants: dict[str, Grant], identities: list[PublicIdentity]) -> 
 
 
 def grants_of(policy) -> dict[str, Grant]:
-    """The unmask grant of every class the policy redacts (``policy`` is a redaction Policy)."""
+    """The unmask grant of every class the policy redacts and seals (``policy`` is a redaction
+    Policy): its enabled detected classes, and ``zone:<name>`` for each liftable zone."""
     enabled = policy.classes.enabled()
-    return {cls: Grant(tuple(getattr(policy.unmask, cls).roles), getattr(policy.unmask, cls).quorum)
-            for cls in ("face", "plate") if cls in enabled}
+    grants = {cls: Grant(tuple(getattr(policy.unmask, cls).roles), getattr(policy.unmask, cls).quorum)
+              for cls in ("face", "plate") if cls in enabled}
+    for name, zone in policy.zones.items():
+        if zone.mode == "liftable":
+            grant = policy.zone_grant(name)
+            grants[f"zone:{name}"] = Grant(tuple(grant.roles), grant.quorum)
+    return grants

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -32,13 +33,23 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 
 from .cosigner import CoSigner, segment_key, share_context
-from .errors import AuditError, CoSignerRefused, RecordError, UnmaskError, UnwrapError, VaultError
+from .errors import (
+    AuditError,
+    CoSignerRefused,
+    RecordError,
+    UnmaskError,
+    UnwrapError,
+    VaultError,
+)
 from .identity import PrivateIdentity, canonical
 from .record import Header, Placement, Record, open_record, shared_track_key, track_key
 from .seal import VaultRef
 from .store import VaultStore
 from .vault import Segment, key_context, segment_name
 from .wrap import Wrap, peel, unwrap_key
+
+#: (class ``zone:<name>``, the policy that sealed it, frame height, width) -> (x, y, mask) of the zone
+ZoneMask = Callable[[str, dict, int, int], tuple[int, int, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,15 @@ class Unmask:
     """One unmask of one recording by a set of holders; see the module docstring for the steps."""
 
     def __init__(self, store: VaultStore, ref: VaultRef, selection: Selection, holders: list[PrivateIdentity],
-                 cosigner: CoSigner | None = None, log: UnmaskLog | None = None, others: tuple[str, ...] = ()) -> None:
+                 cosigner: CoSigner | None = None, log: UnmaskLog | None = None, others: tuple[str, ...] = (),
+                 zone_mask: ZoneMask | None = None) -> None:
         """``cosigner``: the co-signer to ask for shares (default: the one the vault records);
         ``log``: where the audit log is (default: the vault's own, :class:`LocalLog`); ``others``:
         the rest of the quorum, on other machines (they approve and peel their layers of a
-        request file; :mod:`keys.requests`)."""
+        request file; :mod:`keys.requests`); ``zone_mask``: the pixels of a zone (class
+        ``zone:<name>``) in a frame, from the policy that sealed it: a zone's sealed box holds
+        only the zone, and only the zone is put back."""
+        self._zone_mask = zone_mask
         if not holders:
             raise UnmaskError("no identity given")
         self.store, self.ref, self.selection, self.holders = store, ref, selection, holders
@@ -315,13 +330,27 @@ class Unmask:
             crops = self._opened.get(id(record))
             if crops is None:
                 crops = self._opened[id(record)] = self._open(record, segment, need[0])
-            _paste(image, record.header.placements[at].box, crops[at], others)
+            _paste(image, record.header.placements[at].box, crops[at], others,
+                   self._mask_of(record.header.cls, segment, height, width, record.header.placements[at].box))
             count += 1
             need[1] -= 1
             if need[1] == 0:  # every selected frame of the clip is back: let its pictures go
                 del self._opened[id(record)]
         self.restored += count
         return count
+
+    def _mask_of(self, cls: str, segment: Segment, height: int, width: int, box: tuple[int, int, int, int]):
+        """The zone's mask over ``box`` (None for a detected class: its whole box is put back)."""
+        if not cls.startswith("zone:"):
+            return None
+        if self._zone_mask is None:
+            raise UnmaskError(f"{cls}: restoring a privacy zone needs its mask (this unmask was not given the "
+                              "policy's zones)")
+        x, y, mask = self._zone_mask(cls, self.policies[segment.header.policy_sha256], height, width)
+        if (x, y, mask.shape[1], mask.shape[0]) != tuple(box):
+            raise UnmaskError("the file does not match its sealed records (its frame size differs from the one the "
+                              f"zone {cls} was sealed at)")
+        return mask
 
     @property
     def unused(self) -> int:
@@ -482,17 +511,21 @@ def tracks_at(store: VaultStore, ref: VaultRef, at_s: float, x: float, y: float)
                    if box[0] <= x < box[0] + box[2] and box[1] <= y < box[1] + box[3]})
 
 
-def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple]) -> None:
-    """Put ``pixels`` back at ``box``, except where an unselected region's box overlaps it."""
+def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple],
+           mask: np.ndarray | None = None) -> None:
+    """Put ``pixels`` back at ``box``, except where an unselected region's box overlaps it, and (with
+    ``mask``, a zone's) only where the mask is set."""
     x, y, w, h = box
     target = image[y : y + h, x : x + w]
-    keep = None
+    keep = None if mask is None else mask.astype(bool)[:, :, None]
     for ox, oy, ow, oh in others:
         x0, y0 = max(x, ox) - x, max(y, oy) - y
         x1, y1 = min(x + w, ox + ow) - x, min(y + h, oy + oh) - y
         if x1 > x0 and y1 > y0:
             if keep is None:
                 keep = np.ones((h, w, 1), dtype=bool)
+            elif not keep.flags.writeable or keep.base is not None:
+                keep = keep.copy()
             keep[y0:y1, x0:x1] = False
     if keep is None:
         target[:] = pixels  # no overlap: a plain copy

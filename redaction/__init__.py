@@ -9,12 +9,24 @@ motion-gated detection (:mod:`.gating`, :mod:`.motion`) for video; :func:`redact
 from .detector import Detector, default_threads
 from .engine import Analyzer, Decision, Frame, StreamRedactor, build_detectors
 from .kernels import warmup as warmup_kernels
-from .policy import Policy, PolicyError, StrictModel, format_validation_error, load_policy, parse_policy
+from .policy import (
+    ZONE_PREFIX,
+    Policy,
+    PolicyError,
+    StrictModel,
+    Zone,
+    format_validation_error,
+    load_document,
+    load_policy,
+    parse_policy,
+)
 from .redact import redact_frame
 from .regions import Region, coverage_mask
 from .tracker import Tracker
+from .zones import zone_mask, zone_regions
 
 __all__ = [
+    "ZONE_PREFIX",
     "Analyzer",
     "Decision",
     "Detector",
@@ -22,15 +34,19 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Region",
-    "StrictModel",
     "StreamRedactor",
+    "StrictModel",
     "Tracker",
+    "Zone",
     "build_detectors",
     "coverage_mask",
     "default_threads",
     "format_validation_error",
+    "load_document",
     "load_policy",
     "parse_policy",
     "redact_frame",
     "warmup_kernels",
+    "zone_mask",
+    "zone_regions",
 ]

@@ -7,6 +7,7 @@ floor under which a face or a plate may stay recognisable; see ``docs/policy.md`
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Literal
@@ -181,6 +182,60 @@ class Detection(StrictModel):
         return max(1, min(MAX_STRIDE, math.floor(self.interval * rate + 0.5)))
 
 
+ZONE_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+#: the class under which a liftable zone's originals are sealed (``zone:<name>``)
+ZONE_PREFIX = "zone:"
+#: a zone must cover at least this share of the frame (degenerate polygons are refused)
+MIN_ZONE_AREA = 1e-6
+
+
+def _segments_cross(a, b, c, d) -> bool:
+    """Whether segments ab and cd properly cross (touching at an end does not count)."""
+
+    def side(p, q, r) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    d1, d2, d3, d4 = side(c, d, a), side(c, d, b), side(a, b, c), side(a, b, d)
+    return ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4))
+
+
+class Zone(StrictModel):
+    """A privacy zone: a fixed polygon of the picture, masked on every frame (``docs/policy.md``).
+
+    ``polygon``: 3 to 64 points ``[x, y]`` relative to the frame (0..1, top-left origin), so a zone
+    survives a change of resolution. ``permanent``: its pixels are destroyed at the gateway and
+    never sealed; ``liftable``: sealed as class ``zone:<name>``, liftable by the grant
+    ``unmask.zones.<name>`` (default: as ``unmask.face``'s defaults, one investigator).
+    """
+
+    polygon: Annotated[tuple[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]], ...],
+                       Field(min_length=3, max_length=64)]
+    method: Method = "solid"
+    #: blur sigma or pixelate block as a fraction of the zone's shorter side (its bounding box), as for classes
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: BGR fill colour for ``solid``
+    color: tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)],
+                 Annotated[int, Field(ge=0, le=255)]] = (0, 0, 0)
+    mode: Literal["permanent", "liftable"] = "permanent"
+
+    @model_validator(mode="after")
+    def _not_degenerate(self) -> Zone:
+        points = self.polygon
+        if len(set(points)) != len(points):
+            raise ValueError("polygon: a point is repeated")
+        area = 0.5 * abs(sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1])))
+        if area < MIN_ZONE_AREA:
+            raise ValueError(f"polygon: encloses no area ({area:.2g} of the frame; its points are on one line?)")
+        edges = list(zip(points, points[1:] + points[:1]))
+        for i, (a, b) in enumerate(edges):
+            for j in range(i + 2, len(edges)):
+                if i == 0 and j == len(edges) - 1:
+                    continue  # the first and last edges share a point
+                if _segments_cross(a, b, *edges[j]):
+                    raise ValueError(f"polygon: edges {i + 1} and {j + 1} cross (draw it without crossing itself)")
+        return self
+
+
 class UnmaskGrant(StrictModel):
     """Who may restore the originals of one class: any ``quorum`` of the holders of ``roles``."""
 
@@ -193,6 +248,8 @@ class Unmask(StrictModel):
 
     face: UnmaskGrant = Field(default_factory=UnmaskGrant)
     plate: UnmaskGrant = Field(default_factory=UnmaskGrant)
+    #: who may lift each liftable zone (by zone name); a liftable zone not named here: the default grant
+    zones: dict[str, UnmaskGrant] = Field(default_factory=dict)
     #: ``optional`` lets ``unmask --no-watermark`` leave out the visible watermark
     watermark: Literal["required", "optional"] = "required"
 
@@ -216,6 +273,12 @@ class Policy(StrictModel):
     storage: Storage = Field(default_factory=Storage)
     #: days sealed originals are kept before ``vault shred --expired`` destroys their keys (None: until shredded by hand)
     retention_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    #: privacy zones by name: fixed areas masked on every frame (see :class:`Zone`)
+    zones: dict[Annotated[str, Field(pattern=ZONE_NAME)], Zone] = Field(default_factory=dict, max_length=32)
+
+    def zone_grant(self, name: str) -> UnmaskGrant:
+        """Who may lift the liftable zone ``name``."""
+        return self.unmask.zones.get(name) or UnmaskGrant()
 
     @model_validator(mode="after")
     def _strong_enough(self) -> Policy:
@@ -229,6 +292,11 @@ class Policy(StrictModel):
                 )
         if not self.classes.enabled():
             problems.append("classes: at least one class must be enabled")
+        for name in self.unmask.zones:
+            zone = self.zones.get(name)
+            if zone is None or zone.mode != "liftable":
+                problems.append(f"unmask.zones.{name}: no liftable zone of that name (zones.{name}"
+                                f"{' is permanent: nobody can lift it' if zone else ' does not exist'})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -257,6 +325,40 @@ def parse_policy(data: object, source: str = "policy") -> Policy:
         raise PolicyError(f"{source}: invalid policy\n{format_validation_error(exc)}") from None
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base constructor says what is wrong
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"duplicate key {key!r}")
+    return dict(pairs)
+
+
+def load_document(text: str, as_json: bool = False) -> object:
+    """A YAML (or JSON) document whose mappings name each key once: a zone or camera named twice
+    is an error, not the last one silently winning. Raises ``ValueError`` or ``yaml.YAMLError``."""
+    if as_json:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    return yaml.load(text, Loader=_UniqueKeys)
+
+
 def load_policy(path: str | Path | None = None) -> Policy:
     """The policy in ``path`` (YAML), or the built-in default when ``path`` is None."""
     if path is None:
@@ -267,7 +369,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read policy: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_document(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from None
     return parse_policy(data, str(path))

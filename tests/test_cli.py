@@ -35,7 +35,8 @@ def test_detect_json_lines_have_the_documented_form(capsys, group_photo, faces_o
     assert code == 0, err
     (line,) = out.splitlines()
     record = json.loads(line)
-    assert list(record) == ["path", "frame", "pts", "width", "height", "regions"]
+    assert list(record) == ["path", "frame", "pts", "width", "height", "regions", "zones"]
+    assert record["zones"] == []  # the policy has none (tests/test_zones.py has them)
     assert record["path"] == str(group_photo) and record["frame"] is None and record["pts"] is None
     assert (record["height"], record["width"]) == cv2.imread(str(group_photo)).shape[:2]
     assert len(record["regions"]) >= 5

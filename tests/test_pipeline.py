@@ -399,7 +399,7 @@ def test_a_worker_that_fails_is_restarted_with_backoff_and_its_frames_blanked(cl
     """An error escaping the worker (here: the detector failing to load, twice) costs frames, never the camera."""
     import gateway.faults
 
-    monkeypatch.setattr(gateway.faults, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(gateway.faults, "FIRST_BACKOFF", 0.5)  # 0.5 s, then 1 s: past the 0.8 s hold-back
     frames, faces, detectors = clip
     attempts = []
 

@@ -9,7 +9,6 @@ camera is ``PUT /api/cameras/<id>/policy`` (:mod:`.cameras`).
 from __future__ import annotations
 
 import difflib
-import json
 import re
 
 import yaml
@@ -18,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from keys import EscrowError, VaultStore
-from redaction import Policy, PolicyError, parse_policy
+from redaction import Policy, PolicyError, load_document, parse_policy
 
 from ..http import content_type
 from ..live import Runtime
@@ -63,7 +62,7 @@ def parse_body(body: bytes, media_type: str) -> Policy:
     if nesting(text) > MAX_DEPTH:
         raise Denied(400, f"policy: nested deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(text) if as_json else yaml.safe_load(text)
+        data = load_document(text, as_json)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         raise Denied(400, f"policy: not valid {'JSON' if as_json else 'YAML'}: {exc}") from None
     try:

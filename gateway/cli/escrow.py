@@ -18,25 +18,26 @@ from pathlib import Path
 from keys import (
     CoSigner,
     EscrowError,
-    UnmaskRequest,
-    canonical,
-    make_manifest,
-    verify_manifest,
-    write_durably,
     IntegrityError,
     KeyDirectory,
     Selection,
     Unmask,
     UnmaskError,
+    UnmaskRequest,
     VaultRef,
     VaultStore,
     atomic_dir,
+    canonical,
+    make_manifest,
     recording_tracks,
     shred,
     tracks_at,
     verify_audit,
+    verify_manifest,
     verify_vault,
+    write_durably,
 )
+from redaction import ZONE_PREFIX, parse_policy, zone_mask
 
 from ..files import (
     MediaError,
@@ -77,8 +78,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     unmask.add_argument("--at", metavar="T", help="with --point: the media time of the frame pointed at")
     unmask.add_argument("--point", metavar="X,Y", help="restore the subject whose sealed region covers this "
                         "pixel at --at (its whole track, within --from/--to)")
-    unmask.add_argument("--class", dest="classes", action="append", choices=("face", "plate"), default=[],
-                        help="restore only this class (repeatable)")
+    unmask.add_argument("--class", dest="classes", action="append", type=_region_class, default=[],
+                        metavar="CLASS", help="restore only this class: face, plate or zone:NAME (a liftable "
+                        "privacy zone; repeatable)")
     unmask.add_argument("--from", dest="start", metavar="T", help="from this media time (seconds or [HH:]MM:SS)")
     unmask.add_argument("--to", dest="end", metavar="T", help="up to this media time, inclusive")
     unmask.add_argument("--case", metavar="ID", help="the case this unmask is for (audited)")
@@ -241,7 +243,7 @@ def _unmask_with(args: argparse.Namespace, source: Path, target: Path, store: Va
     selection = Selection(frozenset(tracks), frozenset(args.classes), start, end)
     pending: UnmaskRequest | None = args.pending
     others = (set(pending.request["identities"]) if pending else set(args.others)) - {h.public.name for h in holders}
-    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log, tuple(others))
+    job = Unmask(store, ref, selection, holders, unmask_cosigner(args, store), log, tuple(others), _zone_mask)
     if job.selected == 0:
         raise CommandError("no sealed region matches the selection (see `privacy-gateway vault tracks`)")
     frames = None if job.recorded_frames is None or is_image(source) else count_frames(source)
@@ -366,6 +368,21 @@ def _evidence_verify(args: argparse.Namespace) -> int:
           f"{', '.join(found.signers)}" + (f"; audit entry {found.audit_seq} of {args.vault} matches" if log
                                             is not None else "; audit entry not compared (no --vault)"))
     return 0
+
+
+def _region_class(text: str) -> str:
+    if text in ("face", "plate") or re.fullmatch(r"zone:[a-z0-9][a-z0-9-]{0,31}", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected face, plate or zone:NAME")
+
+
+def _zone_mask(cls: str, policy: dict, height: int, width: int):
+    """A zone's pixels in a frame, from the policy that sealed it (see :class:`keys.Unmask`)."""
+    name = cls.removeprefix(ZONE_PREFIX)
+    zone = parse_policy(policy, "sealed policy").zones.get(name)
+    if zone is None:
+        raise UnmaskError(f"{cls}: the policy that sealed it has no such zone")
+    return zone_mask(zone, height, width)
 
 
 def _subject_at(store: VaultStore, ref: VaultRef, at: str, point: str) -> set[int]:

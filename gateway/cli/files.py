@@ -14,7 +14,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from keys import EscrowError, KeyDirectory, Sealer, VaultStore, grants_of
-from redaction import Analyzer, Frame, Policy, PolicyError, StreamRedactor, load_policy, warmup_kernels
+from redaction import (
+    Analyzer,
+    Frame,
+    Policy,
+    PolicyError,
+    StreamRedactor,
+    load_policy,
+    warmup_kernels,
+    zone_mask,
+)
 
 from ..files import (
     IMAGE_SUFFIXES,
@@ -172,20 +181,32 @@ def _walk(inputs: list[Path]) -> Iterator[Path]:
                     yield Path(root) / name
 
 
+def _zones_at(policy: Policy, width: int, height: int) -> list[dict]:
+    """The policy's zones in a frame of this size: what every frame of it gets masked, whatever is detected."""
+    zones = []
+    for name, zone in policy.zones.items():
+        x, y, mask = zone_mask(zone, height, width)
+        zones.append({"name": name, "mode": zone.mode, "method": zone.method,
+                      "box": [x, y, mask.shape[1], mask.shape[0]], "pixels": int(mask.sum())})
+    return zones
+
+
 def _detect(args: argparse.Namespace) -> int:
     paths = list(_walk(args.inputs))
-    _, analyzer = _engine(args)
+    policy, analyzer = _engine(args)
     out = sys.stdout
 
     def emit(path: Path, frame: int | None, pts: float | None, width: int, height: int, regions) -> None:
+        zones = _zones_at(policy, width, height)
         if args.json:
             record = {"path": str(path), "frame": frame, "pts": pts, "width": width, "height": height,
-                      "regions": [r.to_json() for r in regions]}
+                      "regions": [r.to_json() for r in regions], "zones": zones}
             out.write(json.dumps(record) + "\n")
         else:
             where = f"{path}" if frame is None else f"{path} frame {frame}"
             counts = ", ".join(f"{sum(r.cls == c for r in regions)} {c}" for c in ("face", "plate"))
-            out.write(f"{where}: {counts}\n")
+            extra = f", {len(zones)} zone{'s' * (len(zones) != 1)}" if zones else ""
+            out.write(f"{where}: {counts}{extra}\n")
 
     for path in paths:
         if is_image(path):

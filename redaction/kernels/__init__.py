@@ -12,6 +12,9 @@ clipped to the frame, and a box that misses the frame is skipped.
 * ``fill`` -- a solid BGR colour.
 * ``redact`` -- any mix of the three in one call, optionally returning the originals.
 * ``copy_out`` -- copies of the clipped boxes.
+* ``polygon_mask``, ``fill_mask``, ``copy_masked``, ``clear_outside`` -- privacy zones: a
+  polygon rasterised to a mask once per frame size (``_zones`` says which pixels are inside),
+  then applied to frames (filled, or composited from a redacted copy of its box).
 
 ``ellipse`` (None, a bool, or one bool per box) limits the writes to the ellipse inscribed
 in the *unclipped* box: pixel ``(px, py)`` is inside when
@@ -27,15 +30,20 @@ start-up so no live frame pays for JIT compilation.
 
 from ._api import blur, copy_out, fill, pixelate, redact, warmup
 from ._redact import METHOD_BLUR, METHOD_PIXELATE, METHOD_SOLID
+from ._zones import clear_outside, copy_masked, fill_mask, polygon_mask
 
 __all__ = [
     "METHOD_BLUR",
     "METHOD_PIXELATE",
     "METHOD_SOLID",
     "blur",
+    "clear_outside",
+    "copy_masked",
     "copy_out",
     "fill",
+    "fill_mask",
     "pixelate",
+    "polygon_mask",
     "redact",
     "warmup",
 ]

@@ -31,6 +31,7 @@ from ._redact import (
     _redact_parallel,
     _redact_serial,
 )
+from ._zones import clear_outside, copy_masked, fill_mask, polygon_mask
 
 # Box pixels per call from which the boxes are spread over Numba's threads; None: never.
 # Off by default because on the 2-core target it did not pay (perf/bench_kernels.py and
@@ -261,3 +262,8 @@ def warmup() -> None:
         for want_copy in (False, True):
             _apply(frame, boxes, methods, strengths, ellipse, _NO_COLOR, want_copy, "strengths", False, parallel)
     copy_out(frame, boxes)
+    x, y, mask = polygon_mask(np.array([[1.0, 1.0], [14.5, 2.0], [6.0, 11.0]]), 12, 16)
+    fill_mask(frame, x, y, mask, _NO_COLOR)
+    crop = np.ascontiguousarray(frame[y : y + mask.shape[0], x : x + mask.shape[1]])
+    copy_masked(frame, x, y, mask, crop)
+    clear_outside(crop, mask)
