@@ -226,6 +226,22 @@ class Page:
                 raise BrowserError(f"timed out after {timeout} s waiting for {expression!r} (last value {value!r})")
             time.sleep(interval)
 
+    def screenshot(self, path: Path, width: int = 1280, height: int = 800) -> Path:
+        """A PNG of the page laid out at ``width`` x ``height`` CSS pixels (the whole page's height if taller)."""
+        import base64
+
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700})
+        try:
+            full = self.evaluate("Math.max(document.documentElement.scrollHeight, innerHeight)")
+            shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                        "clip": {"x": 0, "y": 0, "width": width,
+                                                                 "height": min(int(full), 4000), "scale": 1}})
+        finally:
+            self.send("Emulation.clearDeviceMetricsOverride")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
     def console(self) -> list[str]:
         """Console messages this page logged so far (for failure messages)."""
         return [

@@ -28,11 +28,15 @@ from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
 from .audit import AuditRoutes
-from .recordings import RecordingRoutes
 from .cameras import CameraRoutes
+from .console import Console
+from .console.audit import AuditPages
+from .console.cameras import CameraPages
+from .console.policies import PolicyPages
 from .identities import IdentityRoutes
 from .metrics import Metrics
 from .policies import PolicyRoutes, PolicyVersions
+from .recordings import RecordingRoutes
 from .requests import ChangeLog, authenticate, bounded_body
 from .status import StatusRoutes
 
@@ -74,8 +78,13 @@ class Gateway:
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
                                retention=lambda: dict(runtime.retention.counts),
                                ice_ignored=self._ignored_candidates)
+        self.console = console = Console(self.access, lambda: list(runtime.cameras))
+        console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
+        console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
+        console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
         self.app = Starlette(routes=[
             *pages.routes(),
+            *console.routes,
             *StatusRoutes(runtime, self.access, self.metrics).routes,
             *cameras.routes,
             *PolicyRoutes(runtime, self.access, versions, changes).routes,

@@ -17,9 +17,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).with_name("static")
-_HEADERS = {
+HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                                "media-src 'self' blob: mediastream:; frame-ancestors 'none'"),
+                                "media-src 'self' blob: mediastream:; img-src 'self' blob:; frame-ancestors 'none'; "
+                                "base-uri 'none'; form-action 'none'"),
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
 }
@@ -32,12 +33,12 @@ def _html(name: str) -> str:
 
 async def index(request: Request) -> Response:
     """The camera list: only the cameras the viewer's token grants (asked of ``/api/cameras`` with it)."""
-    return HTMLResponse(_html("index.html"), headers=_HEADERS)
+    return HTMLResponse(_html("index.html"), headers=HEADERS)
 
 
 async def viewer(request: Request) -> Response:
     """One camera's live view over WHEP."""
-    return HTMLResponse(_html("viewer.html"), headers=_HEADERS)
+    return HTMLResponse(_html("viewer.html"), headers=HEADERS)
 
 
 def routes() -> list[BaseRoute]:

@@ -107,7 +107,8 @@ class LiveCamera:
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "warm": stats.warm, "connected": source.connected, "frames_in": stats.frames_in,
                 "released": stats.released, "blanked": stats.blanked, "dropped": stats.dropped,
-                "detector_errors": stats.detector_errors, "reconnects": source.reconnects,
+                "detector_errors": stats.detector_errors, "detections": stats.detections,
+                "detect_seconds": round(stats.detect_seconds, 3), "reconnects": source.reconnects,
                 "seal_errors": pipeline.step.faults.errors, "worker_errors": pipeline.worker_faults.errors,
                 "recording_errors": self.recorder.faults.errors if self.recorder is not None else 0,
                 "viewers": self.viewers()}

@@ -1,0 +1,45 @@
+"""The console's audit page: the log filtered (actor, action, camera, time), the chain's verification
+state, and each unmask's case, reason and participants."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from keys import EscrowError, VaultStore
+
+from ..access import Principal
+from ..audit import _by
+
+PAGE_SIZE = 200  # newest entries shown per page of the filtered log
+
+
+class AuditPages:
+    def __init__(self, store: VaultStore) -> None:
+        self.store = store
+
+    def data(self, request: Request, who: Principal) -> dict:
+        query = request.query_params
+        wanted = {k: query.get(k, "").strip() for k in ("actor", "action", "camera", "from", "to")}
+        entries = self.store.audit.entries()
+        if not who.may("audit"):
+            entries = [e for e in entries if _by(e, who.name)]
+        actions = sorted({e["action"] for e in entries})
+        actors = sorted({e["actor"] for e in entries})
+
+        def keep(entry: dict) -> bool:
+            details = entry.get("details") or {}
+            return ((not wanted["actor"] or entry["actor"] == wanted["actor"] or details.get("by") == wanted["actor"])
+                    and (not wanted["action"] or entry["action"] == wanted["action"])
+                    and (not wanted["camera"] or details.get("camera") == wanted["camera"])
+                    and (not wanted["from"] or entry["time"] >= wanted["from"])
+                    and (not wanted["to"] or entry["time"][: len(wanted["to"])] <= wanted["to"]))
+
+        shown = [e for e in entries if keep(e)]
+        verified: dict = {"checked": False}
+        if who.may("audit"):
+            try:
+                verified = {"checked": True, "valid": True, "entries": self.store.audit.verify(self.store.key_of)}
+            except EscrowError as exc:
+                verified = {"checked": True, "valid": False, "error": str(exc)}
+        return {"entries": shown[-PAGE_SIZE:][::-1], "matched": len(shown), "total": len(entries), "wanted": wanted,
+                "actions": actions, "actors": actors, "verified": verified}

@@ -1,0 +1,73 @@
+"use strict";
+// The camera grid: a WHEP preview per camera, and its counters as rates (per second) from /api/cameras.
+const consoleWhep = (() => {
+  function gathered(pc) {
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") return resolve();
+      const timer = setTimeout(resolve, 2000);
+      pc.addEventListener("icegatheringstatechange", () => {
+        if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+      });
+    });
+  }
+  // watch ``camera`` in ``video``; returns a function that ends the session
+  function watch(camera, video, onState) {
+    let pc = null, where = null, ended = false;
+    async function start() {
+      pc = new RTCPeerConnection();
+      pc.addTransceiver("video", { direction: "recvonly" });
+      pc.addEventListener("track", (event) => { video.srcObject = event.streams[0] || new MediaStream([event.track]); });
+      pc.addEventListener("connectionstatechange", () => onState && onState(pc.connectionState));
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const response = await fetch("/whep/" + encodeURIComponent(camera), {
+        method: "POST", headers: { "Content-Type": "application/sdp", ...gatewayAuth }, body: pc.localDescription.sdp });
+      if (response.status === 503 && !ended) { pc.close(); setTimeout(start, 1000); return; }
+      if (response.status !== 201) { onState && onState("refused (" + response.status + ")"); pc.close(); return; }
+      where = new URL(response.headers.get("Location"), location.href).href;
+      await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    }
+    start().catch((error) => onState && onState("error: " + error));
+    return () => {
+      ended = true;
+      if (where) fetch(where, { method: "DELETE", headers: gatewayAuth, keepalive: true });
+      if (pc) pc.close();
+    };
+  }
+  return { watch };
+})();
+
+consolePages.cameras = (main) => {
+  const stops = [];
+  let last = null;
+  for (const tile of main.querySelectorAll(".tile[data-camera]")) {
+    stops.push(consoleWhep.watch(tile.dataset.camera, tile.querySelector("video")));
+  }
+  async function poll() {
+    if (!document.body.contains(main.querySelector("#camera-grid"))) return;
+    const answer = await gatewayConsole.api("GET", "/api/cameras");
+    if (answer.ok) {
+      const now = performance.now() / 1000;
+      for (const camera of answer.data.cameras) {
+        const tile = main.querySelector('.tile[data-camera="' + CSS.escape(camera.id) + '"]');
+        if (!tile) continue;
+        const before = last && last.cameras[camera.id];
+        const rate = (key) => before ? ((camera[key] - before[key]) / (now - last.at)).toFixed(1) + "/s" : "…";
+        const set = (key, text) => { const el = tile.querySelector('[data-stat="' + key + '"]'); if (el) el.textContent = text; };
+        set("released", rate("released"));
+        set("blanked", rate("blanked"));
+        set("dropped", rate("dropped"));
+        const runs = before ? camera.detections - before.detections : 0;
+        set("detect", runs > 0 ? ((camera.detect_seconds - before.detect_seconds) / runs * 1000).toFixed(0) + " ms" : "…");
+        set("status", camera.status);
+        tile.querySelector('[data-stat="status"]').className = "badge " + camera.status;
+        set("reasons", camera.reasons.join("; ") || "–");
+      }
+      last = { at: now, cameras: Object.fromEntries(answer.data.cameras.map((c) => [c.id, c])) };
+    }
+    setTimeout(poll, 2000);
+  }
+  poll();
+  window.addEventListener("popstate", () => stops.forEach((stop) => stop()), { once: true });
+  main.addEventListener("console-leave", () => stops.forEach((stop) => stop()), { once: true });
+};
