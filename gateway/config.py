@@ -76,7 +76,19 @@ class RtspEgress(StrictModel):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8554
+    #: sessions (SETUP) across all cameras and clients; then 503 Retry-After
     max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
+    #: sessions one client address holds (IPv6: one /64); then 453
+    max_sessions_per_address: Annotated[int, Field(ge=1, le=4096)] = 32
+    #: sessions one identity holds, over all its tokens; then 453
+    max_sessions_per_principal: Annotated[int, Field(ge=1, le=4096)] = 16
+    #: open connections; null: twice max_sessions, at least 16. Then the oldest connection not yet
+    #: logged in is closed to make room, or (none) the new one is answered 503 and closed
+    max_connections: Annotated[int, Field(ge=1, le=65536)] | None = None
+    #: open connections from one client address (IPv6: one /64); then 503 and closed
+    max_connections_per_address: Annotated[int, Field(ge=1, le=65536)] = 16
+    #: seconds a new connection has to authenticate (OPTIONS and failed logins do not count)
+    auth_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
 
 
 class Tls(StrictModel):

@@ -232,10 +232,13 @@ def digest(credentials: tuple[str, str], method: str, uri: str, challenge: str, 
 class RawClient:
     """Speaks RTSP over a plain socket; keeps interleaved frames that arrive between responses."""
 
-    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+    def __init__(self, port: int, receive_buffer: int | None = None, source: str | None = None) -> None:
+        """``source``: the loopback address to connect from (127.0.0.2 ...: another client address)."""
         self.sock = socket.socket()
         if receive_buffer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if source:
+            self.sock.bind((source, 0))
         self.sock.settimeout(10)
         self.sock.connect(("127.0.0.1", port))
         self.buffer = b""

@@ -23,6 +23,7 @@ from redaction import Policy
 from ..config import GatewayConfig
 from ..egress import Rendition, RtspServer, WhepServer
 from ..ingest import WhipServer, WhipSource
+from ..limits import Ledger
 from ..live import LiveCamera, Runtime
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
@@ -60,13 +61,18 @@ class Gateway:
                                    self.access.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
-                                   max_sessions=config.rtsp.max_sessions)
+                                   max_sessions=config.rtsp.max_sessions,
+                                   max_sessions_per_address=config.rtsp.max_sessions_per_address,
+                                   max_sessions_per_principal=config.rtsp.max_sessions_per_principal,
+                                   max_connections=config.rtsp.max_connections,
+                                   max_connections_per_address=config.rtsp.max_connections_per_address,
+                                   auth_timeout=config.rtsp.auth_timeout_s)
         changes = ChangeLog(runtime.store, runtime.signer)
         versions = PolicyVersions(runtime.store)
         cameras = CameraRoutes(runtime, self.access, versions, changes)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
-                               retention=lambda: dict(runtime.retention.counts))
+                               retention=lambda: dict(runtime.retention.counts), ledgers=self.ledgers)
         self.app = Starlette(routes=[
             *pages.routes(),
             *StatusRoutes(runtime, self.access, self.metrics).routes,
@@ -83,6 +89,10 @@ class Gateway:
     @property
     def cameras(self) -> dict[str, LiveCamera]:
         return self.runtime.cameras
+
+    def ledgers(self) -> list[Ledger]:
+        """What clients hold at every entry point, under its caps (for /metrics)."""
+        return [*((self.rtsp.connection_ledger, self.rtsp.session_ledger) if self.rtsp is not None else ())]
 
     # --- the entry points' questions -----------------------------------------------------------
 

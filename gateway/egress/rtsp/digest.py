@@ -21,11 +21,13 @@ from .protocol import Request, path_of
 
 @dataclass(frozen=True)
 class RtspUser:
-    """Who may log in, as the digest check needs them: a name for logs, the RFC 2617 HA1, and what they may view."""
+    """Who may log in, as the digest check needs them: a name for logs, the RFC 2617 HA1, what they may
+    view, and the principal their sessions count against (an identity, across all its tokens)."""
 
     name: str  # shown in logs
     ha1: str  # hex MD5(username ":" realm ":" password), RFC 2617
     may_view: Callable[[str], bool]  # camera -> allowed
+    principal: str | None = None  # whom the per-principal session cap counts (None: ``name``)
 
 
 _NONCE_TTL = 300.0  # seconds a digest nonce is accepted; then 401 with stale=true
