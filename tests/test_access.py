@@ -421,3 +421,22 @@ async def test_a_signed_request_replays_neither_after_a_restart_nor_at_another_g
     with pytest.raises(Denied, match="invalid signature"):
         restarted.authenticate("10.0.0.1", elsewhere, "POST", "/api/tokens", body, "gateway")
     assert restarted.authenticate("10.0.0.1", fresh, "POST", "/api/tokens", body, "gateway").name == "vera"
+
+
+def test_the_rtsp_digest_hash_a_password_equivalent_is_kept_private(tmp_path):
+    """Issue 14: tokens.json holds each token's HA1, which alone opens its RTSP feeds: 0600 in a 0700
+    directory, and tightened when the gateway finds it looser (an older version's files, a copy)."""
+    import stat
+
+    from gateway.api.access import TokenStore
+
+    directory = tmp_path / "data" / "access"
+    token, record = TokenStore(directory).issue("vera", None, 60, "test")
+    tokens = directory / "tokens.json"
+    assert record.rtsp_ha1 in tokens.read_text() and token.rsplit("_", 1)[1] not in tokens.read_text()
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert (mode(tokens), mode(directory)) == (0o600, 0o700)
+    tokens.chmod(0o644)
+    directory.chmod(0o755)
+    assert TokenStore(directory).live(record.id) == record
+    assert (mode(tokens), mode(directory)) == (0o600, 0o700)
