@@ -91,6 +91,17 @@ class RtspEgress(StrictModel):
     auth_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
 
 
+class SessionLimits(StrictModel):
+    """Caps on WebRTC sessions (WHEP viewers, WHIP publishers), connected or still connecting:
+    over one, an offer is answered 429 (the client's own caps) or 503 (all taken) with Retry-After."""
+
+    #: sessions in all
+    max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
+    #: sessions one client address holds (IPv6: one /64; behind listen.trusted_proxies, the forwarded client's)
+    max_sessions_per_address: Annotated[int, Field(ge=1, le=4096)] = 16
+    #: sessions one identity holds, over all its tokens
+    max_sessions_per_principal: Annotated[int, Field(ge=1, le=4096)] = 16
+
 class Tls(StrictModel):
     cert: Path
     key: Path
@@ -155,6 +166,10 @@ class GatewayConfig(StrictModel):
     tls: Tls | None = None
     #: RTSP egress; none unless configured
     rtsp: RtspEgress | None = None
+    #: caps on WHEP viewers' sessions
+    whep: SessionLimits = Field(default_factory=SessionLimits)
+    #: caps on WHIP publishers' sessions
+    whip: SessionLimits = Field(default_factory=SessionLimits)
     #: STUN/TURN URLs offered to WebRTC peers; none by default (loopback and LAN candidates only)
     ice_servers: tuple[str, ...] = ()
     #: create demo identities (a privacy officer and an investigator) on first start when the key directory is new

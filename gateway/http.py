@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 
 class BodyTooLarge(Exception):
@@ -43,6 +43,11 @@ def content_type(request: Request) -> str:
 def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> PlainTextResponse:
     """A one-line ``text/plain`` error, as the media endpoints (WHEP, WHIP) answer."""
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    """``{"error": message, ...extra}``, as the API answers its errors (and every entry point its caps)."""
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def peer_of(request: Request) -> str:

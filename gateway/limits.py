@@ -22,9 +22,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Caps", "Hold", "Ledger", "Refused", "address_key"]
+__all__ = ["RETRY_AFTER", "Caps", "Hold", "Ledger", "Refused", "address_key"]
 
 IPV6_PREFIX = 64  # an IPv6 client is counted by its /64
+RETRY_AFTER = 5  # seconds a refused client is told to wait (Retry-After)
 
 
 def address_key(address: str) -> str:
@@ -69,6 +70,11 @@ class Refused(Exception):
     def everyone(self) -> bool:
         """Whether the entry point as a whole is full (a 503), rather than this client at its own cap (429, 453)."""
         return "_per_" not in self.limit
+
+    @property
+    def http_status(self) -> int:
+        """503 Service Unavailable when everyone's cap is reached, 429 Too Many Requests for the client's own."""
+        return 503 if self.everyone else 429
 
 
 class Hold:

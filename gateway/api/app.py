@@ -20,10 +20,10 @@ from starlette.responses import PlainTextResponse, Response
 from keys import GATEWAY_ACTOR
 from redaction import Policy
 
-from ..config import GatewayConfig
+from ..config import GatewayConfig, SessionLimits
 from ..egress import Rendition, RtspServer, WhepServer
 from ..ingest import WhipServer, WhipSource
-from ..limits import Ledger
+from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 DEMO_TOKEN_TTL = 24 * 3600  # the viewer token printed at a demo start
 
 
+def _caps(limits: SessionLimits) -> Caps:
+    return Caps(limits.max_sessions, limits.max_sessions_per_address, limits.max_sessions_per_principal)
+
+
 class Gateway:
     """Every camera of a configuration, running, plus the network entry points that expose them."""
 
@@ -51,8 +55,8 @@ class Gateway:
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.cameras.__contains__)
-        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice)
+                               camera_known=runtime.cameras.__contains__, caps=_caps(config.whep))
+        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, caps=_caps(config.whip))
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
@@ -92,7 +96,8 @@ class Gateway:
 
     def ledgers(self) -> list[Ledger]:
         """What clients hold at every entry point, under its caps (for /metrics)."""
-        return [*((self.rtsp.connection_ledger, self.rtsp.session_ledger) if self.rtsp is not None else ())]
+        rtsp = (self.rtsp.connection_ledger, self.rtsp.session_ledger) if self.rtsp is not None else ()
+        return [*rtsp, self.whep.ledger, self.whip.ledger]
 
     # --- the entry points' questions -----------------------------------------------------------
 
@@ -113,6 +118,7 @@ class Gateway:
         except Denied as denied:
             return PlainTextResponse(denied.message + "\n", status_code=denied.status, headers=denied.headers)
         request.state.still_allowed = self.access.still_allowed(who, permission, camera)  # for the session's life
+        request.state.principal = who.name  # whom the session caps count: the identity, over all its tokens
         return None
 
     async def _authorize_feed(self, request: Request, camera: str) -> Response | None:
