@@ -69,6 +69,18 @@ class Listen(StrictModel):
     #: reverse proxies whose ``X-Forwarded-For`` names the client (networks, e.g. ``10.0.0.0/8``);
     #: none by default: the connection's address is the client's
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: open HTTP connections; at the cap the oldest one waiting for a request head is closed to make
+    #: room, or (none waits) the new one is answered 503 and closed
+    max_connections: Annotated[int, Field(ge=1, le=65536)] = 256
+    #: open HTTP connections from one address (IPv6: one /64; trusted proxies are not capped); then 429
+    max_connections_per_address: Annotated[int, Field(ge=1, le=65536)] = 32
+    #: seconds a connection has to send a whole request head, from its accept and from the end of each
+    #: response; then 408 and closed
+    head_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    #: seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
+    keep_alive_s: Annotated[int, Field(ge=1, le=300)] = 5
+    #: largest request head (request line and headers) in bytes (h11's limit); a larger one gets 400
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16_384
 
 
 class RtspEgress(StrictModel):

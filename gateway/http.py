@@ -55,18 +55,19 @@ def peer_of(request: Request) -> str:
     proxy (``listen.trusted_proxies``), the nearest address in ``X-Forwarded-For`` that is not."""
     host = request.client.host if request.client else "unknown"
     trusted = getattr(request.app.state, "trusted_proxies", ()) if "app" in request.scope else ()
-    if not trusted or not _within(host, trusted):
+    if not trusted or not within_networks(host, trusted):
         return host
     for hop in reversed(request.headers.get("x-forwarded-for", "").split(",")):
         hop = hop.strip()
         if not hop:
             continue
-        if not _within(hop, trusted):
+        if not within_networks(hop, trusted):
             return hop
     return host
 
 
-def _within(address: str, networks) -> bool:
+def within_networks(address: str, networks) -> bool:
+    """Whether ``address`` (text; anything unparsable is not) lies in one of ``networks``."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

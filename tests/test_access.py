@@ -479,4 +479,5 @@ async def test_one_identitys_whep_sessions_are_capped_over_all_its_tokens(world)
     assert f'privacy_gateway_open_sessions{{entry="whep"}} {cap + 1}.0' in metrics
     assert 'privacy_gateway_limit_refusals_total{entry="whep",limit="sessions_per_principal"} 2.0' in metrics
     assert 'privacy_gateway_open_sessions{entry="whip"} 0.0' in metrics
+    assert 'privacy_gateway_open_connections{entry="http"} 0.0' in metrics  # (no sockets through ASGI)
     assert gateway.whep.ledger.held == 0

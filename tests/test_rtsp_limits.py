@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import time
 
-from gateway.api.metrics import Metrics
 from rtsp_harness import ALICE, BOB, RawClient, clip, extra_server, gw, server_errors  # noqa: F401  (fixtures)
+
+from gateway.api.metrics import Metrics
 
 TCP = {"Transport": "RTP/AVP/TCP;unicast"}
 
 
-def counts(gw, ledger) -> tuple[int, dict, dict]:
+def counts(harness, ledger) -> tuple[int, dict, dict]:
     """(held, refused, closed) of a ledger, read on the server's loop."""
 
     async def read():
         return ledger.held, dict(ledger.refused), dict(ledger.closed)
 
-    return gw.run(read())
+    return harness.run(read())
 
 
 def options(client: RawClient) -> int:

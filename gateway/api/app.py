@@ -22,6 +22,7 @@ from redaction import Policy
 
 from ..config import GatewayConfig, SessionLimits
 from ..egress import Rendition, RtspServer, WhepServer
+from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
 from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
@@ -71,6 +72,11 @@ class Gateway:
                                    max_connections=config.rtsp.max_connections,
                                    max_connections_per_address=config.rtsp.max_connections_per_address,
                                    auth_timeout=config.rtsp.auth_timeout_s)
+        listen = config.listen
+        #: the HTTP listener's connections (gateway.api.connections puts them under these caps)
+        self.http_connections = Ledger("http", "connections", Caps(listen.max_connections,
+                                                                   listen.max_connections_per_address),
+                                       uncapped_address=lambda peer: within_networks(peer, listen.trusted_proxies))
         changes = ChangeLog(runtime.store, runtime.signer)
         versions = PolicyVersions(runtime.store)
         cameras = CameraRoutes(runtime, self.access, versions, changes)
@@ -97,7 +103,7 @@ class Gateway:
     def ledgers(self) -> list[Ledger]:
         """What clients hold at every entry point, under its caps (for /metrics)."""
         rtsp = (self.rtsp.connection_ledger, self.rtsp.session_ledger) if self.rtsp is not None else ()
-        return [*rtsp, self.whep.ledger, self.whip.ledger]
+        return [self.http_connections, *rtsp, self.whep.ledger, self.whip.ledger]
 
     # --- the entry points' questions -----------------------------------------------------------
 
