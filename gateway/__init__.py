@@ -9,6 +9,7 @@ public API of ``keys`` and ``redaction``, through their ``__all__``)::
 
 * :mod:`.frames` the types that cross stage boundaries (``SourceFrame``, ``Released``);
   :mod:`.config` the validated configuration; :mod:`.http` bounded request bodies;
+  :mod:`.limits` the caps on connections and sessions every network entry point applies;
   :mod:`.sealing` the one redact-and-seal step shared by the live path and ``redact``.
 * :mod:`.ingest` camera sources (RTSP, file, WHIP) → :mod:`.live` the fail-closed pipeline
   per camera (decide, redact + seal, release in order) and the runtime that wires cameras →

@@ -77,6 +77,18 @@ class Listen(StrictModel):
     #: reverse proxies whose ``X-Forwarded-For`` names the client (networks, e.g. ``10.0.0.0/8``);
     #: none by default: the connection's address is the client's
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: open HTTP connections; at the cap the oldest one waiting for a request head is closed to make
+    #: room, or (none waits) the new one is answered 503 and closed
+    max_connections: Annotated[int, Field(ge=1, le=65536)] = 256
+    #: open HTTP connections from one address (IPv6: one /64; trusted proxies are not capped); then 429
+    max_connections_per_address: Annotated[int, Field(ge=1, le=65536)] = 32
+    #: seconds a connection has to send a whole request head, from its accept and from the end of each
+    #: response; then 408 and closed
+    head_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    #: seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
+    keep_alive_s: Annotated[int, Field(ge=1, le=300)] = 5
+    #: largest request head (request line and headers) in bytes (h11's limit); a larger one gets 400
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16_384
 
 
 class WebRtc(StrictModel):
@@ -131,8 +143,31 @@ class RtspEgress(StrictModel):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8554
+    #: sessions (SETUP) across all cameras and clients; then 503 Retry-After
     max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
+    #: sessions one client address holds (IPv6: one /64); then 453
+    max_sessions_per_address: Annotated[int, Field(ge=1, le=4096)] = 32
+    #: sessions one identity holds, over all its tokens; then 453
+    max_sessions_per_principal: Annotated[int, Field(ge=1, le=4096)] = 16
+    #: open connections; null: twice max_sessions, at least 16. Then the oldest connection not yet
+    #: logged in is closed to make room, or (none) the new one is answered 503 and closed
+    max_connections: Annotated[int, Field(ge=1, le=65536)] | None = None
+    #: open connections from one client address (IPv6: one /64); then 503 and closed
+    max_connections_per_address: Annotated[int, Field(ge=1, le=65536)] = 16
+    #: seconds a new connection has to authenticate (OPTIONS and failed logins do not count)
+    auth_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
 
+
+class SessionLimits(StrictModel):
+    """Caps on WebRTC sessions (WHEP viewers, WHIP publishers), connected or still connecting:
+    over one, an offer is answered 429 (the client's own caps) or 503 (all taken) with Retry-After."""
+
+    #: sessions in all
+    max_sessions: Annotated[int, Field(ge=1, le=4096)] = 64
+    #: sessions one client address holds (IPv6: one /64; behind listen.trusted_proxies, the forwarded client's)
+    max_sessions_per_address: Annotated[int, Field(ge=1, le=4096)] = 16
+    #: sessions one identity holds, over all its tokens
+    max_sessions_per_principal: Annotated[int, Field(ge=1, le=4096)] = 16
 
 class Tls(StrictModel):
     cert: Path
@@ -198,6 +233,10 @@ class GatewayConfig(StrictModel):
     tls: Tls | None = None
     #: RTSP egress; none unless configured
     rtsp: RtspEgress | None = None
+    #: caps on WHEP viewers' sessions
+    whep: SessionLimits = Field(default_factory=SessionLimits)
+    #: caps on WHIP publishers' sessions
+    whip: SessionLimits = Field(default_factory=SessionLimits)
     #: STUN/TURN URLs offered to WebRTC peers; none by default (loopback and LAN candidates only)
     ice_servers: tuple[str, ...] = ()
     #: the addresses WebRTC gathers on and the networks of the peers it talks to

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 
 class BodyTooLarge(Exception):
@@ -45,23 +45,29 @@ def text_error(status: int, message: str, headers: dict[str, str] | None = None)
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
+def json_error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    """``{"error": message, ...extra}``, as the API answers its errors (and every entry point its caps)."""
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
 def peer_of(request: Request) -> str:
     """The client's address (the rate limiter's key): the connection's, or, when that is a trusted
     proxy (``listen.trusted_proxies``), the nearest address in ``X-Forwarded-For`` that is not."""
     host = request.client.host if request.client else "unknown"
     trusted = getattr(request.app.state, "trusted_proxies", ()) if "app" in request.scope else ()
-    if not trusted or not _within(host, trusted):
+    if not trusted or not within_networks(host, trusted):
         return host
     for hop in reversed(request.headers.get("x-forwarded-for", "").split(",")):
         hop = hop.strip()
         if not hop:
             continue
-        if not _within(hop, trusted):
+        if not within_networks(hop, trusted):
             return hop
     return host
 
 
-def _within(address: str, networks) -> bool:
+def within_networks(address: str, networks) -> bool:
+    """Whether ``address`` (text; anything unparsable is not) lies in one of ``networks``."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

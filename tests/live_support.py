@@ -12,13 +12,15 @@ import uvicorn
 
 
 class ThreadedServer:
-    """``app`` served on 127.0.0.1 (a free port) by uvicorn on its own thread; ``url`` is its base."""
+    """``app`` served on 127.0.0.1 (a free port) by uvicorn on its own thread; ``url`` is its base,
+    ``port`` its port; ``settings``: more ``uvicorn.Config`` arguments."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **settings) -> None:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **settings))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="uvicorn")
         self.thread.start()
         deadline = time.monotonic() + 10

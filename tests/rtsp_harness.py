@@ -216,15 +216,20 @@ class Response:
         return f"Response({self.status}, {self.headers}, {self.body[:80]!r})"
 
 
-def digest(credentials: tuple[str, str], method: str, uri: str, challenge: str, qop: bool = True) -> str:
+def nonce_of(challenge: str) -> str:
+    return dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))["nonce"]
+
+
+def digest(credentials: tuple[str, str], method: str, uri: str, challenge: str, qop: bool = True, nc: int = 1) -> str:
+    """An Authorization header answering ``challenge``; with ``qop``, as the ``nc``-th request on its nonce."""
     params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
     user, password = credentials
     ha2 = md5(f"{method}:{uri}")
     common = f'username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", uri="{uri}"'
     if qop:
         cnonce = secrets.token_hex(8)
-        response = md5(f"{ha1(user, password)}:{params['nonce']}:00000001:{cnonce}:auth:{ha2}")
-        return f'Digest {common}, response="{response}", algorithm="MD5", qop="auth", cnonce="{cnonce}", nc=00000001'
+        response = md5(f"{ha1(user, password)}:{params['nonce']}:{nc:08x}:{cnonce}:auth:{ha2}")
+        return f'Digest {common}, response="{response}", algorithm="MD5", qop="auth", cnonce="{cnonce}", nc={nc:08x}'
     response = md5(f"{ha1(user, password)}:{params['nonce']}:{ha2}")
     return f'Digest {common}, response="{response}"'
 
@@ -232,15 +237,19 @@ def digest(credentials: tuple[str, str], method: str, uri: str, challenge: str, 
 class RawClient:
     """Speaks RTSP over a plain socket; keeps interleaved frames that arrive between responses."""
 
-    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+    def __init__(self, port: int, receive_buffer: int | None = None, source: str | None = None) -> None:
+        """``source``: the loopback address to connect from (127.0.0.2 ...: another client address)."""
         self.sock = socket.socket()
         if receive_buffer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if source:
+            self.sock.bind((source, 0))
         self.sock.settimeout(10)
         self.sock.connect(("127.0.0.1", port))
         self.buffer = b""
         self.cseq = 0
         self.challenge: str | None = None
+        self.counts: dict[str, int] = {}  # nonce -> requests sent with it (the digest nc), as FFmpeg counts
         self.frames: list[tuple[int, bytes]] = []
 
     def close(self, reset: bool = False) -> None:
@@ -307,7 +316,9 @@ class RawClient:
             lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}"]
             lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
             if credentials and self.challenge:
-                lines.append(f"Authorization: {digest(credentials, method, uri, self.challenge, qop)}")
+                nonce = nonce_of(self.challenge)
+                self.counts[nonce] = self.counts.get(nonce, 0) + 1
+                lines.append(f"Authorization: {digest(credentials, method, uri, self.challenge, qop, self.counts[nonce])}")
             self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
             response = self.read_response()
             assert response.headers.get("cseq") == str(self.cseq), response

@@ -466,3 +466,63 @@ async def test_a_signed_request_replays_neither_after_a_restart_nor_at_another_g
     with pytest.raises(Denied, match="invalid signature"):
         restarted.authenticate("10.0.0.1", elsewhere, "POST", "/api/tokens", body, "gateway")
     assert restarted.authenticate("10.0.0.1", fresh, "POST", "/api/tokens", body, "gateway").name == "vera"
+
+
+def test_the_rtsp_digest_hash_a_password_equivalent_is_kept_private(tmp_path):
+    """Issue 14: tokens.json holds each token's HA1, which alone opens its RTSP feeds: 0600 in a 0700
+    directory, and tightened when the gateway finds it looser (an older version's files, a copy)."""
+    import stat
+
+    from gateway.api.access import TokenStore
+
+    directory = tmp_path / "data" / "access"
+    token, record = TokenStore(directory).issue("vera", None, 60, "test")
+    tokens = directory / "tokens.json"
+    assert record.rtsp_ha1 in tokens.read_text() and token.rsplit("_", 1)[1] not in tokens.read_text()
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert (mode(tokens), mode(directory)) == (0o600, 0o700)
+    tokens.chmod(0o644)
+    directory.chmod(0o755)
+    assert TokenStore(directory).live(record.id) == record
+    assert (mode(tokens), mode(directory)) == (0o600, 0o700)
+
+
+@pytest.mark.asyncio
+async def test_one_identitys_whep_sessions_are_capped_over_all_its_tokens(world):
+    """Issue 14: one viewer token opened 100 WHEP sessions that never connected. The gateway counts
+    them per identity (a second token of the same viewer does not double the cap), shows 429 with
+    Retry-After, and /metrics has the sessions and the refusal."""
+    from gateway.frames import Released
+    from whep_harness import viewer_offer
+
+    gateway, people = world
+    output = gateway.cameras["lobby"].output
+    image = np.zeros((64, 96, 3), np.uint8)
+    for index in range(2):  # the renditions are made from the camera's first two frames
+        output(Released("lobby", index, index / 10, "redacted", image, image.shape))
+    cap = gateway.config.whep.max_sessions_per_principal
+    offer = await viewer_offer()
+    try:
+        async with await client(gateway) as http:
+            tokens = [await token_for(http, people["vera"], cameras=["lobby"]) for _ in range(2)]
+            sdp = lambda token: {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}  # noqa: E731
+            statuses = [(await http.post("/whep/lobby", content=offer, headers=sdp(tokens[0]))).status_code
+                        for _ in range(cap)]
+            assert statuses == [201] * cap
+            for token in tokens:
+                refused = await http.post("/whep/lobby", content=offer, headers=sdp(token))
+                assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+                assert refused.json() == {"error": f"too many sessions for vera (at most {cap})",
+                                          "limit": "sessions_per_principal"}
+            olga = await token_for(http, people["olga"])
+        async with await client(gateway, peer="10.0.0.2") as http:  # (10.0.0.1 is at its address's cap too)
+            assert (await http.post("/whep/lobby", content=offer, headers=sdp(olga))).status_code == 201
+            metrics = (await http.get("/metrics", headers={"Authorization": f"Bearer {olga}"})).text
+    finally:
+        await gateway.whep.close()
+        output.close()
+    assert f'privacy_gateway_open_sessions{{entry="whep"}} {cap + 1}.0' in metrics
+    assert 'privacy_gateway_limit_refusals_total{entry="whep",limit="sessions_per_principal"} 2.0' in metrics
+    assert 'privacy_gateway_open_sessions{entry="whip"} 0.0' in metrics
+    assert 'privacy_gateway_open_connections{entry="http"} 0.0' in metrics  # (no sockets through ASGI)
+    assert gateway.whep.ledger.held == 0

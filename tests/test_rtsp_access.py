@@ -231,7 +231,8 @@ def test_request_handling_fuzz(gw, data, seed, server_errors):
                 headers["Authorization"] = data.draw(line_text)
             elif auth != "none":
                 credentials = ALICE if auth != "wrong" else (ALICE[0], "wrong")
-                headers["Authorization"] = digest(credentials, method, uri, challenge, qop=auth != "valid-no-qop")
+                headers["Authorization"] = digest(credentials, method, uri, challenge, qop=auth != "valid-no-qop",
+                                                  nc=turn + 1)
             body = b"position\r\n" if rnd.random() < 0.1 else b""
             if body:
                 headers["Content-Length"] = str(len(body))
@@ -259,3 +260,27 @@ def test_a_captured_digest_header_does_not_replay_on_another_connection(gw):
         thief.send(f"DESCRIBE {gw.url('cam')} RTSP/1.0\r\nCSeq: 1\r\nAuthorization: {captured}\r\n\r\n".encode())
         response = thief.read_response()
         assert response.status == 401 and "stale=true" in response.headers["www-authenticate"]
+
+
+def test_a_digest_nonce_count_that_does_not_increase_is_a_replay(gw):
+    """Issue 14: within its own connection a captured header (qop=auth) could be sent again. Its nonce
+    count must now rise with every request on the nonce; a repeat is a failed login and a fresh challenge."""
+    gw.failures.clear()
+    with RawClient(gw.port) as client:
+        client.challenge = client.request("DESCRIBE", gw.url("cam")).headers["www-authenticate"]
+
+        def describe(authorization: str):
+            client.cseq += 1
+            client.send(f"DESCRIBE {gw.url('cam')} RTSP/1.0\r\nCSeq: {client.cseq}\r\n"
+                        f"Authorization: {authorization}\r\n\r\n".encode())
+            return client.read_response()
+
+        first = digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge, nc=1)
+        assert describe(first).status == 200
+        for replay in (first, digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge, nc=1)):
+            refused = describe(replay)  # the same header, or a new one with the same count
+            assert refused.status == 401 and "stale=true" in refused.headers["www-authenticate"]
+        assert describe(digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge, nc=3)).status == 200  # counts may skip
+        assert describe(digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge, nc=2)).status == 401
+        assert describe(digest(ALICE, "DESCRIBE", gw.url("cam"), client.challenge, qop=False)).status == 200  # no count
+    assert gw.failures == [("127.0.0.1", "alice", "replayed nonce count")] * 3

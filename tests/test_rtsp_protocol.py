@@ -18,21 +18,51 @@ def test_nonces_expire():
     users = {"alice": RtspUser("alice", ha1(*ALICE), lambda camera: True)}.get
     uri = "rtsp://127.0.0.1:554/cam"
 
-    def request(peer_nonce_from: str) -> Request:
-        challenge = checker.challenge(peer_nonce_from)
-        return Request("DESCRIBE", uri, {"authorization": digest(ALICE, "DESCRIBE", uri, challenge)}, "1")
+    challenge = checker.challenge("10.0.0.1")
 
-    fresh = request("10.0.0.1")
-    assert checker.check(fresh, "10.0.0.1", users).name == "alice"
+    def request(nc: int) -> Request:
+        return Request("DESCRIBE", uri, {"authorization": digest(ALICE, "DESCRIBE", uri, challenge, nc=nc)}, "1")
+
+    assert checker.check(request(1), "10.0.0.1", users).name == "alice"
     with pytest.raises(AuthFailure) as other_address:
-        checker.check(fresh, "10.0.0.2", users)
+        checker.check(request(2), "10.0.0.2", users)
     assert other_address.value.stale and other_address.value.why is None
     now[0] += 299
-    assert checker.check(fresh, "10.0.0.1", users).name == "alice"
+    assert checker.check(request(2), "10.0.0.1", users).name == "alice"
     now[0] += 2
     with pytest.raises(AuthFailure) as expired:
-        checker.check(fresh, "10.0.0.1", users)
+        checker.check(request(3), "10.0.0.1", users)
     assert expired.value.stale and expired.value.why is None
+
+
+def test_nonce_counts_must_rise_and_forgotten_counts_are_stale(monkeypatch):
+    from gateway.egress.rtsp import digest as module
+
+    monkeypatch.setattr(module, "_COUNTED_NONCES", 2)
+    now = [1000.0]
+    checker = Digest(REALM, clock=lambda: now[0])
+    users = {"alice": RtspUser("alice", ha1(*ALICE), lambda camera: True)}.get
+    uri = "rtsp://127.0.0.1:554/cam"
+
+    def check(peer: str, nc: int, challenge: str | None = None):
+        challenge = challenge or checker.challenge(peer)
+        return checker.check(Request("DESCRIBE", uri, {"authorization": digest(ALICE, "DESCRIBE", uri, challenge, nc=nc)},
+                                     "1"), peer, users)
+
+    first = checker.challenge("10.0.0.1:1")
+    assert check("10.0.0.1:1", 1, first).name == "alice"
+    for nc in (1, 0):
+        with pytest.raises(AuthFailure) as replay:
+            check("10.0.0.1:1", nc, first)
+        assert (replay.value.stale, replay.value.why) == (True, "replayed nonce count")
+    assert check("10.0.0.1:1", 5, first).name == "alice"
+    now[0] += 1  # two more nonces in use push the first one's count out: it is stale, never counted afresh
+    assert check("10.0.0.2:1", 1).name == "alice"
+    assert check("10.0.0.3:1", 1).name == "alice"
+    with pytest.raises(AuthFailure) as forgotten:
+        check("10.0.0.1:1", 6, first)
+    assert (forgotten.value.stale, forgotten.value.why) == (True, None)
+    assert check("10.0.0.1:1", 1).name == "alice"  # a new nonce for the same connection works
 
 
 @pytest.mark.parametrize("head, status, message", [

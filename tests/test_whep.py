@@ -24,7 +24,7 @@ from gateway.egress import Rendition, WhepServer
 from whep_harness import (  # noqa: F401  (browser, gateway: fixtures)
     AiortcViewer, BLOCK, CAMERA, COLOUR_RGB, FPS, HEIGHT, INBOUND_STATS, TICKS_PER_FRAME, WIDTH,
     allow_everyone, async_wait_until, browser, check_frames, chromium_frames, close_viewer_page, decode,
-    gateway, make_frame, open_viewer_page, sample, wait_until,
+    gateway, make_frame, open_viewer_page, sample, viewer_offer, wait_until,
 )
 
 
@@ -167,19 +167,9 @@ async def test_codec_negotiation(gateway):
     assert gateway.whep.viewers(CAMERA) == 0
 
 
-async def _offer_sdp() -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        return pc.localDescription.sdp
-    finally:
-        await pc.close()
-
-
 @pytest.mark.asyncio
 async def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(gateway):
-    offer = await _offer_sdp()
+    offer = await viewer_offer()
     url = f"{gateway.url}/whep/{CAMERA}"
     sdp = {"Content-Type": "application/sdp"}
     async with httpx.AsyncClient() as http:
@@ -313,7 +303,7 @@ async def test_rendition_encodes_only_for_viewers_and_a_slow_viewer_resumes_at_a
 async def test_a_configured_camera_without_frames_yet_is_503_retry_not_404():
     server = WhepServer(lambda camera, codec: None, allow_everyone, camera_known=lambda camera: camera == "lobby")
     app = Starlette(routes=[*pages.routes(), *server.routes])
-    offer = await _offer_sdp()
+    offer = await viewer_offer()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         waiting = await http.post("/whep/lobby", content=offer, headers={"Content-Type": "application/sdp"})

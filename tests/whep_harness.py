@@ -162,6 +162,17 @@ async def async_wait_until(predicate, timeout: float = 10, message: str = "condi
         await asyncio.sleep(0.05)
 
 
+async def viewer_offer() -> str:
+    """A viewer's SDP offer (aiortc, receive-only video), for tests that post offers themselves."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
 class AiortcViewer:
     """A WHEP client built on aiortc that decodes the frame numbers it receives."""
 

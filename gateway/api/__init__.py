@@ -1,7 +1,8 @@
 """The network face of the gateway: the Starlette app, routes by resource, metrics, pages (the top).
 
 :mod:`.app` composes the live runtime with every entry point (WHEP, WHIP, RTSP, ``/api``,
-``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn. Resources:
+``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn, whose connections
+:mod:`.connections` caps and holds to a request-head deadline. Resources:
 :mod:`.cameras`, :mod:`.policies`, :mod:`.identities` (and tokens), :mod:`.audit`,
 :mod:`.status`; :mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
 :mod:`.access` who may do what. No handler touches pixels or does O(log) work on the event loop.

@@ -20,9 +20,11 @@ from starlette.responses import PlainTextResponse, Response
 from keys import GATEWAY_ACTOR
 from redaction import Policy
 
-from ..config import ConfigError, GatewayConfig
+from ..config import ConfigError, GatewayConfig, SessionLimits
 from ..egress import Rendition, RtspServer, WhepServer
+from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
+from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
 from ..webrtc import IcePolicy
 from . import pages
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 DEMO_TOKEN_TTL = 24 * 3600  # the viewer token printed at a demo start
 
 
+def _caps(limits: SessionLimits) -> Caps:
+    return Caps(limits.max_sessions, limits.max_sessions_per_address, limits.max_sessions_per_principal)
+
+
 class Gateway:
     """Every camera of a configuration, running, plus the network entry points that expose them."""
 
@@ -60,8 +66,9 @@ class Gateway:
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.cameras.__contains__, ice=self.ice)
-        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice)
+                               camera_known=runtime.cameras.__contains__, ice=self.ice, caps=_caps(config.whep))
+        self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
+                               caps=_caps(config.whip))
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
@@ -70,14 +77,24 @@ class Gateway:
                                    self.access.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
-                                   max_sessions=config.rtsp.max_sessions)
+                                   max_sessions=config.rtsp.max_sessions,
+                                   max_sessions_per_address=config.rtsp.max_sessions_per_address,
+                                   max_sessions_per_principal=config.rtsp.max_sessions_per_principal,
+                                   max_connections=config.rtsp.max_connections,
+                                   max_connections_per_address=config.rtsp.max_connections_per_address,
+                                   auth_timeout=config.rtsp.auth_timeout_s)
+        listen = config.listen
+        #: the HTTP listener's connections (gateway.api.connections puts them under these caps)
+        self.http_connections = Ledger("http", "connections", Caps(listen.max_connections,
+                                                                   listen.max_connections_per_address),
+                                       uncapped_address=lambda peer: within_networks(peer, listen.trusted_proxies))
         changes = ChangeLog(runtime.store, runtime.signer)
         versions = PolicyVersions(runtime.store)
         cameras = CameraRoutes(runtime, self.access, versions, changes)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
                                retention=lambda: dict(runtime.retention.counts),
-                               ice_ignored=self._ignored_candidates)
+                               ice_ignored=self._ignored_candidates, ledgers=self.ledgers)
         self.console = console = Console(self.access, lambda: list(runtime.cameras))
         console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
@@ -99,6 +116,11 @@ class Gateway:
     @property
     def cameras(self) -> dict[str, LiveCamera]:
         return self.runtime.cameras
+
+    def ledgers(self) -> list[Ledger]:
+        """What clients hold at every entry point, under its caps (for /metrics)."""
+        rtsp = (self.rtsp.connection_ledger, self.rtsp.session_ledger) if self.rtsp is not None else ()
+        return [self.http_connections, *rtsp, self.whep.ledger, self.whip.ledger]
 
     # --- the entry points' questions -----------------------------------------------------------
 
@@ -123,6 +145,7 @@ class Gateway:
         except Denied as denied:
             return PlainTextResponse(denied.message + "\n", status_code=denied.status, headers=denied.headers)
         request.state.still_allowed = self.access.still_allowed(who, permission, camera)  # for the session's life
+        request.state.principal = who.name  # whom the session caps count: the identity, over all its tokens
         return None
 
     async def _authorize_feed(self, request: Request, camera: str) -> Response | None:

@@ -31,7 +31,7 @@ class AuditRoutes:
         except AuditError as exc:
             raise Denied(503, str(exc)) from None
         if not who.may("audit"):
-            entries = [e for e in entries if _by(e, who.name)]
+            entries = [e for e in entries if acted_in(e, who.name)]
         return JSONResponse({"entries": entries})
 
     async def verify(self, request: Request, who: Principal, body: bytes) -> Response:
@@ -43,7 +43,7 @@ class AuditRoutes:
         return JSONResponse({"valid": True, "entries": count})
 
 
-def _by(entry: dict, name: str) -> bool:
+def acted_in(entry: dict, name: str) -> bool:
     """Whether ``name`` acted in ``entry``: as its signer, or as the person a gateway entry names."""
     details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
     return entry.get("actor") == name or details.get("by") == name

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..limits import Ledger
 from ..live import LiveCamera
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -114,12 +115,37 @@ class _Counts(Collector):
         yield family
 
 
+class _Ledgers(Collector):
+    """What clients hold at each entry point and what its caps refused or closed (:mod:`gateway.limits`)."""
+
+    def __init__(self, ledgers: Callable[[], Iterable[Ledger]]) -> None:
+        self._ledgers = ledgers
+
+    def collect(self):
+        connections = GaugeMetricFamily("privacy_gateway_open_connections", "Client connections open now",
+                                        labels=["entry"])
+        sessions = GaugeMetricFamily("privacy_gateway_open_sessions", "Client sessions open now "
+                                     "(connected or still connecting)", labels=["entry"])
+        refused = CounterMetricFamily("privacy_gateway_limit_refusals", "Connections and sessions refused, "
+                                      "by the cap they hit", labels=["entry", "limit"])
+        closed = CounterMetricFamily("privacy_gateway_connections_closed", "Connections the gateway closed "
+                                     "itself (a deadline passed, displaced at the cap, idle)", labels=["entry", "reason"])
+        for ledger in self._ledgers():
+            (connections if ledger.resource == "connections" else sessions).add_metric([ledger.entry], ledger.held)
+            for limit, count in sorted(ledger.refused.items()):
+                refused.add_metric([ledger.entry, limit], count)
+            for reason, count in sorted(ledger.closed.items()):
+                closed.add_metric([ledger.entry, reason], count)
+        yield from (connections, sessions, refused, closed)
+
+
 class Metrics:
     """A registry of its own (no process-global state), exposed at ``/metrics``."""
 
     def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], auth_failures: Callable[[], dict] | None = None,
                  rtsp_skipped: Callable[[], dict[str, int]] = dict, retention: Callable[[], dict] | None = None,
-                 ice_ignored: Callable[[], dict[tuple[str, str], int]] | None = None) -> None:
+                 ice_ignored: Callable[[], dict[tuple[str, str], int]] | None = None,
+                 ledgers: Callable[[], Iterable[Ledger]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cameras = cameras
         self.registry.register(_Cameras(cameras, rtsp_skipped))
@@ -136,6 +162,8 @@ class Metrics:
                                            "webrtc.remote_networks; hostname: an mDNS name; peer_reflexive: "
                                            "checks from an address outside them)", ("endpoint", "reason"),
                                            ice_ignored))
+        if ledgers is not None:
+            self.registry.register(_Ledgers(ledgers))
         self.latency = Histogram("privacy_gateway_release_latency_seconds",
                                  "Arrival to release of redacted frames (the hold-back bounds it)",
                                  ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)

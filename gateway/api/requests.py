@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from keys import GATEWAY_ACTOR, AuditError, VaultStore
 
-from ..http import BodyTooLarge, peer_of, read_body, target_of
+from ..http import BodyTooLarge, json_error, peer_of, read_body, target_of
 from .access import Access, Denied, Principal
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ Handler = Callable[[Request, Principal, bytes], Awaitable[Response]]
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    return json_error(status, message, headers, **extra)
 
 
 async def authenticate(access: Access, request: Request, body: bytes = b"") -> Principal:

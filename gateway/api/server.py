@@ -1,5 +1,7 @@
 """``serve``: the gateway under uvicorn (HTTP, optionally TLS) and its RTSP listener, until stopped.
 
+uvicorn's connections are capped and must send each request head in time (:mod:`.connections`).
+
 uvicorn handles SIGINT/SIGTERM; on the way out every WebRTC and RTSP session ends, the cameras
 stop (undecided frames leave blanked, sealers close their segments and log them) and the sinks
 write what they hold.
@@ -27,11 +29,14 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
     ``ready(gateway, port)`` is called once listening."""
     import uvicorn
 
+    from .connections import listener_settings
+
     gateway = Gateway(config, policies, announce)
     tls = config.tls
     server = uvicorn.Server(uvicorn.Config(
         gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
-        ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
+        ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
+        **listener_settings(config.listen, gateway.http_connections)))
     gateway.start()
     rechecks = None
     try:

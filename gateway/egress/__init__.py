@@ -6,8 +6,8 @@ H.264 :class:`Rendition` whose packets go to the :class:`Recorder` (every frame,
 the sealed records), to every WHEP viewer (:mod:`.whep`) and to every RTSP client (:mod:`.rtsp`).
 Only released frames ever arrive here, so no path out can carry an unredacted pixel.
 
-May import :mod:`gateway.frames`, :mod:`gateway.http`, :mod:`gateway.webrtc` and ``keys``'
-public API; never ``ingest``, ``live``, ``api`` or ``cli``.
+May import :mod:`gateway.frames`, :mod:`gateway.http`, :mod:`gateway.limits`,
+:mod:`gateway.webrtc` and ``keys``' public API; never ``ingest``, ``live``, ``api`` or ``cli``.
 """
 
 from .encoding import Continuous, StreamInfo

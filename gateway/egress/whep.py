@@ -6,6 +6,10 @@ offer allows, H.264 preferred), and ends sessions (``DELETE /whep/{camera}/{sess
 or closed connection, no connection within :data:`CONNECT_TIMEOUT` seconds, or access revoked).
 Its ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the viewer's candidates outside the
 allowed networks are taken out of the offer (counted in :attr:`WhepServer.ignored_candidates`).
+
+Sessions, connected or still connecting, are capped per principal, per address and in all
+(:mod:`gateway.limits`): an offer over a cap is answered 429 (the client's own cap) or 503 (all
+taken) with a JSON error and ``Retry-After``, before any peer connection is made.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..http import BodyTooLarge, content_type, read_body, text_error
+from ..http import (
+    BodyTooLarge,
+    content_type,
+    json_error,
+    peer_of,
+    read_body,
+    text_error,
+)
+from ..limits import RETRY_AFTER, Caps, Hold, Ledger, Refused
 from ..webrtc import (
     CODEC_NAMES,
     CODECS,
@@ -44,6 +56,7 @@ __all__ = ["WhepServer"]
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0  # seconds from answer to a connected peer before the session is dropped
+DEFAULT_CAPS = Caps(total=64, per_address=16, per_principal=16)
 
 
 @dataclass(eq=False)
@@ -54,6 +67,7 @@ class _Session:
     track: ViewerTrack
     timeout: asyncio.TimerHandle | None = None
     allowed: Callable[[], bool] | None = None  # left by authorize in request.state.still_allowed
+    hold: Hold | None = None  # its place under the session caps
 
 
 class WhepServer:
@@ -66,11 +80,12 @@ class WhepServer:
         ice_servers: list[str] | None = None,
         camera_known: Callable[[str], bool] | None = None,
         ice: IcePolicy | None = None,
+        caps: Caps = DEFAULT_CAPS,
     ) -> None:
         """``authorize(request, camera)``: an error response to send (401, 403, 429 ...), or
         None to go on; asked first, before anything reveals whether the camera exists. It may
         leave ``request.state.still_allowed``, a callable that :meth:`recheck` asks while the
-        session lives.
+        session lives, and ``request.state.principal``, whom the per-principal cap counts.
         ``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
         frame released so far) is answered 503 with Retry-After instead of 404.
         ``ice``: where peer connections gather and whom they talk to; default: the policy of a
@@ -83,6 +98,7 @@ class WhepServer:
         #: remote candidates left out, by reason (``network``, ``hostname``, ``peer_reflexive``)
         self.ignored_candidates: Counter[str] = Counter()
         self._sessions: dict[str, _Session] = {}
+        self.ledger = Ledger("whep", "sessions", caps)  # for the caps and /metrics
         self.routes: list[BaseRoute] = [
             Route("/whep/{camera}", self._offer, methods=["POST"]),
             Route("/whep/{camera}/{session}", self._delete, methods=["DELETE"]),
@@ -111,6 +127,20 @@ class WhepServer:
         refused = await self._authorize(request, camera)
         if refused is not None:
             return refused
+        try:
+            hold = self.ledger.take(peer_of(request), getattr(request.state, "principal", None))
+        except Refused as full:
+            return json_error(full.http_status, str(full), {"Retry-After": str(RETRY_AFTER)}, limit=full.limit)
+        try:
+            answer = await self._answer(request, camera, hold)
+        except BaseException:
+            hold.release()
+            raise
+        if answer.status_code != 201:
+            hold.release()  # no session came of the offer
+        return answer
+
+    async def _answer(self, request: Request, camera: str, hold: Hold) -> Response:
         if content_type(request) != "application/sdp":
             return text_error(415, "Content-Type must be application/sdp")
         forced = request.query_params.get("codec")
@@ -148,7 +178,7 @@ class WhepServer:
             return text_error(400, filtered.error)
         pc = RTCPeerConnection(configuration(self._ice_servers))
         session = _Session(secrets.token_urlsafe(12), camera, pc, rendition.subscribe(),
-                           allowed=getattr(request.state, "still_allowed", None))
+                           allowed=getattr(request.state, "still_allowed", None), hold=hold)
 
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
@@ -205,5 +235,7 @@ class WhepServer:
             return
         if session.timeout is not None:
             session.timeout.cancel()
+        if session.hold is not None:
+            session.hold.release()
         session.track.stop()
         await session.pc.close()

@@ -6,7 +6,7 @@ objects to the live pipeline through ``emit``: an RTSP camera pulled with PyAV
 (:mod:`.whip`, endpoints in :mod:`.whip_server`). :mod:`.source` holds what they share: the
 :class:`Source` seam, the drop-oldest emitter and the timeline.
 
-May import :mod:`gateway.frames`, :mod:`gateway.http` and :mod:`gateway.webrtc`; never
+May import :mod:`gateway.frames`, :mod:`gateway.http`, :mod:`gateway.limits` and :mod:`gateway.webrtc`; never
 ``live``, ``egress``, ``api`` or ``cli``.
 """
 

@@ -10,6 +10,10 @@ connection (DTLS close), when the connection fails, when it has not connected wi
 ``connect_timeout`` seconds of the answer, or when a connected publisher sends no frame for the
 source's ``read_timeout`` seconds; all but the first two count in ``stats.errors``.
 
+Sessions are also capped per principal, per address and in all (:mod:`gateway.limits`): an offer
+over a cap is answered 429 (the client's own cap) or 503 (all taken) with a JSON error and
+``Retry-After``, before its body is read.
+
 Only video is taken. An offer must have exactly one video section that sends (``sendonly`` or
 ``sendrecv``) VP8 or H.264 (constrained baseline, packetization-mode 1: what aiortc's answerer
 negotiates); audio sections are answered ``inactive`` so that publishers which always offer
@@ -37,7 +41,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..http import BodyTooLarge, content_type, read_body, text_error
+from ..http import (
+    BodyTooLarge,
+    content_type,
+    json_error,
+    peer_of,
+    read_body,
+    text_error,
+)
+from ..limits import RETRY_AFTER, Caps, Hold, Ledger, Refused
 from ..webrtc import (
     MAX_OFFER_BYTES,
     NEGOTIATION_ERRORS,
@@ -54,6 +66,7 @@ __all__ = ["WhipServer"]
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 15.0  # seconds from answer to a connected peer before the session is dropped
+DEFAULT_CAPS = Caps(total=64, per_address=16, per_principal=16)
 
 
 @dataclass(eq=False)
@@ -71,6 +84,7 @@ class _Publisher:
     heard: float = 0.0  # monotonic time of the last frame (or of the connection)
     ended: bool = False
     allowed: Callable[[], bool] | None = None  # left by authorize in request.state.still_allowed
+    hold: Hold | None = None  # its place under the session caps
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     def close_from_any_thread(self, timeout: float) -> None:
@@ -99,8 +113,9 @@ class WhipServer:
 
     ``authorize(request, camera)`` runs first in every handler, before anything else is looked
     at (not even whether the camera exists, nor the body): it returns a response to send (401,
-    403, ...) or ``None`` to go on. ``ice``: where peer connections gather and whom they talk to;
-    default: the policy of a gateway listening on 127.0.0.1 (the default ``listen.host``).
+    403, ...) or ``None`` to go on. It may leave ``request.state.principal``, whom the
+    per-principal cap of ``caps`` counts. ``ice``: where peer connections gather and whom they
+    talk to; default: the policy of a gateway listening on 127.0.0.1 (the default ``listen.host``).
     """
 
     def __init__(
@@ -111,6 +126,7 @@ class WhipServer:
         *,
         connect_timeout: float = _CONNECT_TIMEOUT,
         ice: IcePolicy | None = None,
+        caps: Caps = DEFAULT_CAPS,
     ) -> None:
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout!r}")
@@ -123,6 +139,7 @@ class WhipServer:
         self._connect_timeout = connect_timeout
         self._sessions: dict[str, _Publisher] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.ledger = Ledger("whip", "sessions", caps)  # for the caps and /metrics
         self.routes: list[BaseRoute] = [
             Route("/whip/{camera}", self._endpoint, methods=["POST", "OPTIONS"]),
             Route("/whip/{camera}/{session}", self._delete, methods=["DELETE"]),
@@ -154,9 +171,20 @@ class WhipServer:
             return text_error(404, f"no such camera: {camera}")
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": "application/sdp"})
-        return await self._offer(request, camera, source)
+        try:
+            hold = self.ledger.take(peer_of(request), getattr(request.state, "principal", None))
+        except Refused as full:
+            return json_error(full.http_status, str(full), {"Retry-After": str(RETRY_AFTER)}, limit=full.limit)
+        try:
+            answer = await self._offer(request, camera, source, hold)
+        except BaseException:
+            hold.release()
+            raise
+        if answer.status_code != 201:
+            hold.release()  # no session came of the offer
+        return answer
 
-    async def _offer(self, request: Request, camera: str, source: WhipSource) -> Response:
+    async def _offer(self, request: Request, camera: str, source: WhipSource, hold: Hold) -> Response:
         if content_type(request) != "application/sdp":
             return text_error(415, "Content-Type must be application/sdp")
         try:
@@ -176,7 +204,7 @@ class WhipServer:
             return text_error(400, filtered.error)
 
         session = _Publisher(secrets.token_urlsafe(12), camera, source, self, asyncio.get_running_loop(),
-                             allowed=getattr(request.state, "still_allowed", None))
+                             allowed=getattr(request.state, "still_allowed", None), hold=hold)
         refused = source.claim(session)
         if refused == "busy":
             return text_error(409, f"camera {camera} already has a publisher")
@@ -271,6 +299,8 @@ class WhipServer:
             return
         session.ended = True
         self._sessions.pop(session.id, None)
+        if session.hold is not None:
+            session.hold.release()
         if session.timeout is not None:
             session.timeout.cancel()
             session.timeout = None

@@ -129,4 +129,4 @@ class Access:
         principal = self.principal_of(identity, record.cameras, record.id)
         # asked again for every request and, while a session plays, every second (revocation ends it)
         return RtspUser(f"{record.identity} (token {record.id})", record.rtsp_ha1,
-                        lambda camera: self.still_allowed(principal, "feeds*", camera)())
+                        lambda camera: self.still_allowed(principal, "feeds*", camera)(), principal=record.identity)

@@ -13,8 +13,10 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from keys import write_durably
 
 from ...config import ConfigError
 from .principals import Denied
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pgw"
 DEFAULT_TOKEN_TTL = 8 * 3600.0
@@ -60,8 +64,16 @@ def _iso(seconds: float) -> str:
 
 def _write_private_json(path: Path, data) -> None:
     """Durably, readable by the owner only (the token file holds hashes that open RTSP feeds)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_durably(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
+
+
+def _keep_private(directory: Path) -> None:
+    """The access directory 0700 and its files 0600, whatever made them (an older version, a copy, umask)."""
+    for path, mode in ((directory, 0o700), *((f, 0o600) for f in sorted(directory.glob("*.json")))):
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) & ~mode:
+            log.warning("%s was readable by others (mode %o); made it %o", path, stat.S_IMODE(path.stat().st_mode), mode)
+            path.chmod(mode)
 
 
 class TokenStore:
@@ -74,6 +86,7 @@ class TokenStore:
         self._tokens: dict[str, TokenRecord] = {}
         self._grants: dict[str, tuple[str, ...]] = {}
         try:
+            _keep_private(self.directory)
             tokens = json.loads((self.directory / "tokens.json").read_text("utf-8")) if (self.directory / "tokens.json").exists() else []
             self._tokens = {t["id"]: TokenRecord(**{**t, "cameras": None if t["cameras"] is None else tuple(t["cameras"])})
                             for t in tokens}

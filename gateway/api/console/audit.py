@@ -8,7 +8,7 @@ from starlette.requests import Request
 from keys import EscrowError, VaultStore
 
 from ..access import Principal
-from ..audit import _by
+from ..audit import acted_in
 
 PAGE_SIZE = 200  # newest entries shown per page of the filtered log
 
@@ -22,7 +22,7 @@ class AuditPages:
         wanted = {k: query.get(k, "").strip() for k in ("actor", "action", "camera", "from", "to")}
         entries = self.store.audit.entries()
         if not who.may("audit"):
-            entries = [e for e in entries if _by(e, who.name)]
+            entries = [e for e in entries if acted_in(e, who.name)]
         actions = sorted({e["action"] for e in entries})
         actors = sorted({e["actor"] for e in entries})
 

@@ -2,8 +2,8 @@
 
 :mod:`.protocol` the wire format (pure), :mod:`.digest` digest authentication and the
 :class:`RtspUser` it checks, :mod:`.session` connections and sessions, :mod:`.sender` RTP and
-RTCP out, :mod:`.server` the listener. Imports only :mod:`gateway.egress.rendition` from the
-rest of the gateway.
+RTCP out, :mod:`.server` the listener. Imports only :mod:`gateway.egress.rendition` and
+:mod:`gateway.limits` from the rest of the gateway.
 """
 
 from .digest import RtspUser

@@ -2,9 +2,16 @@
 
 Nonces are stateless: the server keeps nothing per client, and a nonce is bound to the TCP
 connection it was issued on (address and port) and accepted for ``_NONCE_TTL`` seconds, so a
-captured Authorization header does not replay on another connection. The HA1 the token store
-keeps (``MD5(id:realm:secret)``) is a password equivalent for RTSP: it is kept 0600 and never
-shown.
+captured Authorization header does not replay on another connection. With ``qop=auth`` the
+nonce count (``nc``) of every nonce in use is remembered, and a request whose count is not above
+the last one accepted for its nonce is a replay: refused with a fresh challenge (``stale=true``)
+and reported as a failed login. Only nonces that carried a valid response are remembered, at most
+:data:`_COUNTED_NONCES` of them and none past its lifetime; a nonce whose count was forgotten
+early is stale (fail closed: its client simply logs in again). The RFC 2069 form (no ``qop``, what
+GStreamer sends) has no count: the same request gives the same response, so within its own
+connection and nonce lifetime it can still be replayed by someone able to inject into that
+connection. The HA1 the token store keeps (``MD5(id:realm:secret)``) is a password equivalent for
+RTSP: it is kept 0600 and never shown.
 """
 
 from __future__ import annotations
@@ -19,16 +26,20 @@ from dataclasses import dataclass
 
 from .protocol import Request, path_of
 
+
 @dataclass(frozen=True)
 class RtspUser:
-    """Who may log in, as the digest check needs them: a name for logs, the RFC 2617 HA1, and what they may view."""
+    """Who may log in, as the digest check needs them: a name for logs, the RFC 2617 HA1, what they may
+    view, and the principal their sessions count against (an identity, across all its tokens)."""
 
     name: str  # shown in logs
     ha1: str  # hex MD5(username ":" realm ":" password), RFC 2617
     may_view: Callable[[str], bool]  # camera -> allowed
+    principal: str | None = None  # whom the per-principal session cap counts (None: ``name``)
 
 
 _NONCE_TTL = 300.0  # seconds a digest nonce is accepted; then 401 with stale=true
+_COUNTED_NONCES = 65_536  # nonces whose last nonce count is remembered (qop=auth); then the oldest are stale
 _AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
 
 
@@ -44,6 +55,8 @@ class Digest:
         self._key = secrets.token_bytes(32)
         self._clock = clock
         self._decoy = secrets.token_hex(16)  # HA1 for unknown users, so they take the same path
+        self._counts: dict[str, int] = {}  # nonce -> highest nc accepted with it, in order of first use
+        self._forgotten = -1  # issue time: nonces issued then or before whose count is not kept are stale
 
     def _mac(self, stamp: str, peer: str) -> str:
         return hmac.new(self._key, f"{stamp}:{peer}".encode(), hashlib.sha256).hexdigest()[:32]
@@ -103,7 +116,26 @@ class Digest:
             raise AuthFailure(username, None, stale=True)
         if self._clock() - int(nonce[:12], 16) > _NONCE_TTL:
             raise AuthFailure(username, None, stale=True)
+        if qop is not None:
+            self._count(nonce, int(params["nc"], 16), username)
         return user
+
+    def _count(self, nonce: str, count: int, username: str) -> None:
+        """Accept nonce count ``count`` for ``nonce`` only if it is above the last one accepted."""
+        last = self._counts.get(nonce)
+        if last is None and int(nonce[:12], 16) <= self._forgotten:
+            raise AuthFailure(username, None, stale=True)  # its count was dropped: start again with a new nonce
+        if count <= (last or 0):
+            raise AuthFailure(username, "replayed nonce count", stale=True)
+        self._counts[nonce] = count
+        now = self._clock()
+        while self._counts:
+            oldest = next(iter(self._counts))
+            issued = int(oldest[:12], 16)
+            if len(self._counts) <= _COUNTED_NONCES and now - issued <= _NONCE_TTL:
+                break
+            del self._counts[oldest]
+            self._forgotten = max(self._forgotten, issued)
 
 
 class AuthFailure(Exception):

@@ -33,7 +33,7 @@ TRACK = "trackID=0"
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 413: "Request Entity Too Large", 414: "Request-URI Too Large",
-    451: "Parameter Not Understood", 454: "Session Not Found", 455: "Method Not Valid in This State",
+    451: "Parameter Not Understood", 453: "Not Enough Bandwidth", 454: "Session Not Found", 455: "Method Not Valid in This State",
     457: "Invalid Range", 461: "Unsupported Transport", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "RTSP Version Not Supported",
     551: "Option Not Supported",

@@ -12,6 +12,13 @@ I/O (reading a request, lingering before a close) and a session's transports are
 :mod:`.session`, the wire format is :mod:`.protocol` and the credentials check :mod:`.digest`.
 Sessions live at most as long as the RTSP connection that created them and expire after
 ``session_timeout`` seconds without a request naming them or an RTCP report from their client.
+
+What a client may hold is capped (:mod:`gateway.limits`): connections per address and in all,
+sessions per principal, per address and in all. A connection must authenticate within
+``auth_timeout`` seconds of being accepted or it is closed (requests without valid credentials,
+OPTIONS included, do not keep it open); at the connection cap, a new connection displaces the
+oldest one that has not authenticated yet, so a flood of idle connections cannot keep out a client
+that logs in.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from urllib.parse import quote
 
 from aiortc.mediastreams import MediaStreamError
 
+from ...limits import Caps, Hold, Ledger, Refused
 from ..rendition import Rendition
 from .digest import AuthFailure, Digest, RtspUser
 from .protocol import (
@@ -77,28 +85,50 @@ class RtspServer:
         failed: Callable[[str, str | None, str], None] = lambda peer, user, why: None,
         max_sessions: int = 64,
         session_timeout: float = 60.0,
+        max_sessions_per_address: int = 32,
+        max_sessions_per_principal: int = 16,
+        max_connections: int | None = None,
+        max_connections_per_address: int = 16,
+        auth_timeout: float = 5.0,
     ) -> None:
         """``throttled(peer)``: answer that address's requests needing authentication with 503
         Retry-After before looking at its credentials (RTSP 1.0 has no 429; 503 tells clients to
         come back rather than give up). ``failed(peer, user, why)``: each failed login; a request
-        without credentials is the normal challenge and is not one."""
+        without credentials is the normal challenge and is not one.
+
+        Caps (docs/rtsp-egress.md): sessions in all, per address and per principal
+        (:attr:`RtspUser.principal`); connections in all (None: twice ``max_sessions``, at least
+        16) and per address; ``auth_timeout`` seconds for a new connection to log in."""
         if '"' in realm or "\\" in realm:
             raise ValueError(f"realm: {realm!r} may not contain quotes or backslashes")
-        if not isinstance(max_sessions, int) or max_sessions < 1:
-            raise ValueError(f"max_sessions: {max_sessions!r} is not a positive integer")
         if not session_timeout >= 1:
             raise ValueError(f"session_timeout: {session_timeout!r} is not at least 1 second")
+        if not auth_timeout > 0:
+            raise ValueError(f"auth_timeout: {auth_timeout!r} is not a positive number of seconds")
+        if max_connections is None:
+            max_connections = max(16, 2 * max_sessions) if isinstance(max_sessions, int) else max_sessions
+        for name, value in (("max_sessions", max_sessions), ("max_sessions_per_address", max_sessions_per_address),
+                            ("max_sessions_per_principal", max_sessions_per_principal),
+                            ("max_connections", max_connections),
+                            ("max_connections_per_address", max_connections_per_address)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {value!r} is not a positive integer")
+        session_caps = Caps(max_sessions, max_sessions_per_address, max_sessions_per_principal)
+        connection_caps = Caps(max_connections, max_connections_per_address)
         self._rendition_for = rendition_for
         self._camera_known = camera_known
         self._users = users
         self._throttled = throttled
         self._failed = failed
         self._digest = Digest(realm)
-        self._max_sessions = max_sessions
         self._timeout = float(session_timeout)
-        self._max_connections = max(16, 2 * max_sessions)
+        self._auth_timeout = float(auth_timeout)
+        #: what clients hold, for the caps and /metrics
+        self.connection_ledger = Ledger("rtsp", "connections", connection_caps)
+        self.session_ledger = Ledger("rtsp", "sessions", session_caps)
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()
+        self._unauthenticated: dict[Connection, None] = {}  # oldest first: the auth deadline, and who is displaced
         self.sender = RtpSender(self._timeout)
         self._server: asyncio.Server | None = None
         self._reaper: asyncio.Task | None = None
@@ -135,12 +165,16 @@ class RtspServer:
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = Connection(reader, writer)
-        if len(self._connections) >= self._max_connections:
-            writer.write(response(503, None, {"Retry-After": str(RETRY_FULL)}))
+        try:
+            connection.hold = self._admit(connection)
+        except Refused as refused:
+            logger.debug("rtsp %s: connection refused: %s", connection.peer, refused)
+            writer.write(error_response(RtspError(503, str(refused), {"Retry-After": str(RETRY_FULL)}), None))
             writer.close()
             return
         connection.task = asyncio.current_task()
         self._connections.add(connection)
+        self._unauthenticated[connection] = None
         sock = writer.get_extra_info("socket")
         if sock is not None:  # without autotuning's megabytes, a client that falls behind shows up in our backlog
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
@@ -154,15 +188,32 @@ class RtspServer:
             logger.exception("rtsp %s: connection failed", connection.peer)
         finally:
             self._connections.discard(connection)
+            self._unauthenticated.pop(connection, None)
             for session in list(connection.sessions.values()):
                 self._end(session, "connection closed")
+            connection.hold.release()
             writer.transport.abort()
+
+    def _admit(self, connection: Connection) -> Hold:
+        """The new connection's hold; at the connection cap the oldest connection that has not
+        logged in yet makes room (a client at its address's cap displaces nobody)."""
+        ledger = self.connection_ledger
+        if ledger.refusal(connection.peer) == ledger.resource and self._unauthenticated:
+            self._drop(next(iter(self._unauthenticated)), "evicted")
+        return ledger.take(connection.peer)
+
+    def _drop(self, connection: Connection, why: str) -> None:
+        """Close ``connection`` now (its task cleans up after it), counted in the ledger's ``closed``."""
+        self._unauthenticated.pop(connection, None)
+        connection.hold.release()
+        self.connection_ledger.closed[why] += 1
+        logger.debug("rtsp %s: connection closed: %s", connection.peer, why)
+        connection.writer.transport.abort()
 
     async def _serve(self, connection: Connection) -> None:
         reader = connection.reader
         while True:
             first = await reader.readexactly(1)  # idles as long as the client likes; the reaper bounds it
-            connection.last_seen = time.monotonic()
             if first == b"$":  # interleaved data from the client: RTCP receiver reports
                 async with asyncio.timeout(_REQUEST_TIMEOUT):
                     channel, length = struct.unpack("!BH", await reader.readexactly(3))
@@ -185,7 +236,6 @@ class RtspServer:
                 logger.debug("rtsp %s: %s %s: %d %s", connection.peer, request.method, request.uri, exc.status, exc)
                 reply, then = error_response(exc, request.cseq), None
             connection.write(reply)
-            connection.last_seen = time.monotonic()
             if then is not None:
                 then()
 
@@ -242,13 +292,17 @@ class RtspServer:
         if session is None and self._throttled(connection.peer):
             raise RtspError(503, "too many failed logins; try later", {"Retry-After": str(_RETRY_THROTTLED)})
         try:
-            return self._digest.check(request, connection.endpoint, self._users)
+            user = self._digest.check(request, connection.endpoint, self._users)
         except AuthFailure as failure:
             if failure.why is not None:
                 logger.info("rtsp %s: failed login as %r: %s", connection.peer, failure.user, failure.why)
                 self._failed(connection.peer, failure.user, failure.why)
             challenge = {"WWW-Authenticate": self._digest.challenge(connection.endpoint, stale=failure.stale)}
             raise RtspError(401, "authentication required", challenge) from None
+        # Only a request that proves who sent it keeps a connection open: not OPTIONS, not a failed login.
+        connection.last_seen = time.monotonic()
+        self._unauthenticated.pop(connection, None)
+        return user
 
     def _session_of(self, connection: Connection, request: Request) -> Session | None:
         value = request.header("session")
@@ -291,10 +345,7 @@ class RtspServer:
         choice = choose_transport(request.header("transport") or "")
         if choice is None:
             raise RtspError(461, "use RTP/AVP/TCP;unicast;interleaved=a-b or RTP/AVP;unicast;client_port=a-b")
-        if len(self._sessions) >= self._max_sessions:
-            raise RtspError(503, "too many sessions", {"Retry-After": str(RETRY_FULL)})
-        session = Session(secrets.token_hex(8), camera, user.name, connection, choice,
-                           f"rtsp://{authority}/{quote(camera, safe='')}/", allowed=user.may_view)
+        channels = (0, 1)
         if choice.tcp:
             channels = choice.channels
             used = {c for s in connection.sessions.values() if s.choice.tcp for c in s.channels}
@@ -302,7 +353,15 @@ class RtspServer:
                 channels = connection.free_channels()
             if channels is None:
                 raise RtspError(461, "no free interleaved channels on this connection")
-            session.channels = channels
+        try:
+            hold = self.session_ledger.take(connection.peer, user.principal or user.name)
+        except Refused as refused:  # all sessions taken: come back later; this client's own cap: 453
+            if refused.everyone:
+                raise RtspError(503, str(refused), {"Retry-After": str(RETRY_FULL)}) from None
+            raise RtspError(453, str(refused)) from None
+        session = Session(secrets.token_hex(8), camera, user.name, connection, choice,
+                          f"rtsp://{authority}/{quote(camera, safe='')}/", allowed=user.may_view, hold=hold,
+                          channels=channels)
         connection.sessions[session.id] = session
         self._sessions[session.id] = session
         if not choice.tcp:
@@ -361,19 +420,26 @@ class RtspServer:
             return
         session.connection.sessions.pop(session.id, None)
         session.close()
+        if session.hold is not None:
+            session.hold.release()
         logger.info("rtsp %s: session %s (%s, %s) ended: %s; %d frames skipped", session.connection.peer,
                     session.id, session.user, session.camera, why, session.frames_dropped)
 
     async def _reap(self) -> None:
-        """End sessions nobody kept alive and close idle connections without sessions."""
+        """End sessions nobody kept alive, close connections that did not log in in time and idle
+        connections without sessions."""
         while True:
-            await asyncio.sleep(min(1.0, self._timeout / 4))
+            await asyncio.sleep(min(1.0, self._timeout / 4, self._auth_timeout / 4))
             now = time.monotonic()
+            for connection in list(self._unauthenticated):  # oldest first
+                if now - connection.opened <= self._auth_timeout:
+                    break
+                self._drop(connection, "auth_timeout")
             for session in list(self._sessions.values()):
                 if now - session.last_seen > self._timeout:
                     self._end(session, f"no keep-alive for {self._timeout:g} s")
                 elif session.allowed is not None and not session.allowed(session.camera):
                     self._end(session, "access revoked")  # token revoked or expired, role or grant taken away
             for connection in list(self._connections):
-                if not connection.sessions and now - connection.last_seen > self._timeout:
-                    connection.writer.transport.abort()
+                if not connection.sessions and now - connection.last_seen > self._timeout and not connection.hold.released:
+                    self._drop(connection, "idle")

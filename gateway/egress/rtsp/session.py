@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from ...limits import Hold
 from ..rendition import Rendition
 from .protocol import (
     MAX_HEAD,
@@ -101,6 +102,7 @@ class Session:
     last_rtp: tuple[int, float] | None = None  # (RTP timestamp, monotonic time) of the last frame sent
     last_report: float = -1e9
     allowed: Callable[[str], bool] | None = None  # the user's may_view, asked again while the session lives
+    hold: Hold | None = None  # its place under the session caps, given back when it ends
 
     @property
     def playing(self) -> bool:
@@ -181,8 +183,10 @@ class Connection:
         self.endpoint: str = f"{peer[0]}:{peer[1]}"
         self.local: str = local[0]
         self.sessions: dict[str, Session] = {}
-        self.last_seen = time.monotonic()
+        self.opened = time.monotonic()
+        self.last_seen = self.opened  # of the last request that authenticated
         self.task: asyncio.Task | None = None
+        self.hold: Hold | None = None  # its place under the connection caps
 
     def buffered(self) -> int:
         transport = self.writer.transport
