@@ -3,7 +3,8 @@
 :mod:`.app` composes the live runtime with every entry point (WHEP, WHIP, RTSP, ``/api``,
 ``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn. Resources:
 :mod:`.cameras`, :mod:`.policies`, :mod:`.identities` (and tokens), :mod:`.audit`,
-:mod:`.status`; :mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
+:mod:`.status`; :mod:`.demo` what the embedded demo adds (its people, its viewer token);
+:mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
 :mod:`.access` who may do what. No handler touches pixels or does O(log) work on the event loop.
 
 May import every other gateway package except ``cli``, and ``keys`` and ``redaction`` through
@@ -11,6 +12,7 @@ their public API.
 """
 
 from .app import Gateway
+from .demo import Demo
 from .server import data_dir_default, serve
 
-__all__ = ["Gateway", "data_dir_default", "serve"]
+__all__ = ["Demo", "Gateway", "data_dir_default", "serve"]
