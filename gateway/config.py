@@ -2,7 +2,10 @@
 
 Validated whole at load: unknown keys are refused and every error names its field path
 (``cameras.lobby.holdback_ms: ...``). Relative paths are relative to the configuration file.
-With no file, :data:`DEFAULT` (``config/gateway.yaml``) runs one demo camera on a bundled clip.
+With no file, :data:`DEFAULT` (``config/gateway.yaml``) runs one demo camera on a bundled clip;
+that the embedded default is the demo is known to the command line (it loaded no file), never
+read from a file: a site configuration cannot turn demo identities on (``demo_identities`` is
+refused with what to do instead).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from redaction import (
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT = CONFIG_DIR / "gateway.yaml"
+#: what a configuration that still sets the key of old versions is told
+DEMO_IDENTITIES_REFUSED = (
+    "demo_identities: no longer accepted: a site configuration never creates demo identities (the demo is "
+    "`privacy-gateway serve` without --config). Remove the key and create your people with `privacy-gateway keys "
+    "add-identity` (docs/access.md); identities an earlier demo start created stay in the key directory until "
+    "`privacy-gateway keys remove-identity` takes them out")
 
 
 class ConfigError(ValueError):
@@ -175,7 +184,7 @@ class Tls(StrictModel):
 
 
 class Storage(StrictModel):
-    #: everything the gateway keeps: keys/, vault/, recordings/, identities/ (demo)
+    #: everything the gateway keeps: keys/, vault/, recordings/, access/ (and, in the demo, identities/)
     data_dir: Path = Path("data")
     #: seconds per recording file (and per vault segment of its sealed originals)
     recording_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
@@ -241,8 +250,6 @@ class GatewayConfig(StrictModel):
     ice_servers: tuple[str, ...] = ()
     #: the addresses WebRTC gathers on and the networks of the peers it talks to
     webrtc: WebRtc = Field(default_factory=WebRtc)
-    #: create demo identities (a privacy officer and an investigator) on first start when the key directory is new
-    demo_identities: bool = False
 
     @field_validator("cameras")
     @classmethod
@@ -303,6 +310,8 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "demo_identities" in data:
+        raise ConfigError(f"{path}: invalid configuration\n{DEMO_IDENTITIES_REFUSED}")
     try:
         config = _resolve(GatewayConfig.model_validate(data), path.resolve().parent)
     except ValidationError as exc:

@@ -143,7 +143,7 @@ def gateway_process(config_path: str, conn, probe: bool) -> None:
             for runtime in gateway.cameras.values():
                 runtime.pipeline.sinks.append(stamps.sink)
         # an officer's token: it may watch every camera and read /metrics
-        token, _ = gateway.access.store.issue("demo-officer", None, 24 * 3600.0, "bench")
+        token, _ = gateway.access.store.issue("officer", None, 24 * 3600.0, "bench")
         conn.send(("ready", (port, token)))
 
     def run():

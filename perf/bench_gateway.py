@@ -66,6 +66,8 @@ from _gateway_peers import (  # noqa: E402
 )
 from _gateway_process import STAGE_NOTES, gateway_process  # noqa: E402
 
+from keys import KeyDirectory, PrivateIdentity  # noqa: E402
+
 NO_PLATES = {"plate": {"enabled": False}}
 PRESETS = {
     "default": None,  # the built-in default: cameras with no policy file
@@ -193,7 +195,12 @@ class Run:
         policy_key = {} if policy is None else {"policy": str(policy)}  # None: the built-in default
         config = {"cameras": {name: {"source": url, **policy_key, **camera} for name, url in urls.items()},
                   "storage": {"data_dir": str(directory / "data")},
-                  "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True}
+                  "listen": {"host": "127.0.0.1", "port": 0}}
+        # the site's people, public halves only (the benchmark unmasks nothing): an officer whose token
+        # watches and reads /metrics, an investigator the policies seal to
+        people = KeyDirectory.init(directory / "data" / "keys")
+        for name, role in (("officer", "privacy-officer"), ("investigator", "investigator")):
+            people.add(PrivateIdentity.generate(name, [role]).public)
         self.config = directory / "gateway.yaml"
         self.config.write_text(json.dumps(config))
         self.conn, child = _spawn.Pipe()

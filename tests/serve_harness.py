@@ -1,14 +1,22 @@
 """`serve` under test (shared by tests/test_serve*.py): the gateway on its own thread and event loop as
-the command line runs it, a 6 s clip with one large face as the camera, and checks on what leaves."""
+the command line runs it, a 6 s clip with one large face as the camera, and checks on what leaves.
+
+A site configuration creates nobody: :func:`add_people` makes the site's officer, viewer and
+investigator with the real commands (`keys init`, `keys add-identity`), each under a passphrase of
+their own, their private keys outside the data directory, before the gateway starts."""
 
 import base64
 import hashlib
 import json
+import os
 import re
+import secrets
 import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,12 +24,47 @@ import pytest
 from peers import require
 from rtsp_support import gstreamer_missing
 
-from gateway.api import serve
-from gateway.config import load_config
+from gateway.api import Demo, serve
+from gateway.cli import main
+from gateway.cli.prompt import variable
+from gateway.config import Escrow, GatewayConfig, Listen, RtspEgress, load_config
 from gateway.files import VideoTranscoder, copy_excerpt
 from redaction import Analyzer, parse_policy
 
 FACES = {"classes": {"plate": {"enabled": False}}, "detection": {"stride": 2, "threads": 1}}
+#: the site's people: their role -> (name, role given to `keys add-identity`)
+ROLES = {"officer": "privacy-officer", "viewer": "viewer", "investigator": "investigator"}
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    file: Path
+    passphrase: str
+
+    @property
+    def variable(self) -> str:
+        """The environment variable the commands read this person's passphrase from."""
+        return variable(self.name)
+
+
+def add_people(keys: Path, away: Path) -> dict[str, Person]:
+    """A new key directory with an officer, a viewer and an investigator (named after their role),
+    made by the commands an operator runs; their identity files go to ``away`` (their own
+    machines), each under its own passphrase. Passphrase variables are set only while the
+    commands run."""
+    assert main(["keys", "init", str(keys)]) == 0
+    away.mkdir(parents=True, exist_ok=True)
+    people = {}
+    for name, role in ROLES.items():
+        person = Person(name, away / f"{name}.identity", secrets.token_urlsafe(15))
+        os.environ[person.variable] = person.passphrase
+        try:
+            assert main(["keys", "add-identity", str(keys), name, "--role", role, "--out", str(person.file)]) == 0
+        finally:
+            del os.environ[person.variable]
+        people[name] = person
+    return people
 
 
 @pytest.fixture(scope="module")
@@ -35,37 +78,76 @@ def camera_clip(tmp_path_factory, data):
     return clip, frames, faces
 
 
+def demo_config(tmp_path, openbao, cameras: dict[str, str]) -> tuple[GatewayConfig, dict]:
+    """The embedded default (the demo) as the command line loads it without --config, data in
+    ``tmp_path/data``, with the test's changes only: the session's co-signer instead of an embedded
+    OpenBao, ports the system picks, and ``cameras`` (id -> source) beside its own."""
+    config, policies = load_config(None, tmp_path / "data")
+    extra = {name: config.cameras["demo"].model_copy(update={"source": source}) for name, source in cameras.items()}
+    config = config.model_copy(update={
+        "cameras": {**config.cameras, **extra}, "escrow": Escrow.model_validate(openbao.config()),
+        "listen": Listen(port=0), "rtsp": RtspEgress(port=0)})
+    return config, {**policies, **{name: policies["demo"] for name in extra}}
+
+
 class Running:
     """`serve` on its own thread and event loop, like the command line runs it."""
 
-    def __init__(self, tmp_path, openbao, cameras: dict, holdback_ms=1500, recording_seconds=2.0, **settings):
-        """``openbao``: the session's co-signer (conftest.py), configured as the gateway's external one."""
-        (tmp_path / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
-        config = {"cameras": {name: {**(url if isinstance(url, dict) else {"source": url}), "policy": "faces.yaml",
-                                     "holdback_ms": holdback_ms, "renditions": ["h264"]} for name, url in cameras.items()},
-                  "storage": {"data_dir": "data", "recording_seconds": recording_seconds},
-                  "listen": {"host": "127.0.0.1", "port": 0}, "demo_identities": True, "escrow": openbao.config(),
-                  **settings}
-        (tmp_path / "gateway.yaml").write_text(json.dumps(config))
-        self.config, self.policies = load_config(tmp_path / "gateway.yaml")
+    def __init__(self, tmp_path, openbao, cameras: dict, holdback_ms=1500, recording_seconds=2.0,
+                 demo: Demo | None = None, **settings):
+        """``openbao``: the session's co-signer (conftest.py), configured as the gateway's external one.
+        A site configuration: the site's people (:func:`add_people`) are made before the first start
+        in ``tmp_path`` and found again at the next (``people.json`` beside the data directory, a
+        test's notebook). With ``demo``: the embedded demo (:func:`demo_config`, ``cameras`` added to
+        its own), which makes its own people."""
+        self.demo, self.viewer_token = demo, None
         self.lines: list[str] = []
         self.stop = threading.Event()
         self.started = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        if demo is not None:
+            self.people = {}
+            self.config, self.policies = demo_config(tmp_path, openbao, cameras)
+            return
+        (tmp_path / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
+        config = {"cameras": {name: {**(url if isinstance(url, dict) else {"source": url}), "policy": "faces.yaml",
+                                     "holdback_ms": holdback_ms, "renditions": ["h264"]} for name, url in cameras.items()},
+                  "storage": {"data_dir": "data", "recording_seconds": recording_seconds},
+                  "listen": {"host": "127.0.0.1", "port": 0}, "escrow": openbao.config(), **settings}
+        (tmp_path / "gateway.yaml").write_text(json.dumps(config))
+        notebook = tmp_path / "people.json"
+        if notebook.exists():
+            self.people = {k: Person(v["name"], Path(v["file"]), v["passphrase"])
+                           for k, v in json.loads(notebook.read_text()).items()}
+        else:
+            self.people = add_people(tmp_path / "data" / "keys", tmp_path / "people")
+            notebook.write_text(json.dumps({k: {"name": p.name, "file": str(p.file), "passphrase": p.passphrase}
+                                            for k, p in self.people.items()}))
+        self.config, self.policies = load_config(tmp_path / "gateway.yaml")
 
     def _run(self):
         import asyncio
 
         def ready(gateway, port):
             self.gateway, self.port = gateway, port
-            # an officer's token, as `POST /api/tokens` would issue it, for /metrics and the detailed /health
-            self.token, _ = gateway.access.store.issue("demo-officer", None, 3600.0, "test")
-            self.viewer_token = next(line.split("#token=")[1] for line in self.lines if "#token=" in line)
+            # an officer's token, as `POST /api/tokens` would issue it, for /metrics and the detailed /health;
+            # and the viewer granted every camera, with a token, as an officer would do over the API
+            # (the demo prints its viewer's token)
+            store = gateway.access.store
+            if self.demo is not None:
+                self.token, _ = store.issue("demo-officer", None, 3600.0, "test")
+                self.viewer_token = next((line.split("#token=")[1] for line in self.lines if "#token=" in line), None)
+            else:
+                self.token, _ = store.issue("officer", None, 3600.0, "test")
+                if not store.granted("viewer"):
+                    store.grant("viewer", list(gateway.cameras))
+                self.viewer_token, _ = store.issue("viewer", None, 3600.0, "test")
             self.started.set()
 
         try:
-            asyncio.run(serve(self.config, self.policies, announce=self.lines.append, ready=ready, stop=self.stop))
+            asyncio.run(serve(self.config, self.policies, announce=self.lines.append, ready=ready, stop=self.stop,
+                              demo=self.demo))
         except BaseException as exc:  # surfaced by the test
             self.error = exc
             self.started.set()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.config import DEFAULT, ConfigError, load_config
+from gateway.config import DEFAULT, ConfigError, GatewayConfig, load_config
 
 
 def write(tmp_path, text):
@@ -17,7 +17,7 @@ def test_embedded_default_is_one_demo_camera_on_the_bundled_clip(tmp_path):
     demo = config.cameras["demo"]
     assert demo.kind == "file" and demo.source == str(DEFAULT.parent / "samples" / "vtest-10s.mp4")
     assert config.storage.data_dir == tmp_path / "data" and config.keys_dir == tmp_path / "data" / "keys"
-    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080) and config.demo_identities
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
     assert policies["demo"].name == "live-demo" and config.ice_servers == ()
 
 
@@ -61,6 +61,23 @@ def test_bad_configs_are_refused_with_the_field_path(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_a_site_config_that_sets_demo_identities_is_refused_with_what_to_do(tmp_path, value):
+    """The key of earlier versions: a site configuration never creates demo identities, so it is not
+    ignored but refused, saying where the demo is and how a site makes its people."""
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, f"cameras: {{a: {{source: rtsp://x}}}}\ndemo_identities: {value}\n"))
+    message = str(error.value)
+    assert "demo_identities: no longer accepted: a site configuration never creates demo identities" in message
+    assert "`privacy-gateway serve` without --config" in message and "keys add-identity" in message
+
+
+def test_the_embedded_default_does_not_mark_itself_as_the_demo():
+    """Being the demo is the command line's knowledge (no --config), not a setting a file could copy."""
+    assert "demo_identities" not in DEFAULT.read_text()
+    assert "demo" not in GatewayConfig.model_fields
 
 
 def test_an_invalid_policy_is_reported_with_its_camera(tmp_path):

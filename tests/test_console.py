@@ -48,7 +48,7 @@ def test_an_officer_sees_every_camera_live_with_its_state(console, shots):
         tab.wait_for("document.querySelector('#nav a[data-page=policies]') !== null")
         pages = tab.evaluate("[...document.querySelectorAll('#nav a')].map(a => a.dataset.page)")
         assert pages == ["cameras", "policies", "audit"]
-        assert "demo-officer" in tab.evaluate("document.getElementById('who').textContent")
+        assert tab.evaluate("document.getElementById('who').textContent").startswith("officer (privacy-officer)")
         tab.wait_for("document.querySelector('.tile[data-camera=lobby] video').videoWidth > 0", timeout=30)
         tab.wait_for("document.querySelector('.tile [data-stat=released]').textContent.endsWith('/s')", timeout=15)
         released = float(tab.evaluate("document.querySelector('.tile [data-stat=released]').textContent")[:-2])
@@ -99,7 +99,7 @@ def test_an_officer_edits_stores_diffs_and_activates_a_policy_in_the_browser(con
                      " && document.querySelector('#history-title + div table') !== null", timeout=30)
         assert running.call("GET", "/api/cameras/lobby/policy")[1]["version"] == version
         row = tab.evaluate("document.querySelector('#history-title + div tbody tr').textContent")
-        assert "demo-officer" in row and version[:12] in row and "activated" in row
+        assert "officer" in row and version[:12] in row and "activated" in row
     finally:
         tab.close()
 

@@ -4,7 +4,6 @@ the pixels itself. Against a real `serve` (file camera, 2 s recordings) and a re
 
 import base64
 import json
-import os
 import time
 
 import numpy as np
@@ -29,16 +28,16 @@ def test_an_investigator_unmasks_on_their_own_machine_and_the_gateway_logs_it(ca
             assert time.monotonic() < deadline, "no recording was sealed"
             time.sleep(0.5)
         recording = next(e for e in _audit(tmp_path) if e["action"] == "seal")["details"]["recording"]
-        passphrase = next(line.rsplit(" ", 1)[1] for line in running.lines if "passphrase" in line)
-        monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", passphrase)
-        identities = tmp_path / "data" / "identities"
+        investigator, viewer = running.people["investigator"], running.people["viewer"]
+        monkeypatch.setenv(investigator.variable, investigator.passphrase)
+        monkeypatch.setenv(viewer.variable, viewer.passphrase)
         # an officer grants the investigator the camera (unmask is camera-scoped, like feeds)
-        assert running.call("PUT", "/api/identities/demo-investigator/cameras", {"cameras": ["cam"]})[0] == 200
+        assert running.call("PUT", "/api/identities/investigator/cameras", {"cameras": ["cam"]})[0] == 200
         away = tmp_path / "investigator"  # another machine: its own directory, no vault, no key directory
         away.mkdir()
         before = len(openbao.decrypts())
         args = ["unmask", "--gateway", f"http://127.0.0.1:{running.port}", "--camera", "cam", "--recording", recording,
-                "--identity", str(identities / "demo-investigator.identity"), "--case", "C-11", "--reason", "remote",
+                "--identity", str(investigator.file), "--case", "C-11", "--reason", "remote",
                 "--no-watermark", "-o", str(away / "out.mp4")]
         code = main(args)
         out, err = capsys.readouterr()
@@ -48,8 +47,8 @@ def test_an_investigator_unmasks_on_their_own_machine_and_the_gateway_logs_it(ca
         entries = _audit(tmp_path)
         fetched = next(e for e in entries if e["action"] == "fetch-sealed")
         unmasked = next(e for e in entries if e["action"] == "unmask")
-        assert fetched["details"]["by"] == "demo-investigator" and unmasked["actor"] == "gateway"
-        assert unmasked["details"]["case"] == "C-11" and "demo-investigator" in unmasked["details"]["approvals"]
+        assert fetched["details"]["by"] == "investigator" and unmasked["actor"] == "gateway"
+        assert unmasked["details"]["case"] == "C-11" and "investigator" in unmasked["details"]["approvals"]
         # OpenBao was asked once per restored track (and segment), by the investigator's machine
         asked = openbao.decrypts()[before:]
         assert len(asked) == len(unmasked["details"]["tracks"]) >= 1
@@ -66,7 +65,7 @@ def test_an_investigator_unmasks_on_their_own_machine_and_the_gateway_logs_it(ca
                      str(tmp_path / "data" / "vault")])
         assert code == 0, capsys.readouterr().err
         # a viewer may not fetch sealed records: refused, and nothing logged as an unmask
-        args[args.index(str(identities / "demo-investigator.identity"))] = str(identities / "demo-viewer.identity")
+        args[args.index(str(investigator.file))] = str(viewer.file)
         args[-1] = str(away / "viewer.mp4")
         assert main(args) == 2 and "lacks the unmask permission" in capsys.readouterr().err
         assert not (away / "viewer.mp4").exists()
@@ -80,4 +79,3 @@ def test_an_investigator_unmasks_on_their_own_machine_and_the_gateway_logs_it(ca
         copy_excerpt(path, tmp_path / "cut.mp4", 0.5)
         (tmp_path / "cut.mp4").replace(path)
         assert main(verify) == 1 and f"recording cam/{logged['file']} holds" in capsys.readouterr().err
-    del os.environ["PRIVACY_GATEWAY_PASSPHRASE"]

@@ -1,5 +1,5 @@
 """`serve` end to end against real peers: a GStreamer RTSP camera or a WHIP publisher in, headless
-Chromium (WHEP) out, recordings unmasked with the demo investigator's key; and under faults
+Chromium (WHEP) out, recordings unmasked with the site investigator's key; and under faults
 (a camera that drops, a detector that crashes or stalls, overload, a corrupt bitstream).
 Nothing raw may come out."""
 
@@ -39,7 +39,7 @@ def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, t
         released = collect_released(running, "cam", keep_images=True)
         health = running.wait_healthy()
         assert health["cameras"]["cam"]["warm"] and health["cameras"]["cam"]["connected"]
-        assert any("passphrase" in line for line in running.lines)
+        assert not any("passphrase" in line or "DEMO" in line for line in running.lines)  # a site: no demo
         with Browser() as browser:
             page = browser.new_page(f"http://127.0.0.1:{running.port}/view/cam#token={running.viewer_token}")
             page.wait_for("document.getElementById('video').videoWidth > 0", timeout=60)
@@ -83,21 +83,20 @@ def test_rtsp_camera_to_browser_is_redacted_and_recordings_unmask(camera_clip, t
             assert to_redacted < to_raw, f"face {face.box}: the browser shows the raw face ({to_raw:.1f} vs {to_redacted:.1f})"
             masked += 1
     assert masked >= 3
-    # the recordings unmask with the demo investigator (passphrase printed once at first start)
-    passphrase = next(line.rsplit(" ", 1)[1] for line in running.lines if "passphrase" in line)
+    # the recordings unmask with the site's investigator (made with `keys add-identity`, file off the gateway)
+    investigator = running.people["investigator"]
     recordings = sorted((tmp_path / "data" / "recordings" / "cam").glob("*.mp4"))
     assert len(recordings) >= 2
-    os.environ["PRIVACY_GATEWAY_PASSPHRASE"] = passphrase
+    os.environ[investigator.variable] = investigator.passphrase
     try:
         out = tmp_path / "unmasked"
         code = main(["unmask", str(recordings[0]), "--vault", str(tmp_path / "data" / "vault"),
-                     "--keys", str(tmp_path / "data" / "keys"),
-                     "--identity", str(tmp_path / "data" / "identities" / "demo-investigator.identity"),
+                     "--keys", str(tmp_path / "data" / "keys"), "--identity", str(investigator.file),
                      "--case", "C-7", "--reason", "test", "-o", str(out), "--no-watermark"])
         assert code == 0, capsys.readouterr().err
         assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
     finally:
-        del os.environ["PRIVACY_GATEWAY_PASSPHRASE"]
+        del os.environ[investigator.variable]
     assert len(list(out.iterdir())) > 0 and read_image(sorted(out.iterdir())[0]).shape == frames[0].shape
 
 

@@ -76,12 +76,13 @@ def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives
 def test_token_command_gets_a_token_with_a_signed_request_and_it_opens_only_its_camera(camera_clip, tmp_path, capsys,
                                                                                        monkeypatch, openbao):
     with Running(tmp_path, openbao, {"cam": str(camera_clip[0]), "other": str(camera_clip[0])}) as running:
-        passphrase = next(line.rsplit(": ", 1)[1] for line in running.lines if "passphrase" in line)
-        monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", passphrase)
-        identity = tmp_path / "data" / "identities" / "demo-officer.identity"
+        officer, viewer = running.people["officer"], running.people["viewer"]
+        monkeypatch.setenv(officer.variable, officer.passphrase)
+        monkeypatch.setenv(viewer.variable, viewer.passphrase)
+        identity = officer.file
         url = f"http://127.0.0.1:{running.port}"
         capsys.readouterr()
-        assert main(["token", "--gateway", url, "--identity", str(identity), "--for", "demo-viewer",
+        assert main(["token", "--gateway", url, "--identity", str(identity), "--for", "viewer",
                      "--camera", "cam", "--ttl", "600"]) == 0
         token = capsys.readouterr().out.strip()
         assert running.get("/api/whoami", token=token)[0] == 200
@@ -98,14 +99,14 @@ def test_token_command_gets_a_token_with_a_signed_request_and_it_opens_only_its_
                 bare = browser.new_page(f"{url}/view")
                 bare.wait_for("document.getElementById('status').textContent.length > 0", timeout=30)
                 assert bare.evaluate("document.getElementById('status').textContent") == "A viewer token is needed."
-        # the wrong passphrase, an unreachable gateway: one clear line each, exit 2
-        monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", "not it")
+        # the wrong passphrase (here the viewer's: each identity has its own), an unreachable gateway: one
+        # clear line each, exit 2
+        monkeypatch.setenv(officer.variable, viewer.passphrase)
         assert main(["token", "--gateway", url, "--identity", str(identity)]) == 2
-        monkeypatch.setenv("PRIVACY_GATEWAY_PASSPHRASE", passphrase)
+        monkeypatch.setenv(officer.variable, officer.passphrase)
         assert main(["token", "--gateway", "http://127.0.0.1:9", "--identity", str(identity)]) == 2
         # a viewer may not issue tokens to others
-        viewer = tmp_path / "data" / "identities" / "demo-viewer.identity"
-        assert main(["token", "--gateway", url, "--identity", str(viewer), "--for", "demo-officer"]) == 2
+        assert main(["token", "--gateway", url, "--identity", str(viewer.file), "--for", "officer"]) == 2
         errors = capsys.readouterr().err
         assert "cannot open identity" in errors and "cannot reach" in errors and "refused (403)" in errors
 
@@ -122,8 +123,8 @@ def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(cam
             assert time.monotonic() < deadline, "no rendition"
             time.sleep(0.1)
         store = running.gateway.access.store
-        store.grant("demo-viewer", ["cam"])
-        token, record = store.issue("demo-viewer", ["cam"], 600.0, "test")
+        store.grant("viewer", ["cam"])
+        token, record = store.issue("viewer", ["cam"], 600.0, "test")
         secret = token.split("_", 2)[2]
         base = f"rtsp://127.0.0.1:{running.gateway.rtsp_port}"
         assert any(line.startswith("  RTSP:   rtsp://127.0.0.1:") for line in running.lines)
@@ -159,9 +160,9 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
             assert time.monotonic() < deadline, "no rendition"
             time.sleep(0.1)
         store = running.gateway.access.store
-        store.grant("demo-viewer", ["cam"])
-        web, _ = store.issue("demo-viewer", ["cam"], 600.0, "test")
-        vms, record = store.issue("demo-viewer", ["cam"], 600.0, "test")
+        store.grant("viewer", ["cam"])
+        web, _ = store.issue("viewer", ["cam"], 600.0, "test")
+        vms, record = store.issue("viewer", ["cam"], 600.0, "test")
 
         async def watch():
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -200,28 +201,3 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
                 pass  # the server ended the session: the demuxer may report the closed connection
         assert frames >= 10
         assert running.gateway.rtsp.sessions("cam") == 0
-
-
-def test_the_demo_viewer_token_is_logged_off_the_event_loop(camera_clip, tmp_path, monkeypatch, openbao):
-    """Issuing it appends to the audit log (an fsync, under a file lock shared with unmask runs):
-    the event loop must not wait on the disk while it serves requests."""
-    import asyncio
-
-    from keys import AuditLog
-
-    appended = []
-    real = AuditLog.append
-
-    def append(self, actor, signer, action, *args, **kwargs):
-        try:
-            asyncio.get_running_loop()
-            appended.append((action, "on the event loop"))
-        except RuntimeError:
-            appended.append((action, "off the loop"))
-        return real(self, actor, signer, action, *args, **kwargs)
-
-    monkeypatch.setattr(AuditLog, "append", append)
-    with Running(tmp_path, openbao, {"cam": str(camera_clip[0])}) as running:
-        assert running.viewer_token
-    assert ("issue-token", "off the loop") in appended
-    assert ("issue-token", "on the event loop") not in appended

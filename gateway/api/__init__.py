@@ -4,7 +4,8 @@
 ``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn, whose connections
 :mod:`.connections` caps and holds to a request-head deadline. Resources:
 :mod:`.cameras`, :mod:`.policies`, :mod:`.identities` (and tokens), :mod:`.audit`,
-:mod:`.status`; :mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
+:mod:`.status`; :mod:`.demo` what the embedded demo adds (its people, its viewer token);
+:mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
 :mod:`.access` who may do what. No handler touches pixels or does O(log) work on the event loop.
 
 May import every other gateway package except ``cli``, and ``keys`` and ``redaction`` through
@@ -12,6 +13,7 @@ their public API.
 """
 
 from .app import Gateway
+from .demo import Demo
 from .server import data_dir_default, serve
 
-__all__ = ["Gateway", "data_dir_default", "serve"]
+__all__ = ["Demo", "Gateway", "data_dir_default", "serve"]

@@ -35,6 +35,7 @@ from .console import Console
 from .console.audit import AuditPages
 from .console.cameras import CameraPages
 from .console.policies import PolicyPages
+from .demo import Demo, ViewerToken
 from .identities import IdentityRoutes
 from .metrics import Metrics
 from .policies import PolicyRoutes, PolicyVersions
@@ -43,8 +44,6 @@ from .requests import ChangeLog, authenticate, bounded_body
 from .status import StatusRoutes
 
 log = logging.getLogger(__name__)
-
-DEMO_TOKEN_TTL = 24 * 3600  # the viewer token printed at a demo start
 
 
 def _caps(limits: SessionLimits) -> Caps:
@@ -55,13 +54,16 @@ class Gateway:
     """Every camera of a configuration, running, plus the network entry points that expose them."""
 
     def __init__(self, config: GatewayConfig, policies: dict[str, Policy],
-                 announce: Callable[[str], None] = print) -> None:
-        self.config = config
+                 announce: Callable[[str], None] = print, demo: Demo | None = None) -> None:
+        """``demo``: the embedded demo (``serve`` without ``--config``); never for a site's configuration."""
+        self.config, self.demo = config, demo
         try:  # the listen address may be a host name (and --host may have changed it since load_config)
             self.ice = IcePolicy.for_listen(config.listen.host, config.webrtc.local_addresses,
                                             config.webrtc.remote_networks)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        # before the runtime opens the key directory: the demo policy seals to the demo investigator
+        self._demo_created = demo.prepare(config, announce) if demo is not None else False
         self.runtime = runtime = Runtime(config, policies, announce)
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
@@ -165,20 +167,16 @@ class Gateway:
             except Exception:  # a failing check must not end the checking
                 log.exception("re-checking sessions failed")
 
-    def demo_viewer_token(self) -> str | None:
-        """With demo identities: a day's token for demo-viewer on every camera, for the printed viewer URLs.
+    def demo_viewer_token(self) -> ViewerToken | None:
+        """In the demo: the token the start prints for demo-viewer (kept while valid, else issued).
 
-        Blocking (the grant, the audit entry and the token are written durably): call it off the
-        event loop."""
-        if not self.config.demo_identities or "demo-viewer" not in self.access.identities():
+        Blocking (the audit entries and the kept token are written durably): call it off the event loop."""
+        if self.demo is None:
             return None
-        cameras = list(self.runtime.cameras)
-        self.access.store.grant("demo-viewer", cameras)
-        self.runtime.store.audit.append(GATEWAY_ACTOR, self.runtime.signer, "issue-token",
-                                        {"identity": "demo-viewer", "cameras": cameras, "ttl": DEMO_TOKEN_TTL,
-                                         "by": GATEWAY_ACTOR, "via": "demo start-up"})
-        token, _ = self.access.store.issue("demo-viewer", cameras, DEMO_TOKEN_TTL, GATEWAY_ACTOR)
-        return token
+        runtime = self.runtime
+        return self.demo.viewer_token(
+            self.config, self.access, lambda action, details: runtime.store.audit.append(
+                GATEWAY_ACTOR, runtime.signer, action, details), self._demo_created)
 
     # --- lifecycle --------------------------------------------------------------------------
 

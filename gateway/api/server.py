@@ -18,20 +18,23 @@ from redaction import Policy
 
 from ..config import GatewayConfig
 from .app import Gateway
+from .demo import Demo
 
 _START_POLL = 0.05  # seconds between checks that uvicorn is listening
 _STOP_POLL = 0.1  # seconds between checks of the caller's stop event
 
 
 async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Callable[[str], None] = print,
-                ready: Callable[[Gateway, int], None] | None = None, stop: threading.Event | None = None) -> None:
+                ready: Callable[[Gateway, int], None] | None = None, stop: threading.Event | None = None,
+                demo: Demo | None = None) -> None:
     """Run until interrupted (uvicorn handles SIGINT/SIGTERM) or ``stop`` is set;
-    ``ready(gateway, port)`` is called once listening."""
+    ``ready(gateway, port)`` is called once listening. ``demo``: this is the embedded demo
+    (``serve`` without ``--config``, :mod:`.demo`), never a site's configuration."""
     import uvicorn
 
     from .connections import listener_settings
 
-    gateway = Gateway(config, policies, announce)
+    gateway = Gateway(config, policies, announce, demo)
     tls = config.tls
     server = uvicorn.Server(uvicorn.Config(
         gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
@@ -51,14 +54,17 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
         if server.started:
             port = server.servers[0].sockets[0].getsockname()[1]
             base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
-            announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/")
+            announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/"
+                     + (" (the demo: not for production)" if demo is not None else ""))
             announce(f"  {gateway.ice.describe()}")
-            token = await asyncio.to_thread(gateway.demo_viewer_token)  # grants, logs, issues: disk writes
+            viewer = await asyncio.to_thread(gateway.demo_viewer_token)  # logs, issues, keeps: disk writes
             for name in gateway.cameras:
-                announce(f"  viewer: {base}/view/{name}" + (f"#token={token}" if token else " (with a viewer token)"))
+                announce(f"  viewer: {base}/view/{name}" + (viewer.url_end(name) if viewer else " (with a viewer token)"))
                 if rtsp_port is not None:
                     announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
                              "(user: a token's id, password: its secret)")
+            if viewer is not None:
+                announce(f"  {viewer.note()}")
             if ready is not None:
                 ready(gateway, port)
         while stop is not None and not stop.is_set() and not task.done():

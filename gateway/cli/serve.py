@@ -34,11 +34,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     token.add_argument("--cafile", type=Path, metavar="FILE", help="CA certificate to trust for an https gateway")
     token.set_defaults(run=_token)
 
-    serve = commands.add_parser("serve", help="run the live gateway (default: a demo camera on a bundled clip)")
-    serve.add_argument("--config", type=Path, metavar="FILE", help="gateway configuration (YAML); default: config/gateway.yaml")
+    serve = commands.add_parser("serve", help="run the live gateway (without --config: the demo, a camera on a bundled "
+                                "clip; not for production)")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="the site's gateway configuration (YAML); without it, the demo: config/gateway.yaml, "
+                            "demo identities created on its first start")
     serve.add_argument("--data", type=Path, metavar="DIR", help="data directory (keys, vault, recordings); overrides the config")
     serve.add_argument("--host", metavar="HOST", help="listen address (default from the config: 127.0.0.1)")
     serve.add_argument("--port", type=int, metavar="PORT", help="listen port (default from the config: 8080)")
+    serve.add_argument("--demo-investigator", type=Path, metavar="FILE",
+                       help="the demo only, at its first start: write the demo investigator's identity file here "
+                            "(outside the data directory; its passphrase is printed once), to try unmasking. "
+                            "Without it that private key is not kept")
     serve.set_defaults(run=_serve)
 
 
@@ -80,8 +87,12 @@ def _serve(args: argparse.Namespace) -> int:
     exit status 2; anything else is a bug and keeps its traceback."""
     import asyncio
 
-    from ..api import data_dir_default, serve
+    from ..api import Demo, data_dir_default, serve
 
+    if args.config is not None and args.demo_investigator is not None:
+        raise CommandError("--demo-investigator goes with the demo (serve without --config); a site configuration "
+                           "creates no demo identities: add an investigator with `privacy-gateway keys add-identity`")
+    demo = Demo(args.demo_investigator) if args.config is None else None  # the embedded default is the demo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to the co-signer is noise
     try:
@@ -89,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         listen = config.listen.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
         config = config.model_copy(update={"listen": listen})
-        asyncio.run(serve(config, policies, announce=lambda line: print(line, flush=True)))
+        asyncio.run(serve(config, policies, announce=lambda line: print(line, flush=True), demo=demo))
     except (ConfigError, EscrowError, OpenBaoError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:  # a listening port taken, a data directory not writable

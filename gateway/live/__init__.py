@@ -12,12 +12,11 @@ May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
 
 from .activation import Activations
 from .camera import LiveCamera
-from .keyring import DEMO_PEOPLE, prepare_keys
+from .keyring import prepare_keys
 from .pipeline import CameraPipeline, PipelineStats
 from .runtime import WATCHDOG_PERIOD, Runtime
 
 __all__ = [
-    "DEMO_PEOPLE",
     "WATCHDOG_PERIOD",
     "Activations",
     "CameraPipeline",
