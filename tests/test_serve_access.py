@@ -128,22 +128,29 @@ def test_rtsp_egress_serves_vms_clients_the_redacted_stream_with_digest_auth(cam
         secret = token.split("_", 2)[2]
         base = f"rtsp://127.0.0.1:{running.gateway.rtsp_port}"
         assert any(line.startswith("  RTSP:   rtsp://127.0.0.1:") for line in running.lines)
-        decoded = []
-        for transport in ("tcp", "udp"):
+        decoded, checked = [], 0
+
+        def pull(transport):
             with av.open(f"rtsp://{record.id}:{secret}@127.0.0.1:{running.gateway.rtsp_port}/cam",
                          options={"rtsp_transport": transport, "timeout": "20000000"}, timeout=30) as client:
                 for frame in client.decode(video=0):
                     decoded.append(frame.to_ndarray(format="bgr24"))
                     if len(decoded) % 40 == 0:
                         break
+            # what the VMS decodes is the redacted stream: wherever a sampled frame has a face, its detail is gone
+            return assert_faces_redacted([half(d) for d in decoded[-40:]], frames, faces)
+
+        for transport in ("tcp", "udp"):
+            checked += pull(transport)
+        while checked < 3 and len(decoded) < 400:  # a loaded machine blanks many frames: look at more
+            checked += pull("tcp")
         for url in (f"{base}/cam", f"rtsp://{record.id}:wrong@127.0.0.1:{running.gateway.rtsp_port}/cam",
                     f"rtsp://{record.id}:{secret}@127.0.0.1:{running.gateway.rtsp_port}/other"):
             with pytest.raises(av.error.FFmpegError):  # 401, 401, 403
                 av.open(url, options={"rtsp_transport": "tcp"}, timeout=20)
         assert running.metric("privacy_gateway_auth_failures_total", reason="wrong password") >= 1
-    assert len(decoded) == 80 and decoded[0].shape == frames[0].shape
-    # what the VMS decodes is the redacted stream: wherever a sampled frame has a face, its detail is gone
-    assert assert_faces_redacted([half(d) for d in decoded], frames, faces) >= 3
+    assert len(decoded) >= 80 and decoded[0].shape == frames[0].shape
+    assert checked >= 3
 
 
 def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path, openbao):

@@ -320,8 +320,9 @@ def test_realtime_file_drops_oldest_when_emit_is_slow(half_second, started):
     frames, stats = got.snapshot(), source.stats
     indices = [f[0] for f in frames]
     assert indices == sorted(set(indices))  # in order, none twice
-    # Every decoded frame was emitted, dropped, or is among the two still queued at stop().
-    assert 0 <= stats.frames - stats.dropped - len(frames) <= 2
+    # Every decoded frame was emitted, dropped, or is among the two still queued at stop(), or is the
+    # one the decode thread had just counted when stop() came (it is then discarded, not queued).
+    assert 0 <= stats.frames - stats.dropped - len(frames) <= 3
     # Oldest dropped: after each 0.2 s emit (6 frames at 29.97 fps) the next one is recent.
     assert max(np.diff(indices)) <= 15
 
