@@ -259,7 +259,13 @@ class KeyDirectory:
 
     def add(self, identity: PublicIdentity) -> None:
         """Add a new identity: refused for a reserved or taken name, a key already in the roster,
-        or a revoked key."""
+        or a revoked key (:meth:`check_new`)."""
+        self.check_new(identity)
+        self._change(identities=[*self._roster["identities"], identity.to_json()])
+
+    def check_new(self, identity: PublicIdentity) -> None:
+        """Raise :class:`DirectoryError` if :meth:`add` would refuse ``identity``, changing nothing: so
+        that a caller can log the change it is about to make, then make it."""
         try:
             check_name(identity.name)
         except ValueError as exc:
@@ -274,7 +280,6 @@ class KeyDirectory:
         for other in self.identities:
             if other.signing == identity.signing or other.hpke == identity.hpke:
                 raise DirectoryError(f"{self.path}: the keys of {identity.name!r} are already {other.name!r}'s")
-        self._change(identities=[*self._roster["identities"], identity.to_json()])
 
     def remove(self, name: str) -> PublicIdentity:
         """Drop the identity ``name`` from the roster (it could be added again); returns it. Its

@@ -47,7 +47,7 @@ def test_an_officer_sees_every_camera_live_with_its_state(console, shots):
     try:
         tab.wait_for("document.querySelector('#nav a[data-page=policies]') !== null")
         pages = tab.evaluate("[...document.querySelectorAll('#nav a')].map(a => a.dataset.page)")
-        assert pages == ["cameras", "policies", "audit"]
+        assert pages == ["cameras", "policies", "audit", "people"]
         assert tab.evaluate("document.getElementById('who').textContent").startswith("officer (privacy-officer)")
         tab.wait_for("document.querySelector('.tile[data-camera=lobby] video').videoWidth > 0", timeout=30)
         tab.wait_for("document.querySelector('.tile [data-stat=released]').textContent.endsWith('/s')", timeout=15)

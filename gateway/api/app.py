@@ -34,6 +34,7 @@ from .cameras import CameraRoutes
 from .console import Console
 from .console.audit import AuditPages
 from .console.cameras import CameraPages
+from .console.people import PeoplePages
 from .console.policies import PolicyPages
 from .demo import Demo, ViewerToken
 from .identities import IdentityRoutes
@@ -101,6 +102,8 @@ class Gateway:
         console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
         console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
+        console.page("people", "People and access", ("identities", "tokens"),
+                     PeoplePages(self.access, lambda: list(runtime.cameras)).data)
         self.app = Starlette(routes=[
             *pages.routes(),
             *console.routes,

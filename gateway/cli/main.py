@@ -1,7 +1,7 @@
 """``privacy-gateway``: the parser, and one exit status per kind of failure.
 
 Each command group registers its own parsers (:mod:`.files` redact/detect, :mod:`.identities`
-keys, :mod:`.escrow` unmask/audit/vault, :mod:`.cosigning` escrow, :mod:`.serve` serve/token)
+keys, :mod:`.escrow` unmask/audit/vault, :mod:`.cosigning` escrow, :mod:`.serve` serve, :mod:`.signin` token/console)
 and the function that runs it. Failures the user can act on are one line on stderr: exit status
 2 for bad input or a refusal, 1 for a verification that found damage. Anything else is a bug
 and keeps its traceback.
@@ -16,7 +16,7 @@ import sys
 import av
 
 from ..files import MediaError
-from . import cosigning, escrow, files, identities, prompt, serve
+from . import cosigning, escrow, files, identities, prompt, serve, signin
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, CommandError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     escrow.register(commands)
     cosigning.register(commands)
     serve.register(commands)
+    signin.register(commands)
     return root
 
 

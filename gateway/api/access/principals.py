@@ -16,7 +16,7 @@ PERMISSIONS = {
     "ingest*": "publish a camera's video (WHIP)",
     "cameras": "every camera's status and active policy",
     "policies": "create, validate, diff and activate policy versions",
-    "identities": "read the key directory; grant cameras to identities",
+    "identities": "read the key directory; enrol (by public keys), remove and revoke identities; grant them cameras",
     "tokens": "issue tokens to any identity, list and revoke any token",
     "audit": "read and verify the whole audit log",
     "audit:own": "read the audit entries of one's own actions",

@@ -3,6 +3,8 @@
 // token) into <main>, and turns the page's forms and buttons into calls to the /api resources.
 //   <form data-api="/api/policies" data-method="POST" data-then="reload">  fields named by dotted path
 //     (name="classes.face.method"); data-type="number|bool|json|lines" converts a field's value;
+//     checkboxes sharing a name with data-type="list" give the list of the ticked ones' values
+//     (left out when none is ticked and they are marked data-omit-empty);
 //     a 422 answer's errors ("path: message") are shown beside the field whose data-field is that path.
 //   <button data-api="/api/tokens/ID" data-method="DELETE" data-confirm="Revoke?" data-then="reload">
 // Pages add behaviour with consolePages[page] = (main) => {...} (their own scripts, loaded below).
@@ -49,7 +51,7 @@ const gatewayConsole = (() => {
     if (whoTemplate) who.textContent = whoTemplate.content.textContent;
     document.title = (main.querySelector("h1") || { textContent: page }).textContent + " · privacy-gateway";
     if (consolePages[page]) consolePages[page](main);
-    main.focus();
+    (main.querySelector("[data-focus]") || main).focus();  // a page may point keyboard users somewhere
   }
 
   function setPath(target, path, value) {
@@ -73,14 +75,22 @@ const gatewayConsole = (() => {
   // data-omit-empty is left out (the server's default applies)
   function documentOf(form) {
     const doc = {};
+    const lists = new Map();  // name -> {values, omit}: ticked checkboxes of data-type="list"
     for (const field of form.querySelectorAll("[name]")) {
-      if (field.disabled || (field.dataset.omitEmpty !== undefined && field.value === "")) continue;
+      if (field.disabled) continue;
+      if (field.type === "checkbox" && field.dataset.type === "list") {
+        if (!lists.has(field.name)) lists.set(field.name, { values: [], omit: field.dataset.omitEmpty !== undefined });
+        if (field.checked) lists.get(field.name).values.push(field.value);
+        continue;
+      }
+      if (field.dataset.omitEmpty !== undefined && field.value === "") continue;
       let value;
       try { value = valueOf(field); } catch (error) {
         throw new Error(field.name + ": not valid JSON (" + error.message + ")");
       }
       setPath(doc, field.name, value);
     }
+    for (const [name, list] of lists) if (list.values.length || !list.omit) setPath(doc, name, list.values);
     return doc;
   }
 

@@ -45,6 +45,16 @@
     }
     session.location = new URL(response.headers.get("Location"), location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    // the gateway ends a session (its token revoked, its grant taken away) by closing it, DTLS
+    // close_notify first; Chromium keeps the connection "connected" until ICE consent fails seconds
+    // later, so the page ends it at once
+    const dtls = pc.getReceivers()[0] && pc.getReceivers()[0].transport;
+    dtls?.addEventListener("statechange", () => {
+      if (dtls.state === "closed" || dtls.state === "failed") {
+        pc.close();
+        show("ended by the gateway (access revoked, or the session closed)");
+      }
+    });
     window.addEventListener("pagehide", () => {
       fetch(session.location, { method: "DELETE", headers: gatewayAuth, keepalive: true });
       pc.close();
