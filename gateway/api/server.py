@@ -65,6 +65,10 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
                              "(user: a token's id, password: its secret)")
             if viewer is not None:
                 announce(f"  {viewer.note()}")
+            officer = config.storage.data_dir / "identities" / "demo-officer.identity"
+            announce(f"  console: privacy-gateway console --gateway {base} --identity "
+                     + (f"{officer} (the demo officer)" if demo is not None and officer.exists() else "YOUR-IDENTITY-FILE")
+                     + f", or {base}/console#token=... with an officer's token")
             if ready is not None:
                 ready(gateway, port)
         while stop is not None and not stop.is_set() and not task.done():
