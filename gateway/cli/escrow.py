@@ -299,8 +299,9 @@ def _load_request(args: argparse.Namespace) -> UnmaskRequest:
     selection = request["selection"]
     args.tracks, args.classes = list(selection["tracks"]), list(selection["classes"])
     args.start_us, args.end_us = selection["from_us"], selection["to_us"]
-    if "gateway" in source:
-        args.gateway, args.camera, args.recording = source["gateway"], source["camera"], source["recording"]
+    if "gateway" in source:  # --gateway may name it as this machine reaches it (the file: as its writer did)
+        args.gateway = args.gateway or source["gateway"]
+        args.camera, args.recording = source["camera"], source["recording"]
         args.start = args.end = None
     else:
         args.input, args.vault = Path(source["input"]), Path(source["vault"])
