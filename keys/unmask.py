@@ -18,7 +18,10 @@ overlaps an unselected one, the overlap stays as redacted. A record (a clip of o
 decrypted and decoded only if one of its frames is selected, and only up to the last of them.
 
 :func:`recording_tracks` is the look before an unmask (``vault tracks``): which tracks a
-recording sealed, when and where they first appear, from the record headers alone.
+recording sealed, when and where they first appear, from the record headers alone;
+:func:`regions_at` what was sealed on one frame (the subject a click on it marks).
+:meth:`Unmask.planned` is an unmask known without any private key: what a gateway files for an
+investigator, whose request and key layers are those the investigator's own run computes.
 """
 
 from __future__ import annotations
