@@ -356,6 +356,32 @@ def test_uploads_that_are_not_this_request_approved_by_its_members_are_refused(d
     assert any(e["action"] == "unmask-request-withdrawn" and e["details"]["id"] == filed["id"] for e in audit(tmp))
 
 
+def test_an_approver_approves_from_the_command_line_over_the_api(desk, monkeypatch, capsys):
+    """`unmask approve --gateway URL ID`: fetched, approved and peeled on the officer's machine, sent back
+    signed with their key; a viewer's key fetches nothing."""
+    running, tmp = desk["running"], desk["tmp"]
+    officer, viewer = running.people["officer"], running.people["viewer"]
+    status, filed = file_request(desk, case="C-11", reason="from the command line")
+    assert status == 201, filed
+    url = f"http://127.0.0.1:{running.port}"
+    monkeypatch.setenv(viewer.variable, viewer.passphrase)
+    assert main(["unmask", "approve", "--gateway", url, filed["id"], "--identity", str(viewer.file)]) == 2
+    assert "lacks the unmask permission" in capsys.readouterr().err
+    monkeypatch.setenv(officer.variable, officer.passphrase)
+    code = main(["unmask", "approve", "--gateway", url, filed["id"], "--identity", str(officer.file)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"the gateway took the approval: request {filed['id']} is approved; investigator may now run it" in out
+    status, view = call(running, desk["investigator"], "GET", f"/api/unmask-requests/{filed['id']}")
+    assert view["status"] == "approved" and view["approved"] == ["officer"]
+    entry = next(e for e in audit(tmp) if e["action"] == "unmask-request-approved" and e["details"]["id"] == filed["id"])
+    assert entry["details"]["by"] == "officer" and entry["details"]["via"] == "signed request"
+    assert f"unmask approve --gateway {url} {filed['id']}" in view["commands"]["approve_here"]
+    # approving twice is refused by the command itself: nothing is sent
+    assert main(["unmask", "approve", "--gateway", url, filed["id"], "--identity", str(officer.file)]) == 2
+    assert "officer approved this request already" in capsys.readouterr().err
+
+
 def test_a_request_that_cannot_be_met_is_refused_field_by_field_and_nothing_is_filed(desk, shots):  # noqa: F811
     running, browser, tmp = desk["running"], desk["browser"], desk["tmp"]
     before = sorted(p.name for p in (tmp / "data" / "unmask-requests").iterdir())

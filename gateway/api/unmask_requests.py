@@ -9,7 +9,8 @@ The flow (docs/escrow.md, "Unmask requests in the console"):
    the details the audit entry will hold and, per segment and class, the wrap sealed to the
    quorum with the requester innermost. It needs no private key for that, and holds none.
 2. Each member downloads the file, runs ``privacy-gateway unmask approve FILE --identity ...`` on
-   their own machine (it signs the details and peels their layer) and uploads the result. The
+   their own machine (it signs the details and peels their layer) and uploads the result (or
+   ``unmask approve --gateway URL ID`` does the three steps, with requests signed by their key). The
    gateway takes it only if every new approval verifies against the key directory and the
    layers are peeled by exactly the members who approved (:meth:`keys.UnmaskRequest.accept`).
    A member may refuse instead: the request is closed, and the gateway will not log an unmask of
@@ -110,6 +111,8 @@ class UnmaskRequestRoutes:
             "history": filed.history, "file_name": name,
             "commands": {
                 "approve": f"privacy-gateway unmask approve {name} --identity YOUR.identity",
+                "approve_here": f"privacy-gateway unmask approve --gateway {file.source['gateway']} {filed.id} "
+                                "--identity YOUR.identity",
                 "unmask": f"privacy-gateway unmask --gateway {file.source['gateway']} --request {name} "
                           f"--identity {filed.requester}.identity",
             },
