@@ -135,5 +135,7 @@ consolePages.recordings = (main) => {
     if (event.key === "Enter") { event.preventDefault(); show(Number(seconds.value) || 0); }
   });
   main.addEventListener("console-leave", () => { if (url) URL.revokeObjectURL(url); }, { once: true });
-  show(0).catch((error) => { line.textContent = "error: " + error; });
+  // start where the first subject appears (the recording's first frames may hold nobody, or be blanked)
+  const first = list.options.length > 1 ? Number(list.options[1].dataset.first) : 0;
+  show(first).catch((error) => { line.textContent = "error: " + error; });
 };
