@@ -18,7 +18,8 @@ The modules, one concept each:
 - :mod:`.cosigner` the online co-signer (OpenBao transit): :class:`CoSigner`, :func:`set_up`, people's access.
 - :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
 - :mod:`.seal` the :class:`Sealer` the redaction side holds (public keys only).
-- :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks` and :func:`tracks_at`.
+- :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks`, :func:`regions_at`
+  and :func:`tracks_at`.
 - :mod:`.verification` :func:`verify_vault` and :func:`verify_audit`.
 - :mod:`.retention` :func:`shred`: crypto-shredding, logged first.
 - :mod:`.requests` unmask requests a quorum on several machines approves and peels in turn (:class:`UnmaskRequest`).
@@ -52,7 +53,15 @@ from .requests import UnmaskRequest
 from .retention import Shredded, shred
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
-from .unmask import Selection, TrackSummary, Unmask, recording_tracks, tracks_at
+from .unmask import (
+    SealedRegion,
+    Selection,
+    TrackSummary,
+    Unmask,
+    recording_tracks,
+    regions_at,
+    tracks_at,
+)
 from .vault import Segment
 from .verification import VaultReport, verify_audit, verify_vault
 from .wrap import Grant
@@ -80,6 +89,7 @@ __all__ = [
     "PublicIdentity",
     "RecordError",
     "Sealed",
+    "SealedRegion",
     "Sealer",
     "Segment",
     "Selection",
@@ -104,6 +114,7 @@ __all__ = [
     "make_manifest",
     "reconcile_shares",
     "recording_tracks",
+    "regions_at",
     "revoke_access",
     "set_up",
     "shred",

@@ -18,14 +18,17 @@ overlaps an unselected one, the overlap stays as redacted. A record (a clip of o
 decrypted and decoded only if one of its frames is selected, and only up to the last of them.
 
 :func:`recording_tracks` is the look before an unmask (``vault tracks``): which tracks a
-recording sealed, when and where they first appear, from the record headers alone.
+recording sealed, when and where they first appear, from the record headers alone;
+:func:`regions_at` what was sealed on one frame (the subject a click on it marks).
+:meth:`Unmask.planned` is an unmask known without any private key: what a gateway files for an
+investigator, whose request and key layers are those the investigator's own run computes.
 """
 
 from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -41,7 +44,7 @@ from .errors import (
     UnwrapError,
     VaultError,
 )
-from .identity import PrivateIdentity, canonical
+from .identity import PrivateIdentity, PublicIdentity, canonical
 from .record import Header, Placement, Record, open_record, shared_track_key, track_key
 from .seal import VaultRef
 from .store import VaultStore
@@ -71,6 +74,13 @@ class Selection:
     def to_json(self) -> dict:
         return {"tracks": sorted(self.tracks), "classes": sorted(self.classes),
                 "from_us": self.start_us, "to_us": self.end_us}
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A holder known only by their public identity (:meth:`Unmask.planned`): no key opens with it."""
+
+    public: PublicIdentity
 
 
 class Unmask:
@@ -154,6 +164,19 @@ class Unmask:
         self._data_keys: dict[tuple[int, str], bytes] = {}
         self._track_keys: dict[tuple[int, str, int], bytes] = {}
         self.restored = 0
+        self._planned = False  # see planned()
+
+    @classmethod
+    def planned(cls, store: VaultStore, ref: VaultRef, selection: Selection, requester: PublicIdentity,
+                others: tuple[str, ...] = ()) -> Unmask:
+        """The unmask ``requester`` would run with ``others`` approving on their machines, as far as
+        it is known without a private key: the same checks (chain, log, segments, recipients), the
+        request it would log (:meth:`request`) and the key layers it needs (:meth:`layers`). It can
+        neither be authorized nor restore anything: what a gateway files for an investigator
+        (:meth:`keys.UnmaskRequest.planned`)."""
+        job = cls(store, ref, selection, [_Named(requester)], log=None, others=others)  # type: ignore[list-item]
+        job._planned = True
+        return job
 
     @property
     def watermark_required(self) -> bool:
@@ -201,6 +224,13 @@ class Unmask:
 
     # --- accountability, then decryption ------------------------------------------------------
 
+    def check_terms(self, case: str, reason: str, watermark: bool) -> None:
+        """Refuse an unmask without a case and a reason, or without the watermark its policy requires."""
+        if not case.strip() or not reason.strip():
+            raise UnmaskError("a case id and a reason are required")
+        if not watermark and self.watermark_required:
+            raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
+
     def request(self, case: str, reason: str, output: str, watermark: bool) -> dict:
         return {"camera": self.ref.camera, "recording": self.ref.recording, "case": case, "reason": reason,
                 "selection": self.selection.to_json(),
@@ -229,10 +259,9 @@ class Unmask:
 
         ``approvals``: the other quorum members' signatures of :meth:`request` (checked here);
         ``layers``: the wraps they peeled down to the one holder's innermost layer."""
-        if not case.strip() or not reason.strip():
-            raise UnmaskError("a case id and a reason are required")
-        if not watermark and self.watermark_required:
-            raise UnmaskError("the policy of this recording requires the watermark (unmask.watermark: required)")
+        if self._planned:
+            raise UnmaskError("a planned unmask holds no key: the requester runs it on their machine")
+        self.check_terms(case, reason, watermark)
         details = self.request(case, reason, output, watermark)
         signed = canonical(details)
         given = dict(approvals or {})
@@ -462,10 +491,12 @@ class TrackSummary:
     ranges: tuple[tuple[float, float], ...] = ()
 
 
-def _placements(store: VaultStore, ref: VaultRef):
+def _placements(store: VaultStore, ref: VaultRef, numbers: Iterable[int] | None = None):
     """(media seconds, header, placement) of every sealed frame of the recording ``ref`` names, in
-    time order within each track (records are written as their clips close, not in frame order)."""
-    for number in store.segment_numbers(ref.camera):
+    time order within each track (records are written as their clips close, not in frame order).
+    ``numbers``: the recording's segments, when known (its ``seal`` entry names them); else every
+    segment of the camera is read to find them."""
+    for number in store.segment_numbers(ref.camera) if numbers is None else numbers:
         segment = store.segment(ref.camera, number)
         if segment.header.recording != ref.recording:
             continue
@@ -474,14 +505,14 @@ def _placements(store: VaultStore, ref: VaultRef):
                 yield (placement.pts_us - ref.first_pts_us) / 1e6, record.header, placement
 
 
-def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
+def recording_tracks(store: VaultStore, ref: VaultRef, numbers: Iterable[int] | None = None) -> list[TrackSummary]:
     """The tracks sealed for the recording ``ref`` names, ordered by first appearance, then class and id.
 
     Each segment's signature and digest are checked as it is read; the chain is not (that is
     :func:`keys.verify_vault`'s and :class:`Unmask`'s job).
     """
     tracks: dict[tuple[str, int], list] = {}
-    for t, h, p in sorted(_placements(store, ref), key=lambda item: item[0]):
+    for t, h, p in sorted(_placements(store, ref, numbers), key=lambda item: item[0]):
         item = tracks.setdefault((h.cls, h.track), [0, p.box, []])
         item[0] += 1
         ranges = item[2]
@@ -495,20 +526,42 @@ def recording_tracks(store: VaultStore, ref: VaultRef) -> list[TrackSummary]:
             for (cls, track), (frames, box, ranges) in ordered]
 
 
-def tracks_at(store: VaultStore, ref: VaultRef, at_s: float, x: float, y: float) -> list[tuple[str, int]]:
-    """The tracks (class, id) whose sealed box contains the point ``(x, y)`` on the frame shown at
-    media time ``at_s`` (the sealed frame nearest to it): the subject an investigator pointed at.
-    Raises :class:`UnmaskError` when no sealed frame is within half a second of ``at_s``."""
-    frames: dict[float, list] = {}
-    for t, h, p in _placements(store, ref):
-        frames.setdefault(t, []).append((h, p.box))
+@dataclass(frozen=True)
+class SealedRegion:
+    """One sealed region of one frame, from its record's header (nothing is decrypted)."""
+
+    cls: str
+    track: int
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the redacted frame
+
+    def covers(self, x: float, y: float) -> bool:
+        bx, by, bw, bh = self.box
+        return bx <= x < bx + bw and by <= y < by + bh
+
+
+def regions_at(store: VaultStore, ref: VaultRef, at_s: float,
+               numbers: Iterable[int] | None = None) -> tuple[float, list[SealedRegion]]:
+    """The sealed frame nearest to media time ``at_s`` of the recording ``ref`` names: its time and
+    its sealed regions, by class and track. Raises :class:`UnmaskError` when no sealed frame is
+    within half a second of ``at_s``."""
+    frames: dict[float, list[SealedRegion]] = {}
+    for t, h, p in _placements(store, ref, numbers):
+        frames.setdefault(t, []).append(SealedRegion(h.cls, h.track, tuple(p.box)))
     if not frames:
         raise UnmaskError("the recording has no sealed regions")
     nearest = min(frames, key=lambda t: abs(t - at_s))
     if abs(nearest - at_s) > 0.5:
         raise UnmaskError(f"nothing was sealed near {at_s:.2f} s (nearest sealed frame {nearest:.2f} s)")
-    return sorted({(h.cls, h.track) for h, box in frames[nearest]
-                   if box[0] <= x < box[0] + box[2] and box[1] <= y < box[1] + box[3]})
+    return nearest, sorted(frames[nearest], key=lambda r: (r.cls, r.track))
+
+
+def tracks_at(store: VaultStore, ref: VaultRef, at_s: float, x: float, y: float,
+              numbers: Iterable[int] | None = None) -> list[tuple[str, int]]:
+    """The tracks (class, id) whose sealed box contains the point ``(x, y)`` on the frame shown at
+    media time ``at_s`` (the sealed frame nearest to it): the subject an investigator pointed at.
+    Raises :class:`UnmaskError` when no sealed frame is within half a second of ``at_s``."""
+    _, regions = regions_at(store, ref, at_s, numbers)
+    return sorted({(r.cls, r.track) for r in regions if r.covers(x, y)})
 
 
 def _paste(image: np.ndarray, box: tuple[int, int, int, int], pixels: np.ndarray, others: list[tuple],

@@ -47,7 +47,7 @@ def test_an_officer_sees_every_camera_live_with_its_state(console, shots):
     try:
         tab.wait_for("document.querySelector('#nav a[data-page=policies]') !== null")
         pages = tab.evaluate("[...document.querySelectorAll('#nav a')].map(a => a.dataset.page)")
-        assert pages == ["cameras", "policies", "audit", "people"]
+        assert pages == ["cameras", "policies", "audit", "people", "recordings", "requests"]
         assert tab.evaluate("document.getElementById('who').textContent").startswith("officer (privacy-officer)")
         tab.wait_for("document.querySelector('.tile[data-camera=lobby] video').videoWidth > 0", timeout=30)
         tab.wait_for("document.querySelector('.tile [data-stat=released]').textContent.endsWith('/s')", timeout=15)
@@ -120,7 +120,7 @@ def test_the_audit_page_filters_the_log_and_shows_it_verifies(console, shots):
 
 def test_a_viewer_token_gets_no_console_page_and_no_console_api(console):
     running, browser, _ = console
-    for page in ("cameras", "policies", "audit"):
+    for page in ("cameras", "policies", "audit", "recordings", "requests"):
         status, body = running.get(f"/console/part/{page}", token=running.viewer_token)
         assert status == 403 and "may use no page of the console" in json.loads(body)["error"]
     assert running.get("/console/part/cameras", token=None)[0] == 401

@@ -4,7 +4,8 @@
 ``/health``, ``/metrics``, the pages); :mod:`.server` runs it under uvicorn, whose connections
 :mod:`.connections` caps and holds to a request-head deadline. Resources:
 :mod:`.cameras`, :mod:`.policies`, :mod:`.identities` (and tokens), :mod:`.audit`,
-:mod:`.status`; :mod:`.demo` what the embedded demo adds (its people, its viewer token);
+:mod:`.status`, :mod:`.recordings` and :mod:`.unmask_requests` (kept by :mod:`.unmask_store`);
+:mod:`.console` the officer's and investigator's pages; :mod:`.demo` what the embedded demo adds (its people, its viewer token);
 :mod:`.requests` is how every ``/api`` handler authenticates and logs changes;
 :mod:`.access` who may do what. No handler touches pixels or does O(log) work on the event loop.
 

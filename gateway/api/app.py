@@ -36,13 +36,16 @@ from .console.audit import AuditPages
 from .console.cameras import CameraPages
 from .console.people import PeoplePages
 from .console.policies import PolicyPages
+from .console.recordings import RecordingPages
 from .demo import Demo, ViewerToken
 from .identities import IdentityRoutes
 from .metrics import Metrics
 from .policies import PolicyRoutes, PolicyVersions
-from .recordings import RecordingRoutes
+from .recordings import RecordingRoutes, Recordings
 from .requests import ChangeLog, authenticate, bounded_body
 from .status import StatusRoutes
+from .unmask_requests import UnmaskRequestRoutes
+from .unmask_store import UnmaskRequests
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +101,18 @@ class Gateway:
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
                                retention=lambda: dict(runtime.retention.counts),
                                ice_ignored=self._ignored_candidates, ledgers=self.ledgers)
+        recordings = Recordings(runtime)
+        unmasks = UnmaskRequestRoutes(runtime, self.access, changes, recordings,
+                                      UnmaskRequests(config.storage.data_dir / "unmask-requests"))
         self.console = console = Console(self.access, lambda: list(runtime.cameras))
         console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
         console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
         console.page("people", "People and access", ("identities", "tokens"),
                      PeoplePages(self.access, lambda: list(runtime.cameras)).data)
+        unmask_pages = RecordingPages(runtime, recordings, unmasks)
+        console.page("recordings", "Recordings", ("unmask*",), unmask_pages.recordings)
+        console.page("requests", "Unmask requests", ("unmask*",), unmask_pages.requests)
         self.app = Starlette(routes=[
             *pages.routes(),
             *console.routes,
@@ -112,7 +121,8 @@ class Gateway:
             *PolicyRoutes(runtime, self.access, versions, changes).routes,
             *IdentityRoutes(self.access, cameras, changes).routes,
             *AuditRoutes(runtime.store, self.access).routes,
-            *RecordingRoutes(runtime, self.access, changes).routes,
+            *RecordingRoutes(runtime, self.access, changes, recordings, unmasks.closed_reason).routes,
+            *unmasks.routes,
             *self.whep.routes,
             *self.whip.routes,
         ])

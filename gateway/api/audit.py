@@ -44,6 +44,9 @@ class AuditRoutes:
 
 
 def acted_in(entry: dict, name: str) -> bool:
-    """Whether ``name`` acted in ``entry``: as its signer, or as the person a gateway entry names."""
+    """Whether ``name`` acted in ``entry``: as its signer, as the person a gateway entry names, or as
+    one of the people of an unmask or unmask request (``identities``: the requester and the quorum)."""
     details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
-    return entry.get("actor") == name or details.get("by") == name
+    people = details.get("identities")
+    return (entry.get("actor") == name or details.get("by") == name
+            or (isinstance(people, list) and name in people))

@@ -54,7 +54,7 @@ from ..openbao import OpenBaoError, read_credentials
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
-from .remote import fetch
+from .remote import GatewayClient, fetch
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -99,9 +99,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     unmask.set_defaults(run=_escrow(_unmask))
     approve = commands.add_parser("unmask-approve", help="(as `unmask approve REQUEST`) approve an unmask request "
                                   "and peel your layer of its keys")
-    approve.add_argument("request", type=Path, metavar="REQUEST", help="the request file (rewritten in place)")
+    approve.add_argument("request", metavar="REQUEST", help="the request file (rewritten in place); with --gateway, "
+                         "the id of a request filed there (r-...)")
     approve.add_argument("--identity", dest="identities", type=Path, action="append", required=True, metavar="FILE",
                          help="your identity file")
+    approve.add_argument("--gateway", metavar="URL", help="fetch the request from this gateway and send the approval "
+                         "back (requests signed with your key; it never leaves this machine)")
+    approve.add_argument("--gateway-ca", type=Path, metavar="FILE", help="CA certificate of the gateway's TLS")
     approve.set_defaults(run=_escrow(_approve))
 
     audit = commands.add_parser("audit", help="the audit log")
@@ -299,8 +303,9 @@ def _load_request(args: argparse.Namespace) -> UnmaskRequest:
     selection = request["selection"]
     args.tracks, args.classes = list(selection["tracks"]), list(selection["classes"])
     args.start_us, args.end_us = selection["from_us"], selection["to_us"]
-    if "gateway" in source:
-        args.gateway, args.camera, args.recording = source["gateway"], source["camera"], source["recording"]
+    if "gateway" in source:  # --gateway may name it as this machine reaches it (the file: as its writer did)
+        args.gateway = args.gateway or source["gateway"]
+        args.camera, args.recording = source["camera"], source["recording"]
         args.start = args.end = None
     else:
         args.input, args.vault = Path(source["input"]), Path(source["vault"])
@@ -329,19 +334,35 @@ def _write_request(args: argparse.Namespace, job: Unmask, holders, target: Path,
 
 
 def _approve(args: argparse.Namespace) -> int:
-    try:
-        pending = UnmaskRequest.from_bytes(args.request.read_bytes())
-    except OSError as exc:
-        raise CommandError(f"cannot read {args.request}: {exc.strerror or exc}") from None
+    """Approve a request file, or (``--gateway``) a request filed at a gateway: fetched, approved here,
+    sent back; the gateway keeps the approval only if it verifies (docs/escrow.md)."""
+    client = holders = None
+    if args.gateway is not None:
+        if not re.fullmatch(r"r-[0-9a-f]{16}", args.request):
+            raise CommandError(f"{args.request!r}: with --gateway, give the request's id (r- and 16 hex digits)")
+        holders = open_identities(args.identities)
+        client = GatewayClient(args.gateway, holders[0], args.gateway_ca)
+        where = f"/api/unmask-requests/{args.request}/file"
+        pending = UnmaskRequest.from_bytes(client.request("GET", where).content)
+    else:
+        try:
+            pending = UnmaskRequest.from_bytes(Path(args.request).read_bytes())
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.request}: {exc.strerror or exc}") from None
     request = pending.request
     print(f"camera {request['camera']}, recording {request['recording']}: case {request['case']} "
           f"({request['reason']}), {request['regions']} regions of tracks "
           f"{', '.join(f'{c} {t}' for c, t in request['tracks'])}, asked by {pending.requester}")
-    for holder in open_identities(args.identities):
+    for holder in holders or open_identities(args.identities):
         peeled = pending.approve(holder)
         print(f"{holder.public.name} approved and peeled {peeled} key layer(s)")
-    write_durably(args.request, pending.to_bytes(), 0o600)
-    left = pending.missing
+    left = pending.waiting_for
+    if client is not None:
+        status = client.request("PUT", where, body=pending.to_bytes()).json()["status"]
+        print(f"the gateway took the approval: request {args.request} is {status}"
+              + (f", waiting for {', '.join(left)}" if left else f"; {pending.requester} may now run it"))
+        return 0
+    write_durably(Path(args.request), pending.to_bytes(), 0o600)
     print(f"still to approve: {', '.join(left)}" if left else
           f"every approval is in: {pending.requester} may now run `privacy-gateway unmask --request {args.request} "
           "--identity ...`")

@@ -1,13 +1,24 @@
 """Offline files: the images and videos the command line redacts, unmasks and watermarks.
 
-Nothing here runs in the live gateway: these are whole files read and written at once, with
-every output written beside its target and renamed into place only when complete. May
+Nothing here runs in the live gateway's per-frame path: these are whole files read and written
+at once, with every output written beside its target and renamed into place only when complete
+(the gateway reads one frame of a finished recording with :func:`frame_at` for the console,
+off its event loop). May
 import ``keys`` (its public API), never another ``gateway`` package.
 """
 
 from .images import IMAGE_SUFFIXES, image_comment, is_image, read_image, write_image
 from .output import MediaError, atomic_output, check_writable
-from .video import VIDEO_SUFFIXES, VideoFrame, VideoInfo, VideoTranscoder, copy_excerpt, count_frames, video_comment
+from .video import (
+    VIDEO_SUFFIXES,
+    VideoFrame,
+    VideoInfo,
+    VideoTranscoder,
+    copy_excerpt,
+    count_frames,
+    frame_at,
+    video_comment,
+)
 from .watermark import watermark
 
 __all__ = [
@@ -21,6 +32,7 @@ __all__ = [
     "check_writable",
     "copy_excerpt",
     "count_frames",
+    "frame_at",
     "image_comment",
     "is_image",
     "read_image",

@@ -129,6 +129,64 @@ class _Clock:
         return pts, float((pts - self.first) * self.time_base)
 
 
+def frame_at(path: Path, seconds: float) -> VideoFrame:
+    """The frame shown nearest ``seconds`` after the first one (past the end: the last one), timed as
+    :meth:`VideoTranscoder.frames` times it. Decoded from the keyframe before it, not from the
+    start, when the stream's timestamps rise; else every frame up to it is decoded. ``index`` is
+    counted at the stream's rate after a seek (exact for a constant rate, as the recorder writes)."""
+    container = open_video(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        info = video_info(container)
+        try:
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise MediaError(f"cannot read {path}: no video frame")
+            if first.pts is not None and seconds > 0:
+                container.seek(first.pts + int(seconds / info.time_base), stream=stream, backward=True)
+                found = _nearest(_timed(container.decode(stream), first.pts, info), seconds)
+                if found is not None:
+                    frame, time = found
+                    return VideoFrame(round(time * float(info.rate)), frame.pts, time, _bgr(frame))
+        except av.FFmpegError as exc:
+            raise MediaError(f"cannot decode {path}: {_reason(exc)}") from None
+    finally:
+        container.close()
+    video = VideoTranscoder(path)  # no timestamps to seek by, or they do not rise: every frame, in order
+    try:
+        frames = ((f, f.time) for f in video.frames())
+        found = _nearest(frames, seconds, strict=False)
+        assert found is not None  # the file has a frame (read above)
+        return found[0]
+    finally:
+        video.close()
+
+
+def _timed(frames, first: int, info: VideoInfo):
+    """(frame, seconds after ``first``) while timestamps rise; stops at the first that does not."""
+    last = None
+    for frame in frames:
+        if frame.pts is None or (last is not None and frame.pts <= last):
+            yield None, None
+            return
+        last = frame.pts
+        yield frame, float((frame.pts - first) * info.time_base)
+
+
+def _nearest(frames, seconds: float, strict: bool = True):
+    """The (frame, time) nearest ``seconds`` of ``frames`` in time order; None (with ``strict``) when
+    they do not start at or before it, or an untimed frame comes first: the caller decodes from the start."""
+    before = None
+    for frame, time in frames:
+        if frame is None or (strict and before is None and time > seconds + 1e-6):
+            return None
+        if time >= seconds:
+            return (frame, time) if before is None or time - seconds <= seconds - before[1] else before
+        before = (frame, time)
+    return before
+
+
 class VideoTranscoder:
     """Decode a video, hand every frame to the caller, encode what comes back; copy audio.
 
