@@ -202,6 +202,7 @@ def test_removing_a_camera_ends_its_whep_and_rtsp_sessions_and_seals_its_recordi
         assert status == 201, answer
         wait_redacting(running, "door")
         wait_for(lambda: running.gateway.cameras["door"].rendition("h264"), 30, "no rendition")
+        assert running.metric("privacy_gateway_release_latency_seconds_count", camera="door") > 0
         store = running.gateway.access.store
         store.grant("viewer", ["lobby", "door"])
         web, _ = store.issue("viewer", ["door"], 600.0, "test")
@@ -265,6 +266,7 @@ def test_removing_a_camera_ends_its_whep_and_rtsp_sessions_and_seals_its_recordi
         [c for c in running.gateway.cameras]
     assert camera_state(running, "door") is None
     assert running.metric("privacy_gateway_frames_total", camera="door", state="in") is None
+    assert running.metric("privacy_gateway_release_latency_seconds_count", camera="door") is None
     assert running.call("GET", "/api/cameras/door")[0] == 404
     # stopped whole: its recording finished and logged, sealed data verifies, and stays listed
     assert [e for e in audit(running, "recorded")[recorded:] if e["details"]["camera"] == "door"]

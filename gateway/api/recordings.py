@@ -1,11 +1,12 @@
 """``/api/cameras/<camera>/recordings``: what an unmask on another machine fetches, and where it logs.
 
 An investigator (or officer) holding the ``unmask`` permission on a camera (a camera removed at
-run time too: its recordings and sealed data stay) lists its finished recordings, downloads one's redacted video and its sealed records (the recording's segments and
-key files, the vault's anchor, co-signer record, roster copy and policies, and the log's entries
-about it: :meth:`keys.VaultStore.bundle`), and posts the signed request of its unmask, which the
-gateway checks (every approval against the roster, the people against the key files' recipients)
-and appends to the audit log before it answers. Decryption happens on the investigator's
+run time too: its recordings and sealed data stay) lists its finished recordings, downloads one's
+redacted video and its sealed records (the recording's segments and key files, the vault's
+anchor, co-signer record, roster copy and policies, and the log's entries about it:
+:meth:`keys.VaultStore.bundle`), and posts the signed request of its unmask, which the gateway
+checks (every approval against the roster, the people against the key files' recipients) and
+appends to the audit log before it answers. Decryption happens on the investigator's
 machine, with the shares OpenBao gives them: no private key and no restored pixel reaches the
 gateway. Fetching sealed records is itself logged (``fetch-sealed``).
 """
