@@ -98,7 +98,7 @@ class Gateway:
                                retention=lambda: dict(runtime.retention.counts),
                                ice_ignored=self._ignored_candidates, ledgers=self.ledgers)
         self.console = console = Console(self.access, lambda: list(runtime.cameras))
-        console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
+        console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime, versions).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
         console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
         self.app = Starlette(routes=[
