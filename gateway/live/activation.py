@@ -71,6 +71,14 @@ class Activations:
         self._active[camera] = self._over_http[camera] = version
         self._write()
 
+    def running(self, camera: str, version: str) -> None:
+        """``camera`` runs ``version`` (stored already) from now on: it was added or edited at run
+        time, and ``cameras.json`` names that version, so an activation over HTTP from before no
+        longer applies (it is forgotten here first: the version in force changes only if that works)."""
+        if self._over_http.pop(camera, None) is not None:
+            self._write()
+        self._active[camera] = version
+
     def removed(self, camera: str) -> None:
         """``camera`` was taken out at run time: what it ran is forgotten here (a camera added later
         under its name starts with the policy it is added with)."""

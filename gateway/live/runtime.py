@@ -174,18 +174,19 @@ class Runtime:
             if name in self.config.cameras:
                 raise ValueError("the id is taken")
             identities = self._roster(policy)
-            before = self.changes.entries()
-            self.changes.kept(name, camera, self.store.store_policy(policy.model_dump(mode="json")))
+            before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
+            self.changes.kept(name, camera, version)
             self._starting |= {name}
             try:
                 self._configure(name, camera)
                 live = self._build(name, camera, policy, identities)
                 live.start()
-                self._install(name, live, policy)
             except BaseException:
                 self._configure(name, None)
                 self._undo(before)
                 raise
+            else:
+                self._install(name, live, version)
             finally:
                 self._starting -= {name}
             self._retired = {k: v for k, v in self._retired.items() if k != name}
@@ -207,8 +208,8 @@ class Runtime:
             identities = self._roster(policy)
             self.store.cosigner.check()  # the new sealer needs it: rather fail before the old one stops
             previous, old = self.config.cameras[name], self.cameras.get(name)
-            before = self.changes.entries()
-            self.changes.kept(name, camera, self.store.store_policy(policy.model_dump(mode="json")))
+            before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
+            self.changes.kept(name, camera, version)
             self._starting |= {name}
             try:
                 self.cameras = {k: v for k, v in self.cameras.items() if k != name}
@@ -225,7 +226,7 @@ class Runtime:
                     if old is not None:
                         self._restart(name, previous, old.policy, identities)
                     raise
-                self._install(name, live, policy)
+                self._install(name, live, version)
             finally:
                 self._starting -= {name}
             log.info("camera %s: edited (%s)", name, camera.kind)
@@ -242,15 +243,14 @@ class Runtime:
             return
         self.cameras = {**self.cameras, name: live}
 
-    def _install(self, name: str, live: LiveCamera, policy: Policy) -> None:
-        """``live`` is camera ``name`` from now on, under ``policy`` (which ``cameras.json`` names:
-        an activation over HTTP left from before no longer applies)."""
+    def _install(self, name: str, live: LiveCamera, version: str) -> None:
+        """``live`` (running) is camera ``name`` from now on, under policy ``version``; cannot fail."""
         try:
-            self.activations.removed(name)
+            self.activations.running(name, version)
         except OSError:
-            log.exception("camera %s: an earlier activation could not be forgotten; it returns at the next start",
-                          name)
-        self.activations.started(name, policy)
+            log.exception("camera %s: an earlier activation over HTTP could not be forgotten; it is in force "
+                          "again after the next start", name)
+            self.activations.running(name, version)  # the file is as it was: nothing left to write
         self.cameras = {**self.cameras, name: live}
 
     def remove_camera(self, name: str) -> LiveCamera | None:
