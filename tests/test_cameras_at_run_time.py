@@ -132,6 +132,11 @@ def test_a_camera_added_at_run_time_is_redacted_listed_measured_audited_and_surv
             assert entry["details"]["camera"] == "gate" and entry["details"]["by"] == "officer"
             assert entry["details"]["config"]["source"] == shown and entry["details"]["policy"] == version
             time.sleep(1.0)
+            # a configured camera edited at run time: the change outlives a restart too, in its place
+            status, answer = running.call("PUT", "/api/cameras/lobby", {"source": lobby.url, "holdback_ms": 1200,
+                                                                        "renditions": ["h264"]})
+            assert status == 200 and answer["restarted"], answer
+            assert list(running.gateway.cameras) == ["lobby", "gate"]
         # what was released was redacted: no raw frame, and the faces lost their detail
         assert len(released) > 30 and not [i for _, i, digest, _ in released if digest in raw]
         assert assert_faces_redacted([s for state, _, _, s in released if s is not None], frames, faces) >= 3
@@ -145,13 +150,24 @@ def test_a_camera_added_at_run_time_is_redacted_listed_measured_audited_and_surv
             if path.is_file() and path != kept and path.stat().st_size < 50_000_000:
                 assert PASSWORD.encode() not in path.read_bytes(), path
         assert PASSWORD not in caplog.text and "camera gate: connected to rtsp://***@" in caplog.text
-        # a restart runs it again, as it was added, and says so
+        # a restart runs them again as they were changed, and says so; the configuration file's lobby
+        # (holdback 1500 there) is overridden by its edit
         with Running(tmp_path, openbao, {"lobby": lobby.url}) as running:
             assert any(line.startswith("camera gate: added at run time (cameras.json): rtsp rtsp://***@")
                        for line in running.lines), running.lines
+            assert any(line.startswith("camera lobby: edited at run time (cameras.json)") for line in running.lines)
             wait_redacting(running, "gate")
             assert running.call("GET", "/api/cameras/gate/policy")[1]["version"] == version
             assert running.call("GET", "/api/cameras/gate")[1]["config"]["holdback_ms"] == 1500
+            assert running.call("GET", "/api/cameras/lobby")[1]["config"]["holdback_ms"] == 1200
+            assert running.gateway.cameras["lobby"].pipeline.holdback == 1.2
+            assert running.call("DELETE", "/api/cameras/gate")[0] == 200
+        # and a removal: the camera stays out; its recordings stay
+        with Running(tmp_path, openbao, {"lobby": lobby.url}) as running:
+            assert "camera gate: removed at run time (cameras.json)" in running.lines
+            assert list(running.gateway.cameras) == ["lobby"]
+            assert running.call("GET", "/api/cameras/gate")[0] == 404
+            assert running.call("GET", "/api/cameras/gate/recordings")[1]["recordings"]
     verify_vault(tmp_path)
 
 

@@ -123,9 +123,10 @@ class CameraRoutes:
         if request.method == "POST":
             return await self.add(who, body)
         known = list(self.runtime.cameras)
-        if who.may("cameras"):
+        if who.may("cameras"):  # every configured camera, one an edit left stopped too (degraded, and why)
             health = self.runtime.health()["cameras"]
-            return JSONResponse({"cameras": [self.describe(name, health[name]) for name in known if name in health]})
+            return JSONResponse({"cameras": [self.describe(name, health[name]) for name in self.runtime.config.cameras
+                                             if name in health]})
         if not who.permissions & {"feeds*", "ingest*"}:
             raise Denied(403, f"{who.name} may not list cameras")
         return JSONResponse({"cameras": [{"id": name} for name in known

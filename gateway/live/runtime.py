@@ -241,7 +241,7 @@ class Runtime:
         except Exception:
             log.exception("camera %s: cannot be started again as it was; it is not running", name)
             return
-        self.cameras = {**self.cameras, name: live}
+        self._running(name, live)
 
     def _install(self, name: str, live: LiveCamera, version: str) -> None:
         """``live`` (running) is camera ``name`` from now on, under policy ``version``; cannot fail."""
@@ -251,7 +251,7 @@ class Runtime:
             log.exception("camera %s: an earlier activation over HTTP could not be forgotten; it is in force "
                           "again after the next start", name)
             self.activations.running(name, version)  # the file is as it was: nothing left to write
-        self.cameras = {**self.cameras, name: live}
+        self._running(name, live)
 
     def remove_camera(self, name: str) -> LiveCamera | None:
         """Stop camera ``name`` for good (blocking): kept as removed in ``cameras.json`` first (with
@@ -287,10 +287,17 @@ class Runtime:
         return identities
 
     def _configure(self, name: str, camera: Camera | None) -> None:
-        cameras = {k: v for k, v in self.config.cameras.items() if k != name}
-        if camera is not None:
+        cameras = dict(self.config.cameras)  # an edited camera keeps its place
+        if camera is None:
+            cameras.pop(name, None)
+        else:
             cameras[name] = camera
         self.config = self.config.model_copy(update={"cameras": cameras})
+
+    def _running(self, name: str, live: LiveCamera) -> None:
+        """Swap in the cameras with ``live`` as ``name``, in the configuration's order (copy-on-write)."""
+        running = {**self.cameras, name: live}
+        self.cameras = {k: running[k] for k in self.config.cameras if k in running}
 
     def _undo(self, entries: dict[str, dict]) -> None:
         try:

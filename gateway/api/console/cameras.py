@@ -33,8 +33,8 @@ class CameraPages:
         configs, active = self.runtime.config.cameras, self.runtime.activations.versions()
         manage = who.may("cameras:manage")
         cameras = []
-        for name in self.runtime.cameras:
-            if name not in health or name not in configs:  # removed meanwhile
+        for name in configs:  # a camera an edit left stopped too: its tile says why, its form can fix it
+            if name not in health:  # being added
                 continue
             shown = configs[name].model_copy(update={"source": redact_source(configs[name].source)})
             cameras.append({"id": name, "policy": active.get(name, ""), **health[name],
