@@ -370,6 +370,46 @@ def test_edits_are_validated_and_a_shown_source_keeps_its_credentials(gateway):
         assert running.call("DELETE", "/api/cameras/porch")[0] == 200
 
 
+def test_a_camera_that_cannot_run_is_refused_409_and_nothing_changes(gateway):
+    """Its policy's grants cannot be met (checked before the running camera stops), or its vault chain is
+    held by another process (found when it opens, after cameras.json was written: put back)."""
+    import fcntl
+
+    running, tmp = gateway
+    lobby = running.config.cameras["lobby"].source
+    kept = tmp / "data" / "cameras.json"
+    changes = lambda: json.loads(kept.read_text())["cameras"] if kept.exists() else {}  # noqa: E731
+    before = changes()
+    status, answer = running.call("POST", "/api/policies", {**POLICY, "unmask": {
+        "watermark": "optional", "face": {"roles": ["privacy-officer"], "quorum": 2}}})  # the site has one officer
+    assert status == 201, answer
+    unmeetable = answer["version"]
+    live, config = running.gateway.cameras["lobby"], running.gateway.runtime.config.cameras["lobby"]
+    status, answer = running.call("PUT", "/api/cameras/lobby", {"source": lobby, "holdback_ms": 1400,
+                                                                "renditions": ["h264"], "policy": unmeetable})
+    assert status == 409 and "nothing was changed" in answer["error"], answer
+    assert running.gateway.cameras["lobby"] is live and live.source.stats.connected
+    assert running.gateway.runtime.config.cameras["lobby"] == config
+    status, answer = running.call("POST", "/api/cameras", {"id": "shed", "source": lobby, "policy": unmeetable})
+    assert status == 409, answer
+    assert [e["action"] for e in running.call("GET", "/api/audit")[1]["entries"]
+            if e["details"].get("camera") in ("lobby", "shed") and "-camera" in e["action"]][-4:] == \
+        ["edit-camera", "edit-camera-failed", "add-camera", "add-camera-failed"]
+    # another process seals under that id: refused when its sealer opens; cameras.json is put back
+    chain = tmp / "data" / "vault" / "segments" / "locked"
+    chain.mkdir(parents=True)
+    with open(chain / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        status, answer = running.call("POST", "/api/cameras", {"id": "locked", "source": lobby,
+                                                               "renditions": ["h264"]})
+    assert status == 409 and "being sealed by another process" in answer["error"], answer
+    assert "locked" not in running.gateway.runtime.config.cameras and camera_state(running, "locked") is None
+    assert changes() == before
+    status, answer = running.call("POST", "/api/cameras", {"id": "locked", "source": lobby, "renditions": ["h264"]})
+    assert status == 201, answer  # the lock is free again
+    assert running.call("DELETE", "/api/cameras/locked")[0] == 200
+
+
 def test_a_viewer_may_not_add_edit_or_remove_cameras(gateway):
     running, _ = gateway
     lobby = running.config.cameras["lobby"].source
