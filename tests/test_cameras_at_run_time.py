@@ -378,7 +378,7 @@ def test_a_camera_that_cannot_run_is_refused_409_and_nothing_changes(gateway):
     running, tmp = gateway
     lobby = running.config.cameras["lobby"].source
     kept = tmp / "data" / "cameras.json"
-    changes = lambda: json.loads(kept.read_text())["cameras"] if kept.exists() else {}  # noqa: E731
+    changes = lambda: json.loads(kept.read_text())["cameras"] if kept.exists() else {}
     before = changes()
     status, answer = running.call("POST", "/api/policies", {**POLICY, "unmask": {
         "watermark": "optional", "face": {"roles": ["privacy-officer"], "quorum": 2}}})  # the site has one officer
