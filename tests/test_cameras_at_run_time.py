@@ -370,6 +370,31 @@ def test_edits_are_validated_and_a_shown_source_keeps_its_credentials(gateway):
         assert running.call("DELETE", "/api/cameras/porch")[0] == 200
 
 
+def test_retention_keeps_applying_a_removed_cameras_last_policy(camera_clip, tmp_path, openbao):
+    """The last camera removed: the gateway runs on with none, and a retention run deletes the removed
+    camera's recordings and shreds its segments under the policy it last ran. (The run is made with no
+    camera left because keys.shred takes every camera's chain lock, which a camera being sealed holds:
+    with a camera running the run fails there, whatever this feature does.)"""
+    import datetime as dt
+
+    clip, _, _ = camera_clip
+    with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"lobby": camera.url}) as running:
+        running.wait_healthy()
+        version = running.call("POST", "/api/policies", {**POLICY, "retention_days": 1})[1]["version"]
+        status, answer = running.call("PUT", "/api/cameras/lobby", {"source": camera.url, "holdback_ms": 1500,
+                                                                    "renditions": ["h264"], "policy": version})
+        assert status == 200 and answer["changed"] and not answer["restarted"], answer  # as configured: only the policy
+        wait_for(lambda: audit(running, "recorded", "lobby"), 120, "lobby finished no recording")
+        assert running.call("DELETE", "/api/cameras/lobby")[0] == 200
+        assert running.call("GET", "/api/cameras")[1] == {"cameras": []} and running.get("/health")[0] == 200
+        recordings = sorted((tmp_path / "data" / "recordings" / "lobby").glob("*.mp4"))
+        assert recordings
+        details = running.gateway.runtime.retention.run(now=dt.datetime.now(dt.UTC) + dt.timedelta(days=3))
+        assert sorted(details["expired"]) == sorted(f"lobby/{p.name}" for p in recordings)
+        assert details["segments_shredded"] >= 1 and not any(p.exists() for p in recordings)
+    verify_vault(tmp_path)
+
+
 def test_a_camera_that_cannot_run_is_refused_409_and_nothing_changes(gateway):
     """Its policy's grants cannot be met (checked before the running camera stops), or its vault chain is
     held by another process (found when it opens, after cameras.json was written: put back)."""
