@@ -11,9 +11,11 @@ refused with what to do instead).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -36,6 +38,33 @@ DEMO_IDENTITIES_REFUSED = (
     "`privacy-gateway serve` without --config). Remove the key and create your people with `privacy-gateway keys "
     "add-identity` (docs/access.md); identities an earlier demo start created stay in the key directory until "
     "`privacy-gateway keys remove-identity` takes them out")
+
+
+#: query parameters of a source URL whose values are secrets (``?password=...``, ``&token=...``)
+_SECRET_PARAMETER = re.compile(r"pass|pwd|token|secret|key|auth|sig|cred", re.IGNORECASE)
+SECRET_SHOWN = "***"
+
+
+def redact_source(source: str | None) -> str | None:
+    """``source`` as it may be shown, answered or logged: an URL's ``user:password@`` becomes
+    ``***@`` and the values of query parameters that name a secret (password, token, key ...)
+    become ``***``. Anything else (a file path) is returned as it is."""
+    if source is None or "://" not in source:
+        return source
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # not an URL that can be taken apart: show only its scheme
+        return source.split("://", 1)[0] + "://" + SECRET_SHOWN
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = SECRET_SHOWN + "@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAMETER.search(name) for name, _ in pairs):
+            query = urlencode([(name, SECRET_SHOWN if _SECRET_PARAMETER.search(name) else value)
+                               for name, value in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class ConfigError(ValueError):
@@ -70,7 +99,7 @@ class Camera(StrictModel):
             raise ValueError("source: required (an rtsp:// URL or a video file), unless protocol is whip")
         inferred = "rtsp" if self.source.startswith(("rtsp://", "rtsps://")) else "file"
         if self.protocol is not None and self.protocol != inferred:
-            raise ValueError(f"protocol {self.protocol} does not match source {self.source!r}")
+            raise ValueError(f"protocol {self.protocol} does not match source {redact_source(self.source)!r}")
         return self
 
     @property

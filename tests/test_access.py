@@ -74,6 +74,10 @@ MATRIX = [
     ("GET", "/api/cameras/{own}/policy", None, {"olga"}),
     ("GET", "/api/cameras/{other}/policy", None, {"olga"}),
     ("PUT", "/api/cameras/{own}/policy", {"version": "0" * 64}, {"olga"}),  # olga: 404, no such version
+    ("GET", "/api/cameras/{own}", None, {"olga"}),
+    ("POST", "/api/cameras", {"id": "attic", "holdback_ms": 1}, {"olga"}),  # olga: 422, nothing added
+    ("PUT", "/api/cameras/{own}", {"holdback_ms": 1}, {"olga"}),  # olga: 422, nothing restarted
+    ("DELETE", "/api/cameras/attic", None, {"olga"}),  # olga: 404, no such camera
     ("GET", "/api/policies", None, {"olga"}),
     ("POST", "/api/policies/validate", POLICY, {"olga"}),
     ("POST", "/api/policies", POLICY, {"olga"}),
@@ -114,6 +118,8 @@ async def test_every_role_on_every_endpoint_for_own_and_other_camera(world):
             assert anonymous.status_code == 401, (method, url, anonymous.text)
         # the ones that get through get the real answer
         assert outcomes["PUT", "/api/cameras/{own}/policy", "olga"] == 404
+        assert outcomes["POST", "/api/cameras", "olga"] == outcomes["PUT", "/api/cameras/{own}", "olga"] == 422
+        assert outcomes["DELETE", "/api/cameras/attic", "olga"] == 404
         assert outcomes["POST", "/whep/{own}", "vera"] == 415 and outcomes["POST", "/whip/door", "pete"] == 415
         assert outcomes["POST", "/api/policies", "olga"] == 201
 

@@ -72,14 +72,14 @@ class Gateway:
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.cameras.__contains__, ice=self.ice, caps=_caps(config.whep))
+                               camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep))
         self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
                                caps=_caps(config.whip))
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
             limiter = self.access.limiter
-            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.cameras.__contains__,
+            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.known,
                                    self.access.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
@@ -96,7 +96,7 @@ class Gateway:
                                        uncapped_address=lambda peer: within_networks(peer, listen.trusted_proxies))
         changes = ChangeLog(runtime.store, runtime.signer)
         versions = PolicyVersions(runtime.store)
-        cameras = CameraRoutes(runtime, self.access, versions, changes)
+        cameras = CameraRoutes(runtime, self.access, versions, changes, ended=self._camera_stopped)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
                                retention=lambda: dict(runtime.retention.counts),
@@ -105,7 +105,7 @@ class Gateway:
         unmasks = UnmaskRequestRoutes(runtime, self.access, changes, recordings,
                                       UnmaskRequests(config.storage.data_dir / "unmask-requests"))
         self.console = console = Console(self.access, lambda: list(runtime.cameras))
-        console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime).data)
+        console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime, versions).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
         console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
         console.page("people", "People and access", ("identities", "tokens"),
@@ -142,6 +142,16 @@ class Gateway:
     def _rendition(self, camera: str, codec: str) -> Rendition | None:
         live = self.runtime.cameras.get(camera)
         return None if live is None else live.rendition(codec)
+
+    async def _camera_stopped(self, camera: str, old: LiveCamera | None, removed: bool) -> None:
+        """A camera was removed (every session of it ends) or restarted by an edit (the sessions on
+        its old renditions end; their viewers offer again and get the new camera)."""
+        if not removed and old is None:
+            return  # it was not running: nobody watched it
+        renditions = None if removed else set(old.output.renditions())
+        await self.whep.end_camera(camera, renditions)
+        if self.rtsp is not None:
+            self.rtsp.end_camera(camera, renditions)
 
     def _ignored_candidates(self) -> dict[tuple[str, str], int]:
         return {**{("whep", reason): n for reason, n in self.whep.ignored_candidates.items()},

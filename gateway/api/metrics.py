@@ -7,6 +7,7 @@ per-frame path pays for metrics. Names and meanings: docs/gateway.md.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -164,14 +165,22 @@ class Metrics:
                                            ice_ignored))
         if ledgers is not None:
             self.registry.register(_Ledgers(ledgers))
+        self._latency_cameras: set[str] = set()
+        self._lock = threading.Lock()
         self.latency = Histogram("privacy_gateway_release_latency_seconds",
                                  "Arrival to release of redacted frames (the hold-back bounds it)",
                                  ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)
 
     def render(self) -> bytes:
-        for camera in self._cameras():
+        cameras = list(self._cameras())
+        for camera in cameras:
             pending = camera.pipeline.stats.latency_seconds
             histogram = self.latency.labels(camera.name)
             while pending:
                 histogram.observe(pending.popleft())
+        names = {camera.name for camera in cameras}
+        with self._lock:  # two scrapes at once must not both remove a series
+            for gone in self._latency_cameras - names:  # removed at run time: its series goes with it
+                self.latency.remove(gone)
+            self._latency_cameras = names
         return generate_latest(self.registry)

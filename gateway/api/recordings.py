@@ -1,11 +1,12 @@
 """``/api/cameras/<camera>/recordings``: what an unmask on another machine fetches, and where it logs.
 
-An investigator (or officer) holding the ``unmask`` permission on a camera lists its finished
-recordings, downloads one's redacted video and its sealed records (the recording's segments and
-key files, the vault's anchor, co-signer record, roster copy and policies, and the log's entries
-about it: :meth:`keys.VaultStore.bundle`), and posts the signed request of its unmask, which the
-gateway checks (every approval against the roster, the people against the key files' recipients)
-and appends to the audit log before it answers. Decryption happens on the investigator's
+An investigator (or officer) holding the ``unmask`` permission on a camera (a camera removed at
+run time too: its recordings and sealed data stay) lists its finished recordings, downloads one's
+redacted video and its sealed records (the recording's segments and key files, the vault's
+anchor, co-signer record, roster copy and policies, and the log's entries about it:
+:meth:`keys.VaultStore.bundle`), and posts the signed request of its unmask, which the gateway
+checks (every approval against the roster, the people against the key files' recipients) and
+appends to the audit log before it answers. Decryption happens on the investigator's
 machine, with the shares OpenBao gives them: no private key and no restored pixel reaches the
 gateway. Fetching sealed records is itself logged (``fetch-sealed``).
 
@@ -181,8 +182,8 @@ class RecordingRoutes:
 
     def _camera(self, request: Request, who: Principal) -> str:
         camera = request.path_params["camera"]
-        if camera not in self.runtime.cameras:
-            raise Denied(404, f"no camera {camera!r}")
+        if camera not in self.runtime.config.cameras and camera not in self.runtime.changes.removed_cameras():
+            raise Denied(404, f"no camera {camera!r}")  # a removed camera's recordings stay: it is found
         require(who, "unmask*", camera)
         return camera
 

@@ -3,7 +3,8 @@
 :class:`WhepServer` answers a viewer's offer (``POST /whep/{camera}``) with a peer connection
 that sends one track of the camera's :class:`~gateway.egress.rendition.Rendition` (the codec the
 offer allows, H.264 preferred), and ends sessions (``DELETE /whep/{camera}/{session}``, a failed
-or closed connection, no connection within :data:`CONNECT_TIMEOUT` seconds, or access revoked).
+or closed connection, no connection within :data:`CONNECT_TIMEOUT` seconds, access revoked, or
+the camera removed or edited: :meth:`WhepServer.end_camera`).
 Its ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the viewer's candidates outside the
 allowed networks are taken out of the offer (counted in :attr:`WhepServer.ignored_candidates`).
 
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -111,6 +112,17 @@ class WhepServer:
     async def close(self) -> None:
         """Close every peer connection."""
         await asyncio.gather(*(self._end(session_id) for session_id in list(self._sessions)))
+
+    async def end_camera(self, camera: str, renditions: Collection[Rendition] | None = None) -> int:
+        """End the sessions watching ``camera`` (only those on ``renditions``, if given): it was
+        removed, or replaced by an edit. Their viewers see the peer connection close, and may
+        offer again. Returns how many ended."""
+        ended = [s.id for s in list(self._sessions.values())
+                 if s.camera == camera and (renditions is None or s.track.rendition in renditions)]
+        for session_id in ended:
+            logger.info("WHEP session %s ended: camera %s stopped", session_id, camera)
+        await asyncio.gather(*(self._end(session_id) for session_id in ended))
+        return len(ended)
 
     async def recheck(self) -> int:
         """End every session whose viewer may no longer watch (see ``authorize``); how many ended."""

@@ -8,6 +8,7 @@ import time
 
 import av
 
+from ..config import redact_source
 from .decoding import DecodingSource, Lost, frame_step
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class RtspSource(DecodingSource):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
         self.url = url
+        #: the URL as logs and errors show it: a password in it is not (:func:`~gateway.config.redact_source`)
+        self.shown = redact_source(url)
         self.transport = transport
         self.open_timeout = open_timeout
         self.read_timeout = read_timeout
@@ -71,8 +74,9 @@ class RtspSource(DecodingSource):
             try:
                 container = av.open(self.url, options=self._options, timeout=(self.open_timeout, self.read_timeout))
             except av.FFmpegError as exc:
-                self.stats.error(f"open: {exc}")
-                log.warning("camera %s: cannot open %s: %s", self.camera, self.url, exc)
+                message = str(exc).replace(self.url, self.shown)  # FFmpeg's errors name the URL
+                self.stats.error(f"open: {message}")
+                log.warning("camera %s: cannot open %s: %s", self.camera, self.shown, message)
             else:
                 if self._stopping.is_set():
                     container.close()
@@ -81,13 +85,14 @@ class RtspSource(DecodingSource):
                     self.stats.reconnects += 1
                 opened_before = True
                 self.stats.connected = True
-                log.info("camera %s: connected to %s over %s", self.camera, self.url, self.transport)
+                log.info("camera %s: connected to %s over %s", self.camera, self.shown, self.transport)
                 passed = 0
                 try:
                     passed = self._stream(container)
                 except (Lost, av.FFmpegError, IndexError) as exc:
                     if not self._stopping.is_set():
-                        message = "no video stream" if isinstance(exc, IndexError) else str(exc) or type(exc).__name__
+                        message = "no video stream" if isinstance(exc, IndexError) else \
+                            str(exc).replace(self.url, self.shown) or type(exc).__name__
                         self.stats.error(f"lost: {message}")
                         log.warning("camera %s: connection lost: %s", self.camera, message)
                 finally:

@@ -2,8 +2,10 @@
 
 :mod:`.pipeline` is the fail-closed core (hold-back, watchdog blanking, in-order release);
 :mod:`.camera` wires one camera's source → pipeline → sinks; :mod:`.runtime` composes every
-camera of a configuration and its watchdog; :mod:`.activation` keeps which policy runs where;
-:mod:`.keyring` opens (or creates) the key directory the cameras seal with.
+camera of a configuration and its watchdog, and adds, replaces and removes cameras while the
+others run; :mod:`.camera_changes` keeps those changes for the next start; :mod:`.activation`
+keeps which policy runs where; :mod:`.keyring` opens (or creates) the key directory the cameras
+seal with.
 
 May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
 :mod:`gateway.ingest`, :mod:`gateway.egress`, :mod:`gateway.webrtc` and the public API of
@@ -12,6 +14,7 @@ May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
 
 from .activation import Activations
 from .camera import LiveCamera
+from .camera_changes import CameraChanges
 from .keyring import prepare_keys
 from .pipeline import CameraPipeline, PipelineStats
 from .runtime import WATCHDOG_PERIOD, Runtime
@@ -19,6 +22,7 @@ from .runtime import WATCHDOG_PERIOD, Runtime
 __all__ = [
     "WATCHDOG_PERIOD",
     "Activations",
+    "CameraChanges",
     "CameraPipeline",
     "LiveCamera",
     "PipelineStats",

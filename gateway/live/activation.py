@@ -1,11 +1,12 @@
 """Which policy version each camera runs, and the versions activated over HTTP, which outlive a restart.
 
-A camera starts with its configured policy file (or the built-in default), unless a privacy
-officer activated another stored version over HTTP: those activations are kept in
-``<data_dir>/active-policies.json`` and win over the configuration at the next start (the start
-says so). Only cameras activated over HTTP are listed there; the others keep following their
-files. Every version in force is stored in the vault (by SHA-256 of its canonical JSON), so
-what sealed a segment can always be read back.
+A camera starts with its configured policy file (or the built-in default; or the version it was
+added or edited with at run time, :mod:`.camera_changes`), unless a privacy officer activated
+another stored version over HTTP since: those activations are kept in
+``<data_dir>/active-policies.json`` and win at the next start (the start says so). Only cameras
+activated over HTTP are listed there; the others keep following their files. Every version in
+force is stored in the vault (by SHA-256 of its canonical JSON), so what sealed a segment can
+always be read back.
 """
 
 from __future__ import annotations
@@ -68,4 +69,22 @@ class Activations:
     def activated(self, camera: str, version: str) -> None:
         """``camera`` now runs ``version``, activated over HTTP: kept across restarts."""
         self._active[camera] = self._over_http[camera] = version
+        self._write()
+
+    def running(self, camera: str, version: str) -> None:
+        """``camera`` runs ``version`` (stored already) from now on: it was added or edited at run
+        time, and ``cameras.json`` names that version, so an activation over HTTP from before no
+        longer applies (it is forgotten here first: the version in force changes only if that works)."""
+        if self._over_http.pop(camera, None) is not None:
+            self._write()
+        self._active[camera] = version
+
+    def removed(self, camera: str) -> None:
+        """``camera`` was taken out at run time: what it ran is forgotten here (a camera added later
+        under its name starts with the policy it is added with)."""
+        self._active.pop(camera, None)
+        if self._over_http.pop(camera, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
         write_durably(self.path, json.dumps(self._over_http, indent=1, sort_keys=True).encode(), mode=0o600)

@@ -3,8 +3,19 @@
 :class:`Runtime` opens the data directory (key directory, vault), builds one
 :class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
 :mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back, and
-switches a camera's policy live. It knows nothing of HTTP or of who is asking: the network
-entry points (WHEP, WHIP, RTSP, the API) are built over it by :mod:`gateway.api`.
+switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
+others run; those changes are kept for the next start by :mod:`.camera_changes`. It knows
+nothing of HTTP or of who is asking: the network entry points (WHEP, WHIP, RTSP, the API) are
+built over it by :mod:`gateway.api`.
+
+:attr:`Runtime.cameras` is copy-on-write: a change builds a new dict and swaps it in, so the
+watchdog, retention, metrics and the WHEP/RTSP lookups, which read it from other threads without
+a lock, iterate a dict that never changes under them. Changes (and policy activations) are
+serialised by one lock. A camera leaves the dict before it is stopped: new viewers find it gone
+(or, during an edit, "not ready yet": :meth:`Runtime.known`), and stopping it releases what it
+held in order: its source, then its pipeline (undecided frames leave blanked, never raw; its
+sealer closes its segment and logs the recording), then its output (the encoders flush, the
+recording file is finished, every viewer track ends).
 """
 
 from __future__ import annotations
@@ -15,13 +26,22 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from keys import GATEWAY_ACTOR, CoSigner, Sealer, VaultStore, grants_of
+from keys import (
+    GATEWAY_ACTOR,
+    CoSigner,
+    KeyDirectory,
+    Sealer,
+    VaultStore,
+    check_grants,
+    grants_of,
+)
 from redaction import Policy, default_threads
 
-from ..config import GatewayConfig
+from ..config import Camera, GatewayConfig
 from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
+from .camera_changes import CameraChanges
 from .cosigning import open_cosigner
 from .keyring import prepare_keys
 from .retention import Retention
@@ -31,6 +51,8 @@ log = logging.getLogger(__name__)
 #: seconds between two deadline checks of the watchdog: the resolution of the hold-back, and far
 #: below a frame's spacing (33 ms at 30 fps)
 WATCHDOG_PERIOD = 0.005
+#: why /health finds a configured camera that is not running
+_NOT_RUNNING = "not running: an edit could start neither it nor the camera as it was; edit it again, or restart"
 
 
 class Runtime:
@@ -55,31 +77,49 @@ class Runtime:
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
         self.store = store = VaultStore.for_sealing(data / "vault", directory, cosigner, manages_access=manages_access)
         self.signer = directory.signer
+        self.changes = CameraChanges(data / "cameras.json", store)
+        cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
+        self.config = config = config.model_copy(update={"cameras": cameras})
         self.activations = Activations(data / "active-policies.json", store)
         restored = self.activations.restore(config.cameras, announce)
         self.cameras: dict[str, LiveCamera] = {}
-        # each camera's detection gets an equal share of the cores: two single-threaded sessions
-        # working at once do 1.8x the inferences of one, two two-threaded sessions fighting over
-        # two cores only 1.6x (perf/README.md, thread placement)
-        cores = max(1, default_threads() // max(1, len(config.cameras)))
+        self._changing = threading.Lock()  # one change of the cameras (or of a camera's policy) at a time
+        self._starting: frozenset[str] = frozenset()  # cameras being added or edited: known, not running yet
+        self._closed = False
         for name, camera in config.cameras.items():
             policy = restored.get(name, policies[name])
             self.activations.started(name, policy)
-            sealer = Sealer(store, directory.signer, name, policy.model_dump(mode="json"), grants_of(policy),
-                            directory.identities, segment_seconds=None)
-            self.cameras[name] = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
-                                            recording_seconds=config.storage.recording_seconds,
-                                            recording_preset=config.storage.recording_preset,
-                                            codecs=self.codecs(name), cores=cores, recorded=self._recorded,
-                                            reopen=partial(self._reopen, name))
+            self.cameras[name] = self._build(name, camera, policy, directory.identities)
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
         quota = config.storage.quota_gb
         self.retention = Retention(
             store, directory.signer, data, data / "recordings",
-            lambda: {name: camera.policy for name, camera in self.cameras.items()},
+            lambda: {**self._retired, **{name: camera.policy for name, camera in self.cameras.items()}},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
             config.storage.retention_check_s, None if quota is None else int(quota * 1e9))
+
+    def _build(self, name: str, camera: Camera, policy: Policy, identities: list) -> LiveCamera:
+        """``name`` wired (its sealer open, nothing started) under ``policy``, sealing to ``identities``."""
+        data = self.config.storage.data_dir
+        sealer = Sealer(self.store, self.signer, name, policy.model_dump(mode="json"), grants_of(policy), identities,
+                        segment_seconds=None)
+        try:
+            return LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
+                              recording_seconds=self.config.storage.recording_seconds,
+                              recording_preset=self.config.storage.recording_preset,
+                              codecs=self.codecs(name, camera), cores=self._cores(), recorded=self._recorded,
+                              reopen=partial(self._reopen, name))
+        except BaseException:
+            sealer.close(complete=False)
+            raise
+
+    def _cores(self) -> int:
+        """A camera's share of the cores for detection: equal shares of the cameras configured now
+        (two single-threaded sessions working at once do 1.8x the inferences of one, two
+        two-threaded sessions fighting over two cores only 1.6x: perf/README.md, thread placement).
+        Cameras running already keep the share they started with."""
+        return max(1, default_threads() // max(1, len(self.config.cameras)))
 
     def _reopen(self, camera: str, policy: Policy, identities: list, first_frame: int, first_pts_us: int) -> Sealer:
         """A camera's sealer opened anew after a failure, as a restart would (it recovers what the
@@ -94,9 +134,10 @@ class Runtime:
             self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
                 "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
 
-    def codecs(self, camera: str) -> tuple[Codec, ...]:
+    def codecs(self, camera: str, config: Camera | None = None) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
-        wanted = [*self.config.cameras[camera].renditions, *(["h264"] if self.config.rtsp else [])]
+        config = config or self.config.cameras[camera]
+        wanted = [*config.renditions, *(["h264"] if self.config.rtsp else [])]
         return tuple(dict.fromkeys(wanted))
 
     # --- policies ------------------------------------------------------------------------------
@@ -105,14 +146,170 @@ class Runtime:
         return self.activations.version(camera)
 
     def activate(self, camera: str, policy: Policy, version: str) -> bool:
-        """Switch a camera's policy live (blocking): see :meth:`CameraPipeline.activate`."""
-        switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
+        """Switch a camera's policy live (blocking): see :meth:`CameraPipeline.activate`; raises
+        :class:`KeyError` if the camera is not running (removed, or being edited, meanwhile)."""
+        with self._changing:
+            switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
+            try:
+                self.activations.activated(camera, version)
+            except OSError:
+                log.exception("camera %s: policy %s is in force but could not be recorded; the configured policy "
+                              "returns at the next start", camera, version[:12])
+            return switched
+
+    # --- cameras at run time -----------------------------------------------------------------
+
+    def known(self, camera: str) -> bool:
+        """Whether ``camera`` runs, or is being edited and will run again in a moment (viewers retry)."""
+        return camera in self.cameras or camera in self._starting
+
+    def add_camera(self, name: str, camera: Camera, policy: Policy) -> LiveCamera:
+        """Start a new camera ``name`` (blocking): kept in ``cameras.json`` first, then opened and
+        started. Raises :class:`ValueError` if the name is taken, and whatever opening it raised
+        (:class:`keys.EscrowError`: its grants cannot be met, the vault or co-signer refused;
+        :class:`OSError`) with nothing changed. Re-adding a removed camera's name continues its
+        vault chain; its recordings are kept beside the earlier ones."""
+        with self._changing:
+            self._open_for_changes()
+            if name in self.config.cameras:
+                raise ValueError("the id is taken")
+            identities = self._roster(policy)
+            before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
+            self.changes.kept(name, camera, version)
+            self._starting |= {name}
+            try:
+                self._configure(name, camera)
+                live = self._build(name, camera, policy, identities)
+                live.start()
+            except BaseException:
+                self._configure(name, None)
+                self._undo(before)
+                raise
+            else:
+                self._install(name, live, version)
+            finally:
+                self._starting -= {name}
+            self._retired = {k: v for k, v in self._retired.items() if k != name}
+            log.info("camera %s: added (%s)", name, camera.kind)
+            return live
+
+    def replace_camera(self, name: str, camera: Camera, policy: Policy) -> tuple[LiveCamera | None, LiveCamera]:
+        """Edit camera ``name`` (blocking): the running one is stopped whole (its source, then its
+        pipeline: undecided frames blanked, its sealer closed; then its output: the recording
+        finished, viewers' tracks ended), then ``camera`` is started under ``policy``, continuing
+        the vault chain of that name. What can be checked beforehand is (the policy's grants, the
+        co-signer): on such a failure nothing changes. If the new camera cannot start after all,
+        the old one is started again and the error raised. Returns (old, new); old is None if the
+        camera was not running (an earlier edit failed)."""
+        with self._changing:
+            self._open_for_changes()
+            if name not in self.config.cameras:
+                raise KeyError(name)
+            identities = self._roster(policy)
+            self.store.cosigner.check()  # the new sealer needs it: rather fail before the old one stops
+            previous, old = self.config.cameras[name], self.cameras.get(name)
+            before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
+            self.changes.kept(name, camera, version)
+            self._starting |= {name}
+            try:
+                self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+                if old is not None:
+                    self._stop_camera(old)
+                self._configure(name, camera)
+                try:
+                    live = self._build(name, camera, policy, identities)
+                    live.start()
+                except BaseException:
+                    log.exception("camera %s: the edited camera cannot start; starting it as it was", name)
+                    self._configure(name, previous)
+                    self._undo(before)
+                    if old is not None:
+                        self._restart(name, previous, old.policy, identities)
+                    raise
+                self._install(name, live, version)
+            finally:
+                self._starting -= {name}
+            log.info("camera %s: edited (%s)", name, camera.kind)
+            return old, live
+
+    def _restart(self, name: str, camera: Camera, policy: Policy, identities: list) -> None:
+        """Start ``name`` again as it was, after an edit failed; if that fails too it stays out
+        (``/health`` says so) until an edit or the next start."""
         try:
-            self.activations.activated(camera, version)
+            live = self._build(name, camera, policy, identities)
+            live.start()
+        except Exception:
+            log.exception("camera %s: cannot be started again as it was; it is not running", name)
+            return
+        self._running(name, live)
+
+    def _install(self, name: str, live: LiveCamera, version: str) -> None:
+        """``live`` (running) is camera ``name`` from now on, under policy ``version``; cannot fail."""
+        try:
+            self.activations.running(name, version)
         except OSError:
-            log.exception("camera %s: policy %s is in force but could not be recorded; the configured policy "
-                          "returns at the next start", camera, version[:12])
-        return switched
+            log.exception("camera %s: an earlier activation over HTTP could not be forgotten; it is in force "
+                          "again after the next start", name)
+            self.activations.running(name, version)  # the file is as it was: nothing left to write
+        self._running(name, live)
+
+    def remove_camera(self, name: str) -> LiveCamera | None:
+        """Stop camera ``name`` for good (blocking): kept as removed in ``cameras.json`` first (with
+        its last policy, which retention keeps applying to its recordings), then stopped as an edit
+        stops it. Its sealed data and recordings stay. Raises :class:`KeyError` if there is none."""
+        with self._changing:
+            self._open_for_changes()
+            if name not in self.config.cameras:
+                raise KeyError(name)
+            live = self.cameras.get(name)
+            policy = live.policy if live is not None else None
+            version = self.activations.versions().get(name)
+            self.changes.removed(name, version)
+            self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+            self._configure(name, None)
+            if policy is not None:
+                self._retired = {**self._retired, name: policy}
+            self.activations.removed(name)
+            if live is not None:
+                self._stop_camera(live)
+            log.info("camera %s: removed", name)
+            return live
+
+    def _open_for_changes(self) -> None:
+        if self._closed:
+            raise RuntimeError("the gateway is stopping")
+
+    def _roster(self, policy: Policy) -> list:
+        """The key directory's identities now (people added since the start count), checked against
+        ``policy``'s unmask grants; raises :class:`keys.EscrowError` if they cannot be met."""
+        identities = KeyDirectory.open(self.config.keys_dir).identities
+        check_grants(grants_of(policy), identities)
+        return identities
+
+    def _configure(self, name: str, camera: Camera | None) -> None:
+        cameras = dict(self.config.cameras)  # an edited camera keeps its place
+        if camera is None:
+            cameras.pop(name, None)
+        else:
+            cameras[name] = camera
+        self.config = self.config.model_copy(update={"cameras": cameras})
+
+    def _running(self, name: str, live: LiveCamera) -> None:
+        """Swap in the cameras with ``live`` as ``name``, in the configuration's order (copy-on-write)."""
+        running = {**self.cameras, name: live}
+        self.cameras = {k: running[k] for k in self.config.cameras if k in running}
+
+    def _undo(self, entries: dict[str, dict]) -> None:
+        try:
+            self.changes.restore(entries)
+        except OSError:
+            log.exception("%s could not be put back after a failed change", self.changes.path)
+
+    def _stop_camera(self, camera: LiveCamera) -> None:
+        try:
+            camera.stop_input()
+        finally:
+            camera.stop_output()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -126,7 +323,10 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop every camera: sources first, then pipelines (undecided frames leave blanked, sealers
-        close), then the watchdog, then the sinks (what they hold is written)."""
+        close), then the watchdog, then the sinks (what they hold is written). A change under way
+        finishes first; none starts after."""
+        with self._changing:
+            self._closed = True
         self.retention.stop()
         for camera in self.cameras.values():
             try:
@@ -159,7 +359,11 @@ class Runtime:
 
     def health(self) -> dict:
         """``ok`` when every camera is (see :meth:`LiveCamera.health`), else ``degraded``; per camera
-        its state, why, and its counters."""
+        its state, why, and its counters. A configured camera that is not running (an edit could
+        start neither the new camera nor the old one again) is degraded, and says so."""
         cameras = {name: camera.health() for name, camera in self.cameras.items()}
+        for name in self.config.cameras:
+            if name not in cameras and name not in self._starting:
+                cameras[name] = {"status": "degraded", "reasons": [_NOT_RUNNING]}
         ok = all(c["status"] == "ok" for c in cameras.values())
         return {"status": "ok" if ok else "degraded", "cameras": cameras}

@@ -15,6 +15,7 @@ PERMISSIONS = {
     "feeds*": "watch a camera's redacted feed (WHEP, RTSP) and see the camera listed",
     "ingest*": "publish a camera's video (WHIP)",
     "cameras": "every camera's status and active policy",
+    "cameras:manage": "add, edit and remove cameras while the gateway runs (kept in the data directory)",
     "policies": "create, validate, diff and activate policy versions",
     "identities": "read the key directory; enrol (by public keys), remove and revoke identities; grant them cameras",
     "tokens": "issue tokens to any identity, list and revoke any token",
@@ -25,8 +26,8 @@ PERMISSIONS = {
     "metrics": "read /metrics and the detailed /health",
 }
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "privacy-officer": frozenset({"feeds*", "cameras", "policies", "identities", "tokens", "audit", "metrics",
-                                  "unmask*"}),
+    "privacy-officer": frozenset({"feeds*", "cameras", "cameras:manage", "policies", "identities", "tokens", "audit",
+                                  "metrics", "unmask*"}),
     "viewer": frozenset({"feeds*"}),
     "investigator": frozenset({"audit:own", "unmask*"}),
     "auditor": frozenset({"audit", "metrics"}),

@@ -1,5 +1,6 @@
 "use strict";
 // The camera grid: a WHEP preview per camera, and its counters as rates (per second) from /api/cameras.
+// The add, edit and remove forms need nothing here: console.js sends them to /api/cameras.
 const consoleWhep = (() => {
   function gathered(pc) {
     return new Promise((resolve) => {
@@ -39,12 +40,12 @@ const consoleWhep = (() => {
 
 consolePages.cameras = (main) => {
   const stops = [];
-  let last = null;
+  let last = null, left = false;
   for (const tile of main.querySelectorAll(".tile[data-camera]")) {
     stops.push(consoleWhep.watch(tile.dataset.camera, tile.querySelector("video")));
   }
   async function poll() {
-    if (!document.body.contains(main.querySelector("#camera-grid"))) return;
+    if (left || !document.body.contains(main.querySelector("#camera-grid"))) return;
     const answer = await gatewayConsole.api("GET", "/api/cameras");
     if (answer.ok) {
       const now = performance.now() / 1000;
@@ -68,6 +69,8 @@ consolePages.cameras = (main) => {
     setTimeout(poll, 2000);
   }
   poll();
-  window.addEventListener("popstate", () => stops.forEach((stop) => stop()), { once: true });
-  main.addEventListener("console-leave", () => stops.forEach((stop) => stop()), { once: true });
+  // leaving (another page, or this one reloaded after an add, edit or removal) ends the previews and the polling
+  const leave = () => { left = true; stops.forEach((stop) => stop()); };
+  window.addEventListener("popstate", leave, { once: true });
+  main.addEventListener("console-leave", leave, { once: true });
 };

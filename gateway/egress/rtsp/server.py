@@ -30,7 +30,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from urllib.parse import quote
 
 from aiortc.mediastreams import MediaStreamError
@@ -136,6 +136,18 @@ class RtspServer:
     def sessions(self, camera: str) -> int:
         """Sessions set up for ``camera``, playing or not."""
         return sum(1 for session in self._sessions.values() if session.camera == camera)
+
+    def end_camera(self, camera: str, renditions: Collection[Rendition] | None = None) -> int:
+        """End the sessions of ``camera`` (only those playing ``renditions``, if given): it was
+        removed, or replaced by an edit. Their connections are closed, as when a stream ends.
+        Returns how many ended."""
+        ended = [s for s in list(self._sessions.values()) if s.camera == camera
+                 and (renditions is None or (s.rendition is not None and s.rendition in renditions))]
+        for session in ended:
+            self._end(session, "the camera was removed" if renditions is None else "the camera was edited")
+            if not session.connection.sessions:
+                session.connection.writer.transport.abort()
+        return len(ended)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); returns the bound port."""
