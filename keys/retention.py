@@ -19,7 +19,9 @@ before anything of it is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -45,13 +47,16 @@ def _utc(when: dt.datetime) -> dt.datetime:
 
 
 def shred(store: VaultStore, signer: Ed25519PrivateKey, *, before: dt.datetime | None = None, expired: bool = False,
-          now: dt.datetime | None = None, cosigner: CoSigner | None = None) -> Shredded:
+          now: dt.datetime | None = None, cosigner: CoSigner | None = None,
+          sealing: Collection[str] = ()) -> Shredded:
     """Shred every segment that ended before ``before``, or (``expired``) is past its policy's retention.
 
     Exactly one of ``before`` and ``expired``. Naive times are UTC. ``signer`` is the gateway's
     key (it signs the ``shred`` entry); ``cosigner`` the gateway's client of the vault's
     co-signer (default: the store's), needed for version 3 segments; ``now`` is fixed only by
-    tests. Raises :class:`~keys.errors.VaultError` for a damaged chain, a camera being sealed
+    tests; ``sealing``: cameras this process itself is sealing (a running gateway's retention),
+    whose chain lock its sealers hold: their finished segments are shredded without it (shredding
+    destroys key material of finished segments only, and never appends to a chain). Raises :class:`~keys.errors.VaultError` for a damaged chain, a camera being sealed
     or a co-signer missing, and :class:`~keys.errors.AuditError` (nothing shredded) if the log
     cannot be written.
     """
@@ -69,7 +74,7 @@ def shred(store: VaultStore, signer: Ed25519PrivateKey, *, before: dt.datetime |
     leftovers: list[tuple[str, Segment]] = []  # logged as shredded, key material still there
     segments: dict[tuple[str, int], Segment] = {}
     for camera in store.cameras():
-        with store.camera_lock(camera):
+        with contextlib.nullcontext() if camera in sealing else store.camera_lock(camera):
             for segment in store.verify_chain(camera):
                 segments[(camera, segment.number)] = segment
                 if (camera, segment.number) in logged:
@@ -109,7 +114,8 @@ def _destroy(store: VaultStore, cosigner: CoSigner | None, camera: str, segment:
     if segment.header.version >= 3:
         if cosigner is None:
             raise VaultError("shredding version 3 segments needs the co-signer (the gateway's OpenBao credentials)")
-        for cls in ("face", "plate"):
+        # every class the segment sealed (a zone's ``zone:<name>`` too), and the detected ones in any case
+        for cls in sorted({"face", "plate"} | {record.header.cls for record in segment.records}):
             cosigner.delete_key(segment_key(segment.header.vault, camera, cls, segment.number))
     if store.has_key_file(camera, segment.number):
         store.shred_key_file(camera, segment.number)

@@ -79,3 +79,31 @@ def test_over_quota_the_oldest_finished_recordings_go_never_the_open_one(world):
     assert [p.exists() for p in files] == [False, False, False, True]
     tiny = _retention(world, quota=1)  # nothing finished is left: the open recording stays, and that is logged
     assert tiny.run()["evicted"] == [] and files[-1].exists()
+
+
+def test_a_run_shreds_while_the_camera_is_being_sealed_and_destroys_every_class_s_keys(world):
+    """A running gateway's sealer holds the camera's chain lock: its own retention still shreds the
+    finished, expired segments (a zone's transit key too); another process still may not."""
+    store, directory, data, files, policies, openbao = world
+    grants = {"face": Grant(("investigator",)), "zone:desk": Grant(("investigator",))}
+    with Sealer(store, directory.signer, "lobby", {"version": 1, "retention_days": 1}, grants,
+                directory.identities, segment_seconds=None) as sealer:
+        sealer.add(0, 0, [Sealed(0, "zone:desk", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+        sealer.start_recording(1, 40_000)  # the first recording's segment closes; a new one starts
+        sealer.add(1, 40_000, [Sealed(1, "face", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+        deadline = time.monotonic() + 30
+        while 2 not in store.segment_numbers("lobby"):  # the sealing thread closes it in its own time
+            assert time.monotonic() < deadline, "the first recording's segment never closed"
+            time.sleep(0.05)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1.5)
+        with pytest.raises(Exception, match="being sealed by another process"):
+            _retention(world).run(now=later)  # as `vault shred` from another process would be told
+        store_, directory_, data_, _, _, _ = world
+        running = Retention(store_, directory_.signer, data_, data_ / "recordings", lambda: policies,
+                            lambda: {files[-1]}, period=3600, sealing=lambda: {"lobby"})
+        details = running.run(now=later)
+        assert details["segments_shredded"] == 2  # the world's segment and the zone's, both finished
+    admin = CoSigner(openbao.address, openbao.root)
+    for cls, number in (("face", 1), ("zone:desk", 2)):
+        assert not admin.key_exists(segment_key(store.vault_id, "lobby", cls, number)), (cls, number)
+    assert admin.key_exists(segment_key(store.vault_id, "lobby", "face", 3))  # the open one's: sealed later, kept

@@ -38,10 +38,11 @@ class Retention:
 
     def __init__(self, store: VaultStore, signer, data_dir: Path, recordings: Path,
                  policies: Callable[[], dict[str, Policy]], open_files: Callable[[], set[Path]],
-                 period: float, quota_bytes: int | None = None) -> None:
+                 period: float, quota_bytes: int | None = None, sealing: Callable[[], set[str]] = set) -> None:
+        """``sealing()``: the cameras this gateway's sealers are appending to (their chain locks are ours)."""
         self.store, self._signer = store, signer
         self.data_dir, self.recordings = Path(data_dir), Path(recordings)
-        self._policies, self._open_files = policies, open_files
+        self._policies, self._open_files, self._sealing = policies, open_files, sealing
         self.period, self.quota_bytes = period, quota_bytes
         self.counts: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -66,7 +67,7 @@ class Retention:
     def run(self, now: dt.datetime | None = None) -> dict:
         """One run (see the module docstring); returns what its ``retention`` entry says."""
         now = now or dt.datetime.now(dt.UTC)
-        shredded = shred(self.store, self._signer, expired=True, now=now).segments
+        shredded = shred(self.store, self._signer, expired=True, now=now, sealing=self._sealing()).segments
         open_files = {p.resolve() for p in self._open_files()}
         recordings = sorted((p for p in self.recordings.glob("*/*.mp4") if p.resolve() not in open_files),
                             key=lambda p: p.stat().st_mtime)

@@ -97,7 +97,8 @@ class Runtime:
             store, directory.signer, data, data / "recordings",
             lambda: {**self._retired, **{name: camera.policy for name, camera in self.cameras.items()}},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
-            config.storage.retention_check_s, None if quota is None else int(quota * 1e9))
+            config.storage.retention_check_s, None if quota is None else int(quota * 1e9),
+            sealing=lambda: set(self.cameras))
 
     def _build(self, name: str, camera: Camera, policy: Policy, identities: list) -> LiveCamera:
         """``name`` wired (its sealer open, nothing started) under ``policy``, sealing to ``identities``."""
