@@ -44,7 +44,8 @@ __all__ = ["ACCESS_POLICY", "GATEWAY_POLICY", "CoSigner", "grant_access", "revok
            "set_up", "share_context"]
 
 MOUNT = "transit"
-_RULE = re.compile(r'path "[^"/]+/decrypt/(pg-[0-9a-f]{16}-[a-z]+-[0-9a-f]{16}-)\*"')
+# a decrypt rule of an identity's ACL policy: the key prefix of one camera and class (face, plate, zone.<name>.)
+_RULE = re.compile(r'path "[^"/]+/decrypt/(pg-[0-9a-f]{16}-(?:[a-z]+|zone\.[a-z0-9-]+\.)-[0-9a-f]{16}-)\*"')
 ISSUER = "privacy-gateway"
 AUDIENCE = "openbao"
 LOGIN_SECONDS = 60  # lifetime of the JWT an identity signs to log in
@@ -90,6 +91,11 @@ def key_prefix(vault: str, camera: str, cls: str) -> str:
     so no zone's prefix is the beginning of another's (an ACL glob on one never covers another)."""
     tag = cls if ":" not in cls else cls.replace(":", ".", 1) + "."
     return f"pg-{vault}-{tag}-{_camera_tag(camera)}-"
+
+
+def camera_prefix(prefix: str, vault: str, camera: str) -> bool:
+    """Whether ``prefix`` (a :func:`key_prefix`) is of this vault's camera, whatever its class."""
+    return prefix.startswith(f"pg-{vault}-") and prefix.endswith(f"-{_camera_tag(camera)}-")
 
 
 def segment_key(vault: str, camera: str, cls: str, segment: int) -> str:

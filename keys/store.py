@@ -43,11 +43,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .audit import AuditLog
-from .cosigner import CoSigner, grant_access, key_prefix
+from .cosigner import CoSigner, camera_prefix, grant_access, key_prefix
 from .directory import KeyDirectory, rotation_chain
 from .durable import make_dirs, remove_durably
 from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
@@ -280,15 +283,16 @@ class VaultStore:
             if self.cosigner is None or not self.manages_access:
                 return
             admin = self.cosigner
-        # this camera's prefixes are replaced, the other cameras' kept (one ACL policy per identity)
-        mine = {key_prefix(self.vault_id, camera, cls) for cls in ("face", "plate")}
+        # this camera's prefixes are replaced (every class's: faces, plates, zones), the other
+        # cameras' kept (one ACL policy per identity)
         for identity in identities:
             if not set(identity.roles) & set(UNMASK_ROLES):
                 continue  # may never be granted an unmask: no login to maintain
             wanted = {key_prefix(self.vault_id, camera, cls) for cls, grant in grants.items()
                       if identity in recipients(grant, identities)}
             try:
-                grant_access(admin, identity, wanted, keep=lambda prefix: prefix not in mine)
+                grant_access(admin, identity, wanted,
+                             keep=lambda prefix: not camera_prefix(prefix, self.vault_id, camera))
             except CoSignerRefused:
                 raise VaultError("the gateway's co-signer token may not maintain people's access "
                                  "(docs/escrow.md: who keeps access in a production layout)") from None

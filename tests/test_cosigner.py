@@ -630,3 +630,31 @@ def test_a_rotation_cut_short_by_a_crash_is_finished_when_the_directory_opens(tm
     again = KeyDirectory.open(tmp_path / "keys")
     assert again.fingerprint != old and len(again.gateway_chain()) == 2
     assert not (tmp_path / "keys" / "gateway.key.next").exists() and str(calls[-1]).endswith("gateway.key")
+
+
+def test_a_zone_grant_taken_away_takes_its_decrypt_access_away_too(tmp_path, sealing_store, openbao):
+    """Access is kept per camera over every class the camera seals: a liftable zone's grant narrowed
+    to nobody leaves the identity no decrypt rule for that zone's keys (only face and plate were
+    replaced before zones existed, so a zone's rule would have stayed)."""
+    from keys import Grant, KeyDirectory, PrivateIdentity
+    from keys.cosigner import _mount_of, key_prefix
+
+    directory = KeyDirectory.init(tmp_path / "keys")
+    olga = PrivateIdentity.generate("olga", ["privacy-officer"])
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    directory.add(olga.public)
+    directory.add(ivan.public)
+    store = sealing_store(tmp_path / "vault", directory)
+    admin = CoSigner(openbao.address, openbao.root)
+
+    def rules(identity) -> str:
+        return admin._call("GET", f"sys/policy/{_mount_of(identity.public)}")["rules"]
+
+    zone = key_prefix(store.vault_id, "lobby", "zone:desk")
+    face = key_prefix(store.vault_id, "lobby", "face")
+    store.grant_access("lobby", {"face": Grant(("investigator",)), "zone:desk": Grant(("privacy-officer",))},
+                       directory.identities)
+    assert zone in rules(olga) and face in rules(ivan)
+    store.grant_access("lobby", {"face": Grant(("investigator",)), "zone:desk": Grant(("investigator",))},
+                       directory.identities)
+    assert zone not in rules(olga) and zone in rules(ivan) and face in rules(ivan)
