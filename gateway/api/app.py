@@ -42,6 +42,7 @@ from .policies import PolicyRoutes, PolicyVersions
 from .recordings import RecordingRoutes
 from .requests import ChangeLog, authenticate, bounded_body
 from .status import StatusRoutes
+from .views import ViewRoutes
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Gateway:
             *console.routes,
             *StatusRoutes(runtime, self.access, self.metrics).routes,
             *cameras.routes,
+            *ViewRoutes(runtime, self.access, changes).routes,
             *PolicyRoutes(runtime, self.access, versions, changes).routes,
             *IdentityRoutes(self.access, cameras, changes).routes,
             *AuditRoutes(runtime.store, self.access).routes,

@@ -3,7 +3,9 @@
 :mod:`.pipeline` is the fail-closed core (hold-back, watchdog blanking, in-order release);
 :mod:`.camera` wires one camera's source → pipeline → sinks; :mod:`.runtime` composes every
 camera of a configuration and its watchdog; :mod:`.activation` keeps which policy runs where;
-:mod:`.keyring` opens (or creates) the key directory the cameras seal with.
+:mod:`.moved` holds (blanks) a camera whose view moved away from the one its zones were drawn
+on (the measures: :mod:`.views`); :mod:`.keyring` opens (or creates) the key directory the
+cameras seal with.
 
 May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
 :mod:`gateway.ingest`, :mod:`gateway.egress`, :mod:`gateway.webrtc` and the public API of
@@ -13,6 +15,7 @@ May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
 from .activation import Activations
 from .camera import LiveCamera
 from .keyring import prepare_keys
+from .moved import Judge, ViewError, ViewWatch
 from .pipeline import CameraPipeline, PipelineStats
 from .runtime import WATCHDOG_PERIOD, Runtime
 
@@ -20,8 +23,11 @@ __all__ = [
     "WATCHDOG_PERIOD",
     "Activations",
     "CameraPipeline",
+    "Judge",
     "LiveCamera",
     "PipelineStats",
     "Runtime",
+    "ViewError",
+    "ViewWatch",
     "prepare_keys",
 ]
