@@ -218,7 +218,7 @@ class CameraPipeline:
 
         The new analyzer is built here (models loaded and warmed) while the old one keeps
         deciding; the worker adopts it between two frames. Frames held by the old analyzer at
-        that moment are left to the watchdog, so they leave blanked, never raw. Sealing binds
+        that moment are blanked then (never raw), not at their deadline. Sealing binds
         every record from the first frame decided under the new policy to it (a new
         recording). Raises, with the old policy still in force, if the analyzer cannot be built
         or the policy's unmask grants cannot be met. Returns True once the worker has switched,
@@ -307,10 +307,18 @@ class CameraPipeline:
                 break
             adopted = self._adopt(frame)
             if adopted is not None:
-                # the old analyzer's undecided frames stay pending: the watchdog blanks them
+                # the old analyzer's undecided frames will never be decided: blanked now rather than at
+                # their deadline, so the first frame under the new policy does not wait behind them
                 if stream is not None:
                     stream.close()
                 analyzer, stream = adopted, None
+                with self._lock:
+                    for index, slot in self._slots.items():
+                        if index >= frame.index:
+                            break
+                        if slot.state == "pending":
+                            slot.state = "blanked"
+                self._drain()
             if first is None:
                 first = frame
             elif rate is None and frame.time > first.time:
