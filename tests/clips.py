@@ -29,7 +29,7 @@ def h264_excerpt(source: Path, target: Path, seconds: float,
         stream = out.add_stream("libx264", rate=Fraction(rate))
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "18", "bf": "0", "g": str(rate)}
+        stream.options = {"preset": "veryfast", "crf": "23", "bf": "0", "g": str(rate), "threads": "1"}
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
                 out.mux(packet)
