@@ -10,9 +10,11 @@ Runs :class:`gateway.live.moved.Judge`, the decision the live watch makes, on on
   night crowd): any hold is a false alarm;
 * the moving camera (MOT17-13, on a bus): when it is first held;
 * simulated changes at ``--at`` seconds into each fixed clip: re-aims (the picture shifted by
-  2-10 % of its width or height, cropped to 80 %, rotated 3 degrees), a cover (a dark frame, a
-  grey card), a defocus (Gaussian blur of sigma 1-1 % of the width), and changes that must *not*
-  count (lights dimmed to half, sensor noise): the time from the change to the hold.
+  2-20 % of its width or height, cropped to 80 %, rotated 3 and 6 degrees), a cover (a dark
+  frame, a grey card), a defocus (Gaussian blur of sigma 0.25-1 % of the width), and changes that
+  must *not* count (lights dimmed to half, sensor noise): the time from the change to the hold.
+  Changes too small to matter either way (a 2 % shift, a 3 degree roll, the lightest blur) are
+  reported but not judged; a line marked ``<--`` is an outcome other than expected.
 
 ``--zone`` adds a solid zone over 12 % of the frame to the policy, as a camera with zones releases
 it (the measures leave zones out). Prints one line per clip and change.
