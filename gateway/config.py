@@ -72,6 +72,26 @@ class ConfigError(ValueError):
     offending field path or file. ``serve`` refuses to start on it, and says so in one line."""
 
 
+class ViewCheck(StrictModel):
+    """Watching for a moved camera, only while its policy has privacy zones (docs/gateway.md, "A moved
+    camera"): a view that stays different from the one the zones were drawn on for ``after_s`` gets
+    the camera blanked until an officer confirms the zones still fit."""
+
+    enabled: bool = True
+    #: seconds a different view must last before the camera is blanked
+    after_s: Annotated[float, Field(ge=1, le=3600)] = 5.0
+    #: seconds between two looks at the released picture
+    period_s: Annotated[float, Field(ge=0.2, le=10)] = 1.0
+    #: the largest shift of the picture, as a share of its width or height, still taken for the same view
+    max_shift: Annotated[float, Field(gt=0, le=0.12)] = 0.03
+    #: the lowest correlation with the reference, at the best shift, still taken for the same view
+    min_correlation: Annotated[float, Field(ge=-1, le=1)] = 0.4
+    #: the lowest contrast, as a share of the reference's, before the lens counts as covered
+    min_contrast: Annotated[float, Field(ge=0, le=1)] = 0.15
+    #: the lowest sharpness, as a share of the reference's, before the lens counts as out of focus
+    min_sharpness: Annotated[float, Field(ge=0, le=1)] = 0.4
+
+
 class Camera(StrictModel):
     #: ``rtsp://...`` or a video file (``file://`` or a path): a file is read in a loop at its own rate;
     #: none for ``protocol: whip`` (the camera publishes to ``POST /whip/<id>``)
@@ -88,6 +108,8 @@ class Camera(StrictModel):
     #: WebRTC renditions offered to viewers
     renditions: tuple[Literal["h264", "vp8"], ...] = ("h264", "vp8")
     record: bool = True
+    #: a moved camera (re-aimed, covered, out of focus) is blanked while its zones may miss
+    view_check: ViewCheck = Field(default_factory=ViewCheck)
 
     @model_validator(mode="after")
     def _protocol(self) -> Camera:

@@ -46,6 +46,7 @@ from .requests import ChangeLog, authenticate, bounded_body
 from .status import StatusRoutes
 from .unmask_requests import UnmaskRequestRoutes
 from .unmask_store import UnmaskRequests
+from .views import ViewRoutes
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Gateway:
             *console.routes,
             *StatusRoutes(runtime, self.access, self.metrics).routes,
             *cameras.routes,
+            *ViewRoutes(runtime, self.access, changes).routes,
             *PolicyRoutes(runtime, self.access, versions, changes).routes,
             *IdentityRoutes(self.access, cameras, changes).routes,
             *AuditRoutes(runtime.store, self.access).routes,

@@ -62,6 +62,14 @@ class _Cameras(Collector):
                                          labels=["camera", "part"])
         healthy = GaugeMetricFamily("privacy_gateway_camera_healthy", "1 while /health finds the camera ok",
                                     labels=["camera"])
+        view_held = GaugeMetricFamily("privacy_gateway_view_held", "1 while the camera is blanked because its "
+                                      "view moved from the one its zones were drawn on", labels=["camera"])
+        view_changes = CounterMetricFamily("privacy_gateway_view_changes", "Times the camera was held for a moved "
+                                           "view, by kind (shifted, changed, covered, defocused)",
+                                           labels=["camera", "kind"])
+        view_correlation = GaugeMetricFamily("privacy_gateway_view_correlation", "Correlation of the camera's "
+                                             "view with its reference at the last look (watched cameras only)",
+                                             labels=["camera"])
         rtsp_counts = self._rtsp_skipped()
         for camera in self._cameras():
             name, stats = camera.name, camera.pipeline.stats
@@ -97,7 +105,14 @@ class _Cameras(Collector):
             faults.add_metric([name, "redaction"], stats.redaction_errors)
             faults.add_metric([name, "sink"], stats.sink_errors + sum(sink.errors for sink in camera.sinks))
             healthy.add_metric([name], 1 if camera.health()["status"] == "ok" else 0)
-        yield from (faults, recoveries, healthy, frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
+            view = camera.view
+            view_held.add_metric([name], 1 if view.held is not None else 0)
+            for kind in ("shifted", "changed", "covered", "defocused"):
+                view_changes.add_metric([name, kind], view.changes.get(kind, 0))
+            last = view.judge.last if view.judge is not None else None
+            if last is not None:
+                view_correlation.add_metric([name], last.correlation)
+        yield from (view_held, view_changes, view_correlation, faults, recoveries, healthy, frames, errors, detect, detections, queue, warm, viewers, connected, reconnects, source_errors,
                     skipped, encoder_dropped, viewer_dropped, rtsp_skipped, seal_cpu, seal_refused)
 
 

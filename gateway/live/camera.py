@@ -1,7 +1,9 @@
 """One camera, wired: the path every frame takes, in one place.
 
     source ──SourceFrame──▶ CameraPipeline (decide · redact + seal · release in order)
-                                 │ Released
+                                 │ Released                      │ redacted images (a reference each)
+                                 │                               └──▶ ViewWatch: a moved camera is held (blanked)
+                                 ├──▶ LatestFrame (the officers' snapshot)
                                  └──▶ output sink thread ──▶ CameraOutput: pace, encode once (H.264)
                                                                ├──▶ Recorder (fMP4 next to the vault)
                                                                ├──▶ WHEP viewers, RTSP clients
@@ -25,10 +27,11 @@ from keys import Sealer
 from redaction import Analyzer, Policy
 
 from ..config import Camera
-from ..egress import CameraOutput, Recorder, Rendition, ThreadedSink
+from ..egress import CameraOutput, LatestFrame, Recorder, Rendition, ThreadedSink
 from ..ingest import Source, WhipSource, create_source
 from ..sealing import RedactSeal, Reopen
 from ..webrtc import Codec
+from .moved import ViewWatch
 from .pipeline import CameraPipeline
 
 #: frames whose pixels wait for the output (4 s at 30 fps: the hold-back, a detection group of up
@@ -44,10 +47,13 @@ class LiveCamera:
 
     def __init__(self, name: str, config: Camera, policy: Policy, sealer: Sealer | None, *, recordings: Path,
                  recording_seconds: float, recording_preset: str, codecs: tuple[Codec, ...],
-                 cores: int | None = None, recorded: Callable | None = None, reopen: Reopen | None = None) -> None:
+                 cores: int | None = None, recorded: Callable | None = None, reopen: Reopen | None = None,
+                 views: Path | None = None, event: Callable[[str, dict], None] | None = None) -> None:
         """``cores``: the camera's share of the machine for detection (see :func:`redaction.build_detectors`);
         ``recorded(path, ref, frames)``: told of each finished recording file; ``reopen``: opens
-        the camera's sealer anew after it failed (see :class:`~gateway.sealing.RedactSeal`)."""
+        the camera's sealer anew after it failed (see :class:`~gateway.sealing.RedactSeal`);
+        ``views``: where the moved-camera watch keeps its reference (``<views>/<camera>.json``);
+        ``event(action, details)``: its audit entries."""
         self.name, self.config = name, config
         self.source: Source = WhipSource(name) if config.kind == "whip" else create_source(
             name, config.source, **({"transport": config.transport} if config.kind == "rtsp" else {}))
@@ -55,9 +61,16 @@ class LiveCamera:
         self.recorder = Recorder(recordings, name, recorded, restart=step.request_recording) if config.record else None
         self.output = CameraOutput(name, codecs, self.recorder, preset=recording_preset)
         self.sinks = [ThreadedSink(f"{name}-output", self.output, max_images=_OUTPUT_BACKLOG, keep_all=True)]
-        self.pipeline = CameraPipeline(name, step, list(self.sinks), holdback=config.holdback_ms / 1000,
+        self.snapshot = LatestFrame()
+        self.pipeline = CameraPipeline(name, step, [*self.sinks, self.snapshot], holdback=config.holdback_ms / 1000,
                                        queue_frames=config.queue_frames,
                                        analyzer_factory=partial(Analyzer, cores=cores))
+        self.view = ViewWatch(name, config.view_check, (views or recordings.parent / "views") / f"{name}.json",
+                              self._hold, event or (lambda action, details: None), self.pipeline.holdback)
+        self.pipeline.observe = self.view.observe
+
+    def _hold(self, reason: str | None) -> None:
+        self.pipeline.held = reason
 
     @property
     def policy(self) -> Policy:
@@ -100,9 +113,14 @@ class LiveCamera:
             reasons.append(f"sealing failed ({pipeline.step.faults.reason}); frames are blanked, retrying")
         if self.recorder is not None and self.recorder.faults.reason:
             reasons.append(f"recording failed ({self.recorder.faults.reason}); retrying at a new recording")
+        view = self.view.state()
+        if view["held"] is not None:
+            reasons.append(f"the view changed since its zones were drawn ({view['held']['reason']}, since "
+                           f"{view['held']['since']}); every frame is blanked until an officer confirms the zones "
+                           "still fit")
         last = stats.last_redacted if stats.last_redacted is not None else stats.started
         if stats.warm and stats.last_in is not None and now - stats.last_in < RELEASE_STALL \
-                and now - last > RELEASE_STALL:
+                and now - last > RELEASE_STALL and view["held"] is None:
             reasons.append(f"no redacted frame released for {now - last:.0f} s (every frame blanked or dropped)")
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "warm": stats.warm, "connected": source.connected, "frames_in": stats.frames_in,
@@ -111,4 +129,4 @@ class LiveCamera:
                 "detect_seconds": round(stats.detect_seconds, 3), "reconnects": source.reconnects,
                 "seal_errors": pipeline.step.faults.errors, "worker_errors": pipeline.worker_faults.errors,
                 "recording_errors": self.recorder.faults.errors if self.recorder is not None else 0,
-                "viewers": self.viewers()}
+                "viewers": self.viewers(), "held_frames": stats.held, "view": view}

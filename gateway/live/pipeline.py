@@ -5,7 +5,8 @@ only in one of three states:
 
 ``redacted``  the engine decided its regions and they were redacted (and sealed);
 ``blanked``   no decision by its deadline (detector still warming up, slow, stalled or
-              crashed, queue behind): replaced by a solid frame of the same size;
+              crashed, queue behind), or the camera is held because its view moved
+              (:mod:`.moved`): replaced by a solid frame of the same size;
 ``dropped``   never analysed because the input queue overflowed (no pixels at all).
 
 Every frame index is released exactly once and in order, so a recorder can keep its files
@@ -74,6 +75,7 @@ class PipelineStats:
     last_in: float | None = None  # when a frame last came in (monotonic s)
     redaction_errors: int = 0  # decided frames blanked because redacting them raised
     sink_errors: int = 0  # frames a sink raised on (the sink logs and counts its own failures)
+    held: int = 0  # redacted frames released blanked because the camera's view moved (counted in blanked too)
     #: arrival → release of redacted frames, drained by the metrics exporter (bounded)
     latency_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
@@ -139,6 +141,10 @@ class CameraPipeline:
         self._activating = threading.Lock()  # one policy switch at a time
         #: the worker's own failures (it restarts, with backoff, after any error that escapes it)
         self.worker_faults = Faults(f"camera {camera}: pipeline worker")
+        #: why every frame leaves blanked, redacted or not (a moved camera, see :mod:`.moved`); None: released
+        self.held: str | None = None
+        #: told of every redacted frame as it is released or withheld (O(1): it keeps a reference)
+        self.observe: Callable[[np.ndarray], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{camera}", daemon=True)
 
     @property
@@ -212,7 +218,7 @@ class CameraPipeline:
 
         The new analyzer is built here (models loaded and warmed) while the old one keeps
         deciding; the worker adopts it between two frames. Frames held by the old analyzer at
-        that moment are left to the watchdog, so they leave blanked, never raw. Sealing binds
+        that moment are blanked then (never raw), not at their deadline. Sealing binds
         every record from the first frame decided under the new policy to it (a new
         recording). Raises, with the old policy still in force, if the analyzer cannot be built
         or the policy's unmask grants cannot be met. Returns True once the worker has switched,
@@ -301,10 +307,18 @@ class CameraPipeline:
                 break
             adopted = self._adopt(frame)
             if adopted is not None:
-                # the old analyzer's undecided frames stay pending: the watchdog blanks them
+                # the old analyzer's undecided frames will never be decided: blanked now rather than at
+                # their deadline, so the first frame under the new policy does not wait behind them
                 if stream is not None:
                     stream.close()
                 analyzer, stream = adopted, None
+                with self._lock:
+                    for index, slot in self._slots.items():
+                        if index >= frame.index:
+                            break
+                        if slot.state == "pending":
+                            slot.state = "blanked"
+                self._drain()
             if first is None:
                 first = frame
             elif rate is None and frame.time > first.time:
@@ -411,6 +425,13 @@ class CameraPipeline:
                     del self._slots[index]
                     ref = slot.ref if slot.ref is not None else self.step.ref_for(index)
                     self.step.released(index)
+                    if slot.state == "redacted" and self.observe is not None:
+                        self.observe(slot.image)
+                    if slot.state == "redacted" and self.held is not None:
+                        # redacted and sealed (the recording keeps its place), but not released: the
+                        # zones may miss what they were drawn on
+                        slot.state = "blanked"
+                        self.stats.held += 1
                     if slot.state == "redacted":
                         self.stats.released += 1
                         self.stats.last_redacted = time.monotonic()

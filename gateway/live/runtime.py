@@ -2,8 +2,8 @@
 
 :class:`Runtime` opens the data directory (key directory, vault), builds one
 :class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
-:mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back, and
-switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
+:mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back and the
+view thread that looks for moved cameras (:mod:`.moved`), and switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
 others run; those changes are kept for the next start by :mod:`.camera_changes`. It knows
 nothing of HTTP or of who is asking: the network entry points (WHEP, WHIP, RTSP, the API) are
 built over it by :mod:`gateway.api`.
@@ -28,6 +28,7 @@ from functools import partial
 
 from keys import (
     GATEWAY_ACTOR,
+    AuditError,
     CoSigner,
     KeyDirectory,
     Sealer,
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 #: seconds between two deadline checks of the watchdog: the resolution of the hold-back, and far
 #: below a frame's spacing (33 ms at 30 fps)
 WATCHDOG_PERIOD = 0.005
+#: seconds between two wake-ups of the view thread (each camera is looked at every view_check.period_s)
+_VIEW_TICK = 0.1
 #: why /health finds a configured camera that is not running
 _NOT_RUNNING = "not running: an edit could start neither it nor the camera as it was; edit it again, or restart"
 
@@ -92,6 +95,7 @@ class Runtime:
             self.cameras[name] = self._build(name, camera, policy, directory.identities)
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
+        self._views = threading.Thread(target=self._look, name="views", daemon=True)
         quota = config.storage.quota_gb
         self.retention = Retention(
             store, directory.signer, data, data / "recordings",
@@ -106,14 +110,17 @@ class Runtime:
         sealer = Sealer(self.store, self.signer, name, policy.model_dump(mode="json"), grants_of(policy), identities,
                         segment_seconds=None)
         try:
-            return LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
+            live = LiveCamera(name, camera, policy, sealer, recordings=data / "recordings",
                               recording_seconds=self.config.storage.recording_seconds,
                               recording_preset=self.config.storage.recording_preset,
                               codecs=self.codecs(name, camera), cores=self._cores(), recorded=self._recorded,
-                              reopen=partial(self._reopen, name))
+                              reopen=partial(self._reopen, name), views=data / "views", event=self._view_event)
         except BaseException:
             sealer.close(complete=False)
             raise
+        # its zones were drawn on the view it has: the watch compares with the one kept for this version
+        live.view.start(policy, self.store.store_policy(policy.model_dump(mode="json")))
+        return live
 
     def _cores(self) -> int:
         """A camera's share of the cores for detection: equal shares of the cameras configured now
@@ -156,6 +163,7 @@ class Runtime:
             except OSError:
                 log.exception("camera %s: policy %s is in force but could not be recorded; the configured policy "
                               "returns at the next start", camera, version[:12])
+            self.cameras[camera].view.rebase(policy, version)  # its zones were drawn on the view it has now
             return switched
 
     # --- cameras at run time -----------------------------------------------------------------
@@ -318,6 +326,7 @@ class Runtime:
         for camera in self.cameras.values():
             camera.pipeline.start()
         self._watchdog.start()
+        self._views.start()
         for camera in self.cameras.values():
             camera.source.start(camera.pipeline.offer)
         self.retention.start()
@@ -337,6 +346,8 @@ class Runtime:
         self._stop.set()
         if self._watchdog.is_alive():
             self._watchdog.join(5)
+        if self._views.is_alive():
+            self._views.join(5)
         for camera in self.cameras.values():
             camera.stop_output()
         self._stop_openbao()
@@ -357,6 +368,29 @@ class Runtime:
                         logged = now
                         log.exception("camera %s: the watchdog failed", camera.name)
             self._stop.wait(WATCHDOG_PERIOD)
+
+    def _look(self) -> None:
+        """The view thread: each watched camera's newest released frame against its reference."""
+        logged = -60.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for camera in self.cameras.values():
+                if not camera.view.due(now):
+                    continue
+                try:
+                    camera.view.check(now)
+                except Exception:  # one camera's fault must not stop the others' watch
+                    if now - logged >= 10.0:
+                        logged = now
+                        log.exception("camera %s: looking at the view failed", camera.name)
+            self._stop.wait(_VIEW_TICK)
+
+    def _view_event(self, action: str, details: dict) -> None:
+        """An audit entry of a camera's view watch (a reference taken, a camera held or released)."""
+        try:
+            self.store.audit.append(GATEWAY_ACTOR, self.signer, action, details)
+        except AuditError:  # the hold is in force whatever the log says; the log's own faults are reported by it
+            log.exception("camera %s: the audit entry %s could not be written", details.get("camera"), action)
 
     def health(self) -> dict:
         """``ok`` when every camera is (see :meth:`LiveCamera.health`), else ``degraded``; per camera

@@ -5,6 +5,12 @@ field added to the schema appears in the editor without touching it: choices bec
 flags checkboxes, numbers number inputs, and what has structure (points, colours, role lists,
 the zones and their grants) a JSON field. Each field carries its dotted path, which is how the
 server's validation errors (``classes.face.strength: ...``) find the field they name.
+
+The ``zones`` field gets an editor over the camera's latest released (redacted) frame
+(``static/console-zones.js``): polygons drawn and edited on the picture are written into the
+field as JSON, so storing and activating are the same as for any other field. When the camera
+is held for a moved view (:mod:`gateway.live.moved`) the page says so, with the officer's
+"the zones still fit" confirmation.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from redaction import Policy
+from redaction import Policy, Zone
 
 from ...live import Runtime
 from ..access import Denied, Principal
@@ -100,7 +106,11 @@ class PolicyPages:
                    and e["details"].get("camera") == camera][-20:][::-1]
         known = self.versions.versions()
         names = {v: self.versions.load(v).get("name") for v in known}
+        zone = Zone.model_fields
         return {
+            "view": self.runtime.cameras[camera].view.state() if camera else None,
+            "zone_methods": typing.get_args(zone["method"].annotation),
+            "zone_modes": typing.get_args(zone["mode"].annotation),
             "cameras": cameras, "camera": camera, "active": active, "version": version,
             "fields": policy_fields(policy), "names": names,
             "in_force": self.runtime.activations.versions(),

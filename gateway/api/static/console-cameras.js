@@ -63,6 +63,14 @@ consolePages.cameras = (main) => {
         set("status", camera.status);
         tile.querySelector('[data-stat="status"]').className = "badge " + camera.status;
         set("reasons", camera.reasons.join("; ") || "–");
+        const banner = tile.querySelector(".banner[data-held]");  // a moved view: blanked until confirmed
+        if (banner && camera.view) {
+          banner.hidden = !camera.view.held;
+          if (camera.view.held) {
+            set("held-reason", camera.view.held.reason);
+            set("held-since", camera.view.held.since);
+          }
+        }
       }
       last = { at: now, cameras: Object.fromEntries(answer.data.cameras.map((c) => [c.id, c])) };
     }

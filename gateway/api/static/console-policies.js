@@ -1,6 +1,9 @@
 "use strict";
-// The policy editor: switching camera reloads the page for it; "Check" validates without storing.
+// The policy editor: switching camera reloads the page for it; "Check" validates without storing;
+// the zones field gets the drawing editor (console-zones.js).
 consolePages.policies = (main) => {
+  const stopZones = consoleZones.attach(main);
+  main.addEventListener("console-leave", stopZones, { once: true });
   const select = main.querySelector("#policy-camera");
   select?.addEventListener("change", () => gatewayConsole.goto("/console/policies?camera=" + encodeURIComponent(select.value)));
   const form = main.querySelector("#policy-form");
