@@ -126,6 +126,10 @@ class Ledger:
             return self.resource
         return None
 
+    def held_from(self, address: str) -> int:
+        """How many of the resource ``address`` (its /64, for IPv6) holds now."""
+        return self._addresses[address_key(address)]
+
     def take(self, address: str, principal: str | None = None) -> Hold:
         """A hold for ``address`` (and ``principal``); :class:`Refused`, counted, if a cap is reached."""
         limit = self.refusal(address, principal)

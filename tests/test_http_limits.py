@@ -177,3 +177,26 @@ def test_connection_caps_per_address_and_in_all_and_who_makes_room(listener_with
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_at_the_global_cap_the_flooding_address_makes_room_not_a_lone_client(listener_with):
+    """The lone client is the oldest waiting connection, yet the one displaced is the flooder's:
+    a viewer or officer slow to send its request is not cut off by someone else's many connections."""
+    listener = listener_with(max_connections=4, max_connections_per_address=3, head_timeout_s=60, keep_alive_s=60)
+    sockets = []
+    try:
+        lone = listener.connect("127.0.0.9")
+        sockets.append(lone)
+        listener.wait(lambda: listener.ledger.held == 1, "the lone client held")
+        for held in (2, 3, 4):
+            sockets.append(listener.connect("127.0.0.2"))
+            listener.wait(lambda h=held: listener.ledger.held == h, f"{held} connections held")
+        newcomer = listener.connect("127.0.0.3")
+        sockets.append(newcomer)
+        assert get(newcomer) == (200, b"hello\n")
+        assert closed(sockets[1])  # the flooder's oldest went
+        assert get(lone) == (200, b"hello\n")  # the lone client, older still, is served
+        assert dict(listener.ledger.closed) == {"evicted": 1}
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -9,9 +9,9 @@ gives uvicorn's own settings (``timeout_keep_alive``, ``h11_max_incomplete_event
 * **caps**: a :class:`~gateway.limits.Hold` taken when the connection is accepted, from the
   listener's :class:`~gateway.limits.Ledger` (``listen.max_connections``,
   ``listen.max_connections_per_address``; trusted proxies are not capped per address). Over the
-  address's cap the connection is answered ``429`` and closed; at the global cap the oldest
-  connection that is waiting for a request head (a half-open one, or an idle keep-alive one) is
-  closed to make room, and only if none is waiting is the new one answered ``503`` and closed.
+  address's cap the connection is answered ``429`` and closed; at the global cap a connection
+  that is waiting for a request head (a half-open one, or an idle keep-alive one) is closed to
+  make room, the oldest of the address holding the most connections, and only if none is waiting is the new one answered ``503`` and closed.
 * **a head deadline**: from the moment a connection is accepted, and again from the end of each
   response, the client has ``listen.head_timeout_s`` seconds to send a complete request head
   (request line and headers). Bytes that do not complete it do not extend it. Otherwise it is
@@ -66,7 +66,9 @@ class _Guard:
 
     def admit(self, peer: str) -> Hold:
         if self.ledger.refusal(peer) == self.ledger.resource and self.waiting:
-            next(iter(self.waiting)).drop("evicted")
+            # room is made by the address that holds the most (a flood), its oldest waiting
+            # connection first: a client with one connection is not displaced by someone else's many
+            max(self.waiting, key=lambda waiting: self.ledger.held_from(waiting.peer)).drop("evicted")
         return self.ledger.take(peer)
 
 
@@ -81,11 +83,12 @@ class _GuardedH11Protocol(H11Protocol):
     guard: _Guard  # set on the subclass listener_settings makes
 
     _hold: Hold | None = None
+    peer = "unknown"  # the client's address
     _deadline: asyncio.TimerHandle | None = None
     _awaited = None  # the request cycle that was current when the deadline was armed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        peer = (transport.get_extra_info("peername") or ("unknown",))[0]
+        peer = self.peer = str((transport.get_extra_info("peername") or ("unknown",))[0])
         try:
             self._hold = self.guard.admit(str(peer))
         except Refused as refused:  # not registered with uvicorn at all: answered and closed here

@@ -207,11 +207,12 @@ class RtspServer:
             writer.transport.abort()
 
     def _admit(self, connection: Connection) -> Hold:
-        """The new connection's hold; at the connection cap the oldest connection that has not
-        logged in yet makes room (a client at its address's cap displaces nobody)."""
+        """The new connection's hold; at the connection cap a connection that has not logged in yet
+        makes room: the oldest of the address holding the most connections (a client at its
+        address's cap displaces nobody; one with a single connection is not displaced by a flood)."""
         ledger = self.connection_ledger
         if ledger.refusal(connection.peer) == ledger.resource and self._unauthenticated:
-            self._drop(next(iter(self._unauthenticated)), "evicted")
+            self._drop(max(self._unauthenticated, key=lambda waiting: ledger.held_from(waiting.peer)), "evicted")
         return ledger.take(connection.peer)
 
     def _drop(self, connection: Connection, why: str) -> None:
