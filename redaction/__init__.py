@@ -7,7 +7,14 @@ motion-gated detection (:mod:`.gating`, :mod:`.motion`) for video; :func:`redact
 """
 
 from .detector import Detector, default_threads
-from .engine import Analyzer, Decision, Frame, StreamRedactor, build_detectors
+from .engine import (
+    Analyzer,
+    Decision,
+    Frame,
+    StreamRedactor,
+    build_detectors,
+    detector_settings,
+)
 from .kernels import warmup as warmup_kernels
 from .policy import (
     ZONE_PREFIX,
@@ -41,6 +48,7 @@ __all__ = [
     "build_detectors",
     "coverage_mask",
     "default_threads",
+    "detector_settings",
     "format_validation_error",
     "load_document",
     "load_policy",

@@ -24,6 +24,15 @@ from .regions import Region, merge_duplicates
 from .tracker import Tracker
 
 
+def detector_settings(policy: Policy) -> tuple:
+    """What :func:`build_detectors` makes of ``policy``: two policies with equal settings can share
+    detectors (a policy switch that changes only zones, methods or grants loads no model)."""
+    enabled = policy.classes.enabled()
+    detection = policy.detection
+    return (tuple(sorted((name, cls.threshold) for name, cls in enabled.items())), detection.face, detection.plate,
+            detection.threads, detection.workers)
+
+
 def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detector]:
     """One warmed detector per enabled class, configured from the policy. ``cores``: the cores this
     stream may use (a gateway with several cameras gives each its share; default: all of them),

@@ -452,3 +452,40 @@ def test_faults_do_not_flood_the_log(caplog):
     assert 1 <= len(caplog.records) <= 5
     assert "recording failed" in caplog.records[0].getMessage()
     assert "still failing" in caplog.records[-1].getMessage()
+
+
+def test_a_switch_that_keeps_the_detection_settings_loads_no_model(clip):
+    """A policy that changes only zones (or methods, grants) shares the running detectors: the switch
+    costs no model load; one that changes a detection setting gets new detectors."""
+    frames, faces, detectors = clip
+    built = []
+
+    def factory(policy):
+        built.append(policy)
+        return Analyzer(policy, detectors)
+
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=1.0, analyzer_factory=factory)
+    zoned = POLICY.model_copy(update={"zones": parse_policy(
+        {"zones": {"door": {"polygon": [[0, 0], [0.2, 0], [0.2, 0.2]]}}}).zones})
+    stricter = parse_policy({**POLICY.model_dump(mode="json"), "classes": {"plate": {"enabled": False},
+                                                                        "face": {"threshold": 0.6}}})
+    pipeline.start()
+    try:
+        for index, image in enumerate(frames[:3]):
+            pipeline.offer(Item(index, index / FPS, image.copy(), time.monotonic()))
+        deadline = time.monotonic() + 30
+        while not pipeline.stats.warm:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(built) == 1
+        pipeline.activate(zoned, timeout=0.1)
+        assert len(built) == 1  # shared
+        pipeline.offer(Item(3, 3 / FPS, frames[3].copy(), time.monotonic()))
+        deadline = time.monotonic() + 10
+        while pipeline.policy is not zoned:
+            assert time.monotonic() < deadline, "the worker never adopted the zoned policy"
+            time.sleep(0.05)
+        pipeline.activate(stricter, timeout=0.1)
+        assert len(built) == 2 and built[-1] is stricter
+    finally:
+        pipeline.stop()

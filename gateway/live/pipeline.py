@@ -34,7 +34,15 @@ from typing import Literal
 import numpy as np
 
 from keys import PublicIdentity, VaultRef
-from redaction import Analyzer, Decision, Frame, Policy, StreamRedactor, warmup_kernels
+from redaction import (
+    Analyzer,
+    Decision,
+    Frame,
+    Policy,
+    StreamRedactor,
+    detector_settings,
+    warmup_kernels,
+)
 
 from ..egress import Sink
 from ..faults import Faults
@@ -139,6 +147,7 @@ class CameraPipeline:
         self._switched = threading.Condition(self._lock)
         self._switch_failure: Exception | None = None
         self._activating = threading.Lock()  # one policy switch at a time
+        self._analyzer: Analyzer | None = None  # the worker's, once it has one (a switch may share its detectors)
         #: the worker's own failures (it restarts, with backoff, after any error that escapes it)
         self.worker_faults = Faults(f"camera {camera}: pipeline worker")
         #: why every frame leaves blanked, redacted or not (a moved camera, see :mod:`.moved`); None: released
@@ -226,7 +235,12 @@ class CameraPipeline:
         """
         with self._activating:
             change = self.step.prepare(policy, identities)
-            switch = _Switch(self._analyzer_factory(policy), change)
+            current = self._analyzer
+            if current is not None and detector_settings(current.policy) == detector_settings(policy):
+                analyzer = Analyzer(policy, current.detectors)  # the same models: none loaded, no CPU spike
+            else:
+                analyzer = self._analyzer_factory(policy)
+            switch = _Switch(analyzer, change)
             with self._lock:
                 self._switch = switch
                 self._wake.notify()
@@ -279,7 +293,7 @@ class CameraPipeline:
 
     def _work(self) -> None:
         try:
-            analyzer = self._analyzer_factory(self.policy)
+            analyzer = self._analyzer = self._analyzer_factory(self.policy)
             warmup_kernels()
         except Exception:
             self.stats.detector_errors += 1
@@ -312,6 +326,7 @@ class CameraPipeline:
                 if stream is not None:
                     stream.close()
                 analyzer, stream = adopted, None
+                self._analyzer = adopted
                 with self._lock:
                     for index, slot in self._slots.items():
                         if index >= frame.index:
