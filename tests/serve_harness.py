@@ -175,11 +175,11 @@ class Running:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
-    def call(self, method, path, body=None, content_type="application/json"):
-        """An API request with the officer's token: (status, decoded JSON or text)."""
+    def call(self, method, path, body=None, content_type="application/json", token=None):
+        """An API request with the officer's token (or ``token``): (status, decoded JSON or text)."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type})
+                                         headers={"Authorization": f"Bearer {token or self.token}", "Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 status, text = response.status, response.read()

@@ -13,8 +13,6 @@ import json
 import shlex
 import stat
 import time
-import urllib.error
-import urllib.request
 
 import cv2
 import numpy as np
@@ -35,18 +33,7 @@ QUORUM = {**FACES, "name": "lobby-quorum",
 
 def call(running, token, method, path, body=None):
     """An API request with ``token``: (status, decoded JSON or text)."""
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://127.0.0.1:{running.port}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            status, text = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read()
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text.decode()
+    return running.call(method, path, body, token=token)
 
 
 def audit(tmp) -> list[dict]:

@@ -98,21 +98,10 @@ def _init(args: argparse.Namespace) -> int:
 def _add_identity(args: argparse.Namespace) -> int:
     try:
         directory = KeyDirectory.open(args.directory)
-        if args.out.exists():
-            raise CommandError(f"{args.out}: already exists; refusing to overwrite a private key file")
-        try:
-            identity = PrivateIdentity.generate(args.name, args.roles, post_quantum=args.post_quantum)
-        except ValueError as exc:  # a name or role the directory does not accept
-            raise CommandError(str(exc)) from None
+        identity = _generate(args)
         if any(i.name == identity.public.name for i in directory.identities):
             raise CommandError(f"{args.directory}: an identity named {args.name!r} already exists")
-        secret = passphrase("Passphrase for the new identity: ", confirm=True, name=identity.public.name)
-        try:
-            identity.save(args.out, secret)
-        except ValueError as exc:  # too short a passphrase: nothing written
-            raise CommandError(str(exc)) from None
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        _save(identity, args.out)
         try:
             directory.add(identity.public)
         except BaseException:
@@ -125,20 +114,30 @@ def _add_identity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_identity(args: argparse.Namespace) -> int:
+def _generate(args: argparse.Namespace) -> PrivateIdentity:
+    """A new identity as ``args`` asks (name, roles, post-quantum), its file not yet existing."""
     if args.out.exists():
         raise CommandError(f"{args.out}: already exists; refusing to overwrite a private key file")
     try:
-        identity = PrivateIdentity.generate(args.name, args.roles, post_quantum=args.post_quantum)
-    except ValueError as exc:
+        return PrivateIdentity.generate(args.name, args.roles, post_quantum=args.post_quantum)
+    except ValueError as exc:  # a name or role the directory does not accept
         raise CommandError(str(exc)) from None
+
+
+def _save(identity: PrivateIdentity, out: Path) -> None:
+    """``identity``'s private file at ``out``, under a passphrase asked for (twice) now."""
     secret = passphrase("Passphrase for the new identity: ", confirm=True, name=identity.public.name)
     try:
-        identity.save(args.out, secret)
+        identity.save(out, secret)
     except ValueError as exc:  # too short a passphrase: nothing written
         raise CommandError(str(exc)) from None
     except OSError as exc:
-        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _new_identity(args: argparse.Namespace) -> int:
+    identity = _generate(args)
+    _save(identity, args.out)
     print(f"identity {args.name} ({', '.join(identity.public.roles)}, fingerprint {identity.public.fingerprint}) "
           f"written to {args.out}; give an officer its public half (`privacy-gateway keys public {args.out}`) and "
           "compare the fingerprint with them over another channel")
