@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.egress import CameraOutput, Recorder
+from gateway.egress.encoding import TIME_BASE, Continuous, open_encoder
 from gateway.frames import BLANK_LEVEL, Released
 from keys import VaultRef
 
@@ -125,3 +126,14 @@ def test_keyframe_requests_cost_at_most_one_extra_keyframe_a_second(tmp_path, fr
     h264 = output.rendition("h264")
     output.close()
     assert h264.keyframes == 2
+
+
+def test_the_continuous_encode_hands_each_packet_on_with_its_frame(frames):
+    """The camera's encode holds no frame back: the packet of a frame comes out of the call that took
+    it (a frame held would add a frame's time of latency for every live viewer), keeping its time
+    however irregular the camera's clock."""
+    encoder = open_encoder("h264", 768, 576, 10.0, 0, Continuous(lambda *_: None))
+    for pts, image in zip((0, 9000, 25_000, 30_000, 100_000), frames):
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = pts, TIME_BASE
+        assert [packet.pts for packet in encoder.encode(frame)] == [pts]

@@ -75,8 +75,11 @@ def open_encoder(codec: Codec, width: int, height: int, fps: float, bitrate: int
                 "profile": "baseline",
                 "crf": str(continuous.crf),
                 "forced-idr": "1",  # a forced keyframe must be an IDR a viewer or a recording can start from
-                # repeat-headers: SPS/PPS in band before every IDR although there is a global header too
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:"
+                # repeat-headers: SPS/PPS in band before every IDR although there is a global header too;
+                # force-cfr: rate control by the camera's rate, not by the next frame's time, so each
+                # packet leaves with its frame rather than one frame later (a frame of live latency;
+                # the timestamps are kept, the size is the same)
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:force-cfr=1:"
                                f"rc-lookahead=0:sync-lookahead=0:vbv-maxrate={kbit}:vbv-bufsize={kbit}",
             }
             encoder.flags |= Flags.global_header
