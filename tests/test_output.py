@@ -75,35 +75,45 @@ def test_a_continuous_rendition_waits_rather_than_drops(tmp_path, frames):
 
 
 @pytest.mark.asyncio
-async def test_viewers_get_the_recordings_packets(tmp_path, frames):
-    """A viewer's packets are the recording's packets (the same objects): nothing is encoded for it."""
+async def test_viewers_get_the_recordings_packets_on_one_timeline_across_recordings(tmp_path, frames):
+    """A viewer's packets are the recording's packets (the same bytes): nothing is encoded for it. A new
+    recording restarts the file's timeline, never the viewer's: their times keep rising at the camera's
+    rate (a jump back would freeze a browser's playback at every new file)."""
     recorded = []
     recorder = Recorder(tmp_path, "cam")
     write = recorder.write
-    recorder.write = lambda packet, frame, stream: (recorded.append(packet), write(packet, frame, stream))
+    recorder.write = lambda packet, frame, stream: (recorded.append(bytes(packet)), write(packet, frame, stream))
     output = CameraOutput("cam", ("h264",), recorder)
+    first, second = VaultRef("cam", "one", 0, 0), VaultRef("cam", "two", 20, 2_000_000)
     image = frames[0]
-    output(Released("cam", 0, 0.0, "redacted", image, image.shape))
-    output(Released("cam", 1, 0.1, "redacted", image, image.shape))
+    output(Released("cam", 0, 0.0, "redacted", image, image.shape, first))
+    output(Released("cam", 1, 0.1, "redacted", image, image.shape, first))
     track = output.rendition("h264").subscribe()
     got = []
 
     async def watch():  # a viewer reads as packets come (one that falls behind is resumed at a keyframe)
-        while len(got) < 5:
+        while len(got) < 30:
             got.append(await track.recv())
 
     viewer = asyncio.ensure_future(watch())
     await asyncio.sleep(0.1)  # subscribed: the rendition now fans out to it
     try:
-        for index in range(2, 40):
-            await asyncio.to_thread(output, Released("cam", index, index / 10, "redacted", frames[index], image.shape))
+        for index in range(2, 60):
+            ref = first if index < 20 else second
+            await asyncio.to_thread(output, Released("cam", index, index / 10, "redacted", frames[index], image.shape,
+                                                     ref))
         await asyncio.wait_for(viewer, 10)
     finally:
         track.stop()
         await asyncio.to_thread(output.close)
     assert got[0].is_keyframe
-    assert all(any(packet is r for r in recorded) for packet in got)
-    assert output.rendition("h264").frames_encoded == 40
+    assert all(bytes(packet) in recorded for packet in got)
+    times = [float(packet.pts * packet.time_base) for packet in got]
+    assert times[0] < 2.0 < times[-1]  # the viewer watched across the new recording
+    assert all(abs(b - a - 0.1) < 1e-3 for a, b in zip(times, times[1:])), times
+    assert output.rendition("h264").frames_encoded == 60
+    assert [p.name for p in recorder.files] == ["one.mp4", "two.mp4"]
+    assert abs(decoded(recorder.files[1])[0].time) < 1e-3  # the file's own timeline starts at 0
 
 
 def test_keyframe_requests_cost_at_most_one_extra_keyframe_a_second(tmp_path, frames):

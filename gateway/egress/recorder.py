@@ -72,10 +72,14 @@ class Recorder:
                     return
                 self._open(frame, stream)
             pts = max(round(frame.time / TIME_BASE) - self._start, self._last_pts + 1)
-            packet.stream = self._stream
-            packet.pts = packet.dts = pts
-            packet.time_base = TIME_BASE
-            self._out.mux(packet)  # type: ignore[union-attr]
+            # viewers share ``packet`` and read its time after this returns: the file's timeline (from
+            # the recording's start) goes on a copy, theirs stays the encoder's, with no jump at a new file
+            own = av.Packet(memoryview(packet))
+            own.is_keyframe = packet.is_keyframe
+            own.stream = self._stream
+            own.pts = own.dts = pts
+            own.time_base = TIME_BASE
+            self._out.mux(own)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 (counted, logged per burst; the file so far is kept)
             self._fail(exc, frame)
             return
