@@ -214,16 +214,44 @@ class Running:
         return value
 
 
-def collect_released(running, camera, keep_images=False):
-    """Every frame the pipeline releases, as the sinks see them: (state, index, hash[, half-size image])."""
-    seen = []
+class ReleasedLog(list):
+    """Every frame a camera's pipeline released, as its sinks see them: (state, index, hash[, half-size
+    image]); and the regions each frame was redacted with, so that a raw frame, if one ever leaves,
+    comes with what the pipeline decided for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.regions: dict[int, list] = {}
+
+    def raw(self, raw: set[bytes]) -> list[str]:
+        """The released frames whose pixels are a raw camera frame's (``raw``: their hashes), each
+        described by its state, its regions and the states of the frames before it; empty if none."""
+        found = []
+        for place, (state, index, digest, _) in enumerate(self):
+            if digest in raw:
+                before = " ".join(f"{s[0]}{i}" for s, i, *_ in self[max(0, place - 12):place])
+                found.append(f"frame {index} ({state}; regions {self.regions.get(index)}; before it: {before})")
+        return found
+
+
+def collect_released(running, camera, keep_images=False) -> ReleasedLog:
+    """Every frame the pipeline releases, as the sinks see them (see :class:`ReleasedLog`)."""
+    seen = ReleasedLog()
+    pipeline = running.gateway.cameras[camera].pipeline
+    apply = pipeline.step.apply
+
+    def noted(index, time, image, regions):
+        seen.regions[index] = [(r.cls, r.track, round(r.score, 2), (int(r.x), int(r.y), int(r.w), int(r.h)))
+                               for r in regions]
+        return apply(index, time, image, regions)
 
     def sink(item):
         digest = None if item.image is None else hashlib.blake2b(item.image.tobytes()).digest()
         small = half(item.image) if keep_images and item.image is not None else None
         seen.append((item.state, item.index, digest, small))
 
-    running.gateway.cameras[camera].pipeline.sinks.append(sink)
+    pipeline.step.apply = noted
+    pipeline.sinks.append(sink)
     return seen
 
 
