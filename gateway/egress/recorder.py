@@ -15,12 +15,17 @@ finishes the file it had (its frame count logged as written, so it still unmasks
 and asks the pipeline, through ``restart``, for a new recording, retried with backoff: a file
 can only start at a recording's first frame, or frame *n* of it would not be frame *n* of its
 records. The frames in between are missing from the recordings; viewers still get them.
+
+A finished file's ``finished`` notice (the gateway signs a frame count into the audit log: a
+lock, an fsync, perhaps a co-signer checkpoint) runs on a thread of its own, in order, so the
+encoder, which feeds live viewers, never waits for it; :meth:`Recorder.close` waits for them all.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -58,6 +63,7 @@ class Recorder:
         self.files: list[Path] = []
         self.frames = 0
         self._finished, self._file_frames = finished, 0
+        self._notices: ThreadPoolExecutor | None = None  # one thread: the notices keep the files' order
 
     def write(self, packet: av.Packet, frame: Released, stream: StreamInfo) -> None:
         """Mux the packet of ``frame`` (on the encoder's thread, in frame order); never raises."""
@@ -92,7 +98,7 @@ class Recorder:
         self.faults.failed(error)
         self._failed_ref = frame.ref
         try:
-            self.close()
+            self._finish_file()
         except Exception:  # noqa: BLE001 (what reached the disk stays; nothing more can be done with it)
             self._out = self._stream = None
         self._retry()
@@ -104,7 +110,7 @@ class Recorder:
             self.restart()
 
     def _open(self, frame: Released, stream: StreamInfo) -> None:
-        self.close()
+        self._finish_file()
         ref = frame.ref
         name = ref.recording if ref is not None else f"{frame.index:012d}"
         path = self.directory / f"{name}.mp4"
@@ -137,7 +143,16 @@ class Recorder:
         return self.files[-1] if self._out is not None else None
 
     def close(self) -> None:
-        """Finish the open file."""
+        """Finish the open file, and wait until every finished file's notice is done."""
+        try:
+            self._finish_file()
+        finally:
+            if self._notices is not None:
+                self._notices.shutdown(wait=True)
+                self._notices = None
+
+    def _finish_file(self) -> None:
+        """Close the open file and queue its notice."""
         if self._out is None:
             return
         try:
@@ -145,7 +160,12 @@ class Recorder:
         finally:
             self._out = self._stream = None
         if self._finished is not None:
-            try:
-                self._finished(self.files[-1], self._ref, self._file_frames)
-            except Exception:
-                log.exception("camera %s: could not log the frame count of %s", self.camera, self.files[-1].name)
+            if self._notices is None:
+                self._notices = ThreadPoolExecutor(1, thread_name_prefix=f"{self.camera}-recorded")
+            self._notices.submit(self._notify, self.files[-1], self._ref, self._file_frames)
+
+    def _notify(self, path: Path, ref: VaultRef | None, frames: int) -> None:
+        try:
+            self._finished(path, ref, frames)  # type: ignore[misc]
+        except Exception:
+            log.exception("camera %s: could not log the frame count of %s", self.camera, path.name)
