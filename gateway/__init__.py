@@ -17,7 +17,8 @@ public API of ``keys`` and ``redaction``, through their ``__all__``)::
   :mod:`.egress` recorder, live renditions, WHEP and RTSP out.
 * :mod:`.api` access control and the HTTP app over the runtime; :mod:`.cli` the commands;
   :mod:`.files` offline image and video files (``redact``, ``unmask``), never used live;
-  :mod:`.roster` people enrolled into and leaving the key directory (shared by the API and the CLI).
+  :mod:`.roster` people enrolled into and leaving the key directory (shared by the API and the CLI);
+  :mod:`.storage` where a configuration's vault is (local files or an S3 bucket), opened for ``serve`` and the CLI.
 
 ``tests/test_structure.py`` checks these rules: no import circles, no arrow to the right, no
 ``_private`` name imported across modules. Packages are imported on use: ``privacy-gateway

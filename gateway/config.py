@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import stat
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -234,9 +235,57 @@ class Tls(StrictModel):
     key: Path
 
 
+class ObjectLockSettings(StrictModel):
+    """S3 Object Lock for finished vault segments (never key files: retention shreds those)."""
+
+    #: COMPLIANCE: nobody can delete or shorten before the date; GOVERNANCE: who holds
+    #: s3:BypassGovernanceRetention can
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    #: days each segment is retained from its upload
+    days: Annotated[int, Field(ge=1, le=36_500)]
+
+
+class S3Storage(StrictModel):
+    """An S3-compatible bucket for the vault's objects (docs/vault-format.md, "The vault in S3")."""
+
+    #: the service's URL (``https://s3.example.net``); none: AWS S3 of ``region``
+    endpoint: str | None = None
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")]
+    region: str = "us-east-1"
+    #: with ``secret_access_key_file``; both none: boto3's chain (AWS_ACCESS_KEY_ID and
+    #: AWS_SECRET_ACCESS_KEY in the environment, a profile, an instance role)
+    access_key_id: str | None = None
+    #: a file holding the secret key alone, readable by its owner only (0600)
+    secret_access_key_file: Path | None = None
+    #: keys of the vault's objects start with this (``site-a/``); empty: the bucket's root
+    prefix: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-][A-Za-z0-9._-]*/)*$")] = ""
+    #: CA certificate of the endpoint's TLS
+    ca: Path | None = None
+    object_lock: ObjectLockSettings | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> S3Storage:
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint: an http:// or https:// URL, not {self.endpoint!r}")
+        if (self.access_key_id is None) != (self.secret_access_key_file is None):
+            raise ValueError("access_key_id and secret_access_key_file go together (or leave both out to use "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        return self
+
+
+class ObjectStorage(StrictModel):
+    """Where the vault's objects live when not under ``data_dir``; only ``s3`` for now."""
+
+    s3: S3Storage
+
+
 class Storage(StrictModel):
     #: everything the gateway keeps: keys/, vault/, recordings/, access/ (and, in the demo, identities/)
     data_dir: Path = Path("data")
+    #: the vault's finished segments, key files, policies and anchor in an object store; none:
+    #: files under <data_dir>/vault. The audit log and the segment being sealed stay in
+    #: <data_dir>/vault either way
+    objects: ObjectStorage | None = None
     #: seconds per recording file (and per vault segment of its sealed originals)
     recording_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: x264 preset of each camera's one H.264 encode (its recording, WHEP and RTSP stream): at
@@ -329,9 +378,15 @@ def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
             raw = Path(source.removeprefix("file://"))
             source = str(raw if raw.is_absolute() else base / raw)
         cameras[name] = camera.model_copy(update={"source": source, "policy": at(camera.policy) or camera.policy})
+    objects = config.storage.objects
+    if objects is not None:
+        s3 = objects.s3
+        objects = ObjectStorage(s3=s3.model_copy(update={
+            "secret_access_key_file": at(s3.secret_access_key_file) or s3.secret_access_key_file,
+            "ca": at(s3.ca) or s3.ca}))
     storage = config.storage.model_copy(update={
         "data_dir": at(config.storage.data_dir) or config.storage.data_dir,
-        "keys": at(config.storage.keys) or config.storage.keys})
+        "keys": at(config.storage.keys) or config.storage.keys, "objects": objects})
     tls = None if config.tls is None else Tls(cert=at(config.tls.cert) or config.tls.cert,
                                               key=at(config.tls.key) or config.tls.key)
     escrow = config.escrow.model_copy(update={"ca": at(config.escrow.ca) or config.escrow.ca,
@@ -348,6 +403,38 @@ def _unbindable(address: str) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def _s3_files(s3: S3Storage) -> list[str]:
+    """What is wrong with the files the S3 settings name: missing, or a secret others may read."""
+    problems = []
+    if s3.ca is not None and not s3.ca.is_file():
+        problems.append(f"storage.objects.s3.ca: no such file {s3.ca}")
+    if (secret := s3.secret_access_key_file) is not None:
+        try:
+            mode = stat.S_IMODE(secret.stat().st_mode)
+        except OSError as exc:
+            problems.append(f"storage.objects.s3.secret_access_key_file: cannot read {secret}: {exc.strerror}")
+        else:
+            if mode & 0o077:
+                problems.append(f"storage.objects.s3.secret_access_key_file: {secret} is readable by others "
+                                f"(mode {mode:o}); chmod 600 it")
+    return problems
+
+
+def s3_secret(s3: S3Storage) -> str | None:
+    """The secret access key from its file (None: boto3's own chain); never logged or shown."""
+    if s3.secret_access_key_file is None:
+        return None
+    try:
+        secret = s3.secret_access_key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"storage.objects.s3.secret_access_key_file: cannot read "
+                          f"{s3.secret_access_key_file}: {exc.strerror or exc}") from None
+    if not secret or any(c.isspace() for c in secret):
+        raise ConfigError(f"storage.objects.s3.secret_access_key_file: {s3.secret_access_key_file} must hold "
+                          "the secret key alone, on one line")
+    return secret
 
 
 def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple[GatewayConfig, dict[str, Policy]]:
@@ -384,6 +471,8 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
     for field in ("ca", "token_file"):
         if (file := getattr(config.escrow, field)) is not None and not file.is_file():
             problems.append(f"escrow.{field}: no such file {file}")
+    if config.storage.objects is not None:
+        problems += _s3_files(config.storage.objects.s3)
     for address in config.webrtc.local_addresses or ():
         if (why := _unbindable(address)) is not None:
             problems.append(f"webrtc.local_addresses: cannot gather on {address}: {why}")

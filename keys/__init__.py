@@ -14,6 +14,7 @@ The modules, one concept each:
 - :mod:`.record` one sealed region: the byte layout and its AES-GCM sealing.
 - :mod:`.vault` segments: their byte layout, writer, reader and hash chain.
 - :mod:`.objects` the object-store seam (:class:`ObjectStore`) and :class:`LocalObjects`.
+- :mod:`.s3` :class:`S3Objects`: the vault's objects in an S3-compatible bucket (boto3), with Object Lock.
 - :mod:`.store` the vault (:class:`VaultStore`): what is kept where; no path leaves it.
 - :mod:`.cosigner` the online co-signer (OpenBao transit): :class:`CoSigner`, :func:`set_up`, people's access.
 - :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
@@ -31,7 +32,6 @@ from .audit import AuditLog, verify_entry
 from .cosigner import CoSigner, grant_access, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
-from .evidence import Evidence, make_manifest, verify_manifest
 from .errors import (
     AuditError,
     CoSignerRefused,
@@ -42,15 +42,18 @@ from .errors import (
     IntegrityError,
     ObjectMissing,
     RecordError,
+    StorageUnavailable,
     UnmaskError,
     UnwrapError,
     VaultError,
 )
+from .evidence import Evidence, make_manifest, verify_manifest
 from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
 from .objects import LocalObjects, ObjectStore
 from .reconcile import Uncovered, reconcile_shares
 from .requests import UnmaskRequest
 from .retention import Shredded, shred
+from .s3 import ObjectLock, S3Objects
 from .seal import Sealed, Sealer, VaultRef, check_grants, grants_of
 from .store import GATEWAY_ACTOR, VaultStore, check_camera
 from .unmask import (
@@ -83,17 +86,20 @@ __all__ = [
     "IntegrityError",
     "KeyDirectory",
     "LocalObjects",
+    "ObjectLock",
     "ObjectMissing",
     "ObjectStore",
     "PrivateIdentity",
     "PublicIdentity",
     "RecordError",
+    "S3Objects",
     "Sealed",
     "SealedRegion",
     "Sealer",
     "Segment",
     "Selection",
     "Shredded",
+    "StorageUnavailable",
     "TrackSummary",
     "Uncovered",
     "Unmask",

@@ -11,6 +11,8 @@ The tree, and what a caller does with each::
       VaultError              a segment, key file, policy or anchor missing, malformed or failing
       UnmaskError             an unmask refused or not completed
       ObjectMissing           an object store has no object of that name
+      StorageUnavailable      the vault's object store (a bucket) cannot be reached, or refuses:
+                              an availability problem, said plainly; nothing is damaged
       CoSignerUnavailable     the co-signer (OpenBao) does not answer, is sealed or cannot audit:
                               an availability problem, said plainly; try again once it is back
       CoSignerRefused         the co-signer refused (not authorised, wrong track, no such key):
@@ -35,6 +37,7 @@ __all__ = [
     "IntegrityError",
     "ObjectMissing",
     "RecordError",
+    "StorageUnavailable",
     "UnmaskError",
     "UnwrapError",
     "VaultError",
@@ -83,6 +86,11 @@ class CoSignerRefused(EscrowError):
 
 class ObjectMissing(EscrowError):
     """An object store holds no object of the name asked for (:meth:`keys.objects.ObjectStore.get`)."""
+
+
+class StorageUnavailable(EscrowError):
+    """The vault's object store failed (unreachable, timed out, credentials or bucket refused): an
+    availability problem, never taken for damage; the message names the store, not a credential."""
 
 
 class IntegrityError(EscrowError):

@@ -53,7 +53,13 @@ from .audit import AuditLog
 from .cosigner import CoSigner, camera_prefix, grant_access, key_prefix
 from .directory import KeyDirectory, rotation_chain
 from .durable import make_dirs, remove_durably
-from .errors import CoSignerRefused, CoSignerUnavailable, ObjectMissing, VaultError
+from .errors import (
+    CoSignerRefused,
+    CoSignerUnavailable,
+    ObjectMissing,
+    StorageUnavailable,
+    VaultError,
+)
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
 from .objects import LocalObjects, MemoryObjects, ObjectStore
 from .vault import (
@@ -86,6 +92,12 @@ def check_camera(name: str) -> str:
     if not name or len(name) > 64 or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(f"camera id {name!r}: use 1-64 letters, digits and - _ . (not starting with .)")
     return name
+
+
+def _unavailable(exc: OSError) -> StorageUnavailable:
+    """A failure of the store (its message names it, a local file's error its path): not damage."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return StorageUnavailable(f"cannot read or write the vault: {exc.strerror or exc}{where}")
 
 
 def _is_camera(name: str) -> bool:
@@ -170,8 +182,17 @@ class VaultStore:
         """The vault in ``objects``, sealing through ``scratch`` (a local directory) and logging to ``audit``.
 
         ``create``: as :meth:`for_sealing` (``directory`` required): write the anchor into an
-        empty store, and refresh the roster copy. Otherwise as :meth:`open`.
+        empty store, and refresh the roster copy. Otherwise as :meth:`open`. A store that fails
+        (a bucket unreachable, credentials refused) is :class:`~keys.errors.StorageUnavailable`.
         """
+        try:
+            return cls._from_objects(objects, scratch, audit, directory, create, cosigner, manages_access)
+        except OSError as exc:
+            raise _unavailable(exc) from None
+
+    @classmethod
+    def _from_objects(cls, objects: ObjectStore, scratch: Path, audit: AuditLog, directory: KeyDirectory | None,
+                      create: bool, cosigner: CoSigner | None, manages_access: bool) -> VaultStore:
         if create:
             if directory is None:
                 raise ValueError("sealing needs the key directory")
@@ -192,7 +213,7 @@ class VaultStore:
             Ed25519PublicKey.from_public_bytes(gateway_raw)
         except ObjectMissing:
             raise VaultError(f"{objects}: not a vault (no vault.json)") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise VaultError(f"{objects}/vault.json: malformed") from None
         keys = _gateway_keys(objects, gateway_raw, directory, create)
         if directory is not None:
@@ -321,7 +342,7 @@ class VaultStore:
         except ObjectMissing:
             raise VaultError(f"{name}: cannot read (missing)") from None
         except OSError as exc:
-            raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
+            raise _unavailable(exc) from None
         return read_segment(data, name, self.gateway)
 
     def segment(self, camera: str, number: int) -> Segment:
@@ -353,7 +374,7 @@ class VaultStore:
         except ObjectMissing:
             raw = None
         except OSError as exc:
-            raise VaultError(f"{name}: cannot read ({exc.strerror or exc})") from None
+            raise _unavailable(exc) from None
         return read_wraps(raw, name, self.gateway, segment.keys_sha256)
 
     def audit_anchors(self) -> list[tuple[int, str, str]]:

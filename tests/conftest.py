@@ -112,3 +112,16 @@ def sealing_store(openbao):
         return VaultStore.for_sealing(root, directory, openbao.cosigner(), manages_access=True)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real SeaweedFS cluster (master, three volume servers, filer, S3 gateway) for the session;
+    skipped without the weed binary, except under CI=true (tests/seaweedfs.py)."""
+    from peers import require
+    from seaweedfs import SeaweedCluster, weed_missing
+
+    require(weed_missing())
+    cluster = SeaweedCluster(tmp_path_factory.mktemp("seaweedfs"))
+    yield cluster
+    cluster.stop()

@@ -8,7 +8,7 @@ from keys import errors
 
 def test_every_error_class_is_an_escrow_error():
     classes = [getattr(errors, name) for name in errors.__all__]
-    assert len(classes) == 12
+    assert len(classes) == 13
     for cls in classes:
         assert issubclass(cls, keys.EscrowError), cls
     assert not issubclass(keys.EscrowError, (KeyError, OSError, ValueError))

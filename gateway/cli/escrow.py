@@ -39,6 +39,7 @@ from keys import (
 )
 from redaction import ZONE_PREFIX, parse_policy, zone_mask
 
+from ..config import ConfigError, load_config
 from ..files import (
     MediaError,
     VideoTranscoder,
@@ -51,6 +52,7 @@ from ..files import (
     write_image,
 )
 from ..openbao import OpenBaoError, read_credentials
+from ..storage import open_vault
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
@@ -62,6 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     unmask.add_argument("input", type=Path, nargs="?", metavar="REDACTED",
                         help="an image or video written by redact --vault (not with --gateway)")
     unmask.add_argument("--vault", type=Path, metavar="VAULT", help="the vault (not with --gateway)")
+    _config_argument(unmask)
     unmask.add_argument("--keys", type=Path, metavar="DIR", help="the key directory (with --gateway: optional, to "
                         "check the gateway's key against it)")
     unmask.add_argument("--gateway", metavar="URL", help="unmask here a recording that gateway keeps: it sends the "
@@ -111,7 +114,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     check = audit_commands.add_parser("verify", help="check the log's hash chain and signatures")
-    check.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    check.add_argument("--vault", type=Path, metavar="VAULT")
+    _config_argument(check)
     check.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
     check.set_defaults(run=_escrow(_audit_verify))
 
@@ -119,14 +123,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     vault_commands = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
     shred_parser = vault_commands.add_parser("shred", help="destroy the keys of old segments, the co-signer's "
                                              "and the wrapped ones (crypto-shredding)")
-    shred_parser.add_argument("--vault", type=Path, required=True, metavar="VAULT")
-    shred_parser.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the gateway's key directory (signs the log)")
+    shred_parser.add_argument("--vault", type=Path, metavar="VAULT")
+    _config_argument(shred_parser)
+    shred_parser.add_argument("--keys", type=Path, metavar="DIR", help="the gateway's key directory (signs the log; "
+                              "with --config, default: the configuration's)")
     when = shred_parser.add_mutually_exclusive_group(required=True)
     when.add_argument("--before", metavar="DATE", help="segments that ended before DATE (YYYY-MM-DD or ISO time, UTC)")
     when.add_argument("--expired", action="store_true", help="segments past their policy's retention_days")
     shred_parser.set_defaults(run=_escrow(_shred))
     check_vault = vault_commands.add_parser("verify", help="check every segment chain, key file and the audit log")
-    check_vault.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    check_vault.add_argument("--vault", type=Path, metavar="VAULT")
+    _config_argument(check_vault)
     check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
     check_vault.add_argument("--recordings", type=Path, metavar="DIR", help="also check every logged recording "
                              "file under DIR/<camera>/ holds the frames logged for it (serve's <data>/recordings)")
@@ -141,10 +148,42 @@ def register(commands: argparse._SubParsersAction) -> None:
     check_evidence.set_defaults(run=_escrow(_evidence_verify))
     tracks = vault_commands.add_parser("tracks", help="list the sealed tracks of a redacted file (no decryption)")
     tracks.add_argument("input", type=Path, metavar="REDACTED")
-    tracks.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    tracks.add_argument("--vault", type=Path, metavar="VAULT")
+    _config_argument(tracks)
     tracks.set_defaults(run=_escrow(_tracks))
 
 
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="instead of --vault: the vault of this gateway "
+                        "configuration, where its storage keeps it (under data_dir, or an S3 bucket); --keys "
+                        "defaults to its key directory")
+
+
+def _open_store(args: argparse.Namespace, directory: KeyDirectory | None = None) -> VaultStore:
+    """The vault ``--vault`` or ``--config`` names (exactly one); with ``--config``, ``args.keys``
+    defaults to its key directory and ``args.vault`` becomes where the vault is, for messages."""
+    if (args.vault is None) == (getattr(args, "config", None) is None):
+        raise CommandError("give the vault: --vault VAULT or --config FILE (one of them)")
+    if args.vault is not None:
+        return VaultStore.open(args.vault, directory)
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    store = open_vault(config, directory)
+    args.vault = store.location
+    return store
+
+
+def _keys_of(args: argparse.Namespace) -> None:
+    """With ``--config`` and no ``--keys``: the configuration's key directory."""
+    if args.keys is None and getattr(args, "config", None) is not None:
+        try:
+            args.keys = load_config(args.config)[0].keys_dir
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
 
 
 def _escrow(command):
@@ -188,11 +227,12 @@ def _unmask(args: argparse.Namespace) -> int:
         raise CommandError("unmask needs --case, --reason and -o OUTPUT (or --request FILE)")
     args.pending = pending
     if args.gateway is not None:
-        if args.input is not None or args.vault is not None:
+        if args.input is not None or args.vault is not None or args.config is not None:
             raise CommandError("--gateway fetches the recording and its sealed records: no REDACTED or --vault")
         return _remote_unmask(args)
-    if args.input is None or args.vault is None or args.keys is None:
-        raise CommandError("unmask needs REDACTED, --vault and --keys (or --gateway URL)")
+    _keys_of(args)
+    if args.input is None or (args.vault is None and args.config is None) or args.keys is None:
+        raise CommandError("unmask needs REDACTED, --vault and --keys, or --config (or --gateway URL)")
     source, target = args.input, args.output
     if not source.is_file():
         raise CommandError(f"cannot read {source}: no such file")
@@ -201,7 +241,7 @@ def _unmask(args: argparse.Namespace) -> int:
     if start is not None and end is not None and end < start:
         raise CommandError("--to is before --from")
     directory = KeyDirectory.open(args.keys)
-    store = VaultStore.open(args.vault, directory)
+    store = _open_store(args, directory)
     holders = open_identities(args.identities)
     return _unmask_with(args, source, target, store, holders, start, end, None)
 
@@ -308,7 +348,11 @@ def _load_request(args: argparse.Namespace) -> UnmaskRequest:
         args.camera, args.recording = source["camera"], source["recording"]
         args.start = args.end = None
     else:
-        args.input, args.vault = Path(source["input"]), Path(source["vault"])
+        args.input = Path(source["input"])
+        if "config" in source:  # the vault of a gateway configuration (an S3 bucket, say)
+            args.config, args.vault = Path(source["config"]), None
+        else:
+            args.vault = Path(source["vault"])
         args.keys = args.keys or Path(source["keys"])
         args.start = args.end = None
     return pending
@@ -322,7 +366,8 @@ def _write_request(args: argparse.Namespace, job: Unmask, holders, target: Path,
     if args.gateway is not None:
         source = {"gateway": args.gateway, "camera": job.ref.camera, "recording": job.ref.recording}
     else:
-        source = {"input": str(args.input.resolve()), "vault": str(args.vault.resolve()), "keys": str(args.keys.resolve())}
+        vault = {"config": str(args.config.resolve())} if args.config is not None else {"vault": str(args.vault.resolve())}
+        source = {"input": str(args.input.resolve()), **vault, "keys": str(args.keys.resolve())}
     pending = UnmaskRequest(request, requester.public.name, source, job.layers(requester),
                             {h.public.name: h.signing.sign(canonical(request)).hex() for h in holders})
     write_durably(args.request_out, pending.to_bytes(), 0o600)
@@ -483,8 +528,9 @@ def _output_dir(target: Path) -> Iterator[Path]:
 
 # --- audit and vault ----------------------------------------------------------------------
 
-def _open_store(vault: Path, keys: Path | None) -> VaultStore:
-    return VaultStore.open(vault, KeyDirectory.open(keys) if keys is not None else None)
+def _open_with_keys(args: argparse.Namespace) -> VaultStore:
+    _keys_of(args)
+    return _open_store(args, KeyDirectory.open(args.keys) if args.keys is not None else None)
 
 
 def _checkpoints_of(args: argparse.Namespace, store: VaultStore) -> tuple[CoSigner | None, str]:
@@ -500,7 +546,7 @@ def _checkpoints_of(args: argparse.Namespace, store: VaultStore) -> tuple[CoSign
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    store = _open_store(args.vault, args.keys)
+    store = _open_with_keys(args)
     cosigner, checked = _checkpoints_of(args, store)
     count = verify_audit(store, cosigner)
     if count == 0:
@@ -522,8 +568,11 @@ def _shred_before(args: argparse.Namespace) -> dt.datetime | None:
 
 
 def _shred(args: argparse.Namespace) -> int:
+    _keys_of(args)
+    if args.keys is None:
+        raise CommandError("vault shred needs --keys (the gateway's key directory), or --config")
     directory = KeyDirectory.open(args.keys)
-    store = VaultStore.open(args.vault, directory)
+    store = _open_store(args, directory)
     cosigner = gateway_cosigner(args.keys)[0] if store.vault_id else None  # vaults before co-signers need none
     if cosigner is not None:
         store.checkpoint_with(cosigner)  # the shred entry is checkpointed like every other
@@ -540,7 +589,7 @@ def _shred(args: argparse.Namespace) -> int:
 
 
 def _vault_verify(args: argparse.Namespace) -> int:
-    store = _open_store(args.vault, args.keys)
+    store = _open_with_keys(args)
     cosigner, checked = _checkpoints_of(args, store)
     report = verify_vault(store, cosigner, args.recordings, count_frames)
     for camera, count in sorted(report.partials.items()):
@@ -552,7 +601,7 @@ def _vault_verify(args: argparse.Namespace) -> int:
 
 def _tracks(args: argparse.Namespace) -> int:
     ref = _ref_of(args.input)
-    store = VaultStore.open(args.vault)
+    store = _open_store(args)
     print(f"{args.input}: camera {ref.camera}, recording {ref.recording}")
     for t in recording_tracks(store, ref):
         ranges = ", ".join(f"{a:.2f}-{b:.2f}s" for a, b in t.ranges)

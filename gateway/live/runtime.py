@@ -32,13 +32,13 @@ from keys import (
     CoSigner,
     KeyDirectory,
     Sealer,
-    VaultStore,
     check_grants,
     grants_of,
 )
 from redaction import Policy, default_threads
 
 from ..config import Camera, GatewayConfig
+from ..storage import open_vault
 from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
@@ -78,7 +78,7 @@ class Runtime:
               announce: Callable[[str], None]) -> None:
         data, directory = config.storage.data_dir, self.directory
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
-        self.store = store = VaultStore.for_sealing(data / "vault", directory, cosigner, manages_access=manages_access)
+        self.store = store = open_vault(config, directory, cosigner=cosigner, manages_access=manages_access)
         self.signer = directory.signer
         self.changes = CameraChanges(data / "cameras.json", store)
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
