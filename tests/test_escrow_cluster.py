@@ -32,6 +32,7 @@ from keys import (
     Sealer,
     Selection,
     Unmask,
+    VaultError,
     VaultStore,
 )
 from keys.cosigner import segment_key, share_context
@@ -89,6 +90,21 @@ def test_the_configuration_takes_one_address_or_a_list(tmp_path):
                          ("https://a:8200,https://b:8200", "or a list of them"), ([], "at least one URL")):
         with pytest.raises(ValueError, match=message):
             escrow(bad)
+
+
+def test_a_vault_stays_bound_to_its_cluster_while_one_recorded_node_is_listed(openbao, tmp_path):
+    """A single server grown into a cluster is the same co-signer (the record follows the list); a
+    list without any recorded node is another one, whose transit keys are not this vault's."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    VaultStore.for_sealing(tmp_path / "vault", directory, openbao.cosigner(), manages_access=True)
+    grown = CoSigner(["http://127.0.0.1:9", openbao.address], openbao.gateway_token)
+    VaultStore.for_sealing(tmp_path / "vault", directory, grown, manages_access=True)
+    assert VaultStore.open(tmp_path / "vault").escrow_address == f"http://127.0.0.1:9,{openbao.address}"
+    # the same server by another name stands for another co-signer here: no recorded node is listed
+    other = CoSigner(openbao.address.replace("127.0.0.1", "localhost"), openbao.gateway_token)
+    with pytest.raises(VaultError, match="its keys are there"):
+        VaultStore.for_sealing(tmp_path / "vault", directory, other, manages_access=True)
 
 
 # --- the real three-node cluster ----------------------------------------------------------------------
