@@ -308,8 +308,9 @@ class Escrow(StrictModel):
     gateway, not a separation of duties. In production ``address`` points at an OpenBao
     cluster on other hosts."""
 
-    #: an external OpenBao (``https://...``); none: the embedded one
-    address: str | None = None
+    #: an external OpenBao (``https://...``), or every node of an OpenBao cluster (a list, tried
+    #: in turn when one cannot serve); none: the embedded one
+    address: tuple[str, ...] | None = None
     #: its transit mount
     mount: str = "transit"
     #: CA certificate of its TLS
@@ -321,11 +322,24 @@ class Escrow(StrictModel):
     #: the embedded OpenBao's loopback port (its cluster port is the next one)
     port: Annotated[int, Field(ge=1024, le=65534)] = 8200
 
+    @field_validator("address", mode="before")
+    @classmethod
+    def _nodes(cls, value: object) -> object:
+        """One URL, or a list of them (a cluster's nodes): kept as the list of nodes."""
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and not value:
+            raise ValueError("address: at least one URL")
+        return value
+
     @model_validator(mode="after")
     def _external(self) -> Escrow:
         if self.address is not None:
-            if not self.address.startswith(("http://", "https://")):
-                raise ValueError(f"address: an http:// or https:// URL, not {self.address!r}")
+            for node in self.address:
+                if not node.startswith(("http://", "https://")) or "," in node:
+                    raise ValueError(f"address: an http:// or https:// URL, or a list of them, not {node!r}")
+            if len(set(self.address)) != len(self.address):
+                raise ValueError("address: a node is listed twice")
             if self.token_file is None:
                 raise ValueError("token_file: required with an external address (the gateway's token)")
         elif self.token_file is not None or self.ca is not None:

