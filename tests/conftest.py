@@ -112,3 +112,15 @@ def sealing_store(openbao):
         return VaultStore.for_sealing(root, directory, openbao.cosigner(), manages_access=True)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server on loopback (tests/postgres_support.py); skipped (failed under CI) without it."""
+    from peers import require
+    from postgres_support import PostgresServer, postgres_missing
+
+    require(postgres_missing())
+    server = PostgresServer()
+    yield server
+    server.stop()
