@@ -177,11 +177,11 @@ def test_a_node_that_loses_the_database_stops_before_its_lease_ends_and_another_
 
 def test_a_node_that_stops_hands_its_cameras_over_at_once(postgres, database):
     first, second = _Cameras(), _Cameras()
-    a = _node(postgres, database, "a", first, lease_s=30.0)  # expiry alone would take half a minute
+    a = _node(postgres, database, "a", first, lease_s=9.0)  # expiry alone would take 9 s
     b = None
     try:
         _wait(lambda: first.running == {"x", "y"})
-        b = _node(postgres, database, "b", second, lease_s=30.0)
+        b = _node(postgres, database, "b", second, lease_s=9.0)
         _wait(lambda: len(second.running) == 1 and len(first.running) == 1, timeout=10)  # spread: one each
         began = time.monotonic()
         a.close()
