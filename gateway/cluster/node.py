@@ -166,6 +166,8 @@ class ClusterNode:
             self._round_now.clear()
 
     def _round(self, began: float) -> None:
+        if self._closing.is_set():
+            return  # claim nothing while stopping: close() hands back what is held
         with self._lock:
             release = set(self._stopped_to_release)
         if release:
