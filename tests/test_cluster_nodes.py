@@ -38,8 +38,8 @@ def _small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, 
     with av.open(str(source)) as src, av.open(str(target), "w") as dst:
         stream = dst.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        step, kept, index = src.streams.video[0].average_rate / fps, 0, 0
-        for frame in src.decode(video=0):
+        step, kept = src.streams.video[0].average_rate / fps, 0
+        for index, frame in enumerate(src.decode(video=0)):
             if index >= kept * step:
                 if kept >= seconds * fps:
                     break
@@ -47,7 +47,6 @@ def _small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, 
                 small.pts = None
                 dst.mux(stream.encode(small))
                 kept += 1
-            index += 1
         dst.mux(stream.encode(None))
     return target
 
@@ -175,7 +174,7 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
 
         # a viewer at a node that does not run the camera is sent to the one that does
         victim = nodes[0]
-        camera = sorted(owned[0])[0]
+        camera = min(owned[0])
         other = nodes[1]
         status, headers, _ = _request(other.port, "POST", f"/whep/{camera}?codec=h264", other.viewer,
                                       body=b"v=0\r\n", headers={"Content-Type": "application/sdp"})
