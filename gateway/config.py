@@ -347,6 +347,55 @@ class Escrow(StrictModel):
         return self
 
 
+#: a node's name in the cluster (the lease table's owner column, the metrics' ``node`` label)
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: a password written into a conninfo (``password=...``) or into a URL (``user:secret@``)
+_CONNINFO_PASSWORD = re.compile(r"(^|\s)password\s*=|://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+
+
+class Cluster(StrictModel):
+    """Several nodes sharing the configured cameras through leases in PostgreSQL (docs/deploy.md).
+
+    Absent: this node runs every camera, as a single gateway does, and needs no database."""
+
+    #: this node's name, unique in the cluster
+    node: str
+    #: this node's base URL, where the other nodes send viewers of its cameras (``https://gw-2.example:8080``)
+    url: str
+    #: the PostgreSQL connection (a libpq conninfo or ``postgresql://`` URL) without a password: that comes
+    #: from ``password_file`` or libpq's own means (PGPASSWORD, ~/.pgpass)
+    database: str
+    #: a file holding the database password (its first line)
+    password_file: Path | None = None
+    #: the most cameras this node runs
+    capacity: Annotated[int, Field(ge=1, le=10_000)] = 16
+    #: seconds a camera lease lasts; renewed every third of it. A node that could not renew stops its
+    #: cameras a third of it before its leases end; a dead node's cameras move after at most about this long
+    lease_s: Annotated[float, Field(ge=1.5, le=300)] = 6.0
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if not _NODE_NAME.fullmatch(value):
+            raise ValueError("1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"an http:// or https:// base URL, not {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if _CONNINFO_PASSWORD.search(value):
+            raise ValueError("no password here: put it in password_file (or PGPASSWORD, ~/.pgpass)")
+        return value
+
+
 class GatewayConfig(StrictModel):
     cameras: dict[str, Camera]
     storage: Storage = Field(default_factory=Storage)
@@ -364,6 +413,8 @@ class GatewayConfig(StrictModel):
     ice_servers: tuple[str, ...] = ()
     #: the addresses WebRTC gathers on and the networks of the peers it talks to
     webrtc: WebRtc = Field(default_factory=WebRtc)
+    #: cameras shared with other nodes through PostgreSQL leases; none: this node runs every camera
+    cluster: Cluster | None = None
 
     @field_validator("cameras")
     @classmethod
@@ -405,7 +456,10 @@ def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:
                                               key=at(config.tls.key) or config.tls.key)
     escrow = config.escrow.model_copy(update={"ca": at(config.escrow.ca) or config.escrow.ca,
                                               "token_file": at(config.escrow.token_file) or config.escrow.token_file})
-    return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls, "escrow": escrow})
+    cluster = None if config.cluster is None else config.cluster.model_copy(
+        update={"password_file": at(config.cluster.password_file) or config.cluster.password_file})
+    return config.model_copy(update={"cameras": cameras, "storage": storage, "tls": tls, "escrow": escrow,
+                                     "cluster": cluster})
 
 
 def _unbindable(address: str) -> str | None:
@@ -487,6 +541,8 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> tuple
             problems.append(f"escrow.{field}: no such file {file}")
     if config.storage.objects is not None:
         problems += _s3_files(config.storage.objects.s3)
+    if config.cluster is not None and (file := config.cluster.password_file) is not None and not file.is_file():
+        problems.append(f"cluster.password_file: no such file {file}")
     for address in config.webrtc.local_addresses or ():
         if (why := _unbindable(address)) is not None:
             problems.append(f"webrtc.local_addresses: cannot gather on {address}: {why}")

@@ -150,3 +150,15 @@ def openbao_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server on loopback (tests/postgres_support.py); skipped (failed under CI) without it."""
+    from peers import require
+    from postgres_support import PostgresServer, postgres_missing
+
+    require(postgres_missing())
+    server = PostgresServer()
+    yield server
+    server.stop()

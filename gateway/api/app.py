@@ -73,7 +73,8 @@ class Gateway:
         self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep))
+                               camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
+                               owner_url=runtime.owner_url)
         self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
                                caps=_caps(config.whip))
         self.rtsp: RtspServer | None = None
@@ -101,7 +102,8 @@ class Gateway:
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
                                retention=lambda: dict(runtime.retention.counts),
-                               ice_ignored=self._ignored_candidates, ledgers=self.ledgers)
+                               ice_ignored=self._ignored_candidates, ledgers=self.ledgers,
+                               cluster=runtime.cluster)
         recordings = Recordings(runtime)
         unmasks = UnmaskRequestRoutes(runtime, self.access, changes, recordings,
                                       UnmaskRequests(config.storage.data_dir / "unmask-requests"))
@@ -115,7 +117,7 @@ class Gateway:
         console.page("recordings", "Recordings", ("unmask*",), unmask_pages.recordings)
         console.page("requests", "Unmask requests", ("unmask*",), unmask_pages.requests)
         self.app = Starlette(routes=[
-            *pages.routes(),
+            *pages.routes(runtime.owner_url),
             *console.routes,
             *StatusRoutes(runtime, self.access, self.metrics).routes,
             *cameras.routes,
@@ -206,6 +208,9 @@ class Gateway:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.runtime.on_parked = lambda camera, old: asyncio.run_coroutine_threadsafe(
+            self._camera_stopped(camera, old, True), loop)  # its lease went: its sessions end
         self.runtime.start()
 
     async def stop(self) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..cluster import ClusterNode
 from ..limits import Ledger
 from ..live import LiveCamera
 
@@ -155,13 +156,39 @@ class _Ledgers(Collector):
         yield from (connections, sessions, refused, closed)
 
 
+class _Cluster(Collector):
+    """This node's share of a cluster: the cameras it owns (by lease) and the leases it took over."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self._node = node
+
+    def collect(self):
+        node = self._node
+        owned = GaugeMetricFamily("privacy_gateway_camera_owned", "1 for each camera whose lease this node "
+                                  "holds (and may publish under)", labels=["camera", "node"])
+        for camera in sorted(node.owned()):
+            owned.add_metric([camera, node.name], 1)
+        load = GaugeMetricFamily("privacy_gateway_cluster_node_cameras", "Cameras each live node held at this "
+                                 "node's last lease round", labels=["node"])
+        for name, count in sorted(node.stats.load.items()):
+            load.add_metric([name], count)
+        yield owned
+        yield load
+        yield CounterMetricFamily("privacy_gateway_lease_takeovers", "Camera leases this node took over from a "
+                                  "node that stopped renewing them", value=node.stats.takeovers)
+        yield CounterMetricFamily("privacy_gateway_lease_claims", "Camera leases this node claimed (free, handed "
+                                  "back or taken over)", value=node.stats.claims)
+        yield CounterMetricFamily("privacy_gateway_lease_round_failures", "Lease rounds that failed (database "
+                                  "unreachable or too slow)", value=node.stats.failed_rounds)
+
+
 class Metrics:
     """A registry of its own (no process-global state), exposed at ``/metrics``."""
 
     def __init__(self, cameras: Callable[[], Iterable[LiveCamera]], auth_failures: Callable[[], dict] | None = None,
                  rtsp_skipped: Callable[[], dict[str, int]] = dict, retention: Callable[[], dict] | None = None,
                  ice_ignored: Callable[[], dict[tuple[str, str], int]] | None = None,
-                 ledgers: Callable[[], Iterable[Ledger]] | None = None) -> None:
+                 ledgers: Callable[[], Iterable[Ledger]] | None = None, cluster: ClusterNode | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cameras = cameras
         self.registry.register(_Cameras(cameras, rtsp_skipped))
@@ -180,6 +207,8 @@ class Metrics:
                                            ice_ignored))
         if ledgers is not None:
             self.registry.register(_Ledgers(ledgers))
+        if cluster is not None:
+            self.registry.register(_Cluster(cluster))
         self._latency_cameras: set[str] = set()
         self._lock = threading.Lock()
         self.latency = Histogram("privacy_gateway_release_latency_seconds",

@@ -4,15 +4,24 @@ The pages hold no data and are the same for everyone: whether a camera exists an
 token may watch it is for the API and the WHEP request to say. They are served with a content
 security policy that lets only the gateway's own scripts and styles run (nothing inline), and
 the token, which arrives in the URL fragment, never reaches a server log.
+
+In a cluster, the viewer of a camera another node runs is redirected (307) to that node's viewer
+page (the browser carries the fragment, and so the token, over): the page then talks WHEP to the
+node that runs the camera, on its own origin. A cross-origin redirect of the page's WHEP request
+itself would not do: browsers drop the Authorization header on it and the page's content security
+policy allows only its own origin. So the viewer page, when its offer is redirected, reloads
+itself, and this redirect sends it on. This tells whoever asks that a camera of that name exists
+and which node runs it; nothing more (watching still needs the token).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -36,12 +45,17 @@ async def index(request: Request) -> Response:
     return HTMLResponse(_html("index.html"), headers=HEADERS)
 
 
-async def viewer(request: Request) -> Response:
-    """One camera's live view over WHEP."""
-    return HTMLResponse(_html("viewer.html"), headers=HEADERS)
+def routes(owner_url: Callable[[str], str | None] = lambda camera: None) -> list[BaseRoute]:
+    """``owner_url(camera)``: the base URL of the cluster node that runs ``camera``, if not this one."""
 
+    async def viewer(request: Request) -> Response:
+        """One camera's live view over WHEP (on the node that runs it)."""
+        owner = owner_url(request.path_params["camera"])
+        if owner is not None:
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(f"{owner}{request.url.path}{query}", status_code=307, headers=HEADERS)
+        return HTMLResponse(_html("viewer.html"), headers=HEADERS)
 
-def routes() -> list[BaseRoute]:
     return [
         Route("/", index, methods=["GET"]),
         Route("/view", index, methods=["GET"]),

@@ -8,6 +8,10 @@ the camera removed or edited: :meth:`WhepServer.end_camera`).
 Its ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the viewer's candidates outside the
 allowed networks are taken out of the offer (counted in :attr:`WhepServer.ignored_candidates`).
 
+In a cluster, an offer for a camera another node runs is answered ``307 Temporary Redirect`` to
+that node's URL (the same path and query; WHEP clients re-send the offer there), after the
+authorization check, so only those who may watch the camera learn where it runs.
+
 Sessions, connected or still connecting, are capped per principal, per address and in all
 (:mod:`gateway.limits`): an offer over a cap is answered 429 (the client's own cap) or 503 (all
 taken) with a JSON error and ``Retry-After``, before any peer connection is made.
@@ -82,6 +86,7 @@ class WhepServer:
         camera_known: Callable[[str], bool] | None = None,
         ice: IcePolicy | None = None,
         caps: Caps = DEFAULT_CAPS,
+        owner_url: Callable[[str], str | None] | None = None,
     ) -> None:
         """``authorize(request, camera)``: an error response to send (401, 403, 429 ...), or
         None to go on; asked first, before anything reveals whether the camera exists. It may
@@ -90,10 +95,12 @@ class WhepServer:
         ``camera_known(camera)``: a configured camera whose renditions do not exist yet (no
         frame released so far) is answered 503 with Retry-After instead of 404.
         ``ice``: where peer connections gather and whom they talk to; default: the policy of a
-        gateway listening on 127.0.0.1 (the default ``listen.host``)."""
+        gateway listening on 127.0.0.1 (the default ``listen.host``).
+        ``owner_url(camera)``: the base URL of the cluster node that runs ``camera`` if not this one."""
         self._rendition_for = rendition_for
         self._authorize = authorize
         self._camera_known = camera_known or (lambda camera: False)
+        self._owner_url = owner_url or (lambda camera: None)
         self._ice_servers = list(ice_servers or [])
         self._ice = ice if ice is not None else IcePolicy.for_listen("127.0.0.1")
         #: remote candidates left out, by reason (``network``, ``hostname``, ``peer_reflexive``)
@@ -139,6 +146,11 @@ class WhepServer:
         refused = await self._authorize(request, camera)
         if refused is not None:
             return refused
+        owner = self._owner_url(camera)
+        if owner is not None:  # another node runs it: the client re-sends the offer there
+            query = f"?{request.url.query}" if request.url.query else ""
+            return PlainTextResponse(f"camera {camera} runs on {owner}\n", status_code=307,
+                                     headers={"Location": f"{owner}{request.url.path}{query}"})
         try:
             hold = self.ledger.take(peer_of(request), getattr(request.state, "principal", None))
         except Refused as full:

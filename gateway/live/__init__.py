@@ -8,7 +8,7 @@ keeps which policy runs where; :mod:`.moved` holds (blanks) a camera whose view 
 the one its zones were drawn on (the measures: :mod:`.views`); :mod:`.keyring` opens (or
 creates) the key directory the cameras seal with.
 
-May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.sealing`,
+May import :mod:`gateway.frames`, :mod:`gateway.config`, :mod:`gateway.cluster`, :mod:`gateway.sealing`,
 :mod:`gateway.ingest`, :mod:`gateway.egress`, :mod:`gateway.webrtc` and the public API of
 ``keys`` and ``redaction``; never ``api`` or ``cli``.
 """

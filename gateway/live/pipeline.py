@@ -152,6 +152,9 @@ class CameraPipeline:
         self.worker_faults = Faults(f"camera {camera}: pipeline worker")
         #: why every frame leaves blanked, redacted or not (a moved camera, see :mod:`.moved`); None: released
         self.held: str | None = None
+        #: asked for each redacted frame: False and it leaves blanked (a cluster node whose lease on
+        #: the camera is in doubt, :meth:`gateway.cluster.ClusterNode.may_release`); None: always released
+        self.fence: Callable[[], bool] | None = None
         #: told of every redacted frame as it is released or withheld (O(1): it keeps a reference)
         self.observe: Callable[[np.ndarray], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{camera}", daemon=True)
@@ -447,6 +450,8 @@ class CameraPipeline:
                         # zones may miss what they were drawn on
                         slot.state = "blanked"
                         self.stats.held += 1
+                    if slot.state == "redacted" and self.fence is not None and not self.fence():
+                        slot.state = "blanked"  # another node may own the camera by now
                     if slot.state == "redacted":
                         self.stats.released += 1
                         self.stats.last_redacted = time.monotonic()

@@ -4,7 +4,10 @@
 :class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
 :mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back and the
 view thread that looks for moved cameras (:mod:`.moved`), and switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
-others run; those changes are kept for the next start by :mod:`.camera_changes`. It knows
+others run; those changes are kept for the next start by :mod:`.camera_changes`. With a ``cluster``
+section the configured cameras are shared with other nodes (:mod:`gateway.cluster`): this runtime
+starts a camera when its node takes the camera's lease and stops it when the lease goes, and its
+frames leave blanked whenever the lease is in doubt; cameras are then not changed at run time. It knows
 nothing of HTTP or of who is asking: the network entry points (WHEP, WHIP, RTSP, the API) are
 built over it by :mod:`gateway.api`.
 
@@ -37,6 +40,7 @@ from keys import (
 )
 from redaction import Policy, default_threads
 
+from ..cluster import ClusterNode
 from ..config import Camera, GatewayConfig
 from ..storage import open_vault
 from ..webrtc import Codec
@@ -89,10 +93,16 @@ class Runtime:
         self._changing = threading.Lock()  # one change of the cameras (or of a camera's policy) at a time
         self._starting: frozenset[str] = frozenset()  # cameras being added or edited: known, not running yet
         self._closed = False
+        self._policies = {name: restored.get(name, policies[name]) for name in config.cameras}
         for name, camera in config.cameras.items():
-            policy = restored.get(name, policies[name])
-            self.activations.started(name, policy)
-            self.cameras[name] = self._build(name, camera, policy, directory.identities)
+            self.activations.started(name, self._policies[name])
+            if config.cluster is None:
+                self.cameras[name] = self._build(name, camera, self._policies[name], directory.identities)
+        #: the cluster node whose leases say which cameras run here (None: every camera runs here)
+        self.cluster = None if config.cluster is None else ClusterNode(
+            config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera)
+        #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
+        self.on_parked: Callable[[str, LiveCamera], None] | None = None
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._tick, name="watchdog", daemon=True)
         self._views = threading.Thread(target=self._look, name="views", daemon=True)
@@ -127,7 +137,10 @@ class Runtime:
         (two single-threaded sessions working at once do 1.8x the inferences of one, two
         two-threaded sessions fighting over two cores only 1.6x: perf/README.md, thread placement).
         Cameras running already keep the share they started with."""
-        return max(1, default_threads() // max(1, len(self.config.cameras)))
+        cameras = len(self.config.cameras)
+        if self.config.cluster is not None:
+            cameras = min(cameras, self.config.cluster.capacity)
+        return max(1, default_threads() // max(1, cameras))
 
     def _reopen(self, camera: str, policy: Policy, identities: list, first_frame: int, first_pts_us: int) -> Sealer:
         """A camera's sealer opened anew after a failure, as a restart would (it recovers what the
@@ -158,6 +171,7 @@ class Runtime:
         :class:`KeyError` if the camera is not running (removed, or being edited, meanwhile)."""
         with self._changing:
             switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
+            self._policies[camera] = policy  # what it runs if it starts again here (cluster)
             try:
                 self.activations.activated(camera, version)
             except OSError:
@@ -287,6 +301,41 @@ class Runtime:
     def _open_for_changes(self) -> None:
         if self._closed:
             raise RuntimeError("the gateway is stopping")
+        if self.cluster is not None:
+            raise RuntimeError("in a cluster, cameras are changed in every node's configuration (not at run time "
+                               "yet: docs/deploy.md)")
+
+    # --- cameras that follow a cluster's leases --------------------------------------------------
+
+    def run_camera(self, name: str) -> None:
+        """This node took ``name``'s lease: start it (blocking; a new recording and vault segment, as
+        at a restart). Its frames leave only while the lease is surely held. Raises what opening it
+        raised (the cluster node tries again later)."""
+        with self._changing:
+            if self._closed or name in self.cameras or name not in self.config.cameras:
+                return
+            policy = self._policies[name]
+            live = self._build(name, self.config.cameras[name], policy, self._roster(policy))
+            live.pipeline.fence = partial(self.cluster.may_release, name)
+            live.start()
+            self._running(name, live)
+            log.info("camera %s: started on node %s (its lease)", name, self.cluster.name)
+
+    def park_camera(self, name: str) -> None:
+        """``name``'s lease went (handed back, or in doubt): stop it as an edit stops it (blocking)."""
+        with self._changing:
+            live = self.cameras.get(name)
+            if live is None:
+                return
+            self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+            self._stop_camera(live)
+        log.info("camera %s: stopped on node %s (its lease went)", name, self.cluster.name)
+        if self.on_parked is not None:
+            self.on_parked(name, live)
+
+    def owner_url(self, camera: str) -> str | None:
+        """The base URL of the node running ``camera`` when that is another node (cluster); else None."""
+        return None if self.cluster is None or camera in self.cameras else self.cluster.owner_url(camera)
 
     def _roster(self, policy: Policy) -> list:
         """The key directory's identities now (people added since the start count), checked against
@@ -330,6 +379,8 @@ class Runtime:
         for camera in self.cameras.values():
             camera.source.start(camera.pipeline.offer)
         self.retention.start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     def stop(self) -> None:
         """Stop every camera: sources first, then pipelines (undecided frames leave blanked, sealers
@@ -337,6 +388,8 @@ class Runtime:
         finishes first; none starts after."""
         with self._changing:
             self._closed = True
+        if self.cluster is not None:
+            self.cluster.close()  # its cameras stop, then their leases are handed back at once
         self.retention.stop()
         for camera in self.cameras.values():
             try:
@@ -398,7 +451,15 @@ class Runtime:
         start neither the new camera nor the old one again) is degraded, and says so."""
         cameras = {name: camera.health() for name, camera in self.cameras.items()}
         for name in self.config.cameras:
-            if name not in cameras and name not in self._starting:
+            if name not in cameras and name not in self._starting and self.cluster is None:
                 cameras[name] = {"status": "degraded", "reasons": [_NOT_RUNNING]}
         ok = all(c["status"] == "ok" for c in cameras.values())
-        return {"status": "ok" if ok else "degraded", "cameras": cameras}
+        report = {"status": "ok" if ok else "degraded", "cameras": cameras}
+        if self.cluster is not None:
+            node = self.cluster
+            report["cluster"] = {"node": node.name, "owns": node.owned(), "elsewhere": node.elsewhere(),
+                                 "load": dict(node.stats.load), "takeovers": node.stats.takeovers,
+                                 "error": node.stats.error}
+            if node.stats.error is not None:
+                report["status"] = "degraded"
+        return report

@@ -31,7 +31,14 @@
     await iceGathered(pc);
     const response = await fetch(endpoint, {
       method: "POST", headers: { "Content-Type": "application/sdp", ...gatewayAuth }, body: pc.localDescription.sdp,
+      redirect: "manual",
     });
+    if (response.type === "opaqueredirect") {  // another node of a cluster runs the camera: its page, reloaded,
+      pc.close();                               // is redirected there (the token goes along in the fragment)
+      show("moving to the node that runs the camera");
+      location.reload();
+      return;
+    }
     if (response.status === 503) {  // the camera has no frame yet: try again shortly
       pc.close();
       show("waiting for the camera");

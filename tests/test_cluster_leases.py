@@ -1,0 +1,191 @@
+"""Camera leases against a real PostgreSQL (tests/postgres_support.py): claim, spread, renewal,
+expiry, take-over, epochs, hand-back, NOTIFY, and a node that loses the database stopping in time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from gateway.cluster import CHANNEL, SCHEMA_VERSION, ClusterNode, Leases, SchemaError, claim_limit
+from gateway.config import Cluster
+
+CAMERAS = [f"cam{i}" for i in range(6)]
+
+
+_OPEN: list[psycopg.Connection] = []
+
+
+@pytest.fixture
+def database(postgres):
+    yield postgres.database("leases")
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _leases(postgres, conninfo, node, capacity=10, lease_s=2.0) -> Leases:
+    password = postgres.password_file.read_text().strip()
+    _OPEN.append(connection := psycopg.connect(conninfo, password=password))
+    leases = Leases(connection, node, f"http://{node}.test:8080", capacity, lease_s)
+    leases.set_up()
+    return leases
+
+
+def _rows(postgres, conninfo):
+    with psycopg.connect(conninfo, password=postgres.password_file.read_text().strip()) as connection:
+        return {camera: (owner, epoch) for camera, owner, epoch in
+                connection.execute("SELECT camera, owner, epoch FROM camera_leases").fetchall()}
+
+
+def _settle(nodes, rounds=12):
+    """Rounds in turn, handing back what a round sheds, until nothing changes."""
+    for _ in range(rounds):
+        changed = False
+        for leases in nodes:
+            result = leases.round(CAMERAS)
+            if result.shed:
+                leases.release([result.shed])
+            changed |= bool(result.claimed or result.shed)
+        if not changed:
+            return
+
+
+def test_schema_is_created_once_and_a_newer_one_is_refused(postgres, database):
+    first = _leases(postgres, database, "a")
+    _leases(postgres, database, "b")  # a second node finds it there
+    with first.connection.cursor() as cur:
+        assert cur.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        cur.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    first.connection.commit()
+    with pytest.raises(SchemaError, match="upgrade this node"):
+        _leases(postgres, database, "c")
+
+
+def test_claim_limit_spreads_one_ahead_of_the_least_loaded_and_never_beyond_capacity():
+    assert claim_limit(0, 4, None) == 4  # alone: up to capacity
+    assert claim_limit(2, 4, 2) == 1  # one ahead of the least loaded other node
+    assert claim_limit(3, 4, 1) == 0
+    assert claim_limit(0, 1, 0) == 1 and claim_limit(1, 1, 0) == 0
+
+
+def test_six_cameras_spread_two_two_two_with_late_joiners_and_capacity(postgres, database):
+    a = _leases(postgres, database, "a", capacity=4)
+    first = a.round(CAMERAS)
+    assert len(first.claimed) == 4 and first.held == {c: 1 for c in first.claimed}  # alone, up to capacity
+    b, c = _leases(postgres, database, "b", capacity=4), _leases(postgres, database, "c", capacity=4)
+    _settle([a, b, c])
+    owners = [owner for owner, _ in _rows(postgres, database).values()]
+    assert sorted(owners.count(n) for n in "abc") == [2, 2, 2], owners
+    result = c.round(CAMERAS)
+    assert result.load == {"a": 2, "b": 2, "c": 2}
+    assert set(result.elsewhere.values()) == {"http://a.test:8080", "http://b.test:8080"}
+    # a node of capacity 1 never takes more, even with cameras free
+    d_db = postgres.database("cap")
+    d = _leases(postgres, d_db, "d", capacity=1)
+    assert len(d.round(CAMERAS).held) == 1 and len(d.round(CAMERAS).held) == 1
+
+
+def test_renewal_keeps_a_lease_expiry_frees_it_and_a_takeover_bumps_the_epoch(postgres, database):
+    a, b = _leases(postgres, database, "a", lease_s=1.5), _leases(postgres, database, "b", lease_s=1.5)
+    assert a.round(["x"]).held == {"x": 1}
+    for _ in range(3):  # renewed every half lease: b never gets it
+        time.sleep(0.75)
+        assert a.round(["x"]).held == {"x": 1}
+        assert b.round(["x"]).held == {}
+    time.sleep(1.7)  # a stops renewing; its lease expires
+    taken = b.round(["x"])
+    assert taken.held == {"x": 2} and taken.taken_over == ["x"]
+    assert a.round(["x"]).held == {}  # the old owner finds it gone (it must not renew an expired lease)
+    assert _rows(postgres, database) == {"x": ("b", 2)}
+
+
+def test_a_released_lease_is_announced_and_claimed_at_once(postgres, database):
+    a, b = _leases(postgres, database, "a"), _leases(postgres, database, "b")
+    a.round(["x"])
+    listener = psycopg.connect(database, password=postgres.password_file.read_text().strip(), autocommit=True)
+    listener.execute(f"LISTEN {CHANNEL}")
+    a.release(["x"])
+    notices = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notices] == ["a"]
+    assert b.round(["x"]).claimed == ["x"]
+    listener.close()
+
+
+class _Cameras:
+    """What a node's runtime is told: started and stopped cameras, with when."""
+
+    def __init__(self):
+        self.running: set[str] = set()
+        self.events: list[tuple[str, str, float]] = []
+        self.changed = threading.Event()
+
+    def start(self, camera):
+        self.running.add(camera)
+        self.events.append(("start", camera, time.monotonic()))
+        self.changed.set()
+
+    def stop(self, camera):
+        self.running.discard(camera)
+        self.events.append(("stop", camera, time.monotonic()))
+        self.changed.set()
+
+
+def _node(postgres, database, name, cameras, lease_s=1.5, capacity=10):
+    config = Cluster(node=name, url=f"http://{name}.test:8080", database=database,
+                     password_file=postgres.password_file, capacity=capacity, lease_s=lease_s)
+    node = ClusterNode(config, lambda: ["x", "y"], cameras.start, cameras.stop)
+    node.start()
+    return node
+
+
+def _wait(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_node_that_loses_the_database_stops_before_its_lease_ends_and_another_takes_over(postgres, database):
+    first, second = _Cameras(), _Cameras()
+    a = _node(postgres, database, "a", first)
+    try:
+        _wait(lambda: first.running == {"x", "y"})
+        assert a.may_release("x") and a.owned().keys() == {"x", "y"}
+        b = _node(postgres, database, "b", second)
+        try:
+            _wait(lambda: b.owner_url("x") == "http://a.test:8080")
+            # the lease table locked by someone else: a's rounds time out (as if partitioned)
+            blocker = psycopg.connect(database, password=postgres.password_file.read_text().strip())
+            blocker.execute("LOCK TABLE camera_leases IN ACCESS EXCLUSIVE MODE")
+            _wait(lambda: not first.running, timeout=5)
+            stopped = max(t for what, _, t in first.events if what == "stop")
+            assert stopped < a._valid_until, "a stopped only after its lease could have ended"
+            assert not a.may_release("x")
+            blocker.rollback()
+            blocker.close()
+            # its leases ran out unrenewed: whoever claims them first (b, or a once it reconnects) runs them,
+            # never both at once
+            _wait(lambda: len(first.running | second.running) == 2, timeout=10)
+            assert not first.running & second.running
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_node_that_stops_hands_its_cameras_over_at_once(postgres, database):
+    first, second = _Cameras(), _Cameras()
+    a = _node(postgres, database, "a", first, lease_s=9.0)  # expiry alone would take 9 s
+    b = None
+    try:
+        _wait(lambda: first.running == {"x", "y"})
+        b = _node(postgres, database, "b", second, lease_s=9.0)
+        _wait(lambda: len(second.running) == 1 and len(first.running) == 1, timeout=10)  # spread: one each
+        began = time.monotonic()
+        a.close()
+        _wait(lambda: second.running == {"x", "y"}, timeout=5)
+        assert time.monotonic() - began < 3, "the hand-back waited for a round instead of the NOTIFY"
+    finally:
+        a.close() if b is None else b.close()
