@@ -20,7 +20,7 @@ import numpy as np
 from .detector import Detector, default_threads
 from .gating import GatedDetection, Plan
 from .policy import Policy
-from .regions import Region, merge_duplicates
+from .regions import Region, merge_duplicates, overlap_of_smaller
 from .tracker import Tracker
 
 
@@ -170,6 +170,13 @@ class StreamRedactor:
     use two cores better than one two-threaded inference). Results are still taken, and the
     tracker updated, strictly in frame order; ``push`` blocks once ``workers`` detections are
     in flight, so memory stays bounded.
+
+    A stream that knows nothing yet looks twice before it releases: its first two detection frames
+    are read whole, at full quality, and the frames decided by the first look wait for the
+    second, whose regions they get too. One look misses a face now and then; with motion gating, a face that one
+    look missed and that does not move would stay bare until the sweep reached it, and a
+    stream that starts has no track to carry it through the miss (one start in ninety on the
+    tests' camera clip: three raw frames).
     """
 
     def __init__(
@@ -197,14 +204,16 @@ class StreamRedactor:
         self.tracker = Tracker(persist if persist is not None else detection.persist, detection.link)
         self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []
-        self._pending: deque[tuple[list[Frame], Plan | None, Future]] = deque()
+        self._pending: deque[tuple[list[Frame], Plan | None, Future, int]] = deque()  # ..., which look
         self._pool = ThreadPoolExecutor(self.workers, "detect") if self.workers > 1 else None
         self._count = 0
+        self._looks = 0  # detection frames submitted since the stream knew nothing (counts to 2)
+        self._first: list[Decision] | None = None  # the first look's frames, waiting for the second
 
     @property
     def held(self) -> int:
         """Frames taken but not yet released."""
-        return len(self._held) + sum(len(group) for group, _, _ in self._pending)
+        return len(self._held) + sum(len(group) for group, *_ in self._pending) + len(self._first or ())
 
     def push(self, frame: Frame) -> list[Decision]:
         """Take one frame; return the frames whose regions are now decided, in order."""
@@ -222,14 +231,18 @@ class StreamRedactor:
         """Decide every frame still held (end of stream)."""
         if self._held:
             self._submit(self._held.pop())
-        return self._collect(wait=True, everything=True)
+        out = self._collect(wait=True, everything=True)
+        if self._first is not None:  # the stream ended before a second look: what the first found
+            out, self._first = self._first + out, None
+        return out
 
     def skip(self) -> None:
         """The next detection frame will not come (it was lost): give up the frames held for it.
 
         They are never released (the caller blanks them). The tracks and the motion reference
         stay: the next detection frame's plan looks at everything that changed since the last
-        one analysed, and what it does not look at keeps its mask."""
+        one analysed, and what it does not look at keeps its mask. Frames of the first look still
+        waiting for the second keep waiting (the second is the next look that is not lost)."""
         self._held = []
 
     def close(self) -> None:
@@ -242,7 +255,9 @@ class StreamRedactor:
         self._held = []
         plan = (self._gating.plan(frame.image, frame.time, self.tracker.tracks(current=True))
                 if self._gating is not None else None)  # in frame order
-        if plan is None:
+        self._looks += 1
+        # the second look reads the whole frame too; its plan still says what stayed still (kept masks)
+        if plan is None or plan.whole or self._looks <= 2:
             work, args = self.analyzer.detect, (frame.image,)
         else:
             work, args = self._gating.run, (frame.image, plan)
@@ -254,13 +269,13 @@ class StreamRedactor:
                 future.set_exception(exc)
         else:
             future = self._pool.submit(work, *args)
-        self._pending.append((group, plan, future))
+        self._pending.append((group, plan, future, self._looks))
 
     def _collect(self, wait: bool, everything: bool = False) -> list[Decision]:
         """Release groups whose detection is done; with ``wait``, block while too many are in flight."""
         out: list[Decision] = []
         while self._pending:
-            group, plan, future = self._pending[0]
+            group, plan, future, look = self._pending[0]
             must = everything or (wait and len(self._pending) >= self.workers)
             if not (future.done() or must):
                 break
@@ -271,10 +286,10 @@ class StreamRedactor:
                     return out
                 raise
             self._pending.popleft()
-            out.extend(self._decide(group, plan, detections))
+            out.extend(self._decide(group, plan, detections, look))
         return out
 
-    def _decide(self, group: list[Frame], plan: Plan | None, detections: list[Region]) -> list[Decision]:
+    def _decide(self, group: list[Frame], plan: Plan | None, detections: list[Region], look: int) -> list[Decision]:
         if plan is not None and not plan.whole:  # what was not looked at again keeps its mask
             # the plan's passes (changed areas, sweep tile, known regions again) each found their
             # own boxes: one object seen by two of them is one region
@@ -286,4 +301,22 @@ class StreamRedactor:
         for held in group:
             height, width = held.image.shape[:2]
             out.append(Decision(held, self.analyzer.finish(step.at(held.time), width, height)))
-        return out
+        if look == 1:  # the first look: its frames wait for the second
+            self._first = out
+            return []
+        if look > 2 or self._first is None:
+            return out
+        # the second look: what it found was there a stride ago too (a margin covers the motion)
+        found, shape = out[-1].regions, out[-1].frame.image.shape
+        first = [Decision(d.frame, d.regions + [r for r in found if not _covered(r, d.regions)]
+                          if d.frame.image.shape == shape else d.regions) for d in self._first]
+        self._first = None
+        return first + out
+
+
+def _covered(region: Region, regions: list[Region]) -> bool:
+    """Whether ``regions`` already hold ``region`` (one of its class covering most of the smaller)."""
+    same = [r.box for r in regions if r.cls == region.cls]
+    if not same:
+        return False
+    return bool((overlap_of_smaller(np.array([region.box], float), np.array(same, float)) > 0.5).any())

@@ -70,20 +70,44 @@ def test_stride_detects_every_kth_frame_and_releases_in_order():
 
 
 def test_back_fill_covers_frames_held_before_a_first_detection():
+    """Frames 1-3 get the face first found at 4 (back-filled along its track); frame 0, the stream's first
+    look, waited for the second (at 4) and gets what it found: one look misses a face now and then."""
     detector = ScriptedDetector({4: [Region("face", 50, 50, 10, 10, 0.9)]})
     stream = StreamRedactor(Analyzer(FACES, {"face": detector}), stride=4, persist=0.0)
     released = [d for f in frames(5) for d in stream.push(f)]
     assert [d.frame.index for d in released] == [0, 1, 2, 3, 4]
-    assert [len(d.regions) for d in released] == [0, 1, 1, 1, 1]
+    assert [len(d.regions) for d in released] == [1, 1, 1, 1, 1]
     assert released[1].regions[0].track == released[4].regions[0].track
+    assert released[0].regions[0].box == released[4].regions[0].box
+
+
+def test_a_stream_looks_twice_before_it_releases():
+    """A face the first look missed (the tests' camera clip has such a frame) is masked on the first
+    look's frame too, from the second look; where both looks found it, it is masked once."""
+    face = Region("face", 50, 50, 20, 20, 0.9)
+    detector = ScriptedDetector({2: [face], 4: [face], 6: [face]})  # missed at 0
+    stream = StreamRedactor(Analyzer(FACES, {"face": detector}), stride=2, persist=0.0)
+    released = []
+    for frame in frames(7):
+        got = stream.push(frame)
+        if frame.index == 0:
+            assert got == [] and stream.held == 1  # the first look's frame waits for the second
+        released += got
+    assert [d.frame.index for d in released] == [0, 1, 2, 3, 4, 5, 6]
+    assert all(len(d.regions) == 1 for d in released)
+    twice = ScriptedDetector({0: [face], 2: [face]})
+    stream = StreamRedactor(Analyzer(FACES, {"face": twice}), stride=2, persist=0.0)
+    first = [d for f in frames(3) for d in stream.push(f)][0]
+    assert first.frame.index == 0 and [r.box for r in first.regions] == [face.box]
 
 
 def test_held_frames_are_not_released_before_the_next_detection():
     stream = StreamRedactor(Analyzer(FACES, {"face": ScriptedDetector({})}), stride=5)
-    assert len(stream.push(next(frames(1)))) == 1
+    assert stream.push(next(frames(1))) == []  # the first look waits for the second
     for frame in list(frames(4))[1:]:
         assert stream.push(frame) == []
-    assert stream.held == 3
+    assert stream.held == 4
+    assert [d.frame.index for d in stream.flush()] == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
@@ -167,3 +191,20 @@ def test_a_stream_s_detectors_use_its_share_of_the_cores(cores, workers, expecte
         assert detector._session.get_session_options().intra_op_num_threads == expected
     pinned = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 2}})
     assert build_detectors(pinned, cores=1)["face"]._session.get_session_options().intra_op_num_threads == 2
+
+
+def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it(data):
+    """The serve tests' camera clip (a talking head, 30 fps): at its frame 58 the detector finds no
+    face; a live stream (stride 2, motion gating) that starts there had nothing to carry the face
+    through that miss, and released frames 58-60 bare (caught by CI, once in ninety starts). Every
+    start must mask a face on every frame."""
+    policy = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"stride": 2, "threads": 1}})
+    analyzer = Analyzer(policy)
+    with av.open(str(data / "videos" / "short_hamilton_clip.mp4")) as container:
+        images = [f.to_ndarray(format="bgr24") for _, f in zip(range(72), container.decode(video=0))]
+    assert not [r for r in analyzer.regions(images[58]) if r.cls == "face"]  # the miss this is about
+    for start in (56, 58):
+        stream = StreamRedactor(analyzer, stride=2, by_index=True)
+        decided = [d for i in range(start, 72) for d in stream.push(Frame(i, i / 30, images[i].copy()))]
+        assert [d.frame.index for d in decided] == list(range(start, start + len(decided))) and len(decided) >= 12
+        assert not [d.frame.index for d in decided if not [r for r in d.regions if r.cls == "face"]], start
