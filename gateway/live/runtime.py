@@ -40,7 +40,7 @@ from keys import (
 )
 from redaction import Policy, default_threads
 
-from ..cluster import ClusterNode
+from ..cluster import ClusterNode, TakeOver
 from ..config import Camera, GatewayConfig
 from ..storage import open_vault
 from ..webrtc import Codec
@@ -101,6 +101,8 @@ class Runtime:
         #: the cluster node whose leases say which cameras run here (None: every camera runs here)
         self.cluster = None if config.cluster is None else ClusterNode(
             config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera)
+        if self.cluster is not None:
+            self.cluster.on_takeover = self._took_over
         #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
         self.on_parked: Callable[[str, LiveCamera], None] | None = None
         self._stop = threading.Event()
@@ -154,6 +156,11 @@ class Runtime:
         if ref is not None:
             self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
                 "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
+
+    def _took_over(self, event: TakeOver) -> None:
+        """Log a camera taken over from a node that stopped renewing its lease: the gap in its footage
+        (``vault verify`` reports it as a gap, not as damage)."""
+        self.store.audit.append(GATEWAY_ACTOR, self.signer, "take-over", event.details())
 
     def codecs(self, camera: str, config: Camera | None = None) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
