@@ -172,9 +172,9 @@ class _Cluster(Collector):
                                  "node's last lease round", labels=["node"])
         for name, count in sorted(node.stats.load.items()):
             load.add_metric([name], count)
-        gaps = GaugeMetricFamily("privacy_gateway_camera_gap_seconds", "Upper bound of the footage missing at "
-                                 "this node's last take-over of the camera: from the previous owner's last lease "
-                                 "renewal to the camera running here", labels=["camera", "node"])
+        gaps = GaugeMetricFamily("privacy_gateway_camera_gap_seconds", "The footage gap at this node's last "
+                                 "take-over of the camera, estimated from the previous owner's last lease renewal "
+                                 "to the camera started here", labels=["camera", "node"])
         for camera, seconds in sorted(node.stats.gaps.items()):
             gaps.add_metric([camera, node.name], seconds)
         yield owned

@@ -66,8 +66,9 @@ class TakeOver:
     """A camera this node took over from a node that stopped renewing its lease, once started here.
 
     The previous owner released frames at most until its lease's last renewal plus two thirds of a
-    lease, and may have stopped any time after that renewal (killed): ``gap_s``, from that renewal
-    (``expired_at - lease_s``) to the claim here plus the camera's start, bounds the footage missing.
+    lease, and may have stopped any time after that renewal (killed): ``gap_s`` runs from that renewal
+    (``expired_at - lease_s``) to the camera started here (claim plus start). An estimate, not a bound:
+    the old owner may have recorded past the renewal, and the first frame here comes after the start.
     The previous owner's open recording and segment are not in the bucket (docs/deploy.md)."""
 
     camera: str
