@@ -18,6 +18,7 @@ The modules, one concept each:
 - :mod:`.store` the vault (:class:`VaultStore`): what is kept where; no path leaves it.
 - :mod:`.cosigner` the online co-signer (OpenBao transit): :class:`CoSigner`, :func:`set_up`, people's access.
 - :mod:`.audit` the hash-chained, signed, append-only audit log (:class:`AuditLog`).
+- :mod:`.audit_mirror` its copy in the object store, one object per entry (:class:`AuditMirror`).
 - :mod:`.seal` the :class:`Sealer` the redaction side holds (public keys only).
 - :mod:`.unmask` audited selective restoration (:class:`Unmask`), :func:`recording_tracks`, :func:`regions_at`
   and :func:`tracks_at`.
@@ -29,6 +30,7 @@ The modules, one concept each:
 """
 
 from .audit import AuditLog, verify_entry
+from .audit_mirror import AUDIT_PREFIX, AuditMirror
 from .cosigner import CoSigner, grant_access, nodes_of, revoke_access, set_up
 from .directory import KeyDirectory
 from .durable import atomic_dir, atomic_path, write_durably
@@ -74,7 +76,9 @@ __all__ = [
     "ROLES",
     "UNMASK_ROLES",
     "AuditError",
+    "AUDIT_PREFIX",
     "AuditLog",
+    "AuditMirror",
     "CoSigner",
     "CoSignerRefused",
     "CoSignerUnavailable",

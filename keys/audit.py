@@ -52,6 +52,9 @@ class AuditLog:
         #: called with (seq, line digest) after every append: where the head is checkpointed out of
         #: this file's reach (the co-signer; keys.store sets it when sealing)
         self.checkpoint: Callable[[int, str], None] | None = None
+        #: called with (seq, line) after every append, before :attr:`checkpoint`: where a copy of the
+        #: log is kept off the node (keys.audit_mirror; set when the vault is in a bucket)
+        self.mirror: Callable[[int, bytes], None] | None = None
 
     def exists(self) -> bool:
         """Whether anything was ever logged (the file is created by the first append)."""
@@ -101,9 +104,45 @@ class AuditLog:
                 fsync_dir(self.path.parent)
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror or exc}") from None
+        if self.mirror is not None:
+            self.mirror(seq, line[:-1])
         if self.checkpoint is not None:
             self.checkpoint(seq, hashlib.sha256(line[:-1]).hexdigest())
         return entry
+
+    def extend(self, lines: list[bytes]) -> None:
+        """Append entries already written and signed elsewhere (a copy of this log's tail), durably.
+
+        Each line must take the next place in the chain (its ``seq`` and ``prev``); raises
+        :class:`AuditError` at the first that does not, having appended none of them."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = _tail(fd)
+                for line in lines:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        entry = None
+                    if not isinstance(entry, dict) or entry.get("seq") != seq or entry.get("prev") != prev:
+                        raise AuditError(f"{self.path}: entry {seq} of the copy does not continue the log")
+                    seq, prev = seq + 1, hashlib.sha256(line).hexdigest()
+                data = b"".join(line + b"\n" for line in lines)
+                if data and os.write(fd, data) != len(data):
+                    raise OSError("short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror or exc}") from None
+
+    def lines(self) -> list[bytes]:
+        """Every non-blank line, as stored (no newline); ``[]`` before the first append."""
+        if not self.exists():
+            return []
+        return [line for line in self._read().split(b"\n") if line.strip()]
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ layout of docs/vault-format.md is exactly the object names.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import errno
 import os
 import shutil
@@ -78,6 +79,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Remove the object, durably; removing a missing object is not an error."""
+
+    def describe(self, prefix: str = "") -> list[tuple[str, int, dt.datetime]]:
+        """(name, size in bytes, when stored) of every object :meth:`list` names; the default reads them."""
+        now = dt.datetime.now(dt.UTC)
+        return [(name, len(self.get(name)), now) for name in self.list(prefix)]
 
     def __str__(self) -> str:
         """Where the objects are, for messages (a directory, a bucket URL)."""

@@ -17,8 +17,8 @@ is an :class:`OSError` whose message names the endpoint and bucket and never a c
 Timeouts and retries are bounded (botocore's ``standard`` retry mode), so a dead store is an
 error within about ``attempts * (connect_timeout + read_timeout)`` seconds, not a hang.
 
-Object Lock (:class:`ObjectLock`): when configured, finished segments (``segments/...``) are
-written with a retention (``COMPLIANCE`` or ``GOVERNANCE``) of ``days`` from the write, so that
+Object Lock (:class:`ObjectLock`): when configured, finished segments (``segments/...``) and the
+audit log's copy (``audit/...``) are written with a retention (``COMPLIANCE`` or ``GOVERNANCE``) of ``days`` from the write, so that
 nobody, the gateway included, can delete or replace the stored version before then. Nothing
 else is locked: key files must stay deletable, that is how retention crypto-shreds. The bucket
 must have been created with Object Lock enabled; :meth:`S3Objects.check` says so otherwise.
@@ -43,8 +43,9 @@ __all__ = ["LOCKED_PREFIXES", "MULTIPART_BYTES", "ObjectLock", "S3Objects"]
 
 #: files at least this large are uploaded in parts of this size (S3's smallest part is 5 MiB)
 MULTIPART_BYTES = 8 << 20
-#: the names Object Lock applies to: finished segments, never key files (they are shredded)
-LOCKED_PREFIXES = ("segments/",)
+#: the names Object Lock applies to: finished segments and the audit log's entries (keys.audit_mirror),
+#: never key files (they are shredded) nor recordings (retention deletes them)
+LOCKED_PREFIXES = ("segments/", "audit/")
 #: S3 error codes of a missing key (HeadObject has no body, so only its status)
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _REFUSED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -228,6 +229,22 @@ class S3Objects(ObjectStore):
                     with contextlib.suppress(ValueError):  # not an object of ours (a folder marker, a hidden name)
                         names.append(check_name(name))
         return sorted(names)
+
+    def describe(self, prefix: str = "") -> list[tuple[str, int, dt.datetime]]:
+        """As :meth:`list`, with each object's size and LastModified, from the same listing requests."""
+        if "\\" in prefix or "\0" in prefix:
+            raise ValueError(f"object prefix {prefix!r}: backslash or NUL")
+        out = []
+        with self._errors("listing", prefix or "/"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                           Prefix=self.prefix + prefix,
+                                                                           PaginationConfig=self._page)
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    with contextlib.suppress(ValueError):
+                        out.append((check_name(item["Key"][len(self.prefix):]), int(item["Size"]),
+                                    item["LastModified"]))
+        return sorted(out)
 
     def delete(self, name: str) -> None:
         """Remove every stored version of the object; a version Object Lock retains is refused (OSError)."""

@@ -19,9 +19,12 @@ What :func:`verify_vault` checks, in this order, stopping at the first damage wi
    shredded is damage too (a copy put back: it opens nothing, since the co-signer's keys are
    gone, but it must not pass unnoticed);
 5. the signature of the vault's copy of the roster, whether or not the key directory was given;
-6. given the recordings' directory (``<camera>/<file>``) and a way to count a file's frames:
-   every recording the log says was written (``recorded``) is there, holding the frames it
-   logged, unless a ``retention`` entry deleted it: a recording cut or replaced fails.
+6. given the recordings' directory (``<camera>/<file>``) and a way to count a file's frames
+   (or ``recording_frames(camera, file)``, None when it is missing: recordings in a bucket): every recording the log says was written (``recorded``) is there, holding the
+   frames it logged, unless a ``retention`` entry deleted it: a recording cut or replaced fails.
+
+A ``take-over`` entry (a cluster node took a camera from a node that stopped renewing its
+lease) is a gap in that camera's footage, not damage: the report lists them (:attr:`VaultReport.gaps`).
 
 Segments left unfinished by a crash are not damage: they are counted per camera in the
 report, and recovered when sealing resumes. Nothing is repaired or changed.
@@ -49,6 +52,8 @@ class VaultReport:
     segments: int  # segments verified, all cameras together
     entries: int  # audit log entries verified (0: no log yet)
     partials: dict[str, int] = field(default_factory=dict)  # camera -> unfinished segments, only where > 0
+    #: the ``take-over`` entries' details (camera, previous, epoch, expired_at, claimed_at, gap_s), in log order
+    gaps: tuple[dict, ...] = ()
 
 
 def verify_audit(store: VaultStore, cosigner: CoSigner | None = None) -> int:
@@ -82,7 +87,8 @@ def _missing_log(store: VaultStore, anchors: list[tuple[int, str, str]]) -> None
 
 
 def verify_vault(store: VaultStore, cosigner: CoSigner | None = None, recordings: Path | None = None,
-                 frames_of: Callable[[Path], int] | None = None) -> VaultReport:
+                 frames_of: Callable[[Path], int] | None = None, *,
+                 recording_frames: Callable[[str, str], int | None] | None = None) -> VaultReport:
     """Check every segment chain, key file and the audit log against each other (see the module docstring)."""
     log: list[dict] = []
     verify_audit(store, cosigner)
@@ -133,11 +139,20 @@ def verify_vault(store: VaultStore, cosigner: CoSigner | None = None, recordings
         if unfinished:
             partials[camera] = len(unfinished)
     if recordings is not None and frames_of is not None:
-        _check_recordings(log, Path(recordings), frames_of)
-    return VaultReport(tuple(cameras), total, len(log), partials)
+        directory = Path(recordings)
+
+        def counted(camera: str, file: str) -> int | None:
+            path = directory / camera / file
+            return frames_of(path) if path.is_file() else None
+
+        _check_recordings(log, counted)
+    elif recording_frames is not None:
+        _check_recordings(log, recording_frames)
+    gaps = tuple(e["details"] for e in log if e.get("action") == "take-over" and isinstance(e.get("details"), dict))
+    return VaultReport(tuple(cameras), total, len(log), partials, gaps)
 
 
-def _check_recordings(log: list[dict], recordings: Path, frames_of: Callable[[Path], int]) -> None:
+def _check_recordings(log: list[dict], frames_of: Callable[[str, str], int | None]) -> None:
     deleted = {name for e in log if e.get("action") == "retention"
                for name in [*e["details"].get("expired", []), *e["details"].get("evicted", [])]}
     for entry in log:
@@ -147,11 +162,10 @@ def _check_recordings(log: list[dict], recordings: Path, frames_of: Callable[[Pa
         name = f"{details['camera']}/{details['file']}"
         if name in deleted:
             continue
-        path = recordings / details["camera"] / details["file"]
-        if not path.is_file():
+        frames = frames_of(details["camera"], details["file"])
+        if frames is None:
             raise IntegrityError(f"recording {name} is missing (audit entry {entry['seq']} logged it; no retention "
                                  "run deleted it)")
-        frames = frames_of(path)
         if frames != details["frames"]:
             raise IntegrityError(f"recording {name} holds {frames} frames; audit entry {entry['seq']} logged "
                                  f"{details['frames']} (cut or edited?)")

@@ -69,23 +69,25 @@ def _request(port, method, path, token=None, body=None, headers=None):
 
 
 class Node:
-    def __init__(self, name, tmp, keys, clip, postgres, database, openbao):
+    def __init__(self, name, tmp, keys, clip, postgres, database, openbao, cameras=CAMERAS, objects=None, capacity=4):
+        """``objects``: a ``storage.objects`` section (the nodes' shared bucket)."""
         self.name, self.dir, self.port = name, tmp / name, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data = self.dir / "data"
         shutil.copytree(keys, data / "keys")
         store = TokenStore(data / "access")
         self.token, _ = store.issue("officer", None, 3600.0, "test")
-        store.grant("viewer", CAMERAS)
+        store.grant("viewer", cameras)
         self.viewer, _ = store.issue("viewer", None, 3600.0, "test")
         (self.dir / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
         config = {
             "cameras": {camera: {"source": str(clip), "policy": "faces.yaml", "holdback_ms": 1000,
-                                 "renditions": ["h264"]} for camera in CAMERAS},
-            "storage": {"data_dir": "data", "recording_seconds": 2.0, "recording_preset": "ultrafast"},
+                                 "renditions": ["h264"]} for camera in cameras},
+            "storage": {"data_dir": "data", "recording_seconds": 2.0, "recording_preset": "ultrafast",
+                        **({"objects": objects} if objects is not None else {})},
             "listen": {"host": "127.0.0.1", "port": self.port}, "escrow": openbao.config(),
             "cluster": {"node": name, "url": self.url, "database": database, "password_file": str(postgres.password_file),
-                        "capacity": 4, "lease_s": LEASE_S},
+                        "capacity": capacity, "lease_s": LEASE_S},
         }
         (self.dir / "gateway.yaml").write_text(json.dumps(config))
         self.log = open(self.dir / "serve.log", "wb")  # noqa: SIM115 (closed in stop)

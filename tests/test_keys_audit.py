@@ -178,3 +178,38 @@ def test_entries_is_the_one_reader(log, tmp_path):
     write(log, [*lines(log), b"", b"[1, 2]", b"\xff{"])
     assert [e.get("seq") for e in audit.entries()] == [1, 2, 3, None, None]
     assert audit.entries()[3:] == [{"malformed": "[1, 2]"}, {"malformed": "\ufffd{"}]
+
+
+# --- the copy in the object store (keys/audit_mirror.py) -------------------------------------------
+
+def test_the_copy_in_the_store_follows_rebuilds_and_refuses_a_fork(tmp_path):
+    from keys.audit_mirror import AuditMirror
+    from keys.objects import MemoryObjects
+
+    objects = MemoryObjects()
+    node = AuditLog(tmp_path / "node.log")
+    node.mirror = AuditMirror(objects)
+    for n in range(3):
+        node.append("ivan", IVAN, "unmask", {"n": n})
+    assert objects.list("audit/") == [f"audit/{n:012d}.json" for n in (1, 2, 3)]
+    assert [objects.get(f"audit/{n:012d}.json") for n in (1, 2, 3)] == node.lines()
+
+    # the node's disk is gone: the copy rebuilds the log byte for byte, and it verifies
+    fresh = AuditLog(tmp_path / "fresh.log")
+    assert AuditMirror(objects).sync(fresh) == (0, 3)
+    assert fresh.path.read_bytes() == node.path.read_bytes()
+    assert fresh.verify(lambda actor: IVAN.public_key()) == 3
+
+    # an entry appended elsewhere (an unmask of a dead node's footage) reaches the node at its next start
+    fresh.mirror = AuditMirror(objects)
+    fresh.append("ivan", IVAN, "unmask", {"n": 3})
+    assert AuditMirror(objects).sync(node) == (0, 1) and node.path.read_bytes() == fresh.path.read_bytes()
+
+    # a put that failed is made by the next sync; two writers at one place in the chain are refused
+    objects.delete("audit/000000000004.json")
+    assert AuditMirror(objects).sync(node) == (1, 0)
+    node.mirror = None
+    node.append("ivan", IVAN, "unmask", {"n": "node"})
+    fresh.append("ivan", IVAN, "unmask", {"n": "elsewhere"})
+    with pytest.raises(AuditError, match="entry 5 differs from its copy"):
+        AuditMirror(objects).sync(node)

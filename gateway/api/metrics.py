@@ -172,8 +172,14 @@ class _Cluster(Collector):
                                  "node's last lease round", labels=["node"])
         for name, count in sorted(node.stats.load.items()):
             load.add_metric([name], count)
+        gaps = GaugeMetricFamily("privacy_gateway_camera_gap_seconds", "The footage gap at this node's last "
+                                 "take-over of the camera, estimated from the previous owner's last lease renewal "
+                                 "to the camera started here", labels=["camera", "node"])
+        for camera, seconds in sorted(node.stats.gaps.items()):
+            gaps.add_metric([camera, node.name], seconds)
         yield owned
         yield load
+        yield gaps
         yield CounterMetricFamily("privacy_gateway_lease_takeovers", "Camera leases this node took over from a "
                                   "node that stopped renewing them", value=node.stats.takeovers)
         yield CounterMetricFamily("privacy_gateway_lease_claims", "Camera leases this node claimed (free, handed "

@@ -21,15 +21,17 @@ records' headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 from cryptography.exceptions import InvalidSignature
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -77,6 +79,7 @@ class Recordings:
         seals = [e["details"] for e in self.store.audit.entries()
                  if e.get("action") == "seal" and e["details"].get("camera") == camera]
         out = []
+        files = self.runtime.archive.files(camera) if seals else set()
         for details in seals:
             key = (camera, details["recording"])
             first, last = details["segments"]
@@ -88,7 +91,7 @@ class Recordings:
                 with self._lock:
                     self._spans[key] = span
             out.append({"recording": details["recording"], "started": span[0], "ended": span[1],
-                        "segments": [first, last], "video": self.video(camera, details["recording"]).is_file()})
+                        "segments": [first, last], "video": f"{details['recording']}.mp4" in files})
         return out
 
     def seal(self, camera: str, recording: str) -> dict:
@@ -110,17 +113,34 @@ class Recordings:
         first, last = self.seal(camera, recording)["segments"]
         return range(first, last + 1)
 
-    def video(self, camera: str, recording: str) -> Path:
-        return self.runtime.recordings / camera / f"{recording}.mp4"
+    def video(self, camera: str, recording: str) -> tuple[Path, bool] | None:
+        """The recording's file (a temporary download when it is in the bucket: True, remove it after),
+        or None if the gateway no longer has it."""
+        archive, file = self.runtime.archive, f"{recording}.mp4"
+        path = archive.directory / camera / file
+        if path.is_file():
+            return path, False
+        if archive.objects is None:
+            return None
+        try:
+            return archive.download(camera, file), True
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _video(self, camera: str, recording: str) -> Iterator[Path]:
+        try:
+            with self.runtime.archive.local(camera, f"{recording}.mp4") as path:
+                yield path
+        except FileNotFoundError:
+            raise VaultError(f"recording {recording}: the gateway no longer has its video") from None
 
     def ref(self, camera: str, recording: str) -> VaultRef:
         """Where the redacted recording starts in its sealed records (carried in the file's metadata)."""
         self.seal(camera, recording)
-        path = self.video(camera, recording)
-        if not path.is_file():
-            raise VaultError(f"recording {recording}: the gateway no longer has its video")
         try:
-            ref = VaultRef.decode(video_comment(path))
+            with self._video(camera, recording) as path:
+                ref = VaultRef.decode(video_comment(path))
         except MediaError as exc:
             raise VaultError(str(exc)) from None
         if ref is None or (ref.camera, ref.recording) != (camera, recording):
@@ -156,10 +176,8 @@ class Recordings:
     def frame(self, camera: str, recording: str, at: float) -> VideoFrame:
         """The redacted frame shown at media time ``at`` (the nearest one; the last past the end)."""
         self.seal(camera, recording)
-        path = self.video(camera, recording)
-        if not path.is_file():
-            raise VaultError(f"recording {recording}: the gateway no longer has its video")
-        return frame_at(path, at)
+        with self._video(camera, recording) as path:
+            return frame_at(path, at)
 
 
 class RecordingRoutes:
@@ -209,10 +227,12 @@ class RecordingRoutes:
 
     async def video(self, request: Request, who: Principal, body: bytes) -> Response:
         camera, recording = self._camera(request, who), self._recording(request)
-        path = self.recordings.video(camera, recording)
-        if not path.is_file():
+        found = await asyncio.to_thread(self.recordings.video, camera, recording)
+        if found is None:
             raise Denied(404, "no such recording")
-        return FileResponse(path, media_type="video/mp4")
+        path, temporary = found
+        return FileResponse(path, media_type="video/mp4",
+                            background=BackgroundTask(path.unlink, missing_ok=True) if temporary else None)
 
     async def frame(self, request: Request, who: Principal, body: bytes) -> Response:
         """One redacted frame (JPEG); ``X-Frame-Time``: its media time, which ``/subjects`` takes."""

@@ -52,7 +52,7 @@ from ..files import (
     write_image,
 )
 from ..openbao import OpenBaoError, read_credentials
-from ..storage import open_vault
+from ..storage import Recordings, open_vault
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
@@ -135,8 +135,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     check_vault.add_argument("--vault", type=Path, metavar="VAULT")
     _config_argument(check_vault)
     check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
-    check_vault.add_argument("--recordings", type=Path, metavar="DIR", help="also check every logged recording "
-                             "file under DIR/<camera>/ holds the frames logged for it (serve's <data>/recordings)")
+    check_vault.add_argument("--recordings", type=Path, metavar="DIR", nargs="?", const=_KEPT,
+                             help="also check every logged recording file under DIR/<camera>/ holds the frames "
+                             "logged for it (serve's <data>/recordings); with --config and no DIR: where the "
+                             "configuration keeps them (its disk, or the bucket: each downloaded to count it)")
     check_vault.set_defaults(run=_escrow(_vault_verify))
     evidence = commands.add_parser("evidence", help="the signed manifests unmask writes beside its output")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
@@ -155,10 +157,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 
+#: ``vault verify --recordings`` without a directory: the configuration's recordings
+_KEPT = Path("\0kept")
+
+
 def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="instead of --vault: the vault of this gateway "
                         "configuration, where its storage keeps it (under data_dir, or an S3 bucket); --keys "
                         "defaults to its key directory")
+    parser.add_argument("--node", metavar="NAME", help="with --config of a cluster node sharing an S3 bucket: the "
+                        "part of another node (a dead one's, say), its audit log rebuilt from its copy in the bucket")
 
 
 def _open_store(args: argparse.Namespace, directory: KeyDirectory | None = None) -> VaultStore:
@@ -167,12 +175,17 @@ def _open_store(args: argparse.Namespace, directory: KeyDirectory | None = None)
     if (args.vault is None) == (getattr(args, "config", None) is None):
         raise CommandError("give the vault: --vault VAULT or --config FILE (one of them)")
     if args.vault is not None:
+        if getattr(args, "node", None) is not None:
+            raise CommandError("--node goes with --config (a cluster's shared bucket), not --vault")
         return VaultStore.open(args.vault, directory)
     try:
         config, _ = load_config(args.config)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    store = open_vault(config, directory)
+    try:
+        store = open_vault(config, directory, node=getattr(args, "node", None))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     args.vault = store.location
     return store
 
@@ -231,8 +244,30 @@ def _unmask(args: argparse.Namespace) -> int:
             raise CommandError("--gateway fetches the recording and its sealed records: no REDACTED or --vault")
         return _remote_unmask(args)
     _keys_of(args)
+    if args.input is None and args.config is not None and args.camera and args.recording:
+        with _kept_recording(args) as args.input:  # in the bucket: a temporary download
+            return _unmask_local(args)
+    return _unmask_local(args)
+
+
+@contextlib.contextmanager
+def _kept_recording(args: argparse.Namespace) -> Iterator[Path]:
+    """``--camera``/``--recording`` of the configuration's recordings (``--node``'s), where they are kept."""
+    try:
+        archive = Recordings.of(load_config(args.config)[0], args.node)
+    except (ConfigError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    file = f"{args.recording}.mp4"
+    if not archive.exists(args.camera, file):
+        raise CommandError(f"{args.camera}/{file}: no such recording in {archive}")
+    with archive.local(args.camera, file) as path:
+        yield path
+
+
+def _unmask_local(args: argparse.Namespace) -> int:
     if args.input is None or (args.vault is None and args.config is None) or args.keys is None:
-        raise CommandError("unmask needs REDACTED, --vault and --keys, or --config (or --gateway URL)")
+        raise CommandError("unmask needs REDACTED (or, with --config, --camera and --recording), --vault and --keys, "
+                           "or --config (or --gateway URL)")
     source, target = args.input, args.output
     if not source.is_file():
         raise CommandError(f"cannot read {source}: no such file")
@@ -591,9 +626,26 @@ def _shred(args: argparse.Namespace) -> int:
 def _vault_verify(args: argparse.Namespace) -> int:
     store = _open_with_keys(args)
     cosigner, checked = _checkpoints_of(args, store)
-    report = verify_vault(store, cosigner, args.recordings, count_frames)
+    if args.recordings == _KEPT:
+        if args.config is None:
+            raise CommandError("--recordings without DIR needs --config")
+        archive = Recordings.of(load_config(args.config)[0], args.node)
+
+        def frames_of(camera: str, file: str) -> int | None:
+            try:
+                with archive.local(camera, file) as path:
+                    return count_frames(path)
+            except FileNotFoundError:
+                return None
+
+        report = verify_vault(store, cosigner, recording_frames=frames_of)
+    else:
+        report = verify_vault(store, cosigner, args.recordings, count_frames)
     for camera, count in sorted(report.partials.items()):
         print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
+    for gap in report.gaps:
+        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']} "
+              f"(its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
           f"verified (gateway key {store.fingerprint}){checked}")
     return 0

@@ -17,7 +17,7 @@ from .leases import (
     claim_limit,
     least_loaded,
 )
-from .node import ClusterNode, ClusterStats
+from .node import ClusterNode, ClusterStats, TakeOver
 
 __all__ = [
     "CHANNEL",
@@ -27,6 +27,7 @@ __all__ = [
     "Leases",
     "Round",
     "SchemaError",
+    "TakeOver",
     "claim_limit",
     "least_loaded",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 
@@ -77,6 +78,9 @@ class Round:
     elsewhere: dict[str, str] = field(default_factory=dict)
     #: node -> cameras held, over the live nodes (this one included)
     load: dict[str, int] = field(default_factory=dict)
+    #: camera -> (its previous owner, when that owner's lease expired, when this node claimed it; the
+    #: database's times), for every camera in ``taken_over``: the gap in its video starts before the expiry
+    previous: dict[str, tuple[str, datetime, datetime]] = field(default_factory=dict)
 
 
 class Leases:
@@ -121,18 +125,19 @@ class Leases:
             load = {name: (capacity, count) for name, capacity, count in cur.fetchall() if name != self.node}
             least = least_loaded(load)
             room = claim_limit(len(held), self.capacity, least)
-            claimed, taken_over = [], []
+            claimed, taken_over, previous = [], [], {}
             if room > 0:
-                cur.execute("SELECT camera, owner FROM camera_leases WHERE camera = ANY(%s) "
+                cur.execute("SELECT camera, owner, expires_at, now() FROM camera_leases WHERE camera = ANY(%s) "
                             "AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now()) "
                             "ORDER BY camera LIMIT %s FOR UPDATE SKIP LOCKED", (cameras, room))
-                for camera, owner in cur.fetchall():
+                for camera, owner, expired_at, now in cur.fetchall():
                     cur.execute("UPDATE camera_leases SET owner = %s, expires_at = now() + %s::interval, "
                                 "epoch = epoch + 1 WHERE camera = %s RETURNING epoch", (self.node, lease, camera))
                     held[camera] = cur.fetchone()[0]
                     claimed.append(camera)
                     if owner is not None and owner != self.node:
                         taken_over.append(camera)
+                        previous[camera] = (owner, expired_at, now)
             cur.execute("SELECT count(*) FROM camera_leases WHERE camera = ANY(%s) "
                         "AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now())", (cameras,))
             free = cur.fetchone()[0]
@@ -144,7 +149,7 @@ class Leases:
                         "WHERE l.owner <> %s AND l.expires_at > now()", (self.node,))
             elsewhere = dict(cur.fetchall())
         return Round(held, claimed, taken_over, shed, elsewhere, {self.node: len(held), **{
-            name: count for name, (_, count) in load.items()}})
+            name: count for name, (_, count) in load.items()}}, previous)
 
     def release(self, cameras: Collection[str]) -> None:
         """Hand ``cameras`` back (this node has stopped them): free at once, and the others told."""

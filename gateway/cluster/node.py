@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -56,6 +57,32 @@ class ClusterStats:
     error: str | None = None
     #: node -> cameras held, over the live nodes, at the last round
     load: dict[str, int] = field(default_factory=dict)
+    #: camera -> seconds of its last take-over's gap (:attr:`TakeOver.gap_s`)
+    gaps: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """A camera this node took over from a node that stopped renewing its lease, once started here.
+
+    The previous owner released frames at most until its lease's last renewal plus two thirds of a
+    lease, and may have stopped any time after that renewal (killed): ``gap_s`` runs from that renewal
+    (``expired_at - lease_s``) to the camera started here (claim plus start). An estimate, not a bound:
+    the old owner may have recorded past the renewal, and the first frame here comes after the start.
+    The previous owner's open recording and segment are not in the bucket (docs/deploy.md)."""
+
+    camera: str
+    previous: str
+    epoch: int
+    expired_at: datetime
+    claimed_at: datetime
+    gap_s: float
+
+    def details(self) -> dict:
+        """As the ``take-over`` audit entry records it."""
+        return {"camera": self.camera, "previous": self.previous, "epoch": self.epoch,
+                "expired_at": self.expired_at.isoformat(), "claimed_at": self.claimed_at.isoformat(),
+                "gap_s": round(self.gap_s, 3)}
 
 
 class ClusterNode:
@@ -77,6 +104,9 @@ class ClusterNode:
         self._running: dict[str, int] = {}  # camera -> the epoch it was started under (apply thread)
         self._failed: dict[str, float] = {}  # camera -> when it last failed to start
         self.stats = ClusterStats()
+        #: told of each take-over once the camera runs here (on the apply thread): the audit entry
+        self.on_takeover: Callable[[TakeOver], None] | None = None
+        self._taken: dict[str, tuple[str, datetime, datetime]] = {}  # camera -> Round.previous, until started
         self._closing = threading.Event()
         self._round_now = threading.Event()
         self._apply_now = threading.Event()
@@ -179,6 +209,8 @@ class ClusterNode:
         result = self._leases.round(self._cameras(), keep_out)
         with self._lock:
             self._held, self._valid_until = result.held, began + self.lease_s
+            self._taken = {camera: taken for camera, taken in {**self._taken, **result.previous}.items()
+                           if camera in result.held}
             self._elsewhere = result.elsewhere
             if result.shed is not None:
                 self._shedding.add(result.shed)
@@ -229,6 +261,7 @@ class ClusterNode:
                     break
                 if now - self._failed.get(camera, -_START_RETRY) < _START_RETRY:
                     continue
+                started = time.monotonic()
                 try:
                     self._start(camera)
                 except Exception:  # a camera that cannot start must not stop the others; tried again later
@@ -237,8 +270,27 @@ class ClusterNode:
                     self._failed[camera] = time.monotonic()
                     continue
                 self._running[camera] = wanted[camera]
+                self._took_over(camera, wanted[camera], time.monotonic() - started)
             self._apply_now.wait(_APPLY_TICK)
             self._apply_now.clear()
+
+    def _took_over(self, camera: str, epoch: int, start_s: float) -> None:
+        with self._lock:
+            previous = self._taken.pop(camera, None)
+        if previous is None:
+            return
+        owner, expired_at, claimed_at = previous
+        renewed = expired_at - timedelta(seconds=self.lease_s)
+        event = TakeOver(camera, owner, epoch, expired_at, claimed_at,
+                         (claimed_at - renewed).total_seconds() + start_s)
+        self.stats.gaps[camera] = event.gap_s
+        log.warning("cluster: node %s took camera %s over from %s (its lease expired at %s); its footage has a gap "
+                    "of at most %.1f s", self.name, camera, owner, expired_at.isoformat(), event.gap_s)
+        if self.on_takeover is not None:
+            try:
+                self.on_takeover(event)
+            except Exception:  # the camera runs either way; the log says why the entry is missing
+                log.exception("cluster: could not record the take-over of camera %s", camera)
 
     def _stop_camera(self, camera: str) -> None:
         self._running.pop(camera, None)

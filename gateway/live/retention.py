@@ -5,9 +5,12 @@ One run, in this order, each step audited by the vault's log:
 1. segments past their policy's ``retention_days`` are crypto-shredded (:func:`keys.shred`:
    the ``shred`` entry first, then the co-signer's transit keys, then the key files);
 2. recordings older than their camera's ``retention_days`` are deleted;
-3. if ``storage.quota_gb`` is set and the data directory holds more, the oldest recordings are
-   deleted until it does not (never one still being written), and the shortfall is logged when
-   nothing more can go.
+3. if ``storage.quota_gb`` is set and the data directory (plus the node's recordings in the bucket,
+   with ``storage.objects.s3``) holds more, the oldest recordings are deleted until it does not
+   (never one still being written), and the shortfall is logged when nothing more can go.
+
+Recordings are found where :class:`gateway.storage.Recordings` keeps them: on the node's disk, and
+(with a bucket) in the node's part of the bucket, where their age is the upload's time.
 
 The run's ``retention`` entry names what it deleted and the bytes in use. Counters per action
 are read by ``/metrics`` (``privacy_gateway_retention_actions_total``). A failing run is logged
@@ -26,6 +29,8 @@ from pathlib import Path
 from keys import GATEWAY_ACTOR, EscrowError, VaultStore, shred
 from redaction import Policy
 
+from ..storage import Recording, Recordings
+
 log = logging.getLogger(__name__)
 
 
@@ -38,10 +43,13 @@ class Retention:
 
     def __init__(self, store: VaultStore, signer, data_dir: Path, recordings: Path,
                  policies: Callable[[], dict[str, Policy]], open_files: Callable[[], set[Path]],
-                 period: float, quota_bytes: int | None = None, sealing: Callable[[], set[str]] = set) -> None:
-        """``sealing()``: the cameras this gateway's sealers are appending to (their chain locks are ours)."""
+                 period: float, quota_bytes: int | None = None, sealing: Callable[[], set[str]] = set,
+                 archive: Recordings | None = None) -> None:
+        """``sealing()``: the cameras this gateway's sealers are appending to (their chain locks are ours);
+        ``archive``: where finished recordings are (default: ``recordings`` on this disk only)."""
         self.store, self._signer = store, signer
         self.data_dir, self.recordings = Path(data_dir), Path(recordings)
+        self.archive = archive or Recordings(self.recordings)
         self._policies, self._open_files, self._sealing = policies, open_files, sealing
         self.period, self.quota_bytes = period, quota_bytes
         self.counts: Counter[str] = Counter()
@@ -68,31 +76,29 @@ class Retention:
         """One run (see the module docstring); returns what its ``retention`` entry says."""
         now = now or dt.datetime.now(dt.UTC)
         shredded = shred(self.store, self._signer, expired=True, now=now, sealing=self._sealing()).segments
-        open_files = {p.resolve() for p in self._open_files()}
-        recordings = sorted((p for p in self.recordings.glob("*/*.mp4") if p.resolve() not in open_files),
-                            key=lambda p: p.stat().st_mtime)
-        expired, evicted = [], []
+        recordings = self.archive.finished(self._open_files())
+        expired: list[Recording] = []
+        evicted: list[Recording] = []
         policies = self._policies()
-        for path in list(recordings):
-            policy = policies.get(path.parent.name)
+        for recording in list(recordings):
+            policy = policies.get(recording.camera)
             days = None if policy is None else policy.retention_days
-            ended = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-            if days is not None and ended + dt.timedelta(days=days) < now:
-                path.unlink()
-                expired.append(path)
-                recordings.remove(path)
-        used = _size(self.data_dir)
+            if days is not None and recording.modified + dt.timedelta(days=days) < now:
+                self.archive.delete(recording)
+                expired.append(recording)
+                recordings.remove(recording)
+        used = _size(self.data_dir) + sum(r.size for r in recordings if r.path is None)
         if self.quota_bytes is not None:
             while used > self.quota_bytes and recordings:
                 oldest = recordings.pop(0)
-                used -= oldest.stat().st_size
-                oldest.unlink()
+                used -= oldest.size
+                self.archive.delete(oldest)
                 evicted.append(oldest)
             if used > self.quota_bytes:
                 log.warning("data directory %s holds %d bytes, over its quota of %d, with no finished recording "
                             "left to delete", self.data_dir, used, self.quota_bytes)
-        details = {"segments_shredded": len(shredded), "expired": [_name(p) for p in expired],
-                   "evicted": [_name(p) for p in evicted], "used_bytes": used, "quota_bytes": self.quota_bytes}
+        details = {"segments_shredded": len(shredded), "expired": [r.name for r in expired],
+                   "evicted": [r.name for r in evicted], "used_bytes": used, "quota_bytes": self.quota_bytes}
         self.store.audit.append(GATEWAY_ACTOR, self._signer, "retention", details)
         self.counts.update({"runs": 1, "segments_shredded": len(shredded), "recordings_expired": len(expired),
                             "recordings_evicted": len(evicted)})
@@ -101,6 +107,3 @@ class Retention:
                         ", ".join(details["evicted"]))
         return details
 
-
-def _name(path: Path) -> str:
-    return f"{path.parent.name}/{path.name}"

@@ -40,9 +40,9 @@ from keys import (
 )
 from redaction import Policy, default_threads
 
-from ..cluster import ClusterNode
+from ..cluster import ClusterNode, TakeOver
 from ..config import Camera, GatewayConfig
-from ..storage import open_vault
+from ..storage import Recordings, open_vault
 from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
@@ -83,6 +83,9 @@ class Runtime:
         data, directory = config.storage.data_dir, self.directory
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
         self.store = store = open_vault(config, directory, cosigner=cosigner, manages_access=manages_access)
+        #: the finished recordings: moved to the bucket once logged, with storage.objects.s3
+        self.archive = Recordings.of(config)
+        self._began = time.time()
         self.signer = directory.signer
         self.changes = CameraChanges(data / "cameras.json", store)
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
@@ -101,6 +104,8 @@ class Runtime:
         #: the cluster node whose leases say which cameras run here (None: every camera runs here)
         self.cluster = None if config.cluster is None else ClusterNode(
             config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera)
+        if self.cluster is not None:
+            self.cluster.on_takeover = self._took_over
         #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
         self.on_parked: Callable[[str, LiveCamera], None] | None = None
         self._stop = threading.Event()
@@ -112,7 +117,7 @@ class Runtime:
             lambda: {**self._retired, **{name: camera.policy for name, camera in self.cameras.items()}},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
             config.storage.retention_check_s, None if quota is None else int(quota * 1e9),
-            sealing=lambda: set(self.cameras))
+            sealing=lambda: set(self.cameras), archive=self.archive)
 
     def _build(self, name: str, camera: Camera, policy: Policy, identities: list) -> LiveCamera:
         """``name`` wired (its sealer open, nothing started) under ``policy``, sealing to ``identities``."""
@@ -154,6 +159,15 @@ class Runtime:
         if ref is not None:
             self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
                 "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
+        try:
+            self.archive.archive(path)
+        except OSError as exc:  # it stays on this disk, where it is served from; the next start moves it
+            log.error("camera %s: recording %s stays on this node for now: %s", path.parent.name, path.name, exc)
+
+    def _took_over(self, event: TakeOver) -> None:
+        """Log a camera taken over from a node that stopped renewing its lease: the gap in its footage
+        (``vault verify`` reports it as a gap, not as damage)."""
+        self.store.audit.append(GATEWAY_ACTOR, self.signer, "take-over", event.details())
 
     def codecs(self, camera: str, config: Camera | None = None) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
@@ -381,6 +395,19 @@ class Runtime:
         self.retention.start()
         if self.cluster is not None:
             self.cluster.start()
+        if self.archive.objects is not None:
+            threading.Thread(target=self._archive_left, name="archive", daemon=True).start()
+
+    def _archive_left(self) -> None:
+        """Recordings an earlier run left on this disk (the bucket was down, or the node stopped first)."""
+        try:
+            moved = self.archive.archive_left(self._began)
+        except OSError as exc:
+            log.error("recordings left on this node could not be moved to %s (the next start tries again): %s",
+                      self.archive, exc)
+            return
+        if moved:
+            log.info("moved %d recordings left on this node to %s", moved, self.archive)
 
     def stop(self) -> None:
         """Stop every camera: sources first, then pipelines (undecided frames leave blanked, sealers
