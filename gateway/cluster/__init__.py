@@ -17,7 +17,7 @@ from .leases import (
     claim_limit,
     least_loaded,
 )
-from .node import ClusterNode, ClusterStats
+from .node import ClusterNode, ClusterStats, connect
 
 __all__ = [
     "CHANNEL",
@@ -28,5 +28,6 @@ __all__ = [
     "Round",
     "SchemaError",
     "claim_limit",
+    "connect",
     "least_loaded",
 ]
