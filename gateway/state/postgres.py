@@ -188,11 +188,15 @@ class TokenTable(TokenRows):
                 cur.execute(f"INSERT INTO access_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES "
                             f"({', '.join(['%s'] * len(_TOKEN_COLUMNS))}) ON CONFLICT (id) DO NOTHING",
                             [token.get(c) for c in _TOKEN_COLUMNS])
-                added += cur.rowcount
+                if cur.rowcount:
+                    notify(cur, "token", token["id"])  # nodes running already take it in
+                    added += 1
             for identity, cameras in grants.items():
                 cur.execute("INSERT INTO camera_grants (identity, cameras) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                             (identity, sorted(set(cameras))))
-                added += cur.rowcount
+                if cur.rowcount:
+                    notify(cur, "grant", identity)
+                    added += 1
             return added
 
         return self.database.run(work)
