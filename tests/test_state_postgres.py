@@ -22,6 +22,7 @@ from gateway.state.postgres import (
     SchemaError,
     SeenTable,
     StateDatabase,
+    StateUnavailable,
     TokenTable,
 )
 from keys import EscrowError, KeyDirectory, VaultStore, canonical
@@ -183,3 +184,24 @@ def test_two_versions_activated_at_once_the_last_commit_wins_and_both_nodes_agre
             one.close()
         for database in reading:
             database.close()
+
+
+def test_with_the_database_gone_a_change_fails_whole_and_checks_go_on_from_memory(nodes, tmp_path):
+    database = nodes[0]
+    store = TokenStore(tmp_path / "a", rows=TokenTable(database))
+    token, record = store.issue("viewer", None, 600.0, "officer")
+    store.grant("viewer", ["cam0"])
+
+    def unreachable():
+        raise psycopg.OperationalError("connection refused (test)")
+
+    database.close()
+    database._connector = unreachable
+    with pytest.raises(StateUnavailable, match="connection refused"):
+        store.issue("viewer", None, 600.0, "officer")
+    with pytest.raises(StateUnavailable):
+        store.revoke(record.id)
+    with pytest.raises(StateUnavailable):
+        store.grant("viewer", [])
+    assert store.tokens() == [record] and store.check(token) == record  # nothing changed here either
+    assert store.granted("viewer") == frozenset({"cam0"})

@@ -3,8 +3,9 @@
 :func:`guarded` wraps a handler ``(request, principal, body) -> Response``: it reads the body
 (at most :data:`MAX_BODY` bytes), authenticates the request (a bearer token or a signed request,
 the body included in what is signed) and turns :class:`~.access.Denied` into its JSON answer
-``{"error": "..."}``. Every change is written to the audit log by :class:`ChangeLog` before it is
-answered, off the event loop (the append takes a file lock and an fsync).
+``{"error": "..."}`` (a cluster's shared state out of reach: 503). Every change is written to
+the audit log by :class:`ChangeLog` before it is answered, off the event loop (the append takes a
+file lock and an fsync).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from keys import GATEWAY_ACTOR, AuditError, VaultStore
 
 from ..http import BodyTooLarge, json_error, peer_of, read_body, target_of
+from ..state.postgres import StateUnavailable
 from .access import Access, Denied, Principal
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def guarded(access: Access, handler: Handler) -> Callable[[Request], Awaitable[R
             return await handler(request, principal, body)
         except Denied as denied:
             return error(denied.status, denied.message, denied.headers, **denied.extra)
+        except StateUnavailable as exc:  # a cluster's database: nothing was changed, ask again later
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return error(503, "the cluster's shared state is unavailable; nothing was changed, try again later")
 
     return endpoint
 

@@ -200,12 +200,20 @@ class TokenStore:
 
     def grant(self, identity: str, cameras: list[str]) -> None:
         with self._lock:
+            before = self._grants.get(identity)
             if cameras:
                 self._grants[identity] = tuple(sorted(set(cameras)))
             else:
                 self._grants.pop(identity, None)
-            self._rows.put_grant(identity, list(self._grants.get(identity, ())),
-                                 {k: list(v) for k, v in sorted(self._grants.items())})
+            try:
+                self._rows.put_grant(identity, list(self._grants.get(identity, ())),
+                                     {k: list(v) for k, v in sorted(self._grants.items())})
+            except BaseException:
+                if before is None:  # as kept: the caller is told it failed
+                    self._grants.pop(identity, None)
+                else:
+                    self._grants[identity] = before
+                raise
 
     def refresh_grants(self, identity: str) -> frozenset[str]:
         """Take in ``identity``'s grant as kept now (another node changed it); blocking."""
