@@ -258,12 +258,11 @@ class CameraRoutes:
             raise Denied(400, "version: expected the 64-hex-digit version of a stored policy")
         policy = self.versions.policy(version)
         previous = self.runtime.active_version(camera)
-        if self.runtime.activations.rows.shared:
-            switched = await self.share(who, camera, policy, version)
-            return JSONResponse({"camera": camera, "version": version, "previous": previous, "switched": switched,
-                                 "runs_here": camera in self.runtime.cameras})
         switched = await self.activate(who, camera, policy, version)
-        return JSONResponse({"camera": camera, "version": version, "previous": previous, "switched": switched})
+        answer = {"camera": camera, "version": version, "previous": previous, "switched": switched}
+        if self.runtime.cluster is not None:  # whether this node runs it (else its node switches it)
+            answer["runs_here"] = camera in self.runtime.cameras
+        return JSONResponse(answer)
 
     async def share(self, who: Principal, camera: str, policy: Policy, version: str) -> bool:
         """Cluster: activate ``version`` on ``camera`` in the shared state, logged first (here:
@@ -292,7 +291,10 @@ class CameraRoutes:
             return False
 
     async def activate(self, who: Principal, camera: str, policy: Policy, version: str) -> bool:
-        """Switch ``camera`` to ``policy`` live, logged first (``activate-policy``); 409 if it cannot run."""
+        """Switch ``camera`` to ``policy`` live, logged first (``activate-policy``); 409 if it cannot run.
+        In a cluster, through the shared state (:meth:`share`)."""
+        if self.runtime.activations.rows.shared:
+            return await self.share(who, camera, policy, version)
         previous = self.runtime.active_version(camera)
         await self.changes.record(who, "activate-policy", {"camera": camera, "policy": version, "previous": previous})
         try:
