@@ -15,13 +15,13 @@ import pytest
 from gateway.api.access import Denied, SignatureChecker, TokenStore
 from gateway.config import Cluster
 from gateway.live.activation import Activations
-from gateway.state.follower import StateFollower
-from gateway.state.postgres import (
+from gateway.state import (
     SCHEMA_VERSION,
     PolicyTable,
     SchemaError,
     SeenTable,
     StateDatabase,
+    StateFollower,
     StateUnavailable,
     TokenTable,
 )

@@ -29,9 +29,7 @@ from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
 from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
-from ..state import TokenFiles
-from ..state.follower import StateFollower
-from ..state.postgres import SeenTable, TokenTable
+from ..state import SeenTable, StateFollower, TokenFiles, TokenTable
 from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require

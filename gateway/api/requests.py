@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from keys import GATEWAY_ACTOR, AuditError, VaultStore
 
 from ..http import BodyTooLarge, json_error, peer_of, read_body, target_of
-from ..state.postgres import StateUnavailable
+from ..state import StateUnavailable
 from .access import Access, Denied, Principal
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from redaction import Policy, default_threads
 
 from ..cluster import ClusterNode
 from ..config import Camera, ConfigError, GatewayConfig
-from ..state.postgres import PolicyTable, SchemaError, StateDatabase, StateUnavailable
+from ..state import PolicyTable, SchemaError, StateDatabase, StateUnavailable
 from ..storage import open_vault
 from ..webrtc import Codec
 from .activation import Activations
