@@ -4,7 +4,8 @@ that does within a second (each propagation time is measured and printed; the as
 generous). A policy stored and activated on A switches the camera on B, between two frames, while
 it keeps releasing; two versions activated at once on A and B end the same on both; a token minted
 on A works on B, and revoked on A is refused by B and its live WHEP session ends; grants changed on
-A apply on B (and a session that loses its grant ends).
+A apply on B (and a session that loses its grant ends); when B stops, A takes the camera over and
+seals under the version activated last.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from test_cluster_nodes import _small_clip
 from whep_harness import async_wait_until
 
 from gateway.api.access import TokenStore
+from keys import VaultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = "cam0"
@@ -315,3 +317,26 @@ async def test_grants_changed_on_one_node_apply_on_the_other(pair):
     assert status == 200
     pair.times["grant given"] = await asyncio.to_thread(
         _propagation, lambda: cameras_on_b() == [CAMERA], "b to give the grant")
+
+
+def test_the_node_that_takes_the_camera_over_seals_under_the_policy_activated_last(pair):
+    """Last (it stops b): a takes the camera over and starts it under the shared activation."""
+    a, b, officer = pair.a, pair.b, pair.officer
+    version = _version(a, officer)
+    assert version == _version(b, officer)
+    vault = VaultStore.open(a.dir / "data" / "vault")
+    before = set(vault.segment_numbers(CAMERA)) if CAMERA in vault.cameras() else set()
+    b.stop()  # hands the lease back at once
+
+    def running():
+        report = a.health(officer) or {}
+        return CAMERA in report.get("cluster", {}).get("owns", {}) and _released(a, officer) > 0
+
+    _wait(running, 60, "a to run the camera")
+
+    def sealed():
+        return CAMERA in vault.cameras() and set(vault.segment_numbers(CAMERA)) - before
+
+    # the segments a seals name the policy they were sealed under
+    numbers = _wait(sealed, 30, "a segment sealed on a")
+    assert {vault.segment(CAMERA, n).header.policy_sha256 for n in numbers} == {version}
