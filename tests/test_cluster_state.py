@@ -142,7 +142,7 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(postgres, openbao, data, tmp_path_factory):
+def pair(postgres, openbao, data, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("state")
     clip = _small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp / "small.mp4")
     database = postgres.database("state")
@@ -168,7 +168,8 @@ def pair(postgres, openbao, data, tmp_path_factory):
         found = Pair(a, b, officer, viewer, postgres, database)
         yield found
         with_times = ", ".join(f"{what} {seconds * 1000:.0f} ms" for what, seconds in found.times.items())
-        print(f"\nshared state, from {a.name} to {b.name} (the camera's node): {with_times}")
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print(f"\nshared state, from {a.name} to {b.name} (the camera's node): {with_times}")
     finally:
         for node in nodes:
             node.stop()
@@ -182,7 +183,7 @@ def _released(node, token) -> int:
     return (node.health(token) or {}).get("cameras", {}).get(CAMERA, {}).get("released", 0)
 
 
-def test_a_policy_stored_and_activated_on_one_node_switches_the_camera_on_its_owner(pair, capsys):
+def test_a_policy_stored_and_activated_on_one_node_switches_the_camera_on_its_owner(pair):
     a, b, officer = pair.a, pair.b, pair.officer
     status, stored = _request(a.port, "POST", "/api/policies", officer, PIXELATE)
     assert status == 201, stored
