@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gateway", "keys", "redaction")
 #: gateway rooms by rank: a room may import only rooms of a lower rank (and its own modules)
-RANK = {"faults": -1, "frames": 0, "config": 0, "http": 0, "sealing": 0, "openbao": 0, "limits": 0, "cluster": 1, "files": 1, "storage": 1, "webrtc": 1, "roster": 1, "ingest": 2, "egress": 2,
+RANK = {"faults": -1, "frames": 0, "config": 0, "http": 0, "sealing": 0, "openbao": 0, "limits": 0, "cluster": 1, "files": 1, "storage": 1, "webrtc": 1, "roster": 1, "ingest": 2, "egress": 2, "state": 2,
         "live": 3, "api": 4, "cli": 5}
 
 

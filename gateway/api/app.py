@@ -3,8 +3,11 @@
 :class:`Gateway` builds the :class:`~gateway.live.Runtime` (cameras, pipelines, sinks) and, over
 it, what the network reaches: access control, WHEP egress and WHIP ingest (routes in the app),
 RTSP egress (its own listener), the ``/api`` resources, ``/health``, ``/metrics`` and the pages.
-Every entry point asks :class:`~gateway.api.access.Access` first. Composition only: the work is
-done by the modules it wires.
+Every entry point asks :class:`~gateway.api.access.Access` first. In a cluster, tokens, grants,
+signatures used and policies are kept in the shared state (:mod:`gateway.state`) and a
+:class:`~gateway.state.follower.StateFollower` takes in what other nodes change there: a token
+revoked or a grant taken away elsewhere ends this node's sessions at once. Composition only: the
+work is done by the modules it wires.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
 from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
+from ..state import SeenTable, StateFollower, TokenFiles, TokenTable
 from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
@@ -70,7 +74,12 @@ class Gateway:
         # before the runtime opens the key directory: the demo policy seals to the demo investigator
         self._demo_created = demo.prepare(config, announce) if demo is not None else False
         self.runtime = runtime = Runtime(config, policies, announce)
-        self.access = Access(config.keys_dir, TokenStore(config.storage.data_dir / "access"))
+        self.access = self._access(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: takes in what other nodes change in the shared state (None: single node)
+        self.follower = None if runtime.state is None else StateFollower(config.cluster, {
+            "token": self._token_changed, "grant": self._grant_changed, "activation": runtime.follow_shared,
+            "policy": runtime.activations.fetch}, self._resync)
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
                                camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
@@ -97,7 +106,7 @@ class Gateway:
                                                                    listen.max_connections_per_address),
                                        uncapped_address=lambda peer: within_networks(peer, listen.trusted_proxies))
         changes = ChangeLog(runtime.store, runtime.signer)
-        versions = PolicyVersions(runtime.store)
+        versions = PolicyVersions(runtime.store, runtime.activations.rows if runtime.state is not None else None)
         cameras = CameraRoutes(runtime, self.access, versions, changes, ended=self._camera_stopped)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),
                                rtsp_skipped=lambda: dict(self.rtsp.sender.skipped) if self.rtsp else {},
@@ -131,6 +140,63 @@ class Gateway:
             *self.whip.routes,
         ])
         self.app.state.trusted_proxies = config.listen.trusted_proxies  # gateway.http.peer_of
+
+    def _access(self, config: GatewayConfig) -> Access:
+        """Tokens and grants in this node's files; in a cluster, in the shared state, which first
+        takes in the tokens and grants of this node's files that it lacks (a gateway joining keeps
+        its people's access; what the shared state has wins)."""
+        directory = config.storage.data_dir / "access"
+        state = self.runtime.state
+        if state is None:
+            return Access(config.keys_dir, TokenStore(directory))
+        table = TokenTable(state)
+        if directory.is_dir():
+            try:
+                tokens, grants = TokenFiles(directory).load()
+                added = table.adopt(tokens, grants)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{directory}: could not be taken into the shared state: {exc}") from None
+            if added:
+                log.info("%d tokens and grants of %s taken into the shared state", added, directory)
+        return Access(config.keys_dir, TokenStore(directory, rows=table), seen=SeenTable(state))
+
+    # --- what other nodes change (the follower's thread) ---------------------------------------
+
+    def _token_changed(self, token_id: str) -> None:
+        record = self.access.store.refresh_token(token_id)
+        if record is None or record.revoked is not None:
+            self._recheck_now()  # its sessions end here, as a revocation on this node ends them
+
+    def _grant_changed(self, identity: str) -> None:
+        self.access.store.refresh_grants(identity)
+        self._recheck_now()
+
+    def _resync(self) -> None:
+        """After (re)connecting: everything read again, every camera following its activation."""
+        self.access.store.refresh()
+        known = set(self.runtime.store.policy_versions())
+        for version in self.runtime.activations.rows.documents():
+            if version not in known:
+                self.runtime.activations.fetch(version)
+        for camera in list(self.runtime.config.cameras):
+            try:
+                self.runtime.follow_shared(camera)
+            except OSError:
+                raise
+            except Exception:  # one camera's policy must not keep the others from theirs
+                log.exception("camera %s: the policy activated on it in the shared state cannot run here", camera)
+        self._recheck_now()
+
+    def _recheck_now(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._recheck(), self._loop)
+
+    async def _recheck(self) -> None:
+        try:
+            await self.whep.recheck()
+            await self.whip.recheck()
+        except Exception:  # a failing check must not end the checking
+            log.exception("re-checking sessions failed")
 
     @property
     def cameras(self) -> dict[str, LiveCamera]:
@@ -211,9 +277,14 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.runtime.on_parked = lambda camera, old: asyncio.run_coroutine_threadsafe(
             self._camera_stopped(camera, old, True), loop)  # its lease went: its sessions end
+        self._loop = loop
+        if self.follower is not None:
+            self.follower.start()
         self.runtime.start()
 
     async def stop(self) -> None:
+        if self.follower is not None:
+            await asyncio.to_thread(self.follower.close)
         if self.rtsp is not None:
             await self.rtsp.close()
         await self.whep.close()

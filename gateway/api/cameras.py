@@ -6,7 +6,10 @@ and publishers see only the cameras they may watch or publish. ``PUT /api/camera
 activates a stored policy version on a running camera between two frames (audit-logged first);
 if it cannot run there (its unmask grants cannot be met by the roster, the vault refuses) the
 answer is 409 and the previous policy stays in force; an unexpected failure is a 500 whose
-traceback goes to the log, not to the caller.
+traceback goes to the log, not to the caller. In a cluster any node takes the activation of any
+configured camera: it is written to the shared state (after the same checks), and the node that
+runs the camera switches it within a second (:meth:`~gateway.live.Runtime.follow_shared`; this
+node at once, if it is that node).
 
 ``POST /api/cameras``, ``PUT /api/cameras/<id>`` and ``DELETE /api/cameras/<id>`` (``cameras:manage``)
 take the camera fields of the configuration file, validated by the same model (422 with one
@@ -103,8 +106,9 @@ class CameraRoutes:
         ]
 
     def camera(self, name: str) -> str:
-        """``name`` if it is a configured camera; 404 otherwise."""
-        if name not in self.runtime.cameras:
+        """``name`` if it is a configured camera (running here, or, in a cluster, on any node); 404 otherwise."""
+        if name not in self.runtime.cameras and not (self.runtime.cluster is not None
+                                                     and name in self.runtime.config.cameras):
             raise Denied(404, f"no such camera: {name}")
         return name
 
@@ -255,10 +259,42 @@ class CameraRoutes:
         policy = self.versions.policy(version)
         previous = self.runtime.active_version(camera)
         switched = await self.activate(who, camera, policy, version)
-        return JSONResponse({"camera": camera, "version": version, "previous": previous, "switched": switched})
+        answer = {"camera": camera, "version": version, "previous": previous, "switched": switched}
+        if self.runtime.cluster is not None:  # whether this node runs it (else its node switches it)
+            answer["runs_here"] = camera in self.runtime.cameras
+        return JSONResponse(answer)
+
+    async def share(self, who: Principal, camera: str, policy: Policy, version: str) -> bool:
+        """Cluster: activate ``version`` on ``camera`` in the shared state, logged first (here:
+        audit logs are per node); 409 if this node's roster cannot meet its grants. The node running
+        the camera switches it; if that is this one, now (whether it switched is answered)."""
+        previous = self.runtime.active_version(camera)
+        try:
+            await asyncio.to_thread(self.runtime.roster, policy)
+        except EscrowError as exc:
+            raise Denied(409, f"policy {version[:12]} cannot run on camera {camera}: {exc}; "
+                              f"the previous policy stays in force") from None
+        await self.changes.record(who, "activate-policy", {"camera": camera, "policy": version, "previous": previous})
+        try:
+            await asyncio.to_thread(self.runtime.activations.share, camera, version)
+        except (EscrowError, OSError) as exc:
+            log.warning("camera %s: policy %s not activated: %s", camera, version[:12], exc)
+            await self.changes.record(who, "activate-policy-failed", {"camera": camera, "policy": version,
+                                                                      "error": str(exc)})
+            raise Denied(503, f"policy {version[:12]} not activated on camera {camera}: {exc}; the previous policy "
+                              "stays in force") from None
+        try:
+            return await asyncio.to_thread(self.runtime.follow_shared, camera)
+        except Exception:  # activated in the shared state: the node running it reports its own failure
+            log.exception("camera %s: policy %s is activated in the shared state but could not switch here",
+                          camera, version[:12])
+            return False
 
     async def activate(self, who: Principal, camera: str, policy: Policy, version: str) -> bool:
-        """Switch ``camera`` to ``policy`` live, logged first (``activate-policy``); 409 if it cannot run."""
+        """Switch ``camera`` to ``policy`` live, logged first (``activate-policy``); 409 if it cannot run.
+        In a cluster, through the shared state (:meth:`share`)."""
+        if self.runtime.activations.rows.shared:
+            return await self.share(who, camera, policy, version)
         previous = self.runtime.active_version(camera)
         await self.changes.record(who, "activate-policy", {"camera": camera, "policy": version, "previous": previous})
         try:

@@ -207,7 +207,7 @@ class IdentityRoutes:
         for camera in cameras:
             self.known_camera(camera)
         await self.changes.record(who, "grant-cameras", {"identity": name, "cameras": sorted(set(cameras))})
-        self.access.store.grant(name, cameras)
+        await asyncio.to_thread(self.access.store.grant, name, cameras)
         return JSONResponse({"identity": name, "cameras": sorted(set(cameras))})
 
     async def tokens(self, request: Request, who: Principal, body: bytes) -> Response:
@@ -241,7 +241,8 @@ class IdentityRoutes:
             raise Denied(403, "a token can only issue tokens within its own cameras")
         await self.changes.record(who, "issue-token", {"identity": identity, "cameras": cameras, "ttl": ttl})
         # a token issued by a token expires no later than its issuer and dies with it
-        token, record = self.access.store.issue(identity, cameras, float(ttl), who.name, parent=who.token)
+        token, record = await asyncio.to_thread(self.access.store.issue, identity, cameras, float(ttl), who.name,
+                                                who.token)
         log.info("token %s issued to %s by %s", record.id, identity, who.name)
         return JSONResponse({"token": token, **record.public()}, status_code=201)
 
@@ -251,4 +252,4 @@ class IdentityRoutes:
         if record is None or (record.identity != who.name and not who.may("tokens")):
             raise Denied(404, "no such token")  # others' tokens are not even confirmed to exist
         await self.changes.record(who, "revoke-token", {"token": token_id, "identity": record.identity})
-        return JSONResponse(self.access.store.revoke(token_id).public())
+        return JSONResponse((await asyncio.to_thread(self.access.store.revoke, token_id)).public())

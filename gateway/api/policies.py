@@ -2,13 +2,16 @@
 
 A policy is posted as YAML or JSON, validated whole (unknown keys and strengths too weak to
 anonymise are refused with field paths, 422), and stored in the vault under its version: the
-64-hex-digit SHA-256 that segments name. Stored versions are never changed; activating one on a
-camera is ``PUT /api/cameras/<id>/policy`` (:mod:`.cameras`).
+64-hex-digit SHA-256 that segments name (in a cluster, in the shared state too, whence the other
+nodes copy it into their vaults). Stored versions are never changed; activating one on a camera
+is ``PUT /api/cameras/<id>/policy`` (:mod:`.cameras`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import logging
 import re
 
 import yaml
@@ -16,13 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from keys import EscrowError, VaultStore
+from keys import EscrowError, VaultStore, canonical
 from redaction import Policy, PolicyError, load_document, parse_policy
 
 from ..http import content_type
 from ..live import Runtime
+from ..state import PolicyRows
 from .access import Access, Denied, Principal, require
 from .requests import MAX_DEPTH, ChangeLog, guarded, nesting
+
+log = logging.getLogger(__name__)
 
 VERSION = re.compile(r"^[0-9a-f]{64}$")
 
@@ -34,8 +40,16 @@ def canonical_yaml(policy: dict) -> str:
 class PolicyVersions:
     """Stored policy versions, read back and parsed."""
 
-    def __init__(self, store: VaultStore) -> None:
-        self.store = store
+    def __init__(self, store: VaultStore, rows: PolicyRows | None = None) -> None:
+        """``rows``: where other nodes find the versions stored here (a cluster's shared state)."""
+        self.store, self.rows = store, rows
+
+    def keep(self, policy: dict) -> str:
+        """Store ``policy`` (blocking): in the vault, and where other nodes find it; returns its version."""
+        version = self.store.store_policy(policy)
+        if self.rows is not None:
+            self.rows.put_document(version, canonical(policy))
+        return version
 
     def load(self, version: str) -> dict:
         if not VERSION.match(version):
@@ -94,7 +108,11 @@ class PolicyRoutes:
             return JSONResponse({"policies": listed})
         policy = parse_body(body, content_type(request))
         data = policy.model_dump(mode="json")
-        version = self.versions.store.store_policy(data)
+        try:
+            version = await asyncio.to_thread(self.versions.keep, data)
+        except OSError as exc:  # the vault's disk, or the shared state
+            log.error("storing policy %s failed: %s", data.get("name"), exc)
+            raise Denied(503, f"policy not stored: {exc}") from None
         await self.changes.record(who, "store-policy", {"policy": version, "name": data.get("name")})
         return JSONResponse({"version": version, "policy": data}, status_code=201,
                             headers={"Location": f"/api/policies/{version}"})

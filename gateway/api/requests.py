@@ -3,8 +3,9 @@
 :func:`guarded` wraps a handler ``(request, principal, body) -> Response``: it reads the body
 (at most :data:`MAX_BODY` bytes), authenticates the request (a bearer token or a signed request,
 the body included in what is signed) and turns :class:`~.access.Denied` into its JSON answer
-``{"error": "..."}``. Every change is written to the audit log by :class:`ChangeLog` before it is
-answered, off the event loop (the append takes a file lock and an fsync).
+``{"error": "..."}`` (a cluster's shared state out of reach: 503). Every change is written to
+the audit log by :class:`ChangeLog` before it is answered, off the event loop (the append takes a
+file lock and an fsync).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from keys import GATEWAY_ACTOR, AuditError, VaultStore
 
 from ..http import BodyTooLarge, json_error, peer_of, read_body, target_of
+from ..state import StateUnavailable
 from .access import Access, Denied, Principal
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,14 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, **ex
 
 
 async def authenticate(access: Access, request: Request, body: bytes = b"") -> Principal:
-    """The request's principal; raises :class:`Denied` (401, 429)."""
-    return access.authenticate(peer_of(request), request.headers.get("authorization"), request.method,
-                               target_of(request), body, request.headers.get("host", ""))
+    """The request's principal; raises :class:`Denied` (401, 429). A signed request is checked off
+    the event loop (its signature is written where replays are refused: a file, or the database)."""
+    authorization = request.headers.get("authorization")
+    args = (peer_of(request), authorization, request.method, target_of(request), body,
+            request.headers.get("host", ""))
+    if authorization and authorization.strip().lower().startswith("signature"):
+        return await asyncio.to_thread(access.authenticate, *args)
+    return access.authenticate(*args)
 
 
 async def bounded_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -55,6 +62,9 @@ def guarded(access: Access, handler: Handler) -> Callable[[Request], Awaitable[R
             return await handler(request, principal, body)
         except Denied as denied:
             return error(denied.status, denied.message, denied.headers, **denied.extra)
+        except StateUnavailable as exc:  # a cluster's database: nothing was changed, ask again later
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return error(503, "the cluster's shared state is unavailable; nothing was changed, try again later")
 
     return endpoint
 

@@ -17,7 +17,7 @@ from .leases import (
     claim_limit,
     least_loaded,
 )
-from .node import ClusterNode, ClusterStats, TakeOver
+from .node import ClusterNode, ClusterStats, TakeOver, connect
 
 __all__ = [
     "CHANNEL",
@@ -29,5 +29,6 @@ __all__ = [
     "SchemaError",
     "TakeOver",
     "claim_limit",
+    "connect",
     "least_loaded",
 ]

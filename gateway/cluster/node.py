@@ -85,6 +85,20 @@ class TakeOver:
                 "gap_s": round(self.gap_s, 3)}
 
 
+def connect(config: Cluster, autocommit: bool = False) -> psycopg.Connection:
+    """A connection to the cluster's database as every part of a node opens one: the password from
+    ``password_file``, and every statement, lock wait and connection attempt bounded by a third of a lease."""
+    password = None
+    if config.password_file is not None:
+        password = config.password_file.read_text("utf-8").splitlines()[0]
+    period = config.lease_s / 3
+    timeout_ms = int(period * 1000)
+    return psycopg.connect(config.database, autocommit=autocommit, password=password,
+                           connect_timeout=max(1, int(period)), application_name=f"privacy-gateway {config.node}",
+                           options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} "
+                                   f"-c idle_in_transaction_session_timeout={timeout_ms * 3}")
+
+
 class ClusterNode:
     """This node's leases, and the cameras that follow them through ``start(camera)`` and ``stop(camera)``."""
 
@@ -162,14 +176,7 @@ class ClusterNode:
     # --- the lease thread -----------------------------------------------------------------------
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
-        password = None
-        if self.config.password_file is not None:
-            password = self.config.password_file.read_text("utf-8").splitlines()[0]
-        timeout_ms = int(self.period * 1000)
-        return psycopg.connect(self.config.database, autocommit=autocommit, password=password,
-                               connect_timeout=max(1, int(self.period)), application_name=f"privacy-gateway {self.name}",
-                               options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} "
-                                       f"-c idle_in_transaction_session_timeout={timeout_ms * 3}")
+        return connect(self.config, autocommit=autocommit)
 
     def _lease_loop(self) -> None:
         logged = -_LOG_EVERY

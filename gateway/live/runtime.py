@@ -7,7 +7,9 @@ view thread that looks for moved cameras (:mod:`.moved`), and switches a camera'
 others run; those changes are kept for the next start by :mod:`.camera_changes`. With a ``cluster``
 section the configured cameras are shared with other nodes (:mod:`gateway.cluster`): this runtime
 starts a camera when its node takes the camera's lease and stops it when the lease goes, and its
-frames leave blanked whenever the lease is in doubt; cameras are then not changed at run time. It knows
+frames leave blanked whenever the lease is in doubt; cameras are then not changed at run time, and
+the policy activations are those of the shared state (:mod:`gateway.state`), which the node running
+a camera follows within a second (:meth:`Runtime.follow_shared`). It knows
 nothing of HTTP or of who is asking: the network entry points (WHEP, WHIP, RTSP, the API) are
 built over it by :mod:`gateway.api`.
 
@@ -41,7 +43,8 @@ from keys import (
 from redaction import Policy, default_threads
 
 from ..cluster import ClusterNode, TakeOver
-from ..config import Camera, GatewayConfig
+from ..config import Camera, ConfigError, GatewayConfig
+from ..state import PolicyTable, SchemaError, StateDatabase, StateUnavailable
 from ..storage import Recordings, open_vault
 from ..webrtc import Codec
 from .activation import Activations
@@ -90,7 +93,16 @@ class Runtime:
         self.changes = CameraChanges(data / "cameras.json", store)
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
         self.config = config = config.model_copy(update={"cameras": cameras})
-        self.activations = Activations(data / "active-policies.json", store)
+        #: the cluster's shared state (None: this node's files)
+        self.state = None if config.cluster is None else StateDatabase(config.cluster)
+        if self.state is not None:
+            try:
+                self.state.set_up()
+            except (StateUnavailable, SchemaError) as exc:
+                raise ConfigError(f"cluster.database: {exc}") from None
+        self.activations = Activations(data / "active-policies.json", store,
+                                       None if self.state is None else PolicyTable(self.state))
+        self._following = threading.Lock()  # reading the shared activation and applying it are one step
         restored = self.activations.restore(config.cameras, announce)
         self.cameras: dict[str, LiveCamera] = {}
         self._changing = threading.Lock()  # one change of the cameras (or of a camera's policy) at a time
@@ -184,15 +196,51 @@ class Runtime:
         """Switch a camera's policy live (blocking): see :meth:`CameraPipeline.activate`; raises
         :class:`KeyError` if the camera is not running (removed, or being edited, meanwhile)."""
         with self._changing:
-            switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
-            self._policies[camera] = policy  # what it runs if it starts again here (cluster)
+            return self._activate(camera, policy, version, shared=False)
+
+    def _activate(self, camera: str, policy: Policy, version: str, shared: bool) -> bool:
+        """(Under the change lock) ``shared``: the shared state says so already: nothing to record."""
+        switched = self.cameras[camera].pipeline.activate(policy)  # raises with the old policy in force
+        self._policies[camera] = policy  # what it runs if it starts again here (cluster)
+        if shared:
+            self.activations.followed(camera, version)
+        else:
             try:
                 self.activations.activated(camera, version)
             except OSError:
                 log.exception("camera %s: policy %s is in force but could not be recorded; the configured policy "
                               "returns at the next start", camera, version[:12])
-            self.cameras[camera].view.rebase(policy, version)  # its zones were drawn on the view it has now
-            return switched
+        self.cameras[camera].view.rebase(policy, version)  # its zones were drawn on the view it has now
+        return switched
+
+    def follow_shared(self, camera: str) -> bool:
+        """Cluster: make ``camera`` follow the policy version activated on it in the shared state
+        (blocking): switched live between two frames if it runs here (the single node's path), else
+        remembered for when it starts here. Reading and applying are one step, so whoever reads
+        last applies what was committed last. Returns whether a running camera switched; raises
+        :class:`OSError` (the shared state unreachable), what :meth:`activate` raises (the previous
+        policy stays), :class:`keys.EscrowError` or :class:`redaction.PolicyError` (a bad document)."""
+        if not self.activations.rows.shared or camera not in self.config.cameras:
+            return False
+        with self._following:
+            version = self.activations.rows.activation(camera)
+            if version is None or version == self.activations.versions().get(camera):
+                return False
+            policy = self.activations.fetch(version)
+            self._roster(policy)  # its grants can be met here, or it stays out
+            with self._changing:
+                if camera in self.cameras:
+                    switched = self._activate(camera, policy, version, shared=True)
+                    log.info("camera %s: policy %s activated through the shared state", camera, version[:12])
+                    return switched
+                self._policies[camera] = policy
+                self.activations.followed(camera, version)
+                return False
+
+    def roster(self, policy: Policy) -> list:
+        """The key directory's identities now, checked against ``policy``'s unmask grants; raises
+        :class:`keys.EscrowError` if they cannot be met (blocking)."""
+        return self._roster(policy)
 
     # --- cameras at run time -----------------------------------------------------------------
 
@@ -325,6 +373,11 @@ class Runtime:
         """This node took ``name``'s lease: start it (blocking; a new recording and vault segment, as
         at a restart). Its frames leave only while the lease is surely held. Raises what opening it
         raised (the cluster node tries again later)."""
+        try:
+            self.follow_shared(name)  # the policy activated on it last, whatever this node heard
+        except Exception:  # it starts with what this node knew; the follower retries
+            log.exception("camera %s: the policy activated on it could not be read; it starts with %s", name,
+                          self.activations.versions().get(name, "its configured policy")[:12])
         with self._changing:
             if self._closed or name in self.cameras or name not in self.config.cameras:
                 return
@@ -417,6 +470,8 @@ class Runtime:
             self._closed = True
         if self.cluster is not None:
             self.cluster.close()  # its cameras stop, then their leases are handed back at once
+        if self.state is not None:
+            self.state.close()
         self.retention.stop()
         for camera in self.cameras.values():
             try:

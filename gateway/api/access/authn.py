@@ -21,6 +21,7 @@ from pathlib import Path
 from keys import DirectoryError, KeyDirectory, PublicIdentity
 
 from ...egress import RtspUser
+from ...state import SeenSignatures
 from .limiter import FailureLimiter
 from .principals import ALL_CAMERAS_ROLES, Denied, Principal
 from .signing import SignatureChecker
@@ -33,12 +34,13 @@ class Access:
     """Authentication and authorisation for every network entry point of one gateway."""
 
     def __init__(self, keys_dir: Path, store: TokenStore, limiter: FailureLimiter | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, seen: SeenSignatures | None = None) -> None:
+        """``seen``: where the signatures already used are kept (default: beside the tokens' files)."""
         self.keys_dir, self.store = Path(keys_dir), store
         self.limiter = limiter or FailureLimiter()
         self._clock = clock
         self._directory: tuple[int, dict[str, PublicIdentity]] | None = None
-        self._signatures = SignatureChecker(clock, store.directory / "signatures-seen.json")
+        self._signatures = SignatureChecker(clock, store.directory / "signatures-seen.json", seen)
         self._lock = threading.Lock()
 
     # -- identities --------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 carries the identity's signature over the method, the Host, the gateway's key fingerprint, path
 and query, the time, the nonce and the body's SHA-256 (:func:`signing_string`). It is accepted
 within :data:`SIGNATURE_SKEW` seconds, once, also across restarts (the signatures used are kept
-on disk): a replayed signature is refused, at this gateway or any other. This is how an identity
-gets its first token.
+on disk, or in PostgreSQL for every node of a cluster: :class:`~gateway.state.SeenSignatures`): a
+replayed signature is refused, at this gateway or any other. This is how an identity gets its
+first token. Checking one writes what it used: call it off the event loop.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from keys import PublicIdentity, write_durably
+from keys import PublicIdentity
 
+from ...state import SeenFile, SeenSignatures
 from .principals import Denied
 
 log = logging.getLogger(__name__)
@@ -56,19 +56,13 @@ def sign_request(identity, method: str, target: str, body: bytes = b"", created:
 class SignatureChecker:
     """Verifies ``Signature`` authorization values, each accepted once within its time window."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, seen_file: Path | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, seen_file: Path | None = None,
+                 seen: SeenSignatures | None = None) -> None:
         """``seen_file``: where the signatures already used are kept, so that a restart does not
-        make them usable again within their window (0600; its loss only reopens that window)."""
-        self._clock, self._seen_file = clock, seen_file
-        self._seen: dict[bytes, float] = {}  # signatures already used -> when they stop mattering
-        self._lock = threading.Lock()
-        if seen_file is not None and seen_file.is_file():
-            try:
-                stored = json.loads(seen_file.read_text())
-                self._seen = {bytes.fromhex(s): float(until) for s, until in stored.items()}
-            except (OSError, ValueError, TypeError, AttributeError):
-                log.error("%s unreadable: signed requests of the last %g s could be replayed once", seen_file,
-                          SIGNATURE_SKEW)
+        make them usable again within their window (0600; its loss only reopens that window);
+        ``seen``: where else (a cluster's database), instead."""
+        self._clock = clock
+        self._seen = seen if seen is not None else SeenFile(seen_file, SIGNATURE_SKEW)
 
     def check(self, value: str, method: str, target: str, body: bytes, identities: dict[str, PublicIdentity],
               host: str = "", gateway: str = "") -> PublicIdentity:
@@ -90,13 +84,6 @@ class SignatureChecker:
                                                                     body))
         except InvalidSignature:
             raise Denied(401, "invalid signature") from None
-        with self._lock:
-            self._seen = {s: until for s, until in self._seen.items() if until > now}
-            if signature in self._seen:
-                raise Denied(401, "signed request replayed")
-            self._seen[signature] = created + SIGNATURE_SKEW + 1
-            if self._seen_file is not None:
-                self._seen_file.parent.mkdir(parents=True, exist_ok=True)
-                write_durably(self._seen_file, json.dumps({s.hex(): until for s, until in self._seen.items()}).encode(),
-                              0o600)
+        if not self._seen.first_use(signature, created + SIGNATURE_SKEW + 1, now):
+            raise Denied(401, "signed request replayed")
         return identity

@@ -3,8 +3,11 @@
 A token reads ``pgw_<id>_<secret>``: 16 characters of id, 64 hex digits of secret (hex, so no
 ``_`` confuses the split and nothing needs escaping in an RTSP URL, where id and secret are the
 digest user name and password). The store keeps the SHA-256 of the secret and the RFC 2617 HA1
-that RTSP digest authentication needs, never the secret; files are written durably, readable by
-the owner only (the HA1 alone opens RTSP feeds). Camera grants of identities live beside them.
+that RTSP digest authentication needs, never the secret. Camera grants of identities live beside
+them. Where they are written is a :class:`~gateway.state.TokenRows`: this node's files by default
+(written durably, readable by the owner only: the HA1 alone opens RTSP feeds), PostgreSQL in a
+cluster, where :meth:`TokenStore.refresh_token` and :meth:`TokenStore.refresh_grants` take in what
+another node changed. Checking a token reads memory only.
 """
 
 from __future__ import annotations
@@ -12,20 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from keys import write_durably
-
 from ...config import ConfigError
+from ...state import TokenFiles, TokenRows
 from .principals import Denied
 
 log = logging.getLogger(__name__)
@@ -62,38 +62,38 @@ def _iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _write_private_json(path: Path, data) -> None:
-    """Durably, readable by the owner only (the token file holds hashes that open RTSP feeds)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_durably(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
+def _row(record: TokenRecord) -> dict:
+    """A record as :class:`~gateway.state.TokenRows` keep it."""
+    return {**record.__dict__, "cameras": None if record.cameras is None else list(record.cameras)}
 
 
-def _keep_private(directory: Path) -> None:
-    """The access directory 0700 and its files 0600, whatever made them (an older version, a copy, umask)."""
-    for path, mode in ((directory, 0o700), *((f, 0o600) for f in sorted(directory.glob("*.json")))):
-        if path.exists() and stat.S_IMODE(path.stat().st_mode) & ~mode:
-            log.warning("%s was readable by others (mode %o); made it %o", path, stat.S_IMODE(path.stat().st_mode), mode)
-            path.chmod(mode)
+def _record(row: dict) -> TokenRecord:
+    return TokenRecord(**{**row, "cameras": None if row["cameras"] is None else tuple(row["cameras"])})
 
 
 class TokenStore:
-    """Tokens and camera grants under ``<data_dir>/access/`` (``tokens.json``, ``grants.json``)."""
+    """Tokens and camera grants, kept in ``rows``: by default ``tokens.json`` and ``grants.json`` under
+    ``directory`` (``<data_dir>/access/``)."""
 
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time, rows: TokenRows | None = None) -> None:
         self.directory = Path(directory)
         self._clock = clock
         self._lock = threading.Lock()
+        self._rows = rows if rows is not None else TokenFiles(self.directory)
         self._tokens: dict[str, TokenRecord] = {}
         self._grants: dict[str, tuple[str, ...]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read every token and grant again; raises :class:`ConfigError` if they cannot be read."""
         try:
-            _keep_private(self.directory)
-            tokens = json.loads((self.directory / "tokens.json").read_text("utf-8")) if (self.directory / "tokens.json").exists() else []
-            self._tokens = {t["id"]: TokenRecord(**{**t, "cameras": None if t["cameras"] is None else tuple(t["cameras"])})
-                            for t in tokens}
-            grants = json.loads((self.directory / "grants.json").read_text("utf-8")) if (self.directory / "grants.json").exists() else {}
-            self._grants = {name: tuple(cameras) for name, cameras in grants.items()}
+            tokens, grants = self._rows.load()
+            tokens = {t["id"]: _record(t) for t in tokens}
+            grants = {name: tuple(cameras) for name, cameras in grants.items()}
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{self.directory}: unreadable access files ({exc})") from None
+            raise ConfigError(f"{self._rows.where}: unreadable access files ({exc})") from None
+        with self._lock:
+            self._tokens, self._grants = tokens, grants
 
     # -- tokens ----------------------------------------------------------------------------------
 
@@ -118,7 +118,11 @@ class TokenStore:
                              parent=parent)
         with self._lock:
             self._tokens[token_id] = record
-            self._save_tokens()
+            try:
+                self._put(record)
+            except BaseException:
+                self._tokens.pop(token_id, None)  # not kept: nobody may use it
+                raise
         return f"{TOKEN_PREFIX}_{token_id}_{secret}", record
 
     def check(self, token: str) -> TokenRecord:
@@ -156,20 +160,38 @@ class TokenStore:
             if record is None:
                 raise KeyError(token_id)
             if record.revoked is None:
+                live = record
                 record = self._tokens[token_id] = TokenRecord(**{**record.__dict__, "revoked": self._clock()})
-                self._save_tokens()
+                try:
+                    record = self._put(record)
+                except BaseException:
+                    self._tokens[token_id] = live  # as kept: the caller is told it failed and asks again
+                    raise
             return record
 
     def tokens(self, identity: str | None = None) -> list[TokenRecord]:
         return sorted((t for t in self._tokens.values() if identity is None or t.identity == identity),
                       key=lambda t: t.issued)
 
-    def _save_tokens(self) -> None:
+    def _put(self, record: TokenRecord) -> TokenRecord:
+        """Keep ``record`` (under the lock); returns it as kept (revoked earlier by another node, maybe)."""
         now = self._clock()
         # expired tokens are kept a day, to answer "expired" rather than "invalid", then forgotten
         self._tokens = {k: t for k, t in self._tokens.items() if t.expires > now - 86400}
-        _write_private_json(self.directory / "tokens.json",
-                    [{**t.__dict__, "cameras": None if t.cameras is None else list(t.cameras)} for t in self._tokens.values()])
+        kept = _record(self._rows.put_token(_row(record), [_row(t) for t in self._tokens.values()]))
+        if record.id in self._tokens:
+            self._tokens[record.id] = kept
+        return kept
+
+    def refresh_token(self, token_id: str) -> TokenRecord | None:
+        """Take in ``token_id`` as kept now (another node issued or revoked it); blocking."""
+        row = self._rows.token(token_id)
+        with self._lock:
+            if row is None:
+                self._tokens.pop(token_id, None)
+                return None
+            record = self._tokens[token_id] = _record(row)
+            return record
 
     # -- camera grants -----------------------------------------------------------------------------
 
@@ -178,11 +200,30 @@ class TokenStore:
 
     def grant(self, identity: str, cameras: list[str]) -> None:
         with self._lock:
+            before = self._grants.get(identity)
             if cameras:
                 self._grants[identity] = tuple(sorted(set(cameras)))
             else:
                 self._grants.pop(identity, None)
-            _write_private_json(self.directory / "grants.json", {k: list(v) for k, v in sorted(self._grants.items())})
+            try:
+                self._rows.put_grant(identity, list(self._grants.get(identity, ())),
+                                     {k: list(v) for k, v in sorted(self._grants.items())})
+            except BaseException:
+                if before is None:  # as kept: the caller is told it failed
+                    self._grants.pop(identity, None)
+                else:
+                    self._grants[identity] = before
+                raise
+
+    def refresh_grants(self, identity: str) -> frozenset[str]:
+        """Take in ``identity``'s grant as kept now (another node changed it); blocking."""
+        cameras = tuple(sorted(set(self._rows.grants_of(identity))))
+        with self._lock:
+            if cameras:
+                self._grants[identity] = cameras
+            else:
+                self._grants.pop(identity, None)
+        return frozenset(cameras)
 
     def grants(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in sorted(self._grants.items())}

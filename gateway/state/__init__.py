@@ -1,0 +1,42 @@
+"""Tokens, camera grants, signatures used and policy activations: where they are kept.
+
+:mod:`.base` is the seam (one small abstract class per concern), :mod:`.files` this node's files
+(the default, unchanged), :mod:`.postgres` PostgreSQL shared by every node of a cluster, and
+:mod:`.follower` the thread that takes in, within a second, what another node changed there
+(``LISTEN``/``NOTIFY``). docs/deploy.md says what is shared and what is not.
+
+May import :mod:`gateway.config`, :mod:`gateway.cluster` (its connection settings), ``keys`` and
+psycopg; never ``live``, ``api`` or ``cli``.
+"""
+
+from .base import PolicyRows, SeenSignatures, TokenRows
+from .files import ActivationFile, SeenFile, TokenFiles
+from .follower import StateFollower
+from .postgres import (
+    CHANNEL,
+    SCHEMA_VERSION,
+    PolicyTable,
+    SchemaError,
+    SeenTable,
+    StateDatabase,
+    StateUnavailable,
+    TokenTable,
+)
+
+__all__ = [
+    "CHANNEL",
+    "SCHEMA_VERSION",
+    "ActivationFile",
+    "PolicyRows",
+    "PolicyTable",
+    "SchemaError",
+    "SeenFile",
+    "SeenSignatures",
+    "SeenTable",
+    "StateDatabase",
+    "StateFollower",
+    "StateUnavailable",
+    "TokenFiles",
+    "TokenRows",
+    "TokenTable",
+]

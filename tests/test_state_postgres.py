@@ -1,0 +1,207 @@
+"""The shared state in a real PostgreSQL (tests/postgres_support.py): tokens and grants round trip
+(hashes only), content-addressed policy documents, revocation, signatures used once across
+nodes, and two versions activated at once on one camera: the last commit wins and every node
+that follows the notifications ends on it."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import psycopg
+import pytest
+
+from gateway.api.access import Denied, SignatureChecker, TokenStore
+from gateway.config import Cluster
+from gateway.live.activation import Activations
+from gateway.state import (
+    SCHEMA_VERSION,
+    PolicyTable,
+    SchemaError,
+    SeenTable,
+    StateDatabase,
+    StateFollower,
+    StateUnavailable,
+    TokenTable,
+)
+from keys import EscrowError, KeyDirectory, VaultStore, canonical
+
+FACES = {"name": "faces", "classes": {"plate": {"enabled": False}}}
+PIXELATE = {"name": "pixelate", "classes": {"plate": {"enabled": False}, "face": {"method": "pixelate"}}}
+
+
+def _cluster(postgres, conninfo: str, node: str = "n1") -> Cluster:
+    return Cluster(node=node, url=f"http://{node}.test:8080", database=conninfo,
+                   password_file=postgres.password_file, lease_s=3.0)
+
+
+@pytest.fixture
+def nodes(postgres):
+    """Two nodes' connections to one fresh database, its schema set up."""
+    conninfo = postgres.database("state")
+    opened = [StateDatabase(_cluster(postgres, conninfo, name)) for name in ("n1", "n2")]
+    for database in opened:
+        database.set_up()
+    yield opened
+    for database in opened:
+        database.close()
+
+
+def _rows(postgres, database: StateDatabase, query: str, *args):
+    with psycopg.connect(database.config.database, password=postgres.password_file.read_text().strip()) as connection:
+        return connection.execute(query, args).fetchall()
+
+
+def test_schema_is_versioned_and_a_newer_one_is_refused(postgres, nodes):
+    a, _ = nodes
+    a.set_up()  # again: nothing changes
+    assert _rows(postgres, a, "SELECT version FROM state_schema_version") == [(SCHEMA_VERSION,)]
+    a.run(lambda cur: cur.execute("UPDATE state_schema_version SET version = %s", (SCHEMA_VERSION + 1,)))
+    with pytest.raises(SchemaError, match="upgrade this node"):
+        a.set_up()
+
+
+def test_a_token_issued_on_one_node_works_on_the_other_and_only_its_hashes_are_kept(postgres, nodes, tmp_path):
+    a = TokenStore(tmp_path / "a", rows=TokenTable(nodes[0]))
+    b = TokenStore(tmp_path / "b", rows=TokenTable(nodes[1]))
+    token, record = a.issue("viewer", ["cam0"], 600.0, "officer")
+    with pytest.raises(Denied, match="invalid token"):
+        b.check(token)  # not heard of yet: the follower's notification brings it
+    assert b.refresh_token(record.id) == record
+    assert b.check(token) == record
+    secret = token.rsplit("_", 1)[1]
+    (row,) = _rows(postgres, nodes[0], "SELECT * FROM access_tokens")
+    assert secret not in repr(row) and hashlib.sha256(secret.encode()).hexdigest() in row
+    assert not (tmp_path / "a").exists()  # nothing on the node's disk
+
+    revoked = a.revoke(record.id)
+    assert b.check(token) == record  # until told
+    assert b.refresh_token(record.id) == revoked
+    with pytest.raises(Denied, match="token revoked"):
+        b.check(token)
+    # a revocation is never undone, and the first time stays (another node revoking it later)
+    later = b.revoke(record.id)
+    assert later.revoked == revoked.revoked
+    assert TokenStore(tmp_path / "c", rows=TokenTable(nodes[1])).tokens() == [revoked]  # a restart reads it back
+
+
+def test_grants_round_trip_and_one_taken_away_is_not_given_back_by_a_nodes_old_files(postgres, nodes, tmp_path):
+    a = TokenStore(tmp_path / "a", rows=TokenTable(nodes[0]))
+    b = TokenStore(tmp_path / "b", rows=TokenTable(nodes[1]))
+    a.grant("viewer", ["cam1", "cam0", "cam0"])
+    assert b.refresh_grants("viewer") == frozenset({"cam0", "cam1"}) == b.granted("viewer")
+    # a node joining with its own files: what the shared state lacks is taken in, the rest wins
+    local = TokenStore(tmp_path / "local")
+    local.grant("viewer", ["cam9"])
+    local.grant("investigator", ["cam2"])
+    kept, _ = local.issue("viewer", None, 600.0, "officer")
+    table = TokenTable(nodes[1])
+    assert table.adopt(*local._rows.load()) == 2  # the token and investigator's grant
+    a.grant("viewer", [])
+    assert table.adopt(*local._rows.load()) == 0  # again: nothing; viewer's grant stays taken away
+    b.refresh()
+    assert b.granted("viewer") == frozenset() and b.grants() == {"investigator": ["cam2"]}
+    assert b.check(kept).identity == "viewer"
+
+
+def test_a_signed_request_is_accepted_once_across_nodes(nodes):
+    first, second = SeenTable(nodes[0]), SeenTable(nodes[1])
+    now = time.time()
+    assert first.first_use(b"sig-1", now + 300, now)
+    assert not second.first_use(b"sig-1", now + 300, now)  # replayed at another node
+    assert second.first_use(b"sig-2", now + 300, now)
+    assert first.first_use(b"sig-1", now + 700, now + 400)  # its window is over: forgotten
+    assert SignatureChecker(seen=first)._seen is first
+
+
+def _vault(tmp_path, name) -> VaultStore:
+    return VaultStore.for_sealing(tmp_path / f"vault-{name}", KeyDirectory.init(tmp_path / f"keys-{name}"))
+
+
+def test_policy_documents_are_content_addressed_and_copied_into_each_nodes_vault(postgres, nodes, tmp_path):
+    a = Activations(tmp_path / "a.json", _vault(tmp_path, "a"), PolicyTable(nodes[0]))
+    b = Activations(tmp_path / "b.json", _vault(tmp_path, "b"), PolicyTable(nodes[1]))
+    version = a.store.store_policy(PIXELATE)
+    a.share("cam0", version)
+    assert a.rows.documents() == [version] and b.rows.document(version) == canonical(PIXELATE)
+    assert hashlib.sha256(b.rows.document(version)).hexdigest() == version
+    with pytest.raises(EscrowError):
+        b.store.load_policy(version)  # not in b's vault until fetched
+    assert b.fetch(version).model_dump(mode="json")["name"] == "pixelate"
+    assert b.store.load_policy(version) == a.store.load_policy(version)
+    assert b.restore(["cam0", "cam1"], lambda line: None).keys() == {"cam0"}
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+    # a document altered in the database is refused, whatever its version says
+    other = a.store.store_policy(FACES)
+    a.rows.put_document(other, canonical({**FACES, "name": "altered"}))
+    with pytest.raises(EscrowError, match="digest mismatch"):
+        b.fetch(other)
+
+
+def test_two_versions_activated_at_once_the_last_commit_wins_and_both_nodes_agree(postgres, nodes, tmp_path):
+    conninfo = nodes[0].config.database
+    tables = [PolicyTable(database) for database in nodes]
+    vault = _vault(tmp_path, "a")
+    versions = [vault.store_policy(FACES), vault.store_policy(PIXELATE)]
+    for version in versions:
+        tables[0].put_document(version, canonical(vault.load_policy(version)))
+    seen = {"n1": [], "n2": []}
+    reading = []
+
+    def follower(name):
+        reading.append(StateDatabase(_cluster(postgres, conninfo, name)))
+        own = PolicyTable(reading[-1])
+        return StateFollower(_cluster(postgres, conninfo, name),
+                             {"activation": lambda camera: seen[name].append(own.activation(camera))}, lambda: None)
+
+    followers = [follower("n1"), follower("n2")]
+    for one in followers:
+        one.start()
+    try:
+        for one in followers:
+            assert one.following.wait(10)
+        for _ in range(10):  # both nodes write at once, over and over
+            start = threading.Barrier(2)
+
+            def write(table, version, start=start):
+                start.wait()
+                table.put("cam0", version, {})
+
+            threads = [threading.Thread(target=write, args=(t, v)) for t, v in zip(tables, versions, strict=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        (final,), = _rows(postgres, nodes[0], "SELECT version FROM policy_activations WHERE camera = 'cam0'")
+        deadline = time.monotonic() + 5
+        while not all(len(s) == 20 for s in seen.values()):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.02)
+        assert seen["n1"][-1] == seen["n2"][-1] == final  # the last notification read what was committed last
+    finally:
+        for one in followers:
+            one.close()
+        for database in reading:
+            database.close()
+
+
+def test_with_the_database_gone_a_change_fails_whole_and_checks_go_on_from_memory(nodes, tmp_path):
+    database = nodes[0]
+    store = TokenStore(tmp_path / "a", rows=TokenTable(database))
+    token, record = store.issue("viewer", None, 600.0, "officer")
+    store.grant("viewer", ["cam0"])
+
+    def unreachable():
+        raise psycopg.OperationalError("connection refused (test)")
+
+    database.close()
+    database._connector = unreachable
+    with pytest.raises(StateUnavailable, match="connection refused"):
+        store.issue("viewer", None, 600.0, "officer")
+    with pytest.raises(StateUnavailable):
+        store.revoke(record.id)
+    with pytest.raises(StateUnavailable):
+        store.grant("viewer", [])
+    assert store.tokens() == [record] and store.check(token) == record  # nothing changed here either
+    assert store.granted("viewer") == frozenset({"cam0"})
