@@ -166,6 +166,8 @@ class SimNode:
     failed_starts: int = 0
     #: every camera this node has started, ever
     started: set[str] = field(default_factory=set)
+    #: cameras stopped (their lease handed back, or in doubt)
+    stops: int = 0
 
     def __post_init__(self) -> None:
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -188,6 +190,7 @@ class SimNode:
         with self._lock:
             sim = self.cameras.pop(camera, None)
         if sim is not None:
+            self.stops += 1
             sim.sealer.close()
             self.refused += sim.refused
             self.sealing_cpu += sim.sealer.cpu_seconds
@@ -364,6 +367,8 @@ class Result:
     load: dict[str, int] = field(default_factory=dict)
     failed_starts: int = 0
     missing_grants: int = 0
+    stops: int = 0
+    failed_rounds: int = 0
 
     def per_camera_s(self, value: float) -> float:
         return value / self.cameras / self.seconds
@@ -480,7 +485,8 @@ def run_cluster(cameras: int, args, crops, engines: Engines) -> Result:
                 return (traffic.snapshot(), statements.snapshot(), xact_commits(engines.postgres, database),
                         sum(c.requests for c in cosigners), time.process_time(),
                         sum(s.sealing_seconds() for s in sims), {k: cpu_of(v) for k, v in pids.items()},
-                        _frames_fed(sims), sum(s.refused_frames() for s in sims), time.monotonic())
+                        _frames_fed(sims), sum(s.refused_frames() for s in sims), time.monotonic(),
+                        sum(s.stops for s in sims), sum(m.stats.failed_rounds for m in members))
 
             before = sample()
             time.sleep(args.seconds)
@@ -501,6 +507,7 @@ def run_cluster(cameras: int, args, crops, engines: Engines) -> Result:
     result.engines_cpu = {k: after[6][k] - before[6][k] for k in after[6]}
     result.frames, result.refused = after[7] - before[7], after[8] - before[8]
     result.load = load
+    result.stops, result.failed_rounds = after[10] - before[10], after[11] - before[11]
     result.failed_starts = sum(sim.failed_starts for sim in sims)
     result.missing_grants = missing_grants(engines.bao, wanted)
     return result
@@ -535,6 +542,7 @@ def report(results: list[Result], args) -> None:
         print(f"  {r.label}, {r.cameras} cameras: S3 {dict(sorted(r.s3_requests.items()))}; "
               f"PostgreSQL {dict(sorted(r.statements.items()))}; "
               f"engines CPU s {({k: round(v, 2) for k, v in r.engines_cpu.items()})}; frames fed {r.frames}; "
+              f"cameras stopped in the window {r.stops} (lease rounds failed {r.failed_rounds}); "
               f"camera starts failed {r.failed_starts}; cameras missing from the investigator's OpenBao policy "
               f"{r.missing_grants}")
     base = results[0]
