@@ -116,6 +116,12 @@ class S3Objects(ObjectStore):
     def __repr__(self) -> str:
         return f"S3Objects({str(self)!r})"
 
+    @property
+    def events(self):
+        """The boto3 client's event system, for hooks that observe requests (perf/bench_cluster.py
+        counts requests and bytes with ``before-send.s3`` and ``after-call.s3``)."""
+        return self._client.meta.events
+
     # --- errors -----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -93,6 +93,21 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.conninfo.replace("dbname=postgres", f"dbname={name}")
 
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster and its children (perf/ reads their CPU)."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return [postmaster, *children]
+
     def stop(self) -> None:
         try:
             self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

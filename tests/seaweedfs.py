@@ -165,6 +165,10 @@ class SeaweedCluster:
         assert not self.alive(name)
         self._start(name, self._commands[name])
 
+    def pids(self) -> dict[str, int]:
+        """name -> process id of every running process of the cluster (perf/ reads their CPU)."""
+        return {name: p.pid for name, p in self._processes.items() if p.poll() is None}
+
     def alive(self, name: str) -> bool:
         return self._processes[name].poll() is None
 
