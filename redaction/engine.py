@@ -172,8 +172,9 @@ class StreamRedactor:
     in flight, so memory stays bounded.
 
     A stream that knows nothing yet looks twice before it releases: its first two detection frames
-    are read whole, at full quality, and the frames decided by the first look wait for the
-    second, whose regions they get too. One look misses a face now and then; with motion gating, a face that one
+    are read whole, at full quality (the second besides its gated pass, which alone the tracks
+    follow), and the frames decided by the first look wait for the second, whose regions they get
+    too. One look misses a face now and then; with motion gating, a face that one
     look missed and that does not move would stay bare until the sweep reached it, and a
     stream that starts has no track to carry it through the miss (one start in ninety on the
     tests' camera clip: three raw frames).
@@ -214,6 +215,12 @@ class StreamRedactor:
     def held(self) -> int:
         """Frames taken but not yet released."""
         return len(self._held) + sum(len(group) for group, *_ in self._pending) + len(self._first or ())
+
+    @property
+    def settled(self) -> bool:
+        """Past the stream's first two looks (the second reads the whole frame twice): from here on a
+        detection frame costs what the next ones will."""
+        return self._looks > 2
 
     def push(self, frame: Frame) -> list[Decision]:
         """Take one frame; return the frames whose regions are now decided, in order."""
@@ -256,9 +263,10 @@ class StreamRedactor:
         plan = (self._gating.plan(frame.image, frame.time, self.tracker.tracks(current=True))
                 if self._gating is not None else None)  # in frame order
         self._looks += 1
-        # the second look reads the whole frame too; its plan still says what stayed still (kept masks)
-        if plan is None or plan.whole or self._looks <= 2:
+        if plan is None or plan.whole:
             work, args = self.analyzer.detect, (frame.image,)
+        elif self._looks == 2:  # the second look also reads the whole frame (for the masks, not the tracks)
+            work, args = self._both, (frame.image, plan)
         else:
             work, args = self._gating.run, (frame.image, plan)
         if self._pool is None:
@@ -270,6 +278,9 @@ class StreamRedactor:
         else:
             future = self._pool.submit(work, *args)
         self._pending.append((group, plan, future, self._looks))
+
+    def _both(self, image: np.ndarray, plan: Plan) -> tuple[list[Region], list[Region]]:
+        return self._gating.run(image, plan), self.analyzer.detect(image)
 
     def _collect(self, wait: bool, everything: bool = False) -> list[Decision]:
         """Release groups whose detection is done; with ``wait``, block while too many are in flight."""
@@ -289,7 +300,10 @@ class StreamRedactor:
             out.extend(self._decide(group, plan, detections, look))
         return out
 
-    def _decide(self, group: list[Frame], plan: Plan | None, detections: list[Region], look: int) -> list[Decision]:
+    def _decide(self, group: list[Frame], plan: Plan | None, detections, look: int) -> list[Decision]:
+        whole: list[Region] = []  # the second look's whole-frame pass (when it is not whole anyway)
+        if isinstance(detections, tuple):
+            detections, whole = detections
         if plan is not None and not plan.whole:  # what was not looked at again keeps its mask
             # the plan's passes (changed areas, sweep tile, known regions again) each found their
             # own boxes: one object seen by two of them is one region
@@ -304,14 +318,23 @@ class StreamRedactor:
         if look == 1:  # the first look: its frames wait for the second
             self._first = out
             return []
-        if look > 2 or self._first is None:
+        if look > 2 or (self._first is None and not whole):
             return out
-        # the second look: what it found was there a stride ago too (a margin covers the motion)
-        found, shape = out[-1].regions, out[-1].frame.image.shape
-        first = [Decision(d.frame, d.regions + [r for r in found if not _covered(r, d.regions)]
-                          if d.frame.image.shape == shape else d.regions) for d in self._first]
-        self._first = None
-        return first + out
+        # the second look: what its whole-frame pass found (and what the first look's frames did not
+        # have, what it tracked) was there a stride ago too, where a margin covers the motion; the
+        # tracks follow its gated pass alone, as on every later look
+        shape = out[-1].frame.image.shape
+        height, width = shape[:2]
+        found = self.analyzer.finish(whole, width, height)
+        first, self._first = self._first or [], None
+        return [_with(d, [*found, *out[-1].regions], shape) for d in first] + [_with(d, found, shape) for d in out]
+
+
+def _with(decision: Decision, regions: list[Region], shape: tuple[int, ...]) -> Decision:
+    """``decision`` with those of ``regions`` it does not hold already (a frame of the same size only)."""
+    if decision.frame.image.shape != shape:
+        return decision
+    return Decision(decision.frame, decision.regions + [r for r in regions if not _covered(r, decision.regions)])
 
 
 def _covered(region: Region, regions: list[Region]) -> bool:

@@ -162,7 +162,9 @@ def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):
 
 def test_overload_drops_and_blanks_but_never_releases_raw(clip):
     frames, faces, detectors = clip
-    faulty = Faulty(detectors["face"], frames, slow=0.5)  # each detection takes longer than its 3 frames
+    # each detection call takes longer than its 3 frames, yet a gated look (two calls: the changed
+    # boxes and a sweep slice) fits in the hold-back; a stream's second look (three calls) does not
+    faulty = Faulty(detectors["face"], frames, slow=0.3)
     pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.8, queue_frames=3,
                               analyzer_factory=lambda p: Analyzer(p, {"face": faulty}))
     released = run(frames, pipeline)

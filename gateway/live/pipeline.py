@@ -391,6 +391,7 @@ class CameraPipeline:
                 spent = time.monotonic() - started
                 self.stats.detections += 1
                 self.stats.detect_seconds += spent
+            if decisions and stream.settled:  # a stream's first two looks cost more than the ones after
                 # expected time to decide a frame: what detection took lately, capped (see _COST_CAP)
                 estimate = spent if cost == 0.0 else (1 - _COST_SMOOTHING) * cost + _COST_SMOOTHING * spent
                 cost = min(estimate, _COST_CAP * self.holdback)
