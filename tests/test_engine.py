@@ -97,7 +97,7 @@ def test_a_stream_looks_twice_before_it_releases():
     assert all(len(d.regions) == 1 for d in released)
     twice = ScriptedDetector({0: [face], 2: [face]})
     stream = StreamRedactor(Analyzer(FACES, {"face": twice}), stride=2, persist=0.0)
-    first = [d for f in frames(3) for d in stream.push(f)][0]
+    first = next(d for f in frames(3) for d in stream.push(f))
     assert first.frame.index == 0 and [r.box for r in first.regions] == [face.box]
 
 
