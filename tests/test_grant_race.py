@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from keys import CoSignerRefused, PrivateIdentity
-from keys.cosigner import _RULE, CoSigner, _mount_of, camera_prefix, grant_access, key_prefix, revoke_access
+from keys.cosigner import (
+    _RULE,
+    CoSigner,
+    _mount_of,
+    camera_prefix,
+    grant_access,
+    key_prefix,
+    revoke_access,
+)
 
 VAULT = "0123456789abcdef"
 WRITERS = 8
