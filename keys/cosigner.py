@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import re
 import ssl
 import time
@@ -58,6 +59,8 @@ ISSUER = "privacy-gateway"
 AUDIENCE = "openbao"
 LOGIN_SECONDS = 60  # lifetime of the JWT an identity signs to log in
 TOKEN_TTL = "15m"  # lifetime of the token an identity gets for one unmask
+#: seconds grant_access goes on retrying a policy write that other writers keep changing under it
+ACCESS_PATIENCE = 30.0
 
 #: what the gateway's token may do with transit: seal (encrypt, creating the segment's key on
 #: first use), look a key up, and shred (allow deletion in its config, delete); never decrypt,
@@ -359,38 +362,130 @@ def set_up(admin: CoSigner, embedded: bool) -> str:
     return str(reply["auth"]["client_token"])
 
 
+def _errors(reply: httpx.Response) -> str:
+    """The error text of a refusal (OpenBao's ``errors`` list), for telling a conflict from a refusal."""
+    try:
+        return " ".join(str(e) for e in reply.json().get("errors") or ())
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _collided(reply: httpx.Response) -> bool:
+    """Whether another writer's request won: a policy's check-and-set failed, or OpenBao's storage
+    transaction did (two writers of one mount's config or role at once: HTTP 500, nothing written)."""
+    return ((reply.status_code == 400 and "check-and-set" in _errors(reply))
+            or (reply.status_code == 500 and "transaction commit failed" in _errors(reply)))
+
+
+def _write(admin: CoSigner, method: str, path: str, body: dict | None) -> httpx.Response:
+    """The answer to one write of people's access, a collision (:func:`_collided`) included: any other
+    5xx is the node's, and the write goes to the next node as every request does (:meth:`CoSigner._send`)."""
+    reply = admin._send(method, path, body, judge=lambda status: None if status == 500 else _serves(status))
+    if reply.status_code == 500 and not _collided(reply):
+        reply = admin._send(method, path, body)
+    return reply
+
+
+class _Patience:
+    """Retrying what collided with another writer: jittered, growing pauses, until a deadline."""
+
+    def __init__(self, admin: CoSigner, identity: PublicIdentity, seconds: float) -> None:
+        self.admin, self.identity, self.deadline, self.attempt = admin, identity, time.monotonic() + seconds, 0
+
+    def wait(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise CoSignerUnavailable(f"the co-signer (OpenBao) at {self.admin.node}: {self.identity.name}'s access "
+                                      f"kept changing under {self.attempt + 1} attempts to update it")
+        time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** self.attempt)))  # jittered: writers spread out
+        self.attempt += 1
+
+
+def _write_same(admin: CoSigner, patience: _Patience, method: str, path: str, body: dict | None) -> None:
+    """An idempotent write (every writer writes the same), again after a collision."""
+    while _collided(reply := _write(admin, method, path, body)):
+        patience.wait()
+    if reply.status_code >= 400:
+        raise CoSignerRefused("the co-signer refused the request")
+
+
+def _enable_login(admin: CoSigner, patience: _Patience, identity: PublicIdentity, mount: str) -> None:
+    """Enable ``identity``'s JWT auth mount unless it is there; another writer (a node of a cluster,
+    an officer) enabling it at the same moment is success, not a refusal."""
+    auths = admin._call("GET", "sys/auth")
+    if f"{mount}/" in auths.get("data", auths):
+        return
+    body = {"type": "jwt", "description": f"privacy-gateway {identity.name}"}
+    while _collided(reply := _write(admin, "POST", f"sys/auth/{mount}", body)):
+        patience.wait()
+    if reply.status_code >= 400 and not (reply.status_code == 400 and "already in use" in _errors(reply)):
+        raise CoSignerRefused("the co-signer refused the request")
+
+
 def grant_access(admin: CoSigner, identity: PublicIdentity, prefixes: Iterable[str],
-                 keep: Callable[[str], bool] = lambda prefix: False) -> None:
+                 keep: Callable[[str], bool] = lambda prefix: False, *, patience: float = ACCESS_PATIENCE) -> None:
     """Let ``identity`` (and nobody else through its mount) decrypt shares of the transit keys
     starting with ``prefixes`` (see :func:`key_prefix`), besides the prefixes it already has
-    that ``keep`` keeps; none at all leaves it a login and nothing else."""
+    that ``keep`` keeps; none at all leaves it a login and nothing else.
+
+    Safe from any number of concurrent writers (the nodes of a cluster, an officer's
+    ``sync-access``): the policy is written with OpenBao's check-and-set on its version, and a
+    write that lost to another one reads the policy again and applies ``prefixes`` and ``keep``
+    to what that one left, so no writer's update is lost; the login's mount, config and role are
+    the same whoever writes them, and a write that collided is made again. Gives up with
+    :class:`CoSignerUnavailable` after ``patience`` seconds of collisions."""
     mount = _mount_of(identity)
-    auths = admin._call("GET", "sys/auth")
-    if f"{mount}/" not in auths.get("data", auths):
-        admin._call("POST", f"sys/auth/{mount}", {"type": "jwt", "description": f"privacy-gateway {identity.name}"})
+    retry = _Patience(admin, identity, patience)
+    _enable_login(admin, retry, identity, mount)
     pem = identity.signing_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
-    admin._call("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [pem], "jwt_supported_algs": ["EdDSA"],
-                                                  "bound_issuer": ISSUER})
-    admin._call("POST", f"auth/{mount}/role/unmask", {
+    _write_same(admin, retry, "POST", f"auth/{mount}/config", {
+        "jwt_validation_pubkeys": [pem], "jwt_supported_algs": ["EdDSA"], "bound_issuer": ISSUER})
+    _write_same(admin, retry, "POST", f"auth/{mount}/role/unmask", {
         "role_type": "jwt", "user_claim": "sub", "bound_subject": identity.name, "bound_audiences": [AUDIENCE],
         "token_policies": [mount], "token_no_default_policy": True, "token_ttl": TOKEN_TTL,
         "token_max_ttl": TOKEN_TTL})
-    try:
-        current = admin._call("GET", f"sys/policies/acl/{mount}").get("data", {}).get("policy", "")
-    except CoSignerRefused:  # none yet (404)
-        current = ""
-    had = set(_RULE.findall(current))
-    wanted = {p for p in had if keep(p)} | set(prefixes)
-    if wanted == had and _AUDIT_RULE in current:
-        return
-    rules = "".join(f'path "{admin.mount}/decrypt/{p}*" {{ capabilities = ["update"] }}\n' for p in sorted(wanted))
-    # every identity that unmasks also checkpoints the audit log it appended to
-    admin._call("PUT", f"sys/policies/acl/{mount}", {"policy": rules + _AUDIT_RULE})
+    prefixes = set(prefixes)
+    while True:
+        current, version = _policy(admin, mount)
+        had = set(_RULE.findall(current))
+        wanted = {p for p in had if keep(p)} | prefixes
+        # nothing to write: sound because the read came from the active node (a cluster's standbys
+        # forward reads: disable_standby_reads, docs/escrow.md), not from a lagging copy
+        if wanted == had and _AUDIT_RULE in current:
+            return
+        rules = "".join(f'path "{admin.mount}/decrypt/{p}*" {{ capabilities = ["update"] }}\n' for p in sorted(wanted))
+        # every identity that unmasks also checkpoints the audit log it appended to
+        reply = _write(admin, "PUT", f"sys/policies/acl/{mount}", {"policy": rules + _AUDIT_RULE, "cas": version})
+        if not _collided(reply):
+            break
+        retry.wait()  # another writer got there first: read again
+    if reply.status_code >= 400:
+        raise CoSignerRefused("the co-signer refused the request")
 
 
-def revoke_access(admin: CoSigner, identity: PublicIdentity) -> None:
-    """End ``identity``'s access: its mount goes (revoking every token it issued), then its policy."""
+def _policy(admin: CoSigner, mount: str) -> tuple[str, int]:
+    """An identity's ACL policy and its version (for check-and-set); ``("", 0)`` when there is none."""
+    reply = admin._send("GET", f"sys/policies/acl/{mount}")
+    if reply.status_code == 404:
+        return "", 0
+    if reply.status_code >= 400:
+        raise CoSignerRefused("the co-signer refused the request")
+    data = reply.json().get("data") or {}
+    if "version" not in data:  # a server that would ignore "cas" and let concurrent writers undo each other
+        raise CoSignerUnavailable(f"the co-signer (OpenBao) at {admin.node} does not version ACL policies "
+                                  "(check-and-set on policies: OpenBao 2.4 or later, as pyproject.toml requires)")
+    return str(data.get("policy") or ""), int(data["version"])
+
+
+def revoke_access(admin: CoSigner, identity: PublicIdentity, *, patience: float = ACCESS_PATIENCE) -> None:
+    """End ``identity``'s access: its mount goes (revoking every token it issued), then its policy.
+    Another writer revoking it at the same moment is success, not a refusal."""
     mount = _mount_of(identity)
-    admin._call("DELETE", f"sys/auth/{mount}")
-    admin._call("DELETE", f"sys/policies/acl/{mount}")
-
+    retry = _Patience(admin, identity, patience)
+    while (reply := _write(admin, "DELETE", f"sys/auth/{mount}", None)).status_code >= 400:
+        auths = admin._call("GET", "sys/auth")
+        if f"{mount}/" not in auths.get("data", auths):
+            break  # another writer removed it first ("failed to remove entry in auth table")
+        if not (_collided(reply) or "failed to remove entry" in _errors(reply)):
+            raise CoSignerRefused("the co-signer refused the request")
+        retry.wait()
+    _write_same(admin, retry, "DELETE", f"sys/policies/acl/{mount}", None)
