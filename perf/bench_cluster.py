@@ -23,10 +23,10 @@ sealing and lease traffic, driven directly, with the gateway's own code:
   with ``--tracks`` face regions: crops of OpenCV's walkway clip (``vtest``) at 640x360, boxes
   36-64 px drifting over the frame, so the clip coder codes real pixels; a new recording (as
   ``storage.recording_seconds``) every ``--recording-seconds`` of media time, with no recorder
-  file (recordings, mp4, stay on the node's disk in this version and are not uploaded).
+  file (a real node also uploads each finished recording, mp4, as one more PUT of its size).
 
-Not simulated, so not counted: detection, redaction, encoding, viewers; the policy/token state
-that is still per node (local files); recordings in S3 (not built yet).
+Not simulated, so not counted: detection, redaction, encoding, viewers; recordings' uploads; the
+policies, tokens and grants in PostgreSQL (written only when an officer changes them).
 
 Counted over a window of ``--seconds`` after ``--warmup`` (all cameras started and sealing):
 
