@@ -33,7 +33,7 @@ from pathlib import Path
 from .durable import atomic_path, make_dirs, remove_durably, write_durably
 from .errors import ObjectMissing
 
-__all__ = ["LocalObjects", "ObjectStore", "check_name"]
+__all__ = ["LocalObjects", "ObjectStore", "check_name", "check_prefix"]
 
 # link(2) cannot: another file system (the scratch directory elsewhere), or none at all (FAT)
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
@@ -51,6 +51,16 @@ def check_name(name: str) -> str:
         if not part or part.startswith("."):
             raise ValueError(f"object name {name!r}: empty component, '.', '..' or a hidden name")
     return name
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it can start object names (its directory part a valid name), else :class:`ValueError`."""
+    directory, _, _ = prefix.rpartition("/")
+    if directory:
+        check_name(directory)
+    if "\\" in prefix or "\0" in prefix:
+        raise ValueError(f"object prefix {prefix!r}: backslash or NUL")
+    return prefix
 
 
 class ObjectStore(abc.ABC):
@@ -137,11 +147,7 @@ class LocalObjects(ObjectStore):
         return self._path(name).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        directory, _, _ = prefix.rpartition("/")
-        if directory:
-            check_name(directory)
-        if "\\" in prefix or "\0" in prefix:
-            raise ValueError(f"object prefix {prefix!r}: backslash or NUL")
+        directory, _, _ = check_prefix(prefix).rpartition("/")
         base = self.root.joinpath(*directory.split("/")) if directory else self.root
         names = []
         for top, dirs, files in os.walk(base):

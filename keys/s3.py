@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ObjectMissing
-from .objects import ObjectStore, check_name
+from .objects import ObjectStore, check_name, check_prefix
 
 __all__ = ["LOCKED_PREFIXES", "MULTIPART_BYTES", "ObjectLock", "S3Objects"]
 
@@ -219,35 +219,18 @@ class S3Objects(ObjectStore):
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        directory, _, _ = prefix.rpartition("/")
-        if directory:
-            check_name(directory)
-        if "\\" in prefix or "\0" in prefix:
-            raise ValueError(f"object prefix {prefix!r}: backslash or NUL")
-        names = []
-        with self._errors("listing", prefix or "/"):
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                           Prefix=self.prefix + prefix,
-                                                                           PaginationConfig=self._page)
-            for page in pages:
-                for item in page.get("Contents", ()):
-                    name = item["Key"][len(self.prefix):]
-                    with contextlib.suppress(ValueError):  # not an object of ours (a folder marker, a hidden name)
-                        names.append(check_name(name))
-        return sorted(names)
+        return [name for name, _, _ in self.describe(prefix)]
 
     def describe(self, prefix: str = "") -> list[tuple[str, int, dt.datetime]]:
         """As :meth:`list`, with each object's size and LastModified, from the same listing requests."""
-        if "\\" in prefix or "\0" in prefix:
-            raise ValueError(f"object prefix {prefix!r}: backslash or NUL")
         out = []
-        with self._errors("listing", prefix or "/"):
+        with self._errors("listing", check_prefix(prefix) or "/"):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                            Prefix=self.prefix + prefix,
                                                                            PaginationConfig=self._page)
             for page in pages:
                 for item in page.get("Contents", ()):
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError):  # not an object of ours (a folder marker, a hidden name)
                         out.append((check_name(item["Key"][len(self.prefix):]), int(item["Size"]),
                                     item["LastModified"]))
         return sorted(out)

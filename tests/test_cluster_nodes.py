@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import av
 import pytest
+from cluster_harness import ServeNode, small_clip, wait_for
 from serve_harness import FACES, add_people, assert_faces_redacted, half
 
 from gateway.api.access import TokenStore
@@ -33,30 +28,6 @@ LEASE_S = 3.0
 NODES = ("n1", "n2", "n3")
 
 
-def _small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, fps=10) -> Path:
-    """A short, small, slow H.264 clip: six of them must run on two cores beside two other nodes."""
-    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
-        stream = dst.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        step, kept = src.streams.video[0].average_rate / fps, 0
-        for index, frame in enumerate(src.decode(video=0)):
-            if index >= kept * step:
-                if kept >= seconds * fps:
-                    break
-                small = frame.reformat(width=width, height=height, format="yuv420p")
-                small.pts = None
-                dst.mux(stream.encode(small))
-                kept += 1
-        dst.mux(stream.encode(None))
-    return target
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _request(port, method, path, token=None, body=None, headers=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -68,11 +39,10 @@ def _request(port, method, path, token=None, body=None, headers=None):
         connection.close()
 
 
-class Node:
+class Node(ServeNode):
     def __init__(self, name, tmp, keys, clip, postgres, database, openbao, cameras=CAMERAS, objects=None, capacity=4):
         """``objects``: a ``storage.objects`` section (the nodes' shared bucket)."""
-        self.name, self.dir, self.port = name, tmp / name, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(name, tmp)
         data = self.dir / "data"
         shutil.copytree(keys, data / "keys")
         store = TokenStore(data / "access")
@@ -89,12 +59,7 @@ class Node:
             "cluster": {"node": name, "url": self.url, "database": database, "password_file": str(postgres.password_file),
                         "capacity": capacity, "lease_s": LEASE_S},
         }
-        (self.dir / "gateway.yaml").write_text(json.dumps(config))
-        self.log = open(self.dir / "serve.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.dir / "gateway.yaml")],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        self.start(config)
 
     def health(self):
         try:
@@ -114,28 +79,11 @@ class Node:
     def metrics(self) -> str:
         return _request(self.port, "GET", "/metrics", self.token)[2].decode()
 
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return result
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, data):
-    path = _small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("cluster") / "small.mp4")
+    path = small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("cluster") / "small.mp4")
     frames = [f.image for f in VideoTranscoder(path).frames()]
     analyzer = Analyzer(parse_policy(FACES))
     faces = [[r for r in analyzer.regions(f) if r.score >= 0.5] for f in frames[::5]]
@@ -166,11 +114,11 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
             owned = [node.owns() for node in nodes]
             return owned if sorted(map(len, owned)) == [2, 2, 2] and set().union(*owned) == set(CAMERAS) else None
 
-        owned = _wait(spread, 120, "six cameras spread 2/2/2")
+        owned = wait_for(spread, 120, "six cameras spread 2/2/2")
         time.sleep(2 * LEASE_S)  # stable: no more hand-backs
-        owned = _wait(spread, 30, "the spread to hold")
+        owned = wait_for(spread, 30, "the spread to hold")
         owner = {camera: node for node, cameras in zip(nodes, owned, strict=True) for camera in cameras}
-        _wait(lambda: all(owner[c].released(c) > 0 for c in CAMERAS), 90, "every camera releasing redacted frames")
+        wait_for(lambda: all(owner[c].released(c) > 0 for c in CAMERAS), 90, "every camera releasing redacted frames")
         assert all(f'privacy_gateway_camera_owned{{camera="{c}",node="{owner[c].name}"}} 1.0' in owner[c].metrics()
                    for c in CAMERAS)
 
@@ -196,7 +144,7 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
             where = {c: next((n for n in survivors if c in n.owns()), None) for c in moved}
             return all(n is not None and n.released(c) > 0 for c, n in where.items()) and where
 
-        where = _wait(running_again, 60, "the killed node's cameras to run again elsewhere")
+        where = wait_for(running_again, 60, "the killed node's cameras to run again elsewhere")
         takeover = time.monotonic() - killed
         with capsys.disabled():
             print(f"\ncluster take-over: cameras {moved} of a kill -9'd node released redacted frames again on "

@@ -12,9 +12,11 @@ import os
 import shutil
 import time
 
+import cluster_harness
 import pytest
+from cluster_harness import wait_for
 from serve_harness import add_people
-from test_cluster_nodes import Node, _small_clip, _wait
+from test_cluster_nodes import Node
 
 from gateway.cli import main
 from keys import AuditLog
@@ -24,7 +26,7 @@ CAMERAS = ["cam0", "cam1"]
 
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory, data):
-    return _small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("s3nodes") / "small.mp4")
+    return cluster_harness.small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("s3nodes") / "small.mp4")
 
 
 @pytest.fixture
@@ -55,17 +57,17 @@ def _gauge(metrics: str, name: str, camera: str, node: str) -> float | None:
 def test_a_killed_nodes_finished_footage_verifies_and_unmasks_from_the_bucket(nodes, tmp_path, capsys):
     start, people, bucket = nodes
     first = start("n1")
-    _wait(lambda: first.owns() == set(CAMERAS), 90, "n1 to claim both cameras")
+    wait_for(lambda: first.owns() == set(CAMERAS), 90, "n1 to claim both cameras")
     second = start("n2")
     # n1 keeps both until n2 is live, then hands one back: wait for the 1/1 spread
-    _wait(lambda: len(first.owns()) == 1 and len(second.owns()) == 1, 60, "the cameras spread 1/1")
+    wait_for(lambda: len(first.owns()) == 1 and len(second.owns()) == 1, 60, "the cameras spread 1/1")
     camera = next(iter(first.owns()))
 
     # recordings land in the bucket, under n1's prefix, once finished (the open one stays on the node)
     def finished_in_bucket():
         return [n for n in bucket.list(f"n1/recordings/{camera}/") if n.endswith(".mp4")]
 
-    _wait(lambda: len(finished_in_bucket()) >= 2, 90, "two finished recordings of n1 in the bucket")
+    wait_for(lambda: len(finished_in_bucket()) >= 2, 90, "two finished recordings of n1 in the bucket")
     names = set(bucket.list("n1/"))
     assert {"n1/vault.json", "n1/escrow.json"} <= names
     assert any(n.startswith(f"n1/segments/{camera}/") for n in names)
@@ -76,14 +78,14 @@ def test_a_killed_nodes_finished_footage_verifies_and_unmasks_from_the_bucket(no
     first.process.kill()
     killed = time.monotonic()
     first.process.wait(10)
-    _wait(lambda: camera in second.owns() and second.released(camera) > 0, 60, "n2 to run the killed node's camera")
+    wait_for(lambda: camera in second.owns() and second.released(camera) > 0, 60, "n2 to run the killed node's camera")
     took = time.monotonic() - killed
-    entries = _wait(lambda: [e for e in AuditLog(second.dir / "data" / "vault" / "audit.log").entries()
+    entries = wait_for(lambda: [e for e in AuditLog(second.dir / "data" / "vault" / "audit.log").entries()
                              if e["action"] == "take-over"], 20, "the take-over audit entry")
     details = entries[0]["details"]
     assert details["camera"] == camera and details["previous"] == "n1" and details["epoch"] >= 2
     assert 0 < details["gap_s"] < 60 and details["expired_at"] < details["claimed_at"]
-    gap = _wait(lambda: _gauge(second.metrics(), "privacy_gateway_camera_gap_seconds", camera, "n2"), 10, "the gap")
+    gap = wait_for(lambda: _gauge(second.metrics(), "privacy_gateway_camera_gap_seconds", camera, "n2"), 10, "the gap")
     assert gap == details["gap_s"] or abs(gap - details["gap_s"]) < 0.01
     with capsys.disabled():
         print(f"\nbucket take-over: camera {camera} ran again on n2 {took:.1f} s after kill -9 of n1; gap logged "

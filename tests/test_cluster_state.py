@@ -14,12 +14,7 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,8 +24,8 @@ import psycopg
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from cluster_harness import ServeNode, small_clip, wait_for
 from serve_harness import FACES, add_people
-from test_cluster_nodes import _small_clip
 from whep_harness import async_wait_until
 
 from gateway.api.access import TokenStore
@@ -42,12 +37,6 @@ CAMERA = "cam0"
 BOUND_S = 5.0
 PIXELATE = {**FACES, "unmask": {"watermark": "optional"}, "name": "pixelate", "classes": {**FACES.get("classes", {}), "face": {"method": "pixelate"}}}
 SOLID = {**FACES, "unmask": {"watermark": "optional"}, "name": "solid", "classes": {**FACES.get("classes", {}), "face": {"method": "solid"}}}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _request(port, method, path, token=None, body=None, headers=None):
@@ -64,10 +53,9 @@ def _request(port, method, path, token=None, body=None, headers=None):
         connection.close()
 
 
-class Node:
+class Node(ServeNode):
     def __init__(self, name, tmp, keys, access, clip, postgres, database, openbao):
-        self.name, self.dir, self.port = name, tmp / name, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(name, tmp)
         data = self.dir / "data"
         shutil.copytree(keys, data / "keys")
         shutil.copytree(access, data / "access")  # taken into the shared state at the start
@@ -80,12 +68,7 @@ class Node:
             "cluster": {"node": name, "url": self.url, "database": database,
                         "password_file": str(postgres.password_file), "capacity": 1, "lease_s": 3.0},
         }
-        (self.dir / "gateway.yaml").write_text(json.dumps(config))
-        self.log = open(self.dir / "serve.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.dir / "gateway.yaml")],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        self.start(config)
 
     def get(self, path, token):
         return _request(self.port, "GET", path, token)
@@ -102,29 +85,12 @@ class Node:
         return sum(float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith('privacy_gateway_open_sessions{entry="whep"'))
 
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
-
-
-def _wait(condition, timeout, what, step=0.2):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
-    return result
 
 
 def _propagation(condition, what) -> float:
     """Seconds until ``condition()`` holds, polled every 10 ms (fails past :data:`BOUND_S`)."""
     began = time.monotonic()
-    _wait(condition, BOUND_S, what, step=0.01)
+    wait_for(condition, BOUND_S, what, step=0.01)
     return time.monotonic() - began
 
 
@@ -144,7 +110,7 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(postgres, openbao, data, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("state")
-    clip = _small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp / "small.mp4")
+    clip = small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp / "small.mp4")
     database = postgres.database("state")
     keys = tmp / "keys"
     add_people(keys, tmp / "people")
@@ -162,9 +128,9 @@ def pair(postgres, openbao, data, tmp_path_factory, request):
                     return node
             return None
 
-        b = _wait(owner, 90, "the camera releasing frames on one node")
+        b = wait_for(owner, 90, "the camera releasing frames on one node")
         a = next(node for node in nodes if node is not b)
-        _wait(lambda: a.health(officer) is not None, 30, "the other node answering")
+        wait_for(lambda: a.health(officer) is not None, 30, "the other node answering")
         found = Pair(a, b, officer, viewer, postgres, database)
         yield found
         with_times = ", ".join(f"{what} {seconds * 1000:.0f} ms" for what, seconds in found.times.items())
@@ -198,7 +164,7 @@ def test_a_policy_stored_and_activated_on_one_node_switches_the_camera_on_its_ow
     assert _version(a, officer) == version
     # switched live: the camera kept releasing frames, under the new version, and says why in its log
     released = _released(b, officer)
-    _wait(lambda: _released(b, officer) > released + 5, 20, "frames released after the switch")
+    wait_for(lambda: _released(b, officer) > released + 5, 20, "frames released after the switch")
     assert b.health(officer)["cameras"][CAMERA]["status"] == "ok"
     assert "activated through the shared state" in (b.dir / "serve.log").read_text()
     assert b.get(f"/api/policies/{version}", officer)[0] == 200  # the document is in b's vault too
@@ -207,7 +173,7 @@ def test_a_policy_stored_and_activated_on_one_node_switches_the_camera_on_its_ow
     status, stored = _request(b.port, "POST", "/api/policies", officer, SOLID)
     assert status == 201
     other = stored["version"]
-    _wait(lambda: a.get(f"/api/policies/{other}", officer)[0] == 200, BOUND_S, "a to have b's policy", 0.05)
+    wait_for(lambda: a.get(f"/api/policies/{other}", officer)[0] == 200, BOUND_S, "a to have b's policy", 0.05)
     for _ in range(3):
         start = threading.Barrier(2)
         answers = []
@@ -223,10 +189,10 @@ def test_a_policy_stored_and_activated_on_one_node_switches_the_camera_on_its_ow
             thread.join()
         assert [status for status, _ in answers] == [200, 200], answers
         ((final,),) = pair.sql("SELECT version FROM policy_activations WHERE camera = %s", CAMERA)
-        _wait(lambda final=final: _version(a, officer) == _version(b, officer) == final, BOUND_S,
+        wait_for(lambda final=final: _version(a, officer) == _version(b, officer) == final, BOUND_S,
               "both nodes on the last committed version", 0.05)
     released = _released(b, officer)
-    _wait(lambda: _released(b, officer) > released + 5, 20, "frames released after the concurrent switches")
+    wait_for(lambda: _released(b, officer) > released + 5, 20, "frames released after the concurrent switches")
 
 
 class Watcher:
@@ -279,13 +245,13 @@ async def test_a_token_minted_on_one_node_works_on_the_other_and_revoked_there_e
         _propagation, lambda: b.get("/api/whoami", token)[0] == 200, "b to accept a's token")
     viewer = await _watch(b, token)
     try:
-        await asyncio.to_thread(_wait, lambda: b.sessions(officer) >= 1, 10, "the WHEP session on b")
+        await asyncio.to_thread(wait_for, lambda: b.sessions(officer) >= 1, 10, "the WHEP session on b")
         status, _ = await asyncio.to_thread(_request, a.port, "DELETE", f"/api/tokens/{minted['id']}", officer)
         assert status == 200
         began = time.monotonic()
         pair.times["token revoked"] = await asyncio.to_thread(
             _propagation, lambda: b.get("/api/whoami", token)[0] == 401, "b to refuse the revoked token")
-        await asyncio.to_thread(_wait, lambda: b.sessions(officer) == 0, BOUND_S, "the session on b to end", 0.01)
+        await asyncio.to_thread(wait_for, lambda: b.sessions(officer) == 0, BOUND_S, "the session on b to end", 0.01)
         pair.times["its session ended (token)"] = time.monotonic() - began
     finally:
         await viewer.close()
@@ -302,14 +268,14 @@ async def test_grants_changed_on_one_node_apply_on_the_other(pair):
     assert await asyncio.to_thread(cameras_on_b) == [CAMERA]
     viewer = await _watch(b, token)
     try:
-        await asyncio.to_thread(_wait, lambda: b.sessions(officer) >= 1, 10, "the WHEP session on b")
+        await asyncio.to_thread(wait_for, lambda: b.sessions(officer) >= 1, 10, "the WHEP session on b")
         status, _ = await asyncio.to_thread(_request, a.port, "PUT", "/api/identities/viewer/cameras", officer,
                                             {"cameras": []})
         assert status == 200
         began = time.monotonic()
         pair.times["grant taken away"] = await asyncio.to_thread(
             _propagation, lambda: cameras_on_b() == [], "b to take the grant away")
-        await asyncio.to_thread(_wait, lambda: b.sessions(officer) == 0, BOUND_S, "the session on b to end", 0.01)
+        await asyncio.to_thread(wait_for, lambda: b.sessions(officer) == 0, BOUND_S, "the session on b to end", 0.01)
         pair.times["its session ended (grant)"] = time.monotonic() - began
     finally:
         await viewer.close()
@@ -333,11 +299,11 @@ def test_the_node_that_takes_the_camera_over_seals_under_the_policy_activated_la
         report = a.health(officer) or {}
         return CAMERA in report.get("cluster", {}).get("owns", {}) and _released(a, officer) > 0
 
-    _wait(running, 60, "a to run the camera")
+    wait_for(running, 60, "a to run the camera")
 
     def sealed():
         return CAMERA in vault.cameras() and set(vault.segment_numbers(CAMERA)) - before
 
     # the segments a seals name the policy they were sealed under
-    numbers = _wait(sealed, 30, "a segment sealed on a")
+    numbers = wait_for(sealed, 30, "a segment sealed on a")
     assert {vault.segment(CAMERA, n).header.policy_sha256 for n in numbers} == {version}

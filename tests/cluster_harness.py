@@ -1,0 +1,77 @@
+"""Cluster nodes for the tests: `privacy-gateway serve` of one node in its own process, the small
+clips six cameras can share two cores with, and polling until a condition holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, fps=10) -> Path:
+    """A short, small, slow H.264 clip: six of them must run on two cores beside two other nodes."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = dst.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        step, kept = src.streams.video[0].average_rate / fps, 0
+        for index, frame in enumerate(src.decode(video=0)):
+            if index >= kept * step:
+                if kept >= seconds * fps:
+                    break
+                small = frame.reformat(width=width, height=height, format="yuv420p")
+                small.pts = None
+                dst.mux(stream.encode(small))
+                kept += 1
+        dst.mux(stream.encode(None))
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout, what, step=0.2):
+    """``condition()``'s first true value, polled every ``step`` seconds; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+    return result
+
+
+class ServeNode:
+    """One node's `serve` in its own process: its directory ``tmp/name``, a free port, its URL."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name, self.dir, self.port = name, tmp / name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, config: dict) -> None:
+        """Write ``config`` as the node's gateway.yaml and start `serve` on it (this checkout's code)."""
+        (self.dir / "gateway.yaml").write_text(json.dumps(config))
+        self.log = open(self.dir / "serve.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.dir / "gateway.yaml")],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
