@@ -206,6 +206,36 @@ def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip,
     assert sum(r.state == "blanked" for r in released) >= refused
 
 
+def test_a_worker_still_busy_when_stopped_closes_the_sealer_itself_once_it_ends(clip, tmp_path, sealing_store):
+    """stop() waits for the worker only so long (a model load or a detection on an overloaded
+    machine can outlast it); the sealer is then closed by the worker after its last frame, so the
+    camera's vault is free again for a camera started anew in this process (an edit, a restart)."""
+    _, _, detectors = clip
+    sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
+    loading, loaded = threading.Event(), threading.Event()
+
+    def slow_load(policy):
+        loading.set()
+        loaded.wait(30)
+        return Analyzer(policy, detectors)
+
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, live=True), [], analyzer_factory=slow_load)
+    pipeline.start()
+    try:
+        assert loading.wait(10)
+        pipeline.stop(timeout=0.2)
+        with pytest.raises(keys.VaultError, match="being sealed"):  # the busy worker's sealer still holds it
+            Sealer(sealer.store, sealer._signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
+                   sealer.identities, segment_seconds=None)
+    finally:
+        loaded.set()
+    pipeline._thread.join(30)
+    assert not pipeline._thread.is_alive()
+    again = Sealer(sealer.store, sealer._signer, "cam", POLICY.model_dump(mode="json"), grants_of(POLICY),
+                   sealer.identities, segment_seconds=None)
+    again.close()
+
+
 def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, monkeypatch, sealing_store):
     """OpenBao goes away mid-stream: the sealing thread waits for it at the next share it needs, its
     queue fills, and from then on every frame leaves blanked (counted), never redacted with

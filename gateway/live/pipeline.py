@@ -143,6 +143,10 @@ class CameraPipeline:
         self._queue_frames = queue_frames
         self._wake = threading.Condition(self._lock)
         self._stopping = False
+        #: the worker has ended, and who closes the sealer is settled (under _lock): stop(), or the
+        #: worker itself on its way out when stop() gave up waiting for it
+        self._ended = False
+        self._close_when_ended = False
         self._switch: _Switch | None = None
         self._switched = threading.Condition(self._lock)
         self._switch_failure: Exception | None = None
@@ -219,9 +223,15 @@ class CameraPipeline:
             for slot in self._slots.values():
                 if slot.state == "pending":
                     slot.state = "blanked"
+            ended = self._ended
+            self._close_when_ended = not ended
         self._drain()
-        if not self._thread.is_alive():
+        if ended:
             self.step.close()
+        else:  # a detection or a model load outlasting the wait: the sealer is the worker's to close,
+            # after its last frame (else the camera's vault lock stays held until the process ends)
+            log.warning("camera %s: the pipeline worker is still busy after %.0f s; its sealer closes when it ends",
+                        self.camera, timeout)
 
     # --- policy ----------------------------------------------------------------------------------
 
@@ -283,16 +293,26 @@ class CameraPipeline:
     def _run(self) -> None:
         """The worker, restarted with backoff whenever an error escapes it: meanwhile the watchdog
         blanks every frame, so a failure costs frames, never the camera, and never a raw frame."""
-        while True:
-            try:
-                self._work()
-                return
-            except Exception as exc:  # noqa: BLE001 (counted, logged once per burst, restarted)
-                self.worker_faults.failed(exc)
-            with self._lock:
-                self._wake.wait_for(lambda: self._stopping, self.worker_faults.wait())
-                if self._stopping:
+        try:
+            while True:
+                try:
+                    self._work()
                     return
+                except Exception as exc:  # noqa: BLE001 (counted, logged once per burst, restarted)
+                    self.worker_faults.failed(exc)
+                with self._lock:
+                    self._wake.wait_for(lambda: self._stopping, self.worker_faults.wait())
+                    if self._stopping:
+                        return
+        finally:
+            with self._lock:
+                self._ended = True
+                late = self._close_when_ended
+            if late:
+                try:
+                    self.step.close()
+                except Exception:  # nobody is left to raise it to
+                    log.exception("camera %s: closing the sealer after the worker ended failed", self.camera)
 
     def _work(self) -> None:
         try:
