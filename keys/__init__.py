@@ -29,7 +29,7 @@ The modules, one concept each:
 - :mod:`.evidence` signed evidence manifests of unmask outputs (:func:`make_manifest`, :func:`verify_manifest`).
 """
 
-from .audit import AuditLog, verify_entry
+from .audit import AuditLog, verify_entry, verify_lines
 from .audit_mirror import AUDIT_PREFIX, AuditMirror
 from .cosigner import CoSigner, grant_access, nodes_of, revoke_access, set_up
 from .directory import KeyDirectory
@@ -132,6 +132,7 @@ __all__ = [
     "tracks_at",
     "verify_audit",
     "verify_entry",
+    "verify_lines",
     "verify_manifest",
     "verify_vault",
     "write_durably",

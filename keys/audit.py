@@ -27,13 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from .durable import fsync_dir
 from .errors import AuditError
 from .identity import canonical
 
-__all__ = ["GENESIS", "AuditLog", "verify_entry"]
+__all__ = ["GENESIS", "AuditLog", "verify_entry", "verify_lines"]
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 4096  # bytes read per step backwards; a typical entry is 300-2000 bytes
@@ -180,38 +183,45 @@ class AuditLog:
         ``anchors``: checkpoints kept elsewhere, ``(seq, SHA-256 of that entry's line, where)``;
         the log must hold each one's entry, unchanged (else it was cut or rolled back).
         """
-        prev, count = GENESIS, 0
-        digests = {}
         lines = self._read().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         else:
             raise AuditError(f"audit log entry {len(lines)} (line {len(lines)}): truncated (no final newline)")
-        for number, line in enumerate(lines, start=1):
-            where = f"audit log entry {number} (line {number})"
-            try:
-                entry = json.loads(line)
-                body = {k: entry[k] for k in _FIELDS}
-                signature = bytes.fromhex(entry["signature"])
-            except (ValueError, KeyError, TypeError):
-                raise AuditError(f"{where}: malformed") from None
-            if canonical(entry) != line:
-                raise AuditError(f"{where}: not in canonical form (edited?)")
-            if body["seq"] != number:
-                raise AuditError(f"{where}: sequence {body['seq']} out of order (entry deleted or inserted?)")
-            if body["prev"] != prev:
-                raise AuditError(f"{where}: hash chain broken (previous entry changed, deleted or reordered)")
-            _check_signed(where, body, signature, key_of)
-            prev, count = hashlib.sha256(line).hexdigest(), number
-            digests[number] = prev
-        for seq, digest, source in sorted(anchors, reverse=True):
-            if seq > count:
-                raise AuditError(f"the audit log has {count} entries, but {source} checkpoints entry {seq} "
-                                 "(the log was cut, rolled back or replaced)")
-            if seq and digests[seq] != digest:
-                raise AuditError(f"audit log entry {seq} differs from its checkpoint in {source} (rolled back or "
-                                 "replaced)")
-        return count
+        return verify_lines(lines, key_of, anchors)
+
+
+def verify_lines(lines: list[bytes], key_of: KeyOf, anchors: list[tuple[int, str, str]] = (),
+                 log: str = "audit log") -> int:
+    """:meth:`AuditLog.verify` on a log's lines as stored (no newlines), wherever they are kept (a
+    copy of another node's log); ``log`` names it in messages. Returns the number of entries."""
+    prev, count = GENESIS, 0
+    digests = {}
+    for number, line in enumerate(lines, start=1):
+        where = f"{log} entry {number} (line {number})"
+        try:
+            entry = json.loads(line)
+            body = {k: entry[k] for k in _FIELDS}
+            signature = bytes.fromhex(entry["signature"])
+        except (ValueError, KeyError, TypeError):
+            raise AuditError(f"{where}: malformed") from None
+        if canonical(entry) != line:
+            raise AuditError(f"{where}: not in canonical form (edited?)")
+        if body["seq"] != number:
+            raise AuditError(f"{where}: sequence {body['seq']} out of order (entry deleted or inserted?)")
+        if body["prev"] != prev:
+            raise AuditError(f"{where}: hash chain broken (previous entry changed, deleted or reordered)")
+        _check_signed(where, body, signature, key_of)
+        prev, count = hashlib.sha256(line).hexdigest(), number
+        digests[number] = prev
+    for seq, digest, source in sorted(anchors, reverse=True):
+        if seq > count:
+            raise AuditError(f"the {log} has {count} entries, but {source} checkpoints entry {seq} "
+                             "(the log was cut, rolled back or replaced)")
+        if seq and digests[seq] != digest:
+            raise AuditError(f"{log} entry {seq} differs from its checkpoint in {source} (rolled back or "
+                             "replaced)")
+    return count
 
 
 def verify_entry(entry: dict, key_of: KeyOf) -> None:

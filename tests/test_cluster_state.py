@@ -286,6 +286,40 @@ async def test_grants_changed_on_one_node_apply_on_the_other(pair):
         _propagation, lambda: cameras_on_b() == [CAMERA], "b to give the grant")
 
 
+def test_every_nodes_audit_log_is_read_and_verified_on_any_node(pair):
+    """Each node keeps its own chain and copies it to the shared state: an officer on a sees b's
+    entries (the camera's recordings and seals) as b logged them, each naming its node, and a
+    verifies both chains; a line rewritten in the database fails verification, naming the node."""
+    a, b, officer = pair.a, pair.b, pair.officer
+
+    def copied():
+        status, body = a.get("/api/audit", officer)
+        return status == 200 and [e for e in body["entries"] if e["node"] == b.name and e["action"] == "seal"]
+
+    pair.times["b's seal entry read on a"] = _propagation(copied, "b's seal entries in a's view of the audit log")
+    status, own = b.get(f"/api/audit?node={b.name}", officer)  # from b's own file
+    assert status == 200 and own["entries"]
+    status, seen = a.get(f"/api/audit?node={b.name}", officer)  # from the copy
+    assert status == 200 and seen["entries"]
+    by_seq = {e["seq"]: e for e in own["entries"]}
+    assert all(by_seq[e["seq"]] == e for e in seen["entries"]), "a's copy of b's log differs from b's log"
+    assert {e["node"] for e in a.get("/api/audit", officer)[1]["entries"]} <= {a.name, b.name}
+
+    status, verified = a.get("/api/audit/verify", officer)
+    assert status == 200 and verified["valid"] and set(verified["nodes"]) == {a.name, b.name}, verified
+    assert verified["nodes"][b.name] >= len(seen["entries"])
+
+    (line,) = pair.sql("SELECT line FROM audit_entries WHERE node = %s AND seq = 1", b.name)[0]
+    forged = bytes(line).replace(b'"action":"', b'"action":"x', 1)
+    pair.sql("UPDATE audit_entries SET line = %s WHERE node = %s AND seq = 1 RETURNING seq", forged, b.name)
+    try:
+        status, verified = a.get("/api/audit/verify", officer)
+        assert status == 409 and not verified["valid"] and f"node {b.name}'s audit log" in verified["error"], verified
+    finally:
+        pair.sql("UPDATE audit_entries SET line = %s WHERE node = %s AND seq = 1 RETURNING seq", bytes(line), b.name)
+    assert a.get("/api/audit/verify", officer)[1]["valid"]
+
+
 def test_the_node_that_takes_the_camera_over_seals_under_the_policy_activated_last(pair):
     """Last (it stops b): a takes the camera over and starts it under the shared activation."""
     a, b, officer = pair.a, pair.b, pair.officer

@@ -17,6 +17,8 @@ from gateway.config import Cluster
 from gateway.live.activation import Activations
 from gateway.state import (
     SCHEMA_VERSION,
+    AuditCopy,
+    AuditTable,
     PolicyTable,
     SchemaError,
     SeenTable,
@@ -25,7 +27,15 @@ from gateway.state import (
     StateUnavailable,
     TokenTable,
 )
-from keys import EscrowError, KeyDirectory, VaultStore, canonical
+from keys import (
+    AuditError,
+    AuditLog,
+    EscrowError,
+    KeyDirectory,
+    VaultStore,
+    canonical,
+    verify_lines,
+)
 
 FACES = {"name": "faces", "classes": {"plate": {"enabled": False}}}
 PIXELATE = {"name": "pixelate", "classes": {"plate": {"enabled": False}, "face": {"method": "pixelate"}}}
@@ -205,3 +215,67 @@ def test_with_the_database_gone_a_change_fails_whole_and_checks_go_on_from_memor
         store.grant("viewer", [])
     assert store.tokens() == [record] and store.check(token) == record  # nothing changed here either
     assert store.granted("viewer") == frozenset({"cam0"})
+
+
+def test_a_nodes_audit_log_is_copied_whole_and_caught_up_after_the_database_was_away(postgres, tmp_path):
+    """Appends never wait for the database: the copy queues them, and while the database cannot be
+    reached it drops the queue and, once it answers, copies from the file what the table lacks
+    (entries of before the copy started too). The copy verifies as the log does; a line the table
+    holds differently is reported, never overwritten."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    conninfo = postgres.database("audit")
+    signer = Ed25519PrivateKey.generate()
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.append("gateway", signer, "start", {"n": 0})  # before the copy exists: caught up at its start
+    away = threading.Event()
+    cluster = _cluster(postgres, conninfo)
+    database = StateDatabase(cluster)
+    database.set_up()
+    table = AuditTable(database)
+
+    def connect():
+        if away.is_set():
+            raise psycopg.OperationalError("connection refused (the test's outage)")
+        return psycopg.connect(conninfo, password=postgres.password_file.read_text().strip(), autocommit=True)
+
+    def copied(count):
+        deadline = time.monotonic() + 30
+        while table.last("n1") < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return table.last("n1")
+
+    copy = AuditCopy(AuditTable(StateDatabase(cluster, connector=connect)), "n1", audit)
+    copy.start()
+    try:
+        assert copied(1) == 1  # what the log held before the copy started
+        away.set()  # the database goes away: its connections cut, new ones refused
+        database.run(lambda cur: cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                             "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        for n in range(1, 6):
+            began = time.monotonic()
+            audit.append("gateway", signer, "tick", {"n": n})
+            assert time.monotonic() - began < 1.0  # the database being away costs an append nothing
+        deadline = time.monotonic() + 30
+        while not copy.failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert copy.failures >= 1 and table.last("n1") == 1
+        away.clear()  # it answers again: the copy catches up with the whole file
+        assert copied(6) == 6
+        audit.append("gateway", signer, "tick", {"n": 6})  # and goes on with new entries
+        assert copied(7) == 7
+        assert table.lines("n1") == audit.lines()
+        assert verify_lines(table.lines("n1"), lambda actor: signer.public_key()) == 7
+        assert table.nodes() == ["n1"]
+
+        # rewritten in the database: verification names the entry, the copy reports and keeps it
+        forged = audit.lines()[2].replace(b'"n":2', b'"n":9')
+        database.run(lambda cur: cur.execute("UPDATE audit_entries SET line = %s WHERE node = 'n1' AND seq = 3",
+                                             (forged,)))
+        with pytest.raises(AuditError, match="entry 3"):
+            verify_lines(table.lines("n1"), lambda actor: signer.public_key(), log="n1's copy")
+        assert table.put("n1", [(3, audit.lines()[2])]) == [3] and table.lines("n1")[2] == forged
+    finally:
+        copy.close()
+        copy.table.database.close()
+        database.close()

@@ -33,7 +33,7 @@ from ..state import SeenTable, StateFollower, TokenFiles, TokenTable
 from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, TokenStore, require
-from .audit import AuditRoutes
+from .audit import AuditRoutes, AuditView
 from .cameras import CameraRoutes
 from .console import Console
 from .console.audit import AuditPages
@@ -119,7 +119,8 @@ class Gateway:
         self.console = console = Console(self.access, lambda: list(runtime.cameras))
         console.page("cameras", "Cameras", ("cameras",), CameraPages(runtime, versions).data)
         console.page("policies", "Policies", ("policies",), PolicyPages(runtime, versions).data)
-        console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(runtime.store).data)
+        audit = AuditView(runtime.store, runtime.audit_copy)
+        console.page("audit", "Audit", ("audit", "audit:own"), AuditPages(audit).data)
         console.page("people", "People and access", ("identities", "tokens"),
                      PeoplePages(self.access, lambda: list(runtime.cameras)).data)
         unmask_pages = RecordingPages(runtime, recordings, unmasks)
@@ -133,7 +134,7 @@ class Gateway:
             *ViewRoutes(runtime, self.access, changes).routes,
             *PolicyRoutes(runtime, self.access, versions, changes).routes,
             *IdentityRoutes(self.access, cameras, changes).routes,
-            *AuditRoutes(runtime.store, self.access).routes,
+            *AuditRoutes(audit, self.access).routes,
             *RecordingRoutes(runtime, self.access, changes, recordings, unmasks.closed_reason).routes,
             *unmasks.routes,
             *self.whep.routes,

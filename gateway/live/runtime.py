@@ -44,7 +44,14 @@ from redaction import Policy, default_threads
 
 from ..cluster import ClusterNode, TakeOver
 from ..config import Camera, ConfigError, GatewayConfig
-from ..state import PolicyTable, SchemaError, StateDatabase, StateUnavailable
+from ..state import (
+    AuditCopy,
+    AuditTable,
+    PolicyTable,
+    SchemaError,
+    StateDatabase,
+    StateUnavailable,
+)
 from ..storage import Recordings, open_vault
 from ..webrtc import Codec
 from .activation import Activations
@@ -100,6 +107,10 @@ class Runtime:
                 self.state.set_up()
             except (StateUnavailable, SchemaError) as exc:
                 raise ConfigError(f"cluster.database: {exc}") from None
+        #: this node's audit log copied to the shared state, where every node reads every node's (its own
+        #: connection: a copy never waits behind the state's other users, nor they behind it)
+        self.audit_copy = None if self.state is None else AuditCopy(
+            AuditTable(StateDatabase(config.cluster)), config.cluster.node, store.audit)
         self.activations = Activations(data / "active-policies.json", store,
                                        None if self.state is None else PolicyTable(self.state))
         self._following = threading.Lock()  # reading the shared activation and applying it are one step
@@ -446,6 +457,8 @@ class Runtime:
         for camera in self.cameras.values():
             camera.source.start(camera.pipeline.offer)
         self.retention.start()
+        if self.audit_copy is not None:
+            self.audit_copy.start()
         if self.cluster is not None:
             self.cluster.start()
         if self.archive.objects is not None:
@@ -485,6 +498,9 @@ class Runtime:
             self._views.join(5)
         for camera in self.cameras.values():
             camera.stop_output()
+        if self.audit_copy is not None:  # after the cameras' last entries
+            self.audit_copy.close()
+            self.audit_copy.table.database.close()
         self._stop_openbao()
 
     def _stop_openbao(self) -> None:

@@ -1,20 +1,23 @@
-"""Tokens, camera grants, signatures used and policy activations: where they are kept.
+"""Tokens, camera grants, signatures used, policy activations and the audit logs' copies: where they are kept.
 
 :mod:`.base` is the seam (one small abstract class per concern), :mod:`.files` this node's files
 (the default, unchanged), :mod:`.postgres` PostgreSQL shared by every node of a cluster, and
 :mod:`.follower` the thread that takes in, within a second, what another node changed there
-(``LISTEN``/``NOTIFY``). docs/deploy.md says what is shared and what is not.
+(``LISTEN``/``NOTIFY``); :mod:`.audit` copies this node's audit log there for every node to read.
+docs/deploy.md says what is shared and what is not.
 
 May import :mod:`gateway.config`, :mod:`gateway.cluster` (its connection settings), ``keys`` and
 psycopg; never ``live``, ``api`` or ``cli``.
 """
 
+from .audit import AuditCopy
 from .base import PolicyRows, SeenSignatures, TokenRows
 from .files import ActivationFile, SeenFile, TokenFiles
 from .follower import StateFollower
 from .postgres import (
     CHANNEL,
     SCHEMA_VERSION,
+    AuditTable,
     PolicyTable,
     SchemaError,
     SeenTable,
@@ -27,6 +30,8 @@ __all__ = [
     "CHANNEL",
     "SCHEMA_VERSION",
     "ActivationFile",
+    "AuditCopy",
+    "AuditTable",
     "PolicyRows",
     "PolicyTable",
     "SchemaError",

@@ -9,6 +9,8 @@ idempotently by :meth:`StateDatabase.set_up`, apart from the leases' own ``schem
     signatures_seen     (signature PK, until)                   signed requests already accepted
     policy_documents    (version PK, document)                  canonical JSON, version = its SHA-256
     policy_activations  (camera PK, version -> policy_documents, activated_at)
+    audit_entries       (node, seq, line; PK node, seq)        each node's audit log, copied line
+                                                                for line (.audit); no NOTIFY
 
 Every change is one transaction that ends with ``NOTIFY`` on :data:`CHANNEL` (sent at commit)
 with a small payload, ``<kind>:<id>`` (``token:<id>``, ``grant:<identity>``, ``activation:<camera>``,
@@ -55,6 +57,9 @@ _SCHEMA = (
      "stored_at timestamptz NOT NULL DEFAULT now())"),
     ("CREATE TABLE IF NOT EXISTS policy_activations (camera text PRIMARY KEY, "
      "version text NOT NULL REFERENCES policy_documents (version), activated_at timestamptz NOT NULL DEFAULT now())"),
+    # added within version 1: a node that does not know it neither writes nor reads it
+    ("CREATE TABLE IF NOT EXISTS audit_entries (node text NOT NULL, seq bigint NOT NULL, line bytea NOT NULL, "
+     "PRIMARY KEY (node, seq))"),
 )
 
 T = TypeVar("T")
@@ -263,3 +268,46 @@ class PolicyTable(PolicyRows):
     def documents(self) -> list[str]:
         return [v for (v,) in self.database.run(lambda cur: cur.execute(
             "SELECT version FROM policy_documents ORDER BY version").fetchall())]
+
+
+class AuditTable:
+    """Every node's audit log, a row per entry in ``audit_entries``: the line exactly as the node's
+    log holds it. A copy that adds no trust (whoever may write the table may rewrite it): readers
+    verify each node's chain and signatures (:func:`keys.verify_lines`), and the heads stay
+    checkpointed where no node can rewrite them (the co-signer, segments' trailers)."""
+
+    def __init__(self, database: StateDatabase) -> None:
+        self.database = database
+
+    def put(self, node: str, entries: list[tuple[int, bytes]]) -> list[int]:
+        """Copy ``(seq, line)`` entries of ``node``'s log; an entry already there is left as it is.
+        Returns the seqs at which the table holds another line than the one given (rewritten)."""
+
+        def work(cur):
+            differs = []
+            for seq, line in entries:
+                cur.execute("INSERT INTO audit_entries (node, seq, line) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                            (node, seq, line))
+                if not cur.rowcount:
+                    (kept,) = cur.execute("SELECT line FROM audit_entries WHERE node = %s AND seq = %s",
+                                          (node, seq)).fetchone()
+                    if bytes(kept) != line:
+                        differs.append(seq)
+            return differs
+
+        return self.database.run(work)
+
+    def last(self, node: str) -> int:
+        """The highest seq copied of ``node``'s log (0: none)."""
+        (seq,) = self.database.run(lambda cur: cur.execute(
+            "SELECT coalesce(max(seq), 0) FROM audit_entries WHERE node = %s", (node,)).fetchone())
+        return int(seq)
+
+    def nodes(self) -> list[str]:
+        return [n for (n,) in self.database.run(lambda cur: cur.execute(
+            "SELECT DISTINCT node FROM audit_entries ORDER BY node").fetchall())]
+
+    def lines(self, node: str) -> list[bytes]:
+        """``node``'s copied lines in seq order (a gap shows as a chain that does not verify)."""
+        return [bytes(line) for (line,) in self.database.run(lambda cur: cur.execute(
+            "SELECT line FROM audit_entries WHERE node = %s ORDER BY seq", (node,)).fetchall())]

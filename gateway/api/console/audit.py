@@ -5,22 +5,22 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from keys import EscrowError, VaultStore
+from keys import EscrowError
 
 from ..access import Principal
-from ..audit import acted_in
+from ..audit import AuditView, acted_in
 
 PAGE_SIZE = 200  # newest entries shown per page of the filtered log
 
 
 class AuditPages:
-    def __init__(self, store: VaultStore) -> None:
-        self.store = store
+    def __init__(self, view: AuditView) -> None:
+        self.view = view
 
     def data(self, request: Request, who: Principal) -> dict:
         query = request.query_params
-        wanted = {k: query.get(k, "").strip() for k in ("actor", "action", "camera", "from", "to")}
-        entries = self.store.audit.entries()
+        wanted = {k: query.get(k, "").strip() for k in ("actor", "action", "camera", "from", "to", "node")}
+        entries = self.view.entries(wanted["node"] or None)
         if not who.may("audit"):
             entries = [e for e in entries if acted_in(e, who.name)]
         actions = sorted({e["action"] for e in entries})
@@ -38,8 +38,8 @@ class AuditPages:
         verified: dict = {"checked": False}
         if who.may("audit"):
             try:
-                verified = {"checked": True, "valid": True, "entries": self.store.audit.verify(self.store.key_of)}
+                verified = {"checked": True, "valid": True, **self.view.verify()}
             except EscrowError as exc:
                 verified = {"checked": True, "valid": False, "error": str(exc)}
         return {"entries": shown[-PAGE_SIZE:][::-1], "matched": len(shown), "total": len(entries), "wanted": wanted,
-                "actions": actions, "actors": actors, "verified": verified}
+                "actions": actions, "actors": actors, "nodes": self.view.nodes(), "verified": verified}
