@@ -303,6 +303,37 @@ class KeyDirectory:
                      revoked=[*self._roster.get("revoked", []), record.to_json()])
         return record
 
+    @classmethod
+    def adopt(cls, path: Path, document: bytes, *, newer: bool = True) -> KeyDirectory:
+        """Replace the roster of the directory at ``path`` with ``document`` (``roster.json`` as another
+        copy of this directory wrote it: a cluster's nodes share one), once it verifies against this
+        directory's gateway key; ``newer``: refuse it unless its serial is above the one here.
+        Raises :class:`DirectoryError` (nothing written) if it does not verify or is not newer."""
+        path = Path(path)
+        here = cls.open(path)
+        try:
+            data = json.loads(document.decode("ascii"))
+            roster, signature = data["roster"], base64.b64decode(data["signature"], validate=True)
+            here.signer.public_key().verify(signature, canonical(roster))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise DirectoryError(f"{path}: the roster offered is malformed") from None
+        except InvalidSignature:
+            raise DirectoryError(f"{path}: the roster offered is not signed by this directory's gateway key "
+                                 f"({here.fingerprint}): every copy of a key directory needs the same gateway.key") from None
+        if roster.get("format") != _FORMAT or roster.get("version") != _VERSION:
+            raise DirectoryError(f"{path}: the roster offered has an unsupported format")
+        if newer and int(roster.get("serial", -1)) <= here.serial:
+            raise DirectoryError(f"{path}: the roster offered (serial {roster.get('serial')}) is not newer than this "
+                                 f"one ({here.serial})")
+        adopted = cls(path, here.signer, roster)
+        try:
+            adopted.identities  # noqa: B018 (validates every entry)
+            adopted.departed  # noqa: B018
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DirectoryError(f"{path}: the roster offered holds a malformed entry ({exc})") from None
+        write_durably(path / "roster.json", document, 0o600)
+        return adopted
+
     def _named(self, name: str) -> PublicIdentity:
         try:
             return self.identity(name)

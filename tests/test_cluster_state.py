@@ -286,6 +286,30 @@ async def test_grants_changed_on_one_node_apply_on_the_other(pair):
         _propagation, lambda: cameras_on_b() == [CAMERA], "b to give the grant")
 
 
+def test_a_person_enrolled_or_removed_on_one_node_counts_on_the_other(pair):
+    """The roster is shared: a person enrolled through a is known on b within a second (and can get a
+    token there), and removed through b is gone on a; each node's key directory ends the same."""
+    from keys import PrivateIdentity
+
+    a, b, officer = pair.a, pair.b, pair.officer
+    nina = PrivateIdentity.generate("nina", ["viewer"])
+
+    def known(node):
+        status, body = node.get("/api/identities", officer)
+        return status == 200 and "nina" in {i["name"] for i in body["identities"]}
+
+    status, body = _request(a.port, "POST", "/api/identities", officer, {"identity": nina.public.to_json()})
+    assert status == 201, body
+    pair.times["person enrolled"] = _propagation(lambda: known(b), "nina known on b")
+    status, body = _request(b.port, "POST", "/api/tokens", officer, {"identity": "nina", "ttl": 600})
+    assert status == 201, body
+    status, body = _request(b.port, "DELETE", "/api/identities/nina", officer)
+    assert status == 200, body
+    pair.times["person removed"] = _propagation(lambda: not known(a), "nina gone on a")
+    rosters = [json.loads((node.dir / "data" / "keys" / "roster.json").read_text())["roster"] for node in (a, b)]
+    assert rosters[0] == rosters[1] and "nina" not in {i["name"] for i in rosters[0]["identities"]}
+
+
 def test_every_nodes_audit_log_is_read_and_verified_on_any_node(pair):
     """Each node keeps its own chain and copies it to the shared state: an officer on a sees b's
     entries (the camera's recordings and seals) as b logged them, each naming its node, and a

@@ -20,8 +20,10 @@ from gateway.state import (
     AuditCopy,
     AuditTable,
     PolicyTable,
+    RosterTable,
     SchemaError,
     SeenTable,
+    SharedRoster,
     StateDatabase,
     StateFollower,
     StateUnavailable,
@@ -279,3 +281,78 @@ def test_a_nodes_audit_log_is_copied_whole_and_caught_up_after_the_database_was_
         copy.close()
         copy.table.database.close()
         database.close()
+
+
+# --- the key directory's roster, shared -----------------------------------------------------------------
+
+def test_the_roster_is_shared_verified_against_each_nodes_gateway_key_and_changes_queue_up(postgres, tmp_path):
+    """Two copies of one key directory (one gateway key) follow the cluster's roster: a person added
+    through one node is taken in by the other; a roster signed by another gateway key is refused
+    and changes nothing; changes made through two nodes at once queue up on the cluster-wide lock
+    and both stand; a change made apart at the same serial is kept aside, never silently lost."""
+    import shutil
+
+    from keys import DirectoryError, PrivateIdentity
+
+    conninfo = postgres.database("roster")
+    KeyDirectory.init(tmp_path / "k1")
+    shutil.copytree(tmp_path / "k1", tmp_path / "k2")
+    databases = [StateDatabase(_cluster(postgres, conninfo, n)) for n in ("n1", "n2")]
+    for database in databases:
+        database.set_up()
+    r1, r2 = (SharedRoster(RosterTable(database), tmp_path / k, database.config)
+              for database, k in zip(databases, ("k1", "k2"), strict=True))
+    table = RosterTable(databases[0])
+
+    def names(k):
+        return sorted(i.name for i in KeyDirectory.open(tmp_path / k).identities)
+
+    def person(name):
+        return PrivateIdentity.generate(name, ["viewer"]).public
+
+    try:
+        assert (r1.sync(), r2.sync()) == ("pushed", "same")
+        with r1.changing():
+            KeyDirectory.open(tmp_path / "k1").add(person("ivan"))
+        assert table.get()[0] == 1 and r2.sync() == "pulled" and names("k2") == ["ivan"]
+
+        # a roster signed by another gateway key (someone who can write the database, not the key)
+        other = KeyDirectory.init(tmp_path / "k3")
+        other.add(person("mallory"))
+        other.add(person("mallet"))
+        before = (tmp_path / "k2" / "roster.json").read_bytes()
+        serial, document = table.get()
+        assert table.put(2, other.signed_roster(), serial)
+        with pytest.raises(DirectoryError, match="not signed by this directory's gateway key"):
+            r2.sync()
+        assert (tmp_path / "k2" / "roster.json").read_bytes() == before
+        assert table.put(serial, document, 2)
+
+        # two nodes change the roster at once: the second waits for the first, and sees its change
+        first_in = threading.Event()
+
+        def slow_change():
+            with r1.changing():
+                first_in.set()
+                KeyDirectory.open(tmp_path / "k1").add(person("olga"))
+                time.sleep(0.4)
+
+        thread = threading.Thread(target=slow_change)
+        thread.start()
+        assert first_in.wait(10)
+        with r2.changing():
+            assert "olga" in names("k2")  # taken in under the lock, before this change
+            KeyDirectory.open(tmp_path / "k2").add(person("pia"))
+        thread.join()
+        assert r1.sync() == "pulled" and names("k1") == names("k2") == ["ivan", "olga", "pia"]
+
+        # a change made apart (`keys add-identity` on n2's host) at the serial another node reached first
+        KeyDirectory.open(tmp_path / "k2").add(person("quinn"))
+        with r1.changing():
+            KeyDirectory.open(tmp_path / "k1").add(person("rita"))
+        assert r2.sync() == "diverged" and names("k2") == ["ivan", "olga", "pia", "rita"]
+        (aside,) = (tmp_path / "k2").glob("roster.json.diverged-4-*")
+        assert "quinn" in aside.read_text()
+    finally:
+        for database in databases:
+            database.close()

@@ -79,7 +79,7 @@ class Gateway:
         #: takes in what other nodes change in the shared state (None: single node)
         self.follower = None if runtime.state is None else StateFollower(config.cluster, {
             "token": self._token_changed, "grant": self._grant_changed, "activation": runtime.follow_shared,
-            "policy": runtime.activations.fetch}, self._resync)
+            "policy": runtime.activations.fetch, "roster": self._roster_changed}, self._resync)
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
                                camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
@@ -172,8 +172,15 @@ class Gateway:
         self.access.store.refresh_grants(identity)
         self._recheck_now()
 
+    def _roster_changed(self, serial: str | None = None) -> None:
+        """The cluster's roster changed (a person enrolled, removed or revoked on another node): taken in
+        here (access control and the sealers re-read it), and sessions checked against it."""
+        if self.runtime.shared_roster is not None and self.runtime.shared_roster.sync() != "same":
+            self._recheck_now()
+
     def _resync(self) -> None:
         """After (re)connecting: everything read again, every camera following its activation."""
+        self._roster_changed()
         self.access.store.refresh()
         known = set(self.runtime.store.policy_versions())
         for version in self.runtime.activations.rows.documents():

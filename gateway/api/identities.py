@@ -18,8 +18,10 @@ an officer; revoking one ends its live sessions. Every change is audit-logged be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +29,7 @@ from starlette.routing import Route
 
 from keys import (
     ROLES,
+    DirectoryError,
     EscrowError,
     KeyDirectory,
     PublicIdentity,
@@ -69,6 +72,25 @@ class IdentityRoutes:
 
     # -- enrolling and leaving -----------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _changing_roster(self) -> AsyncIterator[None]:
+        """One change of the roster at a time: on this node, and in a cluster on every node (the
+        cluster's newest roster taken in first, the changed one put there after)."""
+        async with self._roster:
+            shared = self.runtime.shared_roster
+            if shared is None:
+                yield
+                return
+            changing = shared.changing()
+            try:
+                await asyncio.to_thread(changing.__enter__)
+            except DirectoryError as exc:
+                raise Denied(503, f"the cluster's roster cannot be taken in here: {self._quiet(str(exc))}") from None
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(changing.__exit__, None, None, None)
+
     def _quiet(self, message: str) -> str:
         """A roster message without the key directory's path on the gateway's disk."""
         return message.replace(f"{self.access.keys_dir}: ", "").replace(str(self.access.keys_dir), "the key directory")
@@ -95,7 +117,7 @@ class IdentityRoutes:
                 raise Denied(400, f"roles: {problem}", errors=[f"roles: {problem}"])
             identity = dataclasses.replace(identity, roles=tuple(sorted(set(roles))))
         keys_dir = self.access.keys_dir
-        async with self._roster:
+        async with self._changing_roster():
             try:
                 directory = await asyncio.to_thread(KeyDirectory.open, keys_dir)
                 directory.check_new(identity)
@@ -147,7 +169,7 @@ class IdentityRoutes:
         require(who, "identities")
         action = "revoke-identity" if revoke else "remove-identity"
         keys_dir = self.access.keys_dir
-        async with self._roster:
+        async with self._changing_roster():
             people = self.access.identities()
             listed = people.get(name)
             try:

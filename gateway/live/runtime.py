@@ -35,6 +35,7 @@ from keys import (
     GATEWAY_ACTOR,
     AuditError,
     CoSigner,
+    DirectoryError,
     KeyDirectory,
     Sealer,
     check_grants,
@@ -48,7 +49,9 @@ from ..state import (
     AuditCopy,
     AuditTable,
     PolicyTable,
+    RosterTable,
     SchemaError,
+    SharedRoster,
     StateDatabase,
     StateUnavailable,
 )
@@ -90,7 +93,20 @@ class Runtime:
 
     def _open(self, config: GatewayConfig, policies: dict[str, Policy], cosigner: CoSigner, manages_access: bool,
               announce: Callable[[str], None]) -> None:
-        data, directory = config.storage.data_dir, self.directory
+        data = config.storage.data_dir
+        #: the cluster's shared state (None: this node's files)
+        self.state = None if config.cluster is None else StateDatabase(config.cluster)
+        #: the key directory's roster kept in step with the cluster's (None: single node)
+        self.shared_roster: SharedRoster | None = None
+        if self.state is not None:
+            try:
+                self.state.set_up()
+                self.shared_roster = SharedRoster(RosterTable(self.state), config.keys_dir, config.cluster)
+                if self.shared_roster.sync() != "same":  # before anything reads the people
+                    self.directory = KeyDirectory.open(config.keys_dir)
+            except (StateUnavailable, SchemaError, DirectoryError) as exc:
+                raise ConfigError(f"cluster.database: {exc}") from None
+        directory = self.directory
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
         self.store = store = open_vault(config, directory, cosigner=cosigner, manages_access=manages_access)
         #: the finished recordings: moved to the bucket once logged, with storage.objects.s3
@@ -100,13 +116,6 @@ class Runtime:
         self.changes = CameraChanges(data / "cameras.json", store)
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
         self.config = config = config.model_copy(update={"cameras": cameras})
-        #: the cluster's shared state (None: this node's files)
-        self.state = None if config.cluster is None else StateDatabase(config.cluster)
-        if self.state is not None:
-            try:
-                self.state.set_up()
-            except (StateUnavailable, SchemaError) as exc:
-                raise ConfigError(f"cluster.database: {exc}") from None
         #: this node's audit log copied to the shared state, where every node reads every node's (its own
         #: connection: a copy never waits behind the state's other users, nor they behind it)
         self.audit_copy = None if self.state is None else AuditCopy(

@@ -11,6 +11,7 @@ idempotently by :meth:`StateDatabase.set_up`, apart from the leases' own ``schem
     policy_activations  (camera PK, version -> policy_documents, activated_at)
     audit_entries       (node, seq, line; PK node, seq)        each node's audit log, copied line
                                                                 for line (.audit); no NOTIFY
+    key_roster          (one row: serial, document)             the key directory's signed roster (.roster)
 
 Every change is one transaction that ends with ``NOTIFY`` on :data:`CHANNEL` (sent at commit)
 with a small payload, ``<kind>:<id>`` (``token:<id>``, ``grant:<identity>``, ``activation:<camera>``,
@@ -57,9 +58,11 @@ _SCHEMA = (
      "stored_at timestamptz NOT NULL DEFAULT now())"),
     ("CREATE TABLE IF NOT EXISTS policy_activations (camera text PRIMARY KEY, "
      "version text NOT NULL REFERENCES policy_documents (version), activated_at timestamptz NOT NULL DEFAULT now())"),
-    # added within version 1: a node that does not know it neither writes nor reads it
+    # added within version 1: a node that does not know them neither writes nor reads them
     ("CREATE TABLE IF NOT EXISTS audit_entries (node text NOT NULL, seq bigint NOT NULL, line bytea NOT NULL, "
      "PRIMARY KEY (node, seq))"),
+    ("CREATE TABLE IF NOT EXISTS key_roster (one boolean PRIMARY KEY DEFAULT true CHECK (one), serial bigint NOT NULL, "
+     "document bytea NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"),
 )
 
 T = TypeVar("T")
@@ -311,3 +314,33 @@ class AuditTable:
         """``node``'s copied lines in seq order (a gap shows as a chain that does not verify)."""
         return [bytes(line) for (line,) in self.database.run(lambda cur: cur.execute(
             "SELECT line FROM audit_entries WHERE node = %s ORDER BY seq", (node,)).fetchall())]
+
+
+class RosterTable:
+    """The key directory's signed roster (``roster.json`` as written, signed by the gateway key the
+    nodes share) in ``key_roster``'s one row. Whoever may write the table may put another document
+    there, but no node takes one that does not verify against its own gateway key."""
+
+    def __init__(self, database: StateDatabase) -> None:
+        self.database = database
+
+    def get(self) -> tuple[int, bytes] | None:
+        row = self.database.run(lambda cur: cur.execute("SELECT serial, document FROM key_roster").fetchone())
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def put(self, serial: int, document: bytes, replaces: int | None) -> bool:
+        """Keep ``document`` (its roster's ``serial``) if the table still holds serial ``replaces``
+        (None: nothing yet); False if another node's write came first (read again)."""
+
+        def work(cur):
+            if replaces is None:
+                cur.execute("INSERT INTO key_roster (serial, document) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                            (serial, document))
+            else:
+                cur.execute("UPDATE key_roster SET serial = %s, document = %s, written_at = now() WHERE serial = %s",
+                            (serial, document, replaces))
+            if cur.rowcount:
+                notify(cur, "roster", str(serial))
+            return bool(cur.rowcount)
+
+        return self.database.run(work)
