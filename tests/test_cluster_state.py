@@ -39,8 +39,8 @@ PIXELATE = {**FACES, "unmask": {"watermark": "optional"}, "name": "pixelate", "c
 SOLID = {**FACES, "unmask": {"watermark": "optional"}, "name": "solid", "classes": {**FACES.get("classes", {}), "face": {"method": "solid"}}}
 
 
-def _request(port, method, path, token=None, body=None, headers=None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def _request(port, method, path, token=None, body=None, headers=None, source="127.0.0.1"):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
     try:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         connection.request(method, path, body=data, headers={
@@ -308,6 +308,24 @@ def test_a_person_enrolled_or_removed_on_one_node_counts_on_the_other(pair):
     pair.times["person removed"] = _propagation(lambda: not known(a), "nina gone on a")
     rosters = [json.loads((node.dir / "data" / "keys" / "roster.json").read_text())["roster"] for node in (a, b)]
     assert rosters[0] == rosters[1] and "nina" not in {i["name"] for i in rosters[0]["identities"]}
+
+
+def test_failed_logins_spread_over_the_nodes_meet_one_limit(pair):
+    """From one address (127.0.0.5, so the other tests' address keeps its slate), 6 bad tokens on a and
+    5 on b: each node alone is under the limit of 10, together they are over it, so the next bad
+    token on either node gets 429; a valid token from that address still passes."""
+    a, b, officer = pair.a, pair.b, pair.officer
+    source = "127.0.0.5"
+    for node, count in ((a, 6), (b, 5)):
+        for _ in range(count):
+            assert _request(node.port, "GET", "/api/cameras", "pgw_bad_token", source=source)[0] == 401
+
+    def throttled(node):
+        return _request(node.port, "GET", "/api/cameras", "pgw_bad_token", source=source)[0] == 429
+
+    pair.times["failed logins counted on the other node"] = max(
+        _propagation(lambda: throttled(a), "429 on a"), _propagation(lambda: throttled(b), "429 on b"))
+    assert _request(a.port, "GET", "/api/cameras", officer, source=source)[0] == 200
 
 
 def test_every_nodes_audit_log_is_read_and_verified_on_any_node(pair):

@@ -19,6 +19,7 @@ from gateway.state import (
     SCHEMA_VERSION,
     AuditCopy,
     AuditTable,
+    FailureTable,
     PolicyTable,
     RosterTable,
     SchemaError,
@@ -356,3 +357,31 @@ def test_the_roster_is_shared_verified_against_each_nodes_gateway_key_and_change
     finally:
         for database in databases:
             database.close()
+
+
+# --- failed logins, counted over the nodes -------------------------------------------------------------
+
+def test_an_addresss_failed_logins_count_on_every_node(postgres):
+    """Guesses spread over two nodes meet the limit one gateway sets: 6 failures on n1 and 5 on n2
+    (each under the limit of 10 alone) stop the address on both; another address is not touched."""
+    from gateway.api.access import FailureLimiter
+
+    conninfo = postgres.database("failures")
+    databases = [StateDatabase(_cluster(postgres, conninfo, n)) for n in ("n1", "n2")]
+    databases[0].set_up()
+    limiters = [FailureLimiter(shared=FailureTable(database, database.config.node)) for database in databases]
+    try:
+        for limiter, count in zip(limiters, (6, 5), strict=True):
+            for _ in range(count):
+                limiter.failed("192.0.2.7", None, "bad token")
+        limiters[0].failed("192.0.2.8", None, "bad token")
+        assert all(limiter.retry_after("192.0.2.7") == 0 for limiter in limiters)  # not yet exchanged
+        deadline = time.monotonic() + 10
+        while not all(limiter.retry_after("192.0.2.7") > 0 for limiter in limiters) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waits = [limiter.retry_after("192.0.2.7") for limiter in limiters]
+        assert all(0 < wait <= 60 for wait in waits), waits
+        assert [limiter.retry_after("192.0.2.8") for limiter in limiters] == [0, 0]
+    finally:
+        for limiter in limiters:
+            limiter.close()

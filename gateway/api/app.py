@@ -29,10 +29,10 @@ from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
 from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
-from ..state import SeenTable, StateFollower, TokenFiles, TokenTable
+from ..state import FailureTable, SeenTable, StateDatabase, StateFollower, TokenFiles, TokenTable
 from ..webrtc import IcePolicy
 from . import pages
-from .access import RTSP_REALM, Access, Denied, TokenStore, require
+from .access import RTSP_REALM, Access, Denied, FailureLimiter, TokenStore, require
 from .audit import AuditRoutes, AuditView
 from .cameras import CameraRoutes
 from .console import Console
@@ -159,7 +159,10 @@ class Gateway:
                 raise ConfigError(f"{directory}: could not be taken into the shared state: {exc}") from None
             if added:
                 log.info("%d tokens and grants of %s taken into the shared state", added, directory)
-        return Access(config.keys_dir, TokenStore(directory, rows=table), seen=SeenTable(state))
+        # failed logins counted over every node, on a connection of their own (never on a request's path)
+        failures = FailureTable(StateDatabase(config.cluster), config.cluster.node)
+        return Access(config.keys_dir, TokenStore(directory, rows=table), seen=SeenTable(state),
+                      limiter=FailureLimiter(shared=failures))
 
     # --- what other nodes change (the follower's thread) ---------------------------------------
 
@@ -293,6 +296,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.follower is not None:
             await asyncio.to_thread(self.follower.close)
+        await asyncio.to_thread(self.access.limiter.close)
         if self.rtsp is not None:
             await self.rtsp.close()
         await self.whep.close()

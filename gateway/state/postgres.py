@@ -12,6 +12,7 @@ idempotently by :meth:`StateDatabase.set_up`, apart from the leases' own ``schem
     audit_entries       (node, seq, line; PK node, seq)        each node's audit log, copied line
                                                                 for line (.audit); no NOTIFY
     key_roster          (one row: serial, document)             the key directory's signed roster (.roster)
+    auth_failures       (node, address, at)                     failed logins, for every node's limiter
 
 Every change is one transaction that ends with ``NOTIFY`` on :data:`CHANNEL` (sent at commit)
 with a small payload, ``<kind>:<id>`` (``token:<id>``, ``grant:<identity>``, ``activation:<camera>``,
@@ -63,6 +64,8 @@ _SCHEMA = (
      "PRIMARY KEY (node, seq))"),
     ("CREATE TABLE IF NOT EXISTS key_roster (one boolean PRIMARY KEY DEFAULT true CHECK (one), serial bigint NOT NULL, "
      "document bytea NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"),
+    "CREATE TABLE IF NOT EXISTS auth_failures (node text NOT NULL, address text NOT NULL, at timestamptz NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS auth_failures_at ON auth_failures (at)",
 )
 
 T = TypeVar("T")
@@ -342,5 +345,34 @@ class RosterTable:
             if cur.rowcount:
                 notify(cur, "roster", str(serial))
             return bool(cur.rowcount)
+
+        return self.database.run(work)
+
+
+class FailureTable:
+    """Failed logins in ``auth_failures``, so that an address's failures count on every node: spread
+    over the nodes, guesses meet the same limit as on one gateway. Times are the database's."""
+
+    def __init__(self, database: StateDatabase, node: str) -> None:
+        self.database, self.node = database, node
+
+    def add(self, addresses: list[str]) -> None:
+        """Record one failure per entry of ``addresses`` (this node's), now."""
+
+        def work(cur):
+            cur.executemany("INSERT INTO auth_failures (node, address, at) VALUES (%s, %s, now())",
+                            [(self.node, address) for address in addresses])
+
+        self.database.run(work)
+
+    def others(self, window: float) -> dict[str, tuple[int, float]]:
+        """Other nodes' failures within the last ``window`` seconds, per address: (how many, seconds
+        until the oldest of them leaves the window). Older rows are deleted on the way."""
+
+        def work(cur):
+            cur.execute("DELETE FROM auth_failures WHERE at < now() - make_interval(secs => %s)", (window,))
+            cur.execute("SELECT address, count(*), %s - extract(epoch FROM now() - min(at)) FROM auth_failures "
+                        "WHERE node <> %s GROUP BY address", (window, self.node))
+            return {address: (int(count), max(0.0, float(left))) for address, count, left in cur.fetchall()}
 
         return self.database.run(work)
