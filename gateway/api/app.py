@@ -29,7 +29,14 @@ from ..http import within_networks
 from ..ingest import WhipServer, WhipSource
 from ..limits import Caps, Ledger
 from ..live import LiveCamera, Runtime
-from ..state import FailureTable, SeenTable, StateDatabase, StateFollower, TokenFiles, TokenTable
+from ..state import (
+    FailureTable,
+    SeenTable,
+    StateDatabase,
+    StateFollower,
+    TokenFiles,
+    TokenTable,
+)
 from ..webrtc import IcePolicy
 from . import pages
 from .access import RTSP_REALM, Access, Denied, FailureLimiter, TokenStore, require
