@@ -99,7 +99,7 @@ class Gateway:
                                    max_sessions_per_principal=config.rtsp.max_sessions_per_principal,
                                    max_connections=config.rtsp.max_connections,
                                    max_connections_per_address=config.rtsp.max_connections_per_address,
-                                   auth_timeout=config.rtsp.auth_timeout_s)
+                                   auth_timeout=config.rtsp.auth_timeout_s, owner_url=runtime.owner_rtsp_url)
         listen = config.listen
         #: the HTTP listener's connections (gateway.api.connections puts them under these caps)
         self.http_connections = Ledger("http", "connections", Caps(listen.max_connections,

@@ -115,7 +115,8 @@ class Runtime:
                 self.cameras[name] = self._build(name, camera, self._policies[name], directory.identities)
         #: the cluster node whose leases say which cameras run here (None: every camera runs here)
         self.cluster = None if config.cluster is None else ClusterNode(
-            config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera)
+            config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera,
+            config.rtsp_address)
         if self.cluster is not None:
             self.cluster.on_takeover = self._took_over
         #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
@@ -403,6 +404,10 @@ class Runtime:
     def owner_url(self, camera: str) -> str | None:
         """The base URL of the node running ``camera`` when that is another node (cluster); else None."""
         return None if self.cluster is None or camera in self.cameras else self.cluster.owner_url(camera)
+
+    def owner_rtsp_url(self, camera: str) -> str | None:
+        """The RTSP address of the node running ``camera`` when that is another node serving RTSP; else None."""
+        return None if self.cluster is None or camera in self.cameras else self.cluster.owner_rtsp_url(camera)
 
     def _roster(self, policy: Policy) -> list:
         """The key directory's identities now (people added since the start count), checked against
