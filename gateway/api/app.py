@@ -85,7 +85,7 @@ class Gateway:
                                camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
                                owner_url=runtime.owner_url)
         self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
-                               caps=_caps(config.whip))
+                               caps=_caps(config.whip), owner_url=runtime.owner_url, pending=self._whip_pending)
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
@@ -230,6 +230,12 @@ class Gateway:
     def _whip_source(self, camera: str) -> WhipSource | None:
         live = self.runtime.cameras.get(camera)
         return live.source if live is not None and isinstance(live.source, WhipSource) else None
+
+    def _whip_pending(self, camera: str) -> bool:
+        """In a cluster, a configured WHIP camera that runs neither here nor on another node: its node is
+        starting it, or its lease has not yet moved from a node that died (the publisher retries)."""
+        configured = self.runtime.config.cameras.get(camera)
+        return self.runtime.cluster is not None and configured is not None and configured.kind == "whip"
 
     async def _authorize(self, request: Request, permission: str, camera: str) -> Response | None:
         """An error answer unless the request's principal holds the camera-scoped ``permission`` on ``camera``."""
