@@ -18,7 +18,6 @@ from fractions import Fraction
 
 import av
 import httpx
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from cluster_harness import wait_for
@@ -179,7 +178,7 @@ def test_a_whip_camera_whose_node_dies_publishes_again_to_another_node(postgres,
             try:
                 # a stable spread first (one camera each): a camera handed back to even out the load moves
                 # with its publisher's session ended, which the encoder would follow as below
-                spread = lambda: sorted(len(n.owns()) for n in nodes) == [1, 1]  # noqa: E731
+                spread = lambda: sorted(len(n.owns()) for n in nodes) == [1, 1]
                 await asyncio.to_thread(wait_for, spread, 120, "one camera on each node")
                 await asyncio.sleep(2 * LEASE_S)
                 await asyncio.to_thread(wait_for, spread, 30, "the spread to hold")
