@@ -2,7 +2,8 @@
 sharing one PostgreSQL (the nodes of tests/test_cluster_nodes.py):
 
 * headless Chromium opens the viewer page on the wrong node and ends up playing the camera from its
-  owner (the page's 307, the token riding along in the URL fragment);
+  owner (the page's 307, the token riding along in the URL fragment), and a page that is open when its
+  camera moves to another node follows it there;
 * an aiortc WHIP publisher whose node is killed (kill -9) publishes again, as an encoder would, to the
   nodes it knows until one takes it (307 to the owner, 503 while the camera runs nowhere, 201): the
   camera's new node releases redacted frames (the time from the kill is printed), and no recording on
@@ -22,6 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from cluster_harness import wait_for
 from peers import chromium_missing, require
+from rtsp_harness import RawClient
 from serve_harness import add_people, assert_faces_redacted, grab, half
 from test_cluster_nodes import LEASE_S, Node, _recorded, _request, clip  # noqa: F401  (clip: a fixture)
 
@@ -89,6 +91,85 @@ def test_the_viewer_page_opened_on_the_wrong_node_plays_the_camera_from_its_owne
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_the_viewer_page_follows_its_camera_to_another_node(postgres, openbao, clip, tmp_path, capsys):
+    """A node runs both cameras and a viewer watches cam1 there; a second node joins and is handed cam1
+    (the first gives back the last of its cameras to even out the load): the page's session ends, its
+    offer again is redirected, and it reloads itself on the new node, the token carried in the fragment."""
+    from browser import Browser
+
+    require(chromium_missing())
+    path, _, _ = clip
+    database = postgres.database("viewer_moves")
+    keys = tmp_path / "keys"
+    add_people(keys, tmp_path / "people")
+    cameras = ["cam0", "cam1"]
+    first = Node("n1", tmp_path, keys, path, postgres, database, openbao, cameras=cameras)
+    nodes = [first]
+    try:
+        wait_for(lambda: first.owns() == set(cameras) and first.released("cam1") > 0, 120, "n1 running both cameras")
+        with Browser() as browser:
+            page = browser.new_page(f"{first.url}/view/cam1#token={first.viewer}")
+            page.wait_for("window.whepSession && whepSession.pc.connectionState === 'connected'", timeout=60)
+            assert page.evaluate("location.origin") == first.url
+            nodes.append(second := Node("n2", tmp_path, keys, path, postgres, database, openbao, cameras=cameras))
+            wait_for(lambda: "cam1" not in first.owns(), 120, "n1 to hand cam1 back")
+            moved = time.monotonic()
+            try:
+                page.wait_for(f"location.origin === {json.dumps(second.url)} && window.whepSession && "
+                              "whepSession.pc.connectionState === 'connected'", timeout=90)
+                page.wait_for("document.getElementById('video').videoWidth > 0", timeout=30)
+            except Exception:
+                print("page:", page.evaluate("location.href + ' ' + document.getElementById('status').textContent"))
+                raise
+            following = time.monotonic() - moved
+            assert "cam1" in second.owns()
+            assert page.evaluate("location.pathname + location.hash") == "/view/cam1"  # the token left the bar again
+            before = page.evaluate("document.getElementById('video').currentTime")
+            page.wait_for(f"document.getElementById('video').currentTime > {before}", timeout=20)  # it plays
+            viewers = _viewers(second, "cam1"), _viewers(first, "cam1")
+        with capsys.disabled():
+            print(f"\nviewer page: cam1 handed from n1 to n2; the page played it from n2 {following:.1f} s after n1 "
+                  f"let it go")
+        assert viewers == (1.0, 0.0)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_a_configured_camera_that_runs_on_no_node_is_answered_retry_later(postgres, openbao, clip, tmp_path):
+    """One node of capacity 1 and two cameras: the one it cannot take runs nowhere, which WHEP and RTSP
+    answer 503 Retry-After (a viewer waits for it, as the viewer page does while a camera moves); a
+    camera that is not configured stays 404."""
+    path, _, _ = clip
+    keys = tmp_path / "keys"
+    add_people(keys, tmp_path / "people")
+    node = Node("n1", tmp_path, keys, path, postgres, postgres.database("nowhere"), openbao, cameras=["cam0", "cam1"],
+                capacity=1)
+
+    async def offer():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await pc.close()
+        return pc.localDescription.sdp
+
+    try:
+        running = wait_for(lambda: node.owns(), 120, "n1 to run one camera")
+        idle = ({"cam0", "cam1"} - running).pop()
+        sdp = asyncio.run(offer()).encode()
+        for camera, token, status in ((idle, node.viewer, 503), ("nowhere", node.token, 404)):
+            answer = _request(node.port, "POST", f"/whep/{camera}", token, sdp, {"Content-Type": "application/sdp"})
+            assert answer[0] == status, answer
+        assert answer[0] == 404 and "retry-after" not in answer[1]
+        with RawClient(node.rtsp_port) as client:
+            waiting = client.request("DESCRIBE", f"rtsp://127.0.0.1:{node.rtsp_port}/{idle}", credentials=node.rtsp_login)
+            assert waiting.status == 503 and waiting.headers["retry-after"] == "1", waiting
+            assert client.request("DESCRIBE", f"rtsp://127.0.0.1:{node.rtsp_port}/nowhere",
+                                  credentials=node.officer_login).status == 404
+    finally:
+        node.stop()
 
 
 class _Clip(MediaStreamTrack):

@@ -82,7 +82,7 @@ class Gateway:
             "policy": runtime.activations.fetch}, self._resync)
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
+                               camera_known=runtime.expected, ice=self.ice, caps=_caps(config.whep),
                                owner_url=runtime.owner_url)
         self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
                                caps=_caps(config.whip), owner_url=runtime.owner_url, pending=self._whip_pending)
@@ -90,7 +90,7 @@ class Gateway:
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
             limiter = self.access.limiter
-            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.known,
+            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.expected,
                                    self.access.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),

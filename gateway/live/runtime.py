@@ -249,6 +249,11 @@ class Runtime:
         """Whether ``camera`` runs, or is being edited and will run again in a moment (viewers retry)."""
         return camera in self.cameras or camera in self._starting
 
+    def expected(self, camera: str) -> bool:
+        """:meth:`known`, or in a cluster a configured camera: it runs on another node, or will run on
+        one once its lease moves or its node has started it (viewers are told to retry, not 404)."""
+        return self.known(camera) or (self.cluster is not None and camera in self.config.cameras)
+
     def add_camera(self, name: str, camera: Camera, policy: Policy) -> LiveCamera:
         """Start a new camera ``name`` (blocking): kept in ``cameras.json`` first, then opened and
         started. Raises :class:`ValueError` if the name is taken, and whatever opening it raised
