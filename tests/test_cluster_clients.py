@@ -164,7 +164,8 @@ def test_a_configured_camera_that_runs_on_no_node_is_answered_retry_later(postgr
             assert answer[0] == status, answer
         assert answer[0] == 404 and "retry-after" not in answer[1]
         with RawClient(node.rtsp_port) as client:
-            waiting = client.request("DESCRIBE", f"rtsp://127.0.0.1:{node.rtsp_port}/{idle}", credentials=node.rtsp_login)
+            waiting = client.request("DESCRIBE", f"rtsp://127.0.0.1:{node.rtsp_port}/{idle}",
+                                     credentials=node.rtsp_login)
             assert waiting.status == 503 and waiting.headers["retry-after"] == "1", waiting
             assert client.request("DESCRIBE", f"rtsp://127.0.0.1:{node.rtsp_port}/nowhere",
                                   credentials=node.officer_login).status == 404

@@ -16,9 +16,10 @@ claims while it holds no more than the least loaded other live node with room, n
 ``capacity`` (:func:`claim_limit`), so a camera runs wherever there is room; when no camera is free
 and a node holds two more than such a node, it gives one back per round (:attr:`Round.shed`: stop
 it, then :meth:`Leases.release`), which the less loaded node claims. A node is live while its
-heartbeat is younger than a lease. A column added to the schema since (``rtsp_url``, nullable) is
-added by :meth:`Leases.set_up` without a new version: nodes that do not know it leave it alone. Changes are announced with
-``NOTIFY`` on :data:`CHANNEL` (sent at commit), so the others run a round at once.
+heartbeat is younger than a lease. Changes are announced with ``NOTIFY`` on :data:`CHANNEL` (sent
+at commit), so the others run a round at once. A column added to the schema since (``rtsp_url``,
+nullable) is added by :meth:`Leases.set_up` without a new version: nodes that do not know it leave
+it alone.
 
 This module only talks to the database (blocking, one connection, one thread); what a node does
 with its leases (start, stop, fail closed) is :mod:`.node`.

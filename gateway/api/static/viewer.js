@@ -1,7 +1,7 @@
 "use strict";
 // One camera over WHEP: offer to receive video, show it, retry while the camera has no frame yet.
 // In a cluster it follows the camera: an offer redirected to another node reloads the page there,
-// the token carried on in the fragment, and a session the gateway ends is offered again once.
+// the token carried on in the fragment; when the gateway ends its session it offers again a second later.
 (() => {
   const video = document.getElementById("video");
   const status = document.getElementById("status");
@@ -42,7 +42,8 @@
       pc.close();                               // is redirected there, the token in the fragment (which the
       show("moving to the node that runs the camera");  // redirect keeps, and no server sees): the token is
       if (gatewayToken) {                       // kept per origin, so the other node's page needs it this way
-        history.replaceState(null, "", location.pathname + location.search + "#token=" + encodeURIComponent(gatewayToken));
+        const fragment = "#token=" + encodeURIComponent(gatewayToken);
+        history.replaceState(null, "", location.pathname + location.search + fragment);
       }
       location.reload();
       return;

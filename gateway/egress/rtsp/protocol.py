@@ -31,7 +31,8 @@ CLOCK = 90_000
 TRACK = "trackID=0"
 
 _REASONS = {
-    200: "OK", 302: "Moved Temporarily", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 302: "Moved Temporarily", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed", 413: "Request Entity Too Large", 414: "Request-URI Too Large",
     451: "Parameter Not Understood", 453: "Not Enough Bandwidth", 454: "Session Not Found", 455: "Method Not Valid in This State",
     457: "Invalid Range", 461: "Unsupported Transport", 500: "Internal Server Error",
