@@ -362,6 +362,9 @@ class Cluster(StrictModel):
     node: str
     #: this node's base URL, where the other nodes send viewers of its cameras (``https://gw-2.example:8080``)
     url: str
+    #: where the other nodes send RTSP clients of this node's cameras (``rtsp://gw-2.example:8554``); default:
+    #: ``url``'s host with ``rtsp.port`` (none without an ``rtsp`` section)
+    rtsp_url: str | None = None
     #: the PostgreSQL connection (a libpq conninfo or ``postgresql://`` URL) without a password: that comes
     #: from ``password_file`` or libpq's own means (PGPASSWORD, ~/.pgpass)
     database: str
@@ -386,6 +389,17 @@ class Cluster(StrictModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"an http:// or https:// base URL, not {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("rtsp_url")
+    @classmethod
+    def _rtsp_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if (parts.scheme != "rtsp" or not parts.hostname or parts.username is not None or parts.path.strip("/")
+                or parts.query or parts.fragment):
+            raise ValueError(f"an rtsp://host[:port] address without path or credentials, not {value!r}")
         return value.rstrip("/")
 
     @field_validator("database")
@@ -425,9 +439,26 @@ class GatewayConfig(StrictModel):
             check_camera(name)
         return cameras
 
+    @model_validator(mode="after")
+    def _rtsp_address(self) -> GatewayConfig:
+        if self.cluster is not None and self.rtsp is not None and self.rtsp.port == 0 and self.cluster.rtsp_url is None:
+            raise ValueError("cluster.rtsp_url: required with rtsp.port 0 (the other nodes send RTSP clients there)")
+        return self
+
     @property
     def keys_dir(self) -> Path:
         return self.storage.keys or self.storage.data_dir / "keys"
+
+    @property
+    def rtsp_address(self) -> str | None:
+        """Where other nodes of a cluster send RTSP clients of this node's cameras: ``cluster.rtsp_url``, or
+        the host of ``cluster.url`` with ``rtsp.port``; None without RTSP egress (or without a cluster)."""
+        if self.cluster is None or self.rtsp is None:
+            return None
+        if self.cluster.rtsp_url is not None:
+            return self.cluster.rtsp_url
+        host = urlsplit(self.cluster.url).hostname
+        return f"rtsp://{f'[{host}]' if ':' in host else host}:{self.rtsp.port}"
 
 
 def _resolve(config: GatewayConfig, base: Path) -> GatewayConfig:

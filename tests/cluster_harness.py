@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -28,7 +29,7 @@ def small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, f
                 if kept >= seconds * fps:
                     break
                 small = frame.reformat(width=width, height=height, format="yuv420p")
-                small.pts = None
+                small.pts, small.time_base = kept, Fraction(1, fps)  # else every pts is 0: played at ~400 fps
                 dst.mux(stream.encode(small))
                 kept += 1
         dst.mux(stream.encode(None))

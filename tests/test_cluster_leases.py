@@ -25,10 +25,11 @@ def database(postgres):
         _OPEN.pop().close()
 
 
-def _leases(postgres, conninfo, node, capacity=10, lease_s=2.0) -> Leases:
+def _leases(postgres, conninfo, node, capacity=10, lease_s=2.0, rtsp=True) -> Leases:
     password = postgres.password_file.read_text().strip()
     _OPEN.append(connection := psycopg.connect(conninfo, password=password))
-    leases = Leases(connection, node, f"http://{node}.test:8080", capacity, lease_s)
+    leases = Leases(connection, node, f"http://{node}.test:8080", capacity, lease_s,
+                    f"rtsp://{node}.test:8554" if rtsp else None)
     leases.set_up()
     return leases
 
@@ -74,13 +75,16 @@ def test_six_cameras_spread_two_two_two_with_late_joiners_and_capacity(postgres,
     a = _leases(postgres, database, "a", capacity=4)
     first = a.round(CAMERAS)
     assert len(first.claimed) == 4 and first.held == {c: 1 for c in first.claimed}  # alone, up to capacity
-    b, c = _leases(postgres, database, "b", capacity=4), _leases(postgres, database, "c", capacity=4)
+    b, c = _leases(postgres, database, "b", capacity=4, rtsp=False), _leases(postgres, database, "c", capacity=4)
     _settle([a, b, c])
     owners = [owner for owner, _ in _rows(postgres, database).values()]
     assert sorted(owners.count(n) for n in "abc") == [2, 2, 2], owners
     result = c.round(CAMERAS)
     assert result.load == {"a": 2, "b": 2, "c": 2}
     assert set(result.elsewhere.values()) == {"http://a.test:8080", "http://b.test:8080"}
+    # RTSP clients are sent to the owner's RTSP address; b serves no RTSP: none for its cameras
+    assert result.rtsp_elsewhere == {camera: "rtsp://a.test:8554" for camera, url in result.elsewhere.items()
+                                     if url == "http://a.test:8080"} and result.rtsp_elsewhere
     # a node of capacity 1 never takes more, even with cameras free
     d_db = postgres.database("cap")
     d = _leases(postgres, d_db, "d", capacity=1)

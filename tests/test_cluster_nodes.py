@@ -1,7 +1,7 @@
 """Three real `privacy-gateway serve` processes sharing six file cameras through one PostgreSQL.
 
 Spread 2/2/2; a viewer sent to a node that does not run its camera is redirected (307) to the
-one that does; `kill -9` of one node moves its cameras to the others (the time is printed); no
+one that does, and an RTSP client (302: FFmpeg follows it and decodes the owner's stream); `kill -9` of one node moves its cameras to the others (the time is printed); no
 recording on any node shows a face unredacted; the killed node's vault still verifies.
 """
 
@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import ServeNode, small_clip, wait_for
+from cluster_harness import ServeNode, free_port, small_clip, wait_for
+from rtsp_harness import RawClient, ffmpeg_frames
 from serve_harness import FACES, add_people, assert_faces_redacted, half
 
 from gateway.api.access import TokenStore
@@ -40,8 +41,11 @@ def _request(port, method, path, token=None, body=None, headers=None):
 
 
 class Node(ServeNode):
-    def __init__(self, name, tmp, keys, clip, postgres, database, openbao, cameras=CAMERAS, objects=None, capacity=4):
-        """``objects``: a ``storage.objects`` section (the nodes' shared bucket)."""
+    def __init__(self, name, tmp, keys, clip, postgres, database, openbao, cameras=CAMERAS, objects=None, capacity=4,
+                 whip=()):
+        """``objects``: a ``storage.objects`` section (the nodes' shared bucket); ``whip``: WHIP cameras (beside
+        ``cameras``, which play ``clip``), published by the identity ``encoder`` (with the token ``self.encoder``),
+        which the key directory ``keys`` must hold with the publisher role."""
         super().__init__(name, tmp)
         data = self.dir / "data"
         shutil.copytree(keys, data / "keys")
@@ -49,13 +53,23 @@ class Node(ServeNode):
         self.token, _ = store.issue("officer", None, 3600.0, "test")
         store.grant("viewer", cameras)
         self.viewer, _ = store.issue("viewer", None, 3600.0, "test")
+        if whip:
+            store.grant("viewer", [*cameras, *whip])
+            store.grant("encoder", list(whip))
+            self.encoder, _ = store.issue("encoder", None, 3600.0, "test")
+        self.rtsp_port = free_port()
+        self.rtsp_login = tuple(self.viewer.split("_")[1:])  # RTSP digest: the token's id and secret
+        self.officer_login = tuple(self.token.split("_")[1:])
         (self.dir / "faces.yaml").write_text(json.dumps({**FACES, "unmask": {"watermark": "optional"}}))
         config = {
             "cameras": {camera: {"source": str(clip), "policy": "faces.yaml", "holdback_ms": 1000,
-                                 "renditions": ["h264"]} for camera in cameras},
+                                 "renditions": ["h264"]} for camera in cameras}
+                       | {camera: {"protocol": "whip", "policy": "faces.yaml", "holdback_ms": 1000,
+                                   "renditions": ["h264"]} for camera in whip},
             "storage": {"data_dir": "data", "recording_seconds": 2.0, "recording_preset": "ultrafast",
                         **({"objects": objects} if objects is not None else {})},
             "listen": {"host": "127.0.0.1", "port": self.port}, "escrow": openbao.config(),
+            "rtsp": {"host": "127.0.0.1", "port": self.rtsp_port},
             "cluster": {"node": name, "url": self.url, "database": database, "password_file": str(postgres.password_file),
                         "capacity": capacity, "lease_s": LEASE_S},
         }
@@ -132,6 +146,23 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
         assert _request(other.port, "POST", f"/whep/{camera}", None, body=b"")[0] == 401  # asked first, told nothing
         status, headers, _ = _request(other.port, "GET", f"/view/{camera}")
         assert status == 307 and headers["location"] == f"{victim.url}/view/{camera}"
+        # and an RTSP client too (302 to the owner's RTSP address, derived from its url and rtsp.port),
+        # once it proved who it is; FFmpeg follows it to the owner's redacted stream
+        asked = f"rtsp://127.0.0.1:{other.rtsp_port}/{camera}"
+        with RawClient(other.rtsp_port) as client:
+            assert client.request("DESCRIBE", asked).status == 401
+            moved = client.request("DESCRIBE", asked, credentials=other.rtsp_login)
+            assert moved.status == 302 and moved.headers["location"] == f"rtsp://127.0.0.1:{victim.rtsp_port}/{camera}"
+            nowhere = f"rtsp://127.0.0.1:{other.rtsp_port}/nowhere"
+            assert client.request("DESCRIBE", nowhere, credentials=other.rtsp_login).status == 403  # not granted
+            assert client.request("DESCRIBE", nowhere, credentials=other.officer_login).status == 404  # runs nowhere
+        login = ":".join(other.rtsp_login)
+        began = time.monotonic()
+        decoded = ffmpeg_frames(f"rtsp://{login}@127.0.0.1:{other.rtsp_port}/{camera}", "tcp", 5)
+        with capsys.disabled():
+            print(f"\nRTSP 302 across nodes: FFmpeg decoded {len(decoded)} frames of {camera} from its owner "
+                  f"{time.monotonic() - began:.2f} s after asking another node")
+        assert len(decoded) == 5 and decoded[0].shape == frames[0].shape
 
         # kill -9 one node: its cameras run again on the others
         moved = sorted(owned[0])

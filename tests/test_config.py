@@ -54,6 +54,10 @@ storage: {data_dir: store}
     ("cameras: {a: {source: missing.mp4}}", "cameras.a.source: no such file"),
     ("cameras: {a: {source: rtsp://x, policy: nope.yaml}}", "cameras.a.policy:"),
     ("cameras: {a: {source: rtsp://x}}\ntls: {cert: c.pem, key: k.pem}", "tls.cert: no such file"),
+    ("cameras: {a: {source: rtsp://x}}\ncluster: {node: n1, url: 'http://h:1', database: db, rtsp_url: 'rtsp://u:p@h:1'}",
+     "cluster.rtsp_url: an rtsp://host[:port] address without path or credentials"),
+    ("cameras: {a: {source: rtsp://x}}\nrtsp: {port: 0}\ncluster: {node: n1, url: 'http://h:1', database: db}",
+     "cluster.rtsp_url: required with rtsp.port 0"),
     ("- just a list", "expected a mapping at the top level"),
     ("cameras: [unclosed", "not valid YAML"),
 ])
@@ -84,3 +88,11 @@ def test_an_invalid_policy_is_reported_with_its_camera(tmp_path):
     (tmp_path / "weak.yaml").write_text("classes: {face: {method: blur, strength: 0.01}}\n")
     with pytest.raises(ConfigError, match=r"(?s)cameras\.a\.policy: .*classes\.face\.strength: 0\.01 is too weak"):
         load_config(write(tmp_path, "cameras: {a: {source: rtsp://x, policy: weak.yaml}}"))
+
+
+def test_a_cluster_node_advertises_its_rtsp_address_to_the_others(tmp_path):
+    base = "cameras: {a: {source: rtsp://x}}\ncluster: {node: n1, url: 'https://[fd00::5]:8443', database: db"
+    assert load_config(write(tmp_path, base + "}"))[0].rtsp_address is None  # no RTSP egress
+    assert load_config(write(tmp_path, base + "}\nrtsp: {port: 9554}"))[0].rtsp_address == "rtsp://[fd00::5]:9554"
+    config = load_config(write(tmp_path, base + ", rtsp_url: 'rtsp://gw-1.example:554/'}\nrtsp: {port: 0}"))[0]
+    assert config.rtsp_address == "rtsp://gw-1.example:554"

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from peers import require
+from peers import available, require
 from rtsp_support import SYSTEM_PYTHON, gstreamer_elements_missing
 from rtsp_harness import (  # noqa: F401  (fixtures)
     ALICE, BOB, FPS, HEIGHT, METHODS, OK_STATUSES, REALM, TICKS, WIDTH, Gateway, RawClient, Response, answer,
@@ -235,3 +235,47 @@ def test_slow_tcp_client_skips_to_a_keyframe_and_holds_back_nobody(gw, server_er
     finally:
         slow.close()
     wait_until(lambda: gw.sessions("noise") == 0, message="the noise sessions to end")
+
+
+def test_a_node_that_does_not_run_a_camera_redirects_rtsp_clients_to_the_one_that_does(gw, tmp_path, server_errors):
+    """A second server stands for a cluster node where ``cam`` runs elsewhere (on ``gw``'s server): it answers
+    DESCRIBE and SETUP with 302 to the owner, only once the client proved it may view the camera; FFmpeg and
+    GStreamer follow the redirect and decode the owner's stream."""
+    owner = f"rtsp://127.0.0.1:{gw.port}"
+    with extra_server(gw, owner_url=lambda camera: owner if camera == "cam" else None) as (here, port):
+        elsewhere = gw.url("cam", port=port)
+        with RawClient(port) as client:
+            options = client.request("OPTIONS", elsewhere)  # answered without credentials: tells nothing
+            assert options.status == 200 and "location" not in options.headers
+            anonymous = client.request("DESCRIBE", elsewhere)
+            assert anonymous.status == 401 and "location" not in anonymous.headers
+            bob = client.request("DESCRIBE", elsewhere, credentials=BOB)  # may not view cam: not told where it is
+            assert bob.status == 403 and "location" not in bob.headers
+        with RawClient(port) as client:
+            moved = client.request("DESCRIBE", elsewhere, {"Accept": "application/sdp"}, ALICE)
+            assert moved.status == 302 and moved.headers["location"] == gw.url("cam"), moved
+            setup = client.request("SETUP", f"{elsewhere}/trackID=0", {"Transport": "RTP/AVP/TCP;unicast"}, ALICE)
+            assert setup.status == 302 and setup.headers["location"] == gw.url("cam") + "/trackID=0", setup
+            assert client.request("DESCRIBE", gw.url("noise", port=port), credentials=ALICE).status == 200  # runs here
+            assert client.request("DESCRIBE", gw.url("nowhere", port=port), credentials=ALICE).status == 404
+        assert here.sessions("cam") == 0
+
+        # FFmpeg (PyAV) follows the 302 with the credentials of the URL it was given
+        began = time.monotonic()
+        frames = ffmpeg_frames(gw.url("cam", port=port, credentials=ALICE), "tcp", 20)
+        redirected = time.monotonic() - began
+        check_pictures(frames, gw.sources["cam"], 20)
+        began = time.monotonic()
+        ffmpeg_frames(gw.url("cam", credentials=ALICE), "tcp", 20)
+        direct = time.monotonic() - began
+        print(f"\nRTSP 302: FFmpeg decoded 20 frames in {redirected:.2f} s through the redirect, {direct:.2f} s direct")
+
+        # GStreamer's rtspsrc follows it too, with its credentials in user-id/user-pw (those of the URL stay behind)
+        if available(gstreamer_elements_missing(GST_ELEMENTS)):
+            out = tmp_path / "frames.bgr"
+            result = subprocess.run([SYSTEM_PYTHON, "-c", GST_CLIENT, elsewhere, "tcp", *ALICE, "20", str(out)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr[-2000:]
+            check_pictures(list(np.fromfile(out, np.uint8).reshape(-1, HEIGHT, WIDTH, 3)), gw.sources["cam"], 20)
+        assert here.sessions("cam") == 0
+    wait_until(lambda: gw.sessions("cam") == 0, message="the redirected sessions to end")

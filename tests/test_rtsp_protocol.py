@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.egress.rtsp import Request, RtspError, RtspUser, parse_request
 from gateway.egress.rtsp.digest import AuthFailure, Digest
+from gateway.egress.rtsp.protocol import relocate, response
 from rtsp_harness import ALICE, METHODS, REALM, digest, ha1, line_text
 
 
@@ -106,3 +107,13 @@ def test_parser_fuzz(data):
         assert 400 <= exc.status < 600 and exc.status != 500, exc
     else:
         assert request.cseq.isdigit() and request.method and request.uri
+
+
+def test_relocate_keeps_path_and_query_and_drops_host_and_user_info():
+    owner = "rtsp://gw-2.example:8554"
+    assert relocate("rtsp://alice:pw@gw-1:8554/lobby%20cam/trackID=0?x=1", owner) == f"{owner}/lobby%20cam/trackID=0?x=1"
+    assert relocate("RTSP://gw-1/cam", owner + "/") == f"{owner}/cam"
+    assert relocate("rtsp://gw-1", owner) == f"{owner}/"
+    with pytest.raises(RtspError, match="neither"):
+        relocate("http://gw-1/cam", owner)
+    assert response(302, "3", {"Location": f"{owner}/cam"}).startswith(b"RTSP/1.0 302 Moved Temporarily\r\nCSeq: 3\r\n")

@@ -367,3 +367,57 @@ def test_source_rejects_bad_arguments():
             source.start(lambda frame: None)
     finally:
         source.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_does_not_run_a_camera_sends_its_publisher_to_the_one_that_does(gateway):
+    """A second WHIP server stands for a cluster node where ``door`` runs on ``gateway`` and ``yard`` runs
+    nowhere yet: after authorization, door's offer is redirected (307) to its node, where the publisher
+    re-sends it and publishes; yard's is answered 503 Retry-After (the publisher comes back); others 404."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+
+    from gateway.ingest import WhipServer
+    from live_support import ThreadedServer
+
+    async def authorize(request, camera):
+        if request.headers.get("authorization") == AUTH["Authorization"]:
+            return None
+        return PlainTextResponse("who are you?\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    elsewhere = WhipServer(lambda camera: None, authorize,
+                           owner_url=lambda camera: gateway.url if camera == "door" else None,
+                           pending=lambda camera: camera == "yard")
+    node = ThreadedServer(Starlette(routes=elsewhere.routes))
+    collector = gateway.collectors["door"]
+    await quiet(collector)
+    start = len(collector)
+    try:
+        async with httpx.AsyncClient() as http:
+            offer = await valid_offer()
+            anonymous = await http.post(f"{node.url}/whip/door?x=1", content=offer,
+                                        headers={"Content-Type": "application/sdp"})
+            assert anonymous.status_code == 401 and "location" not in anonymous.headers  # where it runs: not told
+            moved = await http.post(f"{node.url}/whip/door?x=1", content=offer, headers=SDP)
+            assert moved.status_code == 307 and moved.headers["location"] == f"{gateway.url}/whip/door?x=1"
+            waiting = await http.post(f"{node.url}/whip/yard", content=offer, headers=SDP)
+            assert (waiting.status_code, waiting.headers["retry-after"]) == (503, "1")
+            assert (await http.post(f"{node.url}/whip/nowhere", content=offer, headers=SDP)).status_code == 404
+
+            # a publisher that follows the redirect (with its token) publishes to the camera's node
+            publisher = Publisher()
+            try:
+                first = await http.post(f"{node.url}/whip/door", content=await publisher.offer(), headers=SDP)
+                assert first.status_code == 307
+                response = await publisher.publish(http, first.headers["location"])
+                assert response.status_code == 201 and publisher.location.startswith("/whip/door/")
+                await wait_until(lambda: len(collector) - start >= 15, message="15 frames on the camera's node")
+                assert gateway.whip.publishers("door") == 1 and elsewhere.publishers("door") == 0
+            finally:
+                await publisher.close()
+                if publisher.location is not None:  # the session's resource is on the camera's node
+                    await http.delete(gateway.url + publisher.location, headers=AUTH)
+                await wait_until(lambda: gateway.whip.publishers("door") == 0, message="the session to end")
+    finally:
+        node.close()
+    check_seen(collector.since(start))

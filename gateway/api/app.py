@@ -89,15 +89,15 @@ class Gateway:
             "policy": runtime.activations.fetch, "roster": self._roster_changed}, self._resync)
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
-                               camera_known=runtime.known, ice=self.ice, caps=_caps(config.whep),
+                               camera_known=runtime.expected, ice=self.ice, caps=_caps(config.whep),
                                owner_url=runtime.owner_url)
         self.whip = WhipServer(self._whip_source, self._authorize_ingest, ice_servers=ice, ice=self.ice,
-                               caps=_caps(config.whip))
+                               caps=_caps(config.whip), owner_url=runtime.owner_url, pending=self._whip_pending)
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
         if config.rtsp is not None:
             limiter = self.access.limiter
-            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.known,
+            self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.expected,
                                    self.access.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
@@ -106,7 +106,7 @@ class Gateway:
                                    max_sessions_per_principal=config.rtsp.max_sessions_per_principal,
                                    max_connections=config.rtsp.max_connections,
                                    max_connections_per_address=config.rtsp.max_connections_per_address,
-                                   auth_timeout=config.rtsp.auth_timeout_s)
+                                   auth_timeout=config.rtsp.auth_timeout_s, owner_url=runtime.owner_rtsp_url)
         listen = config.listen
         #: the HTTP listener's connections (gateway.api.connections puts them under these caps)
         self.http_connections = Ledger("http", "connections", Caps(listen.max_connections,
@@ -248,6 +248,12 @@ class Gateway:
     def _whip_source(self, camera: str) -> WhipSource | None:
         live = self.runtime.cameras.get(camera)
         return live.source if live is not None and isinstance(live.source, WhipSource) else None
+
+    def _whip_pending(self, camera: str) -> bool:
+        """In a cluster, a configured WHIP camera that runs neither here nor on another node: its node is
+        starting it, or its lease has not yet moved from a node that died (the publisher retries)."""
+        configured = self.runtime.config.cameras.get(camera)
+        return self.runtime.cluster is not None and configured is not None and configured.kind == "whip"
 
     async def _authorize(self, request: Request, permission: str, camera: str) -> Response | None:
         """An error answer unless the request's principal holds the camera-scoped ``permission`` on ``camera``."""

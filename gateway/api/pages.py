@@ -9,9 +9,10 @@ In a cluster, the viewer of a camera another node runs is redirected (307) to th
 page (the browser carries the fragment, and so the token, over): the page then talks WHEP to the
 node that runs the camera, on its own origin. A cross-origin redirect of the page's WHEP request
 itself would not do: browsers drop the Authorization header on it and the page's content security
-policy allows only its own origin. So the viewer page, when its offer is redirected, reloads
-itself, and this redirect sends it on. This tells whoever asks that a camera of that name exists
-and which node runs it; nothing more (watching still needs the token).
+policy allows only its own origin. So the viewer page, when its offer is redirected (it offers
+again when the gateway ends its session: the camera may have moved), reloads itself with the token
+put back into the fragment, and this redirect sends it on. This tells whoever asks that a camera of
+that name exists and which node runs it; nothing more (watching still needs the token).
 """
 
 from __future__ import annotations

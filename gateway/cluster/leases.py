@@ -3,7 +3,8 @@
 The tables (schema version :data:`SCHEMA_VERSION`, created idempotently by :meth:`Leases.set_up`)::
 
     schema_version  (version)                                   one row
-    gateway_nodes   (name PK, url, capacity, heartbeat)         a node's last round
+    gateway_nodes   (name PK, url, capacity, heartbeat,         a node's last round
+                     rtsp_url)
     camera_leases   (camera PK, owner, expires_at, epoch)       owner NULL: free
 
 Every round (:meth:`Leases.round`) is one transaction on the database's clock (``now()``):
@@ -15,8 +16,10 @@ claims while it holds no more than the least loaded other live node with room, n
 ``capacity`` (:func:`claim_limit`), so a camera runs wherever there is room; when no camera is free
 and a node holds two more than such a node, it gives one back per round (:attr:`Round.shed`: stop
 it, then :meth:`Leases.release`), which the less loaded node claims. A node is live while its
-heartbeat is younger than a lease. Changes are announced with
-``NOTIFY`` on :data:`CHANNEL` (sent at commit), so the others run a round at once.
+heartbeat is younger than a lease. Changes are announced with ``NOTIFY`` on :data:`CHANNEL` (sent
+at commit), so the others run a round at once. A column added to the schema since (``rtsp_url``,
+nullable) is added by :meth:`Leases.set_up` without a new version: nodes that do not know it leave
+it alone.
 
 This module only talks to the database (blocking, one connection, one thread); what a node does
 with its leases (start, stop, fail closed) is :mod:`.node`.
@@ -43,6 +46,7 @@ _SCHEMA = (
     ("CREATE TABLE IF NOT EXISTS camera_leases (camera text PRIMARY KEY, owner text, expires_at timestamptz, "
      "epoch bigint NOT NULL DEFAULT 0)"),
     "CREATE INDEX IF NOT EXISTS camera_leases_owner ON camera_leases (owner)",
+    "ALTER TABLE gateway_nodes ADD COLUMN IF NOT EXISTS rtsp_url text",
 )
 
 
@@ -76,6 +80,8 @@ class Round:
     shed: str | None = None
     #: camera -> the owner's base URL, for every camera another node holds a live lease on
     elsewhere: dict[str, str] = field(default_factory=dict)
+    #: camera -> the owner's RTSP address (``rtsp://host:port``), for those of ``elsewhere`` whose owner serves RTSP
+    rtsp_elsewhere: dict[str, str] = field(default_factory=dict)
     #: node -> cameras held, over the live nodes (this one included)
     load: dict[str, int] = field(default_factory=dict)
     #: camera -> (its previous owner, when that owner's lease expired, when this node claimed it; the
@@ -86,8 +92,10 @@ class Round:
 class Leases:
     """One node's view of the lease table, over one connection (not thread-safe: one thread uses it)."""
 
-    def __init__(self, connection: psycopg.Connection, node: str, url: str, capacity: int, lease_s: float) -> None:
-        self.connection, self.node, self.url = connection, node, url
+    def __init__(self, connection: psycopg.Connection, node: str, url: str, capacity: int, lease_s: float,
+                 rtsp_url: str | None = None) -> None:
+        """``url``: where the other nodes send this node's viewers; ``rtsp_url``: its RTSP clients (None: no RTSP)."""
+        self.connection, self.node, self.url, self.rtsp_url = connection, node, url, rtsp_url
         self.capacity, self.lease_s = capacity, lease_s
 
     def set_up(self) -> None:
@@ -111,9 +119,10 @@ class Leases:
         lease = f"{self.lease_s} seconds"
         cameras = sorted(set(cameras))
         with self.connection.transaction(), self.connection.cursor() as cur:
-            cur.execute("INSERT INTO gateway_nodes (name, url, capacity, heartbeat) VALUES (%s, %s, %s, now()) "
-                        "ON CONFLICT (name) DO UPDATE SET url = excluded.url, capacity = excluded.capacity, "
-                        "heartbeat = excluded.heartbeat", (self.node, self.url, self.capacity))
+            cur.execute("INSERT INTO gateway_nodes (name, url, rtsp_url, capacity, heartbeat) "
+                        "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (name) DO UPDATE SET url = excluded.url, "
+                        "rtsp_url = excluded.rtsp_url, capacity = excluded.capacity, heartbeat = excluded.heartbeat",
+                        (self.node, self.url, self.rtsp_url, self.capacity))
             cur.execute("INSERT INTO camera_leases (camera) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                         (cameras,))
             cur.execute("UPDATE camera_leases SET expires_at = now() + %s::interval "
@@ -145,11 +154,12 @@ class Leases:
             shed = keeping[-1] if not claimed and not free and least is not None and len(keeping) > least + 1 else None
             if claimed:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node))
-            cur.execute("SELECT l.camera, n.url FROM camera_leases l JOIN gateway_nodes n ON n.name = l.owner "
-                        "WHERE l.owner <> %s AND l.expires_at > now()", (self.node,))
-            elsewhere = dict(cur.fetchall())
-        return Round(held, claimed, taken_over, shed, elsewhere, {self.node: len(held), **{
-            name: count for name, (_, count) in load.items()}}, previous)
+            cur.execute("SELECT l.camera, n.url, n.rtsp_url FROM camera_leases l JOIN gateway_nodes n "
+                        "ON n.name = l.owner WHERE l.owner <> %s AND l.expires_at > now()", (self.node,))
+            owners = cur.fetchall()
+        return Round(held, claimed, taken_over, shed, {camera: url for camera, url, _ in owners},
+                     {camera: rtsp for camera, _, rtsp in owners if rtsp is not None},
+                     {self.node: len(held), **{name: count for name, (_, count) in load.items()}}, previous)
 
     def release(self, cameras: Collection[str]) -> None:
         """Hand ``cameras`` back (this node has stopped them): free at once, and the others told."""

@@ -103,16 +103,18 @@ class ClusterNode:
     """This node's leases, and the cameras that follow them through ``start(camera)`` and ``stop(camera)``."""
 
     def __init__(self, config: Cluster, cameras: Callable[[], Collection[str]],
-                 start: Callable[[str], None], stop: Callable[[str], None]) -> None:
+                 start: Callable[[str], None], stop: Callable[[str], None], rtsp_url: str | None = None) -> None:
         """``cameras()``: the cameras this node may run (the configuration's); ``start``/``stop``:
-        blocking, called on the apply thread only."""
-        self.config, self.name, self.lease_s = config, config.node, config.lease_s
+        blocking, called on the apply thread only. ``rtsp_url``: where the other nodes send RTSP clients
+        of this node's cameras (``GatewayConfig.rtsp_address``; None: this node serves no RTSP)."""
+        self.config, self.name, self.lease_s, self.rtsp_url = config, config.node, config.lease_s, rtsp_url
         self.period = self.margin = config.lease_s / 3
         self._cameras, self._start, self._stop = cameras, start, stop
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}  # camera -> epoch, as the last round left them
         self._valid_until = 0.0  # monotonic: the held leases end at the earliest then
         self._elsewhere: dict[str, str] = {}  # camera -> its owner's base URL
+        self._rtsp_elsewhere: dict[str, str] = {}  # camera -> its owner's RTSP address
         self._shedding: set[str] = set()  # being stopped to be handed back
         self._stopped_to_release: set[str] = set()  # stopped; release at the next round
         self._running: dict[str, int] = {}  # camera -> the epoch it was started under (apply thread)
@@ -138,6 +140,11 @@ class ClusterNode:
     def owner_url(self, camera: str) -> str | None:
         """The base URL of the node that runs ``camera``, if another node holds its lease."""
         return self._elsewhere.get(camera)
+
+    def owner_rtsp_url(self, camera: str) -> str | None:
+        """The RTSP address (``rtsp://host:port``) of the node that runs ``camera``, if another node holds
+        its lease and serves RTSP."""
+        return self._rtsp_elsewhere.get(camera)
 
     def owned(self) -> dict[str, int]:
         """camera -> epoch of the leases this node holds and may publish under now."""
@@ -185,7 +192,7 @@ class ClusterNode:
             try:
                 if self._leases is None:
                     self._leases = Leases(self._connect(), self.name, self.config.url, self.config.capacity,
-                                          self.lease_s)
+                                          self.lease_s, self.rtsp_url)
                     self._leases.set_up()
                 self._round(began)
             except (psycopg.Error, OSError) as exc:
@@ -218,7 +225,7 @@ class ClusterNode:
             self._held, self._valid_until = result.held, began + self.lease_s
             self._taken = {camera: taken for camera, taken in {**self._taken, **result.previous}.items()
                            if camera in result.held}
-            self._elsewhere = result.elsewhere
+            self._elsewhere, self._rtsp_elsewhere = result.elsewhere, result.rtsp_elsewhere
             if result.shed is not None:
                 self._shedding.add(result.shed)
                 log.info("cluster: node %s hands camera %s back (nodes hold %s)", self.name, result.shed,

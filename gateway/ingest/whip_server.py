@@ -21,6 +21,14 @@ audio (browsers, OBS) can connect, and no audio reaches the gateway.
 
 ICE is confined by an :class:`~gateway.webrtc.IcePolicy`: the publisher's candidates outside the
 allowed networks are taken out of the offer (counted in :attr:`WhipServer.ignored_candidates`).
+
+In a cluster a WHIP camera runs, like any camera, on the node holding its lease, and its
+publisher must reach that node. An offer for a camera another node runs is answered ``307
+Temporary Redirect`` to that node (the same path and query; RFC 9725 §4.5), after the
+authorization check, as WHEP's; the session's resource (``Location``) is then on that node. An
+offer for a WHIP camera no node runs yet (its node died and the lease has not moved, or the node
+that took it is still starting it) is answered ``503`` with ``Retry-After``: the publisher tries
+again, here or at another node, and so follows its camera when a node dies.
 """
 
 from __future__ import annotations
@@ -127,11 +135,17 @@ class WhipServer:
         connect_timeout: float = _CONNECT_TIMEOUT,
         ice: IcePolicy | None = None,
         caps: Caps = DEFAULT_CAPS,
+        owner_url: Callable[[str], str | None] = lambda camera: None,
+        pending: Callable[[str], bool] = lambda camera: False,
     ) -> None:
+        """``owner_url(camera)``: the base URL of the cluster node that runs ``camera`` if not this one
+        (offers are redirected there); ``pending(camera)``: whether ``camera`` is a WHIP camera that runs
+        nowhere yet but will (answered 503 with Retry-After, not 404)."""
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout!r}")
         self._source_for = source_for
         self._authorize = authorize
+        self._owner_url, self._pending = owner_url, pending
         self._ice_servers = list(ice_servers or [])
         self._ice = ice if ice is not None else IcePolicy.for_listen("127.0.0.1")
         #: remote candidates left out, by reason (``network``, ``hostname``, ``peer_reflexive``)
@@ -168,6 +182,13 @@ class WhipServer:
             return denied
         source = self._source_for(camera)
         if not isinstance(source, WhipSource):
+            owner = self._owner_url(camera)
+            if owner is not None:  # another node runs it: the publisher re-sends its offer there
+                query = f"?{request.url.query}" if request.url.query else ""
+                return PlainTextResponse(f"camera {camera} runs on {owner}\n", status_code=307,
+                                         headers={"Location": f"{owner}{request.url.path}{query}"})
+            if self._pending(camera):
+                return text_error(503, f"camera {camera} runs on no node yet; retry", {"Retry-After": "1"})
             return text_error(404, f"no such camera: {camera}")
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": "application/sdp"})

@@ -135,7 +135,8 @@ class Runtime:
                 self.cameras[name] = self._build(name, camera, self._policies[name], directory.identities)
         #: the cluster node whose leases say which cameras run here (None: every camera runs here)
         self.cluster = None if config.cluster is None else ClusterNode(
-            config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera)
+            config.cluster, lambda: list(self.config.cameras), self.run_camera, self.park_camera,
+            config.rtsp_address)
         if self.cluster is not None:
             self.cluster.on_takeover = self._took_over
         #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
@@ -267,6 +268,11 @@ class Runtime:
     def known(self, camera: str) -> bool:
         """Whether ``camera`` runs, or is being edited and will run again in a moment (viewers retry)."""
         return camera in self.cameras or camera in self._starting
+
+    def expected(self, camera: str) -> bool:
+        """:meth:`known`, or in a cluster a configured camera: it runs on another node, or will run on
+        one once its lease moves or its node has started it (viewers are told to retry, not 404)."""
+        return self.known(camera) or (self.cluster is not None and camera in self.config.cameras)
 
     def add_camera(self, name: str, camera: Camera, policy: Policy) -> LiveCamera:
         """Start a new camera ``name`` (blocking): kept in ``cameras.json`` first, then opened and
@@ -423,6 +429,10 @@ class Runtime:
     def owner_url(self, camera: str) -> str | None:
         """The base URL of the node running ``camera`` when that is another node (cluster); else None."""
         return None if self.cluster is None or camera in self.cameras else self.cluster.owner_url(camera)
+
+    def owner_rtsp_url(self, camera: str) -> str | None:
+        """The RTSP address of the node running ``camera`` when that is another node serving RTSP; else None."""
+        return None if self.cluster is None or camera in self.cameras else self.cluster.owner_rtsp_url(camera)
 
     def _roster(self, policy: Policy) -> list:
         """The key directory's identities now (people added since the start count), checked against

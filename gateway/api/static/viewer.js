@@ -1,5 +1,7 @@
 "use strict";
 // One camera over WHEP: offer to receive video, show it, retry while the camera has no frame yet.
+// In a cluster it follows the camera: an offer redirected to another node reloads the page there,
+// the token carried on in the fragment; when the gateway ends its session it offers again a second later.
 (() => {
   const video = document.getElementById("video");
   const status = document.getElementById("status");
@@ -18,7 +20,10 @@
     });
   }
 
-  async function start() {
+  const ended = "ended by the gateway (access revoked, or the session closed)";
+
+  // ``again``: offered after the gateway ended the session; a refusal then keeps saying so
+  async function start(again = false) {
     const pc = new RTCPeerConnection();
     const session = { pc, location: null };
     window.whepSession = session;
@@ -33,20 +38,25 @@
       method: "POST", headers: { "Content-Type": "application/sdp", ...gatewayAuth }, body: pc.localDescription.sdp,
       redirect: "manual",
     });
-    if (response.type === "opaqueredirect") {  // another node of a cluster runs the camera: its page, reloaded,
-      pc.close();                               // is redirected there (the token goes along in the fragment)
-      show("moving to the node that runs the camera");
+    if (response.type === "opaqueredirect") {  // another node of a cluster runs the camera: this page, reloaded,
+      pc.close();                               // is redirected there, the token in the fragment (which the
+      show("moving to the node that runs the camera");  // redirect keeps, and no server sees): the token is
+      if (gatewayToken) {                       // kept per origin, so the other node's page needs it this way
+        const fragment = "#token=" + encodeURIComponent(gatewayToken);
+        history.replaceState(null, "", location.pathname + location.search + fragment);
+      }
       location.reload();
       return;
     }
-    if (response.status === 503) {  // the camera has no frame yet: try again shortly
+    if (response.status === 503) {  // the camera has no frame yet, or runs on no node yet: try again shortly
       pc.close();
       show("waiting for the camera");
-      setTimeout(() => start().catch((error) => show("error: " + error)), 1000);
+      setTimeout(() => start(again).catch((error) => show("error: " + error)), 1000);
       return;
     }
     if (response.status !== 201) {
-      show("refused (" + response.status + "): " + (await response.text()).trim());
+      const text = (await response.text()).trim();
+      show(again ? ended : "refused (" + response.status + "): " + text);
       pc.close();
       return;
     }
@@ -57,9 +67,12 @@
     // later, so the page ends it at once
     const dtls = pc.getReceivers()[0] && pc.getReceivers()[0].transport;
     dtls?.addEventListener("statechange", () => {
-      if (dtls.state === "closed" || dtls.state === "failed") {
+      if ((dtls.state === "closed" || dtls.state === "failed") && pc.connectionState !== "closed") {
         pc.close();
-        show("ended by the gateway (access revoked, or the session closed)");
+        show(ended);
+        // the camera may have moved to another node (or been edited): offer once more, which a
+        // redirect or a new session answers; a revoked token's refusal leaves this message
+        setTimeout(() => start(true).catch((error) => show("error: " + error)), 1000);
       }
     });
     window.addEventListener("pagehide", () => {

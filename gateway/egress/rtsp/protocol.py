@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOCK", "MAX_BODY", "MAX_HEAD", "MAX_HEADERS", "MAX_URI", "PAYLOAD_TYPE", "REQUEST_LINE", "TRACK", "Request",
     "RtspError", "TransportChoice", "choose_transport", "cseq_of", "error_response", "parse_request", "path_of",
-    "response", "sdp", "sprop", "target",
+    "relocate", "response", "sdp", "sprop", "target",
 ]
 
 MAX_HEAD = 8192  # request line + headers, bytes
@@ -31,7 +31,8 @@ CLOCK = 90_000
 TRACK = "trackID=0"
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 302: "Moved Temporarily", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed", 413: "Request Entity Too Large", 414: "Request-URI Too Large",
     451: "Parameter Not Understood", 453: "Not Enough Bandwidth", 454: "Session Not Found", 455: "Method Not Valid in This State",
     457: "Invalid Range", 461: "Unsupported Transport", 500: "Internal Server Error",
@@ -43,7 +44,7 @@ REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ [A-Z]+/\d\.\d")
 
 
 class RtspError(ValueError):
-    """A request answered with ``status`` (4xx/5xx) and ``message`` as a text/plain body."""
+    """A request answered with ``status`` (4xx/5xx, or 302 to another node) and ``message`` as a text/plain body."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -163,6 +164,15 @@ def target(uri: str) -> tuple[str, str | None]:
     if len(segments) > 2 or (len(segments) == 2 and segments[1] != TRACK):
         return authority, "/"  # no camera is called that (ids have no slash): 404 once authenticated
     return authority, unquote(segments[0])
+
+
+def relocate(uri: str, base: str) -> str:
+    """The ``rtsp://`` request URI ``uri`` at the server ``base`` (``rtsp://host:port``): the same path and
+    query, as sent, without ``uri``'s host or user info."""
+    if not uri[:7].lower() == "rtsp://":
+        raise RtspError(400, "the request URI is neither * nor rtsp://")
+    _, slash, rest = uri[7:].partition("/")
+    return f"{base.rstrip('/')}/{rest}" if slash else f"{base.rstrip('/')}/"
 
 
 def path_of(uri: str) -> str:

@@ -19,6 +19,11 @@ sessions per principal, per address and in all. A connection must authenticate w
 OPTIONS included, do not keep it open); at the connection cap, a new connection displaces the
 oldest one that has not authenticated yet, so a flood of idle connections cannot keep out a client
 that logs in.
+
+In a cluster, a DESCRIBE or SETUP for a camera another node runs is answered ``302 Moved
+Temporarily`` (RFC 2326 §11.3.3) with ``Location:`` that node's RTSP address and the same path, after
+authentication and the check that the client may view the camera, so that only those who may watch
+it learn where it runs; clients reconnect there (docs/deploy.md says which do).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .protocol import (
     RtspError,
     choose_transport,
     error_response,
+    relocate,
     response,
     sdp,
     sprop,
@@ -90,6 +96,7 @@ class RtspServer:
         max_connections: int | None = None,
         max_connections_per_address: int = 16,
         auth_timeout: float = 5.0,
+        owner_url: Callable[[str], str | None] = lambda camera: None,
     ) -> None:
         """``throttled(peer)``: answer that address's requests needing authentication with 503
         Retry-After before looking at its credentials (RTSP 1.0 has no 429; 503 tells clients to
@@ -98,7 +105,10 @@ class RtspServer:
 
         Caps (docs/rtsp-egress.md): sessions in all, per address and per principal
         (:attr:`RtspUser.principal`); connections in all (None: twice ``max_sessions``, at least
-        16) and per address; ``auth_timeout`` seconds for a new connection to log in."""
+        16) and per address; ``auth_timeout`` seconds for a new connection to log in.
+
+        ``owner_url(camera)``: the RTSP address (``rtsp://host:port``) of the cluster node that runs
+        ``camera`` if not this one: DESCRIBE and SETUP are redirected there (302)."""
         if '"' in realm or "\\" in realm:
             raise ValueError(f"realm: {realm!r} may not contain quotes or backslashes")
         if not session_timeout >= 1:
@@ -117,6 +127,7 @@ class RtspServer:
         connection_caps = Caps(max_connections, max_connections_per_address)
         self._rendition_for = rendition_for
         self._camera_known = camera_known
+        self._owner_url = owner_url
         self._users = users
         self._throttled = throttled
         self._failed = failed
@@ -284,6 +295,8 @@ class RtspServer:
         # Whether a camera exists is told only to those who may view it.
         if not user.may_view(camera):
             raise RtspError(403, f"{user.name} may not view this camera")
+        if session is None and method in ("DESCRIBE", "SETUP") and (owner := self._owner_url(camera)) is not None:
+            raise RtspError(302, f"camera {camera} runs on {owner}", {"Location": relocate(request.uri, owner)})
         if not self._camera_known(camera):
             raise RtspError(404, "no such camera")
 
