@@ -12,8 +12,11 @@ an investigator the bystanders next to the subject). Two modes, chosen by the po
               checked: a clip below :data:`MIN_PSNR` is re-encoded at a finer quantiser (down to
               0, lossless in YCbCr: ~55 dB after the colour conversions), so the bound holds by
               construction, not by hope;
-              one that passes with several dB to spare is tried once more, coarser. The
-              quantiser a track's last clip kept is where its next clip starts.
+              one that passes with a step's worth of dB to spare is tried coarser, by as many
+              steps as the room allows (a prior of 0.75 dB a step, then the slope measured
+              between two tries): up to four codings find the coarsest quantiser that passes,
+              or come within a step of it. The quantiser a track's last clip kept is where its
+              next clip starts.
 ``lossless``  FFV1 on BGR (with a constant fourth byte, ``bgra``): bit-exact; pictures are coded
               on their own, only the coder's adapted states carry over. Still images always use it.
 
@@ -48,9 +51,9 @@ MODES = ("high", "lossless")
 #: lossless"); the check is made on what the decoder gives back, so no margin needs adding
 MIN_PSNR = 45.0
 _FIRST_QP = 16  # measured on real face crops: the coarsest that passes is 11-23, median 15.5
-_QP_STEP = 2  # the least a failed try steps finer
-_DB_PER_QP = 1.0  # a quantiser step costs about 1 dB of PSNR (6 steps double the step size)
-_WORTH_A_TRY = 2  # steps of room for which a passing clip is tried again, coarser
+#: dB of luma PSNR a quantiser step costs before two tries have measured it on the clip itself:
+#: 0.6-0.8 on the crops of the three bench clips between QP 12 and 22 (6 steps double the step size)
+_DB_PER_QP = 0.75
 _MAX_TRIES = 4
 _LAST = ("", -1)  # where ClipCoder.qp keeps the quantiser the last clip of any track kept
 _MAX_QP = 30
@@ -61,9 +64,11 @@ _MIN_SIDE = 16
 #: B-frames sit two steps coarser and fall below the bound first: 9 % smaller on Hamilton's faces
 #: without them); tuned for PSNR, the measure the bound is stated in; chroma quantised 12 steps
 #: coarser than luma (x264's maximum): the bound is on luma, and 4:4:4 chroma at full quality was
-#: a third of the bytes (measured on short_hamilton_clip's faces)
+#: a third of the bytes (measured on short_hamilton_clip's faces); the keyframe one step finer than
+#: the P-frames (``ipratio`` 1.1) instead of x264's three (1.4): the bound is per frame, so a keyframe
+#: far above it is bytes spent for nothing (7 % smaller on Hamilton's faces, 3 % on the walkway's)
 X264_OPTIONS = {"preset": "faster", "tune": "psnr", "bf": "0", "threads": "1",
-                "x264-params": "chroma-qp-offset=12"}
+                "x264-params": "chroma-qp-offset=12:ipratio=1.1"}
 _FRAME_RATE = 30  # nominal: the clip's real times are in its record header, not in the stream
 
 
@@ -88,24 +93,33 @@ class ClipCoder:
             return FFV1, size, _encode(FFV1, canvases, None)
         shapes = [c.shape[:2] for c in crops]
         original = luma(canvases)
-        # a new track starts a step coarser than the camera's last clip kept: one camera's noise and light are alike
-        qp = self.qp.get(key, self.qp.get(_LAST, _FIRST_QP - 1) + 1)
+        # a new track starts where the camera's last clip ended: one camera's noise and light are alike
+        qp = min(_MAX_QP, self.qp.get(key, self.qp.get(_LAST, _FIRST_QP)))
         best: tuple[int, bytes] | None = None
+        failed = _MAX_QP + 1  # the finest quantiser tried that fell short
+        tried: dict[int, float] = {}
         for _ in range(_MAX_TRIES):
             self.encodes += 1
             coded = _encode(H264, canvases, qp)
-            worst = _worst_psnr(original, luma(_decode(H264, size, coded, len(crops))), shapes)
-            if worst >= MIN_PSNR or qp == 0:
-                best = (qp, coded)
-                # about 1 dB per quantiser step: room for several steps is worth one more try
-                room = _MAX_QP - qp if math.isinf(worst) else int(worst - MIN_PSNR - _DB_PER_QP / 2)
-                if room < _WORTH_A_TRY or qp + room > _MAX_QP:
+            worst = tried[qp] = _worst_psnr(original, luma(_decode(H264, size, coded, len(crops))), shapes)
+            slope = _slope(tried, qp)
+            if worst >= MIN_PSNR:
+                if best is None or qp > best[0]:
+                    best = (qp, coded)
+                # the coarsest quantiser the room above the bound is expected to allow, short of a known failure
+                step = _MAX_QP if math.isinf(worst) else int((worst - MIN_PSNR) / slope)
+                coarser = min(qp + step, failed - 1, _MAX_QP)
+                if coarser <= qp:
                     break
-                qp += room
-            elif best is not None:  # the coarser try fell short: keep the one that passed
-                break
+                qp = coarser
             else:
-                qp = max(0, qp - max(_QP_STEP, math.ceil((MIN_PSNR - worst) / _DB_PER_QP) + 1))
+                failed = min(failed, qp)
+                finer = qp - max(1, math.ceil((MIN_PSNR - worst) / slope))
+                if best is not None:  # between the best that passed and this failure, if anything is left
+                    finer = max(finer, best[0] + 1)
+                    if finer >= failed:
+                        break
+                qp = max(0, finer)
         if best is None:  # out of tries: code it losslessly in x264 (qp 0 always passes)
             self.encodes += 1
             best = (0, _encode(H264, canvases, 0))
@@ -258,3 +272,12 @@ def _worst_psnr(original: np.ndarray, restored: np.ndarray, shapes: Sequence[tup
     """The lowest luma PSNR over a clip's crops, from its ``(n, H, W)`` luma canvases."""
     error = (original - restored) ** 2
     return min(_db(float(e[:h, :w].mean())) for e, (h, w) in zip(error, shapes))
+
+
+def _slope(tried: dict[int, float], qp: int) -> float:
+    """dB of luma PSNR per quantiser step near ``qp``: from the two tries nearest it, else the prior."""
+    finite = sorted((q for q, w in tried.items() if math.isfinite(w)), key=lambda q: abs(q - qp))[:2]
+    if len(finite) < 2:
+        return _DB_PER_QP
+    a, b = sorted(finite)
+    return min(2.0, max(0.4, (tried[a] - tried[b]) / (b - a)))

@@ -111,6 +111,33 @@ def test_the_quantiser_falls_until_the_bound_holds_and_rises_when_there_is_room(
     assert coder.qp[("face", 2)] > clips._FIRST_QP  # a flat clip leaves room: the next one starts coarser
 
 
+@pytest.mark.parametrize("start", [8, 24])
+@pytest.mark.parametrize("region", [(100, 300, 60, 48), (300, 100, 40, 40), (150, 500, 120, 90)])
+def test_the_quantiser_kept_is_the_coarsest_that_meets_the_bound(frames, region, start):
+    """From a start far off either way (a track whose last clip was much easier or harder), the
+    search ends on a quantiser that passes while the next coarser one falls short: no slack
+    left above the bound (each step of it is about 10 % more bytes)."""
+    y, x, h, w = region
+    crops = [image[y : y + h, x : x + w].copy() for image in frames[:20]]
+    coder = ClipCoder("high", qp={("face", 1): start})
+    codec, size, coded = coder.encode(crops, ("face", 1))
+    kept = coder.qp[("face", 1)]
+
+    def worst(data: bytes) -> float:
+        return min(psnr(a, b) for a, b in zip(crops, decode(codec, size, data, [(h, w)] * len(crops))))
+
+    assert worst(coded) >= MIN_PSNR > worst(clips._encode(H264, clips._canvases(crops, size), kept + 1))
+    assert coder.encodes <= clips._MAX_TRIES
+
+
+def test_the_keyframe_is_coded_one_step_finer_than_the_p_frames(frames):
+    """x264 states its settings in the stream: the keyframe/P-frame ratio is 1.1 (one quantiser
+    step), not x264's default 1.4 (three), which spends bytes on a keyframe far above a per-frame bound."""
+    crops = [frames[i][200:280, 300:360].copy() for i in range(5)]
+    coded = ClipCoder("high").encode(crops)[2]
+    assert b" ip_ratio=1.10 " in coded and b" chroma_qp_offset=12 " in coded and b" bframes=0 " in coded
+
+
 def test_unknown_originals_mode_is_refused(tmp_path, sealing_store):
     directory = KeyDirectory.init(tmp_path / "keys")
     directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
