@@ -58,6 +58,10 @@ _FIRST_QP = 16  # measured on real face crops: the coarsest that passes is 11-23
 #: 0.6-0.8 on the crops of the three bench clips between QP 12 and 22 (6 steps double the step size)
 _DB_PER_QP = 0.75
 _MAX_TRIES = 4
+#: dB of a passing clip's room kept back before counting the steps it allows: the slope varies
+#: from step to step, and a coarser try that fails is a whole encode spent for nothing (on the
+#: bench's 20 tracks: encodes per clip 2.65 -> 2.25 for 0.5 % more bytes)
+_ROOM_MARGIN = 0.25
 _LAST = ("", -1)  # where ClipCoder.qp keeps the quantiser the last clip of any track kept
 _MAX_QP = 30
 #: x264 and FFV1 handle tiny pictures, but a canvas this small costs nothing and avoids edge cases
@@ -112,7 +116,7 @@ class ClipCoder:
                 if best is None or qp > best[0]:
                     best = (qp, coded)
                 # the coarsest quantiser the room above the bound is expected to allow, short of a known failure
-                step = _MAX_QP if math.isinf(worst) else int((worst - MIN_PSNR) / slope)
+                step = _MAX_QP if math.isinf(worst) else int((worst - MIN_PSNR - _ROOM_MARGIN) / slope)
                 coarser = min(qp + step, failed - 1, _MAX_QP)
                 if coarser <= qp:
                     break
