@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import RecordError
 
-#: the ``codec`` names a clip record may carry (version 2: the first two only)
+#: the ``codec`` names a clip record may carry (version 2 vaults were written with the first two)
 H264 = "h264-yuv444p"
 FFV1 = "ffv1-bgra"
 FFV1_DELTA = "ffv1-bgra-delta"  # FFV1 of each picture's difference from the one before it
