@@ -81,7 +81,7 @@ class Header:
     cls: str
     policy: int  # policy version in force when the region was sealed
     placements: tuple[Placement, ...]  # one per frame, in frame order (exactly one in version 1)
-    codec: str  # clips.H264 or clips.FFV1; RAW in version 1
+    codec: str  # clips.H264, clips.FFV1 or clips.FFV1_DELTA; RAW in version 1
     size: tuple[int, int]  # width, height of the coded canvas (version 1: the box's)
     version: int = VERSION
     share: str = ""  # version 3: the track's share, encrypted by the co-signer ("vault:v1:...")

@@ -192,7 +192,7 @@ def report_cpu(seconds: float = 2.0) -> None:
     print(f"\nsealing CPU, one 720p{FPS} camera, 20 tracks ({pixels:,} px per frame), {n} frames = one clip each, "
           "one thread (process time)")
     rows = [("version 1 (raw, AES-GCM)", version_1), ("high (x264 4:4:4, checked)", lambda: clips("high")),
-            ("lossless (FFV1)", lambda: clips("lossless"))]
+            ("lossless (FFV1, still: delta)", lambda: clips("lossless"))]
     baseline = None
     for label, fn in rows:
         size = fn()
