@@ -165,13 +165,20 @@ def switches(truth: list[dict[int, Box]], predicted: list[dict[int, Box]], thres
 
 
 def track_clip(clip: Clip, policy) -> list[dict[int, Box]]:
-    """Per frame of ``clip``: track -> face box, as a stream with ``policy`` releases them."""
+    """Per frame of ``clip``: track -> face box, as a stream with ``policy`` releases them (a mask
+    without a track gets a negative key of its own: it is no identity)."""
     from redaction import Analyzer, Frame, StreamRedactor
 
     stream = StreamRedactor(Analyzer(policy), rate=clip.fps)
     decided = [d for i, image in enumerate(clip.frames) for d in stream.push(Frame(i, i / clip.fps, image))]
     decided += stream.flush()
     predicted: list[dict[int, Box]] = [{} for _ in clip.frames]
+    untracked = 0
     for decision in decided:
-        predicted[decision.frame.index] = {r.track: r.box for r in decision.regions if r.cls == "face"}
+        for region in decision.regions:
+            if region.cls != "face":
+                continue
+            if region.track is None:  # masked, with no identity (a start's whole-frame look): its own trajectory
+                untracked -= 1
+            predicted[decision.frame.index][untracked if region.track is None else region.track] = region.box
     return predicted
