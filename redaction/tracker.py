@@ -100,6 +100,8 @@ class _Track:
     #: lost where another track's detection is (behind it, or a duplicate of it): not masked,
     #: still looked for until ``link`` runs out
     hidden: bool = False
+    #: a scene cut came after it: masked at its last box while it persists, never matched again
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,12 +184,18 @@ class Tracker:
         self._next_id = 1
         self._time: float | None = None
 
-    def update(self, time: float, detections: list[Region]) -> Step:
-        """Match ``detections`` found at ``time`` (seconds) to live tracks."""
+    def update(self, time: float, detections: list[Region], cut: bool = False) -> Step:
+        """Match ``detections`` found at ``time`` (seconds) to live tracks; ``cut``: a scene cut came
+        since the previous detection frame (:mod:`~redaction.cuts`): the face at a track's place is
+        somebody else's now, so every track ends there (masked as a lost one, never matched again)
+        and each detection starts a track of its own."""
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
         live = [t for t in self._tracks if time - t.seen <= self.link or previous is not None and t.seen >= previous]
+        if cut:
+            for track in live:
+                track.ended = True
         # a track persisting at the previous frame contributes its last box there
         before = {t.id: (t.box.copy(), t.score) for t in live
                   if not t.hidden and (previous is None or previous - t.seen <= self.persist)}
@@ -195,8 +203,8 @@ class Tracker:
         # before doubtful ones (a flicker beside a face must not take the face's track); then the
         # lost tracks may link to what is left (a track lost for a while must not take a
         # detection, or break a nearest-neighbour tie, that the track beside it is following)
-        active = [t for t in live if previous is not None and t.seen >= previous]
-        lost = [t for t in live if not (previous is not None and t.seen >= previous)]
+        active = [t for t in live if not t.ended and previous is not None and t.seen >= previous]
+        lost = [t for t in live if not t.ended and not (previous is not None and t.seen >= previous)]
         matches: dict[int, _Track] = {}
         reached: set[int] = set()
         for tracks, confident in ((active, True), (active, False), (lost, None)):
@@ -242,7 +250,8 @@ class Tracker:
         for track in live:
             if track.id in absorbed:
                 track.hidden = True
-        self._tracks = [t for t in self._tracks if t.id in matched_tracks or time - t.seen <= self.link]
+        self._tracks = [t for t in self._tracks
+                        if t.id in matched_tracks or time - t.seen <= (self.persist if t.ended else self.link)]
         self._time = time
         return Step(time, previous, spans, self.persist)
 

@@ -180,3 +180,18 @@ def test_a_confident_detection_keeps_the_track_before_a_doubtful_flicker_beside_
     # the face moved 6 px; a low-score flicker sits on its old place (more overlap with the track)
     step = tracker.update(0.2, [face(100, 51, score=0.15), face(106, 50, score=0.9)])
     assert {r.track: r.score for r in step.current} == {1: 0.9, 2: 0.15}
+
+
+def test_no_track_goes_on_across_a_scene_cut():
+    """After a cut the face at a track's place is somebody else's: each detection starts a track of its
+    own and the old tracks are never matched again, though they stay masked as lost ones."""
+    tracker = Tracker(persist=0.3, link=1.0)
+    tracker.update(0.0, [face(100, 50)])
+    tracker.update(0.2, [face(104, 50)])
+    step = tracker.update(0.4, [face(108, 50)], cut=True)
+    assert [r.track for r in step.current if r.track != 1] == [2]
+    assert sorted(r.track for r in step.at(0.3)) == [1, 2]  # the frames between: the old mask and the new
+    # found near the old track's place again: still the new subject, never the one before the cut
+    assert [r.track for r in tracker.update(0.6, []).current] == [2]
+    assert [r.track for r in tracker.update(0.8, [face(106, 50)]).current] == [2]
+    assert 1 not in {r.track for r in tracker.tracks()}
