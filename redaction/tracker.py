@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix, overlap_of_smaller
+from .regions import Region, iou_matrix, same_object
 
 _IOU_MATCH = 0.25
 _CONFIDENT = 0.5  # detections at least this sure are matched to the tracks being followed first
@@ -273,8 +273,7 @@ class Tracker:
             return set()
         a = np.array([t.box for t in lost], dtype=np.float64)
         b = np.array([d.box for d in detections], dtype=np.float64)
-        same = ((iou_matrix(a, b) > SAME_IOU) | (overlap_of_smaller(a, b) > SAME_CONTAINED)) & np.array(
-            [[t.cls == d.cls for d in detections] for t in lost])
+        same = same_object(a, b) & np.array([[t.cls == d.cls for d in detections] for t in lost])
         return {t.id for t, row in zip(lost, same) if row.any()}
 
     def _match(self, tracks: list[_Track], detections: list[Region], time: float) -> tuple[dict[int, _Track], set[int]]:
