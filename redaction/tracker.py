@@ -15,7 +15,7 @@ to mask on the frames held back between two detection frames:
 Association, on each detection frame: each track's centre moves by a constant-velocity Kalman
 filter (:class:`_Motion`), and detections are matched to where it puts them, by overlap or, for
 small fast boxes, by centre distance within a reach that grows with the time since the track was
-last found. As in ByteTrack, tracks found at the last detection frame are matched first, to the
+last found, between boxes of about one size. As in ByteTrack, tracks found at the last detection frame are matched first, to the
 confident detections (score >= 0.5), then to the doubtful ones; lost tracks only to the
 detections left. A lost track is looked
 for for ``link`` seconds, though masked only for ``persist``: found again, it goes on under its
@@ -44,6 +44,11 @@ _CENTRE_MATCH = 0.6  # centre distance, as a fraction of the larger box side, fo
 #: along its path; tracks with a velocity are looked for where it puts them
 _NEW_SPEED = 8.0  # a track seen once: its velocity is unknown
 _KNOWN_SPEED = 2.0  # a track with a velocity: how much it may change
+#: a detection matched to a track by centre distance (not overlap) is at most this many times its
+#: size or this many times smaller (the larger side of each box): the Hamilton clip's close-up
+#: face, 165 px, was taken by a 42 px flicker beside it, seen once and so with a wide reach
+_RESIZE = 2.0
+_RESIZE_JITTER = 8.0  # pixels more: a 6 px face may be found as a 13 px one on the next frame
 #: an interpolated box grows on every side by this share of how far its centre moved between the
 #: two detections, times 4f(1 - f) at fraction f of the way (most in the middle, none at the ends):
 #: objects do not move in straight lines at constant speed, and small ones move by more than their
@@ -300,7 +305,11 @@ class Tracker:
         # one class: in a crowd, a face missed on this frame must not hand its track to a neighbour
         apart = np.where(same_class, near, np.inf)
         mutual = (apart == apart.min(axis=1, keepdims=True)) & (apart == apart.min(axis=0, keepdims=True))
-        reachable = (near <= _CENTRE_MATCH) | ((near <= reach[None, :]) & mutual)
+        # and only between boxes of about one size: a face does not grow or shrink by more than
+        # :data:`_RESIZE` between two detection frames (a flicker beside a close-up face is not it)
+        sides_d, sides_t = det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2)
+        alike = np.maximum(sides_d, sides_t) <= _RESIZE * np.minimum(sides_d, sides_t) + _RESIZE_JITTER
+        reachable = ((near <= _CENTRE_MATCH) | ((near <= reach[None, :]) & mutual)) & alike
         # score: IoU first; boxes that do not overlap enough may still match by centre distance
         score = np.where(ious >= _IOU_MATCH, 2.0 + ious, np.where(reachable, 1.0 - near / reach[None, :], 0.0))
         score[~same_class] = 0.0

@@ -195,3 +195,15 @@ def test_no_track_goes_on_across_a_scene_cut():
     assert [r.track for r in tracker.update(0.6, []).current] == [2]
     assert [r.track for r in tracker.update(0.8, [face(106, 50)]).current] == [2]
     assert 1 not in {r.track for r in tracker.tracks()}
+
+
+def test_a_small_flicker_beside_a_close_up_face_does_not_take_the_face():
+    """A 42 px flicker seen once beside a 165 px close-up face (the Hamilton clip, 1.4 s): the face moved
+    off its predicted place and is found at a doubtful score; the flicker's reach (a track seen once
+    may be anywhere) covered it, nearer than the face's own track. A box four times another's size is
+    not the same object a frame later."""
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [Region("face", 330, 80, 165, 240, 0.7)])
+    tracker.update(0.2, [Region("face", 290, 119, 165, 240, 0.65), Region("face", 480, 190, 42, 36, 0.17)])
+    step = tracker.update(0.4, [Region("face", 345, 119, 161, 236, 0.47)])
+    assert [r.track for r in step.current if r.w > 100] == [1]
