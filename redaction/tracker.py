@@ -17,7 +17,7 @@ filter (:class:`_Motion`), and detections are matched to where it puts them, by 
 small fast boxes, by centre distance within a reach that grows with the time since the track was
 last found, between boxes of about one size. As in ByteTrack, tracks found at the last detection frame are matched first, to the
 confident detections (score >= 0.5), then to the doubtful ones; lost tracks only to the
-detections left. A lost track is looked
+detections left, looked for both where their motion puts them and where they were last. A lost track is looked
 for for ``link`` seconds, though masked only for ``persist``: found again, it goes on under its
 id, so a face that was behind another or missed for a moment stays one subject. A lost track
 whose place another track's detection covers is hidden there (not masked twice) but stays
@@ -217,7 +217,7 @@ class Tracker:
             rest = [i for i, d in enumerate(detections)
                     if i not in matches and (confident is None or (d.score >= _CONFIDENT) == confident)]
             more, more_reached = self._match([t for t in tracks if t.id not in taken],
-                                             [detections[i] for i in rest], time)
+                                             [detections[i] for i in rest], time, lost=confident is None)
             matches.update({rest[i]: track for i, track in more.items()})
             reached |= {rest[i] for i in more_reached}
         spans: list[_Span] = []
@@ -281,13 +281,18 @@ class Tracker:
         same = same_object(a, b) & np.array([[t.cls == d.cls for d in detections] for t in lost])
         return {t.id for t, row in zip(lost, same) if row.any()}
 
-    def _match(self, tracks: list[_Track], detections: list[Region], time: float) -> tuple[dict[int, _Track], set[int]]:
-        """Detection index -> its track, and the detections linked only by reach (see the module docstring)."""
+    def _match(self, tracks: list[_Track], detections: list[Region], time: float,
+               lost: bool = False) -> tuple[dict[int, _Track], set[int]]:
+        """Detection index -> its track, and the detections linked only by reach (see the module
+        docstring); ``lost``: the tracks were not found at the last detection frame, and are looked
+        for at their last place too (the velocity of a face that stopped, or of a close-up head that
+        swung, puts it off the frame half a second on)."""
         if not tracks or not detections:
             return {}, set()
         elapsed = np.array([time - t.seen for t in tracks])
         shift = np.array([t.velocity if t.velocity is not None else (0.0, 0.0) for t in tracks]) * elapsed[:, None]
-        track_boxes = np.array([t.box for t in tracks], dtype=np.float64)
+        last_boxes = np.array([t.box for t in tracks], dtype=np.float64)
+        track_boxes = last_boxes.copy()
         track_boxes[:, :2] += shift  # where each track should be now
         det_boxes = np.array([d.box for d in detections], dtype=np.float64)
         ious = iou_matrix(det_boxes, track_boxes)
@@ -295,6 +300,9 @@ class Tracker:
         centre_d = det_boxes[:, None, :2] + det_boxes[:, None, 2:] / 2
         centre_t = track_boxes[None, :, :2] + track_boxes[None, :, 2:] / 2
         distance = np.linalg.norm(centre_d - centre_t, axis=2)
+        if lost:
+            ious = np.maximum(ious, iou_matrix(det_boxes, last_boxes))
+            distance = np.minimum(distance, np.linalg.norm(centre_d - (last_boxes[None, :, :2] + last_boxes[None, :, 2:] / 2), axis=2))
         side = np.maximum(det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2))
         near = distance / np.maximum(side, 1e-9)
         speed = np.array([_NEW_SPEED if t.velocity is None else _KNOWN_SPEED for t in tracks])

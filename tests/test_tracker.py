@@ -207,3 +207,14 @@ def test_a_small_flicker_beside_a_close_up_face_does_not_take_the_face():
     tracker.update(0.2, [Region("face", 290, 119, 165, 240, 0.65), Region("face", 480, 190, 42, 36, 0.17)])
     step = tracker.update(0.4, [Region("face", 345, 119, 161, 236, 0.47)])
     assert [r.track for r in step.current if r.w > 100] == [1]
+
+
+def test_a_lost_track_is_found_again_at_its_last_place_too():
+    """A face that swung fast and then stopped (the Hamilton close-up at 1.6-2.2 s): its velocity puts
+    it far off half a second on, but found again where it was last, it is the same subject."""
+    tracker = Tracker(persist=0.3, link=1.0)
+    tracker.update(0.0, [face(100, 50, 40, 40)])
+    tracker.update(0.2, [face(160, 50, 40, 40)])  # 300 px/s
+    for t in (0.4, 0.6):
+        tracker.update(t, [])
+    assert [r.track for r in tracker.update(0.8, [face(162, 52, 40, 40)]).current] == [1]
