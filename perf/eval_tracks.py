@@ -66,8 +66,12 @@ def measure(clip: Path, policy: Path | None) -> dict[str, dict[str, float]]:
                       "overlapping_pairs_per_frame": pairs / count}
     cuts = scene_cuts(clip)
     subject = main_subject(frames, cuts)
-    changes = [round(f["pts"], 2) for f, a, b in zip(frames[1:], subject, subject[1:])
-               if a is not None and b is not None and a != b]
+    changes, last = [], None
+    for frame, track in zip(frames, subject):  # a change across frames where the subject is not covered counts
+        if track is not None:
+            if last is not None and track != last:
+                changes.append(round(frame["pts"], 2))
+            last = track
     stats["face"]["cuts"] = [round(frames[i]["pts"], 2) for i in cuts if i < len(frames)]
     stats["face"]["subject_tracks"] = len({t for t in subject if t is not None})
     stats["face"]["subject_changes"] = changes
