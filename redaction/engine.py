@@ -207,7 +207,9 @@ class StreamRedactor:
         self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []
         self._cuts = CutDetector()  # no track goes on across a scene cut
-        self._pending: deque[tuple[list[Frame], Plan | None, Future, int, bool]] = deque()  # ..., which look, cut
+        #: (frames, plan, detection, which look, scene cut before them: None, or the time of its first frame,
+        #: -inf where that is not clear)
+        self._pending: deque[tuple[list[Frame], Plan | None, Future, int, float | None]] = deque()
         self._pool = ThreadPoolExecutor(self.workers, "detect") if self.workers > 1 else None
         self._count = 0
         self._looks = 0  # detection frames submitted since the stream knew nothing (counts to 2)
@@ -264,7 +266,8 @@ class StreamRedactor:
         self._held = []
         plan = (self._gating.plan(frame.image, frame.time, self.tracker.tracks(current=True))
                 if self._gating is not None else None)  # in frame order
-        cut = self._cuts.check(frame.image)
+        found = self._cuts.check(frame.image, [f.image for f in group[:-1]])
+        cut = None if found is None else -math.inf if found.first is None else group[found.first].time
         self._looks += 1
         if plan is None or plan.whole:
             work, args = self.analyzer.detect, (frame.image,)
@@ -303,7 +306,8 @@ class StreamRedactor:
             out.extend(self._decide(group, plan, detections, look, cut))
         return out
 
-    def _decide(self, group: list[Frame], plan: Plan | None, detections, look: int, cut: bool) -> list[Decision]:
+    def _decide(self, group: list[Frame], plan: Plan | None, detections, look: int,
+                cut: float | None) -> list[Decision]:
         whole: list[Region] = []  # the second look's whole-frame pass (when it is not whole anyway)
         if isinstance(detections, tuple):
             detections, whole = detections
@@ -313,7 +317,8 @@ class StreamRedactor:
             detections = merge_duplicates(detections)
             detections = merge_duplicates(detections + self._gating.keep(self.tracker.tracks(current=True),
                                                                          detections, plan))
-        step = self.tracker.update(group[-1].time, detections, cut)
+        step = self.tracker.update(group[-1].time, detections, cut is not None,
+                                   None if cut is None or cut == -math.inf else cut)
         out = []
         for held in group:
             height, width = held.image.shape[:2]

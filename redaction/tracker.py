@@ -124,16 +124,23 @@ class _Span:
     hull: bool = False  # linked only by reach: the frames between get the hull of both boxes
     #: lost, and its place is another track's detection now: masked on the frames between, not after
     absorbed: bool = False
+    #: its track ended at a scene cut: masked only before the cut (when the cut's frame is known)
+    ended: bool = False
 
 
 class Step:
     """The outcome of one detection frame: its own regions and those of held-back frames."""
 
-    def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float) -> None:
+    def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float,
+                 cut: float | None = None) -> None:
+        """``cut``: the time of the first frame after a scene cut between the previous detection frame
+        and this one, when it is known: the tracks that ended there are masked before it, those that
+        start here from it on (not back-filled over the other scene)."""
         self.time = time
         self.previous = previous
         self._spans = spans
         self._persist = persist
+        self._cut = cut
 
     @property
     def current(self) -> list[Region]:
@@ -150,6 +157,8 @@ class Step:
         return out
 
     def _box_at(self, span: _Span, time: float) -> tuple[np.ndarray | None, float]:
+        if self._cut is not None and (time < self._cut if span.after is not None else span.ended and time >= self._cut):
+            return None, 0.0  # the other side of the cut
         if span.after is not None and span.before is not None and self.previous is not None:
             if time >= self.time:
                 return span.after, span.score_after
@@ -189,11 +198,13 @@ class Tracker:
         self._next_id = 1
         self._time: float | None = None
 
-    def update(self, time: float, detections: list[Region], cut: bool = False) -> Step:
+    def update(self, time: float, detections: list[Region], cut: bool = False, cut_at: float | None = None) -> Step:
         """Match ``detections`` found at ``time`` (seconds) to live tracks; ``cut``: a scene cut came
         since the previous detection frame (:mod:`~redaction.cuts`): the face at a track's place is
         somebody else's now, so every track ends there (masked as a lost one, never matched again)
-        and each detection starts a track of its own."""
+        and each detection starts a track of its own. ``cut_at``: the time of the cut's first frame,
+        when it is known: the ended tracks are masked up to it and no further, the new ones from it
+        on; unknown, both are masked on every frame between (and the ended ones persist)."""
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
@@ -251,14 +262,15 @@ class Tracker:
         for track in live:
             if track.id not in matched_tracks and track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
-                                   absorbed=track.id in absorbed))
+                                   absorbed=track.id in absorbed, ended=track.ended))
         for track in live:
             if track.id in absorbed:
                 track.hidden = True
         self._tracks = [t for t in self._tracks
-                        if t.id in matched_tracks or time - t.seen <= (self.persist if t.ended else self.link)]
+                        if t.id in matched_tracks
+                        or time - t.seen <= (self.persist if t.ended else self.link) and not (t.ended and cut_at is not None)]
         self._time = time
-        return Step(time, previous, spans, self.persist)
+        return Step(time, previous, spans, self.persist, cut_at if cut else None)
 
     def tracks(self, current: bool = False) -> list[Region]:
         """Every live track at its last box, with its id; ``current``: only those found (or carried

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from redaction.cuts import (
+    Cut,
     CutDetector,
     histogram_distance,
     shifted_correlation,
@@ -27,7 +28,7 @@ def detection_frames(path, interval=0.2):
 
 def cuts_in(path):
     detector = CutDetector()
-    return [index for index, image in detection_frames(path) if detector.check(image)]
+    return [index for index, image in detection_frames(path) if detector.check(image) is not None]
 
 
 def test_a_shifted_picture_is_the_same_scene_and_another_picture_is_not():
@@ -40,10 +41,24 @@ def test_a_shifted_picture_is_the_same_scene_and_another_picture_is_not():
     assert shifted_correlation(thumbnail(scene), thumbnail(other)) < 0.5
     assert histogram_distance(thumbnail(scene), thumbnail(scene)) == 0.0
     detector = CutDetector()
-    assert [detector.check(i) for i in (scene, panned, other, other)] == [False, False, True, False]
+    assert [detector.check(i) for i in (scene, panned, other, other)] == [None, None, Cut(0), None]
     # a flat picture (a blanked frame) after another flat one of the same grey is no cut
     grey = np.full((360, 640, 3), 90, np.uint8)
-    assert [detector.check(i) for i in (grey, grey)] == [True, False]
+    assert [detector.check(i) for i in (grey, grey)] == [Cut(0), None]
+
+
+def test_a_cut_is_placed_among_the_frames_held_before_it_when_that_is_clear():
+    rng = np.random.default_rng(4)
+    a, b = (cv2.GaussianBlur((rng.random((360, 640, 3)) * 255).astype(np.uint8), (31, 31), 0) for _ in range(2))
+    a, b = cv2.normalize(a, None, 0, 255, cv2.NORM_MINMAX), cv2.normalize(b, None, 0, 120, cv2.NORM_MINMAX)
+    detector = CutDetector()
+    detector.check(a)
+    # the new scene's first frame is the third of the four frames held and the detection frame
+    assert detector.check(b, [a, np.roll(a, 2, axis=1), b, b]) == Cut(2)
+    detector.check(a)
+    # a dissolve: every step alike, the cut's place is not clear
+    blend = [cv2.addWeighted(a, 1 - f, b, f, 0) for f in (0.2, 0.4, 0.6, 0.8)]
+    assert detector.check(b, blend) == Cut(None)
 
 
 @pytest.mark.slow

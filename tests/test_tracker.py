@@ -218,3 +218,14 @@ def test_a_lost_track_is_found_again_at_its_last_place_too():
     for t in (0.4, 0.6):
         tracker.update(t, [])
     assert [r.track for r in tracker.update(0.8, [face(162, 52, 40, 40)]).current] == [1]
+
+
+def test_where_a_cut_s_frame_is_known_each_side_gets_its_own_tracks():
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(100, 50)])
+    tracker.update(0.2, [face(104, 50)])
+    step = tracker.update(0.4, [face(300, 80)], cut=True, cut_at=0.32)
+    assert [r.track for r in step.at(0.28)] == [1]  # before the cut: the old scene's face only
+    assert [r.track for r in step.at(0.36)] == [2]  # from the cut on: the new scene's, no stale mask
+    assert [r.track for r in step.current] == [2]
+    assert [r.track for r in tracker.update(0.6, [face(300, 80)]).at(0.5)] == [2]
