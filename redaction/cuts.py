@@ -18,8 +18,8 @@ a moving bus (MOT17-13) at least 0.70 and at most 0.14; the fixed cameras (vtest
 at least 0.82 and at most 0.11. A cut missed carries a track across it; a cut seen where there is
 none only starts new track ids (every mask stays), so the thresholds lean towards seeing one.
 Cost: about 0.4 ms per detection frame at 720p, and at a cut 0.1 ms per frame held back before it
-(its thumbnails place the cut among them: the tracks before it are masked up to it, those after
-it from it on; where that is not clear, both over every frame between).
+(its thumbnails place the cut among them, so that something at the same place on both sides is
+masked by the old track up to it and by the new one from it on, not twice).
 """
 
 from __future__ import annotations

@@ -124,8 +124,10 @@ class _Span:
     hull: bool = False  # linked only by reach: the frames between get the hull of both boxes
     #: lost, and its place is another track's detection now: masked on the frames between, not after
     absorbed: bool = False
-    #: its track ended at a scene cut: masked only before the cut (when the cut's frame is known)
-    ended: bool = False
+    #: the same object at the same place on both sides of a scene cut whose frame is known (a logo, a
+    #: face that stayed): the track before it is masked up to the cut, the one after it from the cut
+    #: on, not both over every frame between
+    split: bool = False
 
 
 class Step:
@@ -134,8 +136,7 @@ class Step:
     def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float,
                  cut: float | None = None) -> None:
         """``cut``: the time of the first frame after a scene cut between the previous detection frame
-        and this one, when it is known: the tracks that ended there are masked before it, those that
-        start here from it on (not back-filled over the other scene)."""
+        and this one, when it is known (see :attr:`_Span.split`)."""
         self.time = time
         self.previous = previous
         self._spans = spans
@@ -157,8 +158,8 @@ class Step:
         return out
 
     def _box_at(self, span: _Span, time: float) -> tuple[np.ndarray | None, float]:
-        if self._cut is not None and (time < self._cut if span.after is not None else span.ended and time >= self._cut):
-            return None, 0.0  # the other side of the cut
+        if span.split and self._cut is not None and (time < self._cut) == (span.after is not None):
+            return None, 0.0  # the other side of the cut, where the other track masks the same place
         if span.after is not None and span.before is not None and self.previous is not None:
             if time >= self.time:
                 return span.after, span.score_after
@@ -203,8 +204,10 @@ class Tracker:
         since the previous detection frame (:mod:`~redaction.cuts`): the face at a track's place is
         somebody else's now, so every track ends there (masked as a lost one, never matched again)
         and each detection starts a track of its own. ``cut_at``: the time of the cut's first frame,
-        when it is known: the ended tracks are masked up to it and no further, the new ones from it
-        on; unknown, both are masked on every frame between (and the ended ones persist)."""
+        when it is known: where a new track starts at an ended one's place (a logo, a face that
+        stayed), the ended one is masked up to it, the new one from it on; every other ended track
+        persists, and every other new one is back-filled, over the frames between: the cut's place
+        is measured, and on which side an undetected face was is not."""
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
@@ -233,6 +236,8 @@ class Tracker:
             reached |= {rest[i] for i in more_reached}
         spans: list[_Span] = []
         matched_tracks = set()
+        # at a cut: the detections at an ended track's place
+        kept_place = self._same_place([t for t in live if t.ended], detections) if cut_at is not None else set()
         for det_index, det in enumerate(detections):
             track = matches.get(det_index)
             box = np.array(det.box, dtype=np.float64)
@@ -256,19 +261,20 @@ class Tracker:
             matched_tracks.add(track.id)
             spans.append(
                 _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
-                      0.0 if prior is None else prior[1], det.score, time, det_index in reached)
+                      0.0 if prior is None else prior[1], det.score, time, det_index in reached,
+                      split=cut_at is not None and det_index in kept_place)
             )
         absorbed = self._absorbed([t for t in live if t.id not in matched_tracks], detections)
         for track in live:
             if track.id not in matched_tracks and track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
-                                   absorbed=track.id in absorbed, ended=track.ended))
+                                   absorbed=track.id in absorbed, split=cut_at is not None and track.id in absorbed))
         for track in live:
             if track.id in absorbed:
                 track.hidden = True
         self._tracks = [t for t in self._tracks
                         if t.id in matched_tracks
-                        or time - t.seen <= (self.persist if t.ended else self.link) and not (t.ended and cut_at is not None)]
+                        or time - t.seen <= (self.persist if t.ended else self.link)]
         self._time = time
         return Step(time, previous, spans, self.persist, cut_at if cut else None)
 
@@ -277,6 +283,16 @@ class Tracker:
         on) at the last detection frame, not those merely persisting after a miss."""
         return [Region(t.cls, *map(float, t.box), t.score, t.shape, t.id) for t in self._tracks
                 if t.seen == self._time or not current and self._time - t.seen <= self.persist]
+
+    @staticmethod
+    def _same_place(tracks: list[_Track], detections: list[Region]) -> set[int]:
+        """The indices of ``detections`` that are the same object as one of the ``tracks``' last boxes."""
+        if not tracks or not detections:
+            return set()
+        a = np.array([t.box for t in tracks], dtype=np.float64)
+        b = np.array([d.box for d in detections], dtype=np.float64)
+        same = same_object(a, b) & np.array([[t.cls == d.cls for d in detections] for t in tracks])
+        return set(np.flatnonzero(same.any(axis=0)).tolist())
 
     @staticmethod
     def _absorbed(lost: list[_Track], detections: list[Region]) -> set[int]:

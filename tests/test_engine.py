@@ -213,9 +213,9 @@ def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it
 
 def test_a_scene_cut_starts_new_tracks():
     """The same place after a cut is somebody else: the stream ends its tracks there and starts new ones,
-    where a face at the same place in one scene keeps its track. The frames held back before the
-    detection frame that saw the cut are split at it: the old tracks are masked before it, the new
-    ones from it on; where the cut's frame is not clear (a dissolve), both are masked on every one."""
+    where a face at the same place in one scene keeps its track. Over the frames held back before the
+    detection frame that saw the cut, that place is masked by the old track up to the cut and by the
+    new one from it on; where the cut's frame is not clear (a dissolve), by both on every one."""
     rng = np.random.default_rng(7)
     scenes = [cv2.GaussianBlur((rng.random((120, 160, 3)) * 255).astype(np.uint8), (15, 15), 0) for _ in range(2)]
     scenes[1] = (255 - scenes[1]) // 2  # another layout, darker
