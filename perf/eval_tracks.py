@@ -66,14 +66,16 @@ def measure(clip: Path, policy: Path | None) -> dict[str, dict[str, float]]:
                       "overlapping_pairs_per_frame": pairs / count}
     cuts = scene_cuts(clip)
     subject = main_subject(frames, cuts)
-    changes, last = [], None
-    for frame, track in zip(frames, subject):  # a change across frames where the subject is not covered counts
+    changes, last, fresh = [], (None, None), starts_of(frames, cuts)
+    # a change across frames where the subject is not covered counts; a subject picked after the last
+    # one left is somebody else (not a change), unless a cut started it
+    for frame, (track, who) in zip(frames, subject):
         if track is not None:
-            if last is not None and track != last:
+            if last[0] is not None and track != last[0] and (who == last[1] or frame["pts"] in fresh):
                 changes.append(round(frame["pts"], 2))
-            last = track
+            last = (track, who)
     stats["face"]["cuts"] = [round(frames[i]["pts"], 2) for i in cuts if i < len(frames)]
-    stats["face"]["subject_tracks"] = len({t for t in subject if t is not None})
+    stats["face"]["subject_tracks"] = len({t for t, _ in subject if t is not None})
     stats["face"]["subject_changes"] = changes
     stats["face"]["subject_changes_off_cuts"] = [t for t in changes if not _at_cut(t, stats["face"]["cuts"])]
     return stats
@@ -108,28 +110,41 @@ def _at_cut(time: float, cuts: list[float]) -> bool:
     return any(-0.05 <= time - cut <= AFTER_CUT for cut in cuts)
 
 
-def main_subject(frames: list[dict], cuts: list[int]) -> list[int | None]:
-    """The track of each shot's main subject on every frame (Hamilton's performer): the largest
-    confident face (score >= 0.5) at the start of each shot (up to :data:`AFTER_CUT` after its cut,
-    while the tracker learns the new shot), then the face box that best overlaps the subject's box
-    on the frame before (IoU > 0.3): the same person, whichever track covers them. None where the
-    subject is not covered."""
+#: the main subject not covered for this long has left: the next one picked is somebody else
+GONE = 1.0
+
+
+def starts_of(frames: list[dict], cuts: list[int]) -> set[float]:
+    """The times of the frames of ``frames`` up to :data:`AFTER_CUT` after each cut."""
     starts = [frames[i]["pts"] for i in cuts if i < len(frames)]
-    out: list[int | None] = []
-    box = None
+    return {f["pts"] for f in frames if any(0 <= f["pts"] - start <= AFTER_CUT for start in starts)}
+
+
+def main_subject(frames: list[dict], cuts: list[int]) -> list[tuple[int | None, int]]:
+    """Per frame, the track of the main subject (Hamilton's performer) and which subject it is (a
+    count): the largest confident face (score >= 0.5) at the start of each shot (up to
+    :data:`AFTER_CUT` after its cut, while the tracker learns the new shot), then the face box that
+    best overlaps the subject's box on the frame before (IoU > 0.3): the same person, whichever
+    track covers them. None where the subject is not covered; after :data:`GONE` seconds of that,
+    the next one picked is another subject."""
+    fresh_at = starts_of(frames, cuts)
+    out: list[tuple[int | None, int]] = []
+    box, seen, who = None, 0.0, 0
     for frame in frames:
         faces = [r for r in frame["regions"] if r["class"] == "face" and r.get("track") is not None]
-        fresh = box is None or any(0 <= frame["pts"] - start <= AFTER_CUT for start in starts)
-        if fresh:
+        if box is not None and frame["pts"] - seen > GONE:
+            box = None
+        if box is None or frame["pts"] in fresh_at:
             confident = [r for r in faces if r["score"] >= 0.5]
             pick = max(confident, key=lambda r: r["box"][2] * r["box"][3], default=None)
+            who += pick is not None and box is None
         else:
             candidates = np.array([r["box"] for r in faces], np.float64).reshape(-1, 4)
             overlap = _ious(np.array(box, np.float64), candidates)
             pick = faces[int(overlap.argmax())] if len(faces) and overlap.max() > 0.3 else None
         if pick is not None:
-            box = pick["box"]
-        out.append(None if pick is None else pick["track"])
+            box, seen = pick["box"], frame["pts"]
+        out.append((None if pick is None else pick["track"], who))
     return out
 
 
