@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .cuts import CutDetector
 from .detector import Detector, default_threads
 from .gating import GatedDetection, Plan
 from .policy import Policy
@@ -205,7 +206,10 @@ class StreamRedactor:
         self.tracker = Tracker(persist if persist is not None else detection.persist, detection.link)
         self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []
-        self._pending: deque[tuple[list[Frame], Plan | None, Future, int]] = deque()  # ..., which look
+        self._cuts = CutDetector()  # no track goes on across a scene cut
+        #: (frames, plan, detection, which look, scene cut before them: None, or the time of its first frame,
+        #: -inf where that is not clear)
+        self._pending: deque[tuple[list[Frame], Plan | None, Future, int, float | None]] = deque()
         self._pool = ThreadPoolExecutor(self.workers, "detect") if self.workers > 1 else None
         self._count = 0
         self._looks = 0  # detection frames submitted since the stream knew nothing (counts to 2)
@@ -262,6 +266,8 @@ class StreamRedactor:
         self._held = []
         plan = (self._gating.plan(frame.image, frame.time, self.tracker.tracks(current=True))
                 if self._gating is not None else None)  # in frame order
+        found = self._cuts.check(frame.image, [f.image for f in group[:-1]])
+        cut = None if found is None else -math.inf if found.first is None else group[found.first].time
         self._looks += 1
         if plan is None or plan.whole:
             work, args = self.analyzer.detect, (frame.image,)
@@ -277,7 +283,7 @@ class StreamRedactor:
                 future.set_exception(exc)
         else:
             future = self._pool.submit(work, *args)
-        self._pending.append((group, plan, future, self._looks))
+        self._pending.append((group, plan, future, self._looks, cut))
 
     def _both(self, image: np.ndarray, plan: Plan) -> tuple[list[Region], list[Region]]:
         return self._gating.run(image, plan), self.analyzer.detect(image)
@@ -286,7 +292,7 @@ class StreamRedactor:
         """Release groups whose detection is done; with ``wait``, block while too many are in flight."""
         out: list[Decision] = []
         while self._pending:
-            group, plan, future, look = self._pending[0]
+            group, plan, future, look, cut = self._pending[0]
             must = everything or (wait and len(self._pending) >= self.workers)
             if not (future.done() or must):
                 break
@@ -297,10 +303,11 @@ class StreamRedactor:
                     return out
                 raise
             self._pending.popleft()
-            out.extend(self._decide(group, plan, detections, look))
+            out.extend(self._decide(group, plan, detections, look, cut))
         return out
 
-    def _decide(self, group: list[Frame], plan: Plan | None, detections, look: int) -> list[Decision]:
+    def _decide(self, group: list[Frame], plan: Plan | None, detections, look: int,
+                cut: float | None) -> list[Decision]:
         whole: list[Region] = []  # the second look's whole-frame pass (when it is not whole anyway)
         if isinstance(detections, tuple):
             detections, whole = detections
@@ -310,7 +317,8 @@ class StreamRedactor:
             detections = merge_duplicates(detections)
             detections = merge_duplicates(detections + self._gating.keep(self.tracker.tracks(current=True),
                                                                          detections, plan))
-        step = self.tracker.update(group[-1].time, detections)
+        step = self.tracker.update(group[-1].time, detections, cut is not None,
+                                   None if cut is None or cut == -math.inf else cut)
         out = []
         for held in group:
             height, width = held.image.shape[:2]

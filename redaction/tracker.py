@@ -15,9 +15,9 @@ to mask on the frames held back between two detection frames:
 Association, on each detection frame: each track's centre moves by a constant-velocity Kalman
 filter (:class:`_Motion`), and detections are matched to where it puts them, by overlap or, for
 small fast boxes, by centre distance within a reach that grows with the time since the track was
-last found. As in ByteTrack, tracks found at the last detection frame are matched first, to the
+last found, between boxes of about one size. As in ByteTrack, tracks found at the last detection frame are matched first, to the
 confident detections (score >= 0.5), then to the doubtful ones; lost tracks only to the
-detections left. A lost track is looked
+detections left, looked for both where their motion puts them and where they were last. A lost track is looked
 for for ``link`` seconds, though masked only for ``persist``: found again, it goes on under its
 id, so a face that was behind another or missed for a moment stays one subject. A lost track
 whose place another track's detection covers is hidden there (not masked twice) but stays
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .regions import SAME_CONTAINED, SAME_IOU, Region, iou_matrix, overlap_of_smaller
+from .regions import Region, iou_matrix, same_object
 
 _IOU_MATCH = 0.25
 _CONFIDENT = 0.5  # detections at least this sure are matched to the tracks being followed first
@@ -44,6 +44,11 @@ _CENTRE_MATCH = 0.6  # centre distance, as a fraction of the larger box side, fo
 #: along its path; tracks with a velocity are looked for where it puts them
 _NEW_SPEED = 8.0  # a track seen once: its velocity is unknown
 _KNOWN_SPEED = 2.0  # a track with a velocity: how much it may change
+#: a detection matched to a track by centre distance (not overlap) is at most this many times its
+#: size or this many times smaller (the larger side of each box): the Hamilton clip's close-up
+#: face, 165 px, was taken by a 42 px flicker beside it, seen once and so with a wide reach
+_RESIZE = 2.0
+_RESIZE_JITTER = 8.0  # pixels more: a 6 px face may be found as a 13 px one on the next frame
 #: an interpolated box grows on every side by this share of how far its centre moved between the
 #: two detections, times 4f(1 - f) at fraction f of the way (most in the middle, none at the ends):
 #: objects do not move in straight lines at constant speed, and small ones move by more than their
@@ -100,6 +105,8 @@ class _Track:
     #: lost where another track's detection is (behind it, or a duplicate of it): not masked,
     #: still looked for until ``link`` runs out
     hidden: bool = False
+    #: a scene cut came after it: masked at its last box while it persists, never matched again
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,16 +124,24 @@ class _Span:
     hull: bool = False  # linked only by reach: the frames between get the hull of both boxes
     #: lost, and its place is another track's detection now: masked on the frames between, not after
     absorbed: bool = False
+    #: the same object at the same place on both sides of a scene cut whose frame is known (a logo, a
+    #: face that stayed): the track before it is masked up to the cut, the one after it from the cut
+    #: on, not both over every frame between
+    split: bool = False
 
 
 class Step:
     """The outcome of one detection frame: its own regions and those of held-back frames."""
 
-    def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float) -> None:
+    def __init__(self, time: float, previous: float | None, spans: list[_Span], persist: float,
+                 cut: float | None = None) -> None:
+        """``cut``: the time of the first frame after a scene cut between the previous detection frame
+        and this one, when it is known (see :attr:`_Span.split`)."""
         self.time = time
         self.previous = previous
         self._spans = spans
         self._persist = persist
+        self._cut = cut
 
     @property
     def current(self) -> list[Region]:
@@ -143,6 +158,8 @@ class Step:
         return out
 
     def _box_at(self, span: _Span, time: float) -> tuple[np.ndarray | None, float]:
+        if span.split and self._cut is not None and (time < self._cut) == (span.after is not None):
+            return None, 0.0  # the other side of the cut, where the other track masks the same place
         if span.after is not None and span.before is not None and self.previous is not None:
             if time >= self.time:
                 return span.after, span.score_after
@@ -182,12 +199,22 @@ class Tracker:
         self._next_id = 1
         self._time: float | None = None
 
-    def update(self, time: float, detections: list[Region]) -> Step:
-        """Match ``detections`` found at ``time`` (seconds) to live tracks."""
+    def update(self, time: float, detections: list[Region], cut: bool = False, cut_at: float | None = None) -> Step:
+        """Match ``detections`` found at ``time`` (seconds) to live tracks; ``cut``: a scene cut came
+        since the previous detection frame (:mod:`~redaction.cuts`): the face at a track's place is
+        somebody else's now, so every track ends there (masked as a lost one, never matched again)
+        and each detection starts a track of its own. ``cut_at``: the time of the cut's first frame,
+        when it is known: where a new track starts at an ended one's place (a logo, a face that
+        stayed), the ended one is masked up to it, the new one from it on; every other ended track
+        persists, and every other new one is back-filled, over the frames between: the cut's place
+        is measured, and on which side an undetected face was is not."""
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
         live = [t for t in self._tracks if time - t.seen <= self.link or previous is not None and t.seen >= previous]
+        if cut:
+            for track in live:
+                track.ended = True
         # a track persisting at the previous frame contributes its last box there
         before = {t.id: (t.box.copy(), t.score) for t in live
                   if not t.hidden and (previous is None or previous - t.seen <= self.persist)}
@@ -195,8 +222,8 @@ class Tracker:
         # before doubtful ones (a flicker beside a face must not take the face's track); then the
         # lost tracks may link to what is left (a track lost for a while must not take a
         # detection, or break a nearest-neighbour tie, that the track beside it is following)
-        active = [t for t in live if previous is not None and t.seen >= previous]
-        lost = [t for t in live if not (previous is not None and t.seen >= previous)]
+        active = [t for t in live if not t.ended and previous is not None and t.seen >= previous]
+        lost = [t for t in live if not t.ended and not (previous is not None and t.seen >= previous)]
         matches: dict[int, _Track] = {}
         reached: set[int] = set()
         for tracks, confident in ((active, True), (active, False), (lost, None)):
@@ -204,11 +231,13 @@ class Tracker:
             rest = [i for i, d in enumerate(detections)
                     if i not in matches and (confident is None or (d.score >= _CONFIDENT) == confident)]
             more, more_reached = self._match([t for t in tracks if t.id not in taken],
-                                             [detections[i] for i in rest], time)
+                                             [detections[i] for i in rest], time, lost=confident is None)
             matches.update({rest[i]: track for i, track in more.items()})
             reached |= {rest[i] for i in more_reached}
         spans: list[_Span] = []
         matched_tracks = set()
+        # at a cut: the detections at an ended track's place
+        kept_place = self._same_place([t for t in live if t.ended], detections) if cut_at is not None else set()
         for det_index, det in enumerate(detections):
             track = matches.get(det_index)
             box = np.array(det.box, dtype=np.float64)
@@ -232,25 +261,38 @@ class Tracker:
             matched_tracks.add(track.id)
             spans.append(
                 _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
-                      0.0 if prior is None else prior[1], det.score, time, det_index in reached)
+                      0.0 if prior is None else prior[1], det.score, time, det_index in reached,
+                      split=cut_at is not None and det_index in kept_place)
             )
         absorbed = self._absorbed([t for t in live if t.id not in matched_tracks], detections)
         for track in live:
             if track.id not in matched_tracks and track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
-                                   absorbed=track.id in absorbed))
+                                   absorbed=track.id in absorbed, split=cut_at is not None and track.id in absorbed))
         for track in live:
             if track.id in absorbed:
                 track.hidden = True
-        self._tracks = [t for t in self._tracks if t.id in matched_tracks or time - t.seen <= self.link]
+        self._tracks = [t for t in self._tracks
+                        if t.id in matched_tracks
+                        or time - t.seen <= (self.persist if t.ended else self.link)]
         self._time = time
-        return Step(time, previous, spans, self.persist)
+        return Step(time, previous, spans, self.persist, cut_at if cut else None)
 
     def tracks(self, current: bool = False) -> list[Region]:
         """Every live track at its last box, with its id; ``current``: only those found (or carried
         on) at the last detection frame, not those merely persisting after a miss."""
         return [Region(t.cls, *map(float, t.box), t.score, t.shape, t.id) for t in self._tracks
                 if t.seen == self._time or not current and self._time - t.seen <= self.persist]
+
+    @staticmethod
+    def _same_place(tracks: list[_Track], detections: list[Region]) -> set[int]:
+        """The indices of ``detections`` that are the same object as one of the ``tracks``' last boxes."""
+        if not tracks or not detections:
+            return set()
+        a = np.array([t.box for t in tracks], dtype=np.float64)
+        b = np.array([d.box for d in detections], dtype=np.float64)
+        same = same_object(a, b) & np.array([[t.cls == d.cls for d in detections] for t in tracks])
+        return set(np.flatnonzero(same.any(axis=0)).tolist())
 
     @staticmethod
     def _absorbed(lost: list[_Track], detections: list[Region]) -> set[int]:
@@ -264,17 +306,21 @@ class Tracker:
             return set()
         a = np.array([t.box for t in lost], dtype=np.float64)
         b = np.array([d.box for d in detections], dtype=np.float64)
-        same = ((iou_matrix(a, b) > SAME_IOU) | (overlap_of_smaller(a, b) > SAME_CONTAINED)) & np.array(
-            [[t.cls == d.cls for d in detections] for t in lost])
+        same = same_object(a, b) & np.array([[t.cls == d.cls for d in detections] for t in lost])
         return {t.id for t, row in zip(lost, same) if row.any()}
 
-    def _match(self, tracks: list[_Track], detections: list[Region], time: float) -> tuple[dict[int, _Track], set[int]]:
-        """Detection index -> its track, and the detections linked only by reach (see the module docstring)."""
+    def _match(self, tracks: list[_Track], detections: list[Region], time: float,
+               lost: bool = False) -> tuple[dict[int, _Track], set[int]]:
+        """Detection index -> its track, and the detections linked only by reach (see the module
+        docstring); ``lost``: the tracks were not found at the last detection frame, and are looked
+        for at their last place too (the velocity of a face that stopped, or of a close-up head that
+        swung, puts it off the frame half a second on)."""
         if not tracks or not detections:
             return {}, set()
         elapsed = np.array([time - t.seen for t in tracks])
         shift = np.array([t.velocity if t.velocity is not None else (0.0, 0.0) for t in tracks]) * elapsed[:, None]
-        track_boxes = np.array([t.box for t in tracks], dtype=np.float64)
+        last_boxes = np.array([t.box for t in tracks], dtype=np.float64)
+        track_boxes = last_boxes.copy()
         track_boxes[:, :2] += shift  # where each track should be now
         det_boxes = np.array([d.box for d in detections], dtype=np.float64)
         ious = iou_matrix(det_boxes, track_boxes)
@@ -282,6 +328,9 @@ class Tracker:
         centre_d = det_boxes[:, None, :2] + det_boxes[:, None, 2:] / 2
         centre_t = track_boxes[None, :, :2] + track_boxes[None, :, 2:] / 2
         distance = np.linalg.norm(centre_d - centre_t, axis=2)
+        if lost:
+            ious = np.maximum(ious, iou_matrix(det_boxes, last_boxes))
+            distance = np.minimum(distance, np.linalg.norm(centre_d - (last_boxes[None, :, :2] + last_boxes[None, :, 2:] / 2), axis=2))
         side = np.maximum(det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2))
         near = distance / np.maximum(side, 1e-9)
         speed = np.array([_NEW_SPEED if t.velocity is None else _KNOWN_SPEED for t in tracks])
@@ -292,7 +341,11 @@ class Tracker:
         # one class: in a crowd, a face missed on this frame must not hand its track to a neighbour
         apart = np.where(same_class, near, np.inf)
         mutual = (apart == apart.min(axis=1, keepdims=True)) & (apart == apart.min(axis=0, keepdims=True))
-        reachable = (near <= _CENTRE_MATCH) | ((near <= reach[None, :]) & mutual)
+        # and only between boxes of about one size: a face does not grow or shrink by more than
+        # :data:`_RESIZE` between two detection frames (a flicker beside a close-up face is not it)
+        sides_d, sides_t = det_boxes[:, None, 2:].max(axis=2), track_boxes[None, :, 2:].max(axis=2)
+        alike = np.maximum(sides_d, sides_t) <= _RESIZE * np.minimum(sides_d, sides_t) + _RESIZE_JITTER
+        reachable = ((near <= _CENTRE_MATCH) | ((near <= reach[None, :]) & mutual)) & alike
         # score: IoU first; boxes that do not overlap enough may still match by centre distance
         score = np.where(ious >= _IOU_MATCH, 2.0 + ious, np.where(reachable, 1.0 - near / reach[None, :], 0.0))
         score[~same_class] = 0.0

@@ -15,7 +15,7 @@ frames the tracker deliberately masks more than the face (the path it may have t
 computes it too, but its 1.4.0 release calls ``np.asfarray``, which NumPy 2 removed.
 ``on_truth`` keeps the predicted boxes on a ground-truth face (the identities under test; the
 rest are detector false positives), and ``switches`` counts, per identity, how often the track
-covering it changes.
+matched to it changes (CLEAR MOT's identity switches, as motmetrics counts them).
 """
 
 from __future__ import annotations
@@ -143,35 +143,56 @@ def on_truth(truth: list[dict[int, Box]], predicted: list[dict[int, Box]], thres
 
 
 def switches(truth: list[dict[int, Box]], predicted: list[dict[int, Box]], threshold: float = 0.8) -> dict[int, int]:
-    """Per identity: how many times the track covering it changed (of the boxes covering >=
-    ``threshold`` of the face, the one with the best IoU)."""
+    """Per identity: how many times the track matched to it changed, counted as CLEAR MOT (and
+    motmetrics' ``num_switches``) counts them: a box matches a face it covers (>= ``threshold`` of
+    it); the match an identity had last is kept while its track still covers it, the others are
+    made one to one by IoU; a switch is an identity matched to another track than it was last.
+    While one face passes behind another, both masks cover the front face: the front face keeps
+    its own track; the better-fitting one does not take it over for a frame."""
     last: dict[int, int] = {}
     changed = {g: 0 for frame in truth for g in frame}
     for gt_frame, pr_frame in zip(truth, predicted):
-        if not pr_frame:
+        if not pr_frame or not gt_frame:
             continue
-        p_keys = list(pr_frame)
-        boxes = np.array([pr_frame[k] for k in p_keys], np.float64)
-        for g, box in gt_frame.items():
-            face = np.array([box], np.float64)
-            iou = np.where(covers(face, boxes)[0] >= threshold, iou_matrix(face, boxes)[0], -1.0)
-            if iou.max() < 0:
-                continue
-            track = p_keys[int(iou.argmax())]
-            if g in last and last[g] != track:
+        g_keys, p_keys = list(gt_frame), list(pr_frame)
+        faces = np.array([gt_frame[g] for g in g_keys], np.float64)
+        boxes = np.array([pr_frame[p] for p in p_keys], np.float64)
+        valid = covers(faces, boxes) >= threshold
+        matched: dict[int, int] = {}
+        for i, g in enumerate(g_keys):  # the correspondences still valid are kept
+            p = last.get(g)
+            if p in pr_frame and valid[i, p_keys.index(p)] and p not in matched.values():
+                matched[g] = p
+        rows = [i for i, g in enumerate(g_keys) if g not in matched]
+        cols = [j for j, p in enumerate(p_keys) if p not in matched.values()]
+        if rows and cols:
+            iou = iou_matrix(faces[rows], boxes[cols])
+            cost = np.where(valid[np.ix_(rows, cols)], -iou, 1.0)
+            for r, c in zip(*linear_sum_assignment(cost)):
+                if cost[r, c] < 1.0:
+                    matched[g_keys[rows[r]]] = p_keys[cols[c]]
+        for g, p in matched.items():
+            if g in last and last[g] != p:
                 changed[g] += 1
-            last[g] = track
+            last[g] = p
     return changed
 
 
 def track_clip(clip: Clip, policy) -> list[dict[int, Box]]:
-    """Per frame of ``clip``: track -> face box, as a stream with ``policy`` releases them."""
+    """Per frame of ``clip``: track -> face box, as a stream with ``policy`` releases them (a mask
+    without a track gets a negative key of its own: it is no identity)."""
     from redaction import Analyzer, Frame, StreamRedactor
 
     stream = StreamRedactor(Analyzer(policy), rate=clip.fps)
     decided = [d for i, image in enumerate(clip.frames) for d in stream.push(Frame(i, i / clip.fps, image))]
     decided += stream.flush()
     predicted: list[dict[int, Box]] = [{} for _ in clip.frames]
+    untracked = 0
     for decision in decided:
-        predicted[decision.frame.index] = {r.track: r.box for r in decision.regions if r.cls == "face"}
+        for region in decision.regions:
+            if region.cls != "face":
+                continue
+            if region.track is None:  # masked, with no identity (a start's whole-frame look): its own trajectory
+                untracked -= 1
+            predicted[decision.frame.index][untracked if region.track is None else region.track] = region.box
     return predicted

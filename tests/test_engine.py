@@ -1,6 +1,7 @@
 """The engine on real frames: final regions, stride with hold-back, and fail-safe shapes."""
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -208,3 +209,32 @@ def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it
         decided = [d for i in range(start, 72) for d in stream.push(Frame(i, i / 30, images[i].copy()))]
         assert [d.frame.index for d in decided] == list(range(start, start + len(decided))) and len(decided) >= 12
         assert not [d.frame.index for d in decided if not [r for r in d.regions if r.cls == "face"]], start
+
+
+def test_a_scene_cut_starts_new_tracks():
+    """The same place after a cut is somebody else: the stream ends its tracks there and starts new ones,
+    where a face at the same place in one scene keeps its track. Over the frames held back before the
+    detection frame that saw the cut, that place is masked by the old track up to the cut and by the
+    new one from it on; where the cut's frame is not clear (a dissolve), by both on every one."""
+    rng = np.random.default_rng(7)
+    scenes = [cv2.GaussianBlur((rng.random((120, 160, 3)) * 255).astype(np.uint8), (15, 15), 0) for _ in range(2)]
+    scenes[1] = (255 - scenes[1]) // 2  # another layout, darker
+
+    def tracks(cut_at, dissolve=False):
+        face = Region("face", 50, 50, 20, 20, 0.9)
+        detector = ScriptedDetector({i: [face] for i in range(0, 12, 3)})
+        stream = StreamRedactor(Analyzer(FACES, {"face": detector}), stride=3, persist=0.2)
+        released = []
+        for i in range(10):
+            if dissolve and cut_at - 1 <= i < cut_at + 1:  # the two frames held before the detection at 6
+                f = (i - cut_at + 2) / 3
+                image = cv2.addWeighted(scenes[0], 1 - f, scenes[1], f, 0)
+            else:
+                image = scenes[int(i >= cut_at)].copy()
+            image[0, 0, 0] = i
+            released += stream.push(Frame(i, i / 25, image))
+        return [sorted(r.track for r in d.regions) for d in released]
+
+    assert tracks(cut_at=99) == [[1]] * 10
+    assert tracks(cut_at=5) == [[1]] * 5 + [[2]] * 5
+    assert tracks(cut_at=5, dissolve=True) == [[1]] * 4 + [[1, 2]] * 2 + [[2]] * 4

@@ -21,6 +21,13 @@ def test_idf1_of_known_cases():
     assert idf1(truth, [{7: A, 8: B, 9: (300, 300, 20, 20)}] * 4) == pytest.approx(2 * 8 / 20)
     assert on_truth(truth, [{7: A, 9: (300, 300, 20, 20)}] * 4) == [{7: A}] * 4
     assert switches(truth, swapped) == {1: 1, 2: 1}
+    # a face keeps its track while that still covers it, though another box fits it better for a frame
+    # (the mask of a face passing behind it); a box matches one face at a time
+    wide = (5, 5, 120, 30)
+    assert switches(truth, [{7: A, 8: B}, {7: A, 8: B, 9: (9, 9, 22, 22)}, {7: A, 8: B}]) == {1: 0, 2: 0}
+    assert switches(truth[:3], [{7: A, 8: B}, {8: wide}, {7: A, 8: B}]) == {1: 0, 2: 0}
+    # a new box over both: one of them goes to it and back (two switches), the other is unmatched there
+    assert switches(truth[:3], [{7: A, 8: B}, {9: wide}, {7: A, 8: B}]) == {1: 2, 2: 0}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def test_faces_keep_their_identity_through_crossings_and_occlusion(clip):
     faces = on_truth(clip.truth, predicted)
     assert idf1(clip.truth, faces) >= 0.9
     assert len({track for frame in faces for track in frame}) <= 2 * len(clip.truth[0])
-    assert max(switches(clip.truth, predicted).values()) <= 2
+    assert max(switches(clip.truth, predicted).values()) <= 1  # one crossing per face: at most one switch
     # the large face that was behind the other: the track covering it before and after is one
     hidden = [i for i, frame in enumerate(clip.truth) if 3 not in frame]
     assert hidden, "the clip must hide face 3 for a while"
