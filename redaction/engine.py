@@ -339,10 +339,12 @@ class StreamRedactor:
 
 
 def _with(decision: Decision, regions: list[Region], shape: tuple[int, ...]) -> Decision:
-    """``decision`` with those of ``regions`` it does not hold already (a frame of the same size only)."""
+    """``decision`` with those of ``regions`` it does not hold already (a frame of the same size only);
+    one that covers a region there only in part is merged with it into one region covering both."""
     if decision.frame.image.shape != shape:
         return decision
-    return Decision(decision.frame, decision.regions + [r for r in regions if not _covered(r, decision.regions)])
+    added = [r for r in regions if not _covered(r, decision.regions)]
+    return Decision(decision.frame, merge_duplicates(decision.regions + added) if added else decision.regions)
 
 
 def _covered(region: Region, regions: list[Region]) -> bool:

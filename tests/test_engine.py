@@ -238,3 +238,19 @@ def test_a_scene_cut_starts_new_tracks():
     assert tracks(cut_at=99) == [[1]] * 10
     assert tracks(cut_at=5) == [[1]] * 5 + [[2]] * 5
     assert tracks(cut_at=5, dissolve=True) == [[1]] * 4 + [[1, 2]] * 2 + [[2]] * 4
+
+
+def test_a_second_look_find_of_an_object_a_first_look_frame_holds_is_merged_into_one_region():
+    """The second look's whole-frame finds are added to the first look's frames: one of them covering
+    a region already there only in part (IoU 0.33, half of either) is the same face found twice, and
+    becomes one region covering both boxes (never less), not a second mask over the same pixels."""
+    from redaction.engine import Decision, _with
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    held = Region("face", 100, 100, 20, 20, 0.4, track=3)
+    found = Region("face", 110, 100, 20, 20, 0.6)
+    elsewhere = Region("face", 20, 20, 20, 20, 0.6)
+    decision = _with(Decision(Frame(0, 0.0, image), [held]), [found, elsewhere], image.shape)
+    boxes = sorted((r.x, r.y, r.w, r.h) for r in decision.regions)
+    assert boxes == [(20, 20, 20, 20), (100, 100, 30, 20)]
+    assert coverage_mask(decision.regions, 200, 200)[coverage_mask([held, found], 200, 200)].all()
