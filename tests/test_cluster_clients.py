@@ -31,6 +31,14 @@ from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
 
 FPS = 10  # the small clip's
+CAMERAS = ["cam0", "cam1"]
+
+
+def _keys(tmp_path):
+    """A key directory with the tests' people (serve_harness.add_people), copied into each node."""
+    keys = tmp_path / "keys"
+    add_people(keys, tmp_path / "people")
+    return keys
 
 
 def _viewers(node, camera) -> float:
@@ -50,9 +58,8 @@ def test_the_viewer_page_opened_on_the_wrong_node_plays_the_camera_from_its_owne
     require(chromium_missing())
     path, frames, faces = clip
     database = postgres.database("viewer_page")
-    keys = tmp_path / "keys"
-    add_people(keys, tmp_path / "people")
-    cameras = ["cam0", "cam1"]
+    keys = _keys(tmp_path)
+    cameras = CAMERAS
     nodes = [Node(name, tmp_path, keys, path, postgres, database, openbao, cameras=cameras) for name in ("n1", "n2")]
     try:
         owned = wait_for(lambda: (o := [n.owns() for n in nodes]) and sorted(map(len, o)) == [1, 1] and o, 120,
@@ -102,9 +109,8 @@ def test_the_viewer_page_follows_its_camera_to_another_node(postgres, openbao, c
     require(chromium_missing())
     path, _, _ = clip
     database = postgres.database("viewer_moves")
-    keys = tmp_path / "keys"
-    add_people(keys, tmp_path / "people")
-    cameras = ["cam0", "cam1"]
+    keys = _keys(tmp_path)
+    cameras = CAMERAS
     first = Node("n1", tmp_path, keys, path, postgres, database, openbao, cameras=cameras)
     nodes = [first]
     try:
@@ -143,9 +149,8 @@ def test_a_configured_camera_that_runs_on_no_node_is_answered_retry_later(postgr
     answer 503 Retry-After (a viewer waits for it, as the viewer page does while a camera moves); a
     camera that is not configured stays 404."""
     path, _, _ = clip
-    keys = tmp_path / "keys"
-    add_people(keys, tmp_path / "people")
-    node = Node("n1", tmp_path, keys, path, postgres, postgres.database("nowhere"), openbao, cameras=["cam0", "cam1"],
+    keys = _keys(tmp_path)
+    node = Node("n1", tmp_path, keys, path, postgres, postgres.database("nowhere"), openbao, cameras=CAMERAS,
                 capacity=1)
 
     async def offer():
@@ -247,8 +252,7 @@ class Encoder:
 def test_a_whip_camera_whose_node_dies_publishes_again_to_another_node(postgres, openbao, clip, tmp_path, capsys):
     path, frames, faces = clip
     database = postgres.database("whip_move")
-    keys = tmp_path / "keys"
-    add_people(keys, tmp_path / "people")
+    keys = _keys(tmp_path)
     KeyDirectory.open(keys).add(PrivateIdentity.generate("encoder", ["publisher"]).public)
     nodes = [Node(name, tmp_path, keys, path, postgres, database, openbao, cameras=["cam0"], whip=["door"])
              for name in ("n1", "n2")]

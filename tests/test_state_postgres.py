@@ -280,7 +280,6 @@ def test_a_nodes_audit_log_is_copied_whole_and_caught_up_after_the_database_was_
         assert table.put("n1", [(3, audit.lines()[2])]) == [3] and table.lines("n1")[2] == forged
     finally:
         copy.close()
-        copy.table.database.close()
         database.close()
 
 

@@ -519,7 +519,6 @@ class Runtime:
             camera.stop_output()
         if self.audit_copy is not None:  # after the cameras' last entries
             self.audit_copy.close()
-            self.audit_copy.table.database.close()
         self._stop_openbao()
 
     def _stop_openbao(self) -> None:

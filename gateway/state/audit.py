@@ -64,13 +64,15 @@ class AuditCopy:
             return len(self._queue)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Copy what is queued (for at most ``timeout`` s), then stop; the rest waits for the next start."""
+        """Copy what is queued (for at most ``timeout`` s), then stop and close the table's connection (the
+        copy's own); the rest waits for the next start."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout)
         if self.audit.mirror is self:
             self.audit.mirror = self._before
+        self.table.database.close()
 
     def _run(self) -> None:
         wait = _BACKOFF[0]
