@@ -202,3 +202,19 @@ def test_serve_reports_configuration_problems_in_one_line_and_keeps_bugs_loud(ca
     monkeypatch.setattr(gateway.api.server, "Gateway", broken)
     with pytest.raises(ValueError, match="a bug, not a configuration problem"):
         main(["serve", "--config", str(config), "--data", str(tmp_path / "data")])
+
+
+def test_a_clip_whose_frames_are_closer_than_its_average_rate_keeps_every_timestamp(capsys, tmp_path, data, faces_only):
+    """Half a second of MOT17-13 (25 fps, first frame at 0.04 s) averages 21.7 fps over its length: the
+    encoder must not count in ticks of 1/21.7 s, where two frames fall on one tick and the muxer refuses
+    the output (it did: "Invalid argument")."""
+    source = copy_excerpt(data / "videos" / "MOT17-13-SDP_raw_h264.mp4", tmp_path / "excerpt.mp4", 0.5)
+    with av.open(str(source)) as a:
+        stream = a.streams.video[0]
+        assert stream.average_rate < 24  # the case at hand
+        pts_in = [f.pts for f in a.decode(video=0)]
+    target = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "redact", source, "-o", target, "--policy", faces_only)
+    assert code == 0, err
+    with av.open(str(target)) as b:
+        assert [f.pts for f in b.decode(video=0)] == pts_in

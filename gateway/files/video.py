@@ -292,6 +292,10 @@ class VideoTranscoder:
         even = info.width % 2 == 0 and info.height % 2 == 0
         stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
         stream.time_base = info.time_base
+        # the encoder counts in the input's time base too: at 1/rate, frames closer together than the
+        # nominal rate (variable frame rate, an excerpt's rate estimated from its length) round onto one
+        # tick, and the muxer refuses the repeated timestamp
+        stream.codec_context.time_base = info.time_base
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast"}
         return stream
