@@ -3,13 +3,15 @@
 uvicorn's connections are capped and must send each request head in time (:mod:`.connections`).
 
 uvicorn handles SIGINT/SIGTERM; on the way out every WebRTC and RTSP session ends, the cameras
-stop (undecided frames leave blanked, sealers close their segments and log them) and the sinks
-write what they hold.
+stop (undecided frames leave blanked, sealers close their segments and log them), the sinks
+write what they hold (the last recording is finished, and moved to the bucket with one), a
+cluster node hands its leases back, and the command returns (exit status 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,46 +42,75 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
         gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
         **listener_settings(config.listen, gateway.http_connections)))
-    gateway.start()
-    rechecks = None
-    try:
-        rtsp_port = None
-        if gateway.rtsp is not None:
-            rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
-            gateway.rtsp_port = rtsp_port
-        task = asyncio.create_task(server.serve())
-        rechecks = asyncio.create_task(gateway.recheck_sessions())
-        while not server.started and not task.done():
-            await asyncio.sleep(_START_POLL)
-        if server.started:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
-            announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/"
-                     + (" (the demo: not for production)" if demo is not None else ""))
-            announce(f"  {gateway.ice.describe()}")
-            viewer = await asyncio.to_thread(gateway.demo_viewer_token)  # logs, issues, keeps: disk writes
-            for name in gateway.cameras:
-                announce(f"  viewer: {base}/view/{name}" + (viewer.url_end(name) if viewer else " (with a viewer token)"))
-                if rtsp_port is not None:
-                    announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
-                             "(user: a token's id, password: its secret)")
-            if viewer is not None:
-                announce(f"  {viewer.note()}")
-            officer = config.storage.data_dir / "identities" / "demo-officer.identity"
-            announce(f"  console: privacy-gateway console --gateway {base} --identity "
-                     + (f"{officer} (the demo officer)" if demo is not None and officer.exists() else "YOUR-IDENTITY-FILE")
-                     + f", or {base}/console#token=... with an officer's token")
-            if ready is not None:
-                ready(gateway, port)
-        while stop is not None and not stop.is_set() and not task.done():
-            await asyncio.sleep(_STOP_POLL)
-        if stop is not None and stop.is_set():
-            server.should_exit = True
-        await task
-    finally:
-        if rechecks is not None:
-            rechecks.cancel()
-        await gateway.stop()
+    with _Signals(server):  # from before the cameras start until they have stopped
+        gateway.start()
+        rechecks = None
+        try:
+            rtsp_port = None
+            if gateway.rtsp is not None:
+                rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
+                gateway.rtsp_port = rtsp_port
+            task = asyncio.create_task(server.serve())
+            rechecks = asyncio.create_task(gateway.recheck_sessions())
+            while not server.started and not task.done():
+                await asyncio.sleep(_START_POLL)
+            if server.started:
+                port = server.servers[0].sockets[0].getsockname()[1]
+                base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
+                announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/"
+                         + (" (the demo: not for production)" if demo is not None else ""))
+                announce(f"  {gateway.ice.describe()}")
+                viewer = await asyncio.to_thread(gateway.demo_viewer_token)  # logs, issues, keeps: disk writes
+                for name in gateway.cameras:
+                    announce(f"  viewer: {base}/view/{name}" + (viewer.url_end(name) if viewer else " (with a viewer token)"))
+                    if rtsp_port is not None:
+                        announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
+                                 "(user: a token's id, password: its secret)")
+                if viewer is not None:
+                    announce(f"  {viewer.note()}")
+                officer = config.storage.data_dir / "identities" / "demo-officer.identity"
+                announce(f"  console: privacy-gateway console --gateway {base} --identity "
+                         + (f"{officer} (the demo officer)" if demo is not None and officer.exists() else "YOUR-IDENTITY-FILE")
+                         + f", or {base}/console#token=... with an officer's token")
+                if ready is not None:
+                    ready(gateway, port)
+            while stop is not None and not stop.is_set() and not task.done():
+                await asyncio.sleep(_STOP_POLL)
+            if stop is not None and stop.is_set():
+                server.should_exit = True
+            await task
+        finally:
+            if rechecks is not None:
+                rechecks.cancel()
+            await gateway.stop()
+
+
+class _Signals:
+    """SIGINT and SIGTERM while the gateway starts, serves or stops.
+
+    While it serves, uvicorn takes both (its own handlers) and shuts down; then it raises each
+    signal it took again, for the handler that was in place before it. Python's defaults would end
+    the process there, before :meth:`Gateway.stop`: no camera stopped, no segment closed, the last
+    recording left without its index, a cluster node's leases left to expire. This handler is
+    the one in place: it asks uvicorn to exit (at once if the signal comes while the gateway is
+    still starting) and lets the stop run to its end."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, server) -> None:
+        self._server = server
+        self._previous: dict = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = {sig: signal.signal(sig, self._exit) for sig in self._SIGNALS}
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _exit(self, signum, frame) -> None:
+        self._server.should_exit = True
 
 
 def data_dir_default(config_path: Path | None) -> Path | None:
