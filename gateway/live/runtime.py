@@ -187,15 +187,17 @@ class Runtime:
                       segment_seconds=None, first_frame=first_frame, first_pts_us=first_pts_us)
 
     def _recorded(self, path, ref, frames: int) -> None:
-        """Log a finished recording's frame count (on its camera's output thread): what
-        ``vault verify --recordings`` and ``unmask`` compare the file with."""
-        if ref is not None:
-            self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
-                "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
+        """Move a finished recording to the bucket (with one), then log its frame count (on its
+        camera's output thread): what ``vault verify --recordings`` and ``unmask`` compare the file
+        with. In that order: a node killed in between leaves a file that no entry names (unmask
+        still restores it), never an entry whose file is on a disk nobody else can read."""
         try:
             self.archive.archive(path)
         except OSError as exc:  # it stays on this disk, where it is served from; the next start moves it
             log.error("camera %s: recording %s stays on this node for now: %s", path.parent.name, path.name, exc)
+        if ref is not None:
+            self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
+                "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
 
     def _took_over(self, event: TakeOver) -> None:
         """Log a camera taken over from a node that stopped renewing its lease: the gap in its footage
