@@ -76,3 +76,31 @@ class ServeNode:
                 self.process.kill()
                 self.process.wait(10)
         self.log.close()
+
+
+def unmask_one(config: Path | str, node: str, investigator, out: Path, capsys, files: set[str] | None = None) -> bool:
+    """Unmask (the command line, ``--config`` and ``--node``) the first recording that ``node`` logged
+    (of ``files``, if given) in which a region was sealed, as ``investigator`` (a serve_harness
+    ``Person``); whether one was restored. Exits other than "nothing sealed in it" fail the test."""
+    from gateway.cli import main
+    from gateway.config import load_config
+    from gateway.storage import open_vault
+
+    log = open_vault(load_config(Path(config))[0], node=node).audit.entries()
+    recorded = [e["details"] for e in log if e["action"] == "recorded" and (files is None or e["details"]["file"] in files)]
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ[investigator.variable] = investigator.passphrase
+    try:
+        for index, entry in enumerate(recorded):
+            target = out / str(index)
+            code = main(["unmask", "--config", str(config), "--node", node, "--camera", entry["camera"],
+                         "--recording", entry["recording"], "--identity", str(investigator.file),
+                         "--case", "C-9", "--reason", "node lost", "-o", str(target), "--no-watermark"])
+            result = capsys.readouterr()
+            if code != 0 and ("no sealed region matches" in result.err or "no sealed records" in result.err):
+                continue  # a recording in which no face was found: nothing to restore
+            assert code == 0, result.err
+            return any(target.iterdir())
+    finally:
+        del os.environ[investigator.variable]
+    return False
