@@ -9,6 +9,7 @@ log (its copy in PostgreSQL), and once stopped, `audit verify` and `vault verify
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import shutil
@@ -86,6 +87,11 @@ def cluster(postgres, openbao, data, tmp_path_factory):
             node.stop()
 
 
+def _verified_on(node, officer):
+    status, body = _get(node.port, "/api/audit/verify", officer)
+    return body if status == 200 else None
+
+
 def test_each_node_signs_with_its_own_certified_key_and_both_verify(cluster):
     nodes, officer, postgres, database = cluster
     with psycopg.connect(database, password=postgres.password_file.read_text().strip()) as connection:
@@ -106,14 +112,14 @@ def test_each_node_signs_with_its_own_certified_key_and_both_verify(cluster):
         assert signers == {f"node:{node.name}"}, signers
         # and the other node verifies this one's log (its copy in PostgreSQL) with the certified key
         other = next(n for n in nodes if n is not node)
-        status, verified = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
-            _get(other.port, "/api/audit/verify", officer)), 30, "the audit logs verified on the other node")
+        verified = wait_for(lambda other=other: _verified_on(other, officer), 30,
+                            "the audit logs verified on the other node")
         assert verified["valid"] and set(verified["nodes"]) == {"n1", "n2"}, verified
 
     # the two key pairs differ, and neither is the gateway key
     gateway = KeyDirectory.open(nodes[0].data / "keys").gateway_public
     assert len({certified["n1"]["signing"], certified["n2"]["signing"]}) == 2
-    assert all(__import__("base64").b64decode(r["signing"]) != gateway for r in certified.values())
+    assert all(base64.b64decode(r["signing"]) != gateway for r in certified.values())
 
 
 def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys):

@@ -2,6 +2,7 @@
 entries, segments, checkpoints and key files as ``node:<name>``, refused when uncertified, forged
 or revoked (by time), and the gateway-signed format of a single gateway unchanged."""
 
+import base64
 import hashlib
 import json
 import shutil
@@ -26,6 +27,7 @@ from keys import (
     verify_vault,
 )
 from keys.clips import ClipCoder
+from keys.identity import canonical
 from keys.record import Placement
 from keys.vault import SegmentHeader, read_segment
 from keys.wrap import Grant
@@ -85,7 +87,7 @@ def test_certified_in_the_signed_roster_and_refused_when_added_by_hand(tmp_path,
     other = node(tmp_path, "gw-2")
     document = json.loads((directory.path / "roster.json").read_text())
     document["roster"]["nodes"].append({**document["roster"]["nodes"][0], "name": "gw-2",
-                                         "signing": __import__("base64").b64encode(other.public).decode()})
+                                         "signing": base64.b64encode(other.public).decode()})
     (directory.path / "roster.json").write_text(json.dumps(document))
     with pytest.raises(DirectoryError, match="fails its signature check"):
         KeyDirectory.open(directory.path)
@@ -176,7 +178,6 @@ def test_a_node_is_never_an_approver(tmp_path, directory):
     directory = certified(directory, signer)
     store = VaultStore.for_sealing(tmp_path / "vault", directory)
     details = {"camera": "lobby"}
-    from keys.identity import canonical
     store.audit.append("gateway", directory.signer, "unmask",
                        {**details, "approvals": {signer.actor: signer.sign(canonical(details)).hex()}})
     with pytest.raises(AuditError, match="approval by unknown identity 'node:gw-1'"):
