@@ -50,6 +50,7 @@ from .errors import (
     VaultError,
 )
 from .evidence import Evidence, make_manifest, verify_manifest
+from .handover import check_handovers, handover_link
 from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
 from .nodes import NODE_PREFIX, NodeKey, NodeSigner, actor_of, node_actor, node_key_path
 from .objects import LocalObjects, ObjectStore
@@ -124,8 +125,10 @@ __all__ = [
     "canonical",
     "check_camera",
     "check_grants",
+    "check_handovers",
     "grant_access",
     "grants_of",
+    "handover_link",
     "make_manifest",
     "node_actor",
     "node_key_path",

@@ -4,12 +4,15 @@ Both nodes start at once, each with a copy of the same key directory: each makes
 (``<data_dir>/node-<name>.key``, 0600) and certifies it in the shared roster under the cluster's
 lock, so the database's roster ends up certifying both and each node's copy too. Each runs one
 camera and signs its audit entries and segments as ``node:<name>``; any node verifies the other's
-log (its copy in PostgreSQL), and once stopped, `audit verify` and `vault verify` pass for both.
+log (its copy in PostgreSQL). When one is killed, the other takes its camera over with a signed
+hand-over naming the dead node's last seal of it (keys/handover.py), which verification follows;
+once both are down, `audit verify` and `vault verify` pass for both.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import shutil
@@ -53,7 +56,7 @@ class Node(ServeNode):
             "storage": {"data_dir": str(self.data), "recording_seconds": 2.0, "recording_preset": "ultrafast"},
             "listen": {"host": "127.0.0.1", "port": self.port}, "escrow": openbao.config(),
             "cluster": {"node": name, "url": self.url, "database": database,
-                        "password_file": str(postgres.password_file), "capacity": 1, "lease_s": 3.0},
+                        "password_file": str(postgres.password_file), "capacity": 2, "lease_s": 3.0},
         }
         self.start(self.config)
 
@@ -122,6 +125,36 @@ def test_each_node_signs_with_its_own_certified_key_and_both_verify(cluster):
     assert all(base64.b64decode(r["signing"]) != gateway for r in certified.values())
 
 
+def test_a_take_over_is_a_signed_hand_over_from_the_dead_nodes_last_seal(cluster):
+    nodes, officer = cluster[:2]
+    dead, heir = nodes
+
+    def sealed_and_copied():  # a camera the node to be killed runs, with a seal of it in the shared copy
+        owns = (_get(dead.port, "/health", officer)[1] or {}).get("cluster", {}).get("owns", {})
+        status, seen = _get(heir.port, f"/api/audit?node={dead.name}", officer)
+        copied = {e["details"]["camera"] for e in (seen or {}).get("entries", []) if e["action"] == "seal"}
+        return status == 200 and sorted(set(owns) & copied)
+
+    camera = wait_for(sealed_and_copied, 60, "a seal of the dead node's camera copied to the database")[0]
+    dead.process.kill()  # kill -9: it logs nothing more
+    dead.process.wait(10)
+
+    def took_over():
+        return [e for e in heir.audit() if e["action"] == "take-over" and e["details"]["camera"] == camera]
+
+    (entry,) = wait_for(took_over, 30, f"{heir.name} taking {camera} over")
+    assert entry["actor"] == f"node:{heir.name}" and entry["details"]["previous"] == dead.name
+    link = entry["details"]["handover"]
+    assert link is not None, entry
+    line = (dead.data / "vault" / "audit.log").read_bytes().splitlines()[link["seq"] - 1]
+    handed = json.loads(line)
+    assert handed["action"] == "seal" and handed["details"]["camera"] == camera
+    assert hashlib.sha256(line).hexdigest() == link["line"] and handed["details"]["head"] == link["head"]
+
+    verified = wait_for(lambda: _verified_on(heir, officer), 30, "the logs and the hand-over verified")
+    assert verified["valid"] and verified["handovers"] >= 1, verified
+
+
 def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys):
     nodes = cluster[0]
     for node in nodes:
@@ -134,3 +167,5 @@ def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys
         assert main(["vault", "verify", "--config", str(config)]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "segments and" in out and " 0 segments" not in out, out
+        if node is nodes[1]:  # the heir: its take-over printed as a gap that continues the dead node's entry
+            assert "taken over from node n1, continuing its audit entry" in out, out

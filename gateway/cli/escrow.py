@@ -644,8 +644,11 @@ def _vault_verify(args: argparse.Namespace) -> int:
     for camera, count in sorted(report.partials.items()):
         print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
     for gap in report.gaps:
-        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']} "
-              f"(its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
+        link = gap.get("handover")
+        after = (f", continuing its audit entry {link['seq']} (its segment {link['segment']})"
+                 if isinstance(link, dict) else "")
+        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']}"
+              f"{after} (its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
           f"verified (gateway key {store.fingerprint}){checked}")
     return 0

@@ -43,6 +43,7 @@ from keys import (
     actor_of,
     check_grants,
     grants_of,
+    handover_link,
     node_key_path,
 )
 from redaction import Policy, default_threads
@@ -211,8 +212,17 @@ class Runtime:
 
     def _took_over(self, event: TakeOver) -> None:
         """Log a camera taken over from a node that stopped renewing its lease: the gap in its footage
-        (``vault verify`` reports it as a gap, not as damage)."""
-        self.store.audit.append(actor_of(self.signer), self.signer, "take-over", event.details())
+        (``vault verify`` reports it as a gap, not as damage), signed by this node, and the hand-over: the
+        previous owner's last seal of the camera in the cluster's copy of its log (keys/handover.py)."""
+        handover = None
+        try:
+            found = AuditTable(self.state).last_seal(event.previous, event.camera) if self.state else None
+            handover = None if found is None else handover_link(*found)
+        except (StateUnavailable, ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("cluster: camera %s taken over from %s without a hand-over link (its log's copy cannot be "
+                        "read: %s)", event.camera, event.previous, exc)
+        self.store.audit.append(actor_of(self.signer), self.signer, "take-over",
+                                {**event.details(), "handover": handover})
 
     def codecs(self, camera: str, config: Camera | None = None) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
