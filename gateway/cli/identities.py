@@ -20,13 +20,17 @@ A cluster node's signing key is certified by the node itself at its start (keys/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from keys import EscrowError, KeyDirectory, PrivateIdentity
 
+from ..config import ConfigError, load_config
 from ..roster import PENDING, RosterError, leave
+from ..state import RosterTable, SharedRoster, StateDatabase, StateUnavailable
 from .errors import CommandError
 from .prompt import HELP, open_identities, passphrase
 
@@ -84,6 +88,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     revoke_node.add_argument("name", metavar="NODE")
     revoke_node.add_argument("--at", metavar="TIME", help="revoked from this UTC ISO time (default: now); an earlier "
                              "time also refuses what the node signed since then")
+    revoke_node.add_argument("--config", type=Path, metavar="FILE", help="the configuration of a cluster node whose key "
+                             "directory DIR is: the revocation is made under the cluster's roster lock and put in its "
+                             "database, so every node takes it in within a second (without it, at the node's next "
+                             "sync, and lost if another change was made there meanwhile)")
     revoke_node.set_defaults(run=_revoke_node)
     leaving = (
         ("remove-identity", False, "drop a person from the roster (and end their OpenBao access)"),
@@ -200,6 +208,31 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _cluster_roster(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--config`` of a cluster node keeping its key directory in DIR: hold the cluster's roster
+    lock around the change (the newest roster taken in first, the changed one put back after)."""
+    if args.config is None:
+        yield
+        return
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    if config.cluster is None:
+        raise CommandError(f"{args.config}: no cluster section; leave --config out")
+    if not (config.keys_dir.exists() and config.keys_dir.samefile(args.directory)):
+        raise CommandError(f"{args.config}: its key directory is {config.keys_dir}, not {args.directory}")
+    database = StateDatabase(config.cluster)
+    try:
+        with SharedRoster(RosterTable(database), config.keys_dir, config.cluster).changing():
+            yield
+    except StateUnavailable as exc:
+        raise CommandError(f"cluster.database: {exc}") from None
+    finally:
+        database.close()
+
+
 def _revoke_node(args: argparse.Namespace) -> int:
     at = None
     if args.at is not None:
@@ -209,7 +242,8 @@ def _revoke_node(args: argparse.Namespace) -> int:
             raise CommandError(f"--at {args.at!r}: use an ISO 8601 time") from None
         at = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat(timespec="microseconds")
     try:
-        record = KeyDirectory.open(args.directory).revoke_node(args.name, at)
+        with _cluster_roster(args):
+            record = KeyDirectory.open(args.directory).revoke_node(args.name, at)
     except EscrowError as exc:
         raise CommandError(str(exc)) from None
     print(f"node {record.name}'s signing key {record.fingerprint} revoked from {record.revoked}: what it signed "

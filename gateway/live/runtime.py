@@ -115,10 +115,15 @@ class Runtime:
             try:
                 self.state.set_up()
                 self.shared_roster = SharedRoster(RosterTable(self.state), config.keys_dir, config.cluster)
-                # before anything reads the people or signs: the cluster's newest roster, certifying this node
-                self.directory = self.shared_roster.certify(signer)
+                self.shared_roster.sync()  # before anything reads the people or signs
             except (StateUnavailable, SchemaError, DirectoryError) as exc:
                 raise ConfigError(f"cluster.database: {exc}") from None
+            try:  # this node's key in the cluster's roster (a revoked one: it does not start)
+                self.directory = self.shared_roster.certify(signer)
+            except StateUnavailable as exc:
+                raise ConfigError(f"cluster.database: {exc}") from None
+            except DirectoryError as exc:
+                raise ConfigError(f"cluster.node: {exc}") from None
             self.signer = signer
         directory = self.directory
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
