@@ -25,7 +25,8 @@ After a crash between the two the object is authoritative and the partial is dis
 if it is the camera's next segment and as far as the gateway's checkpoints in it vouch.
 
 The anchor is written when a gateway first seals into the vault; afterwards only that
-gateway's key may add to it. A reader given the key directory checks the anchor against it;
+gateway's key (any key of its rotation chain) may add to it, or a cluster node's key its roster
+certifies (keys/nodes.py; what such a node signs names it, ``"signer"``). A reader given the key directory checks the anchor against it;
 without one, the anchor's key fingerprint is what to compare out of band.
 """
 

@@ -6,13 +6,15 @@ Two objects per segment (named, and kept, by :mod:`keys.store`)::
                vault's id; segments of format versions 1 and 2 are still read), the records,
                each followed (version 3) by a signed *checkpoint*: magic ``PGVC``, u32 +
                canonical JSON (records so far, SHA-256 of every byte before the checkpoint,
-               time), the gateway's 64-byte signature of it; then a
+               time), the signer's 64-byte signature of it; then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
-               file, end time), u32 summary length, and the gateway's 64-byte Ed25519
-               signature of the summary.
+               file, end time), u32 summary length, and the signer's 64-byte Ed25519
+               signature of the summary. The signer is the gateway key, or on a cluster
+               node that node's key, which the summaries and the key file then name
+               (``"signer": "node:<name>"``; keys/nodes.py).
     <n>.keys   the segment's data keys, one per class, HPKE-wrapped to the recipients the
-               policy grants that class (see wrap.py); signed by the gateway. Deleting it
+               policy grants that class (see wrap.py); signed by the gateway (or node). Deleting it
                crypto-shreds the segment.
 
 The header names the previous segment's digest, so per camera the segments form a hash

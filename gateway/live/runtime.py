@@ -1,6 +1,7 @@
 """The running cameras of one configuration: opened, wired, watched and stopped (composition only).
 
-:class:`Runtime` opens the data directory (key directory, vault), builds one
+:class:`Runtime` opens the data directory (key directory, vault; in a cluster this node's own
+signing key, certified in the shared roster before anything is signed: keys/nodes.py), builds one
 :class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
 :mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back and the
 view thread that looks for moved cameras (:mod:`.moved`), and switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
