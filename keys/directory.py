@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -340,6 +343,9 @@ class KeyDirectory:
         for other in self.identities:
             if other.signing == identity.signing or other.hpke == identity.hpke:
                 raise DirectoryError(f"{self.path}: the keys of {identity.name!r} are already {other.name!r}'s")
+        for node in self.nodes:
+            if node.signing == identity.signing:
+                raise DirectoryError(f"{self.path}: the signing key of {identity.name!r} is the key of node {node.name!r}")
 
     def remove(self, name: str) -> PublicIdentity:
         """Drop the identity ``name`` from the roster (it could be added again); returns it. Its

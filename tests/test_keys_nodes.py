@@ -3,6 +3,7 @@ entries, segments, checkpoints and key files as ``node:<name>``, refused when un
 or revoked (by time), and the gateway-signed format of a single gateway unchanged."""
 
 import base64
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -98,6 +99,9 @@ def test_a_key_is_one_nodes_and_a_revoked_one_is_never_certified_again(tmp_path,
     directory = certified(directory, signer)
     with pytest.raises(DirectoryError, match="already the key of node 'gw-1'"):
         directory.certify_node("gw-2", signer.public)
+    person = PrivateIdentity.generate("mallory", ["investigator"]).public
+    with pytest.raises(DirectoryError, match="the signing key of 'mallory' is the key of node 'gw-1'"):
+        directory.add(dataclasses.replace(person, signing=signer.public))
     directory.revoke_node("gw-1")
     with pytest.raises(DirectoryError, match="never certified again"):
         directory.certify_node("gw-1", signer.public)
