@@ -155,6 +155,25 @@ def test_a_take_over_is_a_signed_hand_over_from_the_dead_nodes_last_seal(cluster
     assert verified["valid"] and verified["handovers"] >= 1, verified
 
 
+def _rewritten_hand_over_fails(heir, cluster, config, capsys):
+    """The entry handed over, rewritten in the database (by someone who may write it): the heir's
+    `audit verify` fails (exit 1), naming the dead node's copy; put back, it passes again."""
+    _, _, postgres, database = cluster
+    (take,) = [e for e in heir.audit() if e["action"] == "take-over"]
+    seq = take["details"]["handover"]["seq"]
+    password = postgres.password_file.read_text().strip()
+    with psycopg.connect(database, password=password, autocommit=True) as connection:
+        (line,) = connection.execute("SELECT line FROM audit_entries WHERE node = 'n1' AND seq = %s", (seq,)).fetchone()
+        forged = bytes(line).replace(b'"head":"', b'"head":"0', 1)
+        connection.execute("UPDATE audit_entries SET line = %s WHERE node = 'n1' AND seq = %s", (forged, seq))
+        try:
+            assert main(["audit", "verify", "--config", str(config)]) == 1
+            assert "node n1's audit log" in capsys.readouterr().err
+        finally:
+            connection.execute("UPDATE audit_entries SET line = %s WHERE node = 'n1' AND seq = %s", (bytes(line), seq))
+    assert main(["audit", "verify", "--config", str(config)]) == 0
+
+
 def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys):
     nodes = cluster[0]
     for node in nodes:
@@ -163,7 +182,11 @@ def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys
     for node in nodes:
         config = node.dir / "gateway.yaml"
         assert main(["audit", "verify", "--config", str(config)]) == 0, capsys.readouterr().err
-        assert "chain, signatures and checkpoints intact" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "chain, signatures and checkpoints intact" in out
+        if node is nodes[1]:  # the heir's log links to the dead node's, checked against its copy in PostgreSQL
+            assert "1 hand-over(s) checked against the previous owners' logs" in out, out
+            _rewritten_hand_over_fails(node, cluster, config, capsys)
         assert main(["vault", "verify", "--config", str(config)]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "segments and" in out and " 0 segments" not in out, out
