@@ -53,7 +53,7 @@ from .errors import DirectoryError
 from .identity import fingerprint
 
 __all__ = ["GATEWAY_ACTOR", "NODE_PREFIX", "NodeKey", "NodeKeys", "NodeSigner", "actor_of", "check_node_name", "node_actor",
-           "node_key_path"]
+           "node_key_path", "node_keys", "now"]
 
 #: the actor of entries signed with the gateway key
 GATEWAY_ACTOR = "gateway"
@@ -84,7 +84,8 @@ def _time(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def _now() -> str:
+def now() -> str:
+    """The time a certification or revocation is recorded with (UTC ISO, microseconds, as entries')."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
@@ -221,8 +222,3 @@ class NodeSigner:
 def actor_of(signer: object) -> str:
     """The actor an entry signed with ``signer`` names: a node's, or the gateway's (a bare key)."""
     return signer.actor if isinstance(signer, NodeSigner) else GATEWAY_ACTOR
-
-
-def now() -> str:
-    """The time a certification or revocation is recorded with."""
-    return _now()
