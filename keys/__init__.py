@@ -50,7 +50,9 @@ from .errors import (
     VaultError,
 )
 from .evidence import Evidence, make_manifest, verify_manifest
+from .handover import check_handovers, handover_link
 from .identity import ROLES, UNMASK_ROLES, PrivateIdentity, PublicIdentity, canonical
+from .nodes import NODE_PREFIX, NodeKey, NodeSigner, actor_of, node_actor, node_key_path
 from .objects import LocalObjects, ObjectStore
 from .reconcile import Uncovered, reconcile_shares
 from .requests import UnmaskRequest
@@ -73,6 +75,7 @@ from .wrap import Grant
 
 __all__ = [
     "GATEWAY_ACTOR",
+    "NODE_PREFIX",
     "ROLES",
     "UNMASK_ROLES",
     "AuditError",
@@ -90,6 +93,8 @@ __all__ = [
     "IntegrityError",
     "KeyDirectory",
     "LocalObjects",
+    "NodeKey",
+    "NodeSigner",
     "ObjectLock",
     "ObjectMissing",
     "ObjectStore",
@@ -114,14 +119,19 @@ __all__ = [
     "VaultRef",
     "VaultReport",
     "VaultStore",
+    "actor_of",
     "atomic_dir",
     "atomic_path",
     "canonical",
     "check_camera",
     "check_grants",
+    "check_handovers",
     "grant_access",
     "grants_of",
+    "handover_link",
     "make_manifest",
+    "node_actor",
+    "node_key_path",
     "nodes_of",
     "reconcile_shares",
     "recording_tracks",

@@ -2,7 +2,10 @@
 
 One JSON object per line. Each entry carries its sequence number, time, actor, action and
 details, the SHA-256 of the previous line (``prev``; 64 zeros for the first), and the
-actor's Ed25519 signature over the canonical JSON of all those fields. :meth:`AuditLog.append`
+actor's Ed25519 signature over the canonical JSON of all those fields. The actor is a person,
+``"gateway"`` (the gateway key) or, on a cluster node, ``node:<name>`` (that node's key, certified
+in the key directory's roster; a revoked one counts only on entries dated before its revocation:
+keys/nodes.py). :meth:`AuditLog.append`
 returns only once the line is flushed and fsynced: callers write the entry *before* acting
 (before any data key is unwrapped), and a failure to write means they must not act.
 :meth:`AuditLog.verify` names the first broken entry: edited, deleted, reordered, inserted,
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .durable import fsync_dir
 from .errors import AuditError
 from .identity import canonical
+from .nodes import NODE_PREFIX, NodeKeys
 
 __all__ = ["GENESIS", "AuditLog", "verify_entry", "verify_lines"]
 
@@ -42,7 +46,7 @@ GENESIS = "0" * 64
 _TAIL_CHUNK = 4096  # bytes read per step backwards; a typical entry is 300-2000 bytes
 _FIELDS = ("seq", "time", "actor", "action", "details", "prev")
 
-KeyOf = Callable[[str], Ed25519PublicKey | None]
+KeyOf = Callable[[str], Ed25519PublicKey | NodeKeys | None]
 
 
 def _now() -> str:
@@ -238,13 +242,21 @@ def verify_entry(entry: dict, key_of: KeyOf) -> None:
 
 def _check_signed(where: str, body: dict, signature: bytes, key_of: KeyOf) -> None:
     """The entry's signature by its actor's key, and every approval in its details."""
-    key = key_of(body["actor"])
+    actor = body["actor"]
+    key = key_of(actor) if isinstance(actor, str) else None
+    if key is None and isinstance(actor, str) and actor.startswith(NODE_PREFIX):
+        raise AuditError(f"{where}: signed by {actor!r}, whose key the key directory does not certify")
     if key is None:
-        raise AuditError(f"{where}: unknown actor {body['actor']!r}")
+        raise AuditError(f"{where}: unknown actor {actor!r}")
     try:
-        key.verify(signature, canonical(body))
+        if isinstance(key, NodeKeys):  # a cluster node's: by a key certified for it, not revoked before the entry
+            key.verify_at(signature, canonical(body), body["time"])
+        else:
+            key.verify(signature, canonical(body))
     except InvalidSignature:
         raise AuditError(f"{where}: signature does not verify") from None
+    except ValueError as exc:
+        raise AuditError(f"{where}: {exc}") from None
     _check_approvals(where, body["details"], key_of)
 
 
@@ -300,7 +312,7 @@ def _check_approvals(where: str, details: object, key_of: KeyOf) -> None:
         raise AuditError(f"{where}: malformed approvals")
     for name, signature in sorted(approvals.items()):
         key = key_of(name)
-        if key is None:
+        if key is None or isinstance(key, NodeKeys):  # a node approves nothing
             raise AuditError(f"{where}: approval by unknown identity {name!r}")
         try:
             key.verify(bytes.fromhex(signature), request)

@@ -16,6 +16,10 @@ record goes under ``"rotations"`` in the roster, and the roster is signed by the
 sealed under the old key keep verifying: their anchor, followed along the chain of rotations,
 reaches the current key (:meth:`KeyDirectory.gateway_chain`).
 
+Each cluster node's own signing key is certified under ``"nodes"`` (:meth:`KeyDirectory.certify_node`,
+:meth:`KeyDirectory.revoke_node`; keys/nodes.py says what a node key may sign and how revocation cuts
+its signatures by time). Records there are never dropped.
+
 An identity leaves the roster in one of two ways: :meth:`KeyDirectory.remove` drops it, and
 :meth:`KeyDirectory.revoke` drops it and lists its keys (name, fingerprint, public keys, time)
 under ``"revoked"``, where every reader of the roster sees them, and :meth:`KeyDirectory.add`
@@ -33,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -45,6 +52,7 @@ from cryptography.hazmat.primitives.serialization import (
 from .durable import fsync_dir, make_dirs, write_durably
 from .errors import DirectoryError
 from .identity import PublicIdentity, canonical, check_name, fingerprint
+from .nodes import NodeKey, NodeKeys, check_node_name, node_keys, now
 
 _FORMAT = "privacy-gateway-roster"
 _VERSION = 1  # "revoked" came later, as an optional field: a roster without it has revoked nobody
@@ -172,6 +180,60 @@ class KeyDirectory:
         return sorted([*removed, *self.revoked], key=lambda r: r.time)
 
     @property
+    def nodes(self) -> list[NodeKey]:
+        """Every node key ever certified, revoked ones included, in the order certified."""
+        return [NodeKey.from_json(item) for item in self._roster.get("nodes", [])]
+
+    def node_keys(self) -> dict[str, NodeKeys]:
+        """:attr:`nodes` by actor (``node:<name>``): what verification looks a node's signature up in."""
+        return node_keys(self._roster.get("nodes", []))
+
+    def certify_node(self, name: str, signing: bytes, time: str | None = None) -> NodeKey:
+        """Certify ``signing`` (raw Ed25519 public key) as node ``name``'s key; returns its record.
+
+        Nothing changes if it is that node's key already. A node's earlier key is retired
+        (``reason: replaced``, at ``time``). Refused (:class:`DirectoryError`): a revoked key, or a
+        key that is another node's or a person's."""
+        try:
+            check_node_name(name)
+            Ed25519PublicKey.from_public_bytes(signing)
+        except ValueError as exc:
+            raise DirectoryError(f"{self.path}: {exc}") from None
+        nodes = self.nodes
+        for key in nodes:
+            if key.signing != signing:
+                continue
+            if key.revoked is not None:
+                raise DirectoryError(f"{self.path}: the key of node {key.name!r} (fingerprint {key.fingerprint}) was "
+                                     f"{key.reason or 'revoked'} at {key.revoked}; a revoked node key is never "
+                                     "certified again (remove the node's key file to have it make a new one)")
+            if key.name != name:
+                raise DirectoryError(f"{self.path}: that key is already the key of node {key.name!r}")
+            return key
+        if any(i.signing == signing for i in self.identities) or any(d.signing == signing for d in self.departed):
+            raise DirectoryError(f"{self.path}: that key is a person's")
+        time = time or now()
+        kept = [key.to_json() if key.name != name or key.revoked is not None
+                else NodeKey(key.name, key.signing, key.certified, time, "replaced").to_json() for key in nodes]
+        record = NodeKey(name, signing, time)
+        self._change(nodes=[*kept, record.to_json()])
+        return record
+
+    def revoke_node(self, name: str, time: str | None = None) -> NodeKey:
+        """Revoke node ``name``'s current key from ``time`` (default now): what it signed dated from
+        then on no longer verifies, what it signed before still does. Returns the revoked record."""
+        nodes = self.nodes
+        current = [i for i, key in enumerate(nodes) if key.name == name and key.revoked is None]
+        if not current:
+            raise DirectoryError(f"{self.path}: node {name!r} has no certified key that is not revoked already")
+        time = time or now()
+        key = nodes[current[0]]
+        record = NodeKey(key.name, key.signing, key.certified, time, "revoked")
+        nodes[current[0]] = record
+        self._change(nodes=[key.to_json() for key in nodes])
+        return record
+
+    @property
     def identities(self) -> list[PublicIdentity]:
         return [PublicIdentity.from_json(item) for item in self._roster["identities"]]
 
@@ -239,6 +301,7 @@ class KeyDirectory:
         try:
             directory.identities  # noqa: B018 (validates every entry)
             directory.departed  # noqa: B018
+            directory.nodes  # noqa: B018
         except (ValueError, KeyError, TypeError) as exc:
             raise DirectoryError(f"{path}: roster.json holds a malformed entry ({exc})") from None
         return directory
@@ -280,6 +343,9 @@ class KeyDirectory:
         for other in self.identities:
             if other.signing == identity.signing or other.hpke == identity.hpke:
                 raise DirectoryError(f"{self.path}: the keys of {identity.name!r} are already {other.name!r}'s")
+        for node in self.nodes:
+            if node.signing == identity.signing:
+                raise DirectoryError(f"{self.path}: the signing key of {identity.name!r} is the key of node {node.name!r}")
 
     def remove(self, name: str) -> PublicIdentity:
         """Drop the identity ``name`` from the roster (it could be added again); returns it. Its
@@ -329,6 +395,7 @@ class KeyDirectory:
         try:
             adopted.identities  # noqa: B018 (validates every entry)
             adopted.departed  # noqa: B018
+            adopted.nodes  # noqa: B018
         except (ValueError, KeyError, TypeError) as exc:
             raise DirectoryError(f"{path}: the roster offered holds a malformed entry ({exc})") from None
         write_durably(path / "roster.json", document, 0o600)

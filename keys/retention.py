@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .cosigner import CoSigner, segment_key
 from .errors import AuditError, EscrowError, VaultError
-from .store import GATEWAY_ACTOR, VaultStore
+from .nodes import actor_of
+from .store import VaultStore
 from .vault import Segment, segment_name
 
 __all__ = ["Shredded", "shred"]
@@ -97,7 +98,7 @@ def shred(store: VaultStore, signer: Ed25519PrivateKey, *, before: dt.datetime |
         return Shredded([], None)
     rule = {"before": before.isoformat()} if before is not None else {"expired_at": now.isoformat()}
     try:  # the log first: no shredding that the log does not show
-        entry = store.audit.append(GATEWAY_ACTOR, signer, "shred", {"segments": [list(c) for c in chosen], **rule})
+        entry = store.audit.append(actor_of(signer), signer, "shred", {"segments": [list(c) for c in chosen], **rule})
     except AuditError as exc:
         raise AuditError(f"{exc}; nothing shredded") from None
     for camera, number in chosen:

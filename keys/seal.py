@@ -36,7 +36,8 @@ from .cosigner import segment_key, share_context
 from .errors import CoSignerUnavailable, VaultError
 from .identity import PublicIdentity, canonical
 from .record import Placement
-from .store import GATEWAY_ACTOR, VaultStore, check_camera
+from .nodes import actor_of
+from .store import VaultStore, check_camera
 from .vault import GENESIS, SegmentHeader, SegmentWriter, utc_now
 from .wrap import Grant, wrap_key
 
@@ -202,12 +203,12 @@ class Sealer:
             try:
                 kept = self.store.recover_partial(self.camera, number, self._signer)
             except VaultError as exc:
-                self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-refused",
+                self.store.audit.append(actor_of(self._signer), self._signer, "recover-refused",
                                         {"camera": self.camera, "segment": number, "reason": str(exc)})
                 raise VaultError(f"camera {self.camera!r}: {exc}; sealing refused until the file is moved out "
                                  "of the vault (investigate it first: it may be forged)") from None
             if kept is not None:  # None: the segment was finished, only its partial was left behind
-                self.store.audit.append(GATEWAY_ACTOR, self._signer, "recover-segment",
+                self.store.audit.append(actor_of(self._signer), self._signer, "recover-segment",
                                         {"camera": self.camera, "segment": number, "records": kept})
 
     def _chain_head(self) -> tuple[int, str]:
@@ -266,7 +267,7 @@ class Sealer:
     def recorded(self, file: str, frames: int) -> dict:
         """Log that the redacted output of the current recording (``file``) holds ``frames`` frames:
         what ``vault verify --recordings`` and ``unmask`` compare the file with (call after :meth:`close`)."""
-        return self.store.audit.append(GATEWAY_ACTOR, self._signer, "recorded", {
+        return self.store.audit.append(actor_of(self._signer), self._signer, "recorded", {
             "camera": self.camera, "recording": self.ref.recording, "file": file, "frames": frames})
 
     @property
@@ -407,7 +408,7 @@ class Sealer:
         if self._writer is not None:
             self._roll(now)
         if self.first_segment is not None:
-            self.store.audit.append(GATEWAY_ACTOR, self._signer, "seal", {
+            self.store.audit.append(actor_of(self._signer), self._signer, "seal", {
                 "camera": self.camera, "recording": self._sealing.recording,
                 "segments": [self.first_segment, self._last], "records": self.records, "regions": self.regions,
                 "head": self._previous, "output": "written" if complete else "failed"})

@@ -25,7 +25,8 @@ After a crash between the two the object is authoritative and the partial is dis
 if it is the camera's next segment and as far as the gateway's checkpoints in it vouch.
 
 The anchor is written when a gateway first seals into the vault; afterwards only that
-gateway's key may add to it. A reader given the key directory checks the anchor against it;
+gateway's key (any key of its rotation chain) may add to it, or a cluster node's key its roster
+certifies (keys/nodes.py; what such a node signs names it, ``"signer"``). A reader given the key directory checks the anchor against it;
 without one, the anchor's key fingerprint is what to compare out of band.
 """
 
@@ -61,6 +62,7 @@ from .errors import (
     VaultError,
 )
 from .identity import UNMASK_ROLES, PublicIdentity, canonical, fingerprint
+from .nodes import GATEWAY_ACTOR, NODE_PREFIX, NodeKeys, node_keys
 from .objects import LocalObjects, MemoryObjects, ObjectStore
 from .vault import (
     GENESIS,
@@ -81,7 +83,6 @@ __all__ = ["GATEWAY_ACTOR", "VaultStore", "check_camera"]
 
 _FORMAT = "privacy-gateway-vault"
 _VERSION = 1
-GATEWAY_ACTOR = "gateway"
 _SEGMENT = re.compile(r"(\d{8})\.pgv")
 _PARTIAL = re.compile(r"(\d{8})\.pgv\.partial")
 _POLICY = re.compile(r"[0-9a-f]{64}")
@@ -218,8 +219,9 @@ class VaultStore:
         keys = _gateway_keys(objects, gateway_raw, directory, create)
         if directory is not None:
             identities, departed = directory.identities, {d.name: d.signing for d in directory.departed}
+            keys.nodes = directory.node_keys()
         else:
-            identities, departed = _roster_copy(objects, keys)
+            identities, departed, keys.nodes = _roster_copy(objects, keys)
         store = cls(objects, scratch, audit, keys, identities)
         store.departed = departed
         if create:
@@ -407,6 +409,7 @@ class VaultStore:
         self._directory = (path, revision)
         self.identities = directory.identities
         self.departed = {d.name: d.signing for d in directory.departed}
+        self.gateway.nodes = directory.node_keys()
         self._objects.put("roster.json", directory.signed_roster())
         return self.identities
 
@@ -568,9 +571,17 @@ class VaultStore:
 
     # --- who signs the log ----------------------------------------------------------------------
 
-    def key_of(self, actor: str) -> Ed25519PublicKey | None:
+    def key_of(self, actor: str) -> Ed25519PublicKey | NodeKeys | None:
+        """The key ``actor``'s signatures verify with: the gateway's (every key of its rotation chain),
+        a person's, a departed person's, or a node's certified keys (:class:`~keys.nodes.NodeKeys`,
+        whose revocation :func:`keys.audit.verify_lines` checks against the entry's time); None if
+        unknown. A node actor re-reads a changed roster first (sealing: a node certified or revoked
+        on another node of the cluster since this store opened)."""
         if actor == GATEWAY_ACTOR:
             return self.gateway
+        if actor.startswith(NODE_PREFIX):
+            self.reload_roster()
+            return self.gateway.node(actor)
         for identity in self.identities:
             if identity.name == actor:
                 return identity.signing_key()
@@ -583,9 +594,32 @@ class GatewayKeys:
     """The gateway keys a vault accepts signatures of: its anchor (vault.json) and every key the
     anchor was rotated to since, each rotation signed by the key it replaced (keys.directory)."""
 
-    def __init__(self, chain: list[bytes]) -> None:
+    def __init__(self, chain: list[bytes], nodes: dict[str, NodeKeys] | None = None) -> None:
         self.chain = list(chain)
         self._keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in self.chain]
+        #: the node keys the roster certifies, by actor (``node:<name>``), each node's oldest first
+        self.nodes: dict[str, NodeKeys] = dict(nodes or {})
+
+    def node(self, actor: str) -> NodeKeys | None:
+        """The keys the roster certified for the node ``actor`` names, or None if none."""
+        return self.nodes.get(actor)
+
+    def verify_as(self, actor: str, signature: bytes, data: bytes, time: str | None) -> None:
+        """Verify a signature that names its signer (segments, checkpoints, key files a node wrote):
+        ``"gateway"`` as :meth:`verify`; ``node:<name>`` by any key the roster certified for that node,
+        which must not have been revoked before ``time`` (None: bound to a signed, dated object
+        already; keys/nodes.py). :class:`VaultError` for a signer that no key here vouches for or that
+        was revoked, :class:`InvalidSignature` for a signature that does not verify."""
+        if actor == GATEWAY_ACTOR:
+            self.verify(signature, data)
+            return
+        keys = self.nodes.get(actor)
+        if keys is None:
+            raise VaultError(f"signed by {actor!r}, whose key the key directory does not certify")
+        try:
+            keys.verify_at(signature, data, time)
+        except ValueError as exc:
+            raise VaultError(str(exc)) from None
 
     def verify(self, signature: bytes, data: bytes) -> None:
         """As :meth:`Ed25519PublicKey.verify`, by any of the keys (the newest first)."""
@@ -629,16 +663,19 @@ def _gateway_keys(objects: ObjectStore, anchor: bytes, directory: KeyDirectory |
     return GatewayKeys(chain[chain.index(anchor):])
 
 
-def _roster_copy(objects: ObjectStore, gateway: GatewayKeys) -> tuple[list[PublicIdentity], dict[str, bytes]]:
-    """The roster copy's identities, and the signing keys of those who left it, by name."""
+def _roster_copy(objects: ObjectStore, gateway: GatewayKeys
+                 ) -> tuple[list[PublicIdentity], dict[str, bytes], dict[str, NodeKeys]]:
+    """The roster copy's identities, the signing keys of those who left it, by name, and the node keys
+    it certifies, by actor."""
     try:
         document = json.loads(objects.get("roster.json").decode("ascii"))
         roster = document["roster"]
         gateway.verify(base64.b64decode(document["signature"], validate=True), canonical(roster))
         departed = sorted([*roster.get("removed", []), *roster.get("revoked", [])], key=lambda d: d["time"])
         return ([PublicIdentity.from_json(item) for item in roster["identities"]],
-                {str(d["name"]): base64.b64decode(d["signing"], validate=True) for d in departed})
+                {str(d["name"]): base64.b64decode(d["signing"], validate=True) for d in departed},
+                node_keys(roster.get("nodes", [])))
     except ObjectMissing:
-        return [], {}
+        return [], {}, {}
     except (InvalidSignature, OSError, ValueError, KeyError, TypeError):
         raise VaultError(f"{objects}/roster.json: fails its signature check (edited?)") from None

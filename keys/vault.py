@@ -6,13 +6,15 @@ Two objects per segment (named, and kept, by :mod:`keys.store`)::
                vault's id; segments of format versions 1 and 2 are still read), the records,
                each followed (version 3) by a signed *checkpoint*: magic ``PGVC``, u32 +
                canonical JSON (records so far, SHA-256 of every byte before the checkpoint,
-               time), the gateway's 64-byte signature of it; then a
+               time), the signer's 64-byte signature of it; then a
                trailer read from the end of the file: magic ``PGVT``, a canonical-JSON summary
                (record count, SHA-256 of every byte before the trailer, SHA-256 of the key
-               file, end time), u32 summary length, and the gateway's 64-byte Ed25519
-               signature of the summary.
+               file, end time), u32 summary length, and the signer's 64-byte Ed25519
+               signature of the summary. The signer is the gateway key, or on a cluster
+               node that node's key, which the summaries and the key file then name
+               (``"signer": "node:<name>"``; keys/nodes.py).
     <n>.keys   the segment's data keys, one per class, HPKE-wrapped to the recipients the
-               policy grants that class (see wrap.py); signed by the gateway. Deleting it
+               policy grants that class (see wrap.py); signed by the gateway (or node). Deleting it
                crypto-shreds the segment.
 
 The header names the previous segment's digest, so per camera the segments form a hash
@@ -49,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .durable import make_dirs
 from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
+from .nodes import GATEWAY_ACTOR, actor_of
 from .record import Header, Placement, Record, seal, shared_track_key
 from .wrap import Grant, Wrap, wrap_key
 
@@ -131,7 +134,7 @@ class SegmentWriter:
             for cls, grant in grants.items()
         }
         self._track_keys: dict[tuple[str, int], bytes] = {}
-        keys = canonical({"v": 1, "camera": camera, "segment": number, "wraps": wraps})
+        keys = canonical({"v": 1, "camera": camera, "segment": number, "wraps": wraps, **_signed_by(signer)})
         keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
         save_keys(keys_doc)
@@ -173,7 +176,8 @@ class SegmentWriter:
 
     def _checkpoint(self) -> None:
         """Vouch for every byte so far: what :func:`recover_partial` may keep after a crash."""
-        summary = canonical({"count": self._count, "body": self._hash.hexdigest(), "time": utc_now()})
+        summary = canonical({"count": self._count, "body": self._hash.hexdigest(), "time": utc_now(),
+                             **_signed_by(self._signer)})
         self._write(CHECKPOINT_MAGIC + struct.pack(">I", len(summary)) + summary + self._signer.sign(summary))
 
     def close(self, ended: str | None = None, audit: tuple[int, str] | None = None) -> str:
@@ -197,7 +201,8 @@ class SegmentWriter:
 
 def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: Ed25519PrivateKey,
             recovered: bool = False, audit: tuple[int, str] | None = None) -> str:
-    fields = {"count": count, "body": body_hash.hexdigest(), "keys": keys_sha256, "ended": ended}
+    fields = {"count": count, "body": body_hash.hexdigest(), "keys": keys_sha256, "ended": ended,
+              **_signed_by(signer)}
     if recovered:
         fields["recovered"] = True
     if audit is not None:  # the audit log's head as the segment closed: a checkpoint the log cannot shed
@@ -208,6 +213,28 @@ def _finish(file, body_hash, count: int, keys_sha256: str, ended: str, signer: E
     os.fsync(file.fileno())
     file.close()
     return hashlib.sha256(summary).hexdigest()
+
+
+def _signed_by(signer: object) -> dict:
+    """``{"signer": "node:<name>"}`` for a cluster node's key; nothing for the gateway key, whose
+    segments, checkpoints and key files are byte for byte what they were before nodes had keys."""
+    actor = actor_of(signer)
+    return {} if actor == GATEWAY_ACTOR else {"signer": actor}
+
+
+def _verify(keys, signature: bytes, data: bytes, fields: object, time: object | None) -> None:
+    """``signature`` of ``data`` (whose JSON is ``fields``) by the signer ``fields`` names: the gateway
+    (no ``signer``) or a node, through :meth:`keys.store.GatewayKeys.verify_as` (its certification and
+    revocation, dated ``time``). ``keys`` may also be a bare public key a caller trusts (recovery on the
+    node that signed): then it must have made the signature, whoever is named. Raises
+    :class:`InvalidSignature`, or :class:`VaultError` for a signer no key vouches for."""
+    signer = fields.get("signer", GATEWAY_ACTOR) if isinstance(fields, dict) else GATEWAY_ACTOR
+    if not isinstance(signer, str):
+        raise InvalidSignature
+    if signer == GATEWAY_ACTOR or not hasattr(keys, "verify_as"):
+        keys.verify(signature, data)
+    else:
+        keys.verify_as(signer, signature, data, None if time is None else str(time))
 
 
 def segment_name(number: int) -> str:
@@ -230,9 +257,10 @@ def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, c
             raise ValueError
         (slen,) = struct.unpack_from(">I", data, mark + 4)
         summary_bytes = bytes(data[mark + 8 : mark + 8 + slen])
-        gateway.verify(bytes(data[mark + 8 + slen : mark + 8 + slen + 64]), summary_bytes)
         summary = json.loads(summary_bytes)
-    except (struct.error, InvalidSignature):
+        _verify(gateway, bytes(data[mark + 8 + slen : mark + 8 + slen + 64]), summary_bytes, summary,
+                summary.get("time") if isinstance(summary, dict) else None)
+    except (struct.error, InvalidSignature, VaultError):
         raise ValueError("not a checkpoint") from None
     if not isinstance(summary, dict) or summary.get("count") != count or summary.get("body") != running.hexdigest():
         raise ValueError("a checkpoint of other bytes")
@@ -311,6 +339,7 @@ class Segment:
     recovered: bool
     records: list[Record]
     audit: tuple[int, str] | None = None  # the audit log's (seq, line digest) when it closed (version 3)
+    signer: str = GATEWAY_ACTOR  # who signed it: "gateway", or a cluster node ("node:<name>")
 
     @property
     def number(self) -> int:
@@ -332,9 +361,11 @@ def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
     except (struct.error, ValueError) as exc:
         raise VaultError(f"{name}: truncated or malformed trailer ({type(exc).__name__})") from None
     try:
-        gateway.verify(signature, summary_bytes)
+        _verify(gateway, signature, summary_bytes, summary, summary.get("ended") if isinstance(summary, dict) else None)
     except InvalidSignature:
         raise VaultError(f"{name}: signature does not verify") from None
+    except VaultError as exc:
+        raise VaultError(f"{name}: {exc}") from None
     if hashlib.sha256(data[:trailer]).hexdigest() != summary["body"]:
         raise VaultError(f"{name}: contents altered (digest mismatch)")
     try:
@@ -368,7 +399,7 @@ def read_segment(data: bytes, name: str, gateway: Ed25519PublicKey) -> Segment:
     except (KeyError, TypeError, ValueError):
         raise VaultError(f"{name}: malformed audit checkpoint") from None
     return Segment(header, hashlib.sha256(summary_bytes).hexdigest(), summary["keys"], summary["ended"],
-                   bool(summary.get("recovered")), records, audit)
+                   bool(summary.get("recovered")), records, audit, str(summary.get("signer", GATEWAY_ACTOR)))
 
 
 def read_wraps(raw: bytes | None, name: str, gateway: Ed25519PublicKey, expected_sha256: str) -> dict[str, list[Wrap]]:
@@ -379,10 +410,14 @@ def read_wraps(raw: bytes | None, name: str, gateway: Ed25519PublicKey, expected
         raise VaultError(f"{name}: key file does not belong to its segment")
     try:
         document = json.loads(raw)
-        gateway.verify(bytes.fromhex(document["signature"]), canonical(document["keys"]))
+        # no date to check a node's revocation against: the key file is bound (its digest) to its segment,
+        # whose signed trailer was checked with its date
+        _verify(gateway, bytes.fromhex(document["signature"]), canonical(document["keys"]), document["keys"], None)
         return {cls: [Wrap.from_json(w) for w in wraps] for cls, wraps in document["keys"]["wraps"].items()}
     except (InvalidSignature, ValueError, KeyError, TypeError):
         raise VaultError(f"{name}: key file signature does not verify") from None
+    except VaultError as exc:
+        raise VaultError(f"{name}: {exc}") from None
 
 
 def _skip_checkpoint(data: bytes, mark: int, end: int, name: str, after: str) -> int:

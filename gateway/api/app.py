@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from keys import GATEWAY_ACTOR
+from keys import actor_of
 from redaction import Policy
 
 from ..config import ConfigError, GatewayConfig, SessionLimits
@@ -293,7 +293,7 @@ class Gateway:
         runtime = self.runtime
         return self.demo.viewer_token(
             self.config, self.access, lambda action, details: runtime.store.audit.append(
-                GATEWAY_ACTOR, runtime.signer, action, details), self._demo_created)
+                actor_of(runtime.signer), runtime.signer, action, details), self._demo_created)
 
     # --- lifecycle --------------------------------------------------------------------------
 

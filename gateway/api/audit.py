@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from keys import AuditError, EscrowError, VaultStore, verify_lines
+from keys import AuditError, EscrowError, VaultStore, check_handovers, verify_lines
 
 from ..state import AuditCopy, StateUnavailable
 from .access import Access, Denied, Principal, require
@@ -60,11 +60,14 @@ class AuditView:
         if self.copy is None:
             return {"entries": count}
         counts = {self.copy.node: count}
+        logs = {self.copy.node: self.store.audit.lines()}
         for name in self.nodes():
             if name != self.copy.node:
-                counts[name] = verify_lines(self._lines(name), self.store.key_of,
+                logs[name] = self._lines(name)
+                counts[name] = verify_lines(logs[name], self.store.key_of,
                                             log=f"node {name}'s audit log (its copy in the shared state)")
-        return {"entries": sum(counts.values()), "nodes": counts}
+        # every chain holds: now the links between them, where a node took a camera over (keys/handover.py)
+        return {"entries": sum(counts.values()), "nodes": counts, "handovers": check_handovers(logs)}
 
     def _lines(self, node: str) -> list[bytes]:
         try:

@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from keys import (
     GATEWAY_ACTOR,
+    NODE_PREFIX,
     AuditError,
     EscrowError,
     Grant,
@@ -45,6 +46,7 @@ from keys import (
     TrackSummary,
     VaultError,
     VaultRef,
+    actor_of,
     canonical,
     grants_of,
     recording_tracks,
@@ -303,7 +305,7 @@ class RecordingRoutes:
         except EscrowError as exc:
             raise Denied(403, str(exc)) from None
         try:
-            entry = await asyncio.to_thread(self.store.audit.append, GATEWAY_ACTOR, self.runtime.signer, action,
+            entry = await asyncio.to_thread(self.store.audit.append, actor_of(self.runtime.signer), self.runtime.signer, action,
                                             details)
         except AuditError:
             raise Denied(503, "the audit log cannot be written; nothing was logged") from None
@@ -319,7 +321,7 @@ class RecordingRoutes:
         request = canonical({k: v for k, v in details.items() if k != "approvals"})
         for name in people:
             key = self.store.key_of(name)
-            if key is None or name == GATEWAY_ACTOR:
+            if key is None or name == GATEWAY_ACTOR or name.startswith(NODE_PREFIX):
                 raise ValueError(f"{name} is not in the roster")
             key.verify(bytes.fromhex(approvals[name]), request)
         if action != "unmask":

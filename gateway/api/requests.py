@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from keys import GATEWAY_ACTOR, AuditError, VaultStore
+from keys import AuditError, VaultStore, actor_of
 
 from ..http import BodyTooLarge, json_error, peer_of, read_body, target_of
 from ..state import StateUnavailable
@@ -121,7 +121,7 @@ class ChangeLog:
         """Log a change before it is made and answered; if the log cannot be written it is refused (503)."""
         via = {"token": principal.token} if principal.token else {"via": "signed request"}
         try:
-            await asyncio.to_thread(self.store.audit.append, GATEWAY_ACTOR, self._signer, action,
+            await asyncio.to_thread(self.store.audit.append, actor_of(self._signer), self._signer, action,
                                     {**details, "by": principal.name, **via})
         except AuditError as exc:
             log.error("audit log unwritable: %s", exc)

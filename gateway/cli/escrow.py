@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from keys import (
+    AuditError,
     CoSigner,
     EscrowError,
     IntegrityError,
@@ -28,11 +30,13 @@ from keys import (
     VaultStore,
     atomic_dir,
     canonical,
+    check_handovers,
     make_manifest,
     recording_tracks,
     shred,
     tracks_at,
     verify_audit,
+    verify_lines,
     verify_manifest,
     verify_vault,
     write_durably,
@@ -52,6 +56,7 @@ from ..files import (
     write_image,
 )
 from ..openbao import OpenBaoError, read_credentials
+from ..state import AuditTable, StateDatabase, StateUnavailable
 from ..storage import Recordings, open_vault
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
@@ -580,10 +585,41 @@ def _checkpoints_of(args: argparse.Namespace, store: VaultStore) -> tuple[CoSign
     return cosigner, "; checked against the co-signer's checkpoints"
 
 
+def _handovers(args: argparse.Namespace, store: VaultStore) -> str:
+    """With ``--config`` of a cluster node: the hand-overs of the take-overs in this (verified) log,
+    checked against the previous owners' logs, their copies in the cluster's database, each
+    verified first (keys/handover.py); what to say about them. :class:`IntegrityError` if one fails."""
+    config = load_config(args.config)[0] if getattr(args, "config", None) is not None else None
+    if config is None or config.cluster is None:
+        return ""
+    own = getattr(args, "node", None) or config.cluster.node
+    lines = store.audit.lines()
+    entries = [json.loads(line) for line in lines]
+    previous = {e["details"].get("previous") for e in entries if e.get("action") == "take-over"
+                and isinstance(e.get("details"), dict) and e["details"].get("handover")}
+    if not previous:
+        return ""
+    database = StateDatabase(config.cluster)
+    try:
+        logs = {own: lines}
+        for node in sorted(str(n) for n in previous if n != own):
+            logs[node] = AuditTable(database).lines(node)
+            verify_lines(logs[node], store.key_of, log=f"node {node}'s audit log (its copy in the cluster's database)")
+        count = check_handovers(logs)
+    except StateUnavailable as exc:
+        return f"; its hand-overs not checked ({exc})"
+    except AuditError as exc:
+        raise IntegrityError(str(exc)) from None
+    finally:
+        database.close()
+    return f"; {count} hand-over(s) checked against the previous owners' logs (their copies in the cluster's database)"
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     store = _open_with_keys(args)
     cosigner, checked = _checkpoints_of(args, store)
     count = verify_audit(store, cosigner)
+    checked += _handovers(args, store) if count else ""
     if count == 0:
         print(f"{args.vault}: no audit log yet (nothing has been sealed or unmasked){checked}")
         return 0
@@ -641,11 +677,15 @@ def _vault_verify(args: argparse.Namespace) -> int:
         report = verify_vault(store, cosigner, recording_frames=frames_of)
     else:
         report = verify_vault(store, cosigner, args.recordings, count_frames)
+    checked += _handovers(args, store) if report.entries else ""
     for camera, count in sorted(report.partials.items()):
         print(f"camera {camera}: {count} unfinished segment(s) will be recovered when sealing resumes")
     for gap in report.gaps:
-        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']} "
-              f"(its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
+        link = gap.get("handover")
+        after = (f", continuing its audit entry {link['seq']} (its segment {link['segment']})"
+                 if isinstance(link, dict) else "")
+        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']}"
+              f"{after} (its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
           f"verified (gateway key {store.fingerprint}){checked}")
     return 0

@@ -1,5 +1,5 @@
-"""``keys init``, ``add-identity``, ``new-identity``, ``public``, ``list``, ``remove-identity`` and
-``revoke``: the key directory and the people in it.
+"""``keys init``, ``add-identity``, ``new-identity``, ``public``, ``list``, ``remove-identity``,
+``revoke`` and ``revoke-node``: the key directory, the people in it and the cluster nodes' keys.
 
 A person's private keys are created on the machine running this command and written to their
 identity file, encrypted under their passphrase; only the public half enters the directory. On the
@@ -12,17 +12,25 @@ and their keys listed as revoked in the roster, never to be added again). Either
 OpenBao login when the key directory's co-signer credentials may maintain people's access;
 otherwise an officer ends it. The OpenBao step is retried by running the command again:
 ``DIR/openbao-pending.json`` remembers whose access is still to end (:mod:`gateway.roster`).
+
+A cluster node's signing key is certified by the node itself at its start (keys/nodes.py);
+``revoke-node`` revokes it: what it signed dated from then on no longer verifies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from keys import EscrowError, KeyDirectory, PrivateIdentity
 
+from ..config import ConfigError, load_config
 from ..roster import PENDING, RosterError, leave
+from ..state import RosterTable, SharedRoster, StateDatabase, StateUnavailable
 from .errors import CommandError
 from .prompt import HELP, open_identities, passphrase
 
@@ -70,6 +78,21 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 "new one; vaults sealed under it keep verifying); run it while serve is stopped")
     rotate.add_argument("directory", type=Path, metavar="DIR")
     rotate.set_defaults(run=_rotate)
+    revoke_node = actions.add_parser("revoke-node", help="revoke a cluster node's signing key: its entries and "
+                                     "segments dated from then on no longer verify, earlier ones still do",
+                                     description="Revoke a cluster node's signing key (docs/deploy.md, signing keys "
+                                     "per node). In a running cluster the change reaches the other nodes through "
+                                     "the database at this node's next sync; the node refuses to start with a revoked "
+                                     "key until its key file is removed (it then makes and certifies a new one).")
+    revoke_node.add_argument("directory", type=Path, metavar="DIR")
+    revoke_node.add_argument("name", metavar="NODE")
+    revoke_node.add_argument("--at", metavar="TIME", help="revoked from this UTC ISO time (default: now); an earlier "
+                             "time also refuses what the node signed since then")
+    revoke_node.add_argument("--config", type=Path, metavar="FILE", help="the configuration of a cluster node whose key "
+                             "directory DIR is: the revocation is made under the cluster's roster lock and put in its "
+                             "database, so every node takes it in within a second (without it, at the node's next "
+                             "sync, and lost if another change was made there meanwhile)")
+    revoke_node.set_defaults(run=_revoke_node)
     leaving = (
         ("remove-identity", False, "drop a person from the roster (and end their OpenBao access)"),
         ("revoke", True, ("drop a person from the roster and list their keys as revoked for good "
@@ -179,6 +202,52 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {identity.name}  {identity.fingerprint}  {', '.join(identity.roles)}{kind}")
     for record in revoked:
         print(f"  {record.name}  {record.fingerprint}  revoked {record.time}")
+    for node in directory.nodes:
+        state = f"{node.reason} {node.revoked}" if node.revoked else "current"
+        print(f"  {node.actor}  {node.fingerprint}  certified {node.certified}, {state}")
+    return 0
+
+
+@contextlib.contextmanager
+def _cluster_roster(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--config`` of a cluster node keeping its key directory in DIR: hold the cluster's roster
+    lock around the change (the newest roster taken in first, the changed one put back after)."""
+    if args.config is None:
+        yield
+        return
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    if config.cluster is None:
+        raise CommandError(f"{args.config}: no cluster section; leave --config out")
+    if not (config.keys_dir.exists() and config.keys_dir.samefile(args.directory)):
+        raise CommandError(f"{args.config}: its key directory is {config.keys_dir}, not {args.directory}")
+    database = StateDatabase(config.cluster)
+    try:
+        with SharedRoster(RosterTable(database), config.keys_dir, config.cluster).changing():
+            yield
+    except StateUnavailable as exc:
+        raise CommandError(f"cluster.database: {exc}") from None
+    finally:
+        database.close()
+
+
+def _revoke_node(args: argparse.Namespace) -> int:
+    at = None
+    if args.at is not None:
+        try:
+            when = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            raise CommandError(f"--at {args.at!r}: use an ISO 8601 time") from None
+        at = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat(timespec="microseconds")
+    try:
+        with _cluster_roster(args):
+            record = KeyDirectory.open(args.directory).revoke_node(args.name, at)
+    except EscrowError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"node {record.name}'s signing key {record.fingerprint} revoked from {record.revoked}: what it signed "
+          "dated from then on no longer verifies")
     return 0
 
 

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from keys import GATEWAY_ACTOR, EscrowError, VaultStore, shred
+from keys import EscrowError, VaultStore, actor_of, shred
 from redaction import Policy
 
 from ..storage import Recording, Recordings
@@ -99,7 +99,7 @@ class Retention:
                             "left to delete", self.data_dir, used, self.quota_bytes)
         details = {"segments_shredded": len(shredded), "expired": [r.name for r in expired],
                    "evicted": [r.name for r in evicted], "used_bytes": used, "quota_bytes": self.quota_bytes}
-        self.store.audit.append(GATEWAY_ACTOR, self._signer, "retention", details)
+        self.store.audit.append(actor_of(self._signer), self._signer, "retention", details)
         self.counts.update({"runs": 1, "segments_shredded": len(shredded), "recordings_expired": len(expired),
                             "recordings_evicted": len(evicted)})
         if evicted:

@@ -1,6 +1,7 @@
 """The running cameras of one configuration: opened, wired, watched and stopped (composition only).
 
-:class:`Runtime` opens the data directory (key directory, vault), builds one
+:class:`Runtime` opens the data directory (key directory, vault; in a cluster this node's own
+signing key, certified in the shared roster before anything is signed: keys/nodes.py), builds one
 :class:`~gateway.live.camera.LiveCamera` per configured camera under the policy in force (see
 :mod:`.activation`), runs the watchdog thread that blanks frames past their hold-back and the
 view thread that looks for moved cameras (:mod:`.moved`), and switches a camera's policy live. Cameras are added, replaced (an edit) and removed while the
@@ -31,15 +32,20 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from keys import (
-    GATEWAY_ACTOR,
     AuditError,
     CoSigner,
     DirectoryError,
     KeyDirectory,
+    NodeSigner,
     Sealer,
+    actor_of,
     check_grants,
     grants_of,
+    handover_link,
+    node_key_path,
 )
 from redaction import Policy, default_threads
 
@@ -98,21 +104,34 @@ class Runtime:
         self.state = None if config.cluster is None else StateDatabase(config.cluster)
         #: the key directory's roster kept in step with the cluster's (None: single node)
         self.shared_roster: SharedRoster | None = None
+        #: what this node signs its audit entries, segments and key files with: the gateway key on a
+        #: single gateway ("gateway"), its own certified key in a cluster ("node:<name>", keys/nodes.py)
+        self.signer: Ed25519PrivateKey | NodeSigner = self.directory.signer
         if self.state is not None:
+            node = config.cluster.node
+            try:
+                signer = NodeSigner.load_or_create(node_key_path(data, node), node)
+            except DirectoryError as exc:
+                raise ConfigError(f"cluster.node: {exc}") from None
             try:
                 self.state.set_up()
                 self.shared_roster = SharedRoster(RosterTable(self.state), config.keys_dir, config.cluster)
-                if self.shared_roster.sync() != "same":  # before anything reads the people
-                    self.directory = KeyDirectory.open(config.keys_dir)
+                self.shared_roster.sync()  # before anything reads the people or signs
             except (StateUnavailable, SchemaError, DirectoryError) as exc:
                 raise ConfigError(f"cluster.database: {exc}") from None
+            try:  # this node's key in the cluster's roster (a revoked one: it does not start)
+                self.directory = self.shared_roster.certify(signer)
+            except StateUnavailable as exc:
+                raise ConfigError(f"cluster.database: {exc}") from None
+            except DirectoryError as exc:
+                raise ConfigError(f"cluster.node: {exc}") from None
+            self.signer = signer
         directory = self.directory
         self.recordings = data / "recordings"  # <camera>/<recording>.mp4, written by each camera's recorder
         self.store = store = open_vault(config, directory, cosigner=cosigner, manages_access=manages_access)
         #: the finished recordings: moved to the bucket once logged, with storage.objects.s3
         self.archive = Recordings.of(config)
         self._began = time.time()
-        self.signer = directory.signer
         self.changes = CameraChanges(data / "cameras.json", store)
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
         self.config = config = config.model_copy(update={"cameras": cameras})
@@ -146,7 +165,7 @@ class Runtime:
         self._views = threading.Thread(target=self._look, name="views", daemon=True)
         quota = config.storage.quota_gb
         self.retention = Retention(
-            store, directory.signer, data, data / "recordings",
+            store, self.signer, data, data / "recordings",
             lambda: {**self._retired, **{name: camera.policy for name, camera in self.cameras.items()}},
             lambda: {c.recorder.current for c in self.cameras.values() if c.recorder and c.recorder.current},
             config.storage.retention_check_s, None if quota is None else int(quota * 1e9),
@@ -196,13 +215,22 @@ class Runtime:
         except OSError as exc:  # it stays on this disk, where it is served from; the next start moves it
             log.error("camera %s: recording %s stays on this node for now: %s", path.parent.name, path.name, exc)
         if ref is not None:
-            self.store.audit.append(GATEWAY_ACTOR, self.signer, "recorded", {
+            self.store.audit.append(actor_of(self.signer), self.signer, "recorded", {
                 "camera": ref.camera, "recording": ref.recording, "file": path.name, "frames": frames})
 
     def _took_over(self, event: TakeOver) -> None:
         """Log a camera taken over from a node that stopped renewing its lease: the gap in its footage
-        (``vault verify`` reports it as a gap, not as damage)."""
-        self.store.audit.append(GATEWAY_ACTOR, self.signer, "take-over", event.details())
+        (``vault verify`` reports it as a gap, not as damage), signed by this node, and the hand-over: the
+        previous owner's last seal of the camera in the cluster's copy of its log (keys/handover.py)."""
+        handover = None
+        try:
+            found = AuditTable(self.state).last_seal(event.previous, event.camera) if self.state else None
+            handover = None if found is None else handover_link(*found)
+        except (StateUnavailable, ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("cluster: camera %s taken over from %s without a hand-over link (its log's copy cannot be "
+                        "read: %s)", event.camera, event.previous, exc)
+        self.store.audit.append(actor_of(self.signer), self.signer, "take-over",
+                                {**event.details(), "handover": handover})
 
     def codecs(self, camera: str, config: Camera | None = None) -> tuple[Codec, ...]:
         """The renditions viewers may pick: the camera's WHEP codecs, plus H.264 for RTSP egress."""
@@ -559,7 +587,7 @@ class Runtime:
     def _view_event(self, action: str, details: dict) -> None:
         """An audit entry of a camera's view watch (a reference taken, a camera held or released)."""
         try:
-            self.store.audit.append(GATEWAY_ACTOR, self.signer, action, details)
+            self.store.audit.append(actor_of(self.signer), self.signer, action, details)
         except AuditError:  # the hold is in force whatever the log says; the log's own faults are reported by it
             log.exception("camera %s: the audit entry %s could not be written", details.get("camera"), action)
 

@@ -313,6 +313,15 @@ class AuditTable:
         return [n for (n,) in self.database.run(lambda cur: cur.execute(
             "SELECT DISTINCT node FROM audit_entries ORDER BY node").fetchall())]
 
+    def last_seal(self, node: str, camera: str) -> tuple[int, bytes] | None:
+        """``(seq, line)`` of ``node``'s last ``seal`` entry of ``camera`` in the copy (None: none): what a
+        take-over's hand-over names (keys/handover.py). The line is as copied: readers verify it."""
+        row = self.database.run(lambda cur: cur.execute(
+            "SELECT seq, line FROM audit_entries WHERE node = %s AND convert_from(line, 'UTF8')::jsonb ->> 'action' = "
+            "'seal' AND convert_from(line, 'UTF8')::jsonb #>> '{details,camera}' = %s ORDER BY seq DESC LIMIT 1",
+            (node, camera)).fetchone())
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
     def lines(self, node: str) -> list[bytes]:
         """``node``'s copied lines in seq order (a gap shows as a chain that does not verify)."""
         return [bytes(line) for (line,) in self.database.run(lambda cur: cur.execute(

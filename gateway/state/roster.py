@@ -17,6 +17,10 @@ than one undoing the other. Two rosters of one serial that differ (a ``keys`` co
 node's host while another node changed the roster) cannot both stand: the database's wins, as
 every other node already uses it, and this node's is kept beside it as
 ``roster.json.diverged-<serial>``, with an error saying to make that change again.
+
+A node's own signing key (keys/nodes.py) enters the roster the same way, at the node's start
+(:meth:`SharedRoster.certify`): under the lock, so that nodes started together each add theirs
+to the newest roster and none is lost, and every node verifies every other's entries.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import psycopg
 
-from keys import DirectoryError, KeyDirectory, write_durably
+from keys import DirectoryError, KeyDirectory, NodeSigner, write_durably
 
 from ..cluster import connect
 from ..config import Cluster
@@ -92,6 +96,24 @@ class SharedRoster:
         log.error("key directory: this node's roster (serial %d) and the cluster's differ: two changes were made "
                   "apart. The cluster's is in force here too; this node's is kept as %s: make its change again "
                   "through the people API of any node", serial, aside)
+
+    def certify(self, signer: NodeSigner) -> KeyDirectory:
+        """Have this node's key certified in the cluster's roster (once; nothing is written when the
+        roster certifies it already); returns the key directory as it then is. Raises
+        :class:`keys.DirectoryError` if the key was revoked (the node must not start: its key file
+        goes, a new one is made), :class:`~.postgres.StateUnavailable` (the database)."""
+        def current() -> bool:
+            keys = KeyDirectory.open(self.keys_dir).node_keys().get(signer.actor)
+            return keys is not None and keys.current.signing == signer.public and keys.current.revoked is None
+
+        self.sync()
+        if not current():
+            with self.changing():
+                directory = KeyDirectory.open(self.keys_dir)
+                record = directory.certify_node(signer.name, signer.public)
+                log.info("key directory: node %s's signing key (fingerprint %s) certified", signer.name,
+                         record.fingerprint)
+        return KeyDirectory.open(self.keys_dir)
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[None]:
