@@ -16,7 +16,9 @@ take the camera fields of the configuration file, validated by the same model (4
 ``errors`` line per field path), and a stored ``policy`` version. Each change is audit-logged
 before it is made, kept in ``<data_dir>/cameras.json`` (:mod:`gateway.live.camera_changes`) and
 made by the runtime (:meth:`~gateway.live.Runtime.add_camera` ...); the WHEP and RTSP sessions of
-a camera that is removed or restarted by an edit end. A source's credentials (``user:password@``,
+a camera that is removed or restarted by an edit end. In a cluster any node takes them: they are
+kept in the shared state instead, the node that runs the camera restarts or stops it, and a change
+made on a camera another node changed first (since this node took that in) is refused 409. A source's credentials (``user:password@``,
 ``?password=``) are never answered or logged: :func:`~gateway.config.redact_source`; a ``PUT``
 giving back the shown form of the current source keeps the current one.
 """
@@ -208,10 +210,11 @@ class CameraRoutes:
             version = await asyncio.to_thread(self.runtime.store.store_policy, policy.model_dump(mode="json"))
         answer = {"id": name, "config": camera_view(camera), "policy": version,
                   "previous": {"config": camera_view(current), "policy": previous}}
-        if _same(camera, current) and name in self.runtime.cameras:
+        # only the policy: switched live (in a cluster through the shared state, wherever it runs)
+        if _same(camera, current) and (name in self.runtime.cameras or self.runtime.cluster is not None):
             if version == previous:
                 return JSONResponse({**answer, "changed": False, "restarted": False})
-            await self.activate(who, name, policy, version)  # only the policy: switched live
+            await self.activate(who, name, policy, version)
             return JSONResponse({**answer, "changed": True, "restarted": False})
         await self.changes.record(who, "edit-camera", {"camera": name, "config": camera_view(camera),
                                                        "policy": version, "previous": answer["previous"]})
