@@ -210,6 +210,7 @@ def test_a_camera_removed_on_one_node_stops_everywhere_and_stays_removed_after_a
     cluster.times["removed on a, stopped on its owner"] = time.monotonic() - began
     assert all(_json(node, "PUT", f"/api/cameras/{CAMERA}", _edited(cluster, 900))[0] == 404 for node in (a, b))
     assert cluster.sql("SELECT entry->>'removed' FROM camera_changes WHERE camera = %s", CAMERA) == [("true",)]
+    wait_for(lambda: all(CAMERA not in node.owns() for node in (a, b)), 2 * LEASE_S, "its lease to lapse")
 
     # the owner restarts: it neither runs the camera nor lists it; nor does any node claim it
     owner.stop()
