@@ -40,6 +40,7 @@ from redaction import Policy, PolicyError, format_validation_error
 
 from ..config import Camera, redact_source
 from ..live import LiveCamera, Runtime
+from ..state import StateUnavailable
 from .access import Access, Denied, Principal, require
 from .policies import VERSION, PolicyVersions
 from .requests import ChangeLog, guarded, json_object
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 EXPECTED_ACTIVATION_ERRORS = (EscrowError, OSError)
 #: failures of adding or editing a camera that say why it cannot run (409): the same, and a
 #: name taken meanwhile (ValueError), a camera gone meanwhile (KeyError), the gateway stopping
+#: or, in a cluster, another node's change of that camera first (RuntimeError); the shared state
+#: unreachable is 503 (nothing was written: the same request may be sent again)
 EXPECTED_CHANGE_ERRORS = (EscrowError, OSError, ValueError, KeyError, RuntimeError)
 #: what the runtime is told when a camera stopped: (camera, the stopped camera or None, removed)
 Ended = Callable[[str, LiveCamera | None, bool], Awaitable[None]]
@@ -235,9 +238,14 @@ class CameraRoutes:
 
     async def _change(self, who: Principal, failed: str, name: str, change: Callable, *args):
         """Run a runtime change off the event loop; a failure is logged (``failed``) and answered
-        409 (what the caller can act on) or 500 (a bug: its traceback goes to the log)."""
+        409 (what the caller can act on), 503 (the cluster's shared state unreachable) or 500 (a bug:
+        its traceback goes to the log)."""
         try:
             return await asyncio.to_thread(change, *args)
+        except StateUnavailable as exc:
+            log.warning("camera %s: %s refused: %s", name, failed.removesuffix("-failed"), exc)
+            await self.changes.record(who, failed, {"camera": name, "error": str(exc)})
+            raise Denied(503, f"camera {name}: {exc}; nothing was changed, try again") from None
         except EXPECTED_CHANGE_ERRORS as exc:
             why = "it is no longer configured" if isinstance(exc, KeyError) else str(exc)
             log.warning("camera %s: %s refused: %s", name, failed.removesuffix("-failed"), why)
