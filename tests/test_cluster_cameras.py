@@ -207,8 +207,6 @@ def test_a_camera_removed_on_the_other_node_stops_everywhere_and_stays_removed_a
     began = time.monotonic()
     status, answer = _json(b if owner is a else a, "DELETE", f"/api/cameras/{CAMERA}")
     assert status == 200 and answer["removed"], answer
-    assert CAMERA in owner.health()["cameras"]  # not stopped yet: the other node answered first
-
     def stopped():
         report = owner.health()
         return report is not None and CAMERA not in report["cameras"]
