@@ -201,6 +201,28 @@ def test_a_change_the_database_cannot_take_is_refused_and_changes_nothing(cluste
     assert cluster.owner() is not None  # it kept running as the database holds it
 
 
+def test_a_definition_that_cannot_run_on_a_node_is_never_run_there_as_it_was(cluster):
+    """Fail closed: a row a node cannot run (here its source file is missing on every node) takes the
+    camera out of that node's list; it does not go on running the earlier definition."""
+    owner = wait_for(cluster.owner, BOUND_S, "the camera running")
+    good = cluster.sql("SELECT entry FROM camera_changes WHERE camera = %s", CAMERA)[0][0]
+    missing = str(cluster.clips[1].parent / "gone.mp4")
+    cluster.sql("WITH changed AS (UPDATE camera_changes SET revision = revision + 1, entry = entry || %s "
+                "WHERE camera = %s RETURNING camera) SELECT pg_notify('privacy_gateway_state', 'camera:' || camera) "
+                "FROM changed", json.dumps({"source": missing}), CAMERA)
+    wait_for(lambda: CAMERA not in (owner.health() or {"cameras": {CAMERA: 1}})["cameras"], BOUND_S,
+             "the owner to stop it")
+    time.sleep(2 * LEASE_S)
+    assert all(CAMERA not in node.owns() for node in (cluster.a, cluster.b))
+    assert all(f"cameras.{CAMERA}.source: no such file {missing}" in (node.dir / "serve.log").read_text()
+               for node in (cluster.a, cluster.b))
+    # put right in the database: taken in, claimed and run again
+    cluster.sql("WITH changed AS (UPDATE camera_changes SET revision = revision + 1, entry = %s WHERE camera = %s "
+                "RETURNING camera) SELECT pg_notify('privacy_gateway_state', 'camera:' || camera) FROM changed",
+                json.dumps(good), CAMERA)
+    wait_for(cluster.owner, BOUND_S, "the camera running again")
+
+
 def test_a_camera_removed_on_the_other_node_stops_everywhere_and_stays_removed_after_a_restart(cluster, clip):
     a, b = cluster.a, cluster.b
     owner = wait_for(cluster.owner, BOUND_S, "the camera running")
