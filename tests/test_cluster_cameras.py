@@ -216,6 +216,12 @@ def test_a_definition_that_cannot_run_on_a_node_is_never_run_there_as_it_was(clu
     assert all(CAMERA not in node.owns() for node in (cluster.a, cluster.b))
     assert all(f"cameras.{CAMERA}.source: no such file {missing}" in (node.dir / "serve.log").read_text()
                for node in (cluster.a, cluster.b))
+    # a node that starts meanwhile starts without it (it neither refuses to start nor runs it as it was)
+    owner.stop()
+    owner.start(json.loads((owner.dir / "gateway.yaml").read_text()))
+    wait_for(lambda: owner.health() is not None, 60, "the restarted node answering")
+    assert "it cannot run on this node, which leaves it to the others" in (owner.dir / "serve.log").read_text()
+    assert CAMERA not in owner.owns()
     # put right in the database: taken in, claimed and run again
     cluster.sql("WITH changed AS (UPDATE camera_changes SET revision = revision + 1, entry = %s WHERE camera = %s "
                 "RETURNING camera) SELECT pg_notify('privacy_gateway_state', 'camera:' || camera) FROM changed",

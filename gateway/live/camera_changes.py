@@ -164,7 +164,8 @@ class CameraChanges:
     def apply(self, cameras: dict[str, Camera], policies: dict[str, Policy], announce: Callable[[str], None]
               ) -> tuple[dict[str, Camera], dict[str, Policy], dict[str, Policy]]:
         """The configuration's ``cameras`` and their ``policies`` with the kept changes applied, and
-        the last policies of removed cameras; raises :class:`ConfigError` naming every bad entry."""
+        the last policies of removed cameras; raises :class:`ConfigError` naming every bad entry
+        (in a cluster, a bad row takes its camera out of this node instead, and is announced)."""
         entries = self._read()
         if entries is None:
             return dict(cameras), dict(policies), {}
@@ -174,7 +175,15 @@ class CameraChanges:
             try:
                 kept, policy = self._validate(name, entry)
             except ConfigError as exc:
-                problems += str(exc).splitlines()
+                if self.rows is None:
+                    problems += str(exc).splitlines()
+                    continue
+                # another node may run it: this one leaves it out (never runs its configured definition)
+                cameras.pop(name, None)
+                policies.pop(name, None)
+                self._entries[name] = entry
+                announce(f"camera {name}: as kept in {self.where} it cannot run on this node, which leaves it to "
+                         f"the others:\n{exc}")
                 continue
             except OSError as exc:
                 raise ConfigError(f"{self.where}: unreadable ({exc})") from None
