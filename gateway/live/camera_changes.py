@@ -41,7 +41,6 @@ from redaction import (
     PolicyError,
     StrictModel,
     format_validation_error,
-    parse_policy,
 )
 
 from ..config import Camera, ConfigError, redact_source
@@ -93,7 +92,8 @@ def camera_fields(camera: Camera) -> dict:
 
 @dataclass(frozen=True)
 class Change:
-    """A camera as another node's change left it: ``camera`` None if removed (``policy``: its last one)."""
+    """A camera as a row of the shared state leaves it (cluster): ``camera`` None if removed
+    (``policy``: its last one), or if the row cannot run on this node (``policy`` None)."""
 
     name: str
     camera: Camera | None
@@ -103,14 +103,14 @@ class Change:
 
 class CameraChanges:
     """``<data_dir>/cameras.json`` (or, ``rows`` given, the cluster's table): read at start
-    (:meth:`apply`), written at every change. ``fetch(version)``: a stored policy, parsed (in a
-    cluster, :meth:`~gateway.live.activation.Activations.fetch`: the document comes from the shared state)."""
+    (:meth:`apply`), written at every change. ``fetch(version)``: a stored policy, parsed
+    (:meth:`~gateway.live.activation.Activations.fetch`: in a cluster the document may come from
+    the shared state)."""
 
-    def __init__(self, path: Path, store: VaultStore, rows: CameraTable | None = None,
-                 fetch: Callable[[str], Policy] | None = None) -> None:
-        self.path, self.store, self.rows = Path(path), store, rows
+    def __init__(self, path: Path, store: VaultStore, fetch: Callable[[str], Policy],
+                 rows: CameraTable | None = None) -> None:
+        self.path, self.store, self.rows, self._fetch = Path(path), store, rows, fetch
         self.where = str(self.path) if rows is None else rows.where
-        self._fetch = fetch or (lambda version: parse_policy(self.store.load_policy(version), f"policy {version[:12]}"))
         self._entries: dict[str, dict] = {}  # camera -> its entry as written
         self._revisions: dict[str, int] = {}  # camera -> the revision of its row taken in here (cluster)
 

@@ -117,9 +117,8 @@ class Runtime:
         self.signer = directory.signer
         self.activations = Activations(data / "active-policies.json", store,
                                        None if self.state is None else PolicyTable(self.state))
-        self.changes = CameraChanges(data / "cameras.json", store,
-                                     None if self.state is None else CameraTable(self.state, config.cluster.node),
-                                     self.activations.fetch)
+        self.changes = CameraChanges(data / "cameras.json", store, self.activations.fetch,
+                                     None if self.state is None else CameraTable(self.state, config.cluster.node))
         if self.state is not None and self.changes.path.exists():
             announce(f"{self.changes.path} is not read in a cluster: the cameras changed at run time are those "
                      f"of {self.changes.where}")
