@@ -15,7 +15,9 @@ Three threads, none on the event loop:
 * ``listen``: ``LISTEN`` on its own connection, waking the lease thread;
 * ``apply``: makes the running cameras follow the leases: starts the ones held (a new
   recording and vault segment, as at a restart), stops the others, stops everything when the
-  leases can no longer be trusted. Starting a camera takes seconds (its detector warms up);
+  leases can no longer be trusted, and stops then starts again a camera whose definition changed
+  (:meth:`ClusterNode.restart`: one thread does both, so the old one has stopped before the new
+  one starts, under the same lease). Starting a camera takes seconds (its detector warms up);
   renewals go on meanwhile on the lease thread.
 """
 
