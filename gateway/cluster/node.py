@@ -106,7 +106,8 @@ class ClusterNode:
 
     def __init__(self, config: Cluster, cameras: Callable[[], Collection[str]],
                  start: Callable[[str], None], stop: Callable[[str], None], rtsp_url: str | None = None) -> None:
-        """``cameras()``: the cameras this node may run (the configuration's); ``start``/``stop``:
+        """``cameras()``: the cameras this node may run (the configuration's, as changed at run time;
+        a lease of any other camera lapses); ``start``/``stop``:
         blocking, called on the apply thread only. ``rtsp_url``: where the other nodes send RTSP clients
         of this node's cameras (``GatewayConfig.rtsp_address``; None: this node serves no RTSP)."""
         self.config, self.name, self.lease_s, self.rtsp_url = config, config.node, config.lease_s, rtsp_url
