@@ -105,6 +105,19 @@ def test_renewal_keeps_a_lease_expiry_frees_it_and_a_takeover_bumps_the_epoch(po
     assert _rows(postgres, database) == {"x": ("b", 2)}
 
 
+def test_a_camera_no_longer_given_is_not_renewed_and_nobody_claims_it(postgres, database):
+    """A camera removed at run time: its owner stops it at once and lets its lease lapse."""
+    a, b = _leases(postgres, database, "a", lease_s=1.5), _leases(postgres, database, "b", lease_s=1.5)
+    assert a.round(["x", "y"]).held == {"x": 1, "y": 1}
+    time.sleep(0.75)
+    assert a.round(["y"]).held == {"y": 1}  # x is not renewed
+    time.sleep(0.9)  # x's lease has ended, y's (renewed since) has not
+    assert b.round(["y"]).held == {}
+    assert b.round([]).held == {}  # no node that knows of the removal claims x
+    assert a.round(["y"]).held == {"y": 1}
+    assert b.round(["x"]).taken_over == ["x"]  # free: only a node still running the old list would take it
+
+
 def test_a_released_lease_is_announced_and_claimed_at_once(postgres, database):
     a, b = _leases(postgres, database, "a"), _leases(postgres, database, "b")
     a.round(["x"])

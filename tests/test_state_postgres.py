@@ -19,6 +19,8 @@ from gateway.state import (
     SCHEMA_VERSION,
     AuditCopy,
     AuditTable,
+    CameraConflict,
+    CameraTable,
     FailureTable,
     PolicyTable,
     RosterTable,
@@ -73,6 +75,36 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(postgres, nodes):
     a.run(lambda cur: cur.execute("UPDATE state_schema_version SET version = %s", (SCHEMA_VERSION + 1,)))
     with pytest.raises(SchemaError, match="upgrade this node"):
         a.set_up()
+
+
+def test_a_version_1_database_is_upgraded(postgres, nodes):
+    """Then nodes of version 1 refuse to start (above): they would run their files' cameras over the
+    changes kept in camera_changes."""
+    a, b = nodes
+    a.run(lambda cur: cur.execute("UPDATE state_schema_version SET version = 1"))
+    b.set_up()
+    assert _rows(postgres, a, "SELECT version FROM state_schema_version") == [(SCHEMA_VERSION,)] and SCHEMA_VERSION > 1
+
+
+def test_a_camera_change_is_written_only_at_the_revision_its_node_took_in(postgres, nodes):
+    a, b = CameraTable(nodes[0], "n1"), CameraTable(nodes[1], "n2")
+    document = canonical(FACES)
+    version = hashlib.sha256(document).hexdigest()
+    entry = {"source": "/clips/gate.mp4", "policy": version}
+    assert a.put("gate", entry, 0, document) == 1
+    assert b.entry("gate") == (1, entry) and b.load() == {"gate": (1, entry)}
+    assert PolicyTable(nodes[1]).document(version) == document  # the policy it names travels with it
+    with pytest.raises(CameraConflict, match=r"changed on node n1 meanwhile \(revision 1; this node had none\)"):
+        b.put("gate", {**entry, "source": "/clips/other.mp4"}, 0, None)  # an add over an add
+    PolicyTable(nodes[1]).put("gate", version, {"gate": version})
+    assert b.put("gate", {"removed": True, "policy": version}, 1, None) == 2
+    with pytest.raises(CameraConflict, match=r"\(revision 2; this node had 1\)"):
+        a.put("gate", {**entry, "source": "/clips/third.mp4"}, 1, None)  # an edit over the removal
+    assert a.entry("gate") == (2, {"removed": True, "policy": version})
+    assert PolicyTable(nodes[0]).activation("gate") is None  # the entry names what it ran: no activation over it
+    with pytest.raises(StateUnavailable, match="ForeignKeyViolation"):  # a version no node can read
+        a.put("lobby", {"source": "/clips/lobby.mp4", "policy": "0" * 64}, 0, None)
+    assert a.entry("lobby") is None
 
 
 def test_a_token_issued_on_one_node_works_on_the_other_and_only_its_hashes_are_kept(postgres, nodes, tmp_path):

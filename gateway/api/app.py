@@ -4,7 +4,7 @@
 it, what the network reaches: access control, WHEP egress and WHIP ingest (routes in the app),
 RTSP egress (its own listener), the ``/api`` resources, ``/health``, ``/metrics`` and the pages.
 Every entry point asks :class:`~gateway.api.access.Access` first. In a cluster, tokens, grants,
-signatures used and policies are kept in the shared state (:mod:`gateway.state`) and a
+signatures used, policies and the cameras changed at run time are kept in the shared state (:mod:`gateway.state`) and a
 :class:`~gateway.state.follower.StateFollower` takes in what other nodes change there: a token
 revoked or a grant taken away elsewhere ends this node's sessions at once. Composition only: the
 work is done by the modules it wires.
@@ -86,7 +86,8 @@ class Gateway:
         #: takes in what other nodes change in the shared state (None: single node)
         self.follower = None if runtime.state is None else StateFollower(config.cluster, {
             "token": self._token_changed, "grant": self._grant_changed, "activation": runtime.follow_shared,
-            "policy": runtime.activations.fetch, "roster": self._roster_changed}, self._resync)
+            "policy": runtime.activations.fetch, "roster": self._roster_changed,
+            "camera": runtime.follow_camera}, self._resync)
         ice = list(config.ice_servers) or None
         self.whep = WhepServer(self._rendition, self._authorize_feed, ice_servers=ice,
                                camera_known=runtime.expected, ice=self.ice, caps=_caps(config.whep),
@@ -189,9 +190,11 @@ class Gateway:
             self._recheck_now()
 
     def _resync(self) -> None:
-        """After (re)connecting: everything read again, every camera following its activation."""
+        """After (re)connecting: everything read again, the cameras changed meanwhile taken in, every
+        camera following its activation."""
         self._roster_changed()
         self.access.store.refresh()
+        self.runtime.follow_cameras()
         known = set(self.runtime.store.policy_versions())
         for version in self.runtime.activations.rows.documents():
             if version not in known:

@@ -16,7 +16,9 @@ take the camera fields of the configuration file, validated by the same model (4
 ``errors`` line per field path), and a stored ``policy`` version. Each change is audit-logged
 before it is made, kept in ``<data_dir>/cameras.json`` (:mod:`gateway.live.camera_changes`) and
 made by the runtime (:meth:`~gateway.live.Runtime.add_camera` ...); the WHEP and RTSP sessions of
-a camera that is removed or restarted by an edit end. A source's credentials (``user:password@``,
+a camera that is removed or restarted by an edit end. In a cluster any node takes them: they are
+kept in the shared state instead, the node that runs the camera restarts or stops it, and a change
+made on a camera another node changed first (since this node took that in) is refused 409. A source's credentials (``user:password@``,
 ``?password=``) are never answered or logged: :func:`~gateway.config.redact_source`; a ``PUT``
 giving back the shown form of the current source keeps the current one.
 """
@@ -38,6 +40,7 @@ from redaction import Policy, PolicyError, format_validation_error
 
 from ..config import Camera, redact_source
 from ..live import LiveCamera, Runtime
+from ..state import StateUnavailable
 from .access import Access, Denied, Principal, require
 from .policies import VERSION, PolicyVersions
 from .requests import ChangeLog, guarded, json_object
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 EXPECTED_ACTIVATION_ERRORS = (EscrowError, OSError)
 #: failures of adding or editing a camera that say why it cannot run (409): the same, and a
 #: name taken meanwhile (ValueError), a camera gone meanwhile (KeyError), the gateway stopping
+#: or, in a cluster, another node's change of that camera first (RuntimeError); the shared state
+#: unreachable is 503 (nothing was written: the same request may be sent again)
 EXPECTED_CHANGE_ERRORS = (EscrowError, OSError, ValueError, KeyError, RuntimeError)
 #: what the runtime is told when a camera stopped: (camera, the stopped camera or None, removed)
 Ended = Callable[[str, LiveCamera | None, bool], Awaitable[None]]
@@ -208,10 +213,11 @@ class CameraRoutes:
             version = await asyncio.to_thread(self.runtime.store.store_policy, policy.model_dump(mode="json"))
         answer = {"id": name, "config": camera_view(camera), "policy": version,
                   "previous": {"config": camera_view(current), "policy": previous}}
-        if _same(camera, current) and name in self.runtime.cameras:
+        # only the policy: switched live (in a cluster through the shared state, wherever it runs)
+        if _same(camera, current) and (name in self.runtime.cameras or self.runtime.cluster is not None):
             if version == previous:
                 return JSONResponse({**answer, "changed": False, "restarted": False})
-            await self.activate(who, name, policy, version)  # only the policy: switched live
+            await self.activate(who, name, policy, version)
             return JSONResponse({**answer, "changed": True, "restarted": False})
         await self.changes.record(who, "edit-camera", {"camera": name, "config": camera_view(camera),
                                                        "policy": version, "previous": answer["previous"]})
@@ -232,9 +238,14 @@ class CameraRoutes:
 
     async def _change(self, who: Principal, failed: str, name: str, change: Callable, *args):
         """Run a runtime change off the event loop; a failure is logged (``failed``) and answered
-        409 (what the caller can act on) or 500 (a bug: its traceback goes to the log)."""
+        409 (what the caller can act on), 503 (the cluster's shared state unreachable) or 500 (a bug:
+        its traceback goes to the log)."""
         try:
             return await asyncio.to_thread(change, *args)
+        except StateUnavailable as exc:
+            log.warning("camera %s: %s refused: %s", name, failed.removesuffix("-failed"), exc)
+            await self.changes.record(who, failed, {"camera": name, "error": str(exc)})
+            raise Denied(503, f"camera {name}: {exc}; nothing was changed, try again") from None
         except EXPECTED_CHANGE_ERRORS as exc:
             why = "it is no longer configured" if isinstance(exc, KeyError) else str(exc)
             log.warning("camera %s: %s refused: %s", name, failed.removesuffix("-failed"), why)

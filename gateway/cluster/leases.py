@@ -8,7 +8,8 @@ The tables (schema version :data:`SCHEMA_VERSION`, created idempotently by :meth
     camera_leases   (camera PK, owner, expires_at, epoch)       owner NULL: free
 
 Every round (:meth:`Leases.round`) is one transaction on the database's clock (``now()``):
-the node's heartbeat, the renewal of the leases it holds and has not let expire, then claims.
+the node's heartbeat, the renewal of the leases it holds and has not let expire (of the cameras
+it was given: a lease on any other camera lapses), then claims.
 A lease whose ``expires_at`` has passed is free for anyone, its former owner included; claiming
 locks the rows it takes (``FOR UPDATE SKIP LOCKED``), so two nodes never claim one camera, and
 bumps ``epoch``: each tenure of a camera has its own number. Cameras are spread evenly: a node
@@ -125,8 +126,10 @@ class Leases:
                         (self.node, self.url, self.rtsp_url, self.capacity))
             cur.execute("INSERT INTO camera_leases (camera) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                         (cameras,))
+            # only the cameras it may run: a camera removed (at run time) lapses, and its node stops it
             cur.execute("UPDATE camera_leases SET expires_at = now() + %s::interval "
-                        "WHERE owner = %s AND expires_at > now() RETURNING camera, epoch", (lease, self.node))
+                        "WHERE owner = %s AND expires_at > now() AND camera = ANY(%s) RETURNING camera, epoch",
+                        (lease, self.node, cameras))
             held = {camera: epoch for camera, epoch in cur.fetchall()}
             cur.execute("SELECT n.name, n.capacity, count(l.camera) FROM gateway_nodes n "
                         "LEFT JOIN camera_leases l ON l.owner = n.name AND l.expires_at > now() "

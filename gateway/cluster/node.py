@@ -15,7 +15,9 @@ Three threads, none on the event loop:
 * ``listen``: ``LISTEN`` on its own connection, waking the lease thread;
 * ``apply``: makes the running cameras follow the leases: starts the ones held (a new
   recording and vault segment, as at a restart), stops the others, stops everything when the
-  leases can no longer be trusted. Starting a camera takes seconds (its detector warms up);
+  leases can no longer be trusted, and stops then starts again a camera whose definition changed
+  (:meth:`ClusterNode.restart`: one thread does both, so the old one has stopped before the new
+  one starts, under the same lease). Starting a camera takes seconds (its detector warms up);
   renewals go on meanwhile on the lease thread.
 """
 
@@ -104,7 +106,8 @@ class ClusterNode:
 
     def __init__(self, config: Cluster, cameras: Callable[[], Collection[str]],
                  start: Callable[[str], None], stop: Callable[[str], None], rtsp_url: str | None = None) -> None:
-        """``cameras()``: the cameras this node may run (the configuration's); ``start``/``stop``:
+        """``cameras()``: the cameras this node may run (the configuration's, as changed at run time;
+        a lease of any other camera lapses); ``start``/``stop``:
         blocking, called on the apply thread only. ``rtsp_url``: where the other nodes send RTSP clients
         of this node's cameras (``GatewayConfig.rtsp_address``; None: this node serves no RTSP)."""
         self.config, self.name, self.lease_s, self.rtsp_url = config, config.node, config.lease_s, rtsp_url
@@ -119,6 +122,7 @@ class ClusterNode:
         self._stopped_to_release: set[str] = set()  # stopped; release at the next round
         self._running: dict[str, int] = {}  # camera -> the epoch it was started under (apply thread)
         self._failed: dict[str, float] = {}  # camera -> when it last failed to start
+        self._restarting: set[str] = set()  # to be stopped and started again (its definition changed)
         self.stats = ClusterStats()
         #: told of each take-over once the camera runs here (on the apply thread): the audit entry
         self.on_takeover: Callable[[TakeOver], None] | None = None
@@ -153,6 +157,20 @@ class ClusterNode:
 
     def elsewhere(self) -> dict[str, str]:
         return dict(self._elsewhere)
+
+    # --- what the rest of the gateway tells -----------------------------------------------------
+
+    def changed(self) -> None:
+        """``cameras()`` changed (a camera added or removed at run time): a round now, not in a period."""
+        self._round_now.set()
+
+    def restart(self, camera: str) -> None:
+        """``camera``'s definition changed: if it runs here, stop it and start it again (on the apply
+        thread, the stop finished before the start, under the same lease); if it failed to start
+        here, try the new definition at once."""
+        with self._lock:
+            self._restarting.add(camera)
+        self._apply_now.set()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -262,7 +280,11 @@ class ClusterNode:
                 log.error("cluster: node %s could not renew its leases in time; stopping its cameras %s",
                           self.name, sorted(self._running))
             lost = not valid
-            for camera in [c for c, epoch in self._running.items() if wanted.get(c) != epoch]:
+            with self._lock:
+                restarting, self._restarting = self._restarting, set()
+            for camera in restarting:
+                self._failed.pop(camera, None)
+            for camera in [c for c, epoch in self._running.items() if wanted.get(c) != epoch or c in restarting]:
                 self._stop_camera(camera)
             with self._lock:  # handed back while not running (it failed to start, or the leases were in doubt)
                 idle = self._shedding - set(self._running) - self._stopped_to_release

@@ -103,6 +103,15 @@ class Activations:
             self._write(camera)
         self._active[camera] = version
 
+    def adopted(self, camera: str, version: str | None) -> None:
+        """Cluster: ``camera`` was added or edited (``version``), or removed (None), on some node; the
+        shared state forgot its activation over HTTP in the same transaction: nothing to write."""
+        self._over_http.pop(camera, None)
+        if version is None:
+            self._active.pop(camera, None)
+        else:
+            self._active[camera] = version
+
     def removed(self, camera: str) -> None:
         """``camera`` was taken out at run time: what it ran is forgotten here (a camera added later
         under its name starts with the policy it is added with)."""

@@ -8,9 +8,10 @@ view thread that looks for moved cameras (:mod:`.moved`), and switches a camera'
 others run; those changes are kept for the next start by :mod:`.camera_changes`. With a ``cluster``
 section the configured cameras are shared with other nodes (:mod:`gateway.cluster`): this runtime
 starts a camera when its node takes the camera's lease and stops it when the lease goes, and its
-frames leave blanked whenever the lease is in doubt; cameras are then not changed at run time, and
-the policy activations are those of the shared state (:mod:`gateway.state`), which the node running
-a camera follows within a second (:meth:`Runtime.follow_shared`). It knows
+frames leave blanked whenever the lease is in doubt; the cameras changed at run time and the policy
+activations are those of the shared state (:mod:`gateway.state`), which every node takes in within a
+second (:meth:`Runtime.follow_camera`, :meth:`Runtime.follow_shared`): the node running an edited
+camera stops it and starts it again as edited, a removed camera stops wherever it runs. It knows
 nothing of HTTP or of who is asking: the network entry points (WHEP, WHIP, RTSP, the API) are
 built over it by :mod:`gateway.api`.
 
@@ -54,6 +55,7 @@ from ..config import Camera, ConfigError, GatewayConfig
 from ..state import (
     AuditCopy,
     AuditTable,
+    CameraTable,
     PolicyTable,
     RosterTable,
     SchemaError,
@@ -65,7 +67,7 @@ from ..storage import Recordings, open_vault
 from ..webrtc import Codec
 from .activation import Activations
 from .camera import LiveCamera
-from .camera_changes import CameraChanges
+from .camera_changes import CameraChanges, Change
 from .cosigning import open_cosigner
 from .keyring import prepare_keys
 from .retention import Retention
@@ -132,15 +134,19 @@ class Runtime:
         #: the finished recordings: moved to the bucket once logged, with storage.objects.s3
         self.archive = Recordings.of(config)
         self._began = time.time()
-        self.changes = CameraChanges(data / "cameras.json", store)
+        self.activations = Activations(data / "active-policies.json", store,
+                                       None if self.state is None else PolicyTable(self.state))
+        self.changes = CameraChanges(data / "cameras.json", store, self.activations.fetch,
+                                     None if self.state is None else CameraTable(self.state, config.cluster.node))
+        if self.state is not None and self.changes.path.exists():
+            announce(f"{self.changes.path} is not read in a cluster: the cameras changed at run time are those "
+                     f"of {self.changes.where}")
         cameras, policies, self._retired = self.changes.apply(config.cameras, policies, announce)
         self.config = config = config.model_copy(update={"cameras": cameras})
         #: this node's audit log copied to the shared state, where every node reads every node's (its own
         #: connection: a copy never waits behind the state's other users, nor they behind it)
         self.audit_copy = None if self.state is None else AuditCopy(
             AuditTable(StateDatabase(config.cluster)), config.cluster.node, store.audit)
-        self.activations = Activations(data / "active-policies.json", store,
-                                       None if self.state is None else PolicyTable(self.state))
         self._following = threading.Lock()  # reading the shared activation and applying it are one step
         restored = self.activations.restore(config.cameras, announce)
         self.cameras: dict[str, LiveCamera] = {}
@@ -304,17 +310,20 @@ class Runtime:
         one once its lease moves or its node has started it (viewers are told to retry, not 404)."""
         return self.known(camera) or (self.cluster is not None and camera in self.config.cameras)
 
-    def add_camera(self, name: str, camera: Camera, policy: Policy) -> LiveCamera:
+    def add_camera(self, name: str, camera: Camera, policy: Policy) -> LiveCamera | None:
         """Start a new camera ``name`` (blocking): kept in ``cameras.json`` first, then opened and
         started. Raises :class:`ValueError` if the name is taken, and whatever opening it raised
         (:class:`keys.EscrowError`: its grants cannot be met, the vault or co-signer refused;
         :class:`OSError`) with nothing changed. Re-adding a removed camera's name continues its
-        vault chain; its recordings are kept beside the earlier ones."""
+        vault chain; its recordings are kept beside the earlier ones. In a cluster it is kept in the
+        shared state and runs on the node that claims its lease (:meth:`_share`; returns None)."""
         with self._changing:
             self._open_for_changes()
             if name in self.config.cameras:
                 raise ValueError("the id is taken")
             identities = self._roster(policy)
+            if self.cluster is not None:
+                return self._share(name, camera, policy)
             before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
             self.changes.kept(name, camera, version)
             self._starting |= {name}
@@ -334,20 +343,23 @@ class Runtime:
             log.info("camera %s: added (%s)", name, camera.kind)
             return live
 
-    def replace_camera(self, name: str, camera: Camera, policy: Policy) -> tuple[LiveCamera | None, LiveCamera]:
+    def replace_camera(self, name: str, camera: Camera, policy: Policy) -> tuple[LiveCamera | None, LiveCamera | None]:
         """Edit camera ``name`` (blocking): the running one is stopped whole (its source, then its
         pipeline: undecided frames blanked, its sealer closed; then its output: the recording
         finished, viewers' tracks ended), then ``camera`` is started under ``policy``, continuing
         the vault chain of that name. What can be checked beforehand is (the policy's grants, the
         co-signer): on such a failure nothing changes. If the new camera cannot start after all,
         the old one is started again and the error raised. Returns (old, new); old is None if the
-        camera was not running (an earlier edit failed)."""
+        camera was not running (an earlier edit failed). In a cluster the edit is kept in the shared
+        state and the node that runs the camera restarts it (:meth:`_share`; returns (None, None))."""
         with self._changing:
             self._open_for_changes()
             if name not in self.config.cameras:
                 raise KeyError(name)
             identities = self._roster(policy)
             self.store.cosigner.check()  # the new sealer needs it: rather fail before the old one stops
+            if self.cluster is not None:
+                return None, self._share(name, camera, policy)
             previous, old = self.config.cameras[name], self.cameras.get(name)
             before, version = self.changes.entries(), self.store.store_policy(policy.model_dump(mode="json"))
             self.changes.kept(name, camera, version)
@@ -397,11 +409,14 @@ class Runtime:
     def remove_camera(self, name: str) -> LiveCamera | None:
         """Stop camera ``name`` for good (blocking): kept as removed in ``cameras.json`` first (with
         its last policy, which retention keeps applying to its recordings), then stopped as an edit
-        stops it. Its sealed data and recordings stay. Raises :class:`KeyError` if there is none."""
+        stops it. Its sealed data and recordings stay. Raises :class:`KeyError` if there is none. In a
+        cluster it is kept as removed in the shared state, and stops wherever it runs (:meth:`_share`)."""
         with self._changing:
             self._open_for_changes()
             if name not in self.config.cameras:
                 raise KeyError(name)
+            if self.cluster is not None:
+                return self._share(name, None, None)
             live = self.cameras.get(name)
             policy = live.policy if live is not None else None
             version = self.activations.versions().get(name)
@@ -419,9 +434,76 @@ class Runtime:
     def _open_for_changes(self) -> None:
         if self._closed:
             raise RuntimeError("the gateway is stopping")
-        if self.cluster is not None:
-            raise RuntimeError("in a cluster, cameras are changed in every node's configuration (not at run time "
-                               "yet: docs/deploy.md)")
+
+    # --- cameras changed at run time in a cluster ------------------------------------------------
+
+    def _share(self, name: str, camera: Camera | None, policy: Policy | None) -> None:
+        """Cluster (under the change lock): ``name`` added or edited as ``camera`` under ``policy``, or
+        removed (None), kept in the shared state first, then taken in here as every node takes it
+        in. Raises :class:`~gateway.state.CameraConflict` (another node changed it first) or
+        :class:`~gateway.state.StateUnavailable` with nothing changed anywhere."""
+        if camera is None:
+            policy, version = self._policies.get(name), self.activations.versions().get(name)
+            self.changes.removed(name, version)
+        else:
+            version = self.store.store_policy(policy.model_dump(mode="json"))
+            self.changes.kept(name, camera, version)
+        self._take_in(Change(name, camera, policy, version))
+
+    def follow_camera(self, name: str) -> None:
+        """Cluster: take in camera ``name`` as the shared state holds it now, if it changed since
+        (added, edited or removed on any node; blocking). Reading and applying are one step under
+        the change lock, so whoever reads last applies what was committed last. An entry that
+        cannot run here (its source file missing on this node, say) takes the camera out of this
+        node's cameras: it runs on another node, never here as it was. Raises :class:`OSError`
+        (the shared state unreachable: the follower reads everything again once it is back)."""
+        with self._changing:
+            if self._closed:
+                return
+            try:
+                change = self.changes.follow(name)
+            except ConfigError as exc:
+                log.error("camera %s: as changed in %s it cannot run on this node, which leaves it to the others:\n%s",
+                          name, self.changes.where, exc)
+                change = Change(name, None, None, None)
+            if change is not None:
+                self._take_in(change)
+
+    def follow_cameras(self) -> None:
+        """Cluster: :meth:`follow_camera` for every camera changed since this node took it in (after
+        the follower (re)connected)."""
+        for name in self.changes.stale():
+            self.follow_camera(name)
+
+    def _take_in(self, change: Change) -> None:
+        """(Under the change lock) ``change`` is in the shared state: this node's cameras follow it. A
+        removed camera running here stops now; an edited one is restarted by the cluster node (its
+        old definition stopped before the new one starts, under the same lease); the leases are
+        renewed and claimed over the new list at once."""
+        name = change.name
+        if change.camera is None:
+            self._configure(name, None)
+            self._policies.pop(name, None)
+            if change.policy is not None:
+                self._retired = {**self._retired, name: change.policy}
+            self.activations.adopted(name, None)
+            live = self.cameras.get(name)
+            if live is not None:
+                self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+                self._stop_camera(live)
+                if self.on_parked is not None:
+                    self.on_parked(name, live)
+            log.info("camera %s: removed (%s)", name, self.changes.where)
+        else:
+            self._configure(name, change.camera)
+            self._policies[name] = change.policy
+            self._retired = {k: v for k, v in self._retired.items() if k != name}
+            self.activations.adopted(name, change.version)
+            if name in self.cameras:
+                self.cluster.restart(name)
+            log.info("camera %s: %s (%s, policy %s)", name, "edited" if name in self.cameras else "taken in",
+                     self.changes.where, change.version[:12])
+        self.cluster.changed()
 
     # --- cameras that follow a cluster's leases --------------------------------------------------
 
@@ -429,6 +511,7 @@ class Runtime:
         """This node took ``name``'s lease: start it (blocking; a new recording and vault segment, as
         at a restart). Its frames leave only while the lease is surely held. Raises what opening it
         raised (the cluster node tries again later)."""
+        self.follow_camera(name)  # as the shared state defines it now, whatever this node heard (else not at all)
         try:
             self.follow_shared(name)  # the policy activated on it last, whatever this node heard
         except Exception:  # it starts with what this node knew; the follower retries
@@ -445,14 +528,15 @@ class Runtime:
             log.info("camera %s: started on node %s (its lease)", name, self.cluster.name)
 
     def park_camera(self, name: str) -> None:
-        """``name``'s lease went (handed back, or in doubt): stop it as an edit stops it (blocking)."""
+        """``name``'s lease went (handed back, or in doubt), or it is restarted as edited: stop it as an
+        edit stops it (blocking)."""
         with self._changing:
             live = self.cameras.get(name)
             if live is None:
                 return
             self.cameras = {k: v for k, v in self.cameras.items() if k != name}
             self._stop_camera(live)
-        log.info("camera %s: stopped on node %s (its lease went)", name, self.cluster.name)
+        log.info("camera %s: stopped on node %s (its lease went, or it was edited)", name, self.cluster.name)
         if self.on_parked is not None:
             self.on_parked(name, live)
 

@@ -1,4 +1,4 @@
-"""Tokens, camera grants, signatures used, policy activations, the roster and the audit logs' copies: where they are kept.
+"""Tokens, camera grants, signatures used, policy activations, cameras changed at run time, the roster and the audit logs' copies: where they are kept.
 
 :mod:`.base` is the seam (one small abstract class per concern), :mod:`.files` this node's files
 (the default, unchanged), :mod:`.postgres` PostgreSQL shared by every node of a cluster, and
@@ -19,6 +19,8 @@ from .postgres import (
     CHANNEL,
     SCHEMA_VERSION,
     AuditTable,
+    CameraConflict,
+    CameraTable,
     FailureTable,
     PolicyTable,
     RosterTable,
@@ -36,6 +38,8 @@ __all__ = [
     "ActivationFile",
     "AuditCopy",
     "AuditTable",
+    "CameraConflict",
+    "CameraTable",
     "FailureTable",
     "PolicyRows",
     "PolicyTable",

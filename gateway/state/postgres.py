@@ -13,12 +13,17 @@ idempotently by :meth:`StateDatabase.set_up`, apart from the leases' own ``schem
                                                                 for line (.audit); no NOTIFY
     key_roster          (one row: serial, document)             the key directory's signed roster (.roster)
     auth_failures       (node, address, at)                     failed logins, for every node's limiter
+    camera_changes      (camera PK, revision, entry,            cameras added, edited, removed over HTTP:
+                         policy -> policy_documents,            ``entry`` as ``cameras.json`` holds it
+                         changed_by, changed_at)                (version 2)
 
 Every change is one transaction that ends with ``NOTIFY`` on :data:`CHANNEL` (sent at commit)
 with a small payload, ``<kind>:<id>`` (``token:<id>``, ``grant:<identity>``, ``activation:<camera>``,
-``policy:<version>``); a node that hears it reads that item back from the tables
+``policy:<version>``, ``camera:<camera>``); a node that hears it reads that item back from the tables
 (:mod:`.follower`), never from the payload. Concurrent writes of one row are serialised by its
-row lock: the last to commit wins, and every node reads that one after its notification.
+row lock: the last to commit wins, and every node reads that one after its notification. A camera
+change is the exception: it names the revision it was made on, and loses (:class:`CameraConflict`)
+if another node's change committed first.
 
 A token row holds the SHA-256 of the secret and the RFC 2617 HA1 that RTSP digest logins need:
 the HA1 alone opens that token's RTSP feeds, so the database must be kept as private as the
@@ -34,12 +39,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ..cluster import connect
 from ..config import Cluster
 from .base import PolicyRows, SeenSignatures, TokenRows
 
-SCHEMA_VERSION = 1
+#: 2: ``camera_changes`` (a node of version 1 would ignore it and run cameras as its file says: refused)
+SCHEMA_VERSION = 2
 #: the ``LISTEN``/``NOTIFY`` channel of state changes (the leases have their own, ``privacy_gateway``)
 CHANNEL = "privacy_gateway_state"
 #: the advisory lock that serialises schema creation between nodes starting at once
@@ -66,6 +73,9 @@ _SCHEMA = (
      "document bytea NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"),
     "CREATE TABLE IF NOT EXISTS auth_failures (node text NOT NULL, address text NOT NULL, at timestamptz NOT NULL)",
     "CREATE INDEX IF NOT EXISTS auth_failures_at ON auth_failures (at)",
+    ("CREATE TABLE IF NOT EXISTS camera_changes (camera text PRIMARY KEY, revision bigint NOT NULL, entry jsonb NOT NULL, "
+     "policy text REFERENCES policy_documents (version), changed_by text NOT NULL, "
+     "changed_at timestamptz NOT NULL DEFAULT now())"),
 )
 
 T = TypeVar("T")
@@ -77,6 +87,10 @@ class StateUnavailable(OSError):
 
 class SchemaError(RuntimeError):
     """The database holds a state schema this gateway does not know (a newer version)."""
+
+
+class CameraConflict(RuntimeError):
+    """A camera change lost: another node changed that camera since this node took in its last change."""
 
 
 class StateDatabase:
@@ -115,6 +129,8 @@ class StateDatabase:
             (version,) = cur.fetchone()
             if version is None:
                 cur.execute("INSERT INTO state_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:  # nodes of the older version now refuse to start (tables added above)
+                cur.execute("UPDATE state_schema_version SET version = %s", (SCHEMA_VERSION,))
             return version
 
         version = self.run(work)
@@ -274,6 +290,65 @@ class PolicyTable(PolicyRows):
     def documents(self) -> list[str]:
         return [v for (v,) in self.database.run(lambda cur: cur.execute(
             "SELECT version FROM policy_documents ORDER BY version").fetchall())]
+
+
+class CameraTable:
+    """Cameras added, edited and removed over HTTP on any node, a row per camera in ``camera_changes``:
+    ``entry`` is what ``cameras.json`` holds for it on one node (:mod:`gateway.live.camera_changes`),
+    ``revision`` counts its changes (a node changes a camera only at the revision it took in), and
+    ``policy`` the version it names, whose document is in ``policy_documents``."""
+
+    where = "the shared state (PostgreSQL: camera_changes)"
+
+    def __init__(self, database: StateDatabase, node: str) -> None:
+        self.database, self.node = database, node
+
+    def load(self) -> dict[str, tuple[int, dict]]:
+        """camera -> (revision, entry), for every camera changed over HTTP."""
+        rows = self.database.run(lambda cur: cur.execute("SELECT camera, revision, entry FROM camera_changes").fetchall())
+        return {camera: (revision, entry) for camera, revision, entry in rows}
+
+    def entry(self, camera: str) -> tuple[int, dict] | None:
+        """(revision, entry) of ``camera`` now (None: never changed over HTTP)."""
+        row = self.database.run(lambda cur: cur.execute("SELECT revision, entry FROM camera_changes WHERE camera = %s",
+                                                        (camera,)).fetchone())
+        return None if row is None else (row[0], row[1])
+
+    def put(self, camera: str, entry: dict, revision: int, document: bytes | None) -> int:
+        """Keep ``entry`` for ``camera`` if its row is still at ``revision`` (0: no row yet), with the
+        document of the policy it names (``document``, its canonical JSON) in the same transaction, and
+        forget an activation over HTTP of that camera (the entry names the policy it runs, as on one
+        node). Returns the new revision; raises :class:`CameraConflict` (nothing written) if another
+        node changed the camera first, :class:`StateUnavailable`."""
+        version = entry.get("policy")
+
+        def work(cur: psycopg.Cursor) -> int:
+            if document is not None:
+                cur.execute("INSERT INTO policy_documents (version, document) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                            (version, document))
+                if cur.rowcount:
+                    notify(cur, "policy", version)
+            if revision == 0:
+                cur.execute("INSERT INTO camera_changes (camera, revision, entry, policy, changed_by) "
+                            "VALUES (%s, 1, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING revision",
+                            (camera, Jsonb(entry), version, self.node))
+            else:  # a concurrent change holds the row lock; once it commits, the revision no longer matches
+                cur.execute("UPDATE camera_changes SET revision = revision + 1, entry = %s, policy = %s, "
+                            "changed_by = %s, changed_at = now() WHERE camera = %s AND revision = %s "
+                            "RETURNING revision", (Jsonb(entry), version, self.node, camera, revision))
+            row = cur.fetchone()
+            if row is None:
+                now = cur.execute("SELECT revision, changed_by FROM camera_changes WHERE camera = %s",
+                                  (camera,)).fetchone()
+                raise CameraConflict(f"changed on node {now[1]} meanwhile (revision {now[0]}; this node had "
+                                     f"{revision or 'none'}): look at it again, then retry")
+            cur.execute("DELETE FROM policy_activations WHERE camera = %s", (camera,))
+            if cur.rowcount:
+                notify(cur, "activation", camera)
+            notify(cur, "camera", camera)
+            return row[0]
+
+        return self.database.run(work)
 
 
 class AuditTable:
