@@ -24,7 +24,8 @@ What :func:`verify_vault` checks, in this order, stopping at the first damage wi
    frames it logged, unless a ``retention`` entry deleted it: a recording cut or replaced fails.
 
 A ``take-over`` entry (a cluster node took a camera from a node that stopped renewing its
-lease) is a gap in that camera's footage, not damage: the report lists them (:attr:`VaultReport.gaps`),
+lease, or, with ``released``, that stopped the camera and handed it back) is a gap in that camera's
+footage, not damage: the report lists them (:attr:`VaultReport.gaps`),
 each with its hand-over to the previous owner's log, which only a reader of that log checks
 (:func:`keys.check_handovers`, the cluster's ``/api/audit/verify``).
 

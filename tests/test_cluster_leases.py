@@ -126,8 +126,28 @@ def test_a_released_lease_is_announced_and_claimed_at_once(postgres, database):
     a.release(["x"])
     notices = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.payload for n in notices] == ["a"]
-    assert b.round(["x"]).claimed == ["x"]
+    claimed = b.round(["x"])
+    assert claimed.claimed == ["x"]
     listener.close()
+    # b knows whose history it continues (a handed it back), which is not a lease that expired
+    assert claimed.handed_over == ["x"] and claimed.taken_over == []
+    previous, released_at, claimed_at = claimed.previous["x"]
+    assert previous == "a" and released_at <= claimed_at
+
+
+def test_a_release_is_believed_for_its_own_tenure_only(postgres, database):
+    """A node that does not know the release columns (an older version) claims and hands back without
+    touching them: the next claimer must not take the release of an earlier tenure for that one's."""
+    a, b, c = (_leases(postgres, database, name) for name in "abc")
+    a.round(["x"])
+    a.release(["x"])
+    assert b.round(["x"]).handed_over == ["x"]
+    with psycopg.connect(database, password=postgres.password_file.read_text().strip()) as older:  # b, older
+        older.execute("UPDATE camera_leases SET owner = NULL, expires_at = NULL WHERE camera = 'x'")
+    again = c.round(["x"])
+    assert again.claimed == ["x"] and again.handed_over == [] and "x" not in again.previous
+    c.release(["x"])
+    assert a.round(["x"]).previous["x"][0] == "c"
 
 
 class _Cameras:
@@ -199,10 +219,16 @@ def test_a_node_that_stops_hands_its_cameras_over_at_once(postgres, database):
     try:
         _wait(lambda: first.running == {"x", "y"})
         b = _node(postgres, database, "b", second, lease_s=9.0)
+        handed = []
+        b.on_takeover = handed.append
         _wait(lambda: len(second.running) == 1 and len(first.running) == 1, timeout=10)  # spread: one each
         began = time.monotonic()
         a.close()
         _wait(lambda: second.running == {"x", "y"}, timeout=5)
         assert time.monotonic() - began < 3, "the hand-back waited for a round instead of the NOTIFY"
+        # both moves are hand-overs from a (the rebalancing one and the stop), for the audit log; no lease expired
+        assert sorted(e.camera for e in handed) == ["x", "y"]
+        assert all(e.previous == "a" and e.released and e.details()["released"] and 0 <= e.gap_s < 5 for e in handed)
+        assert b.stats.takeovers == 0 and set(b.stats.gaps) == {"x", "y"}
     finally:
         a.close() if b is None else b.close()

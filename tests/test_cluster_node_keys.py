@@ -139,8 +139,9 @@ def test_a_take_over_is_a_signed_hand_over_from_the_dead_nodes_last_seal(cluster
     dead.process.kill()  # kill -9: it logs nothing more
     dead.process.wait(10)
 
-    def took_over():
-        return [e for e in heir.audit() if e["action"] == "take-over" and e["details"]["camera"] == camera]
+    def took_over():  # (a camera handed back at the start, to even out the load, is a take-over too: "released")
+        return [e for e in heir.audit() if e["action"] == "take-over" and e["details"]["camera"] == camera
+                and not e["details"].get("released")]
 
     (entry,) = wait_for(took_over, 30, f"{heir.name} taking {camera} over")
     assert entry["actor"] == f"node:{heir.name}" and entry["details"]["previous"] == dead.name
@@ -159,7 +160,7 @@ def _rewritten_hand_over_fails(heir, cluster, config, capsys):
     """The entry handed over, rewritten in the database (by someone who may write it): the heir's
     `audit verify` fails (exit 1), naming the dead node's copy; put back, it passes again."""
     _, _, postgres, database = cluster
-    (take,) = [e for e in heir.audit() if e["action"] == "take-over"]
+    (take,) = [e for e in heir.audit() if e["action"] == "take-over" and not e["details"].get("released")]
     seq = take["details"]["handover"]["seq"]
     password = postgres.password_file.read_text().strip()
     with psycopg.connect(database, password=password, autocommit=True) as connection:
@@ -185,7 +186,8 @@ def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys
         out = capsys.readouterr().out
         assert "chain, signatures and checkpoints intact" in out
         if node is nodes[1]:  # the heir's log links to the dead node's, checked against its copy in PostgreSQL
-            assert "1 hand-over(s) checked against the previous owners' logs" in out, out
+            links = sum(bool(e["details"].get("handover")) for e in node.audit() if e["action"] == "take-over")
+            assert f"{links} hand-over(s) checked against the previous owners' logs" in out and links >= 1, out
             _rewritten_hand_over_fails(node, cluster, config, capsys)
         assert main(["vault", "verify", "--config", str(config)]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out

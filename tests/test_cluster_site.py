@@ -6,9 +6,11 @@ three volume servers, replication 001, a filer and its S3 gateway) with a three-
 `kill -9` of one gateway node: its cameras run again on the others (the time is printed), the
 take-over is logged and exported as a gap, and what the dead node finished verifies and unmasks
 from the bucket alone. Then one volume server and the active OpenBao node are killed while the
-survivors record and seal: recordings and sealed segments keep landing in the bucket, and with
-both still down every node's footage verifies and an investigator unmasks footage sealed after
-the kills. No recording, on any node or in the bucket, shows a face unredacted.
+survivors record and seal: recordings and sealed segments keep landing in the bucket. A survivor
+stopped (SIGTERM) hands a camera to the last one, whose signed hand-over continues the stopped
+node's log. With the volume server and the OpenBao node still down every node's footage verifies
+and an investigator unmasks footage sealed after the kills. No recording, on any node or in the
+bucket, shows a face unredacted.
 """
 
 from __future__ import annotations
@@ -126,10 +128,25 @@ def test_a_site_loses_a_gateway_a_volume_server_and_the_active_openbao_node_and_
             node = next(n for n in survivors if camera in n.owns())
             wait_for(lambda node=node, camera=camera: node.released(camera) > released[camera], 30,
                      f"{camera} to keep releasing frames")
-        for node in survivors:
-            node.stop()
+        # 3. one survivor stops (SIGTERM): the other, with room for one more, takes a camera it handed back,
+        # logging a signed hand-over that continues the stopped node's log (its copy in PostgreSQL)
+        leaving, heir = survivors
+        leaving.stop()
 
-        # 3. with both still down: nothing unredacted anywhere, every node's footage verifies, and unmasks
+        def handed_over():
+            return [e["details"] for e in AuditLog(heir.dir / "data" / "vault" / "audit.log").entries()
+                    if e["action"] == "take-over" and e["details"].get("previous") == leaving.name]
+
+        (handover,) = wait_for(handed_over, 30, f"{heir.name} taking over a camera {leaving.name} handed back")
+        assert handover["released"] and handover["handover"] is not None and handover["gap_s"] < TAKEOVER_BOUND
+        measured.append(f"gateway {leaving.name} stopped: {heir.name} took {handover['camera']} over, a gap of "
+                        f"{handover['gap_s']:.1f} s, continuing its audit entry {handover['handover']['seq']}")
+        heir.stop()
+        capsys.readouterr()
+        assert main(["audit", "verify", "--config", str(heir.dir / "gateway.yaml")]) == 0, capsys.readouterr().err
+        assert "hand-over(s) checked against the previous owners' logs" in capsys.readouterr().out
+
+        # 4. with both still down: nothing unredacted anywhere, every node's footage verifies, and unmasks
         recordings = sorted(n for n in bucket.list("") if n.endswith(".mp4"))
         images = []
         for node in nodes:  # what stayed on the nodes' disks: open recordings (the dead node's may be cut short)

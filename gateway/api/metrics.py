@@ -173,8 +173,8 @@ class _Cluster(Collector):
         for name, count in sorted(node.stats.load.items()):
             load.add_metric([name], count)
         gaps = GaugeMetricFamily("privacy_gateway_camera_gap_seconds", "The footage gap at this node's last "
-                                 "take-over of the camera, estimated from the previous owner's last lease renewal "
-                                 "to the camera started here", labels=["camera", "node"])
+                                 "take-over of the camera, from the previous owner's last lease renewal (estimated) or "
+                                 "its release of the camera to the camera started here", labels=["camera", "node"])
         for camera, seconds in sorted(node.stats.gaps.items()):
             gaps.add_metric([camera, node.name], seconds)
         yield owned

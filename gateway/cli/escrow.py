@@ -684,8 +684,13 @@ def _vault_verify(args: argparse.Namespace) -> int:
         link = gap.get("handover")
         after = (f", continuing its audit entry {link['seq']} (its segment {link['segment']})"
                  if isinstance(link, dict) else "")
-        print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node {gap['previous']}"
-              f"{after} (its lease expired at {gap['expired_at']}; its open recording and segment are lost)")
+        if gap.get("released"):
+            print(f"camera {gap['camera']}: a gap of {gap['gap_s']:.1f} s: handed over by node {gap['previous']}{after} "
+                  f"(it stopped the camera, its recording and segment finished, at {gap['expired_at']})")
+        else:
+            print(f"camera {gap['camera']}: a gap of at most {gap['gap_s']:.1f} s: taken over from node "
+                  f"{gap['previous']}{after} (its lease expired at {gap['expired_at']}; its open recording and segment "
+                  "are lost)")
     print(f"{args.vault}: {len(report.cameras)} cameras, {report.segments} segments and {report.entries} audit entries "
           f"verified (gateway key {store.fingerprint}){checked}")
     return 0

@@ -5,7 +5,8 @@ The tables (schema version :data:`SCHEMA_VERSION`, created idempotently by :meth
     schema_version  (version)                                   one row
     gateway_nodes   (name PK, url, capacity, heartbeat,         a node's last round
                      rtsp_url)
-    camera_leases   (camera PK, owner, expires_at, epoch)       owner NULL: free
+    camera_leases   (camera PK, owner, expires_at, epoch,       owner NULL: free
+                     released_by, released_at, released_epoch)
 
 Every round (:meth:`Leases.round`) is one transaction on the database's clock (``now()``):
 the node's heartbeat, the renewal of the leases it holds and has not let expire (of the cameras
@@ -48,6 +49,8 @@ _SCHEMA = (
      "epoch bigint NOT NULL DEFAULT 0)"),
     "CREATE INDEX IF NOT EXISTS camera_leases_owner ON camera_leases (owner)",
     "ALTER TABLE gateway_nodes ADD COLUMN IF NOT EXISTS rtsp_url text",
+    ("ALTER TABLE camera_leases ADD COLUMN IF NOT EXISTS released_by text, "
+     "ADD COLUMN IF NOT EXISTS released_at timestamptz, ADD COLUMN IF NOT EXISTS released_epoch bigint"),
 )
 
 
@@ -85,9 +88,12 @@ class Round:
     rtsp_elsewhere: dict[str, str] = field(default_factory=dict)
     #: node -> cameras held, over the live nodes (this one included)
     load: dict[str, int] = field(default_factory=dict)
-    #: camera -> (its previous owner, when that owner's lease expired, when this node claimed it; the
-    #: database's times), for every camera in ``taken_over``: the gap in its video starts before the expiry
+    #: camera -> (its previous owner, when that owner's lease expired or when it released the camera, when
+    #: this node claimed it; the database's times), for every camera in ``taken_over`` and ``handed_over``:
+    #: the gap in its video starts before the expiry, or at the release
     previous: dict[str, tuple[str, datetime, datetime]] = field(default_factory=dict)
+    #: of ``claimed``, the ones another node had handed back (stopped, then released) in its last tenure
+    handed_over: list[str] = field(default_factory=list)
 
 
 class Leases:
@@ -137,12 +143,13 @@ class Leases:
             load = {name: (capacity, count) for name, capacity, count in cur.fetchall() if name != self.node}
             least = least_loaded(load)
             room = claim_limit(len(held), self.capacity, least)
-            claimed, taken_over, previous = [], [], {}
+            claimed, taken_over, handed_over, previous = [], [], [], {}
             if room > 0:
-                cur.execute("SELECT camera, owner, expires_at, now() FROM camera_leases WHERE camera = ANY(%s) "
+                cur.execute("SELECT camera, owner, expires_at, now(), released_by, released_at, "
+                            "released_epoch = epoch FROM camera_leases WHERE camera = ANY(%s) "
                             "AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now()) "
                             "ORDER BY camera LIMIT %s FOR UPDATE SKIP LOCKED", (cameras, room))
-                for camera, owner, expired_at, now in cur.fetchall():
+                for camera, owner, expired_at, now, released_by, released_at, this_tenure in cur.fetchall():
                     cur.execute("UPDATE camera_leases SET owner = %s, expires_at = now() + %s::interval, "
                                 "epoch = epoch + 1 WHERE camera = %s RETURNING epoch", (self.node, lease, camera))
                     held[camera] = cur.fetchone()[0]
@@ -150,6 +157,9 @@ class Leases:
                     if owner is not None and owner != self.node:
                         taken_over.append(camera)
                         previous[camera] = (owner, expired_at, now)
+                    elif owner is None and this_tenure and released_by not in (None, self.node):
+                        handed_over.append(camera)
+                        previous[camera] = (released_by, released_at, now)
             cur.execute("SELECT count(*) FROM camera_leases WHERE camera = ANY(%s) "
                         "AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now())", (cameras,))
             free = cur.fetchone()[0]
@@ -162,15 +172,17 @@ class Leases:
             owners = cur.fetchall()
         return Round(held, claimed, taken_over, shed, {camera: url for camera, url, _ in owners},
                      {camera: rtsp for camera, _, rtsp in owners if rtsp is not None},
-                     {self.node: len(held), **{name: count for name, (_, count) in load.items()}}, previous)
+                     {self.node: len(held), **{name: count for name, (_, count) in load.items()}}, previous,
+                     handed_over)
 
     def release(self, cameras: Collection[str]) -> None:
         """Hand ``cameras`` back (this node has stopped them): free at once, and the others told."""
         if not cameras:
             return
         with self.connection.transaction(), self.connection.cursor() as cur:
-            cur.execute("UPDATE camera_leases SET owner = NULL, expires_at = NULL WHERE owner = %s "
-                        "AND camera = ANY(%s)", (self.node, sorted(cameras)))
+            cur.execute("UPDATE camera_leases SET owner = NULL, expires_at = NULL, released_by = owner, "
+                        "released_at = now(), released_epoch = epoch WHERE owner = %s AND camera = ANY(%s)",
+                        (self.node, sorted(cameras)))
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node))
 
     def leave(self) -> None:

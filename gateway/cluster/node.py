@@ -65,13 +65,17 @@ class ClusterStats:
 
 @dataclass(frozen=True)
 class TakeOver:
-    """A camera this node took over from a node that stopped renewing its lease, once started here.
+    """A camera this node took over from another node, once started here: from a node that stopped
+    renewing its lease, or (``released``) from one that stopped the camera and handed it back (it
+    stopped, or gave one back to even out the load).
 
-    The previous owner released frames at most until its lease's last renewal plus two thirds of a
-    lease, and may have stopped any time after that renewal (killed): ``gap_s`` runs from that renewal
-    (``expired_at - lease_s``) to the camera started here (claim plus start). An estimate, not a bound:
-    the old owner may have recorded past the renewal, and the first frame here comes after the start.
-    The previous owner's open recording and segment are not in the bucket (docs/deploy.md)."""
+    The previous owner of an expired lease released frames at most until its lease's last renewal plus
+    two thirds of a lease, and may have stopped any time after that renewal (killed): ``gap_s`` runs
+    from that renewal (``expired_at - lease_s``) to the camera started here (claim plus start). An
+    estimate, not a bound: the old owner may have recorded past the renewal, and the first frame here
+    comes after the start. The previous owner's open recording and segment are not in the bucket
+    (docs/deploy.md). A camera handed back had stopped, its recording and segment finished, before its
+    release (``expired_at`` is then the release's time): ``gap_s`` runs from the release to the start here."""
 
     camera: str
     previous: str
@@ -79,12 +83,13 @@ class TakeOver:
     expired_at: datetime
     claimed_at: datetime
     gap_s: float
+    released: bool = False
 
     def details(self) -> dict:
         """As the ``take-over`` audit entry records it."""
         return {"camera": self.camera, "previous": self.previous, "epoch": self.epoch,
                 "expired_at": self.expired_at.isoformat(), "claimed_at": self.claimed_at.isoformat(),
-                "gap_s": round(self.gap_s, 3)}
+                "gap_s": round(self.gap_s, 3), **({"released": True} if self.released else {})}
 
 
 def connect(config: Cluster, autocommit: bool = False) -> psycopg.Connection:
@@ -127,6 +132,7 @@ class ClusterNode:
         #: told of each take-over once the camera runs here (on the apply thread): the audit entry
         self.on_takeover: Callable[[TakeOver], None] | None = None
         self._taken: dict[str, tuple[str, datetime, datetime]] = {}  # camera -> Round.previous, until started
+        self._handed: set[str] = set()  # of those, the cameras their previous owner handed back
         self._closing = threading.Event()
         self._round_now = threading.Event()
         self._apply_now = threading.Event()
@@ -243,6 +249,7 @@ class ClusterNode:
             self._held, self._valid_until = result.held, began + self.lease_s
             self._taken = {camera: taken for camera, taken in {**self._taken, **result.previous}.items()
                            if camera in result.held}
+            self._handed = (self._handed - set(result.taken_over) | set(result.handed_over)) & set(self._taken)
             self._elsewhere, self._rtsp_elsewhere = result.elsewhere, result.rtsp_elsewhere
             if result.shed is not None:
                 self._shedding.add(result.shed)
@@ -253,7 +260,8 @@ class ClusterNode:
         self.stats.load, self.stats.error = result.load, None
         for camera in result.claimed:
             log.info("cluster: node %s claimed camera %s (epoch %d%s)", self.name, camera, result.held[camera],
-                     ", taken over from a node that stopped renewing" if camera in result.taken_over else "")
+                     ", taken over from a node that stopped renewing" if camera in result.taken_over else
+                     f", handed back by {result.previous[camera][0]}" if camera in result.handed_over else "")
 
     def _listen_loop(self) -> None:
         while not self._closing.is_set():
@@ -313,15 +321,21 @@ class ClusterNode:
     def _took_over(self, camera: str, epoch: int, start_s: float) -> None:
         with self._lock:
             previous = self._taken.pop(camera, None)
+            released = camera in self._handed
+            self._handed.discard(camera)
         if previous is None:
             return
         owner, expired_at, claimed_at = previous
-        renewed = expired_at - timedelta(seconds=self.lease_s)
-        event = TakeOver(camera, owner, epoch, expired_at, claimed_at,
-                         (claimed_at - renewed).total_seconds() + start_s)
+        since = expired_at if released else expired_at - timedelta(seconds=self.lease_s)
+        event = TakeOver(camera, owner, epoch, expired_at, claimed_at, (claimed_at - since).total_seconds() + start_s,
+                         released)
         self.stats.gaps[camera] = event.gap_s
-        log.warning("cluster: node %s took camera %s over from %s (its lease expired at %s); its footage has a gap "
-                    "of at most %.1f s", self.name, camera, owner, expired_at.isoformat(), event.gap_s)
+        if released:
+            log.info("cluster: node %s took camera %s over from %s, which handed it back at %s; its footage has a "
+                     "gap of %.1f s", self.name, camera, owner, expired_at.isoformat(), event.gap_s)
+        else:
+            log.warning("cluster: node %s took camera %s over from %s (its lease expired at %s); its footage has a "
+                        "gap of at most %.1f s", self.name, camera, owner, expired_at.isoformat(), event.gap_s)
         if self.on_takeover is not None:
             try:
                 self.on_takeover(event)
