@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -192,6 +193,94 @@ def test_a_vault_sealed_to_s3_verifies_and_unmasks_through_the_command_line(seaw
                          "--case", "C-1", "--reason", "s3", "--no-watermark", "-o", tmp_path / "restored.png")
     assert code == 0, err
     assert np.array_equal(read_image(tmp_path / "restored.png"), original)
+
+
+def _node_site(tmp_path: Path, seaweedfs, openbao, bucket: str, node: str) -> Path:
+    """``node``'s configuration in a cluster sharing ``bucket``: the gateway's token seals but does not
+    keep people's access (an officer does, with ``escrow sync-access``). Nothing here needs the database."""
+    config = {"cameras": {"lobby": {"source": "clip.mp4"}},
+              "storage": {"data_dir": f"data-{node}",
+                          "objects": seaweedfs.config(bucket, tmp_path / "s3.secret", prefix="site/")},
+              "escrow": {**openbao.config(), "manage_access": False},
+              "cluster": {"node": node, "url": f"http://{node}.example:8080", "database": "host=db dbname=gateway"}}
+    path = tmp_path / f"{node}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sync_access_on_each_nodes_part_of_a_shared_bucket(seaweedfs, openbao, passphrase, tmp_path, capsys):
+    """Two nodes seal into their prefixes of one bucket without keeping people's access: nobody may
+    unmask until an officer runs `escrow sync-access --config` for the node's part (`--node` for
+    another node's, from any node's configuration); then the granted identity may, on that part only.
+    A wrong bucket, refused credentials and an unknown node are said plainly."""
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    bucket = seaweedfs.bucket()
+    paths = {node: _node_site(tmp_path, seaweedfs, openbao, bucket, node) for node in ("gw-1", "gw-2")}
+    keys = load_config(paths["gw-1"])[0].keys_dir
+    directory = KeyDirectory.init(keys)
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    directory.add(ivan.public)
+    ivan.save(tmp_path / "ivan.id", "correct horse")
+    write_credentials(keys, openbao.address, openbao.gateway_token, manage_access=False)
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    original = np.full((8, 8, 3), 200, dtype=np.uint8)
+    original[1:5, 1:5] = pixels
+    masked = original.copy()
+    masked[1:5, 1:5] = 0
+    for node, path in paths.items():
+        config, _ = load_config(path)
+        if node != "gw-1":
+            shutil.copytree(keys, config.keys_dir)  # every node holds a copy of one key directory
+        store = open_vault(config, directory, cosigner=openbao.cosigner(), manages_access=False)
+        write_image(tmp_path / f"{node}.png", masked, seal(store, directory, pixels).ref.encode())
+    assert {"site/gw-1/vault.json", "site/gw-2/vault.json"} <= set(seaweedfs.objects(bucket).list())
+    admin = tmp_path / "officer.token"
+    admin.write_text(openbao.root + "\n")
+
+    def unmask(node: str, *where) -> tuple[int, str]:
+        target = tmp_path / f"{node}-restored-{len(list(tmp_path.glob('*-restored-*')))}.png"
+        code, _, err = run(capsys, "unmask", tmp_path / f"{node}.png", "--config", paths["gw-1"], *where,
+                           "--identity", tmp_path / "ivan.id", "--case", "C-2", "--reason", "s3", "--no-watermark",
+                           "-o", target)
+        assert code != 0 or np.array_equal(read_image(target), original)
+        return code, err
+
+    code, err = unmask("gw-1")
+    assert code == 2 and "unmask refused" in err  # sealed, but nobody was given access
+    code, out, err = run(capsys, "escrow", "sync-access", "--config", paths["gw-1"], "--admin-token-file", admin)
+    assert code == 0, err
+    assert out == "camera lobby: access of 1 identities in step with its policy\n"
+    assert unmask("gw-1") == (0, "")
+    code, err = unmask("gw-2", "--node", "gw-2")
+    assert code == 2 and "unmask refused" in err  # gw-1's part only: gw-2's vault has keys of its own
+    code, out, err = run(capsys, "escrow", "sync-access", "--config", paths["gw-1"], "--node", "gw-2",
+                         "--admin-token-file", admin)
+    assert code == 0 and "camera lobby: access of 1 identities" in out, err
+    assert unmask("gw-2", "--node", "gw-2") == (0, "")
+    assert unmask("gw-1") == (0, "")  # gw-2's sync kept what gw-1's gave
+
+    code, _, err = run(capsys, "escrow", "sync-access", "--config", paths["gw-1"], "--node", "gw-9",
+                       "--admin-token-file", admin)
+    assert code == 2 and err == (f"privacy-gateway: error: node 'gw-9': no vault in {seaweedfs.endpoint}/{bucket}/"
+                                 "site/gw-9 (no node of that name has sealed into this bucket)\n")
+    assert not (load_config(paths["gw-1"])[0].storage.data_dir / "vault" / "nodes" / "gw-9").exists()
+    code, _, err = run(capsys, "escrow", "sync-access", "--vault", tmp_path / "v", "--node", "gw-2", "--keys", keys,
+                       "--admin-token-file", admin)
+    assert code == 2 and "--node goes with --config" in err
+    code, _, err = run(capsys, "escrow", "sync-access", "--admin-token-file", admin)
+    assert code == 2 and "needs --keys (the key directory: the roster), or --config" in err
+    wrong = yaml.safe_load(paths["gw-1"].read_text())
+    wrong["storage"]["objects"]["s3"]["bucket"] = "no-such-bucket"
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))
+    code, _, err = run(capsys, "escrow", "sync-access", "--config", tmp_path / "wrong.yaml", "--admin-token-file", admin)
+    assert code == 2 and err == (f"privacy-gateway: error: storage.objects.s3: {seaweedfs.endpoint}/no-such-bucket/"
+                                 "site/gw-1: the bucket does not exist\n")
+    (tmp_path / "s3.secret").write_text("not-the-secret\n")
+    code, _, err = run(capsys, "escrow", "sync-access", "--config", paths["gw-1"], "--node", "gw-2",
+                       "--admin-token-file", admin)
+    assert code == 2 and err.startswith(f"privacy-gateway: error: storage.objects.s3: {seaweedfs.endpoint}/{bucket}/"
+                                        "site/gw-2: reaching the bucket: refused (403): check the credentials")
+    assert "not-the-secret" not in err and seaweedfs.secret_key not in err
 
 
 # --- Object Lock --------------------------------------------------------------------------------------------
