@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from keys import (
     shred,
     verify_vault,
 )
+from keys.seal import QUEUE_FRAMES
 
 LOSSLESS = {"version": 1, "storage": {"originals": "lossless"}, "unmask": {"watermark": "optional"}}
 GRANTS = {"face": Grant(("investigator",))}
@@ -428,7 +430,8 @@ def test_the_store_going_away_while_sealing_loses_nothing_on_the_node(seaweedfs,
     while not seaweedfs.objects(bucket).exists("keys/lobby/00000001.keys"):  # the sealing thread opened the segment
         threading.Event().wait(0.05)
     relay.cut()
-    with pytest.raises(OSError, match=rf"{relay.endpoint}/{bucket}: uploading segments/lobby/00000001.pgv"):
+    # closing checks the key file first (a late write of an earlier try would be put right), then uploads
+    with pytest.raises(OSError, match=rf"{relay.endpoint}/{bucket}: reading keys/lobby/00000001.keys"):
         sealer.close()
     partial = scratch / "lobby" / "00000001.pgv.partial"
     assert partial.stat().st_size > 0  # the node still holds every record
@@ -479,3 +482,122 @@ def test_a_volume_server_killed_mid_run_loses_nothing(seaweedfs, openbao, tmp_pa
         assert sum(_stored_bytes(v) for v in volumes) >= 2 * sum(len(d) for d in written.values())  # two copies
     finally:
         seaweedfs.restart(victim)
+
+
+# --- the master killed ------------------------------------------------------------------------------------------
+
+def _sealed_frames(store: VaultStore) -> set[int]:
+    return {p.frame for segment in store.verify_chain("lobby") for record in segment.records
+            for p in record.header.placements}
+
+
+def test_the_master_killed_mid_run_blanks_new_footage_and_loses_nothing_sealed(seaweedfs, openbao, tmp_path):
+    """`kill -9` of the master (volume servers, filer and S3 gateway go on) while a camera seals:
+    reads go on, every write hangs until the client gives up, so the sealer falls behind (frames
+    refused: blanked live), then fails, and cannot be reopened until the master is back. Once it
+    is, the segment left unfinished is recovered and everything sealed verifies, also after the
+    writes the S3 gateway still held from the outage have landed. Nothing but sealed objects leaves."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    bucket, probe = seaweedfs.bucket(), seaweedfs.objects(seaweedfs.bucket(), connect_timeout=1, read_timeout=2,
+                                                          attempts=1)
+    # the gateway's defaults are 5 s to connect, 30 s to read, three attempts: shorter here, the same behaviour
+    objects = seaweedfs.objects(bucket, connect_timeout=1, read_timeout=3, attempts=2)
+    scratch, audit = tmp_path / "vault" / "segments", AuditLog(tmp_path / "vault" / "audit.log")
+
+    def sealer(camera: str = "lobby") -> Sealer:
+        store = VaultStore.from_objects(objects, scratch, audit, directory, create=True, cosigner=openbao.cosigner(),
+                                        manages_access=True)
+        return Sealer(store, directory.signer, camera, LOSSLESS, GRANTS, directory.identities, segment_seconds=0.5)
+
+    rng = np.random.default_rng(16)
+    crops: dict[int, np.ndarray] = {}
+    accepted: set[int] = set()
+    frame = 0
+
+    def feed(to: Sealer) -> bool:
+        nonlocal frame
+        crops[frame] = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        if to.add(frame, frame * 100_000, [Sealed(3, "face", (0, 0, 16, 16), crops[frame])], wait=False):
+            accepted.add(frame)
+        frame += 1
+        time.sleep(0.1)  # 10 fps, as live
+        return frame - 1 in accepted
+
+    first = sealer()
+    for _ in range(20):
+        assert feed(first)
+    before = wait_until(lambda: len(objects.list("segments/lobby/")) >= 3 and objects.list(), 20)
+    finished = _sealed_frames(VaultStore.from_objects(objects, scratch, audit, directory))
+    seaweedfs.kill("master")
+    killed = time.monotonic()
+    try:
+        refused_at = failed_at = None
+        while failed_at is None and time.monotonic() - killed < 60:
+            try:
+                if not feed(first) and refused_at is None:
+                    refused_at = time.monotonic() - killed
+            except OSError as exc:
+                failed_at = time.monotonic() - killed
+                assert f"{objects}: " in str(exc) and "ReadTimeout" in str(exc)
+        assert refused_at is not None and failed_at is not None  # behind (blanked live), then failed
+        with pytest.raises(OSError):
+            first.close()  # as the live step does before it opens another
+        started = time.monotonic()
+        assert {name: objects.get(name) for name in before} == {name: objects.get(name) for name in before}
+        # reads go on: every finished segment reads back and verifies
+        assert _sealed_frames(VaultStore.from_objects(objects, scratch, audit, directory)) == finished
+        reads = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(OSError, match="ReadTimeout"):
+            sealer()  # a reopen: recovering the unfinished segment needs a write
+        reopen = time.monotonic() - started
+        # another camera starting: its first key file cannot be kept (a write the S3 gateway holds on to)
+        with pytest.raises(OSError, match="writing keys/hall/00000001.keys: ReadTimeout"), sealer("hall") as hall:
+            hall.add(0, 0, [Sealed(3, "face", (0, 0, 16, 16), crops[0])])
+    finally:
+        seaweedfs.restart("master")
+    restarted = time.monotonic()
+    wait_until(lambda: _writes(probe), 60)
+    writable = time.monotonic() - restarted
+    with sealer() as second:  # recovers what the first left, then seals on
+        for _ in range(15):
+            assert feed(second)
+    with sealer("hall") as hall:  # segment 1 again, its key file anew (other data keys)
+        for index in range(5):
+            hall.add(index, index * 100_000, [Sealed(3, "face", (0, 0, 16, 16), crops[index])])
+    time.sleep(5)  # what the S3 gateway held from the outage lands meanwhile
+    store = VaultStore.from_objects(objects, scratch, audit, directory)
+    report = verify_vault(store)
+    sealed = _sealed_frames(store)
+    lost = sorted(accepted - sealed)
+    print(f"\nSeaweedFS master killed: sealing refused frames {refused_at:.1f} s after, failed {failed_at:.1f} s "
+          f"after; reads of {len(before)} objects went on ({reads:.1f} s); a reopen failed after {reopen:.1f} s; "
+          f"writes again {writable:.1f} s after the restart; {report.segments} segments verify; "
+          f"{len(accepted)} frames accepted, {len(lost)} of them not sealed"
+          + (f" (frames {lost[0]}-{lost[-1]}, queued behind the write that failed)" if lost else ""))
+    assert finished | set(range(frame - 15, frame)) <= sealed  # sealed before the kill, and after the restart
+    assert not (sealed - accepted) and not list(scratch.glob("lobby/*.partial"))
+    # lost: the originals of frames taken into the sealer's queue (released redacted live) behind the write
+    # that failed, at most a queue's worth
+    assert len(lost) <= QUEUE_FRAMES + 1 and all(f > max(finished) for f in lost)
+    every = b"".join(objects.get(name) for name in objects.list())
+    assert all(name.startswith(("segments/lobby/", "keys/lobby/", "segments/hall/", "keys/hall/", "policies/")) or name in ("vault.json",
+               "escrow.json", "roster.json") for name in objects.list())
+    assert not any(crop[4].tobytes() in every for crop in crops.values())  # no original in the clear
+
+
+def wait_until(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return result
+
+
+def _writes(objects: S3Objects) -> bool:
+    try:
+        objects.put("probe", b"x")
+        return True
+    except OSError:
+        return False
