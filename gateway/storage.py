@@ -101,6 +101,13 @@ def open_vault(config: GatewayConfig, directory: KeyDirectory | None = None, *, 
     objects = vault_objects(config, None if own else node)
     if not own:
         assert cosigner is None, "a node seals only its own part of the bucket"
+        try:
+            known = objects.exists("vault.json")
+        except OSError as exc:
+            raise StorageUnavailable(f"storage.objects.s3: {exc}") from None
+        if not known:  # said before anything is made for it under data_dir
+            raise ValueError(f"node {node!r}: no vault in {objects} (no node of that name has sealed into this "
+                             "bucket)")
         root = root / "nodes" / node  # type: ignore[operator]
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     audit = AuditLog(root / "audit.log")

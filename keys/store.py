@@ -497,10 +497,26 @@ class VaultStore:
                      signer: Ed25519PrivateKey) -> SegmentWriter:
         """A writer for the next segment of ``header.camera`` (hold :meth:`camera_lock`); its key file is kept first."""
         camera, number = check_camera(header.camera), header.segment
-        return SegmentWriter(
-            self._partial(camera, number), header, grants, identities, signer,
-            save_keys=lambda document: self._objects.put(_keys_object(camera, number), document),
-            publish=lambda partial: self._publish(camera, number, partial))
+        name, kept = _keys_object(camera, number), []
+
+        def save_keys(document: bytes) -> None:
+            kept.append(document)
+            self._objects.put(name, document)
+
+        def publish(partial: Path) -> None:
+            # an earlier try at this key file whose write failed (its sealer then failed) may have been
+            # completed by the store since, over this one: an S3 gateway holds writes while SeaweedFS's
+            # master is away. Put this one back before the segment that needs it is kept.
+            try:
+                same = self._objects.get(name) == kept[0]
+            except ObjectMissing:
+                same = False
+            if not same:
+                self._objects.put(name, kept[0])
+            self._publish(camera, number, partial)
+
+        return SegmentWriter(self._partial(camera, number), header, grants, identities, signer,
+                             save_keys=save_keys, publish=publish)
 
     def partial_segments(self, camera: str) -> list[int]:
         """Numbers of the segments left unfinished on this node (by a crash), ascending."""

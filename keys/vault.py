@@ -25,7 +25,8 @@ A crash leaves a segment without its trailer. :func:`recover_partial` finishes i
 is the camera's next segment (its number follows the chain's head, its ``previous`` is the
 head's digest) and keeps only what a checkpoint the gateway signed vouches for, ending it at
 that checkpoint's time: a partial file made by hand, or a sealed segment turned back into one
-and edited, is refused, not signed.
+and edited, is refused, not signed. A partial that is a whole segment already (finished and
+signed, its upload failed) is kept as it is.
 
 Nothing here knows where segments are kept: :class:`SegmentWriter` appends to a local
 ``<n>.pgv.partial`` file and hands the key file and, on close, the finished partial to the
@@ -272,7 +273,8 @@ def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, c
 def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey,
                     head: tuple[int, str], vault: str, audit: tuple[int, str] | None = None,
                     vouchers: Ed25519PublicKey | None = None) -> int:
-    """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it.
+    """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it
+    (a segment finished and signed already is left byte for byte as it is).
 
     Refused (:class:`VaultError`, the file left as it is) unless it is a version 3 segment of
     ``vault`` that continues the chain whose last segment is ``head`` (number, digest). Every
@@ -305,6 +307,14 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
         keys_file = name.removesuffix(".pgv.partial") + ".keys"
         raise VaultError(f"{name}: its key file {keys_file} is missing; cannot recover")
     gateway = vouchers or signer.public_key()  # whose checkpoints count (a rotation: the old key's too)
+    try:
+        finished = read_segment(data, name, gateway)
+    except VaultError:
+        finished = None
+    if finished is not None and finished.keys_sha256 == hashlib.sha256(keys_document).hexdigest():
+        # finished and signed, its upload failed: kept byte for byte, so that the upload, if the store
+        # still completes it later (an S3 gateway holding writes while its master is away), lands the same bytes
+        return len(finished.records)
     running = hashlib.sha256(data[: 8 + hlen])  # of every byte before ``at``
     try:
         at, summary = _checkpoint_at(data, 8 + hlen, gateway, running, 0)

@@ -19,6 +19,12 @@ sealing and lease traffic, driven directly, with the gateway's own code:
   the camera's real :class:`keys.Sealer` (``segment_seconds=None``, as ``serve`` opens it), on
   the node's own vault: an :class:`keys.S3Objects` under the node's prefix of one bucket, its
   audit log and scratch on local disk, the OpenBao cluster as co-signer;
+- beside the leases, the shared state a node runs whatever its traffic, on connections of their
+  own as ``serve`` opens them: the failed-login exchange (:class:`FailureLimiter` with its
+  :class:`gateway.state.FailureTable`: a DELETE and a SELECT twice a second, with no failures
+  to add), the audit log's copy (:class:`gateway.state.AuditCopy`: an INSERT per entry) and the
+  roster put in step at start (:class:`gateway.state.SharedRoster`; afterwards only when it
+  changes). Not the state's ``LISTEN`` (no statements while nothing changes);
 - every running camera gets ``--fps`` frames a second (``Sealer.add(wait=False)``, as live), each
   with ``--tracks`` face regions: crops of OpenCV's walkway clip (``vtest``) at 640x360, boxes
   36-64 px drifting over the frame, so the clip coder codes real pixels; a new recording (as
@@ -26,7 +32,8 @@ sealing and lease traffic, driven directly, with the gateway's own code:
   file (a real node also uploads each finished recording, mp4, as one more PUT of its size).
 
 Not simulated, so not counted: detection, redaction, encoding, viewers; recordings' uploads; the
-policies, tokens and grants in PostgreSQL (written only when an officer changes them).
+policies, tokens and grants in PostgreSQL (written only when an officer changes them), failed
+logins (an INSERT per batch) and the requests that read the audit copies (``/api/audit``).
 
 Counted over a window of ``--seconds`` after ``--warmup`` (all cameras started and sealing):
 
@@ -74,9 +81,18 @@ from openbao_cluster import OpenBaoCluster  # noqa: E402
 from postgres_support import PostgresServer, postgres_missing  # noqa: E402
 from seaweedfs import SeaweedCluster, weed_missing  # noqa: E402
 
+from gateway.api.access.limiter import FailureLimiter  # noqa: E402
 from gateway.cluster import ClusterNode  # noqa: E402
 from gateway.config import Cluster  # noqa: E402
 from gateway.openbao import find_binary  # noqa: E402
+from gateway.state import (  # noqa: E402
+    AuditCopy,
+    AuditTable,
+    FailureTable,
+    RosterTable,
+    SharedRoster,
+    StateDatabase,
+)
 from keys.cosigner import key_prefix  # noqa: E402
 from keys import (  # noqa: E402
     AuditLog,
@@ -455,7 +471,7 @@ def run_cluster(cameras: int, args, crops, engines: Engines) -> Result:
     bucket = engines.seaweed.bucket()
     traffic, names = S3Traffic(), [f"cam-{i}" for i in range(cameras)]
     capacity = math.ceil(cameras / args.nodes) + 2
-    sims, members, cosigners = [], [], []
+    sims, members, cosigners, shared = [], [], [], []
     for n in range(1, args.nodes + 1):
         objects = engines.seaweed.objects(bucket, prefix=f"gw-{n}/")
         traffic.attach(objects)
@@ -469,8 +485,18 @@ def run_cluster(cameras: int, args, crops, engines: Engines) -> Result:
                          password_file=engines.postgres.password_file, capacity=capacity, lease_s=args.lease_s)
         sims.append(sim)
         members.append(ClusterNode(config, lambda: names, sim.start, sim.stop))
+        shared.append((config, store))
+    state: list = []  # each node's failed-login exchange and audit copy, closed at the end
     try:
         with Statements() as statements:
+            for config, store in shared:
+                setup = StateDatabase(config)
+                setup.set_up()  # as each node does at start: the state's tables
+                SharedRoster(RosterTable(setup), work / "keys", config).sync()
+                setup.close()
+                copy = AuditCopy(AuditTable(StateDatabase(config)), config.node, store.audit)
+                copy.start()
+                state += [copy, FailureLimiter(shared=FailureTable(StateDatabase(config), config.node))]
             for member in members:
                 member.start()
             deadline = time.monotonic() + 60 + cameras
@@ -497,6 +523,8 @@ def run_cluster(cameras: int, args, crops, engines: Engines) -> Result:
             member.close()
         for sim in sims:
             sim.close()
+        for part in state:
+            part.close()
     wanted = {key_prefix(sim.store.vault_id, camera, "face") for sim in sims for camera in sim.started}
     result = Result(f"S3 + PostgreSQL, {args.nodes} nodes", cameras, args.nodes, after[9] - before[9])
     result.s3_requests = after[0][0] - before[0][0]

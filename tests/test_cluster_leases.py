@@ -64,6 +64,30 @@ def test_schema_is_created_once_and_a_newer_one_is_refused(postgres, database):
         _leases(postgres, database, "c")
 
 
+def test_a_node_setting_up_while_another_runs_a_round_does_not_deadlock(postgres, database):
+    """Nodes starting together: one runs the schema's statements while another is in a round (its
+    heartbeat written, its leases next). The set-up takes the tables in the round's order, so it waits
+    for the round instead of the two deadlocking (which failed a round: perf/bench_cluster.py saw it)."""
+    first = _leases(postgres, database, "a")
+    with first.connection.transaction(), first.connection.cursor() as cur:  # a round, held between two statements
+        cur.execute("UPDATE gateway_nodes SET heartbeat = now() WHERE name = 'a'")
+        errors: list[Exception] = []
+
+        def set_up():
+            try:
+                _leases(postgres, database, "b")
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        starting = threading.Thread(target=set_up)
+        starting.start()
+        time.sleep(0.5)  # the set-up is waiting for the round now
+        cur.execute("INSERT INTO camera_leases (camera) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                    (CAMERAS,))
+    starting.join(10)
+    assert not starting.is_alive() and errors == []
+
+
 def test_claim_limit_spreads_one_ahead_of_the_least_loaded_and_never_beyond_capacity():
     assert claim_limit(0, 4, None) == 4  # alone: up to capacity
     assert claim_limit(2, 4, 2) == 1  # one ahead of the least loaded other node

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.config import load_config
+from gateway.storage import node_prefix
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 _BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -48,15 +49,13 @@ def test_each_gateway_configuration_loads(node, text, tmp_path):
 
     assert config.cluster.node == node and config.cluster.url.endswith(f"//{node}:8080")
     assert len(config.escrow.address) == 3 and config.escrow.token_file.is_file()
-    assert config.storage.objects.s3.prefix == f"{node}/"  # one vault per node (docs: not shared yet)
+    assert node_prefix(config) == f"{node}/"  # one vault per node, the same s3 section on every node
     assert set(policies) == set(config.cameras)
 
 
 def test_the_nodes_share_cameras_database_bucket_and_escrow_and_differ_in_name():
     loaded = {node: yaml.safe_load(text) for node, text in _configs()}
     shared = [{key: value for key, value in data.items() if key != "cluster"} for data in loaded.values()]
-    for data in shared:
-        data["storage"]["objects"]["s3"].pop("prefix")
     assert all(data == shared[0] for data in shared)
     assert len({data["cluster"]["database"] for data in loaded.values()}) == 1
     assert len({data["cluster"]["node"] for data in loaded.values()}) == 3

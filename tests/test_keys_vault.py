@@ -193,6 +193,48 @@ def test_finished_object_wins_over_a_stale_partial(tmp_path, people):
     assert not segment.recovered and segment.ended == "2026-11-22T00:00:10+00:00"
 
 
+def test_a_finished_segment_whose_upload_failed_is_kept_byte_for_byte(tmp_path, people):
+    """The partial is the whole signed segment (its upload failed). An S3 store may still complete
+    that upload later (SeaweedFS holds writes while its master is away): recovering must put the same
+    bytes, or whichever lands last would break the chain the next segment continues."""
+    signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
+    first_writer = writer(store, 1, people, signer)
+    add(first_writer, 0, 0, 1, "face", (0, 0, 5, 6), np.zeros((6, 5, 3), dtype=np.uint8))
+    add(first_writer, 1, 40_000, 1, "face", (0, 0, 5, 6), np.ones((6, 5, 3), dtype=np.uint8))
+    first_writer.close("2026-11-22T00:00:10+00:00")
+    finished = tmp_path / "segments" / "lobby" / "00000001.pgv"
+    uploaded = finished.read_bytes()
+    finished.rename(tmp_path / "segments" / "lobby" / "00000001.pgv.partial")  # as a failed upload leaves it
+    assert store.recover_partial("lobby", 1, signer) == 2
+    assert finished.read_bytes() == uploaded
+    (segment,) = store.verify_chain("lobby")
+    assert not segment.recovered and segment.ended == "2026-11-22T00:00:10+00:00"
+
+
+def test_a_key_file_of_an_earlier_failed_try_landing_late_is_put_back_at_close(tmp_path, people):
+    """A sealer whose key-file write failed leaves a write the store may still complete (SeaweedFS's S3
+    gateway while its master is away); the next sealer writes segment 1's key file anew, with other
+    data keys. If the stale one lands over it, closing the segment puts the writer's own back."""
+    signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
+    pixels = np.arange(90, dtype=np.uint8).reshape(6, 5, 3)
+    stale = tmp_path / "keys" / "lobby" / "00000001.keys"
+    writer(store, 1, people, signer).abort()  # the earlier try
+    earlier = stale.read_bytes()
+    stale.unlink()  # its write failed: nothing kept, as far as the sealer knows
+    (tmp_path / "segments" / "lobby" / "00000001.pgv.partial").unlink()  # (a failed key-file write leaves none)
+    second = writer(store, 1, people, signer)
+    add(second, 0, 0, 1, "face", (0, 0, 5, 6), pixels)
+    stale.write_bytes(earlier)  # the earlier try's write, completed late
+    second.close("2026-11-22T00:00:10+00:00")
+    assert stale.read_bytes() != earlier
+    (segment,) = store.verify_chain("lobby")
+    wraps = store.wraps("lobby", segment)
+    key = key_of(unwrap_key(wraps["face"], [people[0]], key_context("lobby", 1, "face")), 1, "face", 1)
+    assert np.array_equal(open_record(key, segment.records[0])[0], pixels)
+
+
 def test_partial_without_its_key_file_is_not_recovered(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)

@@ -27,6 +27,7 @@ from redaction import PolicyError, parse_policy
 
 from ..openbao import OpenBaoError, read_credentials, write_credentials
 from .errors import CheckFailed, CommandError
+from .vaults import config_argument, keys_of, open_store
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,8 +48,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     connect.set_defaults(run=_connect)
     sync = actions.add_parser("sync-access", help="give people exactly the OpenBao access the policies grant "
                               "(an officer's job when the gateway's token does not maintain it)")
-    sync.add_argument("--keys", type=Path, required=True, metavar="DIR", help="the key directory (the roster)")
-    sync.add_argument("--vault", type=Path, required=True, metavar="VAULT")
+    sync.add_argument("--keys", type=Path, metavar="DIR", help="the key directory (the roster); with --config, "
+                      "default: the configuration's")
+    sync.add_argument("--vault", type=Path, metavar="VAULT")
+    config_argument(sync)
     sync.add_argument("--admin-token-file", type=Path, required=True, metavar="FILE",
                       help="an OpenBao token with the access policy (docs/escrow.md)")
     sync.add_argument("--escrow", metavar="URL[,URL...]", help="default: the co-signer the vault recorded")
@@ -129,11 +132,16 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _sync_access(args: argparse.Namespace) -> int:
-    """Each camera's grants as its newest segment's policy states them, applied to the roster."""
+    """Each camera's grants as its newest segment's policy states them, applied to the roster: of one
+    vault (``--vault``, or ``--config``'s: its disk, or its node's part of the bucket; ``--node``
+    another node's part)."""
     token = _token(args.admin_token_file)
+    keys_of(args)
+    if args.keys is None:
+        raise CommandError("escrow sync-access needs --keys (the key directory: the roster), or --config")
     try:
         directory = KeyDirectory.open(args.keys)
-        store = VaultStore.open(args.vault, directory)
+        store = open_store(args, directory)
         address = args.escrow or store.escrow_address
         if not address:
             raise CommandError(f"{args.vault}: no co-signer recorded; give --escrow URL")

@@ -57,11 +57,12 @@ from ..files import (
 )
 from ..openbao import OpenBaoError, read_credentials
 from ..state import AuditTable, StateDatabase, StateUnavailable
-from ..storage import Recordings, open_vault
+from ..storage import Recordings
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
 from .prompt import open_identities
 from .remote import GatewayClient, fetch
+from .vaults import config_argument, keys_of, open_store
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -69,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     unmask.add_argument("input", type=Path, nargs="?", metavar="REDACTED",
                         help="an image or video written by redact --vault (not with --gateway)")
     unmask.add_argument("--vault", type=Path, metavar="VAULT", help="the vault (not with --gateway)")
-    _config_argument(unmask)
+    config_argument(unmask)
     unmask.add_argument("--keys", type=Path, metavar="DIR", help="the key directory (with --gateway: optional, to "
                         "check the gateway's key against it)")
     unmask.add_argument("--gateway", metavar="URL", help="unmask here a recording that gateway keeps: it sends the "
@@ -120,7 +121,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     check = audit_commands.add_parser("verify", help="check the log's hash chain and signatures")
     check.add_argument("--vault", type=Path, metavar="VAULT")
-    _config_argument(check)
+    config_argument(check)
     check.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
     check.set_defaults(run=_escrow(_audit_verify))
 
@@ -129,7 +130,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     shred_parser = vault_commands.add_parser("shred", help="destroy the keys of old segments, the co-signer's "
                                              "and the wrapped ones (crypto-shredding)")
     shred_parser.add_argument("--vault", type=Path, metavar="VAULT")
-    _config_argument(shred_parser)
+    config_argument(shred_parser)
     shred_parser.add_argument("--keys", type=Path, metavar="DIR", help="the gateway's key directory (signs the log; "
                               "with --config, default: the configuration's)")
     when = shred_parser.add_mutually_exclusive_group(required=True)
@@ -138,7 +139,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     shred_parser.set_defaults(run=_escrow(_shred))
     check_vault = vault_commands.add_parser("verify", help="check every segment chain, key file and the audit log")
     check_vault.add_argument("--vault", type=Path, metavar="VAULT")
-    _config_argument(check_vault)
+    config_argument(check_vault)
     check_vault.add_argument("--keys", type=Path, metavar="DIR", help="check the vault's gateway key against this directory")
     check_vault.add_argument("--recordings", type=Path, metavar="DIR", nargs="?", const=_KEPT,
                              help="also check every logged recording file under DIR/<camera>/ holds the frames "
@@ -156,7 +157,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tracks = vault_commands.add_parser("tracks", help="list the sealed tracks of a redacted file (no decryption)")
     tracks.add_argument("input", type=Path, metavar="REDACTED")
     tracks.add_argument("--vault", type=Path, metavar="VAULT")
-    _config_argument(tracks)
+    config_argument(tracks)
     tracks.set_defaults(run=_escrow(_tracks))
 
 
@@ -164,44 +165,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 #: ``vault verify --recordings`` without a directory: the configuration's recordings
 _KEPT = Path("\0kept")
-
-
-def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, metavar="FILE", help="instead of --vault: the vault of this gateway "
-                        "configuration, where its storage keeps it (under data_dir, or an S3 bucket); --keys "
-                        "defaults to its key directory")
-    parser.add_argument("--node", metavar="NAME", help="with --config of a cluster node sharing an S3 bucket: the "
-                        "part of another node (a dead one's, say), its audit log rebuilt from its copy in the bucket")
-
-
-def _open_store(args: argparse.Namespace, directory: KeyDirectory | None = None) -> VaultStore:
-    """The vault ``--vault`` or ``--config`` names (exactly one); with ``--config``, ``args.keys``
-    defaults to its key directory and ``args.vault`` becomes where the vault is, for messages."""
-    if (args.vault is None) == (getattr(args, "config", None) is None):
-        raise CommandError("give the vault: --vault VAULT or --config FILE (one of them)")
-    if args.vault is not None:
-        if getattr(args, "node", None) is not None:
-            raise CommandError("--node goes with --config (a cluster's shared bucket), not --vault")
-        return VaultStore.open(args.vault, directory)
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as exc:
-        raise CommandError(str(exc)) from None
-    try:
-        store = open_vault(config, directory, node=getattr(args, "node", None))
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    args.vault = store.location
-    return store
-
-
-def _keys_of(args: argparse.Namespace) -> None:
-    """With ``--config`` and no ``--keys``: the configuration's key directory."""
-    if args.keys is None and getattr(args, "config", None) is not None:
-        try:
-            args.keys = load_config(args.config)[0].keys_dir
-        except ConfigError as exc:
-            raise CommandError(str(exc)) from None
 
 
 def _escrow(command):
@@ -248,7 +211,7 @@ def _unmask(args: argparse.Namespace) -> int:
         if args.input is not None or args.vault is not None or args.config is not None:
             raise CommandError("--gateway fetches the recording and its sealed records: no REDACTED or --vault")
         return _remote_unmask(args)
-    _keys_of(args)
+    keys_of(args)
     if args.input is None and args.config is not None and args.camera and args.recording:
         with _kept_recording(args) as args.input:  # in the bucket: a temporary download
             return _unmask_local(args)
@@ -281,7 +244,7 @@ def _unmask_local(args: argparse.Namespace) -> int:
     if start is not None and end is not None and end < start:
         raise CommandError("--to is before --from")
     directory = KeyDirectory.open(args.keys)
-    store = _open_store(args, directory)
+    store = open_store(args, directory)
     holders = open_identities(args.identities)
     return _unmask_with(args, source, target, store, holders, start, end, None)
 
@@ -569,8 +532,8 @@ def _output_dir(target: Path) -> Iterator[Path]:
 # --- audit and vault ----------------------------------------------------------------------
 
 def _open_with_keys(args: argparse.Namespace) -> VaultStore:
-    _keys_of(args)
-    return _open_store(args, KeyDirectory.open(args.keys) if args.keys is not None else None)
+    keys_of(args)
+    return open_store(args, KeyDirectory.open(args.keys) if args.keys is not None else None)
 
 
 def _checkpoints_of(args: argparse.Namespace, store: VaultStore) -> tuple[CoSigner | None, str]:
@@ -639,11 +602,11 @@ def _shred_before(args: argparse.Namespace) -> dt.datetime | None:
 
 
 def _shred(args: argparse.Namespace) -> int:
-    _keys_of(args)
+    keys_of(args)
     if args.keys is None:
         raise CommandError("vault shred needs --keys (the gateway's key directory), or --config")
     directory = KeyDirectory.open(args.keys)
-    store = _open_store(args, directory)
+    store = open_store(args, directory)
     cosigner = gateway_cosigner(args.keys)[0] if store.vault_id else None  # vaults before co-signers need none
     if cosigner is not None:
         store.checkpoint_with(cosigner)  # the shred entry is checkpointed like every other
@@ -698,7 +661,7 @@ def _vault_verify(args: argparse.Namespace) -> int:
 
 def _tracks(args: argparse.Namespace) -> int:
     ref = _ref_of(args.input)
-    store = _open_store(args)
+    store = open_store(args)
     print(f"{args.input}: camera {ref.camera}, recording {ref.recording}")
     for t in recording_tracks(store, ref):
         ranges = ", ".join(f"{a:.2f}-{b:.2f}s" for a, b in t.ranges)

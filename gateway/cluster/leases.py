@@ -41,14 +41,17 @@ CHANNEL = "privacy_gateway"
 #: the advisory lock that serialises schema creation between nodes starting at once
 _SCHEMA_LOCK = 0x70676777  # "pggw"
 
+#: in the order a round takes the tables (gateway_nodes, then camera_leases): the ALTER and the
+#: CREATE INDEX lock their table even when there is nothing to do, and a node starting while another
+#: is in a round would otherwise deadlock with it
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
     ("CREATE TABLE IF NOT EXISTS gateway_nodes (name text PRIMARY KEY, url text NOT NULL, "
      "capacity integer NOT NULL, heartbeat timestamptz NOT NULL)"),
+    "ALTER TABLE gateway_nodes ADD COLUMN IF NOT EXISTS rtsp_url text",
     ("CREATE TABLE IF NOT EXISTS camera_leases (camera text PRIMARY KEY, owner text, expires_at timestamptz, "
      "epoch bigint NOT NULL DEFAULT 0)"),
     "CREATE INDEX IF NOT EXISTS camera_leases_owner ON camera_leases (owner)",
-    "ALTER TABLE gateway_nodes ADD COLUMN IF NOT EXISTS rtsp_url text",
     ("ALTER TABLE camera_leases ADD COLUMN IF NOT EXISTS released_by text, "
      "ADD COLUMN IF NOT EXISTS released_at timestamptz, ADD COLUMN IF NOT EXISTS released_epoch bigint"),
 )
