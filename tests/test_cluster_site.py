@@ -18,29 +18,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from cluster_harness import small_clip, unmask_one, wait_for
-from serve_harness import FACES, add_people, assert_faces_redacted, half
-from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded
+from cluster_harness import unmask_one, wait_for
+from serve_harness import add_people, assert_faces_redacted, half
+from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded, clip  # noqa: F401 (clip: the fixture)
 
 from gateway.cli import main
 from gateway.files import VideoTranscoder
 from keys import AuditLog
-from redaction import Analyzer, parse_policy
 
 #: the nodes' recording length (test_cluster_nodes.Node's configuration)
 RECORDING_S = 2.0
 #: a generous bound, not the target (10 s): six cameras, three nodes and seven storage processes share two cores
 TAKEOVER_BOUND = 60
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory, data):
-    path = small_clip(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("site") / "small.mp4")
-    frames = [f.image for f in VideoTranscoder(path).frames()]
-    analyzer = Analyzer(parse_policy(FACES))
-    faces = [[r for r in analyzer.regions(f) if r.score >= 0.5] for f in frames[::5]]
-    return path, frames, faces
 
 
 def _finished(bucket, node: str) -> set[str]:
@@ -53,7 +42,7 @@ def _segments(bucket, node: str) -> set[str]:
 
 
 def test_a_site_loses_a_gateway_a_volume_server_and_the_active_openbao_node_and_nothing_sealed(
-        postgres, openbao_cluster, seaweedfs, clip, tmp_path, capsys):
+        postgres, openbao_cluster, seaweedfs, clip, tmp_path, capsys):  # noqa: F811 (the fixture imported)
     path, frames, faces = clip
     bucket_name = seaweedfs.bucket()
     bucket = seaweedfs.objects(bucket_name)
