@@ -34,9 +34,9 @@ def _json(node, method, path, body=None):
 
 
 def _config(node, camera=CAMERA):
-    """``camera``'s settings as ``node`` runs it (None: it does not run there; officers see a camera on its node)."""
+    """``camera``'s settings as ``node`` runs it (None: it does not run there, where officers are told where it runs)."""
     status, answer = _json(node, "GET", f"/api/cameras/{camera}")
-    return answer.get("config") if status == 200 else None
+    return answer.get("config") if status == 200 and "runs_at" not in answer else None
 
 
 def _taken_in(node, camera=CAMERA) -> int:
@@ -115,6 +115,17 @@ def test_a_camera_added_on_one_node_runs_on_the_node_that_claims_it(cluster):
                                                CAMERA)
     assert revision == 1 and entry["source"] == str(cluster.clips[0]) and policy == stored["version"]
     assert CAMERA not in other.owns()
+    # the officer's list on either node holds it: the other node says where it runs (its counters are there)
+    def listed(node):
+        status, answer = _json(node, "GET", "/api/cameras")
+        return {c["id"]: c for c in answer["cameras"]}.get(CAMERA) if status == 200 else None
+
+    assert listed(owner)["status"] == "ok" and "runs_at" not in listed(owner)
+    seen = wait_for(lambda: (listed(other) or {}).get("runs_at"), 10, "the other node to know where it runs")
+    assert seen == owner.url and listed(other)["status"] == "elsewhere"
+    assert listed(other)["config"]["source"] == str(cluster.clips[0])
+    status, one = _json(other, "GET", f"/api/cameras/{CAMERA}")
+    assert status == 200 and one["runs_at"] == owner.url
     # the name is taken, on either node
     assert _json(b, "POST", "/api/cameras", {"id": CAMERA, "source": str(cluster.clips[0])})[0] == 409
 

@@ -133,7 +133,7 @@ class CameraRoutes:
             return await self.add(who, body)
         known = list(self.runtime.cameras)
         if who.may("cameras"):  # every configured camera, one an edit left stopped too (degraded, and why)
-            health = self.runtime.health()["cameras"]
+            health = self.runtime.camera_health()
             return JSONResponse({"cameras": [self.describe(name, health[name]) for name in self.runtime.config.cameras
                                              if name in health]})
         if not who.permissions & {"feeds*", "ingest*"}:
@@ -145,7 +145,7 @@ class CameraRoutes:
         name = request.path_params["camera"]
         if request.method == "GET":
             require(who, "cameras")
-            health = self.runtime.health()["cameras"]
+            health = self.runtime.camera_health()
             if name not in health:
                 raise Denied(404, f"no such camera: {name}")
             return JSONResponse(self.describe(name, health[name]))

@@ -675,6 +675,21 @@ class Runtime:
         except AuditError:  # the hold is in force whatever the log says; the log's own faults are reported by it
             log.exception("camera %s: the audit entry %s could not be written", details.get("camera"), action)
 
+    def camera_health(self) -> dict[str, dict]:
+        """Per camera an officer is told of: :meth:`health`'s for the cameras here and, in a cluster, for
+        every other camera of the cluster where it runs (``status`` ``elsewhere``, ``runs_at``: its
+        node's URL, where its health is) or that no node runs it now (``unowned``: it is claimed within
+        a lease, or it cannot start on any node)."""
+        cameras = self.health()["cameras"]
+        if self.cluster is not None:
+            elsewhere = self.cluster.elsewhere()
+            for name in self.config.cameras:
+                if name not in cameras and name not in self._starting:
+                    url = elsewhere.get(name)
+                    cameras[name] = {"status": "elsewhere" if url else "unowned", "runs_at": url,
+                                     "reasons": [f"runs on the node at {url}" if url else "runs on no node now"]}
+        return cameras
+
     def health(self) -> dict:
         """``ok`` when every camera is (see :meth:`LiveCamera.health`), else ``degraded``; per camera
         its state, why, and its counters. A configured camera that is not running (an edit could

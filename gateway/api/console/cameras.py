@@ -29,7 +29,7 @@ class CameraPages:
         self.runtime, self.versions = runtime, versions
 
     def data(self, request: Request, who: Principal) -> dict:
-        health = self.runtime.health()["cameras"]
+        health = self.runtime.camera_health()
         configs, active = self.runtime.config.cameras, self.runtime.activations.versions()
         manage = who.may("cameras:manage")
         cameras = []

@@ -42,7 +42,8 @@ consolePages.cameras = (main) => {
   const stops = [];
   let last = null, left = false;
   for (const tile of main.querySelectorAll(".tile[data-camera]")) {
-    stops.push(consoleWhep.watch(tile.dataset.camera, tile.querySelector("video")));
+    const video = tile.querySelector("video");  // none: the camera runs on another node of the cluster
+    if (video) stops.push(consoleWhep.watch(tile.dataset.camera, video));
   }
   async function poll() {
     if (left || !document.body.contains(main.querySelector("#camera-grid"))) return;
@@ -52,14 +53,17 @@ consolePages.cameras = (main) => {
       for (const camera of answer.data.cameras) {
         const tile = main.querySelector('.tile[data-camera="' + CSS.escape(camera.id) + '"]');
         if (!tile) continue;
-        const before = last && last.cameras[camera.id];
+        const here = camera.runs_at === undefined;  // in a cluster, a camera elsewhere has its counters there
+        const before = here && last && last.cameras[camera.id];
         const rate = (key) => before ? ((camera[key] - before[key]) / (now - last.at)).toFixed(1) + "/s" : "…";
         const set = (key, text) => { const el = tile.querySelector('[data-stat="' + key + '"]'); if (el) el.textContent = text; };
-        set("released", rate("released"));
-        set("blanked", rate("blanked"));
-        set("dropped", rate("dropped"));
-        const runs = before ? camera.detections - before.detections : 0;
-        set("detect", runs > 0 ? ((camera.detect_seconds - before.detect_seconds) / runs * 1000).toFixed(0) + " ms" : "…");
+        if (here) {
+          set("released", rate("released"));
+          set("blanked", rate("blanked"));
+          set("dropped", rate("dropped"));
+          const runs = before ? camera.detections - before.detections : 0;
+          set("detect", runs > 0 ? ((camera.detect_seconds - before.detect_seconds) / runs * 1000).toFixed(0) + " ms" : "…");
+        }
         set("status", camera.status);
         tile.querySelector('[data-stat="status"]').className = "badge " + camera.status;
         set("reasons", camera.reasons.join("; ") || "–");
