@@ -56,7 +56,6 @@ from ..files import (
     write_image,
 )
 from ..openbao import OpenBaoError, read_credentials
-from ..state import AuditTable, StateDatabase, StateUnavailable
 from ..storage import Recordings
 from .cosigning import add_unmask_arguments, gateway_cosigner, unmask_cosigner
 from .errors import CheckFailed, CommandError
@@ -562,6 +561,12 @@ def _handovers(args: argparse.Namespace, store: VaultStore) -> str:
                 and isinstance(e.get("details"), dict) and e["details"].get("handover")}
     if not previous:
         return ""
+    from ..state import (  # psycopg: only when a cluster is asked
+        AuditTable,
+        StateDatabase,
+        StateUnavailable,
+    )
+
     database = StateDatabase(config.cluster)
     try:
         logs = {own: lines}

@@ -30,7 +30,6 @@ from keys import EscrowError, KeyDirectory, PrivateIdentity
 
 from ..config import ConfigError, load_config
 from ..roster import PENDING, RosterError, leave
-from ..state import RosterTable, SharedRoster, StateDatabase, StateUnavailable
 from .errors import CommandError
 from .prompt import HELP, open_identities, passphrase
 
@@ -223,6 +222,13 @@ def _cluster_roster(args: argparse.Namespace) -> Iterator[None]:
         raise CommandError(f"{args.config}: no cluster section; leave --config out")
     if not (config.keys_dir.exists() and config.keys_dir.samefile(args.directory)):
         raise CommandError(f"{args.config}: its key directory is {config.keys_dir}, not {args.directory}")
+    from ..state import (  # psycopg: only for a cluster
+        RosterTable,
+        SharedRoster,
+        StateDatabase,
+        StateUnavailable,
+    )
+
     database = StateDatabase(config.cluster)
     try:
         with SharedRoster(RosterTable(database), config.keys_dir, config.cluster).changing():
