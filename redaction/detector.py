@@ -48,18 +48,20 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def create_session(model: bytes | str | Path, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
+def create_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
     """One CPU inference session with a fixed thread count and full graph optimisation (which the
     int8 model needs: at lower levels it runs 1.5-4.5x slower).
 
-    ``spin`` False stops the session's idle threads from spinning: with two multi-thread sessions
-    used in turn (faces, then plates) the idle one's spinning pool takes the core the busy one
-    needs; off, a face + plate step took 17-21 % less time (measured on 2 cores).
+    Its idle threads do not spin. Detection never has the cores to itself: two sessions used in
+    turn (faces, then plates) would each take the core the busy one needs (a face + plate step took
+    17-21 % less time without spinning, on 2 cores), and a video's decoder and encoder (a camera's
+    other stages) run beside it (`redact` of MOT17-13's first 10 s, faces only: 4.5 s against
+    5.4-5.9 s with spinning). Alone, spinning was no faster (CenterFace int8 on 960x540, two threads:
+    23.1 ms against 22.8).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -43,9 +43,6 @@ def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detec
     threads = policy.detection.threads
     if threads is None and (cores is not None or policy.detection.workers > 1):
         threads = max(1, (cores or default_threads()) // policy.detection.workers)
-    # a session used alone spins its idle threads (fastest); sessions used in turn must not, or
-    # the idle one's spinning pool takes the core the busy one needs
-    spin = len(enabled) == 1
     if "face" in enabled:
         from .faces import CenterFaceDetector
 
@@ -57,7 +54,6 @@ def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detec
             max_side=face.max_side,
             threads=threads,
             precision=face.precision,
-            spin=spin,
             roi_scale=face.roi_scale,
         )
     if "plate" in enabled:
@@ -68,7 +64,6 @@ def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detec
             input_side=policy.detection.plate.input_side,
             coarse_side=policy.detection.plate.coarse_side,
             threads=threads,
-            spin=spin,
             roi_scale=policy.detection.plate.roi_scale,
         )
     return detectors

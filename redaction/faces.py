@@ -76,11 +76,8 @@ class CenterFaceDetector(Detector):
         threads: int | None = None,
         nms_iou: float = 0.4,
         precision: Literal["int8", "fp32"] = "int8",
-        spin: bool = True,
         roi_scale: float = 1.5,
     ) -> None:
-        """``spin``: let onnxruntime's idle threads spin (fastest for a session used alone; turn it
-        off when another session alternates with this one, or their pools fight for the cores)."""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"face threshold must be in (0, 1), got {threshold}")
         if not scales or any(s <= 0 for s in scales):
@@ -95,7 +92,7 @@ class CenterFaceDetector(Detector):
         self.tile = tile
         self.max_side = max_side
         self.nms_iou = nms_iou
-        self._session = create_session(INT8_MODEL if precision == "int8" else centerface_model(), threads, spin)
+        self._session = create_session(INT8_MODEL if precision == "int8" else centerface_model(), threads)
         self._warmup()
 
     def _warmup(self) -> None:

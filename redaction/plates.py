@@ -229,7 +229,6 @@ class PlateDetector(Detector):
         max_gap: float = 0.5,
         line_aspect: float = 7.0,
         grow: tuple[float, float] = (0.5, 1.8),
-        spin: bool = True,
         roi_scale: float = 1.0,
     ) -> None:
         if not 0.0 < threshold < 1.0:
@@ -256,7 +255,7 @@ class PlateDetector(Detector):
         if roi_scale <= 0:
             raise ValueError(f"plate roi_scale must be positive, got {roi_scale}")
         self.roi_scale = roi_scale
-        self._session = create_session(_det_model(), threads, spin)
+        self._session = create_session(_det_model(), threads)
         self._session.run(None, {_INPUT: np.zeros((1, 3, _ALIGN, _ALIGN), np.float32)})
 
     @property
