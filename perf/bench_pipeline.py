@@ -56,7 +56,8 @@ def main() -> int:
         faces_stride = work / "faces-stride3.yaml"
         faces_stride.write_text("classes:\n  plate:\n    enabled: false\ndetection:\n  stride: 3\n")
         faces_workers = work / "faces-stride3-workers2.yaml"
-        faces_workers.write_text("classes:\n  plate:\n    enabled: false\ndetection:\n  stride: 3\n  workers: 2\n")
+        faces_workers.write_text("classes:\n  plate:\n    enabled: false\ndetection:\n  stride: 3\n  workers: 2\n"
+                                 "  motion:\n    enabled: false\n")  # two workers need whole frames
         runs = {
             "deface (CenterFace, threshold 0.2)": [deface, str(clip), "-o", str(work / "deface.mp4")],
             "privacy-gateway redact, faces only": [sys.executable, "-m", "gateway.cli", "redact", str(clip),

@@ -20,7 +20,7 @@ import numpy as np
 from .cuts import CutDetector
 from .detector import Detector, default_threads
 from .gating import GatedDetection, Plan
-from .policy import Policy
+from .policy import WORKERS_GATED, Policy
 from .regions import Region, merge_duplicates, overlap_of_smaller
 from .tracker import Tracker
 
@@ -198,6 +198,8 @@ class StreamRedactor:
         self.workers = workers if workers is not None else detection.workers
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and detection.motion.enabled:
+            raise ValueError(WORKERS_GATED)
         self.tracker = Tracker(persist if persist is not None else detection.persist, detection.link)
         self._gating = GatedDetection(analyzer, detection.motion, detection.sweep) if detection.motion.enabled else None
         self._held: list[Frame] = []

@@ -187,7 +187,7 @@ def test_detector_failure_surfaces_and_releases_nothing_after_it():
 def test_a_stream_s_detectors_use_its_share_of_the_cores(cores, workers, expected):
     """A gateway with two cameras on two cores gives each camera's sessions one thread (not two
     each, fighting over the cores); a policy's own ``threads`` wins."""
-    policy = parse_policy({"detection": {"workers": workers}})
+    policy = parse_policy({"detection": {"workers": workers, "motion": {"enabled": workers == 1}}})
     for detector in build_detectors(policy, cores=cores).values():
         assert detector._session.get_session_options().intra_op_num_threads == expected
     pinned = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 2}})

@@ -112,3 +112,13 @@ def test_a_cadence_is_a_stride_or_an_interval():
         parse_policy({"detection": {"stride": 3, "interval": 0.1}})
     with pytest.raises(PolicyError, match="detection.stride .* or detection.interval"):
         parse_policy({"detection": {"interval": None}})
+
+
+def test_two_workers_with_motion_gating_are_refused_and_the_presets_that_use_them_load():
+    """A second worker would plan its detection frame without what the one before found (fewer known
+    regions looked at again): the policy says so instead of losing recall quietly."""
+    with pytest.raises(PolicyError, match="detection.workers above 1 needs detection.motion.enabled: false"):
+        parse_policy({"detection": {"workers": 2}})
+    assert parse_policy({"detection": {"workers": 2, "motion": {"enabled": False}}}).detection.workers == 2
+    fast = load_policy(Path(__file__).resolve().parents[1] / "config" / "policies" / "video-fast.yaml")
+    assert fast.detection.workers == 2 and not fast.detection.motion.enabled
