@@ -133,14 +133,16 @@ class OpenBaoCluster:
             node.process = None
 
     def restart(self, node: Node, timeout: float = 60.0) -> None:
-        """Start a killed node again on its own Raft data and unseal it; back once it serves again.
-        A node still running is left alone (a test that failed before it killed one restarts it)."""
+        """Start a killed node again on its own Raft data and unseal it; back once it serves again:
+        a standby reports itself (429) before it can forward a request to the active node, so the
+        wait is for an authenticated request through it. A node still running is left alone (a test
+        that failed before it killed one restarts it)."""
         if node.running():
             return
         deadline = time.monotonic() + timeout
         self._spawn(node)
         self._unseal(node, deadline)
-        self._wait(deadline, lambda: self._health(node) in (200, 429), f"{node.name} to rejoin")
+        self._wait(deadline, lambda: self._health(node) in (200, 429) and self._serves(node), f"{node.name} to rejoin")
 
     def leader(self, timeout: float = 60.0) -> Node:
         """The active node, as the running nodes agree on it (waits out an election)."""
@@ -223,6 +225,13 @@ class OpenBaoCluster:
             except httpx.HTTPError:
                 pass
             self._wait(deadline, lambda: False, f"{node.name} to take the unseal key", quiet=True)
+
+    def _serves(self, node: Node) -> bool:
+        """Whether ``node`` answers a request that needs the active node (itself, or forwarded to it)."""
+        try:
+            return _get(node.address, "sys/mounts", self.root_token).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _health(self, node: Node) -> int:
         if not node.running():
