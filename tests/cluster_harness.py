@@ -104,3 +104,18 @@ def unmask_one(config: Path | str, node: str, investigator, out: Path, capsys, f
     finally:
         del os.environ[investigator.variable]
     return False
+
+
+def kill_and_follow(victim, survivors, cameras, timeout) -> tuple[dict, float]:
+    """``kill -9`` ``victim`` (a node with ``owns()`` and ``released(camera)``) and wait until each of
+    ``cameras`` releases frames on one of ``survivors``: (camera -> the node running it, seconds taken)."""
+    victim.process.kill()
+    killed = time.monotonic()
+    victim.process.wait(10)
+
+    def running_again():
+        where = {c: next((n for n in survivors if c in n.owns()), None) for c in cameras}
+        return all(n is not None and n.released(c) > 0 for c, n in where.items()) and where
+
+    where = wait_for(running_again, timeout, "the killed node's cameras to run again elsewhere")
+    return where, time.monotonic() - killed

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import ServeNode, free_port, small_clip, wait_for
+from cluster_harness import ServeNode, free_port, kill_and_follow, small_clip, wait_for
 from rtsp_harness import RawClient, ffmpeg_frames
 from serve_harness import FACES, add_people, assert_faces_redacted, half
 
@@ -167,16 +167,7 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
         # kill -9 one node: its cameras run again on the others
         moved = sorted(owned[0])
         survivors = nodes[1:]
-        victim.process.kill()
-        killed = time.monotonic()
-        victim.process.wait(10)
-
-        def running_again():
-            where = {c: next((n for n in survivors if c in n.owns()), None) for c in moved}
-            return all(n is not None and n.released(c) > 0 for c, n in where.items()) and where
-
-        where = wait_for(running_again, 60, "the killed node's cameras to run again elsewhere")
-        takeover = time.monotonic() - killed
+        where, takeover = kill_and_follow(victim, survivors, moved, 60)
         with capsys.disabled():
             print(f"\ncluster take-over: cameras {moved} of a kill -9'd node released redacted frames again on "
                   f"{sorted({n.name for n in where.values()})} after {takeover:.1f} s (lease {LEASE_S:.0f} s)")

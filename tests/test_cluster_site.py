@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from cluster_harness import unmask_one, wait_for
+from cluster_harness import kill_and_follow, unmask_one, wait_for
 from serve_harness import add_people, assert_faces_redacted, half
 from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded, clip  # noqa: F401 (clip: the fixture)
 
@@ -71,16 +71,7 @@ def test_a_site_loses_a_gateway_a_volume_server_and_the_active_openbao_node_and_
         # 1. kill -9 one gateway node: its cameras run again on the others
         victim, survivors = nodes[0], nodes[1:]
         moved = sorted(owned[0])
-        victim.process.kill()
-        killed = time.monotonic()
-        victim.process.wait(10)
-
-        def running_again():
-            where = {c: next((n for n in survivors if c in n.owns()), None) for c in moved}
-            return all(n is not None and n.released(c) > 0 for c, n in where.items()) and where
-
-        where = wait_for(running_again, TAKEOVER_BOUND, "the killed node's cameras to run again elsewhere")
-        took = time.monotonic() - killed
+        where, took = kill_and_follow(victim, survivors, moved, TAKEOVER_BOUND)
         measured.append(f"gateway {victim.name} killed: cameras {moved} released redacted frames again on "
                         f"{sorted({n.name for n in where.values()})} after {took:.1f} s (lease {LEASE_S:.0f} s)")
         assert took < TAKEOVER_BOUND
