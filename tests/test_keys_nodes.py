@@ -54,6 +54,14 @@ def certified(directory, signer, time=None):
     return KeyDirectory.open(directory.path)
 
 
+def sealing_node(tmp_path, directory, time=None):
+    """A node key made and certified (at ``time``), and a vault opened for sealing with the directory
+    that certifies it: (signer, directory, store)."""
+    signer = node(tmp_path)
+    directory = certified(directory, signer, time)
+    return signer, directory, VaultStore.for_sealing(tmp_path / "vault", directory)
+
+
 def seal(store, signer, number=1, previous="0" * 64, ended=None):
     """One segment of camera lobby with one clip, signed by ``signer``; returns its digest."""
     header = SegmentHeader("lobby", number, 1, "ab" * 32, "rec-1", "2026-12-01T09:00:00+00:00", previous,
@@ -112,9 +120,7 @@ def test_a_key_is_one_nodes_and_a_revoked_one_is_never_certified_again(tmp_path,
 # --- audit entries ----------------------------------------------------------------------------------
 
 def test_entries_signed_by_a_certified_node_key_verify(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory)
     store.audit.append("gateway", directory.signer, "start", {})
     store.audit.append(signer.actor, signer, "take-over", {"camera": "lobby"})
     assert store.audit.verify(store.key_of) == 2
@@ -132,9 +138,7 @@ def test_an_entry_by_an_uncertified_node_key_is_refused(tmp_path, directory):
 
 
 def test_an_entry_claiming_a_node_but_signed_by_another_key_is_refused(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory)
     store.audit.append(signer.actor, Ed25519PrivateKey.generate(), "seal", {})
     with pytest.raises(AuditError, match="entry 1 .*signature does not verify"):
         store.audit.verify(store.key_of)
@@ -148,9 +152,7 @@ def test_an_entry_claiming_a_node_but_signed_by_another_key_is_refused(tmp_path,
 
 
 def test_a_revoked_node_keys_earlier_entries_verify_and_later_ones_do_not(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer, "2026-12-01T00:00:00+00:00")
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory, "2026-12-01T00:00:00+00:00")
     store.audit.append(signer.actor, signer, "seal", {"n": 1}, time=BEFORE)
     directory.revoke_node("gw-1", REVOKED)
     assert store.audit.verify(store.key_of) == 1  # re-read the changed roster: still verifies
@@ -178,9 +180,7 @@ def test_a_replaced_node_key_keeps_its_past_and_the_new_key_signs_on(tmp_path, d
 
 
 def test_a_node_is_never_an_approver(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory)
     details = {"camera": "lobby"}
     store.audit.append("gateway", directory.signer, "unmask",
                        {**details, "approvals": {signer.actor: signer.sign(canonical(details)).hex()}})
@@ -191,9 +191,7 @@ def test_a_node_is_never_an_approver(tmp_path, directory):
 # --- segments, checkpoints and key files ---------------------------------------------------------------
 
 def test_segments_sealed_by_a_node_name_it_and_verify(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory)
     seal(store, signer)
     (segment,) = store.verify_chain("lobby")
     assert segment.signer == "node:gw-1"
@@ -220,9 +218,7 @@ def test_a_segment_by_an_uncertified_or_forged_node_key_is_refused(tmp_path, dir
 
 
 def test_a_segment_a_revoked_node_key_finished_after_its_revocation_is_refused(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer, "2026-12-01T00:00:00+00:00")
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory, "2026-12-01T00:00:00+00:00")
     digest = seal(store, signer, 1, ended=BEFORE)
     seal(store, signer, 2, digest, ended=AFTER)
     directory.revoke_node("gw-1", REVOKED)
@@ -235,9 +231,7 @@ def test_a_segment_a_revoked_node_key_finished_after_its_revocation_is_refused(t
 
 
 def test_a_partial_a_node_left_is_recovered_under_its_checkpoints(tmp_path, directory):
-    signer = node(tmp_path)
-    directory = certified(directory, signer)
-    store = VaultStore.for_sealing(tmp_path / "vault", directory)
+    signer, directory, store = sealing_node(tmp_path, directory)
     header = SegmentHeader("lobby", 1, 1, "ab" * 32, "rec-1", "2026-12-01T09:00:00+00:00", vault=store.vault_id)
     writer = store.open_segment(header, GRANTS, store.identities, signer)
     codec, size, coded = ClipCoder("lossless").encode([np.zeros((4, 4, 3), np.uint8)])
