@@ -46,15 +46,26 @@ def test_merge_joins_overlapping_boxes_and_inside_measures_cover():
     assert inside((0, 0, 10, 10), [(20, 20, 5, 5)]) == 0.0
 
 
-@pytest.mark.parametrize("size", [(1280, 720), (768, 576), (176, 144)])
-def test_sweep_tiles_cover_the_frame_with_overlap(size):
+@pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (768, 576), (176, 144)])
+def test_sweep_tiles_cover_the_frame_so_that_anything_up_to_the_overlap_is_whole_in_one(size):
     width, height = size
+    rng = np.random.default_rng(7)
     for tile, overlap in (((640, 384), 64), ((512, 320), 128)):
-        covered = np.zeros((height, width), bool)
-        for x, y, w, h in tiles(width, height, tile, overlap):
-            assert w <= tile[0] and h <= tile[1] and x + w <= width and y + h <= height
-            covered[y : y + h, x : x + w] = True
-        assert covered.all()
+        found = tiles(width, height, tile, overlap)
+        for x, y, w, h in found:
+            assert w <= 1.25 * tile[0] and h <= 1.25 * tile[1] and x >= 0 and y >= 0
+            assert x + w <= width and y + h <= height
+        for _ in range(500):  # any box up to the overlap across, anywhere: inside one tile
+            bw, bh = rng.integers(1, min(overlap, width, height) + 1, 2)
+            bx, by = rng.integers(0, width - bw + 1), rng.integers(0, height - bh + 1)
+            assert any(x <= bx and y <= by and bx + bw <= x + w and by + bh <= y + h for x, y, w, h in found)
+
+
+def test_sweep_tiles_grow_a_little_rather_than_add_a_row():
+    """1280x720 in face tiles of at most 640x384 took nine tiles (2.4 times the frame); four do."""
+    found = tiles(1280, 720, (640, 384), 64)
+    assert len(found) == 4 and sum(w * h for *_, w, h in found) < 1.2 * 1280 * 720
+    assert len(tiles(1280, 720, (512, 320), 128)) == 9
 
 
 class Scripted:
@@ -210,18 +221,18 @@ def test_changed_region_detection_finds_the_faces_in_it(data):
 
 
 def test_the_sweep_is_spread_over_its_period_one_slice_at_a_time():
-    """Nine slices in 0.9 s with a detection every 20 ms: one every 0.1 s, not nine frames in a row
-    (a burst that would push those detections past the hold-back)."""
-    policy = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"sweep": {"face": 0.9}}})
+    """Four slices (720p in face tiles) in 0.8 s with a detection every 20 ms: one every 0.2 s, not
+    four frames in a row (a burst that would push those detections past the hold-back)."""
+    policy = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"sweep": {"face": 0.8}}})
     gating = GatedDetection(Analyzer(policy, {"face": Scripted({})}), policy.detection.motion, policy.detection.sweep)
     still_frame = np.full((720, 1280, 3), 90, np.uint8)
     assert gating.plan(still_frame, 0.0).whole
     given = {n: gating.plan(still_frame, n * 0.02).sweep["face"] for n in range(1, 140)}
     times = [n * 0.02 for n, slices in given.items() if slices]
     assert all(len(slices) <= 1 for slices in given.values())
-    # the first round starts 0.9 s after the whole frame, and gives its nine slices within its 0.9 s
-    assert times[0] == pytest.approx(0.9) and sum(0.9 <= t < 1.8 for t in times) == 9
-    assert all(0.08 <= b - a <= 0.12 for a, b in zip(times, times[1:])), times
+    # the first round starts 0.8 s after the whole frame, and gives its four slices within its 0.8 s
+    assert times[0] == pytest.approx(0.8) and sum(0.8 <= t < 1.6 for t in times) == 4
+    assert all(0.18 <= b - a <= 0.22 for a, b in zip(times, times[1:])), times
 
 
 def test_a_mask_follows_a_face_that_drifts_too_slowly_to_count_as_motion():
