@@ -46,6 +46,16 @@ def test_merge_joins_overlapping_boxes_and_inside_measures_cover():
     assert inside((0, 0, 10, 10), [(20, 20, 5, 5)]) == 0.0
 
 
+def test_merge_leaves_boxes_apart_where_their_bounding_box_would_be_mostly_empty_ground():
+    """A crowd's padded boxes touching corner to corner: joined, they made one box over half the
+    frame (and the whole frame was detected); apart, they are read as they are, counted once."""
+    chain = [(0, 0, 100, 100), (90, 90, 100, 100), (180, 180, 100, 100)]
+    assert merge(chain) == chain
+    assert area(chain) == 3 * 100 * 100 - 2 * 10 * 10
+    assert inside((85, 85, 20, 20), chain) == pytest.approx(1 - 2 * 5 * 5 / 400)  # two corners uncovered
+    assert inside((0, 0, 100, 100), [(0, 0, 60, 100), (40, 0, 30, 100)]) == pytest.approx(0.7)  # the overlap once
+
+
 @pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (768, 576), (176, 144)])
 def test_sweep_tiles_cover_the_frame_so_that_anything_up_to_the_overlap_is_whole_in_one(size):
     width, height = size
