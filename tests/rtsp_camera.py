@@ -4,9 +4,14 @@ The clip is remuxed, never re-encoded: qtdemux's samples (with their own PTS/DTS
 B-frames stay in order) are read into memory once, and every client gets its own
 ``appsrc ! rtph264pay`` pipeline that plays them from the first keyframe and, with
 ``--loop``, again and again with the timestamps shifted by the clip's length, so the
-stream never jumps back. SPS/PPS go out with every keyframe (``config-interval=-1``), so
-a client that joins or rejoins can start decoding at once. Both RTP over the RTSP TCP
-connection (interleaved) and RTP over UDP work.
+stream never jumps back. SPS/PPS go out in band at the head of every keyframe, once per
+access unit as cameras send them, so a client that joins or rejoins can start decoding at
+once. Not rtph264pay's ``config-interval=-1``: it puts them before every IDR *slice*, and a
+parameter set between two slices of one picture starts a new access unit (H.264 7.4.1.2.3):
+FFmpeg then decodes each slice of a multi-slice keyframe as a picture of its own, and every
+picture until the next keyframe is built on half a picture (x264 with sliced threads, PyAV's
+default, codes two slices per 720p frame here). Both RTP over the RTSP TCP connection
+(interleaved) and RTP over UDP work.
 
 PyGObject is a Debian package for the system interpreter, so this runs under
 ``/usr/bin/python3``, never the project's venv:
@@ -58,6 +63,9 @@ class Clip:
         if not samples or self.caps is None or self.caps.get_structure(0).get_name() != "video/x-h264":
             raise ValueError(f"{path}: no H.264 video stream")
 
+        headers = _parameter_sets(self.caps)
+        if headers:
+            samples = [b if b.has_flags(Gst.BufferFlags.DELTA_UNIT) else _prefixed(headers, b) for b in samples]
         stamps = [t for b in samples for t in (b.pts, b.dts) if t != Gst.CLOCK_TIME_NONE]
         base = min(stamps)
         frame = samples[1].dts - samples[0].dts if len(samples) > 1 else Gst.SECOND // 25
@@ -71,6 +79,37 @@ class Clip:
             end = max(end, pts + duration, dts + duration)
         #: how far the timestamps move on at each loop
         self.period = end
+
+
+def _parameter_sets(caps: Gst.Caps) -> bytes | None:
+    """The SPS and PPS of an ``avc`` stream's ``codec_data`` (avcC) as length-prefixed NAL units
+    (the samples' own format, lengths of ``lengthSizeMinusOne + 1`` bytes), None if it has none."""
+    found, data = caps.get_structure(0).get_value("codec_data"), None
+    if found is not None:
+        ok, info = found.map(Gst.MapFlags.READ)
+        if ok:
+            data = bytes(info.data)
+            found.unmap(info)
+    if not data or len(data) < 7:
+        return None
+    size = (data[4] & 3) + 1
+    units, at = [], 6
+    for count_at in (5, None):  # the SPS count sits at byte 5, the PPS count right after the SPS
+        count = data[count_at] & 31 if count_at is not None else data[at]
+        at += 0 if count_at is not None else 1
+        for _ in range(count):
+            length = int.from_bytes(data[at : at + 2], "big")
+            units.append(length.to_bytes(size, "big") + data[at + 2 : at + 2 + length])
+            at += 2 + length
+    return b"".join(units) or None
+
+
+def _prefixed(head: bytes, buffer: Gst.Buffer) -> Gst.Buffer:
+    """``buffer`` with ``head`` before its data, its timestamps and flags kept."""
+    out = Gst.Buffer.new_wrapped(head + buffer.extract_dup(0, buffer.get_size()))
+    out.pts, out.dts, out.duration = buffer.pts, buffer.dts, buffer.duration
+    out.set_flags(buffer.get_flags())
+    return out
 
 
 class Feeder:
@@ -102,7 +141,7 @@ class ClipFactory(GstRtspServer.RTSPMediaFactory):
         self.set_shared(False)  # every client starts at the first keyframe
         self.set_launch(
             "( appsrc name=src format=time is-live=false max-bytes=2000000 "
-            "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+            "! rtph264pay name=pay0 pt=96 config-interval=0 )"
         )
         self.connect("media-configure", self._configure)
 
