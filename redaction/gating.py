@@ -19,7 +19,7 @@ On each detection frame of a live stream (``detection.motion`` enabled):
    only when its region changed and the detection that then looked there found nothing.
    Where step 2 looks less closely than a whole-frame pass (plates: the fine pass upscales a
    720p frame 1.25x, a changed region is read at native size), a known region whose pixels
-   changed is also looked at again at whole-frame scale, a crop of twice its size
+   changed is also looked at again at whole-frame scale, a crop of three times its size
    (:attr:`Plan.recheck`): a plate or sign is not released because someone walked past it.
    "Its pixels stay the same" means the same as when a detection last found it, not merely
    little change since the previous detection frame: a slow pan or zoom moves a face out from
@@ -45,8 +45,12 @@ from .regions import Region, overlap_of_smaller
 #: about 640x400, the tile a plate detector handles best), and their overlap: an object on a
 #: seam is whole in one tile (plates up to about 280 px wide at 720p)
 _SWEEP_TILES = {"face": ((640, 384), 64), "plate": ((512, 320), 128)}
-#: how much larger than its nominal size a sweep tile may grow to save a row or column of tiles
-_TILE_SLACK = 1.25
+#: how much larger than its nominal size a sweep tile may grow to save a row or column of tiles:
+#: face tiles by a quarter (720p in four tiles, not nine). Plate tiles not at all: spread at full
+#: size they overlap by more than their nominal 128 px (187 px down a 720p frame), and text wider
+#: than that was found whole: in tiles grown to save a row, the sweep found 81 % less of the text
+#: on opencv_Megamind (masked pixels, first 300 frames)
+_TILE_SLACK = {"face": 1.25, "plate": 1.0}
 #: a track at least this much inside the changed boxes was looked at again; less, and it is kept
 _LOOKED_AT = 0.8
 #: a detection covering this share of a kept track (or the track of it) is that track: not kept twice
@@ -73,18 +77,17 @@ class Plan:
     moved: list[Box] | None = None
 
 
-def tiles(width: int, height: int, size: tuple[int, int], overlap: int) -> list[Box]:
-    """The fewest tiles of about ``size`` (up to :data:`_TILE_SLACK` times it on each side) that
-    cover ``width`` x ``height`` with neighbours overlapping by at least ``overlap`` pixels, so
-    that anything up to ``overlap`` pixels across is whole in one of them. Tiles of at most
-    ``size`` would waste a row or column: 1280x720 in tiles of at most 640x384 takes nine (2.4
-    times the frame's pixels), in tiles of about that size four (672x392, 1.1 times)."""
+def tiles(width: int, height: int, size: tuple[int, int], overlap: int, slack: float = 1.0) -> list[Box]:
+    """The fewest tiles of ``size``, or up to ``slack`` times it on each side, that cover ``width`` x
+    ``height`` with neighbours overlapping by at least ``overlap`` pixels (anything up to
+    ``overlap`` pixels across is whole in one of them), spread evenly. Tiles of at most 640x384
+    cover 1280x720 in nine tiles (2.4 times its pixels); grown to 672x392, four do (1.1 times)."""
 
     def spans(total: int, tile: int) -> list[tuple[int, int]]:
-        if total <= tile * _TILE_SLACK:
+        if total <= tile * slack:
             return [(0, total)]
-        count = math.ceil((total - overlap) / (tile * _TILE_SLACK - overlap))
-        length = math.ceil((total - overlap) / count) + overlap
+        count = math.ceil((total - overlap) / (tile * slack - overlap))
+        length = max(tile, math.ceil((total - overlap) / count) + overlap)
         step = (total - length) / (count - 1)
         return [(round(i * step), length) for i in range(count)]
 
@@ -144,7 +147,7 @@ class GatedDetection:
         height, width = image.shape[:2]
         if self._shape != (height, width):
             self._shape = (height, width)
-            self._tiles = {cls: tiles(width, height, *_SWEEP_TILES[cls]) for cls in self._sweeps}
+            self._tiles = {cls: tiles(width, height, *_SWEEP_TILES[cls], _TILE_SLACK[cls]) for cls in self._sweeps}
             self._recheck = {cls for cls in self._sweeps if not self.analyzer.roi_finest(cls, width, height)}
         changed = self._gate.changed(image)
         if changed is None:
@@ -235,13 +238,12 @@ def _grown(box: tuple[float, float, float, float], pad: int, width: int, height:
 
 
 def _around(box: tuple[float, float, float, float], width: int, height: int) -> Box:
-    """``box`` grown by half its size on every side, within the frame: room for what drifted a
-    little since it was found (what moved more is in the changed boxes). Grown by its whole size,
-    nine times its area, the plates and signs people walked past on the walkway took up to 0.6 Mpx
-    of whole-frame-scale reading on one detection frame (about 200 ms of one core)."""
+    """``box`` grown by its own size on every side (it may have moved), within the frame. Not less:
+    grown by half, the text detector lost plates and signs it had found (opencv_Megamind, 12 % of
+    their masked pixels) and CenterFace a face on the frame's edge (short_hamilton_clip)."""
     x, y, w, h = box
-    x0, y0 = max(0, int(x - w / 2)), max(0, int(y - h / 2))
-    x1, y1 = min(width, int(np.ceil(x + 1.5 * w))), min(height, int(np.ceil(y + 1.5 * h)))
+    x0, y0 = max(0, int(x - w)), max(0, int(y - h))
+    x1, y1 = min(width, int(np.ceil(x + 2 * w))), min(height, int(np.ceil(y + 2 * h)))
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
