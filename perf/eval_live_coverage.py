@@ -217,7 +217,7 @@ def main() -> int:
           f"{100 * max(r['over_mask'] for r in results):.2f} % (target <= 5 %); largest blanked share "
           f"{100 * max(r['blanked'] for r in results):.1f} %")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps(results, indent=1, default=int))  # numpy integers among the counts
     return 0
 
 
