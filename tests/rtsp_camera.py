@@ -93,10 +93,9 @@ def _parameter_sets(caps: Gst.Caps) -> bytes | None:
     if not data or len(data) < 7:
         return None
     size = (data[4] & 3) + 1
-    units, at = [], 6
-    for count_at in (5, None):  # the SPS count sits at byte 5, the PPS count right after the SPS
-        count = data[count_at] & 31 if count_at is not None else data[at]
-        at += 0 if count_at is not None else 1
+    units, at = [], 5
+    for bits in (0x1F, 0xFF):  # the SPS count (byte 5, low five bits), then the PPS count after the SPS
+        count, at = data[at] & bits, at + 1
         for _ in range(count):
             length = int.from_bytes(data[at : at + 2], "big")
             units.append(length.to_bytes(size, "big") + data[at + 2 : at + 2 + length])

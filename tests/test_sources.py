@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -130,6 +131,47 @@ def test_rtsp_delivers_the_clip(gstreamer, clips, started, transport, clip, shap
         assert_continuous(frames, source.stats.dropped)
         assert source.stats.frames >= len(frames) and source.stats.errors == 0 and source.stats.reconnects == 0
         assert len(got.threads) == 1  # emit is only ever called from the source's own thread
+
+
+def test_a_clip_with_several_slices_a_frame_arrives_frame_for_frame_as_coded(gstreamer, tmp_path, started):
+    """Two slices a picture (as x264's sliced threads code it): the camera must send the parameter
+    sets once per keyframe, not before each slice, or FFmpeg decodes each keyframe as two half
+    pictures and every frame after it on half a picture, and flags none of them corrupt."""
+    rng = np.random.default_rng(3)
+    texture = cv2.resize(rng.integers(0, 256, (45, 80, 3), np.uint8), (640, 360), interpolation=cv2.INTER_CUBIC)
+    clip = tmp_path / "sliced.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23", "threads": "1",
+                          "x264-params": "keyint=15:min-keyint=15:scenecut=0:bframes=0:slices=2"}
+        for number in range(45):
+            frame = av.VideoFrame.from_ndarray(np.roll(texture, 4 * number, axis=1), format="bgr24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(clip)) as container:
+        first = next(container.demux(video=0))
+        assert sum(1 for unit in _nal_types(bytes(first)) if unit == 5) == 2  # an IDR picture in two slices
+    with av.open(str(clip)) as container:
+        expected = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    got: list[np.ndarray] = []
+    with rtsp_camera(clip) as camera:
+        started(RtspSource("lobby", camera.url, **FAST), lambda frame: got.append(frame.image))
+        wait_for(lambda: len(got) >= 40, 15, "40 frames")
+    worst = max(float(np.abs(a.astype(np.int16) - b).mean()) for a, b in zip(got[:40], expected[:40]))
+    assert worst < 1.0, f"a received frame differs from the coded one by {worst:.1f} grey levels on average"
+
+
+def _nal_types(sample: bytes) -> list[int]:
+    """The NAL unit types of an MP4 sample (4-byte length prefixes)."""
+    types, at = [], 0
+    while at + 4 < len(sample):
+        length = int.from_bytes(sample[at : at + 4], "big")
+        types.append(sample[at + 4] & 0x1F)
+        at += 4 + length
+    return types
 
 
 def test_the_camera_loops_its_clip_seamlessly(gstreamer, half_second, started):
