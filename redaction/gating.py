@@ -42,8 +42,8 @@ from .motion import Box, MotionGate, area, inside, merge
 from .regions import Region, overlap_of_smaller
 
 #: sweep tiles, in frame pixels (faces at native scale; plates' fine pass upscales these to
-#: about 640x400, the tile a plate detector handles best), and their overlap: an object on a
-#: seam is whole in one tile (plates up to about 280 px wide at 720p)
+#: about 640x400, the tile a plate detector handles best), and their overlap: an object up to
+#: that size is whole in one tile (at 720p the plate tiles overlap by 128 px across and 187 px down)
 _SWEEP_TILES = {"face": ((640, 384), 64), "plate": ((512, 320), 128)}
 #: how much larger than its nominal size a sweep tile may grow to save a row or column of tiles:
 #: face tiles by a quarter (720p in four tiles, not nine). Plate tiles not at all: spread at full
