@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 
 from .errors import AuditError
 
@@ -37,12 +38,15 @@ def handover_link(seq: int, line: bytes) -> dict:
             "head": details.get("head")}
 
 
-def check_handovers(logs: dict[str, list[bytes]]) -> int:
-    """Check every hand-over in ``logs`` (node -> its log's lines, each chain verified already) against
-    the previous owner's log; the number of links checked, or :class:`AuditError` naming the first
-    broken one."""
+def check_handovers(logs: dict[str, list[bytes]], of: Collection[str] | None = None) -> int:
+    """Check every hand-over in ``logs`` (node -> its log's lines, each chain verified already), or
+    only those in the logs of the nodes ``of`` (the others are there as previous owners: their own
+    hand-overs name logs that may not be), against the previous owner's log; the number of links
+    checked, or :class:`AuditError` naming the first broken one."""
     checked = 0
     for node, lines in sorted(logs.items()):
+        if of is not None and node not in of:
+            continue
         for line in lines:
             entry = json.loads(line)
             details = entry.get("details")

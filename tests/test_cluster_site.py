@@ -121,9 +121,11 @@ def test_a_site_loses_a_gateway_a_volume_server_and_the_active_openbao_node_and_
         leaving.stop()
         handovers = wait_for(lambda: len(handed_over()) > earlier and handed_over(), 30,
                              f"{heir.name} taking over a camera {leaving.name} handed back")
-        for handover in handovers:
-            assert handover["released"] and handover["handover"] is not None and handover["gap_s"] < TAKEOVER_BOUND
-        handover = handovers[-1]
+        # a camera handed back after a few seconds on a node may have no seal there to link to; one
+        # that ran there through the kills above has, and the stop waits for its copy in PostgreSQL
+        assert all(h["released"] and h["gap_s"] < TAKEOVER_BOUND for h in handovers), handovers
+        for handover in handovers[earlier:]:
+            assert handover["handover"] is not None, (earlier, handovers)
         measured.append(f"gateway {leaving.name} stopped: {heir.name} took {handover['camera']} over, a gap of "
                         f"{handover['gap_s']:.1f} s, continuing its audit entry {handover['handover']['seq']}")
         heir.stop()

@@ -28,6 +28,16 @@ def test_a_take_over_links_to_the_previous_owners_last_seal_of_the_camera(tmp_pa
     assert check_handovers(_logs(tmp_path)) == 1
 
 
+def test_only_the_hand_overs_of_the_logs_asked_for_are_checked(tmp_path):
+    """Verifying one node's footage loads the logs its take-overs name; those logs' own hand-overs name
+    others, which are not loaded: they are not this node's links to check."""
+    logs = _logs(tmp_path)
+    with pytest.raises(AuditError, match="not here to check"):
+        check_handovers({"gw-2": logs["gw-2"]})
+    assert check_handovers({"gw-2": logs["gw-2"]}, of=("gw-1",)) == 0
+    assert check_handovers(logs, of=("gw-2",)) == 1
+
+
 def test_a_take_over_without_a_hand_over_is_no_link(tmp_path):
     log = AuditLog(tmp_path / "old.log")
     log.append("gateway", Ed25519PrivateKey.generate(), "take-over", {"camera": "lobby", "previous": "gw-1"})

@@ -573,7 +573,7 @@ def _handovers(args: argparse.Namespace, store: VaultStore) -> str:
         for node in sorted(str(n) for n in previous if n != own):
             logs[node] = AuditTable(database).lines(node)
             verify_lines(logs[node], store.key_of, log=f"node {node}'s audit log (its copy in the cluster's database)")
-        count = check_handovers(logs)
+        count = check_handovers(logs, of=(own,))
     except StateUnavailable as exc:
         return f"; its hand-overs not checked ({exc})"
     except AuditError as exc:

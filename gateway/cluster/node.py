@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _APPLY_TICK = 0.1
 #: seconds before a camera that failed to start is tried again
 _START_RETRY = 5.0
+#: longest a hand-back waits for the audit copy to hold what the stopped cameras logged last
+_FLUSH_S = 2.0
 #: seconds between two log lines about the same database failure
 _LOG_EVERY = 30.0
 
@@ -131,6 +133,9 @@ class ClusterNode:
         self.stats = ClusterStats()
         #: told of each take-over once the camera runs here (on the apply thread): the audit entry
         self.on_takeover: Callable[[TakeOver], None] | None = None
+        #: called with a timeout (s) before stopped cameras are handed back: returns once what their
+        #: stop logged is where the next owner reads it (the audit copy, for the hand-over's link)
+        self.before_release: Callable[[float], object] | None = None
         self._taken: dict[str, tuple[str, datetime, datetime]] = {}  # camera -> Round.previous, until started
         self._handed: set[str] = set()  # of those, the cameras their previous owner handed back
         self._closing = threading.Event()
@@ -196,6 +201,7 @@ class ClusterNode:
         for camera in list(self._running):
             self._stop_camera(camera)
         if self._leases is not None:
+            self._flush()
             try:
                 self._leases.release(list(self._held))
                 self._leases.leave()
@@ -203,6 +209,13 @@ class ClusterNode:
                 log.warning("cluster: could not hand the leases back (%s); they expire within %.0f s",
                             exc, self.lease_s)
             self._leases.connection.close()
+
+    def _flush(self) -> None:
+        if self.before_release is not None:
+            try:
+                self.before_release(min(_FLUSH_S, self.lease_s / 2))
+            except Exception:  # the release goes ahead: a hand-over without a link is logged as such
+                log.exception("cluster: waiting for the audit copy before a release failed")
 
     # --- the lease thread -----------------------------------------------------------------------
 
@@ -239,6 +252,7 @@ class ClusterNode:
         with self._lock:
             release = set(self._stopped_to_release)
         if release:
+            self._flush()
             self._leases.release(release)
         with self._lock:
             self._stopped_to_release -= release

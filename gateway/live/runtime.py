@@ -164,6 +164,8 @@ class Runtime:
             config.rtsp_address)
         if self.cluster is not None:
             self.cluster.on_takeover = self._took_over
+            if self.audit_copy is not None:
+                self.cluster.before_release = self.audit_copy.flush
         #: told (on the cluster's thread) of a camera stopped because its lease went: (name, the camera)
         self.on_parked: Callable[[str, LiveCamera], None] | None = None
         self._stop = threading.Event()

@@ -40,6 +40,7 @@ class AuditCopy:
         self._queue: deque[tuple[int, bytes]] = deque()
         self._wake = threading.Condition()
         self._catch_up = True  # copy from the file what the table lacks (at start, after a failure)
+        self._busy = False  # a batch is being copied
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"audit-copy-{node}", daemon=True)
         self._before: Callable[[int, bytes], None] | None = None
@@ -56,7 +57,17 @@ class AuditCopy:
         with self._wake:
             if not self._catch_up:
                 self._queue.append((seq, line))
-            self._wake.notify()
+            self._wake.notify_all()  # the copier, and flush() waiting for it
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every line appended so far is in the table: before a
+        camera's lease is handed back, so that the node taking it over finds this node's last seal of
+        it there (its hand-over names it). False if the table is behind still (the database away)."""
+        if not self._thread.is_alive():
+            return False
+        with self._wake:
+            return self._wake.wait_for(lambda: not (self._queue or self._busy or self._catch_up) or self._stopping,
+                                       timeout) and not (self._queue or self._busy or self._catch_up)
 
     @property
     def pending(self) -> int:
@@ -68,7 +79,7 @@ class AuditCopy:
         copy's own); the rest waits for the next start."""
         with self._wake:
             self._stopping = True
-            self._wake.notify()
+            self._wake.notify_all()
         self._thread.join(timeout)
         if self.audit.mirror is self:
             self.audit.mirror = self._before
@@ -84,10 +95,13 @@ class AuditCopy:
                     return
                 catch_up, batch = self._catch_up, list(self._queue)
                 self._queue.clear()
-                self._catch_up = False
+                self._catch_up, self._busy = False, True
             try:
                 self._copy(self._from_file() if catch_up else batch)
                 wait = _BACKOFF[0]
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
             except StateUnavailable as exc:
                 self.failures += 1
                 if self.failures == 1 or wait >= _BACKOFF[1]:
@@ -95,7 +109,7 @@ class AuditCopy:
                                 "answers", exc)
                 with self._wake:
                     self._queue.clear()
-                    self._catch_up = True  # whatever was queued is in the file
+                    self._catch_up, self._busy = True, False  # whatever was queued is in the file
                     if self._stopping:
                         return
                     self._wake.wait(wait)
