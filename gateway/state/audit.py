@@ -65,9 +65,12 @@ class AuditCopy:
         it there (its hand-over names it). False if the table is behind still (the database away)."""
         if not self._thread.is_alive():
             return False
+
+        def copied() -> bool:
+            return not (self._queue or self._busy or self._catch_up)
+
         with self._wake:
-            return self._wake.wait_for(lambda: not (self._queue or self._busy or self._catch_up) or self._stopping,
-                                       timeout) and not (self._queue or self._busy or self._catch_up)
+            return self._wake.wait_for(lambda: copied() or self._stopping, timeout) and copied()
 
     @property
     def pending(self) -> int:
