@@ -14,13 +14,17 @@ On each detection frame of a live stream (``detection.motion`` enabled):
 3. One slice of each class's **sweep** (a tile of the frame at whole-frame scale) runs too, so
    that every ``sweep.face`` / ``sweep.plate`` seconds the whole frame has been looked at:
    faces and parked cars that never move are found, however they got there.
-4. **Still masks stay**: a track whose box is not (mostly) inside the changed boxes, so whose
-   pixels have not changed, is carried on at its box as if detected again; it is released
-   only when its region changed and the detection that then looked there found nothing.
+4. **Still masks stay**: a track whose pixels are those it had when a detection last found it
+   is carried on at its box as if detected again, whether or not a changed box (padded, and
+   merged with its neighbours) takes it in; it is released only when its own pixels changed
+   and the detection that then looked there found nothing. Judged by the changed boxes
+   instead, a sign beside a path was looked at again each time someone walked by, and released
+   whenever that look missed it (opencv_vtest's "Fire assembly point" sign: masked 0.9 s of
+   28, sweep to sweep).
    Where step 2 looks less closely than a whole-frame pass (plates: the fine pass upscales a
    720p frame 1.25x, a changed region is read at native size), a known region whose pixels
    changed is also looked at again at whole-frame scale, a crop of three times its size
-   (:attr:`Plan.recheck`): a plate or sign is not released because someone walked past it.
+   (:attr:`Plan.recheck`): a plate or sign is not released because someone walked over it.
    "Its pixels stay the same" means the same as when a detection last found it, not merely
    little change since the previous detection frame: a slow pan or zoom moves a face out from
    under its mask a pixel at a time. A kept mask whose pixels drifted is looked at again (and
@@ -75,6 +79,8 @@ class Plan:
     #: the boxes whose pixels changed (``changed`` also holds the known regions they reach into);
     #: None: the same as ``changed``
     moved: list[Box] | None = None
+    #: tracks whose pixels are those they had when last found (kept, wherever the changed boxes are)
+    unchanged: frozenset[int] = frozenset()
 
 
 def tiles(width: int, height: int, size: tuple[int, int], overlap: int, slack: float = 1.0) -> list[Box]:
@@ -156,6 +162,7 @@ class GatedDetection:
             self._found.clear()
             return Plan(True, [(0, 0, width, height)])
         drifted = self._drifted(tracks)
+        unchanged = frozenset(self._found) - drifted
         moved = changed
         # a known region a changed box reaches into is read whole: a crop that cuts a face in two
         # finds half a face, and the track would follow that half off the face
@@ -177,7 +184,7 @@ class GatedDetection:
                 recheck.setdefault(track.cls, []).append(_around(track.box, width, height))
         sweep = {cls: s.next(time, self._tiles[cls]) for cls, s in self._sweeps.items() if cls not in coarse}
         return Plan(False, changed, sweep, {cls: merge(boxes) for cls, boxes in recheck.items()}, coarse, drifted,
-                    moved)
+                    moved, unchanged)
 
     def _drifted(self, tracks: list[Region]) -> frozenset[int]:
         """The tracks whose pixels are no longer those they had when last found (call after the
@@ -200,7 +207,8 @@ class GatedDetection:
     def keep(self, tracks: list[Region], detections: list[Region], plan: Plan) -> list[Region]:
         """The tracks to carry on unchanged on this detection frame (:func:`still`), remembered so
         that their pixels keep being compared with those they had when last found."""
-        kept = still(tracks, detections, plan.changed if plan.moved is None else plan.moved, plan.drifted)
+        kept = still(tracks, detections, plan.changed if plan.moved is None else plan.moved, plan.drifted,
+                     plan.unchanged)
         self._carried = {t.track for t in kept if t.track is not None}
         return kept
 
@@ -248,12 +256,15 @@ def _around(box: tuple[float, float, float, float], width: int, height: int) -> 
 
 
 def still(tracks: list[Region], detections: list[Region], looked_at: list[Box],
-          drifted: frozenset[int] = frozenset()) -> list[Region]:
-    """The tracks to carry on unchanged: those not looked at again (their pixels did not change)
-    and not found again by this frame's detections. ``tracks``: those found or carried on at the
-    previous detection frame (a track that was looked at and not found there stays released);
-    ``drifted``: tracks looked at again because their pixels changed since they were found."""
-    kept = [t for t in tracks if t.track not in drifted and inside(t.box, looked_at) < _LOOKED_AT]
+          drifted: frozenset[int] = frozenset(), unchanged: frozenset[int] = frozenset()) -> list[Region]:
+    """The tracks to carry on unchanged: those whose pixels did not change (``unchanged``, or for a
+    track whose pixels were not compared: not looked at again) and not found again by this frame's
+    detections. ``tracks``: those found or carried on at the previous detection frame (a track that
+    was looked at and not found there stays released); ``drifted``: tracks looked at again because
+    their pixels changed since they were found; ``unchanged``: tracks whose pixels are those they
+    had when found, kept even where ``looked_at`` takes them in."""
+    kept = [t for t in tracks if t.track not in drifted
+            and (t.track in unchanged or inside(t.box, looked_at) < _LOOKED_AT)]
     if not kept or not detections:
         return kept
     a = np.array([t.box for t in kept], np.float64)
