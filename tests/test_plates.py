@@ -207,3 +207,21 @@ def test_labelled_plates_are_covered(detector: PlateDetector, set_name: str, ima
     for x, y, w, h in boxes:
         covered = mask[y : y + h, x : x + w].mean()
         assert covered >= 0.8, f"{image}: plate {[x, y, w, h]} only {covered:.0%} covered"
+
+
+def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> None:
+    """The hard-swishes and the scalar affines after convolutions are gone from the graph that
+    runs, and on a real dashcam frame its probability map is the shipped model's to float rounding."""
+    import onnx
+
+    from redaction.detector import create_session
+    from redaction.plates import _det_model, _blob, det_model, input_size
+
+    graph = onnx.load_from_string(det_model()).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Clip" not in ops and "Div" not in ops and ops.count("HardSigmoid") == 34  # 10 were there before
+    frame = cv2.imread(str(DATA / "plates_romania_dashcam" / "images" / REAL[0][1]), cv2.IMREAD_COLOR)
+    blob = _blob(frame, input_size(frame.shape[1], frame.shape[0], 960), 0.0)
+    shipped, rewritten = (create_session(model, 1).run(None, {"x": blob})[0] for model in (_det_model(), det_model()))
+    assert shipped.max() > 0.9  # there is text to find
+    assert np.abs(shipped - rewritten).max() < 1e-4
