@@ -38,6 +38,8 @@ _INPUT = "x"
 # 0.5 instead; on the plate sets that loses plates the ImageNet statistics find.)
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_BLOB_SCALE = (*(float(v) for v in 1.0 / (255.0 * _STD)), 0.0)  # cv2.dnn's blob: (x - mean) * scale
+_BLOB_MEAN = (*(float(v) for v in 255.0 * _MEAN), 0.0)
 _ALIGN = 32  # the network downsamples by 32: input sides must be multiples of it
 _SHARPEN_SIGMA = 2.0  # unsharp-mask radius in input pixels
 _DIRECTED = 1.5  # a line at least this many times as long as high has a reliable direction
@@ -142,10 +144,11 @@ def _blob(frame: np.ndarray, size: tuple[int, int], sharpen: float) -> np.ndarra
     if sharpen > 0:
         blurred = cv2.GaussianBlur(frame, (0, 0), _SHARPEN_SIGMA)
         frame = cv2.addWeighted(frame, 1.0 + sharpen, blurred, -sharpen, 0.0)
-    x = frame.astype(np.float32)
-    x *= 1.0 / (255.0 * _STD)
-    x -= _MEAN / _STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+    # (x / 255 - mean) / std per channel, as float32 NCHW, in one pass (numpy's three passes and a
+    # transposing copy took 4x as long on a 960x544 input, 3x on 1600x896)
+    params = cv2.dnn.Image2BlobParams()
+    params.scalefactor, params.mean, params.ddepth = _BLOB_SCALE, _BLOB_MEAN, cv2.CV_32F
+    return cv2.dnn.blobFromImageWithParams(frame, params)
 
 
 def db_boxes(

@@ -209,6 +209,17 @@ def test_labelled_plates_are_covered(detector: PlateDetector, set_name: str, ima
         assert covered >= 0.8, f"{image}: plate {[x, y, w, h]} only {covered:.0%} covered"
 
 
+def test_network_input_is_the_frame_normalised_with_imagenet_statistics_channel_by_channel() -> None:
+    """``_blob`` (cv2.dnn in one pass) is ``(x / 255 - mean) / std`` of each BGR channel, NCHW."""
+    from redaction.plates import _MEAN, _STD, _blob
+
+    frame = np.random.default_rng(1).integers(0, 256, (77, 131, 3), np.uint8)
+    blob = _blob(frame, (131, 77), 0.0)
+    expected = ((frame.astype(np.float64) / 255 - _MEAN) / _STD).transpose(2, 0, 1)[None]
+    assert blob.shape == (1, 3, 77, 131) and blob.dtype == np.float32 and blob.flags.c_contiguous
+    assert np.abs(blob - expected).max() < 1e-5
+
+
 def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> None:
     """The hard-swishes and the scalar affines after convolutions are gone from the graph that
     runs, and on a real dashcam frame its probability map is the shipped model's to float rounding."""
