@@ -19,8 +19,8 @@ On each detection frame of a live stream (``detection.motion`` enabled):
    merged with its neighbours) takes it in; it is released only when its own pixels changed
    and the detection that then looked there found nothing. Judged by the changed boxes
    instead, a sign beside a path was looked at again each time someone walked by, and released
-   whenever that look missed it (opencv_vtest's "Fire assembly point" sign: masked 0.9 s of
-   28, sweep to sweep).
+   whenever that look missed it (opencv_vtest's "Fire assembly point" sign, offline: masked on
+   16 of the first 280 frames; 42 now).
    Where step 2 looks less closely than a whole-frame pass (plates: the fine pass upscales a
    720p frame 1.25x, a changed region is read at native size), a known region whose pixels
    changed is also looked at again at whole-frame scale, a crop of three times its size
