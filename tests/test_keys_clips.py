@@ -106,9 +106,21 @@ def test_the_quantiser_falls_until_the_bound_holds_and_rises_when_there_is_room(
     codec, size, coded = coder.encode(noisy, ("face", 1))
     assert min(psnr(a, b) for a, b in zip(noisy, decode(codec, size, coded, [(24, 24)] * 5))) >= MIN_PSNR
     assert coder.qp[("face", 1)] < 30 and coder.encodes > 1  # noise needed finer quantisers, tried in turn
-    flat = [np.full((24, 24, 3), 90, dtype=np.uint8)] * 5
+    flat = [np.full((48, 48, 3), 90, dtype=np.uint8)] * 5
     coder.encode(flat, ("face", 2))
     assert coder.qp[("face", 2)] > clips._FIRST_QP  # a flat clip leaves room: the next one starts coarser
+
+
+def test_a_clip_of_small_pictures_keeps_the_first_quantiser_that_passes():
+    """Under 32x32 px a second, coarser try costs about what the first did (opening the encoder,
+    PyAV's work per picture) for a few bytes: a small flat clip is coded once; the same clip on a
+    48x48 canvas still looks for room."""
+    for side, once in ((24, True), (48, False)):
+        coder = ClipCoder("high", qp={("face", 1): 12})
+        crops = [np.full((side, side, 3), 90, dtype=np.uint8)] * 5
+        codec, size, coded = coder.encode(crops, ("face", 1))
+        assert min(psnr(a, b) for a, b in zip(crops, decode(codec, size, coded, [(side, side)] * 5))) >= MIN_PSNR
+        assert (coder.encodes == 1 and coder.qp[("face", 1)] == 12) is once, side
 
 
 @pytest.mark.parametrize("start", [8, 24])
