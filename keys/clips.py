@@ -164,15 +164,15 @@ def _encode(codec: str, canvases: np.ndarray, qp: int | None) -> bytes:
     count, height, width = canvases.shape[:3]
     if codec == H264:
         context = _open_encoder("libx264", "yuv444p", {**X264_OPTIONS, "qp": str(qp)}, width, height, count)
-        # the whole clip in one conversion, then planar: one array per picture
-        pictures = _convert(canvases, cv2.COLOR_BGR2YUV).transpose(0, 3, 1, 2)
+        # the whole clip in one conversion; PyAV takes each picture as it is, channels last
+        pictures = _convert(canvases, cv2.COLOR_BGR2YUV)
     else:
         context = _ffv1(width, height, count)
         pictures = np.zeros((count, height, width, 4), dtype=np.uint8)  # a constant fourth byte
         pictures[..., :3] = canvases
     parts = [struct.pack(">I", len(context.extradata or b"")), context.extradata or b""]
     for index, picture in enumerate(pictures):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=context.pix_fmt)
+        frame = av.VideoFrame.from_ndarray(picture, format=context.pix_fmt, channel_last=True)
         frame.pts = index
         parts.extend(_packets(context.encode(frame)))
     parts.extend(_packets(context.encode(None)))
@@ -291,9 +291,9 @@ def _decode(codec: str, size: tuple[int, int], coded: bytes, count: int) -> np.n
         raise RecordError(f"clip does not decode ({type(exc).__name__})") from None
     if len(pictures) < count or any((p.width, p.height) != tuple(size) for p in pictures[:count]):
         raise RecordError("clip does not decode to its frames")
-    arrays = np.stack([p.to_ndarray() for p in pictures[:count]])
+    arrays = np.stack([p.to_ndarray(channel_last=True) for p in pictures[:count]])
     if codec == H264:
-        return _convert(arrays.transpose(0, 2, 3, 1), cv2.COLOR_YUV2BGR)
+        return _convert(arrays, cv2.COLOR_YUV2BGR)
     if codec == FFV1_DELTA:
         return _sums(arrays[..., :3])
     return arrays[..., :3]
