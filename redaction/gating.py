@@ -263,12 +263,12 @@ def _around(box: tuple[float, float, float, float], width: int, height: int) -> 
 
 def still(tracks: list[Region], detections: list[Region], looked_at: list[Box],
           drifted: frozenset[int] = frozenset(), unchanged: frozenset[int] = frozenset()) -> list[Region]:
-    """The tracks to carry on unchanged: those whose pixels did not change (``unchanged``, or for a
-    track whose pixels were not compared: not looked at again) and not found again by this frame's
-    detections. ``tracks``: those found or carried on at the previous detection frame (a track that
-    was looked at and not found there stays released); ``drifted``: tracks looked at again because
-    their pixels changed since they were found; ``unchanged``: tracks whose pixels are those they
-    had when found, kept even where ``looked_at`` takes them in."""
+    """The tracks to carry on unchanged: those whose pixels did not change and that this frame's
+    detections did not find again. ``tracks``: those found or carried on at the previous detection
+    frame (a track that was looked at and not found there stays released); ``drifted``: tracks
+    looked at again because their pixels changed since they were found, never kept;
+    ``unchanged``: tracks whose pixels are those they had when found, kept even where
+    ``looked_at`` takes them in; any other track is kept when it is mostly outside ``looked_at``."""
     kept = [t for t in tracks if t.track not in drifted
             and (t.track in unchanged or inside(t.box, looked_at) < _LOOKED_AT)]
     if not kept or not detections:

@@ -59,7 +59,7 @@ def det_model() -> bytes:
     affine layers), which onnxruntime neither fuses nor runs in its blocked (NCHWc) layout, so
     every one of them is a pass over a feature map plus two layout conversions. A hard-swish
     becomes ``x * HardSigmoid(x)`` (two passes), and a scalar affine after a convolution is folded
-    into its weights and bias (none). 0.87-0.88x the time on one core at 512x320, 960x544 and
+    into its weights and bias (none). 0.85-0.90x the time on one core at 512x320, 960x544 and
     320x192 inputs.
     """
     import onnx
