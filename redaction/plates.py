@@ -38,8 +38,11 @@ _INPUT = "x"
 # 0.5 instead; on the plate sets that loses plates the ImageNet statistics find.)
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-_BLOB_SCALE = (*(float(v) for v in 1.0 / (255.0 * _STD)), 0.0)  # cv2.dnn's blob: (x - mean) * scale
-_BLOB_MEAN = (*(float(v) for v in 255.0 * _MEAN), 0.0)
+#: the network input as cv2.dnn builds it, ``(x - mean) * scale`` per channel, float32 NCHW (read only)
+_BLOB = cv2.dnn.Image2BlobParams()
+_BLOB.scalefactor = (*(float(v) for v in 1.0 / (255.0 * _STD)), 0.0)
+_BLOB.mean = (*(float(v) for v in 255.0 * _MEAN), 0.0)
+_BLOB.ddepth = cv2.CV_32F
 _ALIGN = 32  # the network downsamples by 32: input sides must be multiples of it
 _SHARPEN_SIGMA = 2.0  # unsharp-mask radius in input pixels
 _DIRECTED = 1.5  # a line at least this many times as long as high has a reliable direction
@@ -146,9 +149,7 @@ def _blob(frame: np.ndarray, size: tuple[int, int], sharpen: float) -> np.ndarra
         frame = cv2.addWeighted(frame, 1.0 + sharpen, blurred, -sharpen, 0.0)
     # (x / 255 - mean) / std per channel, as float32 NCHW, in one pass (numpy's three passes and a
     # transposing copy took 4x as long on a 960x544 input, 3x on 1600x896)
-    params = cv2.dnn.Image2BlobParams()
-    params.scalefactor, params.mean, params.ddepth = _BLOB_SCALE, _BLOB_MEAN, cv2.CV_32F
-    return cv2.dnn.blobFromImageWithParams(frame, params)
+    return cv2.dnn.blobFromImageWithParams(frame, _BLOB)
 
 
 def db_boxes(
