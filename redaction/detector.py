@@ -27,11 +27,15 @@ class Detector(abc.ABC):
         """Regions found in ``frame``, in frame pixel coordinates, without margin."""
 
     @abc.abstractmethod
-    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False) -> list[Region]:
+    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+                     heights: tuple[float, float] | None = None) -> list[Region]:
         """Regions found inside ``boxes`` (``x, y, w, h``, within the frame) of ``frame``, in frame
         pixels: what motion-gated detection looks at. ``sweep`` False: at the detector's
         region-of-interest scale (which may upscale, to find small faces); True: at the scale a
-        whole-frame :meth:`detect` uses (a slice of the slow whole-frame sweep)."""
+        whole-frame :meth:`detect` uses (a slice of the slow whole-frame sweep). ``heights``:
+        ``(low, high)``, the frame-pixel heights of the regions sought (known regions looked at
+        again); a detector with several passes may skip those that cannot find regions that tall.
+        None: any height."""
 
     def roi_finest(self, width: int, height: int) -> bool:
         """Whether :meth:`detect_boxes` on changed regions looks at a ``width`` x ``height`` frame at

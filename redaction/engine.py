@@ -91,11 +91,11 @@ class Analyzer:
         return self._kept(region for detector in self.detectors.values() for region in detector.detect(image))
 
     def detect_boxes(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
-                     classes: tuple[str, ...] | None = None) -> list[Region]:
+                     classes: tuple[str, ...] | None = None, heights: tuple[float, float] | None = None) -> list[Region]:
         """Raw detections inside ``boxes`` (see :meth:`Detector.detect_boxes`), of ``classes`` (default: all)."""
         wanted = self.classes if classes is None else classes
         return self._kept(region for detector in self.detectors.values() if set(detector.classes) & set(wanted)
-                          for region in detector.detect_boxes(image, boxes, sweep) if region.cls in wanted)
+                          for region in detector.detect_boxes(image, boxes, sweep, heights) if region.cls in wanted)
 
     def roi_finest(self, cls: str, width: int, height: int) -> bool:
         """See :meth:`Detector.roi_finest`, for the detector of ``cls``."""

@@ -114,10 +114,12 @@ class CenterFaceDetector(Detector):
     def roi_finest(self, width: int, height: int) -> bool:
         return self.roi_scale >= max(self.scales) * self._base_of(width, height)
 
-    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False) -> list[Region]:
+    def detect_boxes(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+                     heights: tuple[float, float] | None = None) -> list[Region]:
         """Faces inside ``boxes``: each box cropped and detected at ``roi_scale`` of native size
         (small faces need more pixels than a whole-frame pass can afford), or for a sweep at
-        the whole-frame scales. Faces on a crop's edge are found as far as they show in it."""
+        the whole-frame scales. Faces on a crop's edge are found as far as they show in it.
+        ``heights`` changes nothing: every scale finds faces of every size, the finer ones smaller."""
         check_frame(frame)
         scales = [self._base(frame) * s for s in self.scales] if sweep else [self.roi_scale]
         found = []

@@ -63,6 +63,9 @@ _TILE_SLACK = {"face": 1.25, "plate": 1.0}
 _LOOKED_AT = 0.8
 #: a detection covering this share of a kept track (or the track of it) is that track: not kept twice
 _SAME = 0.3
+#: a known region looked at again is sought from this factor smaller to this factor larger than it
+#: was (a car coming closer, a crop that cut it): what decides which of a detector's passes run
+_RESIZE = 1.5
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Plan:
     sweep: dict[str, list[Box]] = field(default_factory=dict)  # class -> slices at whole-frame scale
     #: class -> known regions looked at again, at the finer of the class's two scales
     recheck: dict[str, list[Box]] = field(default_factory=dict)
+    #: class -> (low, high) frame-pixel heights of the regions in ``recheck`` (see :data:`_RESIZE`)
+    heights: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: classes whose changed boxes are read at whole-frame scale (too much changed, and that is
     #: the cheaper of their two scales)
     coarse: tuple[str, ...] = ()
@@ -185,12 +190,15 @@ class GatedDetection:
             for cls in coarse:
                 self._sweeps[cls].restart(time)
         recheck: dict[str, list[Box]] = {}
+        heights: dict[str, tuple[float, float]] = {}
         for track in tracks:
             if track.track in drifted or (track.cls in self._recheck and inside(track.box, moved) >= _LOOKED_AT):
                 recheck.setdefault(track.cls, []).append(_around(track.box, width, height))
+                low, high = heights.get(track.cls, (math.inf, 0.0))
+                heights[track.cls] = (min(low, track.h / _RESIZE), max(high, track.h * _RESIZE))
         sweep = {cls: s.next(time, self._tiles[cls]) for cls, s in self._sweeps.items() if cls not in coarse}
-        return Plan(False, changed, sweep, {cls: merge(boxes) for cls, boxes in recheck.items()}, coarse, drifted,
-                    moved, unchanged)
+        return Plan(False, changed, sweep, recheck={cls: merge(boxes) for cls, boxes in recheck.items()},
+                    heights=heights, coarse=coarse, drifted=drifted, moved=moved, unchanged=unchanged)
 
     def _drifted(self, tracks: list[Region]) -> frozenset[int]:
         """The tracks whose pixels are no longer those they had when last found (call after the
@@ -234,7 +242,8 @@ class GatedDetection:
                 found += self.analyzer.detect_boxes(image, boxes, sweep=True, classes=(cls,))
         for cls, boxes in plan.recheck.items():  # at the finer of the class's two scales
             if boxes:
-                found += self.analyzer.detect_boxes(image, boxes, sweep=cls in self._recheck, classes=(cls,))
+                found += self.analyzer.detect_boxes(image, boxes, sweep=cls in self._recheck, classes=(cls,),
+                                                    heights=plan.heights.get(cls))
         return found
 
 

@@ -86,7 +86,7 @@ class Scripted:
         self.calls.append(("whole", int(image[0, 0, 0])))
         return self._found(image)
 
-    def detect_boxes(self, image, boxes, sweep=False):
+    def detect_boxes(self, image, boxes, sweep=False, heights=None):
         self.calls.append(("sweep" if sweep else "boxes", int(image[0, 0, 0])))
         return [r for r in self._found(image) if inside(r.box, boxes) > 0]
 
@@ -102,7 +102,7 @@ class Coarse(Scripted):
         super().__init__(script)
         self.finest = finest
 
-    def detect_boxes(self, image, boxes, sweep=False):
+    def detect_boxes(self, image, boxes, sweep=False, heights=None):
         found = super().detect_boxes(image, boxes, sweep)
         return found if sweep else []
 

@@ -72,7 +72,7 @@ class Faulty:
         self._fault(image)
         return self.real.detect(image)
 
-    def detect_boxes(self, image, boxes, sweep=False):  # motion-gated detection looks into boxes
+    def detect_boxes(self, image, boxes, sweep=False, heights=None):  # motion-gated detection looks into boxes
         self._fault(image)
         return self.real.detect_boxes(image, boxes, sweep)
 
@@ -378,7 +378,7 @@ def test_frames_after_a_detection_frame_lost_in_the_queue_wait_for_the_next_one(
         def detect(self, image):
             return self._face(image)
 
-        def detect_boxes(self, image, boxes, sweep=False):
+        def detect_boxes(self, image, boxes, sweep=False, heights=None):
             return [f for f in self._face(image) if any(bx < f.x + f.w and f.x < bx + bw and by < f.y + f.h and f.y < by + bh
                                                           for bx, by, bw, bh in boxes)]
 

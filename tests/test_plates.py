@@ -236,3 +236,29 @@ def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> N
     shipped, rewritten = (create_session(model, 1).run(None, {"x": blob})[0] for model in (_det_model(), det_model()))
     assert shipped.max() > 0.9  # there is text to find
     assert np.abs(shipped - rewritten).max() < 1e-4
+
+
+def test_a_known_plate_looked_at_again_runs_only_the_pass_that_can_find_it(detector, monkeypatch) -> None:
+    """A sweep-scale look for known plates of given heights skips the pass whose line sizes cannot be
+    theirs: a small plate on a real 720p frame is found again by the fine pass alone; for text too
+    tall for the fine pass only the coarse pass runs; without heights, both."""
+    frame = cv2.imread(str(DATA / "plates_openalpr_us" / "images" / REAL[5][1]), cv2.IMREAD_COLOR)
+    plate = min((r for r in detector.detect(frame) if r.score >= 0.9), key=lambda r: r.h)
+    assert plate.h < 20
+    x, y, w, h = (int(v) for v in plate.box)
+    crop = (max(0, x - w), max(0, y - h), 3 * w, 3 * h)
+    widths = []
+    run = detector._session.run
+    monkeypatch.setattr(detector._session, "run", lambda names, feed: widths.append(feed["x"].shape[3]) or run(names, feed))
+    fine, coarse = (side / max(frame.shape[:2]) for side in detector.sides)
+
+    found = detector.detect_boxes(frame, [crop], sweep=True, heights=(plate.h / 1.5, plate.h * 1.5))
+    assert widths == [32 * round(crop[2] * fine / 32)]
+    assert any(r.x < plate.x + plate.w and plate.x < r.x + r.w and r.y < plate.y + plate.h and plate.y < r.y + r.h
+               for r in found)
+    widths.clear()
+    detector.detect_boxes(frame, [crop], sweep=True, heights=(300.0, 500.0))
+    assert widths == [32 * round(crop[2] * coarse / 32)]
+    widths.clear()
+    detector.detect_boxes(frame, [crop], sweep=True)
+    assert len(widths) == 2
