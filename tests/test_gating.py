@@ -17,6 +17,12 @@ def noise(seed: int = 0, shape=(360, 640, 3)) -> np.ndarray:
     return cv2.resize(cells, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
+def drift(image: np.ndarray, levels: int) -> np.ndarray:
+    """``image`` with its dark pixels ``levels`` grey levels brighter and its bright ones darker (light
+    that changes slowly: under 16 levels a frame is no change to the motion gate)."""
+    return np.where(image < 128, image.astype(int) + levels, image.astype(int) - levels).astype(np.uint8)
+
+
 def test_first_frame_is_all_change_then_only_what_moved():
     gate = MotionGate(scale=0.25, threshold=16, pad=8)
     frame = noise()
@@ -202,13 +208,14 @@ def test_a_track_mostly_outside_the_changed_boxes_is_kept_and_one_inside_them_is
 
 def test_too_much_change_falls_back_to_the_whole_frame_and_the_sweep_covers_it_in_time():
     """No reference: the whole frame at full quality; too much changed: the whole frame too, each
-    class at the cheaper of its two scales."""
+    class at the cheaper of its two scales. A light that flickers below the motion gate's threshold
+    changes every pixel a little from frame to frame: the sweep reads the whole frame within its period."""
     detector = Scripted({})
     policy = parse_policy({"classes": {"plate": {"enabled": False}},
                            "detection": {"sweep": {"face": 1.0}, "motion": {"max_area": 0.3}}})
     gating = GatedDetection(Analyzer(policy, {"face": detector}), policy.detection.motion, policy.detection.sweep)
     assert gating.plan(scene(0), 0.0).whole  # the first frame
-    plans = [gating.plan(scene(n, 100 + n), n / 10) for n in range(1, 12)]
+    plans = [gating.plan(drift(scene(n, 100 + n), 10 * n), n / 10) for n in range(1, 12)]
     assert not any(p.whole for p in plans)
     covered = np.zeros((360, 640), bool)
     for plan in plans[:10]:  # within the sweep's second
@@ -257,7 +264,8 @@ def test_the_sweep_is_spread_over_its_period_one_slice_at_a_time():
     gating = GatedDetection(Analyzer(policy, {"face": Scripted({})}), policy.detection.motion, policy.detection.sweep)
     still_frame = np.full((720, 1280, 3), 90, np.uint8)
     assert gating.plan(still_frame, 0.0).whole
-    given = {n: gating.plan(still_frame, n * 0.02).sweep["face"] for n in range(1, 140)}
+    # light that brightens a grey level a frame: each slice has something to read
+    given = {n: gating.plan(drift(still_frame, n), n * 0.02).sweep["face"] for n in range(1, 140)}
     times = [n * 0.02 for n, slices in given.items() if slices]
     assert all(len(slices) <= 1 for slices in given.values())
     # the first round starts 0.8 s after the whole frame, and gives its four slices within its 0.8 s
@@ -293,3 +301,38 @@ def test_a_mask_follows_a_face_that_drifts_too_slowly_to_count_as_motion():
     for number in range(41):
         covered = coverage_mask(masked[number], 640, 360)[100:140, 100 + number : 140 + number].mean()
         assert covered >= 0.8, (number, masked[number])
+
+
+@pytest.mark.parametrize("finest", [True, False])
+def test_a_sweep_slice_reads_only_what_changed_since_its_class_last_looked_there(finest):
+    """After the whole frame was looked at, a sweep slice reads only what changed since: a patch that
+    brightened too little for the motion gate is read, the rest of the frame is not, and the next
+    round, over pixels that stayed the same, reads nothing. Where someone walked, a changed-region
+    pass that reads at least as closely as the sweep (``finest``: faces) has looked already, and
+    the sweep does not read it again; one that reads less closely (plates) has not, and it does."""
+    policy = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"sweep": {"face": 0.8}}})
+    gating = GatedDetection(Analyzer(policy, {"face": Coarse({}, finest)}), policy.detection.motion,
+                            policy.detection.sweep)
+    assert gating.plan(scene(0), 0.0).whole
+    walked = np.zeros((360, 640), bool)
+    rounds = []
+    for n in range(1, 17):  # two rounds of the sweep (one tile at 640x360), a detection every 0.1 s
+        frame = scene(0, 100 + 8 * n if n <= 8 else None)  # someone walks across, then is gone
+        frame[300:316, 500:516] = np.clip(frame[300:316, 500:516].astype(int) + 12, 0, 255)
+        plan = gating.plan(frame, n / 10)
+        assert inside((500, 300, 16, 16), plan.changed) == 0  # too little change for the motion gate
+        for x, y, w, h in plan.changed:
+            walked[y : y + h, x : x + w] = True
+        read = np.zeros((360, 640), bool)
+        for x, y, w, h in plan.sweep["face"]:
+            read[y : y + h, x : x + w] = True
+        if read.any():
+            rounds.append((n, read))
+    # the second round: where the walker was when the first round read it, and has left since (plates)
+    assert [n for n, _ in rounds] == ([8] if finest else [8, 16])
+    first = rounds[0][1]
+    assert first[300:316, 500:516].all()  # the patch
+    assert first.mean() < 0.25  # not the rest: the patch and where the walker went (for plates)
+    assert (first & walked).any() != finest
+    if not finest:
+        assert not (rounds[1][1] & ~walked).any()  # what has not changed since the first round is not read again
