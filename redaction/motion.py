@@ -50,46 +50,20 @@ class MotionGate:
     def patch(self, grey: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """The low-resolution pixels of ``grey`` (:attr:`previous`, :attr:`current` or :attr:`sharp`)
         under a frame box (a view: writing to it writes to ``grey``)."""
-        return grey[self._window(box)]
-
-    def _window(self, box: tuple[float, float, float, float]) -> tuple[slice, slice]:
         x, y, w, h = box
         x0, y0 = int(x * self.scale), int(y * self.scale)
         x1, y1 = max(x0 + 1, int(np.ceil((x + w) * self.scale))), max(y0 + 1, int(np.ceil((y + h) * self.scale)))
-        return slice(y0, y1), slice(x0, x1)
+        return grey[y0:y1, x0:x1]
 
-    def unseen(self, seen: np.ndarray, box: Box, threshold: int, pad: int) -> list[Box]:
-        """The parts of frame box ``box`` whose pixels (:attr:`sharp`) differ from ``seen`` (an earlier
-        :attr:`sharp`) by more than ``threshold`` grey levels, as frame boxes padded by ``pad``, merged."""
-        rows, cols = self._window(box)
-        mask = cv2.absdiff(self.sharp[rows, cols], seen[rows, cols]) > threshold
-        if not mask.any():
-            return []
-        height, width = self._shape
-        return self.boxes(mask, (cols.start, rows.start), pad, width, height)
+    def moved_since(self, seen: np.ndarray, box: Box, threshold: int) -> bool:
+        """Whether any pixel of frame box ``box`` (:attr:`sharp`) differs from ``seen`` (an earlier
+        :attr:`sharp`) by more than ``threshold`` grey levels."""
+        return bool((cv2.absdiff(self.patch(self.sharp, box), self.patch(seen, box)) > threshold).any())
 
     def mark(self, seen: np.ndarray, boxes: list[Box]) -> None:
         """Take :attr:`sharp` into ``seen`` under frame ``boxes``: they were looked at."""
         for box in boxes:
-            window = self._window(box)
-            seen[window] = self.sharp[window]
-
-    def boxes(self, mask: np.ndarray, origin: tuple[int, int], pad: int, width: int, height: int,
-              min_pixels: int = 1) -> list[Box]:
-        """The frame boxes of the components (at least ``min_pixels``) of a low-resolution ``mask``
-        whose top-left pixel is the low-resolution pixel ``origin``, padded by ``pad`` frame pixels
-        within the ``width`` x ``height`` frame, merged."""
-        count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        fx, fy = width / self.sharp.shape[1], height / self.sharp.shape[0]
-        found = []
-        for x, y, w, h, pixels in stats[1:count]:
-            if pixels < min_pixels:
-                continue
-            x, y = x + origin[0], y + origin[1]
-            x0, y0 = max(0, int(x * fx) - pad), max(0, int(y * fy) - pad)
-            x1, y1 = min(width, int(np.ceil((x + w) * fx)) + pad), min(height, int(np.ceil((y + h) * fy)) + pad)
-            found.append((x0, y0, x1 - x0, y1 - y0))
-        return merge(found)
+            self.patch(seen, box)[...] = self.patch(self.sharp, box)
 
     @property
     def current(self) -> np.ndarray | None:
@@ -123,7 +97,16 @@ class MotionGate:
         if not mask.any():
             return []
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=_DILATE)
-        return self.boxes(mask, (0, 0), self.pad, width, height, _MIN_PIXELS)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        fx, fy = width / grey.shape[1], height / grey.shape[0]
+        boxes = []
+        for x, y, w, h, area in stats[1:count]:
+            if area < _MIN_PIXELS:
+                continue
+            x0, y0 = max(0, int(x * fx) - self.pad), max(0, int(y * fy) - self.pad)
+            x1, y1 = min(width, int(np.ceil((x + w) * fx)) + self.pad), min(height, int(np.ceil((y + h) * fy)) + self.pad)
+            boxes.append((x0, y0, x1 - x0, y1 - y0))
+        return merge(boxes)
 
 
 def merge(boxes: list[Box]) -> list[Box]:
