@@ -132,7 +132,7 @@ def report_clips(names: list[str]) -> None:
             mb = 1e6
             per = {k: r[k] / max(1, r["regions"]) * FPS for k in ("high", "lossless", "v1")}
             print(f"{name:30s} {r['input'] / mb:7.2f}M {r['high_output'] / mb:7.2f}M {r['high'] / mb:7.2f}M "
-                  f"{r['lossless'] / mb:8.2f}M {r['v1'] / mb:8.1f}M {r['high'] / r['high_output']:8.2f}x "
+                  f"{r['lossless'] / mb:8.2f}M {r['v1'] / mb:8.1f}M {r['high'] / r['high_output']:8.4f}x "
                   f"{r['lossless'] / r['v1']:10.3f}x {per['high']:15,.0f} {per['lossless']:9,.0f} {per['v1']:9,.0f}")
     print("targets: high/out <= 1.0 (stretch 0.3) on every clip; lossless/v1 <= 0.3")
 
