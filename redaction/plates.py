@@ -380,7 +380,9 @@ class PlateDetector(Detector):
                   else [(self.roi_scale, (0.0, np.inf))])
         if sweep and heights is not None:
             low, high = (height / self.grow[1] for height in heights)  # text line heights in frame pixels
-            passes = [(scale, (lo, hi)) for scale, (lo, hi) in passes if lo / scale <= high and low <= hi / scale] or passes
+            # a pass answers for lines lo..hi map pixels tall, lo / scale..hi / scale in the frame
+            passes = [(scale, (lo, hi)) for scale, (lo, hi) in passes
+                      if lo / scale <= high and low <= hi / scale] or passes
         found = []
         for x, y, w, h in boxes:
             crop = frame[y : y + h, x : x + w]
