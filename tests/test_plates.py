@@ -222,20 +222,60 @@ def test_network_input_is_the_frame_normalised_with_imagenet_statistics_channel_
 
 def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> None:
     """The hard-swishes and the scalar affines after convolutions are gone from the graph that
-    runs, and on a real dashcam frame its probability map is the shipped model's to float rounding."""
+    runs, and on a real dashcam frame its probability map is the shipped model's to float rounding;
+    the rewritten file shipped in redaction/models is what the rewrite makes of the installed model."""
     import onnx
 
     from redaction.detector import create_session
-    from redaction.plates import _det_model, _blob, det_model, input_size
+    from redaction.fusion import fuse
+    from redaction.plates import FUSED_MODEL, _blob, _det_model, det_model, input_size
 
+    assert det_model() == FUSED_MODEL.read_bytes()  # the installed rapidocr is the one it was built from
     graph = onnx.load_from_string(det_model()).graph
     ops = [n.op_type for n in graph.node]
     assert "Clip" not in ops and "Div" not in ops and ops.count("HardSigmoid") == 34  # 10 were there before
     frame = cv2.imread(str(DATA / "plates_romania_dashcam" / "images" / REAL[0][1]), cv2.IMREAD_COLOR)
     blob = _blob(frame, input_size(frame.shape[1], frame.shape[0], 960), 0.0)
-    shipped, rewritten = (create_session(model, 1).run(None, {"x": blob})[0] for model in (_det_model(), det_model()))
+    shipped, fused, rebuilt = (create_session(model, 1).run(None, {"x": blob})[0]
+                               for model in (_det_model(), det_model(), fuse(_det_model())))
     assert shipped.max() > 0.9  # there is text to find
-    assert np.abs(shipped - rewritten).max() < 1e-4
+    assert np.abs(shipped - fused).max() < 1e-4
+    assert np.array_equal(fused, rebuilt)
+
+
+def test_loading_the_plate_model_does_not_import_onnx() -> None:
+    """onnx (with ml_dtypes) took a second of every start-up that loaded the plate detector."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from redaction.plates import det_model, FUSED_SHA256; import hashlib; "
+            "assert hashlib.sha256(det_model()).hexdigest() == FUSED_SHA256; print('onnx' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("damage", ["other source", "missing", "damaged"])
+def test_a_plate_model_not_built_from_the_installed_one_is_rewritten_at_start_up(damage, tmp_path, monkeypatch,
+                                                                                  caplog) -> None:
+    from redaction import plates
+
+    good = plates.FUSED_MODEL.read_bytes()
+    if damage == "other source":
+        monkeypatch.setattr(plates, "FUSED_FROM", "0" * 64)
+    else:
+        monkeypatch.setattr(plates, "FUSED_MODEL", tmp_path / "fused.onnx")
+        if damage == "damaged":
+            (tmp_path / "fused.onnx").write_bytes(good[: len(good) // 2])
+    plates.det_model.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="redaction.plates"):
+            model = plates.det_model()
+    finally:
+        plates.det_model.cache_clear()
+    assert "rewriting" in caplog.text
+    assert model != plates._det_model() and len(model) == len(good)  # rewritten, not the raw export
 
 
 def test_a_known_plate_looked_at_again_runs_only_the_pass_that_can_find_it(detector, monkeypatch) -> None:
