@@ -19,8 +19,8 @@ workers -- inherit its name); frame outcomes come from its /metrics.
    fps: the usual surveillance case) and a bus-mounted camera in a street (MOT17-13 at 720p:
    every pixel changes); whether every camera runs in real time with no frame blanked or
    dropped in the window (the target: two cameras on the fixed scene).
-2. Glass-to-glass latency: a clip whose frames carry their number in a block code (a photo of
-   faces above it) goes through the gateway to a viewer that reads the code off every decoded
+2. Glass-to-glass latency: the fixed camera's walkway whose frames carry their number in a block code (drawn
+   below the scene) goes through the gateway to a viewer that reads the code off every decoded
    frame. The gateway stamps when each frame was decoded from the camera (``arrived``),
    released, pushed to the WHEP rendition and encoded; the viewer when the frame's last RTP
    packet arrived and when aiortc handed over the decoded frame. All are ``time.monotonic()``,
@@ -576,14 +576,14 @@ def main() -> int:
 
         if not args.no_latency:
             label = args.latency_policy
-            print(f"\n2. Glass-to-glass latency ({label}, 1 camera; coded clip with faces; "
+            print(f"\n2. Glass-to-glass latency ({label}, 1 camera; the walkway above a frame code; "
                   f"viewer in a separate process)")
-            coded = make_coded_clip(work / "coded.mp4", 5.0)
+            coded = make_coded_clip(work / "coded.mp4")
             with rtsp_camera(coded, loop=True) as cam:
                 with Run(work, "latency", {"cam0": cam.url}, latency_policy, camera, probe=True,
                          peers={"camera": cam.pid}) as run:
                     window = run.measure(args.warmup, args.seconds)
-                print_window("coded clip", window, None)
+                print_window("coded walkway", window, None)
                 latency_report(window, run.records, run.viewed, holdback)
 
         print("\n3. Cost of each extra viewer")
