@@ -1,6 +1,6 @@
 """What sealing originals costs: vault size against the redacted recording, and CPU per camera.
 
-    python perf/bench_seal.py [--clips NAME,...] [--no-clips] [--no-cpu]
+    python perf/bench_seal.py [--clips NAME,...] [--no-clips] [--no-cpu] [--no-cosigner]
 
 1. Size, on real clips from ../shared/data/videos (the issue's two and the fixed-camera walkway):
    each is redacted by ``privacy-gateway redact --keys --vault`` with the built-in default policy
@@ -12,7 +12,11 @@
 2. CPU, on one 720p30 camera with 20 tracks (real frames of MOT17-13 scaled to 720p, 20 boxes
    24-112 px wide drifting a pixel or two per frame, 2 s = one clip): the sealing thread's work
    per frame today (clips coded high, and lossless) beside format version 1's (AES-GCM of raw
-   crops), in ms per frame and % of one core at 30 fps, both measured in this run.
+   crops), in ms per frame and % of one core at 30 fps, both measured in this run. Then what the
+   live sealer codes for perf/bench_gateway.py's fixed camera: 10 s of the walkway fitted to 720p,
+   its regions decided as ``serve`` decides them (about 23 a frame, mostly low-score faces of
+   15x15 px, where opening an encoder and PyAV's per-picture work weigh more than x264's coding),
+   grouped into clips as the sealer groups them.
 3. The co-signer in the loop: the same camera sealed by a real :class:`keys.Sealer` into a vault
    whose co-signer is a production-mode OpenBao started here (Raft storage, file audit device),
    with segments of 0.5 s (a fresh share for every track four times a second: far more
@@ -202,6 +206,65 @@ def report_cpu(seconds: float = 2.0) -> None:
               f"({spent / baseline:4.1f}x version 1)  {size / n * FPS / 20 / 1e3:8.1f} kB per region-second")
 
 
+def walkway_clips(seconds: float = 10.0) -> tuple[list[tuple[tuple[str, int], list[np.ndarray]]], int, int, float]:
+    """What the live sealer codes for the fixed camera of perf/bench_gateway.py: the walkway fitted to
+    720p, its regions decided as ``serve`` decides them (built-in default policy, motion-gated
+    detection every 0.2 s, tracking between), grouped into clips as :class:`keys.Sealer` groups
+    them (at most CLIP_SECONDS of a track; a track unseen for IDLE_SECONDS ends its clip).
+    Returns the clips, the frames, the regions and their median area in pixels."""
+    import av
+    from _gateway_peers import FPS as CAMERA_FPS
+    from _gateway_peers import WALKWAY, fit
+
+    from keys.seal import CLIP_SECONDS, IDLE_SECONDS
+    from redaction import Analyzer, Frame, StreamRedactor, load_policy, redact_frame
+
+    policy = load_policy()
+    stream = StreamRedactor(Analyzer(policy), rate=CAMERA_FPS, by_index=True)
+    decided = []
+    with av.open(str(WALKWAY)) as source:
+        for index, frame in enumerate(source.decode(video=0)):
+            if index >= seconds * CAMERA_FPS:
+                break
+            decided += stream.push(Frame(index, index / CAMERA_FPS, fit(frame.to_ndarray(format="bgr24"))))
+    decided += stream.flush()
+    open_clips: dict[tuple[str, int], tuple[int, int, list[np.ndarray]]] = {}  # key -> (first, last seen, crops)
+    done, areas = [], []
+    for decision in decided:
+        index = decision.frame.index
+        # the originals as gateway.sealing.RedactSeal takes them (the frame is redacted meanwhile)
+        originals = redact_frame(decision.frame.image, decision.regions, policy, copy_out=True) or []
+        for region, crop in zip(decision.regions, originals):
+            if not crop.size:
+                continue
+            key = (region.cls, region.track or 0)
+            first, _, crops = open_clips.get(key, (index, index, []))
+            crops.append(crop)
+            areas.append(crop.shape[0] * crop.shape[1])
+            open_clips[key] = (first, index, crops)
+            if index - first + 1 >= CLIP_SECONDS * CAMERA_FPS:
+                done.append((key, open_clips.pop(key)[2]))
+        for key in [k for k, (_, last, _) in open_clips.items() if index - last > IDLE_SECONDS * CAMERA_FPS]:
+            done.append((key, open_clips.pop(key)[2]))
+    done += [(key, crops) for key, (_, _, crops) in open_clips.items()]
+    return done, len(decided), len(areas), float(np.median(areas))
+
+
+def report_walkway() -> None:
+    clips, n, regions, median = walkway_clips()
+    print(f"\nsealing CPU, the live walkway (perf/bench_gateway.py's fixed camera, 720p{FPS}): {n} frames, "
+          f"{regions / n:.1f} regions a frame (median {median:.0f} px), {len(clips)} clips, one thread (process time)")
+
+    def code() -> int:
+        coder = ClipCoder("high")
+        return sum(len(coder.encode(crops, key)[2]) for key, crops in clips)
+
+    size = code()
+    spent = best(code) / n
+    print(f"  high (x264 4:4:4, checked)   {1000 * spent:6.2f} ms/frame = {100 * spent * FPS:5.1f} % of a core  "
+          f"{size / n * FPS / 1e3:8.1f} kB per second")
+
+
 def report_cosigner(seconds: float = 2.0, segment_seconds: float = 0.5) -> None:
     images = frames(int(seconds * FPS))
     tracks = _tracks(images)
@@ -257,6 +320,7 @@ def main() -> int:
         report_clips([c for c in args.clips.split(",") if c])
     if not args.no_cpu:
         report_cpu()
+        report_walkway()
     if not args.no_cosigner:
         report_cosigner()
     return 0
