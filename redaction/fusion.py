@@ -24,17 +24,28 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.resources
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
-from .plates import FUSED_MODEL, _det_model
+#: the model onnxruntime runs: rapidocr's, rewritten by :func:`fuse` (Apache-2.0 like its source),
+#: its SHA-256, and that of the model it was built from (rapidocr-onnxruntime 1.4.4's)
+FUSED_MODEL = Path(__file__).with_name("models") / "ppocrv4-det-fused.onnx"
+FUSED_SHA256 = "5f8013601427315a816c3a1af2d592a88fcd39137721d7ce571e385782475b75"
+FUSED_FROM = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
+
+
+def source_model() -> bytes:
+    """PP-OCRv4's detector as rapidocr ships it."""
+    return importlib.resources.files("rapidocr_onnxruntime").joinpath("models/ch_PP-OCRv4_det_infer.onnx").read_bytes()
 
 
 def fuse(source: bytes) -> bytes:
-    """The serialised model ``source`` (PP-OCRv4's detector) with the two rewrites above."""
+    """The serialised model ``source`` (PP-OCRv4's detector) with the two rewrites above (imports onnx)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     model = onnx.load_from_string(source)
     graph = model.graph
     constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the rewritten PP-OCRv4 text detector.")
     parser.add_argument("--out", type=Path, default=FUSED_MODEL, help=f"where to write it (default: {FUSED_MODEL})")
     args = parser.parse_args(argv)
-    source = _det_model()
+    source = source_model()
     model = fuse(source)
     args.out.write_bytes(model)
     print(f"{args.out}: sha256 {hashlib.sha256(model).hexdigest()}, "

@@ -24,24 +24,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from . import fusion
 from .detector import Detector, check_frame, create_session
 from .regions import Region
 
 log = logging.getLogger(__name__)
 
-_MODEL = "models/ch_PP-OCRv4_det_infer.onnx"
-#: the model onnxruntime runs: rapidocr's, rewritten by :mod:`redaction.fusion` (Apache-2.0 like its
-#: source), its SHA-256, and that of the model it was built from (rapidocr-onnxruntime 1.4.4's)
-FUSED_MODEL = Path(__file__).with_name("models") / "ppocrv4-det-fused.onnx"
-FUSED_SHA256 = "5f8013601427315a816c3a1af2d592a88fcd39137721d7ce571e385782475b75"
-FUSED_FROM = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
 _INPUT = "x"
 # PP-OCR's detector was trained on BGR frames normalised with the ImageNet statistics, listed
 # in RGB order but applied channel by channel to the BGR array. (rapidocr's config uses 0.5 /
@@ -58,11 +51,6 @@ _SHARPEN_SIGMA = 2.0  # unsharp-mask radius in input pixels
 _DIRECTED = 1.5  # a line at least this many times as long as high has a reliable direction
 
 
-def _det_model() -> bytes:
-    """PP-OCRv4's detector as rapidocr ships it."""
-    return importlib.resources.files("rapidocr_onnxruntime").joinpath(_MODEL).read_bytes()
-
-
 @functools.cache
 def det_model() -> bytes:
     """PP-OCRv4's detector as onnxruntime runs it fastest (:func:`redaction.fusion.fuse`).
@@ -70,20 +58,18 @@ def det_model() -> bytes:
     Built once, by ``python -m redaction.fusion``, into ``redaction/models/`` (building it imports
     onnx, a second of every start-up); built here instead, from the installed model, if that is
     not the one the shipped file was built from, or the shipped file is not the one built."""
-    source = _det_model()
-    if hashlib.sha256(source).hexdigest() != FUSED_FROM:
-        log.warning("rapidocr's text detector is not the one %s was built from: rewriting it", FUSED_MODEL.name)
+    source = fusion.source_model()
+    if hashlib.sha256(source).hexdigest() != fusion.FUSED_FROM:
+        log.warning("rapidocr's text detector is not the one %s was built from: rewriting it", fusion.FUSED_MODEL.name)
     else:
         try:
-            fused = FUSED_MODEL.read_bytes()
+            fused = fusion.FUSED_MODEL.read_bytes()
         except OSError:
             fused = b""
-        if hashlib.sha256(fused).hexdigest() == FUSED_SHA256:
+        if hashlib.sha256(fused).hexdigest() == fusion.FUSED_SHA256:
             return fused
-        log.warning("%s is missing or damaged: rewriting rapidocr's text detector instead", FUSED_MODEL)
-    from .fusion import fuse
-
-    return fuse(source)
+        log.warning("%s is missing or damaged: rewriting rapidocr's text detector instead", fusion.FUSED_MODEL)
+    return fusion.fuse(source)
 
 
 def input_size(width: int, height: int, side: int) -> tuple[int, int]:

@@ -227,8 +227,8 @@ def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> N
     import onnx
 
     from redaction.detector import create_session
-    from redaction.fusion import fuse
-    from redaction.plates import FUSED_MODEL, _blob, _det_model, det_model, input_size
+    from redaction.fusion import FUSED_MODEL, fuse, source_model
+    from redaction.plates import _blob, det_model, input_size
 
     assert det_model() == FUSED_MODEL.read_bytes()  # the installed rapidocr is the one it was built from
     graph = onnx.load_from_string(det_model()).graph
@@ -237,7 +237,7 @@ def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> N
     frame = cv2.imread(str(DATA / "plates_romania_dashcam" / "images" / REAL[0][1]), cv2.IMREAD_COLOR)
     blob = _blob(frame, input_size(frame.shape[1], frame.shape[0], 960), 0.0)
     shipped, fused, rebuilt = (create_session(model, 1).run(None, {"x": blob})[0]
-                               for model in (_det_model(), det_model(), fuse(_det_model())))
+                               for model in (source_model(), det_model(), fuse(source_model())))
     assert shipped.max() > 0.9  # there is text to find
     assert np.abs(shipped - fused).max() < 1e-4
     assert np.array_equal(fused, rebuilt)
@@ -248,7 +248,8 @@ def test_loading_the_plate_model_does_not_import_onnx() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from redaction.plates import det_model, FUSED_SHA256; import hashlib; "
+    code = ("import sys; from redaction.plates import det_model; from redaction.fusion import FUSED_SHA256; "
+            "import hashlib; "
             "assert hashlib.sha256(det_model()).hexdigest() == FUSED_SHA256; print('onnx' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          cwd=Path(__file__).parents[1])
@@ -259,13 +260,13 @@ def test_loading_the_plate_model_does_not_import_onnx() -> None:
 @pytest.mark.parametrize("damage", ["other source", "missing", "damaged"])
 def test_a_plate_model_not_built_from_the_installed_one_is_rewritten_at_start_up(damage, tmp_path, monkeypatch,
                                                                                   caplog) -> None:
-    from redaction import plates
+    from redaction import fusion, plates
 
-    good = plates.FUSED_MODEL.read_bytes()
+    good = fusion.FUSED_MODEL.read_bytes()
     if damage == "other source":
-        monkeypatch.setattr(plates, "FUSED_FROM", "0" * 64)
+        monkeypatch.setattr(fusion, "FUSED_FROM", "0" * 64)
     else:
-        monkeypatch.setattr(plates, "FUSED_MODEL", tmp_path / "fused.onnx")
+        monkeypatch.setattr(fusion, "FUSED_MODEL", tmp_path / "fused.onnx")
         if damage == "damaged":
             (tmp_path / "fused.onnx").write_bytes(good[: len(good) // 2])
     plates.det_model.cache_clear()
@@ -275,7 +276,7 @@ def test_a_plate_model_not_built_from_the_installed_one_is_rewritten_at_start_up
     finally:
         plates.det_model.cache_clear()
     assert "rewriting" in caplog.text
-    assert model != plates._det_model() and len(model) == len(good)  # rewritten, not the raw export
+    assert model != fusion.source_model() and len(model) == len(good)  # rewritten, not the raw export
 
 
 def test_a_known_plate_looked_at_again_runs_only_the_pass_that_can_find_it(detector, monkeypatch) -> None:
