@@ -218,3 +218,24 @@ def test_a_clip_whose_frames_are_closer_than_its_average_rate_keeps_every_timest
     assert code == 0, err
     with av.open(str(target)) as b:
         assert [f.pts for f in b.decode(video=0)] == pts_in
+
+
+@pytest.mark.parametrize("policy_text", [None, "classes:\n  face:\n    method: blurr\n"])
+def test_redact_waits_for_the_kernels_it_warms_beside_the_models(capsys, tmp_path, group_photo, faces_only,
+                                                                 monkeypatch, policy_text):
+    """The kernels are loaded on a thread of their own while the models load; the command returns
+    only after that thread, on success and on a bad policy alike (a thread still loading kernels
+    while the interpreter shuts down can crash it)."""
+    import time
+
+    import gateway.cli.files as files
+
+    done = []
+    monkeypatch.setattr(files, "warmup_kernels", lambda: (time.sleep(0.5), done.append(True)))
+    policy = faces_only
+    if policy_text is not None:
+        policy = tmp_path / "bad.yaml"
+        policy.write_text(policy_text)
+    code, _, err = run(capsys, "redact", group_photo, "-o", tmp_path / "out.jpg", "--policy", policy)
+    assert code == (0 if policy_text is None else 2), err
+    assert done == [True]

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,8 +73,16 @@ def _engine(args: argparse.Namespace) -> tuple[Policy, Analyzer]:
         if args.threads < 1:
             raise CommandError(f"--threads must be >= 1, got {args.threads}")
         policy = policy.model_copy(update={"detection": policy.detection.model_copy(update={"threads": args.threads})})
-    warmup_kernels()  # compile (or load from cache) before the first frame, not on it
     return policy, Analyzer(policy)
+
+
+def _warming() -> threading.Thread:
+    """The redaction kernels compiled (or loaded from the cache) on a thread of their own, beside the
+    models' loading and the first detection instead of before them (0.4 s of every start-up); a
+    kernel called before it is done waits for it (Numba compiles under one lock)."""
+    thread = threading.Thread(target=warmup_kernels, name="kernel-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_input(path: Path) -> None:
@@ -113,6 +122,14 @@ def _redact(args: argparse.Namespace) -> int:
         raise CommandError(
             f"{target}: output must be {'an image' if is_image(source) else 'a video'} like the input"
         )
+    warming = _warming()
+    try:
+        return _redact_with(args, source, target)
+    finally:
+        warming.join()
+
+
+def _redact_with(args: argparse.Namespace, source: Path, target: Path) -> int:
     policy, analyzer = _engine(args)
     sealer = _sealer(args, policy, still=is_image(source))
     step = RedactSeal(policy, sealer, numbered=is_image(source))
