@@ -114,9 +114,43 @@ class _Terms:
 
 
 @dataclass
-class _Clip:
+class Clip:
+    """One track's regions gathered for coding: where each was, and its original pixels."""
+
     placements: list[Placement]
     crops: list[np.ndarray]
+
+
+class Gathering:
+    """One camera's open clips, one per track, and when each ends: once its track has been unseen
+    for :data:`IDLE_SECONDS`, once it spans :data:`CLIP_SECONDS`, or when its track has a second
+    region in one frame. The sealing thread codes a clip when it ends (perf/bench_seal.py
+    gathers the live walkway's regions with it too)."""
+
+    def __init__(self) -> None:
+        self.clips: dict[tuple[str, int], Clip] = {}
+
+    def idle(self, pts_us: int) -> list[tuple[str, int]]:
+        """The clips of tracks unseen for too long at media time ``pts_us``."""
+        return [k for k, c in self.clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]
+
+    def full(self, pts_us: int, regions: list[Sealed]) -> list[tuple[str, int]]:
+        """The clips that a frame at ``pts_us`` with ``regions`` would make longer than they may be."""
+        return sorted({(r.cls, r.track) for r in regions if (clip := self.clips.get((r.cls, r.track))) is not None
+                       and pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6})
+
+    def ends(self, frame: int, region: Sealed) -> bool:
+        """Whether ``region`` ends its track's clip (the track already has a region in ``frame``)."""
+        clip = self.clips.get((region.cls, region.track))
+        return clip is not None and clip.placements[-1].frame >= frame
+
+    def add(self, frame: int, pts_us: int, region: Sealed) -> None:
+        clip = self.clips.setdefault((region.cls, region.track), Clip([], []))
+        clip.placements.append(Placement(frame, pts_us, region.box))
+        clip.crops.append(region.pixels)
+
+    def pop(self, key: tuple[str, int]) -> Clip:
+        return self.clips.pop(key)
 
 
 def originals_mode(policy: dict) -> str:
@@ -176,7 +210,7 @@ class Sealer:
         self._writer: SegmentWriter | None = None
         self._started_us = 0
         self._roster_checked_us: int | None = None
-        self._clips: dict[tuple[str, int], _Clip] = {}
+        self._gathering = Gathering()
         #: the current segment's track shares and the co-signer's ciphertexts of them
         self._shares: dict[tuple[str, int], tuple[bytes, str]] = {}
         self.first_segment: int | None = None
@@ -321,23 +355,15 @@ class Sealer:
             self._roll(now)
         if self._writer is None:
             self._open(pts_us, now)
-        idle = [k for k, c in self._clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]
+        idle = self._gathering.idle(pts_us)
         self._seal_clips(idle)
         for key in idle:
             self._terms.coder.forget(key)
-        full = {(r.cls, r.track) for r in regions if (clip := self._clips.get((r.cls, r.track))) is not None
-                and pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6}
-        self._seal_clips(sorted(full))
+        self._seal_clips(self._gathering.full(pts_us, regions))
         for region in regions:
-            key = (region.cls, region.track)
-            clip = self._clips.get(key)
-            if clip is not None and clip.placements[-1].frame >= frame:
-                self._seal_clips([key])  # a second region of the same track in one frame
-                clip = None
-            if clip is None:
-                clip = self._clips[key] = _Clip([], [])
-            clip.placements.append(Placement(frame, pts_us, region.box))
-            clip.crops.append(region.pixels)
+            if self._gathering.ends(frame, region):
+                self._seal_clips([(region.cls, region.track)])
+            self._gathering.add(frame, pts_us, region)
         self.regions += len(regions)
 
     def _seal_shares(self, key: str, items: list[tuple[bytes, bytes]]) -> list[str]:
@@ -375,7 +401,7 @@ class Sealer:
                                        list(zip(contexts, shares, strict=True)))
             self._shares.update({(cls, t): (s, c) for t, s, c in zip(tracks, shares, sealed, strict=True)})
         for key in keys:
-            clip = self._clips.pop(key)
+            clip = self._gathering.pop(key)
             codec, size, coded = self._terms.coder.encode(clip.crops, key)
             self._writer.add_clip(key[1], key[0], tuple(clip.placements), codec, size, coded, self._shares[key])
             self.records += 1
@@ -392,7 +418,7 @@ class Sealer:
 
     def _roll(self, now: str) -> None:
         assert self._writer is not None
-        self._seal_clips(list(self._clips))
+        self._seal_clips(list(self._gathering.clips))
         self._shares.clear()
         self._previous = self._writer.close(now, self.store.audit.head())
         self._last = self._writer.header.segment

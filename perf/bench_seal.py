@@ -209,14 +209,14 @@ def report_cpu(seconds: float = 2.0) -> None:
 def walkway_clips(seconds: float = 10.0) -> tuple[list[tuple[tuple[str, int], list[np.ndarray]]], int, int, float]:
     """What the live sealer codes for the fixed camera of perf/bench_gateway.py: the walkway fitted to
     720p, its regions decided as ``serve`` decides them (built-in default policy, motion-gated
-    detection every 0.2 s, tracking between), grouped into clips as :class:`keys.Sealer` groups
-    them (at most CLIP_SECONDS of a track; a track unseen for IDLE_SECONDS ends its clip).
+    detection every 0.2 s, tracking between), their originals taken as gateway.sealing.RedactSeal
+    takes them and gathered into clips by the sealer's own :class:`keys.seal.Gathering`.
     Returns the clips, the frames, the regions and their median area in pixels."""
     import av
     from _gateway_peers import FPS as CAMERA_FPS
     from _gateway_peers import WALKWAY, fit
 
-    from keys.seal import CLIP_SECONDS, IDLE_SECONDS
+    from keys.seal import Gathering
     from redaction import Analyzer, Frame, StreamRedactor, load_policy, redact_frame
 
     policy = load_policy()
@@ -228,25 +228,20 @@ def walkway_clips(seconds: float = 10.0) -> tuple[list[tuple[tuple[str, int], li
                 break
             decided += stream.push(Frame(index, index / CAMERA_FPS, fit(frame.to_ndarray(format="bgr24"))))
     decided += stream.flush()
-    open_clips: dict[tuple[str, int], tuple[int, int, list[np.ndarray]]] = {}  # key -> (first, last seen, crops)
-    done, areas = [], []
+    gathering, done, areas = Gathering(), [], []
     for decision in decided:
-        index = decision.frame.index
-        # the originals as gateway.sealing.RedactSeal takes them (the frame is redacted meanwhile)
+        index, pts_us = decision.frame.index, round(decision.frame.time * 1e6)
         originals = redact_frame(decision.frame.image, decision.regions, policy, copy_out=True) or []
-        for region, crop in zip(decision.regions, originals):
-            if not crop.size:
-                continue
-            key = (region.cls, region.track or 0)
-            first, _, crops = open_clips.get(key, (index, index, []))
-            crops.append(crop)
-            areas.append(crop.shape[0] * crop.shape[1])
-            open_clips[key] = (first, index, crops)
-            if index - first + 1 >= CLIP_SECONDS * CAMERA_FPS:
-                done.append((key, open_clips.pop(key)[2]))
-        for key in [k for k, (_, last, _) in open_clips.items() if index - last > IDLE_SECONDS * CAMERA_FPS]:
-            done.append((key, open_clips.pop(key)[2]))
-    done += [(key, crops) for key, (_, _, crops) in open_clips.items()]
+        sealed = [Sealed(r.track or 0, r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
+                  for r, crop in zip(decision.regions, originals)]
+        areas += [crop.shape[0] * crop.shape[1] for crop in originals]
+        done += [(key, gathering.pop(key).crops) for key in gathering.idle(pts_us)]  # in the sealer's order
+        done += [(key, gathering.pop(key).crops) for key in gathering.full(pts_us, sealed)]
+        for region in sealed:
+            if gathering.ends(index, region):
+                done.append(((region.cls, region.track), gathering.pop((region.cls, region.track)).crops))
+            gathering.add(index, pts_us, region)
+    done += [(key, clip.crops) for key, clip in gathering.clips.items()]
     return done, len(decided), len(areas), float(np.median(areas))
 
 
