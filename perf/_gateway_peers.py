@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -119,15 +120,21 @@ def fit(image: np.ndarray, height: int = HEIGHT) -> np.ndarray:
     return canvas
 
 
-def make_fixed_clip(path: Path, seconds: float | None = None) -> Path:
-    """The walkway clip (a fixed camera, 10 fps) fitted to 720p, each frame shown once at 30 fps
-    (motion three times faster, no frame duplicated); all of it unless ``seconds`` is given."""
-    writer = _Writer(path)
+def _walkway(seconds: float | None) -> Iterator[np.ndarray]:
+    """The walkway clip's frames (a fixed camera, 10 fps), the first ``seconds`` of them at 30 fps."""
     with av.open(str(WALKWAY)) as source:
-        for frame in source.decode(video=0):
-            if seconds is not None and writer.frames >= round(seconds * FPS):
+        for number, frame in enumerate(source.decode(video=0)):
+            if seconds is not None and number >= round(seconds * FPS):
                 break
-            writer.write(fit(frame.to_ndarray(format="bgr24")))
+            yield frame.to_ndarray(format="bgr24")
+
+
+def make_fixed_clip(path: Path, seconds: float | None = None) -> Path:
+    """The walkway clip fitted to 720p, each frame shown once at 30 fps (motion three times faster,
+    no frame duplicated); all of it unless ``seconds`` is given."""
+    writer = _Writer(path)
+    for image in _walkway(seconds):
+        writer.write(fit(image))
     writer.close()
     return path
 
@@ -140,14 +147,11 @@ def make_coded_clip(path: Path, seconds: float | None = None) -> Path:
     up releases (a photo of faces panning across the whole frame, used before, made every pixel
     change: a moving camera's cost, and nineteen frames in twenty were blanked)."""
     writer = _Writer(path)
-    with av.open(str(WALKWAY)) as source:
-        for number, frame in enumerate(source.decode(video=0)):
-            if seconds is not None and number >= round(seconds * FPS):
-                break
-            image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
-            image[:CODE_TOP] = fit(frame.to_ndarray(format="bgr24"), CODE_TOP)
-            draw_code(image, number)
-            writer.write(image)
+    for number, scene in enumerate(_walkway(seconds)):
+        image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+        image[:CODE_TOP] = fit(scene, CODE_TOP)
+        draw_code(image, number)
+        writer.write(image)
     writer.close()
     return path
 
