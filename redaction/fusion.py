@@ -2,16 +2,19 @@
 
     python -m redaction.fusion [--out FILE]
 
-PP-OCRv4's detector with two of its export's patterns rewritten into what onnxruntime fuses
-(the same function, to float rounding: at most 1e-5 apart on the probability map).
+PP-OCRv4's detector with three of its export's patterns rewritten into what onnxruntime fuses
+(the same function, to float rounding: at most 4e-5 apart on the probability map).
 
 The Paddle export spells each hard-swish out as ``Add(3) -> Clip(0, 6) -> Mul(x) -> Div(6)``
-(24 of them) and follows 28 convolutions with a scalar ``Mul`` and ``Add`` (its learnable
-affine layers), which onnxruntime neither fuses nor runs in its blocked (NCHWc) layout, so
-every one of them is a pass over a feature map plus two layout conversions. A hard-swish
-becomes ``x * HardSigmoid(x)`` (two passes), and a scalar affine after a convolution is folded
-into its weights and bias (none). 0.85-0.90x the time on one core at 512x320, 960x544 and
-320x192 inputs.
+(24 of them) and follows 28 convolutions and 24 hard-swishes with a scalar ``Mul`` and ``Add``
+(its learnable affine layers), which onnxruntime neither fuses nor runs in its blocked (NCHWc)
+layout, so every one of them is a pass over a feature map plus two layout conversions. A
+hard-swish becomes ``x * HardSigmoid(x)`` (which onnxruntime fuses into the convolution before
+it), a scalar affine right after a convolution is folded into its weights and bias, and one
+after a hard-swish into the 1x1 convolutions it feeds (10 of them), or else becomes a depthwise
+1x1 convolution, which stays in the blocked layout (14). On one core, against the export:
+0.85-0.90x the time with the first two rewrites, 0.70-0.80x with all three (0.89-0.91x the first
+two's; 512x320, 960x544, 1280x736 and 320x192 inputs).
 
 The rewrite imports onnx, which took a second of every start-up that loads the plate detector
 (most of it loading ``ml_dtypes``): the rewritten model ships in ``redaction/models/``, derived
@@ -32,7 +35,7 @@ import numpy as np
 #: the model onnxruntime runs: rapidocr's, rewritten by :func:`fuse` (Apache-2.0 like its source),
 #: its SHA-256, and that of the model it was built from (rapidocr-onnxruntime 1.4.4's)
 FUSED_MODEL = Path(__file__).with_name("models") / "ppocrv4-det-fused.onnx"
-FUSED_SHA256 = "5f8013601427315a816c3a1af2d592a88fcd39137721d7ce571e385782475b75"
+FUSED_SHA256 = "056a507724c0da60f215c4480d19fa6b13dc7bc59d36f29deed45b3f287e7133"
 FUSED_FROM = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
 
 
@@ -42,70 +45,165 @@ def source_model() -> bytes:
 
 
 def fuse(source: bytes) -> bytes:
-    """The serialised model ``source`` (PP-OCRv4's detector) with the two rewrites above (imports onnx)."""
+    """The serialised model ``source`` (PP-OCRv4's detector) with the rewrites above (imports onnx)."""
     import onnx
-    from onnx import helper, numpy_helper
 
     model = onnx.load_from_string(source)
-    graph = model.graph
-    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
-    constants.update((t.name, numpy_helper.to_array(t)) for t in graph.initializer)
-    producer = {output: node for node in graph.node for output in node.output}
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
+    _hard_swish_and_affine_after_conv(model.graph)
+    _affine_after_activation(model.graph)
+    return model.SerializeToString()
 
-    def scalar(name: str) -> float | None:
-        value = constants.get(name)
+
+class _Graph:
+    """Look-ups over a graph's nodes, and the means to replace some of them."""
+
+    def __init__(self, graph) -> None:
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+        self.constants.update((t.name, numpy_helper.to_array(t)) for t in graph.initializer)
+        self.producer = {output: node for node in graph.node for output in node.output}
+        self.users: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.users.setdefault(name, []).append(node)
+        self.replaced: dict[int, list] = {}  # node id -> the nodes taking its place
+        self.dropped: set[int] = set()
+
+    def scalar(self, name: str) -> float | None:
+        value = self.constants.get(name)
         return None if value is None or value.size != 1 else float(value.reshape(()))
 
-    def only_user(name: str, op: str):
-        found = users.get(name, [])
+    def only_user(self, name: str, op: str):
+        found = self.users.get(name, [])
         return found[0] if len(found) == 1 and found[0].op_type == op else None
 
-    replaced: dict[int, list] = {}  # node id -> the nodes taking its place
-    dropped: set[int] = set()
+    def affine(self, mul) -> tuple[str, float, float, object] | None:
+        """``mul`` and the node after it as a scalar affine ``x * scale + shift``: (x, scale, shift,
+        the Add), or None (a missing shift is 0, and then the Add is None)."""
+        scale = [self.scalar(i) for i in mul.input]
+        if len(scale) != 2 or scale.count(None) != 1:
+            return None
+        x = mul.input[scale.index(None)]
+        add = self.only_user(mul.output[0], "Add")
+        shift = [self.scalar(i) for i in add.input if i != mul.output[0]] if add is not None else []
+        if len(shift) != 1 or shift[0] is None:
+            return x, next(v for v in scale if v is not None), 0.0, None
+        return x, next(v for v in scale if v is not None), shift[0], add
+
+    def conv(self, conv, inputs: list[str], weight: np.ndarray, bias: np.ndarray, outputs: list[str] | None = None, **attributes):
+        """A convolution like ``conv`` (its attributes, unless given) with new weights and bias."""
+        from onnx import helper, numpy_helper
+
+        taken = {t.name for t in self.graph.initializer}
+        stem = (outputs or conv.output)[0]
+        while stem + "/weight" in taken:  # a convolution rewritten twice keeps both names apart
+            stem += "'"
+        names = (stem + "/weight", stem + "/bias")
+        self.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip((weight, bias), names))
+        node = helper.make_node("Conv", [*inputs, *names], list(outputs or conv.output), name=conv.name, **attributes)
+        if not attributes:
+            node.attribute.extend(conv.attribute)
+        return node
+
+    def weights(self, conv) -> tuple[np.ndarray, np.ndarray]:
+        weight = self.constants[conv.input[1]]
+        return weight, self.constants[conv.input[2]] if len(conv.input) > 2 else np.zeros(weight.shape[0], weight.dtype)
+
+    def commit(self) -> None:
+        """Put the replacements in place and drop what nothing uses any more."""
+        graph = self.graph
+        nodes = [new for node in graph.node if id(node) not in self.dropped for new in self.replaced.get(id(node), [node])]
+        used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+        del graph.node[:]
+        graph.node.extend(n for n in nodes if n.op_type != "Constant" or n.output[0] in used)
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def _hard_swish_and_affine_after_conv(graph) -> None:
+    """Each hard-swish as ``x * HardSigmoid(x)``; each scalar affine right after a convolution
+    folded into its weights and bias."""
+    from onnx import helper
+
+    g = _Graph(graph)
     for clip in (n for n in graph.node if n.op_type == "Clip" and len(n.input) == 3):
-        add = producer.get(clip.input[0])
-        if (add is None or add.op_type != "Add" or scalar(add.input[1]) != 3.0 or only_user(add.output[0], "Clip") is None
-                or scalar(clip.input[1]) != 0.0 or scalar(clip.input[2]) != 6.0):
+        add = g.producer.get(clip.input[0])
+        if (add is None or add.op_type != "Add" or g.scalar(add.input[1]) != 3.0 or g.only_user(add.output[0], "Clip") is None
+                or g.scalar(clip.input[1]) != 0.0 or g.scalar(clip.input[2]) != 6.0):
             continue
         x = add.input[0]
-        mul = only_user(clip.output[0], "Mul")
-        div = mul and only_user(mul.output[0], "Div")
-        if mul is None or set(mul.input) != {x, clip.output[0]} or div is None or scalar(div.input[1]) != 6.0:
+        mul = g.only_user(clip.output[0], "Mul")
+        div = mul and g.only_user(mul.output[0], "Div")
+        if mul is None or set(mul.input) != {x, clip.output[0]} or div is None or g.scalar(div.input[1]) != 6.0:
             continue
         gate = helper.make_node("HardSigmoid", [x], [clip.output[0] + "/hardsigmoid"], alpha=1 / 6, beta=0.5)
-        replaced[id(add)] = [gate, helper.make_node("Mul", [x, gate.output[0]], [div.output[0]])]
-        dropped |= {id(clip), id(mul), id(div)}
+        g.replaced[id(add)] = [gate, helper.make_node("Mul", [x, gate.output[0]], [div.output[0]])]
+        g.dropped |= {id(clip), id(mul), id(div)}
     for conv in (n for n in graph.node if n.op_type == "Conv"):
-        mul = only_user(conv.output[0], "Mul")
-        factor = [scalar(i) for i in mul.input if i != conv.output[0]] if mul is not None else []
-        if len(factor) != 1 or factor[0] is None or conv.input[1] not in constants:
+        mul = g.only_user(conv.output[0], "Mul")
+        found = g.affine(mul) if mul is not None and conv.input[1] in g.constants else None
+        if found is None:
             continue
-        weight = constants[conv.input[1]]
-        bias = constants[conv.input[2]] if len(conv.input) > 2 else np.zeros(weight.shape[0], weight.dtype)
-        weight, bias, output = weight * factor[0], bias * factor[0], mul.output[0]
-        dropped.add(id(mul))
-        add = only_user(output, "Add")
-        shift = [scalar(i) for i in add.input if i != output] if add is not None else []
-        if len(shift) == 1 and shift[0] is not None:
-            bias, output = bias + shift[0], add.output[0]
-            dropped.add(id(add))
-        names = (conv.output[0] + "/weight", conv.output[0] + "/bias")
-        graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip((weight, bias), names))
-        folded = helper.make_node("Conv", [conv.input[0], *names], [output], name=conv.name)
-        folded.attribute.extend(conv.attribute)
-        replaced[id(conv)] = [folded]
-    nodes = [new for node in graph.node if id(node) not in dropped for new in replaced.get(id(node), [node])]
-    used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]
-    graph.node.extend(n for n in nodes if n.op_type != "Constant" or n.output[0] in used)
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return model.SerializeToString()
+        _, scale, shift, add = found
+        weight, bias = g.weights(conv)
+        g.dropped |= {id(mul)} | ({id(add)} if add is not None else set())
+        g.replaced[id(conv)] = [g.conv(conv, [conv.input[0]], weight * scale, bias * scale + shift,
+                                       [(add or mul).output[0]])]
+    g.commit()
+
+
+def _affine_after_activation(graph) -> None:
+    """Each scalar affine after an activation (PP-OCRv4's hard-swishes): folded into the
+    convolutions after it where all of them are 1x1 without padding (``Conv(W, b)(s*y + t)`` is
+    ``Conv(s*W, b + t*sum(W))(y)``: exact, as no padded zero enters), else a depthwise 1x1
+    convolution, which onnxruntime runs in its blocked layout with the convolutions around it."""
+    from onnx import helper
+
+    g = _Graph(graph)
+    for mul in [n for n in graph.node if n.op_type == "Mul"]:
+        found = g.affine(mul)
+        if found is None or found[3] is None or g.producer.get(found[0]) is None or g.producer[found[0]].op_type == "Conv":
+            continue
+        x, scale, shift, add = found
+        after = g.users.get(add.output[0], [])
+        if after and all(_pointwise(g, conv, add.output[0]) for conv in after):
+            for conv in after:
+                weight, bias = g.weights(conv)
+                g.replaced[id(conv)] = [g.conv(conv, [x], weight * scale, bias + shift * weight.sum(axis=(1, 2, 3)))]
+        else:
+            channels = _channels(g, x)
+            if channels is None:
+                continue
+            g.replaced[id(mul)] = [g.conv(mul, [x], np.full((channels, 1, 1, 1), scale), np.full(channels, shift),
+                                          [add.output[0]], group=channels, kernel_shape=[1, 1])]
+        g.dropped.add(id(add))
+        if id(mul) not in g.replaced:
+            g.dropped.add(id(mul))
+    g.commit()
+
+
+def _pointwise(g: _Graph, node, name: str) -> bool:
+    """Whether ``node`` is a 1x1 convolution without padding of ``name`` with constant weights."""
+    from onnx import helper
+
+    if node.op_type != "Conv" or node.input[0] != name or node.input[1] not in g.constants:
+        return False
+    pads = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "pads"), [0])
+    auto = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
+    return g.constants[node.input[1]].shape[2:] == (1, 1) and not any(pads) and auto in (b"NOTSET", b"VALID")
+
+
+def _channels(g: _Graph, name: str) -> int | None:
+    """The channels of ``name``: those of the convolution it comes from through elementwise nodes."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in ("Mul", "HardSigmoid", "Relu", "Add", "Clip", "Div"):
+        node = g.producer.get(node.input[0])
+    if node is None or node.op_type != "Conv" or node.input[1] not in g.constants:
+        return None
+    return int(g.constants[node.input[1]].shape[0])
 
 
 def main(argv: list[str] | None = None) -> int:
