@@ -160,8 +160,6 @@ def _affine_after_activation(graph) -> None:
     convolutions after it where all of them are 1x1 without padding (``Conv(W, b)(s*y + t)`` is
     ``Conv(s*W, b + t*sum(W))(y)``: exact, as no padded zero enters), else a depthwise 1x1
     convolution, which onnxruntime runs in its blocked layout with the convolutions around it."""
-    from onnx import helper
-
     g = _Graph(graph)
     for mul in [n for n in graph.node if n.op_type == "Mul"]:
         found = g.affine(mul)
