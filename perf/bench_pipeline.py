@@ -76,7 +76,7 @@ def main() -> int:
         for name, elapsed in seconds.items():
             fps = frames / elapsed
             print(f"{name}: {elapsed:.1f} s, {fps:.2f} fps, {fps / base:.2f}x deface")
-        print("target: faces only >= 3x deface's fps, with higher recall")
+        print("targets: faces + plates >= 3x deface's fps, faces only >= 5x, with recall no lower (perf/eval_recall.py, perf/eval_live_coverage.py)")
         agreement(clip, [1, 3])
     return 0
 
