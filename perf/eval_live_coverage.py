@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.frames import SourceFrame  # noqa: E402
 from gateway.ingest import FileSource  # noqa: E402
-from gateway.live import WATCHDOG_PERIOD, CameraPipeline  # noqa: E402
+from gateway.live import CameraPipeline, watch  # noqa: E402
 from gateway.sealing import RedactSeal  # noqa: E402
 from redaction import Analyzer, Region, coverage_mask, load_policy  # noqa: E402
 
@@ -96,12 +96,7 @@ def run_live(clip: Path, policy, holdback: float) -> tuple[dict[int, str], dict[
         time.sleep(0.05)
     stop = threading.Event()
 
-    def watchdog() -> None:
-        while not stop.is_set():
-            pipeline.tick()
-            stop.wait(WATCHDOG_PERIOD)
-
-    ticker = threading.Thread(target=watchdog, daemon=True)
+    ticker = threading.Thread(target=watch, args=(lambda: [pipeline], stop), daemon=True)
     ticker.start()
     offered = [0]
 

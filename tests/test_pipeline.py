@@ -16,7 +16,7 @@ from gateway.cli import main
 from gateway.files import VideoTranscoder, read_image
 from gateway.egress import CameraOutput, Recorder, ThreadedSink
 from gateway.frames import BLANK_LEVEL
-from gateway.live import CameraPipeline
+from gateway.live import WATCHDOG_PERIOD, CameraPipeline, watch
 from gateway.sealing import RedactSeal
 import keys.seal
 from keys import CoSignerUnavailable, KeyDirectory, PrivateIdentity, Sealer, grants_of
@@ -146,6 +146,32 @@ def test_a_crashing_detector_blanks_its_frames_and_the_stream_goes_on(clip):
     assert pipeline.stats.detector_errors >= 1
     assert all(released[i].state != "redacted" for i in range(10, 16))
     assert sum(r.state == "redacted" for r in released[20:]) >= 10
+
+
+def test_the_watchdog_wakes_at_deadlines_not_every_few_milliseconds(clip):
+    """A frame nobody decides (no worker) is blanked at its hold-back deadline, by a watchdog that
+    sleeps until then (at most WATCHDOG_PERIOD at a time) instead of waking every 5 ms."""
+    frames = clip[0]
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY), [], holdback=0.1)
+    left: dict[int, tuple[str, float]] = {}
+    pipeline.sinks.append(lambda item: left.__setitem__(item.index, (item.state, time.monotonic())))
+    ticks = []
+    tick = pipeline.tick
+    pipeline.tick = lambda now=None: ticks.append(now) or tick(now)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(lambda: [pipeline], stop), daemon=True)
+    watcher.start()
+    time.sleep(0.05)
+    arrived = time.monotonic()
+    pipeline.offer(Item(0, 0.0, frames[0].copy(), arrived))
+    assert pipeline.tick(arrived) == pytest.approx(arrived + 0.1)  # its deadline: when to tick again
+    time.sleep(0.45)
+    stop.set()
+    watcher.join(2)
+    state, when = left[0]
+    assert state == "blanked" and 0.1 <= when - arrived < 0.15
+    assert pipeline.tick(when) == pytest.approx(when + 0.1)  # nothing undecided: a hold-back from now
+    assert len(ticks) <= 0.5 / WATCHDOG_PERIOD + 10  # 100 at one wake-up every 5 ms
 
 
 def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):

@@ -18,8 +18,8 @@ from .camera import LiveCamera
 from .camera_changes import CameraChanges
 from .keyring import prepare_keys
 from .moved import Judge, ViewError, ViewWatch
-from .pipeline import CameraPipeline, PipelineStats
-from .runtime import WATCHDOG_PERIOD, Runtime
+from .pipeline import WATCHDOG_PERIOD, CameraPipeline, PipelineStats, watch
+from .runtime import Runtime
 
 __all__ = [
     "WATCHDOG_PERIOD",
@@ -33,4 +33,5 @@ __all__ = [
     "ViewError",
     "ViewWatch",
     "prepare_keys",
+    "watch",
 ]

@@ -70,13 +70,11 @@ from .camera import LiveCamera
 from .camera_changes import CameraChanges, Change
 from .cosigning import open_cosigner
 from .keyring import prepare_keys
+from .pipeline import CameraPipeline, watch
 from .retention import Retention
 
 log = logging.getLogger(__name__)
 
-#: seconds between two deadline checks of the watchdog: the resolution of the hold-back, and far
-#: below a frame's spacing (33 ms at 30 fps)
-WATCHDOG_PERIOD = 0.005
 #: seconds between two wake-ups of the view thread (each camera is looked at every view_check.period_s)
 _VIEW_TICK = 0.1
 #: why /health finds a configured camera that is not running
@@ -643,16 +641,14 @@ class Runtime:
 
     def _tick(self) -> None:
         logged = -60.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for camera in self.cameras.values():
-                try:
-                    camera.pipeline.tick(now)
-                except Exception:  # the watchdog must outlive any one camera's fault
-                    if now - logged >= 10.0:
-                        logged = now
-                        log.exception("camera %s: the watchdog failed", camera.name)
-            self._stop.wait(WATCHDOG_PERIOD)
+
+        def failed(pipeline: CameraPipeline, exc: Exception) -> None:  # the watchdog must outlive any one camera's fault
+            nonlocal logged
+            if time.monotonic() - logged >= 10.0:
+                logged = time.monotonic()
+                log.error("camera %s: the watchdog failed", pipeline.camera, exc_info=exc)
+
+        watch(lambda: [camera.pipeline for camera in self.cameras.values()], self._stop, failed)
 
     def _look(self) -> None:
         """The view thread: each watched camera's newest released frame against its reference."""
