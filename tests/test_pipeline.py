@@ -174,6 +174,17 @@ def test_the_watchdog_wakes_at_deadlines_not_every_few_milliseconds(clip):
     assert len(ticks) <= 0.5 / WATCHDOG_PERIOD + 10  # 100 at one wake-up every 5 ms
 
 
+def test_blanked_frames_share_one_read_only_picture():
+    """A blanked frame's pixels are made once per shape and shared (no 2.7 MB allocation per blanked
+    720p frame), so nobody may write into them."""
+    from gateway.frames import blank
+
+    first, second = blank((720, 1280, 3)), blank((720, 1280, 3))
+    assert first is second and (first == BLANK_LEVEL).all() and blank((360, 640, 3)).shape == (360, 640, 3)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0, 0] = 0
+
+
 def test_a_stalled_detector_is_overtaken_by_the_watchdog(clip):
     frames, faces, detectors = clip
     faulty = Faulty(detectors["face"], frames, stall={9: 1.5})
