@@ -223,8 +223,8 @@ def test_network_input_is_the_frame_normalised_with_imagenet_statistics_channel_
 def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> None:
     """The hard-swishes and the scalar affines after convolutions and after hard-swishes are gone
     from the graph that runs, and on a real dashcam frame its probability map is the export's to
-    float rounding;
-    the rewritten file shipped in redaction/models is what the rewrite makes of the installed model."""
+    float rounding; the rewritten file shipped in redaction/models is what the rewrite makes of
+    the installed model."""
     import onnx
 
     from redaction.detector import create_session
