@@ -130,24 +130,23 @@ class Gathering:
     def __init__(self) -> None:
         self.clips: dict[tuple[str, int], Clip] = {}
 
-    def idle(self, pts_us: int) -> list[tuple[str, int]]:
-        """The clips of tracks unseen for too long at media time ``pts_us``."""
-        return [k for k, c in self.clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6]
-
-    def full(self, pts_us: int, regions: list[Sealed]) -> list[tuple[str, int]]:
-        """The clips that a frame at ``pts_us`` with ``regions`` would make longer than they may be."""
-        return sorted({(r.cls, r.track) for r in regions if (clip := self.clips.get((r.cls, r.track))) is not None
-                       and pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6})
-
-    def ends(self, frame: int, region: Sealed) -> bool:
-        """Whether ``region`` ends its track's clip (the track already has a region in ``frame``)."""
-        clip = self.clips.get((region.cls, region.track))
-        return clip is not None and clip.placements[-1].frame >= frame
-
-    def add(self, frame: int, pts_us: int, region: Sealed) -> None:
-        clip = self.clips.setdefault((region.cls, region.track), Clip([], []))
-        clip.placements.append(Placement(frame, pts_us, region.box))
-        clip.crops.append(region.pixels)
+    def push(self, frame: int, pts_us: int, regions: list[Sealed],
+             end: Callable[[list[tuple[str, int]], bool], None]) -> None:
+        """Add a frame's regions, each to its track's clip. First ``end(keys, idle)`` is told, in
+        order, of the clips the frame ends, and must :meth:`pop` them: those of tracks unseen for
+        too long (``idle``), those the frame would make too long, then, region by region, a clip
+        whose track already has a region in this frame."""
+        end([k for k, c in self.clips.items() if pts_us - c.placements[-1].pts_us > IDLE_SECONDS * 1e6], True)
+        end(sorted({(r.cls, r.track) for r in regions if (clip := self.clips.get((r.cls, r.track))) is not None
+                    and pts_us - clip.placements[0].pts_us >= CLIP_SECONDS * 1e6}), False)
+        for region in regions:
+            key = (region.cls, region.track)
+            clip = self.clips.get(key)
+            if clip is not None and clip.placements[-1].frame >= frame:
+                end([key], False)
+            clip = self.clips.setdefault(key, Clip([], []))
+            clip.placements.append(Placement(frame, pts_us, region.box))
+            clip.crops.append(region.pixels)
 
     def pop(self, key: tuple[str, int]) -> Clip:
         return self.clips.pop(key)
@@ -355,16 +354,14 @@ class Sealer:
             self._roll(now)
         if self._writer is None:
             self._open(pts_us, now)
-        idle = self._gathering.idle(pts_us)
-        self._seal_clips(idle)
-        for key in idle:
-            self._terms.coder.forget(key)
-        self._seal_clips(self._gathering.full(pts_us, regions))
-        for region in regions:
-            if self._gathering.ends(frame, region):
-                self._seal_clips([(region.cls, region.track)])
-            self._gathering.add(frame, pts_us, region)
+        self._gathering.push(frame, pts_us, regions, self._ended)
         self.regions += len(regions)
+
+    def _ended(self, keys: list[tuple[str, int]], idle: bool) -> None:
+        self._seal_clips(keys)
+        if idle:  # the track is gone: its next clip starts from the camera's last quantiser
+            for key in keys:
+                self._terms.coder.forget(key)
 
     def _seal_shares(self, key: str, items: list[tuple[bytes, bytes]]) -> list[str]:
         """The co-signer's ciphertexts of the shares, waiting up to :data:`COSIGNER_PATIENCE` for it."""

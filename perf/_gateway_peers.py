@@ -120,7 +120,7 @@ def fit(image: np.ndarray, height: int = HEIGHT) -> np.ndarray:
     return canvas
 
 
-def _walkway(seconds: float | None) -> Iterator[np.ndarray]:
+def walkway_frames(seconds: float | None = None) -> Iterator[np.ndarray]:
     """The walkway clip's frames (a fixed camera, 10 fps), the first ``seconds`` of them at 30 fps."""
     with av.open(str(WALKWAY)) as source:
         for number, frame in enumerate(source.decode(video=0)):
@@ -133,7 +133,7 @@ def make_fixed_clip(path: Path, seconds: float | None = None) -> Path:
     """The walkway clip fitted to 720p, each frame shown once at 30 fps (motion three times faster,
     no frame duplicated); all of it unless ``seconds`` is given."""
     writer = _Writer(path)
-    for image in _walkway(seconds):
+    for image in walkway_frames(seconds):
         writer.write(fit(image))
     writer.close()
     return path
@@ -147,7 +147,7 @@ def make_coded_clip(path: Path, seconds: float | None = None) -> Path:
     up releases (a photo of faces panning across the whole frame, used before, made every pixel
     change: a moving camera's cost, and nineteen frames in twenty were blanked)."""
     writer = _Writer(path)
-    for number, scene in enumerate(_walkway(seconds)):
+    for number, scene in enumerate(walkway_frames(seconds)):
         image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
         image[:CODE_TOP] = fit(scene, CODE_TOP)
         draw_code(image, number)

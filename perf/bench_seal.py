@@ -212,9 +212,8 @@ def walkway_clips(seconds: float = 10.0) -> tuple[list[tuple[tuple[str, int], li
     detection every 0.2 s, tracking between), their originals taken as gateway.sealing.RedactSeal
     takes them and gathered into clips by the sealer's own :class:`keys.seal.Gathering`.
     Returns the clips, the frames, the regions and their median area in pixels."""
-    import av
     from _gateway_peers import FPS as CAMERA_FPS
-    from _gateway_peers import WALKWAY, fit
+    from _gateway_peers import fit, walkway_frames
 
     from keys.seal import Gathering
     from redaction import Analyzer, Frame, StreamRedactor, load_policy, redact_frame
@@ -222,25 +221,20 @@ def walkway_clips(seconds: float = 10.0) -> tuple[list[tuple[tuple[str, int], li
     policy = load_policy()
     stream = StreamRedactor(Analyzer(policy), rate=CAMERA_FPS, by_index=True)
     decided = []
-    with av.open(str(WALKWAY)) as source:
-        for index, frame in enumerate(source.decode(video=0)):
-            if index >= seconds * CAMERA_FPS:
-                break
-            decided += stream.push(Frame(index, index / CAMERA_FPS, fit(frame.to_ndarray(format="bgr24"))))
+    for index, image in enumerate(walkway_frames(seconds)):
+        decided += stream.push(Frame(index, index / CAMERA_FPS, fit(image)))
     decided += stream.flush()
     gathering, done, areas = Gathering(), [], []
+
+    def end(keys: list[tuple[str, int]], idle: bool) -> None:  # in the sealer's order
+        done.extend((key, gathering.pop(key).crops) for key in keys)
+
     for decision in decided:
-        index, pts_us = decision.frame.index, round(decision.frame.time * 1e6)
         originals = redact_frame(decision.frame.image, decision.regions, policy, copy_out=True) or []
         sealed = [Sealed(r.track or 0, r.cls, (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
                   for r, crop in zip(decision.regions, originals)]
         areas += [crop.shape[0] * crop.shape[1] for crop in originals]
-        done += [(key, gathering.pop(key).crops) for key in gathering.idle(pts_us)]  # in the sealer's order
-        done += [(key, gathering.pop(key).crops) for key in gathering.full(pts_us, sealed)]
-        for region in sealed:
-            if gathering.ends(index, region):
-                done.append(((region.cls, region.track), gathering.pop((region.cls, region.track)).crops))
-            gathering.add(index, pts_us, region)
+        gathering.push(decision.frame.index, round(decision.frame.time * 1e6), sealed, end)
     done += [(key, clip.crops) for key, clip in gathering.clips.items()]
     return done, len(decided), len(areas), float(np.median(areas))
 
