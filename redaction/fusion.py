@@ -82,15 +82,16 @@ class _Graph:
     def affine(self, mul) -> tuple[str, float, float, object] | None:
         """``mul`` and the node after it as a scalar affine ``x * scale + shift``: (x, scale, shift,
         the Add), or None (a missing shift is 0, and then the Add is None)."""
-        scale = [self.scalar(i) for i in mul.input]
-        if len(scale) != 2 or scale.count(None) != 1:
+        factors = [self.scalar(i) for i in mul.input]
+        if len(factors) != 2 or factors.count(None) != 1:
             return None
-        x = mul.input[scale.index(None)]
+        variable = factors.index(None)
+        x, scale = mul.input[variable], factors[1 - variable]
         add = self.only_user(mul.output[0], "Add")
         shift = [self.scalar(i) for i in add.input if i != mul.output[0]] if add is not None else []
         if len(shift) != 1 or shift[0] is None:
-            return x, next(v for v in scale if v is not None), 0.0, None
-        return x, next(v for v in scale if v is not None), shift[0], add
+            return x, scale, 0.0, None
+        return x, scale, shift[0], add
 
     def conv(self, conv, inputs: list[str], weight: np.ndarray, bias: np.ndarray, outputs: list[str] | None = None, **attributes):
         """A convolution like ``conv`` (its attributes, unless given) with new weights and bias."""
