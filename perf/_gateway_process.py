@@ -21,6 +21,7 @@ _STAGES = [
     (r"(?:Rtsp|File)Source\[.+\]\.emit$", "to-bgr+offer"),
     (r"(?:Rtsp|File)Source\[.+\]$", "rtsp+decode"),
     (r"pipeline-.+$|detect_\d+$", "analyse"),
+    (r"seal-.+$", "seal"),
     (r"sink-.+-output$", "pace+to-i420"),
     (r"whep-.+-h264$", "encode+record"),
     (r"whep-.+$", "vp8-encode"),
@@ -32,7 +33,8 @@ _STAGES = [
 STAGE_NOTES = {
     "rtsp+decode": "RTSP read, depacketize, H.264 decode (FFmpeg threads)",
     "to-bgr+offer": "YUV->BGR conversion, pipeline.offer",
-    "analyse": "detect (onnxruntime threads), track, redact, seal",
+    "analyse": "detect (onnxruntime threads), track, redact, copy out the originals",
+    "seal": "the sealer: originals coded as clips (x264), encrypted, written to the vault",
     "pace+to-i420": "camera output: pacing, BGR->I420",
     "encode+record": "the camera's one H.264 encode (x264, recording grade), MP4 mux, fan-out to viewers",
     "vp8-encode": "VP8 rendition (only while a VP8 viewer watches)",

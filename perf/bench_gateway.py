@@ -372,7 +372,7 @@ def what_fits(window: Window, stride: int, holdback: float) -> str:
     if not detections:
         return "no detection ran in the window: nothing to estimate from"
     analyse = window.stages.get("analyse", 0.0)
-    per_detection = analyse / detections  # CPU; includes tracking, redacting and sealing the group's frames
+    per_detection = analyse / detections  # CPU: detecting, tracking, redacting (the sealer has its thread)
     rest = (window.cpu - analyse) / window.seconds / window.cameras  # cores per camera for everything else
     peers = sum(window.others.values()) / window.seconds
     spare = (0.9 * CORES - peers) / window.cameras - rest  # 10 % headroom
