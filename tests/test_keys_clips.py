@@ -142,6 +142,31 @@ def test_the_quantiser_kept_is_the_coarsest_that_meets_the_bound(frames, region,
     assert coder.encodes <= clips._MAX_TRIES
 
 
+@pytest.mark.skipif(not clips._Reconstruction.possible(), reason="no memfd on this platform (the clip is decoded)")
+@pytest.mark.parametrize("region", [(100, 300, 21, 23), (150, 500, 120, 90)])
+def test_the_pictures_checked_are_those_a_decoder_gives_back(frames, region):
+    """The bound is checked on x264's reconstruction of a clip: FFmpeg's decoder gives back the
+    same pixels, bit for bit (odd and even sizes); a clip whose reconstruction x264 did not write
+    is decoded instead, with the same outcome."""
+    y, x, h, w = region
+    crops = [image[y : y + h, x : x + w].copy() for image in frames[:12]]
+    canvases = clips._canvases(crops, clips.canvas_size(crops))
+    reconstruction = clips._Reconstruction()
+    coded = clips._encode(H264, canvases, 20, reconstruction)
+    restored = reconstruction.read(canvases.shape)
+    assert restored is not None and np.array_equal(restored, clips._decode(H264, (w, h), coded, len(crops)))
+    reconstruction.start()
+    clips._encode(H264, canvases, 20)  # the next clip (the same shape) coded without writing it back:
+    assert reconstruction.read(canvases.shape) is None  # the last one's pictures are not read for it
+    coder = ClipCoder("high")
+    assert coder._reconstruction is not None
+    with_reconstruction = coder.encode(crops, ("face", 1))
+    start = coder._reconstruction.start
+    coder._reconstruction.start = lambda: (start(), "ref=3")[1]  # emptied, but x264 writes nothing back
+    coder.qp.clear()
+    assert coder.encode(crops, ("face", 1)) == with_reconstruction
+
+
 def test_the_keyframe_is_coded_one_step_finer_than_the_p_frames(frames):
     """x264 states its settings in the stream: the keyframe/P-frame ratio is 1.1 (one quantiser
     step), not x264's default 1.4 (three), which spends bytes on a keyframe far above a per-frame bound."""
