@@ -328,4 +328,3 @@ def test_a_sweep_tile_is_read_again_only_if_its_pixels_changed_since_it_was_last
     # rounds start at 0.8, 1.6 (nothing changed: nothing read) and 2.4 s (the float sum may make it 2.5)
     assert 8 in rounds and all(tiles == [(0, 0, 640, 360)] for tiles in rounds.values())
     assert set(rounds) == {8} if finest else (len(rounds) == 2 and {24, 25} & set(rounds)), rounds
-
