@@ -15,7 +15,7 @@ import pytest
 from gateway.cli import main
 from gateway.files import VideoTranscoder, read_image
 from gateway.egress import CameraOutput, Recorder, ThreadedSink
-from gateway.frames import BLANK_LEVEL
+from gateway.frames import BLANK_LEVEL, blank
 from gateway.live import WATCHDOG_PERIOD, CameraPipeline, watch
 from gateway.sealing import RedactSeal
 import keys.seal
@@ -177,8 +177,6 @@ def test_the_watchdog_wakes_at_deadlines_not_every_few_milliseconds(clip):
 def test_blanked_frames_share_one_read_only_picture():
     """A blanked frame's pixels are made once per shape and shared (no 2.7 MB allocation per blanked
     720p frame), so nobody may write into them."""
-    from gateway.frames import blank
-
     first, second = blank((720, 1280, 3)), blank((720, 1280, 3))
     assert first is second and (first == BLANK_LEVEL).all() and blank((360, 640, 3)).shape == (360, 640, 3)
     with pytest.raises(ValueError, match="read-only"):

@@ -644,8 +644,9 @@ class Runtime:
 
         def failed(pipeline: CameraPipeline, exc: Exception) -> None:  # the watchdog must outlive any one camera's fault
             nonlocal logged
-            if time.monotonic() - logged >= 10.0:
-                logged = time.monotonic()
+            now = time.monotonic()
+            if now - logged >= 10.0:
+                logged = now
                 log.error("camera %s: the watchdog failed", pipeline.camera, exc_info=exc)
 
         watch(lambda: [camera.pipeline for camera in self.cameras.values()], self._stop, failed)
