@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gateway.files import BgrConverter
 from gateway.frames import SourceFrame
 from gateway.ingest import FileSource, RtspSource, create_source
 from peers import require
@@ -397,6 +398,30 @@ def test_frame_size_changes_are_passed_on(tmp_path, started):
 
 
 # -- construction ----------------------------------------------------------------------
+
+
+def _next_thread_id() -> int:
+    """The kernel's id for the next thread started: thread ids are handed out in turn."""
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    return thread.native_id
+
+
+def test_pictures_convert_to_bgr_as_pyav_converts_them_and_start_no_thread(half_second):
+    """PyAV's own conversion sets FFmpeg's scaler up for every picture, which starts a thread per core
+    each time (two a picture on the 2-core CI machine); the sources' converter keeps one scaler."""
+    with av.open(str(half_second)) as container:
+        pictures = list(container.decode(video=0))
+    bgr = BgrConverter()
+    bgr(pictures[0])
+    before = _next_thread_id()
+    images = [bgr(picture) for picture in pictures]
+    started = _next_thread_id() - before - 1
+    assert started < len(pictures) // 2, f"{started} threads started converting {len(pictures)} pictures"
+    for picture, image in zip(pictures, images, strict=True):
+        assert image.flags.c_contiguous and image.shape == (picture.height, picture.width, 3)
+        assert np.array_equal(image, picture.to_ndarray(format="bgr24"))
 
 
 def test_create_source_picks_the_kind(half_second):

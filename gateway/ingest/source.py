@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import av
-import numpy as np
 
+from ..files import BgrConverter
 from ..frames import SourceFrame
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class Emitter:
         self._emit: Callable[[SourceFrame], None] | None = None
         self._failed = False
         self._thread: threading.Thread | None = None
+        self._bgr = BgrConverter()  # one thread converts at a time: the emitter's, or the caller's of emit_now
 
     def start(self, emit: Callable[[SourceFrame], None], threaded: bool = True) -> None:
         """Hand frames to ``emit`` from a thread of the emitter's own (or, not ``threaded``, only
@@ -183,7 +184,7 @@ class Emitter:
     def emit_now(self, item: Decoded) -> None:
         """Convert and hand on one frame on the calling thread (sources that need no queue)."""
         try:
-            image = np.ascontiguousarray(item.frame.to_ndarray(format="bgr24"))
+            image = self._bgr(item.frame)
             self._emit(SourceFrame(index=item.index, time=item.time, image=image, arrived=item.arrived))
         except Exception as exc:
             self.stats.error(f"emit: {exc!r}")
