@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
+import cv2
 import numpy as np
 import pytest
 from peers import chromium_missing, require
@@ -140,6 +141,19 @@ def test_overload_blanks_or_drops_and_releases_nothing_raw(camera_clip, tmp_path
     for name, released in seen.items():
         assert released and not released.raw(raw), name
     assert main(["vault", "verify", "--vault", str(tmp_path / "data" / "vault")]) == 0
+
+
+def test_the_live_gateway_runs_opencv_on_the_calling_threads(camera_clip, tmp_path, openbao):
+    """OpenCV's own pool (a thread per core, woken around every resize, blur and colour conversion)
+    cost a fixed camera 4.5 % of a core beside the cameras' own threads (README): the gateway turns
+    it off for its process."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # what a fresh process on the 2-core CI machine starts with
+    try:
+        with Running(tmp_path, openbao, {"cam": str(camera_clip[0])}):
+            assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact(camera_clip, tmp_path, monkeypatch, openbao):
