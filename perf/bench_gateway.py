@@ -29,7 +29,9 @@ workers -- inherit its name); frame outcomes come from its /metrics.
    here with ``--fanout`` (1 vs 4 viewers on one camera).
 
 The machine is shared: every window also prints how busy the machine was and how much of it
-went to work outside the benchmark, and CPU figures are compared with the first run's.
+went to work outside the benchmark, and CPU figures are compared with the first run's. Its speed
+also drifts from hour to hour: a probe (the plate model on one fixed input) is timed before and
+after the runs, so that runs of different hours can be told apart.
 """
 
 from __future__ import annotations
@@ -495,6 +497,28 @@ def stride_of(policy: Path | None) -> int:
     return load_policy(policy).detection.stride_at(FPS)
 
 
+def machine_speed(repeats: int = 15) -> float:
+    """Milliseconds the plate model takes on one fixed 352x256 input, one thread, median of ``repeats``.
+
+    This machine's speed drifts by 10-20 % from hour to hour (every stage of the same code took that
+    much longer), more than most changes measured here: printed before and after the runs, it says
+    whether two runs of different hours can be compared."""
+    import numpy as np
+
+    from redaction.detector import create_session
+    from redaction.plates import det_model
+
+    session = create_session(det_model(), 1)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 352, 256), dtype=np.float32)}
+    times = []
+    for run in range(3 + repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        if run >= 3:  # the first runs warm the session up
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per configuration")
@@ -542,6 +566,8 @@ def main() -> int:
           f"queue {args.queue_frames} frames, renditions h264+vp8; "
           f"one aiortc viewer per camera in a separate process; window {args.seconds:g} s after {args.warmup:g} s "
           f"warm-up")
+    speed = machine_speed()
+    print(f"machine speed probe (the plate model on a fixed 352x256 input, one thread): {speed:.2f} ms")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         work = Path(tmp)
@@ -605,7 +631,9 @@ def main() -> int:
         else:
             print("  see perf/bench_whep.py: one shared encoder per camera, gateway CPU with 1, 3 and 5 viewers "
                   "measured in isolation (no detection noise); --fanout measures 1 vs 4 viewers here")
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    print(f"\nmachine speed probe: {speed:.2f} ms before the runs, {machine_speed():.2f} ms after (compare runs "
+          "of different hours by it)")
+    print(f"total {time.monotonic() - started:.0f} s")
     return 0
 
 
