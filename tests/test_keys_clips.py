@@ -180,6 +180,7 @@ def test_the_keyframe_is_coded_one_step_finer_than_the_p_frames_and_x264s_notice
         coded = clips._encode(H264, canvases, 20)
     assert b" ip_ratio=1.10 " in coded and b" chroma_qp_offset=12 " in coded and b" bframes=0 " in coded
     assert b" scenecut=0 " in coded  # no keyframe within a clip but the first
+    assert b" weightp=0 " in coded  # no weighted prediction: on these crops it cost time and bytes
     assert b"x264" not in stored and len(stored) < len(coded) - 300
     shapes = [(80, 60)] * 5
     assert all(np.array_equal(a, b) for a, b in zip(decode(H264, (60, 80), stored, shapes),
