@@ -106,6 +106,37 @@ def test_one_identity_and_a_copy_of_the_files_decrypt_nothing(sealed, tmp_path, 
     assert np.array_equal(restored[0], image[y:y + h, x:x + w])
 
 
+def test_new_tracks_share_one_cosigner_request_and_each_still_unmasks(tmp_path, sealing_store, monkeypatch):
+    """The tracker numbers tracks in turn: the request for a new track's share seals the next ids' too,
+    so tracks that appear later need no request of their own (the live walkway began a track about
+    every fifth of a second, a request each); every track keeps its own share, and unmasks."""
+    directory = KeyDirectory.init(tmp_path / "keys")
+    ivan = PrivateIdentity.generate("ivan", ["investigator"])
+    directory.add(ivan.public)
+    store = sealing_store(tmp_path / "vault", directory)
+    requests = []
+    seal_shares = store.cosigner.seal_shares
+
+    def counted(key, items):
+        requests.append(list(items))
+        return seal_shares(key, requests[-1])
+
+    monkeypatch.setattr(store.cosigner, "seal_shares", counted)
+    crops = {track: np.full((8, 8, 3), 20 * track, np.uint8) for track in range(1, 9)}
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities) as sealer:
+        for frame in range(80):  # track 1 for 10 frames, then track 2, ...: each clip ends on its own
+            track = 1 + frame // 10
+            sealer.add(frame, frame * 100_000, [Sealed(track, "face", (0, 0, 8, 8), crops[track])])
+    assert len(requests) == 1 and len(requests[0]) > 8
+    (segment,) = VaultStore.open(tmp_path / "vault").verify_chain("lobby")
+    shares = {record.header.track: record.header.share for record in segment.records}
+    assert sorted(shares) == list(crops) and len(set(shares.values())) == len(crops)
+    job = Unmask(VaultStore.open(tmp_path / "vault"), sealer.ref, Selection(tracks=frozenset({7})), [ivan])
+    job.authorize("C-9", "a late track", "memory", True)
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert job.restore(60, 6.0, image, 50_000) == 1 and np.array_equal(image, crops[7])
+
+
 def test_a_login_or_share_refused_by_openbao_is_audited_and_opaque(sealed, openbao, tmp_path):
     store, ref, _, ivan, _, directory = sealed
     revoke_access(CoSigner(openbao.address, openbao.root), ivan.public)  # ivan's OpenBao access ends
