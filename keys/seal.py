@@ -102,9 +102,10 @@ ROSTER_CHECK_SECONDS = 1.0
 COSIGNER_PATIENCE = 60.0
 #: a co-signer request for a class's new tracks also seals shares for this many track ids after
 #: them, which the tracker, numbering tracks in turn, gives next: their first clips then need no
-#: request of their own. On the live walkway a new track every fifth of a second cost a request each
-#: (5.8 a second: about 2 ms of the sealing thread and 5 ms of OpenBao's CPU apiece, 4 % of a core);
-#: a share sealed for an id that never comes is never stored, and a decrypt is what unmasks
+#: request of their own. The live walkway's low-score faces start tracks many times a second, and the
+#: sealing thread waited on a request for most first clips (17 and 58 in two 10-s windows of one
+#: fixed camera; 14 in 20 s with these). A share sealed for an id that never comes is never stored,
+#: and a decrypt is what unmasks
 SHARES_AHEAD = 32
 
 

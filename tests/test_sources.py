@@ -397,9 +397,6 @@ def test_frame_size_changes_are_passed_on(tmp_path, started):
     assert_continuous(frames)
 
 
-# -- construction ----------------------------------------------------------------------
-
-
 def _next_thread_id() -> int:
     """The kernel's id for the next thread started: thread ids are handed out in turn."""
     thread = threading.Thread(target=lambda: None)
@@ -422,6 +419,9 @@ def test_pictures_convert_to_bgr_as_pyav_converts_them_and_start_no_thread(half_
     for picture, image in zip(pictures, images, strict=True):
         assert image.flags.c_contiguous and image.shape == (picture.height, picture.width, 3)
         assert np.array_equal(image, picture.to_ndarray(format="bgr24"))
+
+
+# -- construction ----------------------------------------------------------------------
 
 
 def test_create_source_picks_the_kind(half_second):
