@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 from fractions import Fraction
 from pathlib import Path
 
@@ -202,6 +203,27 @@ def test_serve_reports_configuration_problems_in_one_line_and_keeps_bugs_loud(ca
     monkeypatch.setattr(gateway.api.server, "Gateway", broken)
     with pytest.raises(ValueError, match="a bug, not a configuration problem"):
         main(["serve", "--config", str(config), "--data", str(tmp_path / "data")])
+
+
+def test_serve_on_a_port_another_program_listens_on_says_so_in_one_line_before_any_camera_starts(
+        capsys, caplog, tmp_path, openbao):
+    """uvicorn, left to bind the port, logs the error and exits the process from inside the event loop (a
+    traceback, once the cameras had started): serve binds it first and names the address it cannot take."""
+    from serve_harness import add_people
+
+    add_people(tmp_path / "data" / "keys", tmp_path / "people")  # the default policy's quorum needs an investigator
+    sample = Path(__file__).resolve().parents[1] / "config" / "samples" / "vtest-10s.mp4"
+    config = tmp_path / "gateway.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(json.dumps({"cameras": {"cam": {"source": str(sample)}}, "escrow": openbao.config(),
+                                      "listen": {"host": "127.0.0.1", "port": port}}))
+        code, _, err = run(capsys, "serve", "--config", config, "--data", tmp_path / "data")
+    assert code == 2, err
+    assert err == f"privacy-gateway: error: cannot serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert "camera cam: playing" not in caplog.text
 
 
 def test_a_clip_whose_frames_are_closer_than_its_average_rate_keeps_every_timestamp(capsys, tmp_path, data, faces_only):

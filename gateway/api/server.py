@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -42,47 +43,76 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
         gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
         **listener_settings(config.listen, gateway.http_connections)))
-    with _Signals(server):  # from before the cameras start until they have stopped
-        gateway.start()
-        rechecks = None
-        try:
-            rtsp_port = None
-            if gateway.rtsp is not None:
-                rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
-                gateway.rtsp_port = rtsp_port
-            task = asyncio.create_task(server.serve())
-            rechecks = asyncio.create_task(gateway.recheck_sessions())
-            while not server.started and not task.done():
-                await asyncio.sleep(_START_POLL)
-            if server.started:
-                port = server.servers[0].sockets[0].getsockname()[1]
-                base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
-                announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/"
-                         + (" (the demo: not for production)" if demo is not None else ""))
-                announce(f"  {gateway.ice.describe()}")
-                viewer = await asyncio.to_thread(gateway.demo_viewer_token)  # logs, issues, keeps: disk writes
-                for name in gateway.cameras:
-                    announce(f"  viewer: {base}/view/{name}" + (viewer.url_end(name) if viewer else " (with a viewer token)"))
-                    if rtsp_port is not None:
-                        announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
-                                 "(user: a token's id, password: its secret)")
-                if viewer is not None:
-                    announce(f"  {viewer.note()}")
-                officer = config.storage.data_dir / "identities" / "demo-officer.identity"
-                announce(f"  console: privacy-gateway console --gateway {base} --identity "
-                         + (f"{officer} (the demo officer)" if demo is not None and officer.exists() else "YOUR-IDENTITY-FILE")
-                         + f", or {base}/console#token=... with an officer's token")
-                if ready is not None:
-                    ready(gateway, port)
-            while stop is not None and not stop.is_set() and not task.done():
-                await asyncio.sleep(_STOP_POLL)
-            if stop is not None and stop.is_set():
-                server.should_exit = True
-            await task
-        finally:
-            if rechecks is not None:
-                rechecks.cancel()
-            await gateway.stop()
+    listeners = _listen(config.listen.host, config.listen.port, server.config.backlog)  # before any camera starts: a taken port stops here
+    try:
+        with _Signals(server):  # from before the cameras start until they have stopped
+            gateway.start()
+            rechecks = None
+            try:
+                rtsp_port = None
+                if gateway.rtsp is not None:
+                    rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
+                    gateway.rtsp_port = rtsp_port
+                task = asyncio.create_task(server.serve(sockets=listeners))
+                rechecks = asyncio.create_task(gateway.recheck_sessions())
+                while not server.started and not task.done():
+                    await asyncio.sleep(_START_POLL)
+                if server.started:
+                    port = server.servers[0].sockets[0].getsockname()[1]
+                    base = f"{'https' if tls else 'http'}://{config.listen.host}:{port}"
+                    announce(f"privacy-gateway serving {len(gateway.cameras)} camera(s) on {base}/"
+                             + (" (the demo: not for production)" if demo is not None else ""))
+                    announce(f"  {gateway.ice.describe()}")
+                    viewer = await asyncio.to_thread(gateway.demo_viewer_token)  # logs, issues, keeps: disk writes
+                    for name in gateway.cameras:
+                        announce(f"  viewer: {base}/view/{name}" + (viewer.url_end(name) if viewer else " (with a viewer token)"))
+                        if rtsp_port is not None:
+                            announce(f"  RTSP:   rtsp://{config.rtsp.host}:{rtsp_port}/{name} "
+                                     "(user: a token's id, password: its secret)")
+                    if viewer is not None:
+                        announce(f"  {viewer.note()}")
+                    officer = config.storage.data_dir / "identities" / "demo-officer.identity"
+                    announce(f"  console: privacy-gateway console --gateway {base} --identity "
+                             + (f"{officer} (the demo officer)" if demo is not None and officer.exists() else "YOUR-IDENTITY-FILE")
+                             + f", or {base}/console#token=... with an officer's token")
+                    if ready is not None:
+                        ready(gateway, port)
+                while stop is not None and not stop.is_set() and not task.done():
+                    await asyncio.sleep(_STOP_POLL)
+                if stop is not None and stop.is_set():
+                    server.should_exit = True
+                await task
+            finally:
+                if rechecks is not None:
+                    rechecks.cancel()
+                await gateway.stop()
+    finally:
+        for listener in listeners:  # uvicorn closes the servers it made of them; these if it never served
+            listener.close()
+
+
+def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names (as asyncio's ``create_server`` binds them),
+    bound by us rather than by uvicorn, which logs a port it cannot bind and exits the process.
+    Raises :class:`OSError` naming the address (the command line's one-line error)."""
+    bound: list[socket.socket] = []
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            listener = socket.socket(family, kind, proto)
+            bound.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind((address[0], port, *address[2:]))
+            port = listener.getsockname()[1]  # 0 (any free port): the first address's, for the others too
+            listener.listen(backlog)
+            listener.setblocking(False)
+    except OSError as exc:
+        for listener in bound:
+            listener.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return bound
 
 
 class _Signals:
