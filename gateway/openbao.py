@@ -56,7 +56,7 @@ def _hcl(value: str) -> str:
 
 def free_port_pair() -> int:
     """A loopback port free now whose successor is free too (a server's API and Raft cluster ports):
-    for servers started on the fly, by tests and benchmarks."""
+    for servers started on the fly, by the benchmarks."""
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -4,9 +4,9 @@ clips six cameras can share two cores with, and polling until a condition holds.
 from __future__ import annotations
 
 import json
+import socket
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,12 +35,6 @@ def small_clip(source: Path, target: Path, seconds=4.0, width=320, height=180, f
                 kept += 1
         dst.mux(stream.encode(None))
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout, what, step=0.2):
@@ -66,6 +61,18 @@ class ServeNode:
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.dir / "gateway.yaml")],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+
+    def wait_serving(self, timeout: float) -> None:
+        """Until the node accepts connections on its port; fails at once, with its log's end, if it exited."""
+        def serving() -> bool:
+            assert self.process.poll() is None, (
+                f"node {self.name} exited ({self.process.returncode}): {(self.dir / 'serve.log').read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+        wait_for(serving, timeout, f"node {self.name} serving on port {self.port}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -43,11 +43,12 @@ class OpenBaoDev:
         import time
 
         import httpx
+        from ports import free_ports
 
-        from gateway.openbao import find_binary, free_port_pair
+        from gateway.openbao import find_binary
         from keys.cosigner import CoSigner, set_up
 
-        port = free_port_pair()  # dev mode listens on port + 1 for its cluster too
+        port, _ = free_ports(2, consecutive=True)  # dev mode listens on port + 1 for its cluster too
         self.address, self.root = f"http://127.0.0.1:{port}", "test-root"
         #: OpenBao's own audit log: what it was asked, one JSON object per line, written before it answers
         self.audit_log = directory / "audit.log"

@@ -1,7 +1,7 @@
 """A real three-node OpenBao cluster on loopback (integrated Raft), for the scale-out escrow tests.
 
 Each node is a ``bao server -config=nN.hcl`` process with its own API and cluster ports
-(:func:`gateway.openbao.free_port_pair`), Raft data directory and file audit device, and a
+(:func:`ports.free_ports`), Raft data directory and file audit device, and a
 ``retry_join`` block naming every node's API address. Node 1 is initialised over the HTTP API
 with one key share; all three are unsealed with it; the two others join node 1 by themselves,
 and :meth:`OpenBaoCluster.start` returns once ``sys/storage/raft/configuration`` lists three
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from ports import free_ports
 
-from gateway.openbao import find_binary, free_port_pair
+from gateway.openbao import find_binary
 from keys.cosigner import CoSigner, set_up
 
 #: the directory name every node's files live under (tests/test_openbao_local.py leaves these
@@ -77,12 +78,9 @@ class OpenBaoCluster:
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root / DIRECTORY
         self.nodes: list[Node] = []
-        taken: set[int] = set()
         for number in range(1, size + 1):
-            while (port := free_port_pair()) in taken or port + 1 in taken or port - 1 in taken:
-                pass
-            taken |= {port, port + 1}
-            self.nodes.append(Node(f"n{number}", self.root / f"n{number}", port, port + 1))
+            port, cluster_port = free_ports(2, consecutive=True)
+            self.nodes.append(Node(f"n{number}", self.root / f"n{number}", port, cluster_port))
         self.unseal_key = self.root_token = self.gateway_token = ""
         self.token_file = self.root / "gateway-token"
 

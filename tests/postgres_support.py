@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from ports import free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER, PASSWORD = "gateway", "pg-test-secret"
@@ -39,18 +40,12 @@ def postgres_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PostgresServer:
     """``initdb`` + ``pg_ctl start`` in a fresh directory; :meth:`database` makes a database per test."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))
-        self.data, self.port = self.root / "data", _free_port()
+        self.data, self.port = self.root / "data", free_port()
         self.password_file = self.root / "password"
         self.password_file.write_text(PASSWORD + "\n")
         self._as: list[str] = []

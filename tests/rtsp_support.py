@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ports import free_port
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_camera.py")
 
@@ -51,12 +53,6 @@ def gstreamer_elements_missing(elements: dict[str, str], rtsp_server: bool = Fal
         packages = " ".join(sorted({elements[element] for element in missing}))
         return f"GStreamer elements missing: {' '.join(missing)} (Debian: {packages})"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RtspCamera:

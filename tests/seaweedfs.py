@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from ports import free_ports
 
 ACCESS_KEY, SECRET_KEY = "gateway-test", "gateway-test-secret"
 STARTUP_SECONDS = 60  # a generous bound; the cluster answers within about 10 s on a 2-core machine
@@ -42,20 +42,6 @@ def weed_missing() -> str | None:
     return None
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` loopback ports free now (held open together, so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class SeaweedCluster:
     """The cluster's processes, its S3 endpoint and the one identity allowed in it."""
 
@@ -64,7 +50,7 @@ class SeaweedCluster:
         assert binary is not None
         self.directory = Path(directory)
         self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
-        master, master_grpc, filer, filer_grpc, s3, s3_grpc, *volumes = _free_ports(12)
+        master, master_grpc, filer, filer_grpc, s3, s3_grpc, *volumes = free_ports(12)
         self.master = f"127.0.0.1:{master}.{master_grpc}"  # SeaweedFS's host:port.grpcport
         self.endpoint = f"http://127.0.0.1:{s3}"
         (self.directory / "s3.json").write_text(json.dumps({"identities": [{

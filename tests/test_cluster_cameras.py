@@ -85,6 +85,8 @@ def cluster(postgres, openbao, clip, tmp_path_factory, request):
              for name in ("n1", "n2")]
     try:
         wait_for(lambda: any(_runs(node, "cam0") > 0 for node in nodes), 120, "cam0 releasing frames on one node")
+        for node in nodes:  # both answer: each test speaks to a given node
+            node.wait_serving(BOUND_S)
         found = Cluster(*nodes, postgres, database, (path, other))
         yield found
         times = ", ".join(f"{what} {seconds:.2f} s" for what, seconds in found.times.items())

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import ServeNode, free_port, kill_and_follow, small_clip, wait_for
+from cluster_harness import ServeNode, kill_and_follow, small_clip, wait_for
+from ports import free_port
 from rtsp_harness import RawClient, ffmpeg_frames
 from serve_harness import FACES, add_people, assert_faces_redacted, half
 

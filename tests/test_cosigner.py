@@ -17,12 +17,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from ports import free_ports
 
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.files import read_image
 from gateway.live.cosigning import open_cosigner, unseal_key_file
-from gateway.openbao import CREDENTIALS, find_binary, free_port_pair, write_credentials
+from gateway.openbao import CREDENTIALS, find_binary, write_credentials
 from keys import (
     CoSigner,
     CoSignerRefused,
@@ -168,7 +169,7 @@ def embedded(tmp_path_factory, data):
     """A data directory whose gateway runs the embedded OpenBao (the default configuration's escrow),
     an investigator in its key directory and a sealed photo; the OpenBao server is left stopped."""
     root = tmp_path_factory.mktemp("embedded")
-    port = free_port_pair()
+    port, _ = free_ports(2, consecutive=True)  # OpenBao's API and Raft cluster ports
     (root / "gateway.yaml").write_text(json.dumps({
         "cameras": {"demo": {"source": str(data / "videos" / "short_hamilton_clip.mp4")}},
         "storage": {"data_dir": "data"}, "escrow": {"port": port}}))

@@ -15,19 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_ports
 
 from gateway.openbao import LocalOpenBao, OpenBaoError
-
-
-def free_ports(count: int = 2) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def port_is_free(port: int) -> bool:
@@ -66,7 +56,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("openbao")
-    port, cluster_port = free_ports()
+    port, cluster_port = free_ports(2)
     bao = LocalOpenBao(base / "bao", base / "secrets" / "unseal.key", port, cluster_port)
     token = bao.start()
     assert token is not None
@@ -118,7 +108,7 @@ def test_restart_without_the_key_file_refuses_and_leaves_no_process(server):
 
 def test_a_second_server_on_the_same_directory_fails_and_is_reaped(server):
     running = bao_children()
-    port, cluster_port = free_ports()
+    port, cluster_port = free_ports(2)
     second = LocalOpenBao(server.bao.directory, server.bao.unseal_key_file, port, cluster_port)
     with pytest.raises(OpenBaoError, match="exited"):
         second.start(timeout=20)
@@ -128,7 +118,7 @@ def test_a_second_server_on_the_same_directory_fails_and_is_reaped(server):
 
 @pytest.mark.parametrize("busy", ["port", "cluster_port"])
 def test_port_in_use(tmp_path, busy):
-    port, cluster_port = free_ports()
+    port, cluster_port = free_ports(2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port if busy == "port" else cluster_port))
         taken.listen()
