@@ -224,6 +224,7 @@ def test_serve_on_a_port_another_program_listens_on_says_so_in_one_line_before_a
     assert code == 2, err
     assert err == f"privacy-gateway: error: cannot serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert "camera cam: playing" not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["keys"]  # no vault, no co-signer: nothing began
 
 
 def test_a_clip_whose_frames_are_closer_than_its_average_rate_keeps_every_timestamp(capsys, tmp_path, data, faces_only):

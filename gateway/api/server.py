@@ -25,6 +25,7 @@ from .demo import Demo
 
 _START_POLL = 0.05  # seconds between checks that uvicorn is listening
 _STOP_POLL = 0.1  # seconds between checks of the caller's stop event
+_BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default)
 
 
 async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Callable[[str], None] = print,
@@ -37,14 +38,15 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
 
     from .connections import listener_settings
 
-    gateway = Gateway(config, policies, announce, demo)
-    tls = config.tls
-    server = uvicorn.Server(uvicorn.Config(
-        gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
-        ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
-        **listener_settings(config.listen, gateway.http_connections)))
-    listeners = _listen(config.listen.host, config.listen.port, server.config.backlog)  # before any camera starts: a taken port stops here
+    # before anything starts (the embedded OpenBao, the cameras): a port taken stops here
+    listeners = _listen(config.listen.host, config.listen.port, _BACKLOG)
     try:
+        gateway = Gateway(config, policies, announce, demo)
+        tls = config.tls
+        server = uvicorn.Server(uvicorn.Config(
+            gateway.app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="off",
+            ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
+            backlog=_BACKLOG, **listener_settings(config.listen, gateway.http_connections)))
         with _Signals(server):  # from before the cameras start until they have stopped
             gateway.start()
             rechecks = None
@@ -87,7 +89,7 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
                     rechecks.cancel()
                 await gateway.stop()
     finally:
-        for listener in listeners:  # uvicorn closes the servers it made of them; these if it never served
+        for listener in listeners:  # uvicorn closed them if it served
             listener.close()
 
 
