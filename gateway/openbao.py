@@ -4,7 +4,9 @@ here; and where the gateway keeps its credentials for whichever OpenBao it uses.
 Storage is integrated Raft (OpenBao 2.x has no file storage) in a private directory. The first start
 initialises it with one unseal key share, written to a 0600 file, and hands the root token to the
 caller, once: it is stored nowhere. Every start unseals from the key file, so moving the file away
-keeps the server sealed and :meth:`LocalOpenBao.start` refuses. Nothing here prints a secret.
+keeps the server sealed and :meth:`LocalOpenBao.start` refuses. On Linux the server ends with the
+thread that started it, however that ends (``kill -9`` and the OOM killer included): left running, it
+would hold its ports and the next start would refuse them. Nothing here prints a secret.
 Imports the stdlib, httpx and :mod:`keys`' durable write only.
 """
 
@@ -16,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +32,14 @@ from keys import CoSigner, nodes_of, write_durably
 ACTIVE, UNINITIALISED, SEALED = 200, 501, 503  # GET /v1/sys/health (429: standby, not yet active)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 _STARTED = b"server started!"  # the log line printed once the listeners are bound
+#: run as ``python -I -c _DIE_WITH_PARENT <parent pid> <bao> <args>``: asks the kernel to send the
+#: process SIGTERM when the thread that started it ends (prctl PR_SET_PDEATHSIG, kept across exec),
+#: then becomes bao. A wrapper, not preexec_fn: code between fork and exec is unsafe with threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0 or os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('privacy-gateway: cannot tie the OpenBao server to its gateway')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
 class OpenBaoError(Exception):
@@ -147,8 +158,11 @@ class LocalOpenBao:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}  # no overrides
         self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
-            self._process = subprocess.Popen([str(binary), "server", f"-config={config}"], cwd=self.directory,
-                                             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            command = [str(binary), "server", f"-config={config}"]
+            if sys.platform.startswith("linux"):
+                command = [sys.executable, "-I", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
+            self._process = subprocess.Popen(command, cwd=self.directory, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=log)
         try:
             with httpx.Client(base_url=self.address, trust_env=False) as client:  # trust_env: no proxy
                 return self._bring_up(client)

@@ -7,8 +7,12 @@ leaves it running and unsealed, as it found it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,8 @@ import pytest
 from ports import free_ports
 
 from gateway.openbao import LocalOpenBao, OpenBaoError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -125,3 +131,41 @@ def test_port_in_use(tmp_path, busy):
         with pytest.raises(OpenBaoError, match="already in use"):
             LocalOpenBao(tmp_path / "bao", tmp_path / "unseal.key", port, cluster_port).start()
     assert not (tmp_path / "unseal.key").exists()
+
+
+def test_a_server_whose_gateway_was_killed_ends_and_the_next_start_takes_its_ports(tmp_path):
+    """``kill -9`` of the process that started the server (the OOM killer, a crash): the server ends
+    too. Left running it held both ports, and the gateway's restart refused them ("already in use")
+    until someone found and killed it. The next start on the same storage unseals it as usual."""
+    port, cluster_port = free_ports(2)
+    arguments = f"{str(tmp_path / 'bao')!r}, {str(tmp_path / 'unseal.key')!r}, {port}, {cluster_port}"
+    script = ("import time; from gateway.openbao import LocalOpenBao\n"
+              f"bao = LocalOpenBao({arguments}); bao.start(); print(bao.pid, flush=True); time.sleep(600)")
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as owner:
+        try:
+            server = int(owner.stdout.readline())
+        finally:
+            owner.kill()
+    deadline = time.monotonic() + 30
+    try:
+        while _running(server):
+            assert time.monotonic() < deadline, "the server outlived the process that started it"
+            time.sleep(0.1)
+    finally:
+        if _running(server):
+            os.kill(server, signal.SIGKILL)
+    assert port_is_free(port) and port_is_free(cluster_port)
+    bao = LocalOpenBao(tmp_path / "bao", tmp_path / "unseal.key", port, cluster_port)
+    try:
+        assert bao.start() is None  # initialised by the killed owner, unsealed from its key
+    finally:
+        bao.stop()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process nobody has reaped yet counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
