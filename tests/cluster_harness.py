@@ -4,9 +4,9 @@ clips six cameras can share two cores with, and polling until a condition holds.
 from __future__ import annotations
 
 import json
-import socket
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
