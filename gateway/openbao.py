@@ -65,23 +65,6 @@ def _hcl(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def free_port_pair() -> int:
-    """A loopback port free now whose successor is free too (a server's API and Raft cluster ports):
-    for servers started on the fly, by the benchmarks."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def _check_free(port: int) -> None:
     """Refuse a port someone listens on before starting: otherwise the first health check might
     reach *their* server, not ours (bao itself would only exit a moment later)."""

@@ -4,10 +4,11 @@ device) started in a temporary directory, set up as the embedded default sets it
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.openbao import LocalOpenBao, free_port_pair, write_credentials
+from gateway.openbao import LocalOpenBao, write_credentials
 from keys import CoSigner, set_up
 
 
@@ -15,6 +16,23 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime, stime in clock ticks (USER_HZ = 100)
+
+
+def free_port_pair() -> int:
+    """A loopback port free now whose successor is free too (a server's API and Raft cluster ports):
+    for the benchmarks' server."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 @contextlib.contextmanager
