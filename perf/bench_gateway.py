@@ -30,8 +30,11 @@ workers -- inherit its name); frame outcomes come from its /metrics.
 
 The machine is shared: every window also prints how busy the machine was and how much of it
 went to work outside the benchmark, and CPU figures are compared with the first run's. Its speed
-also drifts from hour to hour: a probe (the plate model on one fixed input) is timed before and
-after the runs, so that runs of different hours can be told apart.
+also drifts from hour to hour, and machines of one kind differ: a probe (each model on one fixed
+input) is timed before and after the runs, so that runs of different hours or machines can be told
+apart. Both models are timed because they do not move together: on an AVX2-only CPU (no 8-bit
+dot-product instructions) the int8 face model took about three times as long as on the AVX-512
+machines of earlier runs (37 ms at 640x352, against about 11), the float plate model as long.
 """
 
 from __future__ import annotations
@@ -497,8 +500,9 @@ def stride_of(policy: Path | None) -> int:
     return load_policy(policy).detection.stride_at(FPS)
 
 
-def machine_speed(repeats: int = 15) -> float:
-    """Milliseconds the plate model takes on one fixed 352x256 input, one thread, median of ``repeats``.
+def machine_speed(repeats: int = 15) -> tuple[float, float]:
+    """Milliseconds the plate model takes on one fixed 352x256 input and the int8 face model on one
+    fixed 640x352 input, one thread, median of ``repeats`` each.
 
     This machine's speed drifts by 10-20 % from hour to hour (every stage of the same code took that
     much longer), more than most changes measured here: printed before and after the runs, it says
@@ -506,17 +510,22 @@ def machine_speed(repeats: int = 15) -> float:
     import numpy as np
 
     from redaction.detector import create_session
+    from redaction.faces import INT8_MODEL
     from redaction.plates import det_model
 
-    session = create_session(det_model(), 1)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 352, 256), dtype=np.float32)}
-    times = []
-    for run in range(3 + repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        if run >= 3:  # the first runs warm the session up
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    rng = np.random.default_rng(0)
+    medians = []
+    for model, shape in ((det_model(), (1, 3, 352, 256)), (INT8_MODEL, (1, 3, 352, 640))):
+        session = create_session(model, 1)
+        feed = {session.get_inputs()[0].name: 255 * rng.random(shape, dtype=np.float32)}
+        times = []
+        for run in range(3 + repeats):
+            start = time.perf_counter()
+            session.run(None, feed)
+            if run >= 3:  # the first runs warm the session up
+                times.append(time.perf_counter() - start)
+        medians.append(1000 * statistics.median(times))
+    return medians[0], medians[1]
 
 
 def main() -> int:
@@ -567,7 +576,8 @@ def main() -> int:
           f"one aiortc viewer per camera in a separate process; window {args.seconds:g} s after {args.warmup:g} s "
           f"warm-up")
     speed = machine_speed()
-    print(f"machine speed probe (the plate model on a fixed 352x256 input, one thread): {speed:.2f} ms")
+    print(f"machine speed probe (one thread, fixed inputs): plate model on 352x256 {speed[0]:.2f} ms, "
+          f"int8 face model on 640x352 {speed[1]:.2f} ms")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         work = Path(tmp)
@@ -631,8 +641,9 @@ def main() -> int:
         else:
             print("  see perf/bench_whep.py: one shared encoder per camera, gateway CPU with 1, 3 and 5 viewers "
                   "measured in isolation (no detection noise); --fanout measures 1 vs 4 viewers here")
-    print(f"\nmachine speed probe: {speed:.2f} ms before the runs, {machine_speed():.2f} ms after (compare runs "
-          "of different hours by it)")
+    after = machine_speed()
+    print(f"\nmachine speed probe, plate / face model: {speed[0]:.2f} / {speed[1]:.2f} ms before the runs, "
+          f"{after[0]:.2f} / {after[1]:.2f} ms after (compare runs of different hours or machines by it)")
     print(f"total {time.monotonic() - started:.0f} s")
     return 0
 
