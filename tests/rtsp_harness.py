@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+from gateway.api.server import listen_on
 from gateway.egress import Rendition, RtspServer, RtspUser
 from live_support import Feeder
 
@@ -139,7 +140,7 @@ class Gateway:
             failed=lambda peer, user, why: self.failures.append((peer, user, why)),
             **options,
         )
-        port = self.run(server.start("127.0.0.1", 0))
+        port = self.run(server.start(listen_on("127.0.0.1", 0, 100)))
         self.servers.append(server)
         return server, port
 

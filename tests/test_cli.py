@@ -10,6 +10,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from ports import free_port
 
 from gateway.cli import main
 from gateway.files import copy_excerpt
@@ -205,10 +206,12 @@ def test_serve_reports_configuration_problems_in_one_line_and_keeps_bugs_loud(ca
         main(["serve", "--config", str(config), "--data", str(tmp_path / "data")])
 
 
+@pytest.mark.parametrize("section", ["listen", "rtsp"])
 def test_serve_on_a_port_another_program_listens_on_says_so_in_one_line_before_any_camera_starts(
-        capsys, caplog, tmp_path, openbao):
+        capsys, caplog, tmp_path, openbao, section):
     """uvicorn, left to bind the port, logs the error and exits the process from inside the event loop (a
-    traceback, once the cameras had started): serve binds it first and names the address it cannot take."""
+    traceback, once the cameras had started); the RTSP server, left to bind its port, failed after the
+    cameras had started, with asyncio's message. serve binds both first and names the address it cannot take."""
     from serve_harness import add_people
 
     add_people(tmp_path / "data" / "keys", tmp_path / "people")  # the default policy's quorum needs an investigator
@@ -218,13 +221,18 @@ def test_serve_on_a_port_another_program_listens_on_says_so_in_one_line_before_a
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        other = free_port()
+        listen, rtsp = (port, other) if section == "listen" else (other, port)
         config.write_text(json.dumps({"cameras": {"cam": {"source": str(sample)}}, "escrow": openbao.config(),
-                                      "listen": {"host": "127.0.0.1", "port": port}}))
+                                      "listen": {"host": "127.0.0.1", "port": listen},
+                                      "rtsp": {"host": "127.0.0.1", "port": rtsp}}))
         code, _, err = run(capsys, "serve", "--config", config, "--data", tmp_path / "data")
     assert code == 2, err
     assert err == f"privacy-gateway: error: cannot serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert "camera cam: playing" not in caplog.text
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["keys"]  # no vault, no co-signer: nothing began
+    with socket.socket() as again:  # the port serve did bind was let go
+        again.bind(("127.0.0.1", other))
 
 
 def test_a_clip_whose_frames_are_closer_than_its_average_rate_keeps_every_timestamp(capsys, tmp_path, data, faces_only):

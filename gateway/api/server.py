@@ -26,6 +26,7 @@ from .demo import Demo
 _START_POLL = 0.05  # seconds between checks that uvicorn is listening
 _STOP_POLL = 0.1  # seconds between checks of the caller's stop event
 _BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default)
+_RTSP_BACKLOG = 100  # asyncio's default
 
 
 async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Callable[[str], None] = print,
@@ -39,8 +40,11 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
     from .connections import listener_settings
 
     # before anything starts (the embedded OpenBao, the cameras): a port taken stops here
-    listeners = _listen(config.listen.host, config.listen.port, _BACKLOG)
+    http_listeners = listen_on(config.listen.host, config.listen.port, _BACKLOG)
+    rtsp_listeners: list[socket.socket] = []
     try:
+        if config.rtsp is not None:
+            rtsp_listeners = listen_on(config.rtsp.host, config.rtsp.port, _RTSP_BACKLOG)
         gateway = Gateway(config, policies, announce, demo)
         tls = config.tls
         server = uvicorn.Server(uvicorn.Config(
@@ -53,9 +57,9 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
             try:
                 rtsp_port = None
                 if gateway.rtsp is not None:
-                    rtsp_port = await gateway.rtsp.start(config.rtsp.host, config.rtsp.port)
+                    rtsp_port = await gateway.rtsp.start(rtsp_listeners)
                     gateway.rtsp_port = rtsp_port
-                task = asyncio.create_task(server.serve(sockets=listeners))
+                task = asyncio.create_task(server.serve(sockets=http_listeners))
                 rechecks = asyncio.create_task(gateway.recheck_sessions())
                 while not server.started and not task.done():
                     await asyncio.sleep(_START_POLL)
@@ -89,13 +93,14 @@ async def serve(config: GatewayConfig, policies: dict[str, Policy], announce: Ca
                     rechecks.cancel()
                 await gateway.stop()
     finally:
-        for listener in listeners:  # uvicorn closed them if it served
+        for listener in (*http_listeners, *rtsp_listeners):  # uvicorn and the RTSP server closed theirs if they served
             listener.close()
 
 
-def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+def listen_on(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets for every address ``host`` names (as asyncio's ``create_server`` binds them),
-    bound by us rather than by uvicorn, which logs a port it cannot bind and exits the process.
+    bound before anything starts rather than by uvicorn, which logs a port it cannot bind and exits
+    the process, or by the RTSP server, which would fail once the cameras had started.
     Raises :class:`OSError` naming the address (the command line's one-line error)."""
     bound: list[socket.socket] = []
     try:

@@ -141,7 +141,7 @@ class RtspServer:
         self._connections: set[Connection] = set()
         self._unauthenticated: dict[Connection, None] = {}  # oldest first: the auth deadline, and who is displaced
         self.sender = RtpSender(self._timeout)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._reaper: asyncio.Task | None = None
 
     def sessions(self, camera: str) -> int:
@@ -160,18 +160,20 @@ class RtspServer:
                 session.connection.writer.transport.abort()
         return len(ended)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: any free port); returns the bound port."""
-        if self._server is not None:
+    async def start(self, listeners: list[socket.socket]) -> int:
+        """Serve on ``listeners``, bound and listening sockets (``serve`` binds them before anything
+        starts, so that a port already taken stops it there); returns their port."""
+        if self._servers:
             raise RuntimeError("already started")
-        self._server = await asyncio.start_server(self._on_connection, host, port, limit=MAX_HEAD)
+        for listener in listeners:
+            self._servers.append(await asyncio.start_server(self._on_connection, sock=listener, limit=MAX_HEAD))
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        return self._server.sockets[0].getsockname()[1]
+        return listeners[0].getsockname()[1]
 
     async def close(self) -> None:
         """Stop listening, end every session and close every connection."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
@@ -181,8 +183,8 @@ class RtspServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
     # -- connections ------------------------------------------------------------------------------
 
