@@ -38,7 +38,8 @@ from ._zones import clear_outside, copy_masked, fill_mask, polygon_mask
 # a 1080p sweep, 2 threads vs 1): with the other core busy -- as it is in the pipeline,
 # decoding and detecting -- every layer's barrier waits for a thread that cannot run,
 # and 20 boxes of a 720p frame took 1.9-13 ms instead of 1.3-1.6 ms; 2.1M box pixels
-# took 70 ms instead of 33 ms. Set it (e.g. 200_000) on a machine with idle cores.
+# took 70 ms instead of 33 ms. Set it (e.g. 200_000) on a machine with idle cores, before
+# `warmup`, which compiles the parallel driver only when it is set.
 PARALLEL_MIN_AREA: int | None = None
 # Numba's workqueue threading layer aborts the process when two threads enter a parallel
 # region at once; a caller that finds the parallel driver busy runs serially instead.
@@ -251,14 +252,16 @@ def redact(frame: np.ndarray, boxes, methods, strengths, ellipse=None,
 def warmup() -> None:
     """Compile (or load from the cache) and run every kernel once on a tiny frame.
 
-    Call at start-up so no live frame pays for JIT compilation.
+    Call at start-up so no live frame pays for JIT compilation. The parallel driver is
+    compiled only if `PARALLEL_MIN_AREA` is set by then.
     """
     frame = np.zeros((12, 16, 3), np.uint8)
     boxes = np.array([[1, 1, 6, 5], [4, 3, 9, 8], [-2, 6, 5, 9]], np.int64)
     methods = np.array([METHOD_BLUR, METHOD_PIXELATE, METHOD_SOLID], np.int64)
     strengths = np.array([2.0, 2.0, 0.0])
     ellipse = np.array([True, False, True])
-    for parallel in (False, True):
+    # the parallel driver only where it can be used: compiling it took 11.5 of a first start's 28 s
+    for parallel in (False, True) if PARALLEL_MIN_AREA is not None else (False,):
         for want_copy in (False, True):
             _apply(frame, boxes, methods, strengths, ellipse, _NO_COLOR, want_copy, "strengths", False, parallel)
     copy_out(frame, boxes)
