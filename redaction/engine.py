@@ -10,10 +10,13 @@ of what did not (:mod:`redaction.gating`). Pixels are changed in :mod:`redaction
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from .gating import GatedDetection, Plan
 from .policy import WORKERS_GATED, Policy
 from .regions import Region, merge_duplicates, overlap_of_smaller
 from .tracker import Tracker
+
+T = TypeVar("T")
 
 
 def detector_settings(policy: Policy) -> tuple:
@@ -34,15 +39,34 @@ def detector_settings(policy: Policy) -> tuple:
             detection.threads, detection.workers)
 
 
+def detection_threads(policy: Policy, cores: int | None = None) -> tuple[int | None, bool]:
+    """onnxruntime threads per model for a stream that may use ``cores`` (None: every core, each
+    model in turn), and whether the models of a detection frame run side by side.
+
+    A stream with a core per model or more (a camera alone on two cores, faces and plates) gives
+    each model its share of them and runs the models side by side, each on its own thread,
+    rather than one after the other on every core: onnxruntime's threads on one small crop wait
+    for each other. The live walkway at 720p (20 s, 100 detection frames, the same regions):
+    22.5 s of CPU instead of 28.0 in the same 15.8 s. Fewer cores than models (two cameras on two
+    cores: a core each) keep one thread per model, in turn, as do ``detection.threads`` and
+    ``detection.workers`` above 1 (each worker has its share of the cores)."""
+    detection = policy.detection
+    models = len(policy.classes.enabled())  # one detector per enabled class
+    if detection.threads is None and cores is not None and detection.workers == 1 and 1 < models <= cores:
+        return cores // models, True
+    if detection.threads is None and (cores is not None or detection.workers > 1):
+        return max(1, (cores or default_threads()) // detection.workers), False
+    return detection.threads, False
+
+
 def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detector]:
     """One warmed detector per enabled class, configured from the policy. ``cores``: the cores this
     stream may use (a gateway with several cameras gives each its share; default: all of them),
-    shared out among the policy's workers; ``detection.threads`` overrides."""
+    shared out among the policy's workers or models (:func:`detection_threads`);
+    ``detection.threads`` overrides."""
     detectors: dict[str, Detector] = {}
     enabled = policy.classes.enabled()
-    threads = policy.detection.threads
-    if threads is None and (cores is not None or policy.detection.workers > 1):
-        threads = max(1, (cores or default_threads()) // policy.detection.workers)
+    threads, _ = detection_threads(policy, cores)
     if "face" in enabled:
         from .faces import CenterFaceDetector
 
@@ -72,10 +96,18 @@ def build_detectors(policy: Policy, cores: int | None = None) -> dict[str, Detec
 class Analyzer:
     """Runs the detectors a policy asks for and finishes their regions for redaction."""
 
-    def __init__(self, policy: Policy, detectors: dict[str, Detector] | None = None, cores: int | None = None) -> None:
-        """``cores``: see :func:`build_detectors` (ignored with ``detectors``)."""
+    def __init__(self, policy: Policy, detectors: dict[str, Detector] | None = None, cores: int | None = None,
+                 side_by_side: bool = False) -> None:
+        """``cores``: see :func:`build_detectors`. With ``detectors`` (built for another analyzer),
+        ``cores`` is ignored and ``side_by_side`` says whether they were built to run side by side
+        (:func:`detection_threads`)."""
         self.policy = policy
-        self.detectors = build_detectors(policy, cores) if detectors is None else detectors
+        if detectors is None:
+            self.detectors = build_detectors(policy, cores)
+            self.side_by_side = detection_threads(policy, cores)[1]
+        else:
+            self.detectors, self.side_by_side = detectors, side_by_side
+        self._side: ThreadPoolExecutor | None = None  # the threads of the models after the first, side by side
         self._classes = policy.classes.enabled()
         missing = set(self._classes) - {c for d in self.detectors.values() for c in d.classes}
         if missing:
@@ -86,9 +118,25 @@ class Analyzer:
         """The enabled classes."""
         return tuple(self._classes)
 
+    def together(self, looks: list[Callable[[], T]]) -> list[T]:
+        """The results of ``looks`` (one per model or class), in their order: side by side, the
+        first on the calling thread, when the models were given a core each (:attr:`side_by_side`);
+        else one after the other."""
+        if not self.side_by_side or len(looks) < 2:
+            return [look() for look in looks]
+        if self._side is None:  # its threads are named after the stream's (a camera's analysis)
+            self._side = ThreadPoolExecutor(len(looks) - 1, thread_name_prefix=f"{threading.current_thread().name}-side")
+        futures = [self._side.submit(look) for look in looks[1:]]
+        try:
+            first = looks[0]()
+        finally:
+            wait(futures)  # never two detections of one stream at once, not even after a failure
+        return [first, *(future.result() for future in futures)]
+
     def detect(self, image: np.ndarray) -> list[Region]:
         """Raw detections (no margin) of every enabled class above its threshold."""
-        return self._kept(region for detector in self.detectors.values() for region in detector.detect(image))
+        found = self.together([partial(detector.detect, image) for detector in self.detectors.values()])
+        return self._kept(region for regions in found for region in regions)
 
     def detect_boxes(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
                      classes: tuple[str, ...] | None = None, heights: tuple[float, float] | None = None) -> list[Region]:

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -257,24 +258,37 @@ class GatedDetection:
         return kept
 
     def run(self, image: np.ndarray, plan: Plan) -> list[Region]:
-        """The raw detections of the plan (any thread)."""
+        """The raw detections of the plan (any thread). Each class's looks run beside the other
+        class's when the analyzer's models run side by side (:meth:`Analyzer.together`); the
+        regions come in the same order either way."""
         if plan.whole:
             return self.analyzer.detect(image)
+        classes = self.analyzer.classes
+        looks = dict(zip(classes, self.analyzer.together([partial(self._look, image, plan, cls) for cls in classes])))
         found = []
-        if plan.changed:
-            fine = tuple(cls for cls in self.analyzer.classes if cls not in plan.coarse)
-            if fine:
-                found += self.analyzer.detect_boxes(image, plan.changed, classes=fine)
-            if plan.coarse:
-                found += self.analyzer.detect_boxes(image, plan.changed, sweep=True, classes=plan.coarse)
-        for cls, boxes in plan.sweep.items():
-            if boxes:
-                found += self.analyzer.detect_boxes(image, boxes, sweep=True, classes=(cls,))
-        for cls, boxes in plan.recheck.items():  # at the finer of the class's two scales
-            if boxes:
-                found += self.analyzer.detect_boxes(image, boxes, sweep=cls in self._recheck, classes=(cls,),
-                                                    heights=plan.heights.get(cls))
+        for step in (0, 1):  # the changed boxes, read closely, then by the classes read coarsely
+            for cls in classes:
+                found += looks[cls][step]
+        for cls in plan.sweep:
+            found += looks[cls][2]
+        for cls in plan.recheck:
+            found += looks[cls][3]
         return found
+
+    def _look(self, image: np.ndarray, plan: Plan, cls: str) -> tuple[list[Region], ...]:
+        """What the plan reads for ``cls``: the changed boxes (read closely, or coarsely), its sweep
+        slices, and its known regions looked at again (at the finer of the class's two scales)."""
+        close: list[Region] = []
+        coarse: list[Region] = []
+        if plan.changed:
+            if cls in plan.coarse:
+                coarse = self.analyzer.detect_boxes(image, plan.changed, sweep=True, classes=(cls,))
+            else:
+                close = self.analyzer.detect_boxes(image, plan.changed, classes=(cls,))
+        swept = self.analyzer.detect_boxes(image, plan.sweep[cls], sweep=True, classes=(cls,)) if plan.sweep.get(cls) else []
+        again = (self.analyzer.detect_boxes(image, plan.recheck[cls], sweep=cls in self._recheck, classes=(cls,),
+                                            heights=plan.heights.get(cls)) if plan.recheck.get(cls) else [])
+        return close, coarse, swept, again
 
 
 def _touches(box: tuple[float, float, float, float], boxes: list[Box]) -> bool:

@@ -1,11 +1,21 @@
 """The engine on real frames: final regions, stride with hold-back, and fail-safe shapes."""
 
+import threading
+import time
+from pathlib import Path
+
 import av
 import cv2
 import numpy as np
 import pytest
 
-from redaction.engine import Analyzer, Frame, StreamRedactor, build_detectors
+from redaction.engine import (
+    Analyzer,
+    Frame,
+    StreamRedactor,
+    build_detectors,
+    detection_threads,
+)
 from redaction.policy import parse_policy
 from redaction.regions import Region, coverage_mask
 
@@ -183,15 +193,84 @@ def test_detector_failure_surfaces_and_releases_nothing_after_it():
     assert [d.frame.index for d in released] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("cores, workers, expected", [(1, 1, 1), (2, 1, 2), (2, 2, 1)])
-def test_a_stream_s_detectors_use_its_share_of_the_cores(cores, workers, expected):
+@pytest.mark.parametrize("cores, workers, plates, expected, side_by_side",
+                         [(1, 1, True, 1, False), (2, 1, True, 1, True), (2, 1, False, 2, False), (2, 2, True, 1, False),
+                          (4, 1, True, 2, True)])
+def test_a_stream_s_detectors_use_its_share_of_the_cores(cores, workers, plates, expected, side_by_side):
     """A gateway with two cameras on two cores gives each camera's sessions one thread (not two
-    each, fighting over the cores); a policy's own ``threads`` wins."""
-    policy = parse_policy({"detection": {"workers": workers, "motion": {"enabled": workers == 1}}})
+    each, fighting over the cores); a camera alone gives each model its share and runs them side by
+    side; a policy's own ``threads`` wins."""
+    policy = parse_policy({"classes": {"plate": {"enabled": plates}},
+                           "detection": {"workers": workers, "motion": {"enabled": workers == 1}}})
     for detector in build_detectors(policy, cores=cores).values():
         assert detector._session.get_session_options().intra_op_num_threads == expected
+    assert detection_threads(policy, cores) == (expected, side_by_side)
     pinned = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 2}})
     assert build_detectors(pinned, cores=1)["face"]._session.get_session_options().intra_op_num_threads == 2
+    assert detection_threads(pinned.model_copy(update={"classes": policy.classes}), cores=2) == (2, False)
+
+
+def _sample_frames(count):
+    path = Path(__file__).resolve().parents[1] / "config" / "samples" / "vtest-10s.mp4"
+    with av.open(str(path)) as container:
+        for index, picture in zip(range(count), container.decode(video=0)):
+            yield Frame(index, index / 10, picture.to_ndarray(format="bgr24"))
+
+
+def test_a_camera_s_models_run_side_by_side_and_decide_exactly_what_they_decide_in_turn():
+    """The bundled walkway clip through the live path (the default policy: faces and plates, motion
+    gating, sweeps, looks again): with a core per model, the face and plate looks of a detection frame
+    run at once on two threads, and every frame gets the same regions, in the same order, as with the
+    same models one after the other."""
+    policy = parse_policy({})
+    side = Analyzer(policy, cores=2)
+    assert side.side_by_side
+    calls: list[tuple[str, int, float, float]] = []
+    for cls, detector in side.detectors.items():
+        def timed(*args, _look=detector.detect_boxes, _cls=cls, **kwargs):
+            start = time.monotonic()
+            try:
+                return _look(*args, **kwargs)
+            finally:
+                calls.append((_cls, threading.get_ident(), start, time.monotonic()))
+        detector.detect_boxes = timed
+    decided = []
+    for analyzer in (side, Analyzer(policy, side.detectors, side_by_side=False)):
+        stream = StreamRedactor(analyzer, rate=10.0, by_index=True)
+        released = []
+        for frame in _sample_frames(40):
+            released += stream.push(frame)
+        released += stream.flush()
+        stream.close()
+        decided.append([[(r.cls, r.box, r.track) for r in d.regions] for d in released])
+        if analyzer is side:
+            both = [(f, p) for f in calls if f[0] == "face" for p in calls if p[0] == "plate"
+                    and f[1] != p[1] and f[2] < p[3] and p[2] < f[3]]
+            assert both, "no face look ran at the same time as a plate look"
+            calls.clear()
+    assert sum(map(len, decided[0])) > 40  # people walk through every frame
+    assert decided[0] == decided[1]
+    assert len({thread for _, thread, _, _ in calls}) == 1  # in turn: the stream's own thread
+
+
+def test_a_look_that_fails_beside_another_waits_for_it_then_raises():
+    """A model that fails while the other still runs: the detection raises only once both are done,
+    so the next detection frame never overlaps the last one's looks."""
+    analyzer = Analyzer(FACES, {"face": ScriptedDetector({})}, side_by_side=True)
+    finished = []
+
+    def slow():
+        time.sleep(0.3)
+        finished.append(True)
+        return ["slow"]
+
+    def fails():
+        raise RuntimeError("model crashed")
+
+    with pytest.raises(RuntimeError, match="model crashed"):
+        analyzer.together([fails, slow])
+    assert finished == [True]
+    assert analyzer.together([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
 
 
 def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it(data):

@@ -199,8 +199,9 @@ class Runtime:
     def _cores(self) -> int:
         """A camera's share of the cores for detection: equal shares of the cameras configured now
         (two single-threaded sessions working at once do 1.8x the inferences of one, two
-        two-threaded sessions fighting over two cores only 1.6x: perf/README.md, thread placement).
-        Cameras running already keep the share they started with."""
+        two-threaded sessions fighting over two cores only 1.6x), split among its models, which then
+        run side by side (:func:`redaction.engine.detection_threads`). Cameras running already keep
+        the share they started with."""
         cameras = len(self.config.cameras)
         if self.config.cluster is not None:
             cameras = min(cameras, self.config.cluster.capacity)
