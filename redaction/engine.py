@@ -47,7 +47,7 @@ def detection_threads(policy: Policy, cores: int | None = None) -> tuple[int | N
     each model its share of them and runs the models side by side, each on its own thread,
     rather than one after the other on every core: onnxruntime's threads on one small crop wait
     for each other. The live walkway at 720p (20 s, 100 detection frames, the same regions):
-    22.5 s of CPU instead of 28.0 in the same 15.8 s. Fewer cores than models (two cameras on two
+    23.2-24.6 s of CPU instead of 28.5-31.9 s in the same wall time. Fewer cores than models (two cameras on two
     cores: a core each) keep one thread per model, in turn, as do ``detection.threads`` and
     ``detection.workers`` above 1 (each worker has its share of the cores)."""
     detection = policy.detection

@@ -270,9 +270,9 @@ class GatedDetection:
             for cls in classes:
                 found += looks[cls][step]
         for cls in plan.sweep:
-            found += looks[cls][2]
-        for cls in plan.recheck:
-            found += looks[cls][3]
+            found += looks[cls][2] if cls in looks else []
+        for cls in plan.recheck:  # a track's class the analyzer no longer detects is not looked for
+            found += looks[cls][3] if cls in looks else []
         return found
 
     def _look(self, image: np.ndarray, plan: Plan, cls: str) -> tuple[list[Region], ...]:
