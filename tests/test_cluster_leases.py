@@ -9,7 +9,14 @@ import time
 import psycopg
 import pytest
 
-from gateway.cluster import CHANNEL, SCHEMA_VERSION, ClusterNode, Leases, SchemaError, claim_limit
+from gateway.cluster import (
+    CHANNEL,
+    SCHEMA_VERSION,
+    ClusterNode,
+    Leases,
+    SchemaError,
+    claim_limit,
+)
 from gateway.config import Cluster
 
 CAMERAS = [f"cam{i}" for i in range(6)]
@@ -252,7 +259,40 @@ def test_a_node_that_stops_hands_its_cameras_over_at_once(postgres, database):
         assert time.monotonic() - began < 3, "the hand-back waited for a round instead of the NOTIFY"
         # both moves are hand-overs from a (the rebalancing one and the stop), for the audit log; no lease expired
         assert sorted(e.camera for e in handed) == ["x", "y"]
-        assert all(e.previous == "a" and e.released and e.details()["released"] and 0 <= e.gap_s < 5 for e in handed)
+        assert all(e.previous == "a" and e.released and e.details()["released"] and 0 <= e.gap_s < 5 for e in handed), [(e.camera, e.epoch, e.released, e.gap_s) for e in handed]
         assert b.stats.takeovers == 0 and set(b.stats.gaps) == {"x", "y"}
     finally:
         a.close() if b is None else b.close()
+
+
+def test_a_node_whose_cameras_are_slow_to_stop_still_hands_each_back_rather_than_letting_it_expire(postgres, database):
+    """Stopping a camera (its recording finished, its originals sealed) took a second or more on a busy
+    machine; a node holding three stopped them all before handing any back, with its leases no longer
+    renewed, and the next owner took them over as from a dead node (the site test, on a slow machine).
+    Here each stop takes 1.2 s against a 1.5-s lease: every camera must still be handed back."""
+
+    class Slow(_Cameras):
+        def stop(self, camera):
+            time.sleep(1.2)
+            super().stop(camera)
+
+    first, second = Slow(), _Cameras()
+    wanted: list[str] = []
+    a = _node(postgres, database, "a", first)
+    config = Cluster(node="b", url="http://b.test:8080", database=database, password_file=postgres.password_file,
+                     capacity=10, lease_s=1.5)
+    b = ClusterNode(config, lambda: list(wanted), second.start, second.stop)
+    handed = []
+    b.on_takeover = handed.append
+    b.start()
+    try:
+        _wait(lambda: first.running == {"x", "y"})
+        wanted += ["x", "y"]  # b may run them from now on; a holds both
+        a.close()
+        _wait(lambda: second.running == {"x", "y"}, timeout=10)
+        assert sorted(e.camera for e in handed) == ["x", "y"]
+        assert all(e.previous == "a" and e.released for e in handed), [e.details() for e in handed]
+        assert b.stats.takeovers == 0
+    finally:
+        a.close()
+        b.close()

@@ -43,6 +43,9 @@ _APPLY_TICK = 0.1
 _START_RETRY = 5.0
 #: longest a hand-back waits for the audit copy to hold what the stopped cameras logged last
 _FLUSH_S = 2.0
+#: the longest a stopping node hands its cameras back one by one, its leases renewed meanwhile; then
+#: what is left is stopped and released at once (or expires)
+_LEAVE_S = 60.0
 #: seconds between two log lines about the same database failure
 _LOG_EVERY = 30.0
 
@@ -139,6 +142,7 @@ class ClusterNode:
         self._taken: dict[str, tuple[str, datetime, datetime]] = {}  # camera -> Round.previous, until started
         self._handed: set[str] = set()  # of those, the cameras their previous owner handed back
         self._closing = threading.Event()
+        self._leaving = threading.Event()  # close(): every camera handed back, nothing claimed
         self._round_now = threading.Event()
         self._apply_now = threading.Event()
         self._leases: Leases | None = None
@@ -190,8 +194,25 @@ class ClusterNode:
             thread.start()
 
     def close(self) -> None:
-        """Stop the threads and the cameras, then hand every lease back and leave (best effort: if
-        the database is unreachable the leases simply expire)."""
+        """Hand every camera back and leave. The cameras stop one by one as for a hand-back (the apply
+        thread stops each, the lease thread releases it) while the leases of the others are still
+        renewed: stopping a camera (its recording finished, its originals sealed) takes a second or
+        more on a busy machine, and a node holding three of them let their leases expire before it
+        could hand them back (the next owner took them over as from a dead node). Then the threads
+        stop and anything left is released (best effort: if the database is unreachable the leases
+        simply expire)."""
+        with self._lock:
+            self._shedding |= set(self._held)
+        self._leaving.set()
+        self._round_now.set()
+        self._apply_now.set()
+        deadline = time.monotonic() + _LEAVE_S
+        while time.monotonic() < deadline and any(thread.is_alive() for thread in self._threads):
+            with self._lock:
+                lapsed = time.monotonic() >= self._valid_until  # nothing left to hand back
+                if not self._running and (not self._shedding or lapsed):
+                    break
+            time.sleep(_APPLY_TICK)
         self._closing.set()
         self._round_now.set()
         self._apply_now.set()
@@ -258,9 +279,14 @@ class ClusterNode:
             self._stopped_to_release -= release
             self._shedding -= release
             keep_out = set(self._shedding)
-        result = self._leases.round(self._cameras(), keep_out)
+            kept = set(self._held) - release
+        leaving = self._leaving.is_set()
+        # leaving: only the leases still held are renewed (none claimed), until each is handed back
+        result = self._leases.round(kept if leaving else self._cameras(), keep_out)
         with self._lock:
             self._held, self._valid_until = result.held, began + self.lease_s
+            if leaving:
+                self._shedding |= set(result.held)
             self._taken = {camera: taken for camera, taken in {**self._taken, **result.previous}.items()
                            if camera in result.held}
             self._handed = (self._handed - set(result.taken_over) | set(result.handed_over)) & set(self._taken)
@@ -297,7 +323,7 @@ class ClusterNode:
             with self._lock:
                 valid = time.monotonic() < self._valid_until - self.margin
                 wanted = {camera: epoch for camera, epoch in self._held.items()
-                          if camera not in self._shedding} if valid else {}
+                          if camera not in self._shedding} if valid and not self._leaving.is_set() else {}
             if not valid and self._running and not lost:
                 log.error("cluster: node %s could not renew its leases in time; stopping its cameras %s",
                           self.name, sorted(self._running))

@@ -623,7 +623,7 @@ class Runtime:
         with self._changing:
             self._closed = True
         if self.cluster is not None:
-            self.cluster.close()  # its cameras stop, then their leases are handed back at once
+            self.cluster.close()  # its cameras stop and are handed back one by one, their leases renewed meanwhile
         if self.state is not None:
             self.state.close()
         self.retention.stop()
