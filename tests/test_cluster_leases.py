@@ -276,21 +276,23 @@ def test_a_node_whose_cameras_are_slow_to_stop_still_hands_each_back_rather_than
             time.sleep(1.2)
             super().stop(camera)
 
+    def node(name, cameras):
+        config = Cluster(node=name, url=f"http://{name}.test:8080", database=database,
+                         password_file=postgres.password_file, capacity=10, lease_s=1.5)
+        return ClusterNode(config, lambda: ["x", "y", "z"], cameras.start, cameras.stop)
+
     first, second = Slow(), _Cameras()
-    wanted: list[str] = []
-    a = _node(postgres, database, "a", first)
-    config = Cluster(node="b", url="http://b.test:8080", database=database, password_file=postgres.password_file,
-                     capacity=10, lease_s=1.5)
-    b = ClusterNode(config, lambda: list(wanted), second.start, second.stop)
+    a, b = node("a", first), node("b", second)
     handed = []
     b.on_takeover = handed.append
-    b.start()
+    a.start()
     try:
-        _wait(lambda: first.running == {"x", "y"})
-        wanted += ["x", "y"]  # b may run them from now on; a holds both
+        _wait(lambda: first.running == {"x", "y", "z"})
+        b.start()
+        _wait(lambda: len(first.running) == 2 and len(second.running) == 1)  # the spread: a hands one back
         a.close()
-        _wait(lambda: second.running == {"x", "y"}, timeout=10)
-        assert sorted(e.camera for e in handed) == ["x", "y"]
+        _wait(lambda: second.running == {"x", "y", "z"}, timeout=10)
+        assert sorted(e.camera for e in handed) == ["x", "y", "z"]
         assert all(e.previous == "a" and e.released for e in handed), [e.details() for e in handed]
         assert b.stats.takeovers == 0
     finally:
