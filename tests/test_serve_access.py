@@ -194,17 +194,21 @@ def test_revoking_a_token_ends_the_live_sessions_it_opened(camera_clip, tmp_path
 
         asyncio.run(watch())
 
+        # the VMS is told by its connection closing: one left open would wait out its own read
+        # timeout (60 s here, the test's generous bound 20 s; the reaper runs every second)
         secret = vms.split("_", 2)[2]
-        frames = 0
+        frames, revoked = 0, None
         with av.open(f"rtsp://{record.id}:{secret}@127.0.0.1:{running.gateway.rtsp_port}/cam",
-                     options={"rtsp_transport": "tcp", "timeout": "10000000"}, timeout=20) as client:
+                     options={"rtsp_transport": "tcp", "timeout": "60000000"}, timeout=60) as client:
             try:
                 for _ in client.decode(video=0):
                     frames += 1
                     if frames == 10:
                         store.revoke(record.id)
+                        revoked = time.monotonic()
                     assert frames < 10 + 25 * 15, "the RTSP session outlived its token"
             except av.error.FFmpegError:
-                pass  # the server ended the session: the demuxer may report the closed connection
+                pass  # the server closed the connection: the demuxer reports it
         assert frames >= 10
+        assert time.monotonic() - revoked < 20, "the revoked VMS's connection was left open"
         assert running.gateway.rtsp.sessions("cam") == 0

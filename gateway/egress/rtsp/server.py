@@ -155,9 +155,7 @@ class RtspServer:
         ended = [s for s in list(self._sessions.values()) if s.camera == camera
                  and (renditions is None or (s.rendition is not None and s.rendition in renditions))]
         for session in ended:
-            self._end(session, "the camera was removed" if renditions is None else "the camera was edited")
-            if not session.connection.sessions:
-                session.connection.writer.transport.abort()
+            self._end_closing(session, "the camera was removed" if renditions is None else "the camera was edited")
         return len(ended)
 
     async def start(self, listeners: list[socket.socket]) -> int:
@@ -443,6 +441,14 @@ class RtspServer:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
+    def _end_closing(self, session: Session, why: str) -> None:
+        """End ``session`` from our side and close its connection if it holds no other session: an
+        RTSP/1.0 server cannot tell a playing client that its stream is over except by closing, and a
+        client left connected waits for its own read timeout instead."""
+        self._end(session, why)
+        if not session.connection.sessions:
+            session.connection.writer.transport.abort()
+
     def _end(self, session: Session, why: str) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
@@ -467,7 +473,7 @@ class RtspServer:
                 if now - session.last_seen > self._timeout:
                     self._end(session, f"no keep-alive for {self._timeout:g} s")
                 elif session.allowed is not None and not session.allowed(session.camera):
-                    self._end(session, "access revoked")  # token revoked or expired, role or grant taken away
+                    self._end_closing(session, "access revoked")  # token revoked or expired, role or grant taken away
             for connection in list(self._connections):
                 if not connection.sessions and now - connection.last_seen > self._timeout and not connection.hold.released:
                     self._drop(connection, "idle")
