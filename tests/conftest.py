@@ -16,6 +16,29 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cheap_identity_files():
+    """Identity files the tests write take the oldest scrypt cost every version opens (n = 2**15,
+    0.16 s a derivation here) instead of a new file's (2**17, 0.69 s): the suite opens and writes
+    them hundreds of times, and the format reads the cost from each file. Like test settings that
+    swap a password hasher for a faster one, this changes a cost, not a path; tests marked
+    ``production_kdf`` write at the real cost. Session-wide, so module fixtures get it too."""
+    from keys import identity
+
+    production = identity._SCRYPT
+    identity._SCRYPT = {**production, "n": identity._SCRYPT_MIN_N}
+    yield production
+    identity._SCRYPT = production
+
+
+@pytest.fixture(autouse=True)
+def production_kdf(request, cheap_identity_files, monkeypatch):
+    if request.node.get_closest_marker("production_kdf"):
+        from keys import identity
+
+        monkeypatch.setattr(identity, "_SCRYPT", cheap_identity_files)
+
+
 @pytest.fixture(scope="session")
 def data() -> Path:
     return DATA

@@ -69,6 +69,7 @@ def kdf_of(path: Path) -> dict:
 
 # --- 1. the KDF of identity files --------------------------------------------------------------------
 
+@pytest.mark.production_kdf
 def test_new_files_use_scrypt_2_17_and_older_2_15_files_still_open(tmp_path):
     identity = PrivateIdentity.generate("ines", ["investigator"])
     path = tmp_path / "ines.identity"

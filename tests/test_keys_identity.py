@@ -188,6 +188,7 @@ def test_gateway_key_is_private_and_not_a_person(tmp_path):
         KeyDirectory.open(tmp_path / "keys")
 
 
+@pytest.mark.production_kdf
 def test_classic_identity_serialises_exactly_as_before(tmp_path):
     """A file and a roster entry from before post-quantum identities load, and re-save the same but for
     the stronger scrypt cost (and the longer passphrase a new file needs): same header otherwise, same
