@@ -51,6 +51,14 @@ def short_clip(tmp_path_factory, data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def camera_clip(tmp_path_factory, data):
+    """The serve tests' camera: 6 s with one large face, its frames and faces (serve_harness.faces_clip)."""
+    from serve_harness import faces_clip
+
+    return faces_clip(tmp_path_factory.mktemp("cam"), data)
+
+
+@pytest.fixture(scope="session")
 def faces_only(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("policies") / "faces.yaml"
     path.write_text("classes:\n  plate:\n    enabled: false\n")
@@ -101,7 +109,8 @@ class OpenBaoDev:
         """The transit decrypt requests OpenBao has logged so far (with their context in clear)."""
         import json
 
-        entries = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        # the log holds every request of the session: parse only the lines that can be decrypts
+        entries = [json.loads(line) for line in self.audit_log.read_text().splitlines() if "/decrypt/" in line]
         return [e["request"] for e in entries
                 if e.get("type") == "request" and "/decrypt/" in e.get("request", {}).get("path", "")]
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from peers import require
 from rtsp_support import gstreamer_missing
 
@@ -67,11 +66,11 @@ def add_people(keys: Path, away: Path) -> dict[str, Person]:
     return people
 
 
-@pytest.fixture(scope="module")
-def camera_clip(tmp_path_factory, data):
-    """6 s of a clip with one large face, and its decoded frames (what the camera sends)."""
+def faces_clip(directory: Path, data: Path) -> tuple[Path, list[np.ndarray], list[list]]:
+    """6 s of a clip with one large face in ``directory``, its decoded frames (what the camera
+    sends) and the confident faces of every fifth one (the ``camera_clip`` fixture, conftest.py)."""
     require(gstreamer_missing())
-    clip = copy_excerpt(data / "videos" / "short_hamilton_clip.mp4", tmp_path_factory.mktemp("cam") / "cam.mp4", 6.0)
+    clip = copy_excerpt(data / "videos" / "short_hamilton_clip.mp4", directory / "cam.mp4", 6.0)
     frames = [f.image for f in VideoTranscoder(clip).frames()]
     analyzer = Analyzer(parse_policy(FACES))
     faces = [[r for r in analyzer.regions(f) if r.score >= 0.5] for f in frames[::5]]

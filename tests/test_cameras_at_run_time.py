@@ -20,14 +20,7 @@ import urllib.request
 
 import pytest
 from rtsp_support import rtsp_camera
-from serve_harness import (  # noqa: F401
-    FACES,
-    Running,
-    assert_faces_redacted,
-    camera_clip,
-    collect_released,
-    half,
-)
+from serve_harness import FACES, Running, assert_faces_redacted, collect_released, half
 
 from gateway.cli import main
 from gateway.config import ConfigError

@@ -11,7 +11,7 @@ import pytest
 from browser import Browser
 from peers import chromium_missing, require
 from rtsp_support import rtsp_camera
-from serve_harness import Running, camera_clip  # noqa: F401  (camera_clip is a fixture)
+from serve_harness import Running
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import time
 
 from rtsp_support import rtsp_camera
-from serve_harness import camera_clip  # noqa: F401  (a fixture)
 from test_console import console, open_console, shots  # noqa: F401  (fixtures, and the page opener)
 
 

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import serve_harness
 import test_console
 from test_console import open_console
 
@@ -22,7 +21,6 @@ from keys import PrivateIdentity
 ROOT = Path(__file__).resolve().parents[1]
 console = test_console.console  # the fixture: serve with an RTSP camera "lobby", and a browser
 shots = test_console.shots
-camera_clip = serve_harness.camera_clip
 #: seconds from the revoke click until the viewer's peer connection leaves "connected": generous
 #: (the gateway re-checks sessions every second; a loaded CI machine may be slow to show it)
 REVOKE_BOUND = 15.0

@@ -20,7 +20,7 @@ import pytest
 from browser import Browser
 from peers import chromium_missing, require
 from rtsp_support import rtsp_camera
-from serve_harness import FACES, Running, camera_clip  # noqa: F401  (camera_clip is a fixture)
+from serve_harness import FACES, Running
 from test_console import open_console, shots  # noqa: F401  (shots is a fixture)
 
 from gateway.cli import main
@@ -73,7 +73,7 @@ def recording_under(running, token, version) -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def desk(camera_clip, tmp_path_factory, openbao):  # noqa: F811
+def desk(camera_clip, tmp_path_factory, openbao):
     """A running gateway whose camera seals faces to a quorum of an investigator and an officer, a
     recording sealed so, the investigator's token, and a browser."""
     require(chromium_missing())
@@ -138,7 +138,7 @@ def detail(image: np.ndarray) -> float:
 
 
 def test_a_subject_marked_on_a_frame_is_approved_with_the_cli_and_unmasked_on_the_investigators_machine(
-        desk, shots, openbao, monkeypatch, capsys):  # noqa: F811
+        desk, shots, openbao, monkeypatch, capsys):
     running, browser, tmp, recording = desk["running"], desk["browser"], desk["tmp"], desk["recording"]
     investigator, officer = running.people["investigator"], running.people["officer"]
 
@@ -281,7 +281,7 @@ def test_a_subject_marked_on_a_frame_is_approved_with_the_cli_and_unmasked_on_th
         tab.close()
 
 
-def test_an_approver_refuses_a_request_which_closes_it(desk, shots, monkeypatch, capsys):  # noqa: F811
+def test_an_approver_refuses_a_request_which_closes_it(desk, shots, monkeypatch, capsys):
     running, browser, tmp = desk["running"], desk["browser"], desk["tmp"]
     status, filed = file_request(desk, case="C-7", reason="curiosity")
     assert status == 201, filed
@@ -382,7 +382,7 @@ def test_an_approver_approves_from_the_command_line_over_the_api(desk, monkeypat
     assert "officer approved this request already" in capsys.readouterr().err
 
 
-def test_a_request_that_cannot_be_met_is_refused_field_by_field_and_nothing_is_filed(desk, shots):  # noqa: F811
+def test_a_request_that_cannot_be_met_is_refused_field_by_field_and_nothing_is_filed(desk, shots):
     running, browser, tmp = desk["running"], desk["browser"], desk["tmp"]
     before = sorted(p.name for p in (tmp / "data" / "unmask-requests").iterdir())
     status, answer = file_request(desk, subject=None, case="", reason="", output="../x.mp4")

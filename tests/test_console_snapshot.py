@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from rtsp_support import rtsp_camera
-from serve_harness import Running, assert_faces_redacted, camera_clip, half  # noqa: F401  (camera_clip is a fixture)
+from serve_harness import Running, assert_faces_redacted, half
 
 
 @pytest.fixture(scope="module")

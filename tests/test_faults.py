@@ -15,11 +15,7 @@ import time
 
 import pytest
 from rtsp_support import rtsp_camera
-from serve_harness import (  # noqa: F401  (camera_clip is a fixture)
-    Running,
-    camera_clip,
-    collect_released,
-)
+from serve_harness import Running, collect_released
 
 import gateway.egress.recorder
 import keys.seal

@@ -7,7 +7,7 @@ import json
 import time
 
 import numpy as np
-from serve_harness import Running, camera_clip  # noqa: F401  (camera_clip is a fixture)
+from serve_harness import Running
 
 from gateway.cli import main
 from gateway.files import VideoTranscoder, copy_excerpt

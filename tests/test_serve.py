@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from peers import chromium_missing, require
 from rtsp_support import rtsp_camera
-from serve_harness import (  # noqa: F401  (camera_clip is a fixture)
-    FACES, Running, assert_faces_redacted, camera_clip, collect_released, grab, half,
-)
+from serve_harness import Running, assert_faces_redacted, collect_released, grab, half
 
 from gateway.cli import main
 from gateway.files import VideoTranscoder, read_image

@@ -12,9 +12,7 @@ import pytest
 import yaml
 from peers import available, chromium_missing
 from rtsp_support import rtsp_camera
-from serve_harness import (  # noqa: F401  (camera_clip is a fixture)
-    FACES, Running, assert_faces_redacted, camera_clip, collect_released, grab, half,
-)
+from serve_harness import FACES, Running, assert_faces_redacted, collect_released, half
 
 from gateway.cli import main
 

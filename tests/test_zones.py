@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from rtsp_support import rtsp_camera
-from serve_harness import FACES, Running, camera_clip  # noqa: F401  (camera_clip is a fixture)
+from serve_harness import FACES, Running
 from test_escrow import audit_entries, passphrase, run, unmask, world  # noqa: F401  (fixtures)
 
 from gateway.files import VideoTranscoder, read_image
