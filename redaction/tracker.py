@@ -10,7 +10,9 @@ to mask on the frames held back between two detection frames:
   overlap or lie close, the frames between get the hull of both boxes: when unsure whether it
   is one object that moved, both places are masked;
 * a track first detected now is back-filled over the held-back frames before it;
-* a track no longer detected stays masked at its last box for ``persist`` seconds.
+* a track no longer detected stays masked at its last box for ``persist`` seconds, and in any
+  case (unless ``persist`` is 0) up to the first detection frame that misses it
+  (:data:`MISSES_MASKED`).
 
 Association, on each detection frame: each track's centre moves by a constant-velocity Kalman
 filter (:class:`_Motion`), and detections are matched to where it puts them, by overlap or, for
@@ -54,6 +56,14 @@ _RESIZE_JITTER = 8.0  # pixels more: a 6 px face may be found as a 13 px one on 
 #: objects do not move in straight lines at constant speed, and small ones move by more than their
 #: own size between detections (measured: 7 px faces 4 px off the line after 26 px in 0.3 s)
 _PATH_SLACK = 0.25
+#: a lost track stays masked up to and including the detection frames that miss it, this many in
+#: a row, however short ``persist`` is (if not 0): one miss is no evidence that a face left; the
+#: frames after it are let go only when the next detection frame misses it too. Detection frames
+#: come ``stride`` frames apart (67 ms at 30 fps), well within ``persist``; on a machine that falls
+#: behind they come later, and a face whose score dipped for one frame (the Hamilton clip's frame
+#: 58, found by nothing, between scores of 0.12 and 0.11) was let go on that frame, unmasked,
+#: 0.6 s after the detection frame before it
+MISSES_MASKED = 1
 
 
 #: the centre's motion model: detections jitter by about this share of the box side ...
@@ -107,6 +117,8 @@ class _Track:
     hidden: bool = False
     #: a scene cut came after it: masked at its last box while it persists, never matched again
     ended: bool = False
+    #: detection frames in a row that did not find it, since it was last seen
+    misses: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,8 @@ class _Span:
     #: face that stayed): the track before it is masked up to the cut, the one after it from the cut
     #: on, not both over every frame between
     split: bool = False
+    #: lost, but missed too few times in a row to be let go: masked up to this frame whatever ``persist`` says
+    held: bool = False
 
 
 class Step:
@@ -177,7 +191,8 @@ class Step:
             return np.concatenate([centre - size / 2, size]), min(span.score_before, span.score_after)
         if span.after is not None:  # first detection: back-fill the held-back frames
             return span.after, span.score_after
-        if span.before is not None and time - span.seen <= self._persist and not (span.absorbed and time >= self.time):
+        if (span.before is not None and (time - span.seen <= self._persist or span.held)
+                and not (span.absorbed and time >= self.time)):
             return span.before, span.score_before
         return None, 0.0
 
@@ -211,13 +226,14 @@ class Tracker:
         if self._time is not None and time < self._time:
             raise ValueError(f"time went backwards: {time} after {self._time}")
         previous = self._time
-        live = [t for t in self._tracks if time - t.seen <= self.link or previous is not None and t.seen >= previous]
+        live = [t for t in self._tracks
+                if time - t.seen <= self.link or previous is not None and t.seen >= previous or self._held(t)]
         if cut:
             for track in live:
                 track.ended = True
         # a track persisting at the previous frame contributes its last box there
         before = {t.id: (t.box.copy(), t.score) for t in live
-                  if not t.hidden and (previous is None or previous - t.seen <= self.persist)}
+                  if not t.hidden and (previous is None or previous - t.seen <= self.persist or self._held(t))}
         # tracks found at the last detection frame take their detections first, confident ones
         # before doubtful ones (a flicker beside a face must not take the face's track); then the
         # lost tracks may link to what is left (a track lost for a while must not take a
@@ -257,7 +273,7 @@ class Tracker:
                         track.motion.update(centre, side, time - track.seen)
                     track.velocity = track.motion.velocity
                 track.box, track.score, track.seen, track.shape = box, det.score, time, det.shape
-                track.hidden = False
+                track.hidden, track.misses = False, 0
             matched_tracks.add(track.id)
             spans.append(
                 _Span(track.id, det.cls, det.shape, None if prior is None else prior[0], box,
@@ -266,14 +282,17 @@ class Tracker:
             )
         absorbed = self._absorbed([t for t in live if t.id not in matched_tracks], detections)
         for track in live:
+            if track.id not in matched_tracks:
+                track.misses += 1
             if track.id not in matched_tracks and track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
-                                   absorbed=track.id in absorbed, split=cut_at is not None and track.id in absorbed))
+                                   absorbed=track.id in absorbed, split=cut_at is not None and track.id in absorbed,
+                                   held=self._held(track)))
         for track in live:
             if track.id in absorbed:
                 track.hidden = True
         self._tracks = [t for t in self._tracks
-                        if t.id in matched_tracks
+                        if t.id in matched_tracks or self._held(t)
                         or time - t.seen <= (self.persist if t.ended else self.link)]
         self._time = time
         return Step(time, previous, spans, self.persist, cut_at if cut else None)
@@ -282,7 +301,12 @@ class Tracker:
         """Every live track at its last box, with its id; ``current``: only those found (or carried
         on) at the last detection frame, not those merely persisting after a miss."""
         return [Region(t.cls, *map(float, t.box), t.score, t.shape, t.id) for t in self._tracks
-                if t.seen == self._time or not current and self._time - t.seen <= self.persist]
+                if t.seen == self._time or not current and (self._time - t.seen <= self.persist or self._held(t))]
+
+    def _held(self, track: _Track) -> bool:
+        """Masked whatever ``persist`` says: missed too few times in a row to be let go (with
+        ``persist`` 0, lost tracks are not masked at all)."""
+        return self.persist > 0 and not track.ended and track.misses <= MISSES_MASKED
 
     @staticmethod
     def _same_place(tracks: list[_Track], detections: list[Region]) -> set[int]:

@@ -88,11 +88,31 @@ def test_first_detection_back_fills_held_frames():
 def test_track_lost_between_detection_frames_persists_over_held_frames():
     tracker = Tracker(persist=0.15)
     tracker.update(0.0, [face(50, 60)])
-    step = tracker.update(0.3, [])
+    tracker.update(0.05, [])  # missed once, within persist
+    step = tracker.update(0.3, [])  # missed again: let go once persist is over
     assert boxes(step.at(0.1)) == [(1, (50, 60, 20, 24))]
     assert boxes(step.at(0.15)) == [(1, (50, 60, 20, 24))]
     assert step.at(0.2) == []
     assert step.current == []
+
+
+@pytest.mark.parametrize("apart", [0.3, 0.6, 1.5])
+def test_a_track_missed_once_stays_masked_however_late_the_detection_frame(apart):
+    """Detection frames further apart than ``persist`` (a machine falling behind): a face missed on
+    one of them is masked up to it, and let go after it only when the next one misses it too."""
+    tracker = Tracker(persist=0.2)
+    tracker.update(0.0, [face(50, 60)])
+    first = tracker.update(apart, [])
+    assert boxes(first.current) == [(1, (50, 60, 20, 24))]
+    assert all(boxes(first.at(apart * f)) == [(1, (50, 60, 20, 24))] for f in (0.25, 0.5, 0.9))
+    second = tracker.update(2 * apart, [])
+    assert second.at(1.5 * apart) == [] and second.current == []
+    # found again after one miss: the same track, masked all along
+    tracker = Tracker(persist=0.2)
+    tracker.update(0.0, [face(50, 60)])
+    tracker.update(apart, [])
+    again = tracker.update(2 * apart, [face(52, 60)])
+    assert [r.track for r in again.current] == [1] and [r.track for r in again.at(1.5 * apart)] == [1]
 
 
 def test_time_going_backwards_is_refused():
