@@ -258,7 +258,8 @@ class CameraPipeline:
             change = self.step.prepare(policy, identities)
             current = self._analyzer
             if current is not None and detector_settings(current.policy) == detector_settings(policy):
-                analyzer = Analyzer(policy, current.detectors, side_by_side=current.side_by_side)  # the same models: none loaded, no CPU spike
+                # the same models: none loaded, no CPU spike
+                analyzer = Analyzer(policy, current.detectors, side_by_side=current.side_by_side)
             else:
                 analyzer = self._analyzer_factory(policy)
             switch = _Switch(analyzer, change)
