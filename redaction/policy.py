@@ -150,7 +150,8 @@ class Detection(StrictModel):
     #: seconds between detection frames: the stride becomes this times the stream's frame rate,
     #: rounded (a 10 fps and a 30 fps camera then see the same motion between detections)
     interval: Annotated[float, Field(gt=0, le=10)] | None = 0.2
-    #: seconds a track stays masked after its last detection
+    #: seconds a track stays masked after its last detection, and (if not 0) at least up to the
+    #: first detection frame that misses it (redaction/tracker.py)
     persist: Annotated[float, Field(ge=0, le=10)] = 0.5
     #: seconds a lost track is still looked for: found again near where its motion puts it, it
     #: goes on under its id (one subject for selective unmasking), though not masked meanwhile

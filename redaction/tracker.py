@@ -59,7 +59,7 @@ _PATH_SLACK = 0.25
 #: a lost track stays masked up to and including the detection frames that miss it, this many in
 #: a row, however short ``persist`` is (if not 0): one miss is no evidence that a face left; the
 #: frames after it are let go only when the next detection frame misses it too. Detection frames
-#: come ``stride`` frames apart (67 ms at 30 fps), well within ``persist``; on a machine that falls
+#: come ``interval`` apart (0.2 s by default), within ``persist`` (0.5 s); on a machine that falls
 #: behind they come later, and a face whose score dipped for one frame (the Hamilton clip's frame
 #: 58, found by nothing, between scores of 0.12 and 0.11) was let go on that frame, unmasked,
 #: 0.6 s after the detection frame before it
