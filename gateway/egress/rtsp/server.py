@@ -473,7 +473,8 @@ class RtspServer:
                 if now - session.last_seen > self._timeout:
                     self._end(session, f"no keep-alive for {self._timeout:g} s")
                 elif session.allowed is not None and not session.allowed(session.camera):
-                    self._end_closing(session, "access revoked")  # token revoked or expired, role or grant taken away
+                    # token revoked or expired, role or grant taken away
+                    self._end_closing(session, "access revoked")
             for connection in list(self._connections):
                 if not connection.sessions and now - connection.last_seen > self._timeout and not connection.hold.released:
                     self._drop(connection, "idle")
