@@ -62,7 +62,7 @@ _PATH_SLACK = 0.25
 #: come ``interval`` apart (0.2 s by default), within ``persist`` (0.5 s); on a machine that falls
 #: behind they come later, and a face whose score dipped for one frame (the Hamilton clip's frame
 #: 58, found by nothing, between scores of 0.12 and 0.11) was let go on that frame, unmasked,
-#: 0.6 s after the detection frame before it
+#: when it came more than ``persist`` after the detection frame before it (the serve overload test)
 MISSES_MASKED = 1
 
 
