@@ -282,9 +282,10 @@ class Tracker:
             )
         absorbed = self._absorbed([t for t in live if t.id not in matched_tracks], detections)
         for track in live:
-            if track.id not in matched_tracks:
-                track.misses += 1
-            if track.id not in matched_tracks and track.id in before:
+            if track.id in matched_tracks:
+                continue
+            track.misses += 1
+            if track.id in before:
                 spans.append(_Span(track.id, track.cls, track.shape, track.box, None, track.score, 0.0, track.seen,
                                    absorbed=track.id in absorbed, split=cut_at is not None and track.id in absorbed,
                                    held=self._held(track)))
