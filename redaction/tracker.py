@@ -62,7 +62,10 @@ _PATH_SLACK = 0.25
 #: come ``interval`` apart (0.2 s by default), within ``persist`` (0.5 s); on a machine that falls
 #: behind they come later, and a face whose score dipped for one frame (the Hamilton clip's frame
 #: 58, found by nothing, between scores of 0.12 and 0.11) was let go on that frame, unmasked,
-#: when it came more than ``persist`` after the detection frame before it (the serve overload test)
+#: when it came more than ``persist`` after the detection frame before it (the serve overload test).
+#: The same holds for the tracks a scene cut ends: the Hamilton clip's pan from a close-up to the
+#: audience, 0.8 s between two detection frames, read as a cut, and its first frame left with nothing
+#: masked (found by nothing, as above) when the ended tracks masked only within ``persist``
 MISSES_MASKED = 1
 
 
@@ -306,8 +309,10 @@ class Tracker:
 
     def _held(self, track: _Track) -> bool:
         """Masked whatever ``persist`` says: missed too few times in a row to be let go (with
-        ``persist`` 0, lost tracks are not masked at all)."""
-        return self.persist > 0 and not track.ended and track.misses <= MISSES_MASKED
+        ``persist`` 0, lost tracks are not masked at all). A track ended by a scene cut too: the cut
+        says the face at its place is somebody else's, not that nobody is there; and after a gap in
+        detection (a machine falling behind) a pan may read as a cut."""
+        return self.persist > 0 and track.misses <= MISSES_MASKED
 
     @staticmethod
     def _same_place(tracks: list[_Track], detections: list[Region]) -> set[int]:

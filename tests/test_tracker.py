@@ -115,6 +115,23 @@ def test_a_track_missed_once_stays_masked_however_late_the_detection_frame(apart
     assert [r.track for r in again.current] == [1] and [r.track for r in again.at(1.5 * apart)] == [1]
 
 
+def test_tracks_a_cut_ends_stay_masked_on_the_first_detection_frame_however_late():
+    """Two detection frames 0.8 s apart (a machine falling behind) read as a cut and the second finds
+    nothing: the tracks the cut ended are masked on it and the frames before it, not let go because
+    ``persist`` ran out; on the next one they are."""
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(50, 60), face(300, 80)])
+    step = tracker.update(0.8, [], cut=True)
+    assert boxes(step.current) == [(1, (50, 60, 20, 24)), (2, (300, 80, 20, 24))]
+    assert [r.track for r in step.at(0.6)] == [1, 2]
+    assert tracker.update(1.0, []).current == []
+    # the ended tracks are still never matched again
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [face(50, 60)])
+    tracker.update(0.8, [], cut=True)
+    assert [r.track for r in tracker.update(1.0, [face(50, 60)]).current] == [2]
+
+
 def test_time_going_backwards_is_refused():
     tracker = Tracker(persist=0.5)
     tracker.update(1.0, [])
