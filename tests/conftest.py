@@ -1,3 +1,6 @@
+import functools
+import os
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +17,49 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "data" in item.fixturenames:
                 item.add_marker(skip)
+
+
+# Under pytest-xdist (``-n 2``) the suite runs in two halves, one per worker. The modules marked
+# ``realtime`` (``pytestmark`` at module level) run the live path against the clock: cameras at their
+# frame rate, hold-back deadlines, overload that blanks or drops. Two of them side by side would take
+# each other's CPU and measure the machine, not the gateway, so they run one after another on one
+# worker; every other test runs on the other worker, at a lower CPU priority
+# (:func:`pytest_runtest_setup`), taking the CPU the live tests leave. (xdist's own ``loadgroup``
+# does not group under pytest 9.2, whose node ids it no longer rewrites.)
+_REALTIME_MODULE = re.compile(r"^pytestmark = .*\bpytest\.mark\.realtime\b", re.MULTILINE)
+
+
+@functools.cache
+def _realtime_module(path: str) -> bool:
+    """Whether the test module at ``path`` (relative to the rootdir) is marked ``realtime``."""
+    return bool(_REALTIME_MODULE.search((Path(__file__).parent.parent / path).read_text()))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n`` and xdist's default distribution: the two halves above, one work unit each."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Halves(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "realtime" if _realtime_module(nodeid.split("::")[0]) else "rest"
+
+    return Halves(config, log)
+
+
+_yielded = False  # this worker lowered its CPU priority already
+
+
+def pytest_runtest_setup(item):
+    """On the worker running the tests that are not ``realtime`` (with more than one worker), lower
+    this process's priority (nice 19, the lowest) before its first test; the servers it starts inherit it."""
+    global _yielded
+    if _yielded or int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2:
+        return
+    if item.get_closest_marker("realtime") is None:
+        _yielded = True
+        os.nice(19)
 
 
 @pytest.fixture(scope="session", autouse=True)

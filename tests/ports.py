@@ -5,10 +5,13 @@ outgoing connection takes its local port from: between choosing such a port and 
 (a gateway node connects to PostgreSQL and OpenBao before it listens), a connection of any process
 on the machine may take it, and the server then fails to start. These ports come from just below
 that range instead, where only listeners bind, and none is handed out twice in one test session.
+Under pytest-xdist each worker draws from its own slice of that span, so two workers never choose
+the same port.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -26,7 +29,18 @@ def _candidates() -> range | None:
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default
     start = max(1024, low - _SPAN)
-    return range(start, low) if low - start >= 1000 else None
+    if low - start < 1000:
+        return None
+    worker, workers = _worker()
+    share = (low - start) // workers
+    return range(start + worker * share, start + (worker + 1) * share)
+
+
+def _worker() -> tuple[int, int]:
+    """This process's pytest-xdist worker number and the number of workers ((0, 1) without xdist)."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return (int(name[2:]), count) if name.startswith("gw") and count > 1 else (0, 1)
 
 
 def _bindable(port: int) -> socket.socket | None:

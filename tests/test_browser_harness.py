@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from peers import chromium_missing, require
+
+pytestmark = pytest.mark.realtime
 
 TESTS = Path(__file__).resolve().parent
 

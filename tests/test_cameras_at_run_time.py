@@ -26,6 +26,8 @@ from gateway.cli import main
 from gateway.config import ConfigError
 from gateway.files import VideoTranscoder
 
+pytestmark = pytest.mark.realtime
+
 POLICY = {**FACES, "name": "faces-only", "unmask": {"watermark": "optional"}}
 PASSWORD = "s3cret-Pa55"  # in the added camera's URL: it must appear nowhere but cameras.json
 

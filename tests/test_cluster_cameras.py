@@ -22,6 +22,8 @@ from cluster_harness import wait_for
 from serve_harness import FACES, add_people, assert_faces_redacted
 from test_cluster_nodes import LEASE_S, Node, _recorded, _request, clip  # noqa: F401  (clip: a fixture)
 
+pytestmark = pytest.mark.realtime
+
 CAMERA = "added"
 #: the bound asserted on a propagation (the target is a second plus a camera's start; the machine is slow)
 BOUND_S = 30.0

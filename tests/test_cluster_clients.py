@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import av
 import httpx
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from cluster_harness import wait_for
@@ -29,6 +30,8 @@ from test_cluster_nodes import LEASE_S, Node, _recorded, _request, clip  # noqa:
 
 from keys.directory import KeyDirectory
 from keys.identity import PrivateIdentity
+
+pytestmark = pytest.mark.realtime
 
 FPS = 10  # the small clip's
 CAMERAS = ["cam0", "cam1"]

@@ -19,6 +19,8 @@ from gateway.cluster import (
 )
 from gateway.config import Cluster
 
+pytestmark = pytest.mark.realtime
+
 CAMERAS = [f"cam{i}" for i in range(6)]
 
 

@@ -27,6 +27,8 @@ from gateway.api.access import TokenStore
 from gateway.cli.main import main
 from keys import KeyDirectory, VaultStore
 
+pytestmark = pytest.mark.realtime
+
 CAMERAS = ("cam0", "cam1")
 
 

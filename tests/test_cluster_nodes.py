@@ -24,6 +24,8 @@ from gateway.cli import main
 from gateway.files import MediaError, VideoTranscoder
 from redaction import Analyzer, parse_policy
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMERAS = [f"cam{i}" for i in range(6)]
 LEASE_S = 3.0

@@ -20,6 +20,8 @@ from test_cluster_nodes import Node
 from gateway.cli import main
 from keys import AuditLog
 
+pytestmark = pytest.mark.realtime
+
 CAMERAS = ["cam0", "cam1"]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cluster_harness import kill_and_follow, unmask_one, wait_for
 from serve_harness import add_people, assert_faces_redacted, half
 from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded, clip  # noqa: F401 (clip: the fixture)
@@ -25,6 +26,8 @@ from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded, clip  #
 from gateway.cli import main
 from gateway.files import VideoTranscoder
 from keys import AuditLog
+
+pytestmark = pytest.mark.realtime
 
 #: the nodes' recording length (test_cluster_nodes.Node's configuration)
 RECORDING_S = 2.0

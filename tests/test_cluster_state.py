@@ -31,6 +31,8 @@ from whep_harness import async_wait_until
 from gateway.api.access import TokenStore
 from keys import VaultStore
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = "cam0"
 #: the bound asserted on every propagation (the target is a second; a loaded 2-core machine is slow)

@@ -13,6 +13,8 @@ from peers import chromium_missing, require
 from rtsp_support import rtsp_camera
 from serve_harness import Running
 
+pytestmark = pytest.mark.realtime
+
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:

@@ -6,8 +6,11 @@ Screenshots at 1280x800 and 390x844 go to the test output directory (CONSOLE_SHO
 import json
 import time
 
+import pytest
 from rtsp_support import rtsp_camera
 from test_console import console, open_console, shots  # noqa: F401  (fixtures, and the page opener)
+
+pytestmark = pytest.mark.realtime
 
 
 def press(tab, key: str, code: str, keycode: int) -> None:

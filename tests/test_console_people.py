@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import test_console
 from test_console import open_console
 
 from gateway.cli import main
 from keys import PrivateIdentity
+
+pytestmark = pytest.mark.realtime
 
 ROOT = Path(__file__).resolve().parents[1]
 console = test_console.console  # the fixture: serve with an RTSP camera "lobby", and a browser

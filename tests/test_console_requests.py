@@ -26,6 +26,8 @@ from test_console import open_console, shots  # noqa: F401  (shots is a fixture)
 from gateway.cli import main
 from gateway.files import VideoTranscoder, frame_at
 
+pytestmark = pytest.mark.realtime
+
 CAMERA = "lobby"
 QUORUM = {**FACES, "name": "lobby-quorum",
           "unmask": {"face": {"roles": ["investigator", "privacy-officer"], "quorum": 2}, "watermark": "optional"}}

@@ -12,6 +12,8 @@ import pytest
 from rtsp_support import rtsp_camera
 from serve_harness import Running, assert_faces_redacted, half
 
+pytestmark = pytest.mark.realtime
+
 
 @pytest.fixture(scope="module")
 def gateway(camera_clip, tmp_path_factory, openbao):

@@ -31,6 +31,8 @@ from gateway.cli import main
 from gateway.files import VideoTranscoder
 from keys import VaultStore
 
+pytestmark = pytest.mark.realtime
+
 #: the zones the officer draws, as shares of the picture: a neighbour's window (permanent, white) and a
 #: shop counter (liftable, magenta); their corners are clicked in this order
 WINDOW = [(0.06, 0.08), (0.30, 0.06), (0.33, 0.30), (0.16, 0.36), (0.05, 0.28)]

@@ -18,6 +18,8 @@ from gateway.cli import main
 from gateway.config import DEFAULT, ConfigError
 from keys import KeyDirectory, PrivateIdentity
 
+pytestmark = pytest.mark.realtime
+
 SAMPLE = DEFAULT.parent / "samples" / "vtest-10s.mp4"
 PASSPHRASE_LINE = re.compile(r"^  (demo-[a-z]+) \(([a-z-]+)\): (.+), passphrase: (\S+)$")
 

@@ -24,6 +24,8 @@ from gateway.files import VideoTranscoder
 from keys import AuditError
 from keys.audit import AuditLog
 
+pytestmark = pytest.mark.realtime
+
 
 def camera_health(running) -> dict:
     """The camera's health as the runtime reports it (in process: during fd exhaustion HTTP cannot answer)."""

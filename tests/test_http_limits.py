@@ -21,6 +21,8 @@ from gateway.api.connections import listener_settings
 from gateway.config import Listen
 from gateway.limits import Caps, Ledger
 
+pytestmark = pytest.mark.realtime
+
 
 class Listener:
     """``/`` answers at once, ``/slow`` once :attr:`release` is set; ``started`` counts ``/slow`` calls."""

@@ -40,7 +40,7 @@ from whep_harness import viewer_offer
 
 from gateway.config import DEFAULT
 
-pytestmark = pytest.mark.load
+pytestmark = [pytest.mark.load, pytest.mark.realtime]
 
 CLIP = DEFAULT.parent / "samples" / "vtest-10s.mp4"  # 10 fps
 ATTACKERS = [f"127.0.0.{i}" for i in range(2, 10)]

@@ -34,6 +34,8 @@ from gateway.live.views import (
 )
 from redaction import parse_policy, redact_frame
 
+pytestmark = pytest.mark.realtime
+
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 ZONED = {"classes": {"plate": {"enabled": False}},
          "zones": {"window": {"polygon": [[0.62, 0.08], [0.92, 0.08], [0.92, 0.48], [0.62, 0.48]]}}}

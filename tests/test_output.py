@@ -17,6 +17,8 @@ from gateway.egress.encoding import TIME_BASE, Continuous, open_encoder
 from gateway.frames import BLANK_LEVEL, Released
 from keys import VaultRef
 
+pytestmark = pytest.mark.realtime
+
 SAMPLE = Path(__file__).resolve().parents[1] / "config" / "samples" / "vtest-10s.mp4"
 
 

@@ -24,6 +24,8 @@ from keys.clips import MIN_PSNR, psnr
 from redaction.engine import Analyzer
 from redaction.policy import parse_policy
 
+pytestmark = pytest.mark.realtime
+
 # stride 3 at 12.5 fps: one detection (~0.1-0.25 s here) per 0.24 s of video, as a live camera would be set up
 POLICY = parse_policy({"classes": {"plate": {"enabled": False}}, "detection": {"threads": 1, "stride": 3}})
 FPS = 12.5

@@ -7,10 +7,13 @@ import json
 import time
 
 import numpy as np
+import pytest
 from serve_harness import Running
 
 from gateway.cli import main
 from gateway.files import VideoTranscoder, copy_excerpt
+
+pytestmark = pytest.mark.realtime
 
 
 def _audit(tmp_path):

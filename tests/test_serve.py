@@ -20,6 +20,8 @@ from serve_harness import Running, assert_faces_redacted, collect_released, grab
 from gateway.cli import main
 from gateway.files import VideoTranscoder, read_image
 
+pytestmark = pytest.mark.realtime
+
 
 def is_blank(shot, shape):
     """A shot of the blank frame (or of the renegotiated size before the picture arrives)."""

@@ -16,6 +16,8 @@ from serve_harness import FACES, Running, assert_faces_redacted, collect_release
 
 from gateway.cli import main
 
+pytestmark = pytest.mark.realtime
+
 
 def test_policy_activated_over_http_switches_live_binds_new_records_and_outlives_a_restart(camera_clip, tmp_path, openbao):
     from keys import VaultStore

@@ -22,6 +22,8 @@ from gateway.cli import main
 from gateway.files import VideoTranscoder
 from keys import AuditLog
 
+pytestmark = pytest.mark.realtime
+
 #: a generous bound for a stop (cameras, sealers and the recorder finish; nothing is slow here)
 STOP_BOUND = 30
 

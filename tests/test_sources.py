@@ -24,6 +24,8 @@ from gateway.ingest import FileSource, RtspSource, create_source
 from peers import require
 from rtsp_support import gstreamer_missing, rtsp_camera
 
+pytestmark = pytest.mark.realtime
+
 HAMILTON = "short_hamilton_clip.mp4"  # 640x360, 29.97 fps, keyframe every 2 s, with an audio track
 MOT17 = "MOT17-13-SDP_raw_h264.mp4"  # 960x540, 25 fps, B-frames, keyframe every 10 s
 

@@ -27,6 +27,8 @@ from whep_harness import (  # noqa: F401  (browser, gateway: fixtures)
     gateway, make_frame, open_viewer_page, sample, viewer_offer, wait_until,
 )
 
+pytestmark = pytest.mark.realtime
+
 
 def test_pattern_round_trips():
     for index in (0, 1, 7, 1234):

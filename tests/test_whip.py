@@ -21,6 +21,8 @@ from whip_harness import (  # noqa: F401  (gateway: fixtures)
     make_frame, publishing, read_number, section, wait_until,
 )
 
+pytestmark = pytest.mark.realtime
+
 
 def test_stamp_round_trips():
     height, width = clip()[0].shape[:2]

@@ -17,6 +17,8 @@ from keys import VaultStore
 from redaction import Region, kernels, parse_policy, redact_frame, zone_mask, zone_regions
 from redaction.policy import PolicyError, load_policy
 
+pytestmark = pytest.mark.realtime
+
 
 def reference_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     """Full-frame mask by the crossing-number test at every pixel centre (even-odd, half-open in y)."""
