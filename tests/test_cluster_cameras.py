@@ -18,7 +18,7 @@ import time
 
 import psycopg
 import pytest
-from cluster_harness import wait_for
+from cluster_harness import stop_all, wait_for
 from serve_harness import FACES, add_people, assert_faces_redacted
 from test_cluster_nodes import LEASE_S, Node, _recorded, _request, clip  # noqa: F401  (clip: a fixture)
 
@@ -95,8 +95,7 @@ def cluster(postgres, openbao, clip, tmp_path_factory, request):
         with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
             print(f"\ncameras changed over the API in a cluster: {times}")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_a_camera_added_on_one_node_runs_on_the_node_that_claims_it(cluster):

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from cluster_harness import wait_for
+from cluster_harness import stop_all, wait_for
 from peers import chromium_missing, require
 from rtsp_harness import RawClient
 from serve_harness import add_people, assert_faces_redacted, grab, half
@@ -99,8 +99,7 @@ def test_the_viewer_page_opened_on_the_wrong_node_plays_the_camera_from_its_owne
         # what the browser shows has no face left unredacted (where a shot is one of the sampled frames)
         assert_faces_redacted([half(s) for s in shots], frames, faces)
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_the_viewer_page_follows_its_camera_to_another_node(postgres, openbao, clip, tmp_path, capsys):
@@ -143,8 +142,7 @@ def test_the_viewer_page_follows_its_camera_to_another_node(postgres, openbao, c
                   f"let it go")
         assert viewers == (1.0, 0.0)
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_a_configured_camera_that_runs_on_no_node_is_answered_retry_later(postgres, openbao, clip, tmp_path):
@@ -304,8 +302,7 @@ def test_a_whip_camera_whose_node_dies_publishes_again_to_another_node(postgres,
     try:
         _, survivor = asyncio.run(run())
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
     # nothing unredacted was recorded on either node, and the new node recorded the camera
     checked = 0
     for node in nodes:

@@ -20,7 +20,7 @@ import stat
 
 import psycopg
 import pytest
-from cluster_harness import ServeNode, small_clip, wait_for
+from cluster_harness import ServeNode, small_clip, stop_all, wait_for
 from serve_harness import FACES, add_people
 
 from gateway.api.access import TokenStore
@@ -88,8 +88,7 @@ def cluster(postgres, openbao, data, tmp_path_factory):
                  "both nodes answering")
         yield nodes, officer, postgres, database
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def _verified_on(node, officer):
@@ -179,8 +178,7 @@ def _rewritten_hand_over_fails(heir, cluster, config, capsys):
 
 def test_audit_and_vault_verify_pass_for_both_nodes_once_stopped(cluster, capsys):
     nodes = cluster[0]
-    for node in nodes:
-        node.stop()
+    stop_all(nodes)
     capsys.readouterr()
     for node in nodes:
         config = node.dir / "gateway.yaml"

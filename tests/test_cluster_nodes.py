@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import ServeNode, kill_and_follow, small_clip, wait_for
+from cluster_harness import ServeNode, kill_and_follow, small_clip, stop_all, wait_for
 from ports import free_port
 from rtsp_harness import RawClient, ffmpeg_frames
 from serve_harness import FACES, add_people, assert_faces_redacted, half
@@ -180,8 +180,7 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
                         if line.startswith("privacy_gateway_lease_takeovers_total"))
         assert takeovers == len(moved)
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
     # nothing unredacted left any node: every recording, on every node, the killed one's too
     checked = 0

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cluster_harness import kill_and_follow, unmask_one, wait_for
+from cluster_harness import kill_and_follow, stop_all, unmask_one, wait_for
 from serve_harness import add_people, assert_faces_redacted, half
 from test_cluster_nodes import CAMERAS, LEASE_S, NODES, Node, _recorded, clip  # noqa: F401 (clip: the fixture)
 
@@ -164,8 +164,7 @@ def test_a_site_loses_a_gateway_a_volume_server_and_the_active_openbao_node_and_
         with capsys.disabled():
             print("", *measured, sep="\n")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
         if not seaweedfs.alive(volume):
             seaweedfs.restart(volume)
         if leader is not None and not leader.running():

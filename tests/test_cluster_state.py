@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from cluster_harness import ServeNode, small_clip, wait_for
+from cluster_harness import ServeNode, small_clip, stop_all, wait_for
 from serve_harness import FACES, add_people
 from whep_harness import async_wait_until
 
@@ -139,8 +139,7 @@ def pair(postgres, openbao, data, tmp_path_factory, request):
         with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
             print(f"\nshared state, from {a.name} to {b.name} (the camera's node): {with_times}")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def _version(node, token) -> str:
