@@ -16,8 +16,6 @@ from gateway.cli import main
 from gateway.files import copy_excerpt
 from redaction.regions import Region, coverage_mask
 
-pytestmark = pytest.mark.realtime
-
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
