@@ -40,6 +40,7 @@ def _realtime_module(path: str) -> bool:
     return bool(_REALTIME_MODULE.search((Path(__file__).parent.parent / path).read_text()))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: the suite also runs without it
 def pytest_xdist_make_scheduler(config, log):
     """With ``-n`` and xdist's default distribution: the two halves above, one work unit each."""
     if config.getvalue("dist") != "load":
