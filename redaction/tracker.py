@@ -118,7 +118,8 @@ class _Track:
     #: lost where another track's detection is (behind it, or a duplicate of it): not masked,
     #: still looked for until ``link`` runs out
     hidden: bool = False
-    #: a scene cut came after it: masked at its last box while it persists, never matched again
+    #: a scene cut came after it: masked at its last box while it persists or is held
+    #: (:data:`MISSES_MASKED`), never matched again
     ended: bool = False
     #: detection frames in a row that did not find it, since it was last seen
     misses: int = 0
