@@ -15,8 +15,9 @@ from .regions import Region
 class Detector(abc.ABC):
     """Finds regions of one or more classes in a BGR ``uint8`` frame of shape ``(H, W, 3)``.
 
-    Implementations load and warm their model once, in ``__init__``; ``detect`` must be
-    safe to call repeatedly from one thread at a time.
+    Implementations load and warm their model once, in ``__init__``; ``detect`` and
+    ``detect_boxes`` must be safe to call from two threads at once (a camera's analysis shares its
+    looks out among its threads: :meth:`~redaction.engine.Analyzer.together`).
     """
 
     #: the region classes this detector reports
@@ -36,6 +37,12 @@ class Detector(abc.ABC):
         ``(low, high)``, the frame-pixel heights of the regions sought (known regions looked at
         again); a detector with several passes may skip those that cannot find regions that tall.
         None: any height."""
+
+    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+               heights: tuple[float, float] | None = None) -> float:
+        """About how many pixels the model reads for :meth:`detect_boxes` with these arguments on a
+        ``width`` x ``height`` frame: what a look costs, next to the others (default: the boxes' own)."""
+        return float(sum(w * h for _, _, w, h in boxes))
 
     def roi_finest(self, width: int, height: int) -> bool:
         """Whether :meth:`detect_boxes` on changed regions looks at a ``width`` x ``height`` frame at

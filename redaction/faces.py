@@ -121,7 +121,7 @@ class CenterFaceDetector(Detector):
         the whole-frame scales. Faces on a crop's edge are found as far as they show in it.
         ``heights`` changes nothing: every scale finds faces of every size, the finer ones smaller."""
         check_frame(frame)
-        scales = [self._base(frame) * s for s in self.scales] if sweep else [self.roi_scale]
+        scales = self._box_scales(frame.shape[1], frame.shape[0], sweep)
         found = []
         for x, y, w, h in boxes:
             crop = frame[y : y + h, x : x + w]
@@ -133,6 +133,15 @@ class CenterFaceDetector(Detector):
                 dets[:, [1, 3]] += y
                 found.append(dets)
         return self._regions(found)
+
+    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+               heights: tuple[float, float] | None = None) -> float:
+        area = sum(w * h for _, _, w, h in boxes)
+        return float(sum(area * scale * scale for scale in self._box_scales(width, height, sweep)))
+
+    def _box_scales(self, width: int, height: int, sweep: bool) -> list[float]:
+        """The scales :meth:`detect_boxes` reads each box at."""
+        return [self._base_of(width, height) * s for s in self.scales] if sweep else [self.roi_scale]
 
     def _regions(self, found: list[np.ndarray]) -> list[Region]:
         dets = np.concatenate(found) if found else np.zeros((0, 5), np.float32)

@@ -57,6 +57,7 @@ side (:func:`still`), in frame order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -258,37 +259,43 @@ class GatedDetection:
         return kept
 
     def run(self, image: np.ndarray, plan: Plan) -> list[Region]:
-        """The raw detections of the plan (any thread). Each class's looks run beside the other
-        class's when the analyzer's models run side by side (:meth:`Analyzer.together`); the
-        regions come in the same order either way."""
+        """The raw detections of the plan (any thread). When the analyzer's models run side by side
+        (:meth:`Analyzer.together`), its threads share the plan's looks out, the largest first
+        (:meth:`looks`); the regions come in the same order either way."""
         if plan.whole:
             return self.analyzer.detect(image)
-        classes = self.analyzer.classes
-        looks = dict(zip(classes, self.analyzer.together([partial(self._look, image, plan, cls) for cls in classes])))
-        found = []
-        for step in (0, 1):  # the changed boxes, read closely, then by the classes read coarsely
-            for cls in classes:
-                found += looks[cls][step]
-        for cls in plan.sweep:
-            found += looks[cls][2] if cls in looks else []
-        for cls in plan.recheck:  # a track's class the analyzer no longer detects is not looked for
-            found += looks[cls][3] if cls in looks else []
-        return found
+        looks = self.looks(image, plan)
+        order = sorted(range(len(looks)), key=lambda i: -looks[i][1])  # stable: equal sizes keep the plan's order
+        results = self.analyzer.together([looks[i][0] for i in order])
+        found: list[list[Region]] = [[] for _ in looks]
+        for i, regions in zip(order, results):
+            found[i] = regions
+        return [region for regions in found for region in regions]
 
-    def _look(self, image: np.ndarray, plan: Plan, cls: str) -> tuple[list[Region], ...]:
-        """What the plan reads for ``cls``: the changed boxes (read closely, or coarsely), its sweep
-        slices, and its known regions looked at again (at the finer of the class's two scales)."""
-        close: list[Region] = []
-        coarse: list[Region] = []
-        if plan.changed:
-            if cls in plan.coarse:
-                coarse = self.analyzer.detect_boxes(image, plan.changed, sweep=True, classes=(cls,))
-            else:
-                close = self.analyzer.detect_boxes(image, plan.changed, classes=(cls,))
-        swept = self.analyzer.detect_boxes(image, plan.sweep[cls], sweep=True, classes=(cls,)) if plan.sweep.get(cls) else []
-        again = (self.analyzer.detect_boxes(image, plan.recheck[cls], sweep=cls in self._recheck, classes=(cls,),
-                                            heights=plan.heights.get(cls)) if plan.recheck.get(cls) else [])
-        return close, coarse, swept, again
+    def looks(self, image: np.ndarray, plan: Plan) -> list[tuple[Callable[[], list[Region]], float]]:
+        """The plan's model calls in the order their regions are given: the changed boxes of every
+        class read closely, then those read coarsely, then the sweep slices, then the known regions
+        looked at again (each class's at the finer of its two scales). Each with the pixels its
+        model reads, which says which to start first."""
+        height, width = image.shape[:2]
+        analyzer = self.analyzer
+        looks = []
+
+        def look(cls: str, boxes: list[Box], sweep: bool, heights: tuple[float, float] | None = None) -> None:
+            call = partial(analyzer.detect_boxes, image, boxes, sweep=sweep, classes=(cls,), heights=heights)
+            looks.append((call, analyzer.pixels(cls, width, height, boxes, sweep, heights)))
+
+        for coarse in (False, True):
+            for cls in analyzer.classes:
+                if plan.changed and (cls in plan.coarse) == coarse:
+                    look(cls, plan.changed, coarse)
+        for cls, slices in plan.sweep.items():
+            if slices and cls in analyzer.classes:
+                look(cls, slices, True)
+        for cls, boxes in plan.recheck.items():  # a track's class the analyzer no longer detects is not looked for
+            if boxes and cls in analyzer.classes:
+                look(cls, boxes, cls in self._recheck, plan.heights.get(cls))
+        return looks
 
 
 def _touches(box: tuple[float, float, float, float], boxes: list[Box]) -> bool:

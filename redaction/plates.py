@@ -317,14 +317,7 @@ class PlateDetector(Detector):
         coarse pass, and large text (or a pair of people taken for it, on the walkway) no fine pass,
         which on a crop three times its size costs about three quarters of both."""
         check_frame(frame)
-        long = max(frame.shape[:2])
-        passes = (list(zip((side / long for side in self.sides), self._ranges())) if sweep
-                  else [(self.roi_scale, (0.0, np.inf))])
-        if sweep and heights is not None:
-            low, high = (height / self.grow[1] for height in heights)  # text line heights in frame pixels
-            # a pass answers for lines lo..hi map pixels tall, lo / scale..hi / scale in the frame
-            passes = [(scale, (lo, hi)) for scale, (lo, hi) in passes
-                      if lo / scale <= high and low <= hi / scale] or passes
+        passes = self._passes(max(frame.shape[:2]), sweep, heights)
         found = []
         for x, y, w, h in boxes:
             crop = frame[y : y + h, x : x + w]
@@ -340,6 +333,23 @@ class PlateDetector(Detector):
         if not found:
             return []
         return self._plates(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]))
+
+    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
+               heights: tuple[float, float] | None = None) -> float:
+        area = sum(w * h for _, _, w, h in boxes)
+        return float(sum(area * scale * scale for scale, _ in self._passes(max(width, height), sweep, heights)))
+
+    def _passes(self, long: int, sweep: bool, heights: tuple[float, float] | None) -> list[tuple[float, tuple[float, float]]]:
+        """The passes :meth:`detect_boxes` runs on each box of a frame whose longer side is ``long``:
+        (scale, the text line heights in map pixels it answers for)."""
+        passes = (list(zip((side / long for side in self.sides), self._ranges())) if sweep
+                  else [(self.roi_scale, (0.0, np.inf))])
+        if sweep and heights is not None:
+            low, high = (height / self.grow[1] for height in heights)  # text line heights in frame pixels
+            # a pass answers for lines lo..hi map pixels tall, lo / scale..hi / scale in the frame
+            passes = [(scale, (lo, hi)) for scale, (lo, hi) in passes
+                      if lo / scale <= high and low <= hi / scale] or passes
+        return passes
 
     def regions_from_maps(self, maps: list[np.ndarray], width: int, height: int) -> list[Region]:
         """Plates in a ``width`` x ``height`` frame from its probability maps, one per pass."""

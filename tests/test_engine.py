@@ -253,24 +253,76 @@ def test_a_camera_s_models_run_side_by_side_and_decide_exactly_what_they_decide_
     assert len({thread for _, thread, _, _ in calls}) == 1  # in turn: the stream's own thread
 
 
+def _two_models() -> Analyzer:
+    """An analyzer whose two models run side by side (scripted: the looks under test are plain calls)."""
+    return Analyzer(FACES, {"face": ScriptedDetector({}), "other": ScriptedDetector({})}, side_by_side=True)
+
+
 def test_a_look_that_fails_beside_another_waits_for_it_then_raises():
     """A model that fails while the other still runs: the detection raises only once both are done,
-    so the next detection frame never overlaps the last one's looks."""
-    analyzer = Analyzer(FACES, {"face": ScriptedDetector({})}, side_by_side=True)
-    finished = []
+    so the next detection frame never overlaps the last one's looks; and no look starts after it."""
+    analyzer = _two_models()
+    started, finished, after = threading.Event(), [], []
 
     def slow():
+        started.set()
         time.sleep(0.3)
         finished.append(True)
         return ["slow"]
 
     def fails():
+        assert started.wait(10)
         raise RuntimeError("model crashed")
 
+    def later():
+        after.append(True)
+
+    looks = [slow, fails, later]
     with pytest.raises(RuntimeError, match="model crashed"):
-        analyzer.together([fails, slow])
+        analyzer.together(looks)
     assert finished == [True]
+    assert after == []  # the thread that ran "slow" found the failure when it came back for more
     assert analyzer.together([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+
+
+def test_the_thread_one_model_is_done_with_takes_the_other_model_s_next_looks():
+    """Side by side, looks are shared out, not tied to a thread per model: while one long look runs
+    (plates over a moving camera's whole frame), the other thread reads the face look and then the
+    plates' remaining ones; results come back in the order the looks were given."""
+    analyzer = _two_models()
+    threads: dict[str, int] = {}
+    rest_done = threading.Event()
+
+    def look(name, wait_for=None, then=None):
+        def run():
+            threads[name] = threading.get_ident()
+            if wait_for is not None:
+                assert wait_for.wait(10), "the other thread did not take the remaining looks"
+            if then is not None:
+                then.set()
+            return name
+        return run
+
+    looks = [look("plates whole frame", wait_for=rest_done), look("faces whole frame"), look("plates again"),
+             look("plate sweep", then=rest_done)]
+    assert analyzer.together(looks) == ["plates whole frame", "faces whole frame", "plates again", "plate sweep"]
+    long = threads.pop("plates whole frame")
+    assert set(threads.values()) == {next(iter(threads.values()))} != {long}
+
+
+def test_a_look_s_size_is_the_pixels_its_model_reads():
+    """What orders a detection frame's looks: faces read changed boxes at ``roi_scale`` and sweep
+    slices at whole-frame scale; plates read a sweep slice at each pass's scale, skipping the
+    pass whose lines cannot be the heights sought."""
+    analyzer = Analyzer(parse_policy({}), cores=1)
+    box = [(0, 0, 100, 80)]
+    assert analyzer.pixels("face", 1280, 720, box) == pytest.approx(8000 * 1.5 ** 2)
+    assert analyzer.pixels("face", 1280, 720, box, sweep=True) == pytest.approx(8000)
+    both = (1600 / 1280) ** 2 + (960 / 1280) ** 2
+    assert analyzer.pixels("plate", 1280, 720, box) == pytest.approx(8000)
+    assert analyzer.pixels("plate", 1280, 720, box, sweep=True) == pytest.approx(8000 * both)
+    assert analyzer.pixels("plate", 1280, 720, box, sweep=True, heights=(10, 20)) == pytest.approx(
+        8000 * (1600 / 1280) ** 2)  # a small plate: the fine pass only
 
 
 def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it(data):
