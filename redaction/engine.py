@@ -148,7 +148,7 @@ class Analyzer:
                     return
                 try:
                     results[index] = looks[index]()
-                except BaseException as error:
+                except BaseException as error:  # noqa: BLE001 - raised again by the calling thread
                     with lock:
                         failures.append(error)
                     return
