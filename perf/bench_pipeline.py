@@ -1,17 +1,23 @@
 """Frames per second of ``privacy-gateway redact`` next to the ``deface`` command line.
 
-    python perf/bench_pipeline.py [--clip FILE] [--seconds S]
+    python perf/bench_pipeline.py [--clip FILE] [--seconds S] [--rounds N]
 
 Both run as command lines on the same clip in this run, end to end (model load, decode,
 detect, redact, encode). Ours runs faces only (what deface does) with the built-in default
 policy, with detection on every third frame (config/policies/video-fast.yaml), and with
 that plus two frames detected at once; and faces + plates with the default policy. Prints fps and the ratio to deface.
+
+With ``--rounds N`` every command runs N times, the rounds interleaved (deface, ours, deface, ours...),
+and each ratio is the median of the rounds' own ratios: this machine's speed swings by a third
+within minutes (deface took 41.5 and 54.6 s in two runs a few minutes apart), which one run of
+each, minutes apart, reads as a change of ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the excerpt to process")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every command, interleaved")
     args = parser.parse_args()
     deface = shutil.which("deface") or str(Path(sys.executable).with_name("deface"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,12 +77,14 @@ def main() -> int:
             "privacy-gateway redact, faces + plates": [sys.executable, "-m", "gateway.cli", "redact", str(clip),
                                                        "-o", str(work / "all.mp4")],
         }
-        print(f"clip: {args.clip.name}, first {args.seconds:g} s, {frames} frames")
-        seconds = {name: timed(command) for name, command in runs.items()}
-        base = frames / seconds["deface (CenterFace, threshold 0.2)"]
-        for name, elapsed in seconds.items():
-            fps = frames / elapsed
-            print(f"{name}: {elapsed:.1f} s, {fps:.2f} fps, {fps / base:.2f}x deface")
+        print(f"clip: {args.clip.name}, first {args.seconds:g} s, {frames} frames, {args.rounds} round(s)")
+        rounds = [{name: timed(command) for name, command in runs.items()} for _ in range(max(1, args.rounds))]
+        deface_name = next(iter(runs))
+        for name in runs:
+            elapsed = statistics.median(r[name] for r in rounds)
+            ratios = [r[deface_name] / r[name] for r in rounds]
+            spread = f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)" if len(rounds) > 1 else ""
+            print(f"{name}: {elapsed:.1f} s, {frames / elapsed:.2f} fps, {statistics.median(ratios):.2f}x deface{spread}")
         print("targets: faces + plates >= 3x deface's fps, faces only >= 5x, with recall no lower (perf/eval_recall.py, perf/eval_live_coverage.py)")
         agreement(clip, [1, 3])
     return 0
