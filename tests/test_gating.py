@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from redaction import Analyzer, Frame, StreamRedactor, parse_policy
-from redaction.gating import GatedDetection, still, tiles
+from redaction.gating import GatedDetection, Plan, still, tiles
 from redaction.motion import MotionGate, area, inside, merge
 from redaction.regions import Region, coverage_mask, iou_matrix
 
@@ -328,3 +328,33 @@ def test_a_sweep_tile_is_read_again_only_if_its_pixels_changed_since_it_was_last
     # rounds start at 0.8, 1.6 (nothing changed: nothing read) and 2.4 s (the float sum may make it 2.5)
     assert 8 in rounds and all(tiles == [(0, 0, 640, 360)] for tiles in rounds.values())
     assert set(rounds) == {8} if finest else (len(rounds) == 2 and {24, 25} & set(rounds)), rounds
+
+
+def test_a_detection_frame_s_looks_start_largest_first_and_their_regions_keep_the_plan_s_order():
+    """The looks of a plan are model calls of different sizes; the analyzer starts the largest
+    first (so that two threads sharing them out finish together), and the regions come back in the
+    plan's order (changed boxes, sweep slices, known regions again) whatever order they ran in."""
+    policy = parse_policy({"classes": {"face": {"margin": 0.0}, "plate": {"margin": 0.0}},
+                           "detection": {"stride": 1}})
+    calls = []
+
+    class Recording:
+        def __init__(self, cls):
+            self.classes = (cls,)
+
+        def detect_boxes(self, image, boxes, sweep=False, heights=None):
+            calls.append((self.classes[0], boxes[0]))
+            return [Region(self.classes[0], *boxes[0], 0.9)]
+
+        def roi_finest(self, width, height):
+            return True
+
+    analyzer = Analyzer(policy, {"face": Recording("face"), "plate": Recording("plate")})
+    gating = GatedDetection(analyzer, policy.detection.motion, policy.detection.sweep)
+    image = np.zeros((720, 1280, 3), np.uint8)
+    small, large, medium, tiny = (0, 0, 40, 40), (100, 100, 400, 300), (600, 0, 200, 200), (900, 500, 10, 10)
+    plan = Plan(False, [small], sweep={"plate": [large]}, recheck={"face": [medium], "plate": [tiny]})
+    regions = gating.run(image, plan)
+    assert calls == [("plate", large), ("face", medium), ("face", small), ("plate", small), ("plate", tiny)]
+    assert [(r.cls, r.box) for r in regions] == [("face", small), ("plate", small), ("plate", large),
+                                                 ("face", medium), ("plate", tiny)]
