@@ -92,14 +92,20 @@ class RedactSeal:
                          (int(r.x), int(r.y), int(r.w), int(r.h)), crop)
                   for i, (r, crop) in enumerate(zip(regions, originals or ()))]
         try:
+            begun = True  # the frame's recording is the sealer's
             if self._recording_start is None:
                 self._recording_start = time
             elif self._fresh or (self._recording_seconds is not None
                                  and time - self._recording_start >= self._recording_seconds):
-                self._fresh = False
-                self._remember(self.sealer.start_recording(index, pts_us))
-                self._recording_start = time
-            taken = self.sealer.add(index, pts_us, sealed, wait=not self._live)
+                # live, a sealer a whole queue behind is not waited for (None): the frame is refused
+                # like one whose originals it cannot take, and the next frame asks again
+                ref = self.sealer.start_recording(index, pts_us, wait=not self._live)
+                begun = ref is not None
+                if begun:
+                    self._fresh = False
+                    self._remember(ref)
+                    self._recording_start = time
+            taken = begun and self.sealer.add(index, pts_us, sealed, wait=not self._live)
         except Exception as exc:
             if self._reopen is None:
                 raise

@@ -277,13 +277,26 @@ class Sealer:
             return False
         return True
 
-    def start_recording(self, first_frame: int, first_pts_us: int) -> VaultRef:
+    def start_recording(self, first_frame: int, first_pts_us: int, wait: bool = True) -> VaultRef | None:
         """End the current recording (its last segment closed and logged) and begin the next,
-        whose output starts with frame ``first_frame`` at media time ``first_pts_us``."""
+        whose output starts with frame ``first_frame`` at media time ``first_pts_us``.
+
+        ``wait`` False: if the sealing thread is :data:`QUEUE_FRAMES` frames behind, change nothing
+        and return None instead of waiting (ask again at a later frame): a live camera's frame
+        waits for this call, and with the sealing thread stuck (its co-signer unreachable) a wait
+        would hold every later frame too, where refusing lets them leave blanked."""
         self._raise_failure()
-        self.ref = self._new_ref(first_frame, first_pts_us)
-        self._queue.put(functools.partial(self._switch, self.ref, None, self._clock()))
-        return self.ref
+        ref = self._new_ref(first_frame, first_pts_us)
+        job = functools.partial(self._switch, ref, None, self._clock())
+        if wait:
+            self._queue.put(job)
+        else:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                return None
+        self.ref = ref
+        return ref
 
     def change_policy(self, policy: dict, grants: dict[str, Grant], first_frame: int, first_pts_us: int,
                       identities: list[PublicIdentity] | None = None) -> VaultRef:

@@ -243,6 +243,44 @@ def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip,
     assert sum(r.state == "blanked" for r in released) >= refused
 
 
+def test_a_stalled_sealer_at_a_recording_s_end_does_not_hold_the_frames_after_it(clip, tmp_path, monkeypatch,
+                                                                                 sealing_store):
+    """A live camera begins a new recording every few seconds. With the sealing thread stuck (its
+    co-signer unreachable) and its queue full, beginning the next recording must not wait for it:
+    the frame that would begin it is refused like any the sealer cannot take, and it and the frames
+    after it leave blanked at their deadlines, not when the sealer comes back. (Found by CI: a
+    camera whose file descriptors ran out released nothing for 57 s, its next frame claimed and
+    waiting to begin a recording, so that the watchdog could blank nothing either.)"""
+    frames, faces, detectors = clip
+    monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
+    sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
+    stall = threading.Event()
+    monkeypatch.setattr(sealer, "_add", lambda *args: stall.wait())  # the sealing thread never gets through a frame
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, recording_seconds=0.4, live=True), [], holdback=1.0,
+                              analyzer_factory=lambda p: Analyzer(p, detectors))
+    left: dict[int, float] = {}
+    pipeline.sinks.append(lambda item: left.setdefault(item.index, time.monotonic()))
+    lifted: list[float] = []
+
+    def lift():
+        lifted.append(time.monotonic())
+        stall.set()
+
+    unstall = threading.Timer(len(frames) / FPS + 0.5, lift)  # before run() stops (and closes) the pipeline
+    unstall.start()
+    try:
+        released = run(frames, pipeline, tail=2.0)
+    finally:
+        stall.set()
+        unstall.cancel()
+    check_fail_closed(released, frames, faces)
+    assert pipeline.stats.seal_refused > 0
+    # a frame leaves by its deadline (the 1 s hold-back) while the sealer is stuck: all those that
+    # came at least 1 s before it was freed (33 of the 40), with a margin for a loaded machine
+    before = sum(1 for at in left.values() if lifted and at < lifted[0])
+    assert before >= len(frames) - 15, f"only {before} of {len(frames)} frames left while the sealer was stuck"
+
+
 def test_a_worker_still_busy_when_stopped_closes_the_sealer_itself_once_it_ends(clip, tmp_path, sealing_store):
     """stop() waits for the worker only so long (a model load or a detection on an overloaded
     machine can outlast it); the sealer is then closed by the worker after its last frame, so the
