@@ -294,6 +294,7 @@ class Sealer:
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
+                self.dropped += 1  # the frame is refused, as by add()
                 return None
         self.ref = ref
         return ref

@@ -219,23 +219,43 @@ def live_sealer(tmp_path, sealing_store, investigator) -> Sealer:
                   directory.identities, segment_seconds=None)
 
 
-def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip, tmp_path, monkeypatch, sealing_store):
-    """The sealing thread codes clips off the frame's path; when it falls behind by a whole queue,
-    the frames it cannot take leave blanked (counted), never redacted with their originals unsealed."""
-    frames, faces, detectors = clip
-    monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
+def stuck_sealer(tmp_path, monkeypatch, sealing_store) -> tuple[Sealer, threading.Event]:
+    """A live sealer whose thread never gets through a frame until the event is set, with a queue of
+    8 frames (the clip is shorter than the real queue)."""
+    monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)
     sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
     stall = threading.Event()
-    monkeypatch.setattr(sealer, "_add", lambda *args: stall.wait())  # the sealing thread never gets through a frame
-    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, live=True), [], holdback=1.0,
-                              analyzer_factory=lambda p: Analyzer(p, detectors))
-    unstall = threading.Timer(len(frames) / FPS + 0.5, stall.set)  # before run() stops (and closes) the pipeline
+    monkeypatch.setattr(sealer, "_add", lambda *args: stall.wait())
+    return sealer, stall
+
+
+def run_while_stuck(frames, pipeline, stall: threading.Event) -> tuple[list, float | None]:
+    """:func:`run` with the sealer stuck until half a second after the last frame (before run() stops,
+    and closes, the pipeline); returns what was released and when the sealer was freed."""
+    lifted: list[float] = []
+
+    def lift():
+        lifted.append(time.monotonic())
+        stall.set()
+
+    unstall = threading.Timer(len(frames) / FPS + 0.5, lift)
     unstall.start()
     try:
         released = run(frames, pipeline, tail=2.0)
     finally:
         stall.set()
         unstall.cancel()
+    return released, lifted[0] if lifted else None
+
+
+def test_a_stalled_sealer_blanks_frames_instead_of_releasing_them_unsealed(clip, tmp_path, monkeypatch, sealing_store):
+    """The sealing thread codes clips off the frame's path; when it falls behind by a whole queue,
+    the frames it cannot take leave blanked (counted), never redacted with their originals unsealed."""
+    frames, faces, detectors = clip
+    sealer, stall = stuck_sealer(tmp_path, monkeypatch, sealing_store)
+    pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, live=True), [], holdback=1.0,
+                              analyzer_factory=lambda p: Analyzer(p, detectors))
+    released, _ = run_while_stuck(frames, pipeline, stall)
     check_fail_closed(released, frames, faces)
     refused = pipeline.stats.seal_refused
     assert refused > 0 and refused == sealer.dropped
@@ -252,32 +272,17 @@ def test_a_stalled_sealer_at_a_recording_s_end_does_not_hold_the_frames_after_it
     camera whose file descriptors ran out released nothing for 57 s, its next frame claimed and
     waiting to begin a recording, so that the watchdog could blank nothing either.)"""
     frames, faces, detectors = clip
-    monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
-    sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
-    stall = threading.Event()
-    monkeypatch.setattr(sealer, "_add", lambda *args: stall.wait())  # the sealing thread never gets through a frame
+    sealer, stall = stuck_sealer(tmp_path, monkeypatch, sealing_store)
     pipeline = CameraPipeline("cam", RedactSeal(POLICY, sealer, recording_seconds=0.4, live=True), [], holdback=1.0,
                               analyzer_factory=lambda p: Analyzer(p, detectors))
     left: dict[int, float] = {}
     pipeline.sinks.append(lambda item: left.setdefault(item.index, time.monotonic()))
-    lifted: list[float] = []
-
-    def lift():
-        lifted.append(time.monotonic())
-        stall.set()
-
-    unstall = threading.Timer(len(frames) / FPS + 0.5, lift)  # before run() stops (and closes) the pipeline
-    unstall.start()
-    try:
-        released = run(frames, pipeline, tail=2.0)
-    finally:
-        stall.set()
-        unstall.cancel()
+    released, lifted = run_while_stuck(frames, pipeline, stall)
     check_fail_closed(released, frames, faces)
-    assert pipeline.stats.seal_refused > 0
+    assert pipeline.stats.seal_refused > 0 and pipeline.stats.seal_refused == sealer.dropped
     # a frame leaves by its deadline (the 1 s hold-back) while the sealer is stuck: all those that
     # came at least 1 s before it was freed (33 of the 40), with a margin for a loaded machine
-    before = sum(1 for at in left.values() if lifted and at < lifted[0])
+    before = sum(1 for at in left.values() if lifted is not None and at < lifted)
     assert before >= len(frames) - 15, f"only {before} of {len(frames)} frames left while the sealer was stuck"
 
 
