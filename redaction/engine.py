@@ -127,10 +127,8 @@ class Analyzer:
         faces' 73), the thread the faces are done with reads the plates' other looks. Give the
         looks largest first. Never two detections of one stream at once: after a look fails, no
         further look starts, and the call raises once those running are done."""
-        if not self.side_by_side or len(looks) < 2:
-            return [look() for look in looks]
-        helpers = min(len(self.detectors), len(looks)) - 1
-        if helpers < 1:
+        helpers = min(len(self.detectors), len(looks)) - 1  # threads besides the calling one
+        if not self.side_by_side or helpers < 1:
             return [look() for look in looks]
         if self._side is None:  # its threads are named after the stream's (a camera's analysis)
             self._side = ThreadPoolExecutor(len(self.detectors) - 1,
