@@ -40,6 +40,8 @@ from gateway.ingest import FileSource  # noqa: E402
 from gateway.live import CameraPipeline, watch  # noqa: E402
 from gateway.sealing import RedactSeal  # noqa: E402
 from redaction import Analyzer, Region, coverage_mask, load_policy  # noqa: E402
+from redaction.faces import INT8_MODEL  # noqa: E402
+from redaction.fusion import FUSED_SHA256  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "videos"
 THOROUGH = ROOT / "config" / "policies" / "thorough.yaml"
@@ -62,7 +64,8 @@ class Recorded(RedactSeal):
 def reference(clip: Path, every: int, cache: Path) -> dict[int, list[tuple[str, list[float], float]]]:
     """Per frame (every ``every``-th), thorough's raw detections ``(class, box, score)``; cached."""
     policy = load_policy(THOROUGH)
-    key = hashlib.sha256(json.dumps([policy.model_dump(mode="json"), clip.stat().st_size, every, 3]).encode())
+    models = [hashlib.sha256(INT8_MODEL.read_bytes()).hexdigest(), FUSED_SHA256]  # a rebuilt model finds others
+    key = hashlib.sha256(json.dumps([policy.model_dump(mode="json"), clip.stat().st_size, every, 3, models]).encode())
     path = cache / f"{clip.stem}-{key.hexdigest()[:16]}.json"
     if path.exists():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
