@@ -22,6 +22,21 @@ def test_the_shipped_model_is_the_documented_one():
     assert hashlib.sha256(INT8_MODEL.read_bytes()).hexdigest() == documented_sha256()
 
 
+def test_the_shipped_model_s_weights_fit_in_seven_bits():
+    """Without 8-bit dot products (AVX2-only CPUs) onnxruntime adds pairs of uint8 x int8 products in
+    16 bits, saturating for weights beyond +-64 (2 x 255 x 64 < 2^15): the model must compute the same on every CPU."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(INT8_MODEL)
+    initializers = {i.name: i for i in model.graph.initializer}
+    weights = [numpy_helper.to_array(initializers[node.input[0]]) for node in model.graph.node
+               if node.op_type == "DequantizeLinear" and node.input[0] in initializers
+               and initializers[node.input[0]].data_type == onnx.TensorProto.INT8]
+    assert len(weights) >= 30  # every convolution's
+    assert min(int(w.min()) for w in weights) >= -64 and max(int(w.max()) for w in weights) <= 64
+
+
 def boxes(detector: CenterFaceDetector, image: np.ndarray, score: float = 0.5) -> np.ndarray:
     return np.array([r.box for r in detector.detect(image) if r.score >= score], np.float64).reshape(-1, 4)
 
