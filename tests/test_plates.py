@@ -210,7 +210,7 @@ def test_labelled_plates_are_covered(detector: PlateDetector, set_name: str, ima
 
 
 def test_network_input_is_the_frame_normalised_with_imagenet_statistics_channel_by_channel() -> None:
-    """``_blob`` (cv2.dnn in one pass) is ``(x / 255 - mean) / std`` of each BGR channel, NCHW."""
+    """``_blob`` is ``(x / 255 - mean) / std`` of each BGR channel, NCHW."""
     from redaction.plates import _MEAN, _STD, _blob
 
     frame = np.random.default_rng(1).integers(0, 256, (77, 131, 3), np.uint8)
