@@ -245,18 +245,20 @@ def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> N
     assert np.array_equal(fused, rebuilt)
 
 
-def test_loading_the_plate_model_does_not_import_onnx() -> None:
-    """onnx (with ml_dtypes) took a second of every start-up that loaded the plate detector."""
+def test_loading_the_plate_model_imports_neither_onnx_nor_rapidocr() -> None:
+    """onnx (with ml_dtypes) took a second of every start-up that loaded the plate detector, rapidocr
+    (which ships the weights; shapely and its OCR pipeline) a quarter of one."""
     import subprocess
     import sys
 
     code = ("import sys; from redaction.plates import det_model; from redaction.fusion import FUSED_SHA256; "
             "import hashlib; "
-            "assert hashlib.sha256(det_model()).hexdigest() == FUSED_SHA256; print('onnx' in sys.modules)")
+            "assert hashlib.sha256(det_model()).hexdigest() == FUSED_SHA256; "
+            "print('onnx' in sys.modules, 'rapidocr_onnxruntime' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "False"
+    assert run.stdout.strip() == "False False"
 
 
 @pytest.mark.parametrize("damage", ["other source", "missing", "damaged"])
