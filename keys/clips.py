@@ -423,6 +423,18 @@ def psnr(original: np.ndarray, restored: np.ndarray) -> float:
     return _db(float(np.mean((luma(original) - luma(restored)) ** 2)) if original.size else 0.0)
 
 
+def restored_psnr(box: tuple[int, int, int, int], others: Sequence[tuple[int, int, int, int]]) -> float:
+    """The luma PSNR a ``high`` region at ``box`` is restored to at least, where the frame's other
+    restored regions are ``others``. Alone, :data:`MIN_PSNR`. Where regions overlap, a pixel shows
+    the crop restored last, so the box's squared error is at most that of its own crop plus that
+    of each crop overlapping it, each within the bound over its own area: the bound falls by
+    ``10 log10((area + their areas) / area)`` dB (two equal boxes that overlap: 3 dB)."""
+    x, y, w, h = box
+    over = sum(ow * oh for ox, oy, ow, oh in others
+               if min(x + w, ox + ow) > max(x, ox) and min(y + h, oy + oh) > max(y, oy))
+    return MIN_PSNR - 10 * math.log10((w * h + over) / (w * h))
+
+
 def _worst_psnr(original: np.ndarray, restored: np.ndarray, shapes: Sequence[tuple[int, int]]) -> float:
     """The lowest luma PSNR over a clip's crops, from its ``(n, H, W)`` luma canvases."""
     error = (original - restored) ** 2

@@ -17,7 +17,7 @@ from gateway.cli import main
 from gateway.openbao import write_credentials
 from gateway.files import VideoTranscoder, read_image
 from keys import Grant, KeyDirectory, Sealed, Sealer, VaultRef, VaultStore
-from keys.clips import MIN_PSNR, ClipCoder, psnr
+from keys.clips import MIN_PSNR, ClipCoder, psnr, restored_psnr
 from keys.cosigner import segment_key, share_context
 from keys.record import Placement
 from keys.vault import SegmentHeader
@@ -276,8 +276,8 @@ def sealed_boxes(chain) -> dict[int, list[tuple[int, int, int, int]]]:
 
 @pytest.mark.parametrize("mode", ["high", "lossless"])
 def test_video_unmask_to_frames_restores_sealed_pixels_in_the_range(capsys, world, tmp_path, short_clip, mode):
-    """``high``: every restored region within 45 dB luma PSNR of the frame the gateway decoded;
-    ``lossless``: bit-exact."""
+    """``high``: every restored region within 45 dB luma PSNR of the frame the gateway decoded (less
+    where other regions overlap it: :func:`keys.clips.restored_psnr`); ``lossless``: bit-exact."""
     redacted, vault = _seal_clip(world, short_clip, "open" if mode == "high" else "lossless")
     chain = list(VaultStore.open(vault).verify_chain("stage"))
     assert len(chain) >= 3 and sum(len(s.records) for s in chain) > 0
@@ -288,19 +288,23 @@ def test_video_unmask_to_frames_restores_sealed_pixels_in_the_range(capsys, worl
     written = sorted(out.iterdir())
     indices = [int(p.stem) for p in written]
     assert indices == [i for i, f in originals.items() if 0.5 <= round(f.time * 1e6) / 1e6 <= 1.5]
-    restored_any, worst = 0, float("inf")
+    restored_any, alone, worst = 0, 0, float("inf")
     records = sealed_boxes(chain)
     for path in written:
         index = int(path.stem)
         image, source = read_image(path), originals[index].image
-        for x, y, w, h in records.get(index, []):  # every sealed region of the frame is restored
+        boxes = records.get(index, [])
+        for at, (x, y, w, h) in enumerate(boxes):  # every sealed region of the frame is restored
             back, original = image[y : y + h, x : x + w], source[y : y + h, x : x + w]
             if mode == "lossless":
                 assert np.array_equal(back, original)
-            worst = min(worst, psnr(original, back))
+            # a box that another overlaps shows that one's crop there (the crowd's faces overlap)
+            bound = restored_psnr((x, y, w, h), boxes[:at] + boxes[at + 1 :])
+            worst = min(worst, psnr(original, back) - bound)
+            alone += bound == MIN_PSNR
             restored_any += 1
-    assert restored_any > 0
-    assert worst >= MIN_PSNR and (mode == "lossless") == (worst == float("inf"))
+    assert restored_any > alone > 0
+    assert worst >= 0 and (mode == "lossless") == (worst == float("inf"))
 
 
 def test_video_unmask_to_video_keeps_every_frame_and_carries_the_watermark(capsys, world, tmp_path, sealed_clip):

@@ -12,7 +12,7 @@ import keys.clips as clips
 from gateway.cli import main
 from gateway.files import VideoTranscoder
 from keys import Grant, KeyDirectory, PrivateIdentity, Sealed, Sealer, Selection, Unmask, VaultStore, verify_vault
-from keys.clips import FFV1, FFV1_DELTA, H264, MIN_PSNR, ClipCoder, decode, psnr
+from keys.clips import FFV1, FFV1_DELTA, H264, MIN_PSNR, ClipCoder, decode, psnr, restored_psnr
 from keys.seal import CLIP_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,16 @@ def test_restored_regions_meet_the_mode_bound_on_a_real_clip(tmp_path, frames, m
             worst = min(worst, psnr(original[y : y + h, x : x + w], back))
     assert worst >= MIN_PSNR
     assert job.unused == 0
+
+
+def test_a_region_others_overlap_is_bounded_by_their_crops_too():
+    """Where restored regions overlap, a pixel shows the crop restored last: a region's squared error
+    is at most its own crop's and those of the crops overlapping it, each within the bound."""
+    assert restored_psnr((0, 0, 10, 10), []) == MIN_PSNR
+    assert restored_psnr((0, 0, 10, 10), [(10, 0, 5, 5), (0, 10, 4, 4)]) == MIN_PSNR  # touching only
+    assert restored_psnr((0, 0, 10, 10), [(5, 5, 10, 10)]) == pytest.approx(MIN_PSNR - 10 * np.log10(2))
+    assert restored_psnr((0, 0, 10, 10), [(5, 5, 20, 20), (2, 2, 3, 3)]) == pytest.approx(
+        MIN_PSNR - 10 * np.log10((100 + 400 + 9) / 100))
 
 
 def test_a_time_range_opens_only_the_clips_it_overlaps(tmp_path, frames, monkeypatch, sealing_store):
