@@ -14,8 +14,8 @@ Static QDQ quantisation with onnxruntime, the recipe that kept recall (README, m
    instructions (VNNI; AVX2-only, such as AMD Zen 3) onnxruntime multiplies uint8 by int8 with an
    instruction that adds each pair of products in 16 bits and saturates there (2 x 255 x 127 does
    not fit; 2 x 255 x 64 does). With 8-bit weights the model found 0.871 of faces_wider_val's faces
-   on such a CPU against 0.894 on one with VNNI; with 7-bit weights it computes the same on both,
-   0.894 on the AVX2-only CPU, at the same speed;
+   on such a CPU against 0.894 on one with VNNI; with 7-bit weights no sum can saturate, so both
+   kinds compute the same: 0.894 measured on the AVX2-only CPU, at the same speed;
 3. calibration on 48 frames the project may redistribute, never a research-only set: 16 of
    ``config/samples/vtest-10s.mp4`` (Apache-2.0, bundled), 16 of ``opencv_vtest.avi``
    (Apache-2.0) and 16 images of ``plates_romania_dashcam`` (MIT), each scaled so its long

@@ -303,7 +303,7 @@ def test_video_unmask_to_frames_restores_sealed_pixels_in_the_range(capsys, worl
             worst = min(worst, psnr(original, back) - bound)
             alone += bound == MIN_PSNR
             restored_any += 1
-    assert restored_any > alone > 0
+    assert restored_any >= alone > 0  # boxes alone are held to the full bound
     assert worst >= 0 and (mode == "lossless") == (worst == float("inf"))
 
 

@@ -24,7 +24,8 @@ def test_the_shipped_model_is_the_documented_one():
 
 def test_the_shipped_model_s_weights_fit_in_seven_bits():
     """Without 8-bit dot products (AVX2-only CPUs) onnxruntime adds pairs of uint8 x int8 products in
-    16 bits, saturating for weights beyond +-64 (2 x 255 x 64 < 2^15): the model must compute the same on every CPU."""
+    16 bits, saturating for weights beyond +-64 (2 x 255 x 64 < 2^15): the model must compute the same
+    on every CPU."""
     import onnx
     from onnx import numpy_helper
 
