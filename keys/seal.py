@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import queue
 import secrets
@@ -100,6 +101,9 @@ ROSTER_CHECK_SECONDS = 1.0
 #: (meanwhile its queue fills and live frames are refused, so blanked): a restart of OpenBao
 #: costs blanked frames, not the camera
 COSIGNER_PATIENCE = 60.0
+#: once the sealer is closing, seconds it still waits for a co-signer that does not answer: a stop
+#: rides out a blink (one request lost as the last clips are sealed) without hanging on an outage
+CLOSING_PATIENCE = 5.0
 #: a co-signer request for a class's new tracks also seals shares for this many track ids after
 #: them, which the tracker, numbering tracks in turn, gives next: their first clips then need no
 #: request of their own. The live walkway's low-score faces start tracks many times a second, and the
@@ -224,7 +228,8 @@ class Sealer:
         #: frames refused because the sealing thread was behind; seconds of CPU it has used
         self.dropped, self.cpu_seconds = 0, 0.0
         self._failure: BaseException | None = None
-        self._closing = threading.Event()  # close() stops any wait for the co-signer
+        self._closing = threading.Event()  # close() cuts any wait for the co-signer short
+        self._close_by = math.inf  # when close() was called, plus CLOSING_PATIENCE
         self.cosigner_waits = 0  # times the sealing thread found the co-signer not answering
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(QUEUE_FRAMES)
         self._thread = threading.Thread(target=self._run, name=f"seal-{camera}", daemon=True)
@@ -332,6 +337,7 @@ class Sealer:
         """Finish the last segment and log the recording (``complete`` False: its output failed)."""
         try:
             if self._thread.is_alive():
+                self._close_by = time.monotonic() + CLOSING_PATIENCE
                 self._closing.set()
                 self._queue.put(functools.partial(self._finish_recording, complete, self._clock()))
                 self._queue.put(None)
@@ -385,16 +391,18 @@ class Sealer:
                 self._terms.coder.forget(key)
 
     def _seal_shares(self, key: str, items: list[tuple[bytes, bytes]]) -> list[str]:
-        """The co-signer's ciphertexts of the shares, waiting up to :data:`COSIGNER_PATIENCE` for it."""
+        """The co-signer's ciphertexts of the shares, waiting up to :data:`COSIGNER_PATIENCE` for it,
+        or once closing, up to :data:`CLOSING_PATIENCE` after close() was called."""
         deadline = time.monotonic() + COSIGNER_PATIENCE
         while True:
             try:
                 return self.store.cosigner.seal_shares(key, items)
             except CoSignerUnavailable:
-                if self._closing.is_set() or time.monotonic() > deadline:
+                if time.monotonic() > min(deadline, self._close_by):
                     raise
                 self.cosigner_waits += 1
-                self._closing.wait(0.5)
+                if self._closing.wait(0.5):  # closing: the wait above ends at once, so pace the retries
+                    time.sleep(0.5)
 
     def _new_roster(self, identities: list[PublicIdentity], now: str) -> None:
         """Seal from here on to the roster as it is now: a new segment, wrapped to the people in it.

@@ -27,6 +27,7 @@ from gateway.openbao import CREDENTIALS, find_binary, write_credentials
 from keys import (
     CoSigner,
     CoSignerRefused,
+    CoSignerUnavailable,
     KeyDirectory,
     PrivateIdentity,
     RecordError,
@@ -607,6 +608,48 @@ def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_st
     assert sealer.cosigner_waits > 0
     (segment,) = store.verify_chain("lobby")
     assert sum(len(r.header.placements) for r in segment.records) == 40
+
+
+def test_a_stop_rides_out_a_co_signer_that_misses_a_request_as_the_sealer_closes(tmp_path, sealing_store):
+    """The co-signer misses requests for a moment just as the camera stops (the last clips need a
+    share): closing waits it out (up to CLOSING_PATIENCE) instead of failing those clips."""
+    import threading
+
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = sealing_store(tmp_path / "vault", directory)
+    real = store.cosigner.address
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                segment_seconds=None) as sealer:
+        for frame in range(5):  # one track's clip, sealed only when the sealer closes
+            sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
+        store.cosigner.address = "http://127.0.0.1:9"  # nothing listens there: connection refused
+        back = threading.Timer(1.5, lambda: setattr(store.cosigner, "address", real))
+        back.start()
+    back.join()
+    assert sealer.cosigner_waits > 0
+    (segment,) = store.verify_chain("lobby")
+    assert sum(len(r.header.placements) for r in segment.records) == 5
+
+
+def test_a_stop_gives_up_on_a_co_signer_that_stays_away(tmp_path, sealing_store, monkeypatch):
+    """A co-signer gone for good does not hang a stop: closing reports it after CLOSING_PATIENCE."""
+    import keys.seal
+
+    monkeypatch.setattr(keys.seal, "CLOSING_PATIENCE", 1.0)
+    directory = KeyDirectory.init(tmp_path / "keys")
+    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
+    store = sealing_store(tmp_path / "vault", directory)
+    sealer = Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
+                    segment_seconds=None)
+    sealer.add(0, 0, [Sealed(1, "face", (0, 0, 8, 8), np.zeros((8, 8, 3), np.uint8))])
+    store.cosigner.address = "http://127.0.0.1:9"
+    started = time.monotonic()
+    with pytest.raises(CoSignerUnavailable):
+        sealer.close()
+    assert time.monotonic() - started < 30  # about CLOSING_PATIENCE; generous, it must not hang
+    assert sealer.cosigner_waits > 0
 
 
 def test_a_rotated_gateway_key_keeps_old_and_new_segments_verifying(tmp_path, sealing_store, capsys):

@@ -319,9 +319,10 @@ def test_a_worker_still_busy_when_stopped_closes_the_sealer_itself_once_it_ends(
 def test_a_co_signer_lost_while_live_blanks_every_later_frame(clip, tmp_path, monkeypatch, sealing_store):
     """OpenBao goes away mid-stream: the sealing thread waits for it at the next share it needs, its
     queue fills, and from then on every frame leaves blanked (counted), never redacted with
-    originals nobody can seal; closing gives up the wait and reports the co-signer."""
+    originals nobody can seal; closing gives up the wait (after CLOSING_PATIENCE) and reports the co-signer."""
     frames, faces, detectors = clip
     monkeypatch.setattr(keys.seal, "QUEUE_FRAMES", 8)  # the clip is shorter than the real queue
+    monkeypatch.setattr(keys.seal, "CLOSING_PATIENCE", 0.5)  # it stays gone: no need to wait it out
     sealer = live_sealer(tmp_path, sealing_store, PrivateIdentity.generate("ivan", ["investigator"]))
     store = sealer.store
 
