@@ -8,9 +8,10 @@ Objects, in an :class:`~keys.objects.ObjectStore` (for a local vault, files unde
     roster.json                a copy of the key directory's signed roster (who may sign the log)
     policies/<sha256>.json     every policy that sealed something, by digest of its canonical JSON
     segments/<camera>/<n>.pgv  finished segments: sealed records (keys/vault.py)
-    keys/<camera>/<n>.keys     their wrapped data keys: a separate tree, so it can live on
+    keys/<camera>/<n>.<d>.keys their wrapped data keys: a separate tree, so it can live on
                                storage that is not backed up (crypto-shredding then reaches
-                               backups too)
+                               backups too); ``<d>`` from the key file's digest, which the
+                               segment names (keys/vault.py); ``<n>.keys`` in older vaults
 
 On the node's own disk, in the *scratch* directory (for a local vault ``VAULT/segments``, so
 these sit exactly where they always have) and beside it::
@@ -35,6 +36,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -113,8 +115,13 @@ def _segments_of(camera: str) -> str:
     return f"segments/{check_camera(camera)}/"
 
 
-def _keys_object(camera: str, number: int) -> str:
-    return f"keys/{check_camera(camera)}/{keys_name(number)}"
+def _keys_object(camera: str, number: int, sha256: str = "") -> str:
+    return f"keys/{check_camera(camera)}/{keys_name(number, sha256)}"
+
+
+def _keys_objects(camera: str, number: int) -> str:
+    """The prefix of every key file a try at opening segment ``number`` kept (and of its older name)."""
+    return f"keys/{check_camera(camera)}/{number:08d}."
 
 
 class VaultStore:
@@ -370,18 +377,29 @@ class VaultStore:
 
     # --- key files ------------------------------------------------------------------------------
 
+    def _key_files(self, camera: str, number: int) -> list[str]:
+        prefix = _keys_objects(camera, number)
+        return [name for name in self._objects.list(prefix) if name.endswith(".keys") and "/" not in name[len(prefix):]]
+
     def has_key_file(self, camera: str, number: int) -> bool:
-        return self._objects.exists(_keys_object(camera, number))
+        """Whether any key material of segment ``number`` is left: its key file, or one an earlier try
+        at opening it kept (the segment was then sealed with another)."""
+        return bool(self._key_files(camera, number))
+
+    def _key_file(self, camera: str, number: int, named: str) -> tuple[str, bytes | None]:
+        """The name and bytes (None: missing) of the key file of segment ``number`` whose header names
+        ``named`` (its ``keys``; "" in segments sealed before headers named their key file)."""
+        name = keys_name(number, named)
+        try:
+            return name, self._objects.get(_keys_object(camera, number, named))
+        except ObjectMissing:
+            return name, None
+        except OSError as exc:
+            raise _unavailable(exc) from None
 
     def wraps(self, camera: str, segment: Segment) -> dict[str, list[Wrap]]:
         """The wraps of a segment's key file; raises :class:`VaultError` if shredded, altered or swapped."""
-        name = keys_name(segment.number)
-        try:
-            raw = self._objects.get(_keys_object(camera, segment.number))
-        except ObjectMissing:
-            raw = None
-        except OSError as exc:
-            raise _unavailable(exc) from None
+        name, raw = self._key_file(camera, segment.number, segment.header.keys)
         return read_wraps(raw, name, self.gateway, segment.keys_sha256)
 
     def audit_anchors(self) -> list[tuple[int, str, str]]:
@@ -429,9 +447,8 @@ class VaultStore:
         names = ["vault.json", "escrow.json", _ROTATIONS, "roster.json"]
         for number in range(first, last + 1):
             segment = self.segment(camera, number)
-            names += [f"policies/{segment.header.policy_sha256}.json", _segments_of(camera) + segment_name(number)]
-            if self.has_key_file(camera, number):
-                names.append(_keys_object(camera, number))
+            names += [f"policies/{segment.header.policy_sha256}.json", _segments_of(camera) + segment_name(number),
+                      _keys_object(camera, number, segment.header.keys)]  # unless shredded (below)
         objects = {name: base64.b64encode(self._objects.get(name)).decode("ascii")
                    for name in dict.fromkeys(names) if self._objects.exists(name)}
         shreds = [e for e in entries if e["action"] == "shred"
@@ -465,8 +482,10 @@ class VaultStore:
         _roster_copy(self._objects, self.gateway)
 
     def shred_key_file(self, camera: str, number: int) -> None:
-        """Delete a segment's key file, durably: nobody can unmask the segment afterwards."""
-        self._objects.delete(_keys_object(camera, number))
+        """Delete a segment's key file, durably, and any an earlier try at opening it kept: nobody can
+        unmask the segment afterwards."""
+        for name in self._key_files(camera, number):
+            self._objects.delete(name)
 
     # --- sealing: the node-local side -----------------------------------------------------------
 
@@ -497,26 +516,15 @@ class VaultStore:
                      signer: Ed25519PrivateKey) -> SegmentWriter:
         """A writer for the next segment of ``header.camera`` (hold :meth:`camera_lock`); its key file is kept first."""
         camera, number = check_camera(header.camera), header.segment
-        name, kept = _keys_object(camera, number), []
 
         def save_keys(document: bytes) -> None:
-            kept.append(document)
-            self._objects.put(name, document)
-
-        def publish(partial: Path) -> None:
-            # an earlier try at this key file whose write failed (its sealer then failed) may have been
-            # completed by the store since, over this one: an S3 gateway holds writes while SeaweedFS's
-            # master is away. Put this one back before the segment that needs it is kept.
-            try:
-                same = self._objects.get(name) == kept[0]
-            except ObjectMissing:
-                same = False
-            if not same:
-                self._objects.put(name, kept[0])
-            self._publish(camera, number, partial)
+            # under a name of its own (its digest): an earlier try at opening this segment whose write
+            # failed may yet be completed by the store (an S3 gateway holds writes while SeaweedFS's
+            # master is away), and then lands beside this one, not over it
+            self._objects.put(_keys_object(camera, number, hashlib.sha256(document).hexdigest()), document)
 
         return SegmentWriter(self._partial(camera, number), header, grants, identities, signer,
-                             save_keys=save_keys, publish=publish)
+                             save_keys=save_keys, publish=functools.partial(self._publish, camera, number))
 
     def partial_segments(self, camera: str) -> list[int]:
         """Numbers of the segments left unfinished on this node (by a crash), ascending."""
@@ -549,11 +557,8 @@ class VaultStore:
                     if first <= number <= last:
                         raise VaultError(f"{partial_name(number)}: the audit log records segment {number} as "
                                          f"sealed (entry {entry['seq']}); a partial of it is not recovered")
-        try:
-            keys = self._objects.get(_keys_object(camera, number))
-        except ObjectMissing:
-            keys = None
-        kept = recover_partial(partial, keys, signer, head, self.vault_id, self.audit.head(), self.gateway)
+        kept = recover_partial(partial, lambda header: self._key_file(camera, number, header.keys)[1], signer, head,
+                               self.vault_id, self.audit.head(), self.gateway)
         self._publish(camera, number, partial)
         return kept
 

@@ -13,9 +13,14 @@ Two objects per segment (named, and kept, by :mod:`keys.store`)::
                signature of the summary. The signer is the gateway key, or on a cluster
                node that node's key, which the summaries and the key file then name
                (``"signer": "node:<name>"``; keys/nodes.py).
-    <n>.keys   the segment's data keys, one per class, HPKE-wrapped to the recipients the
+    <n>.<d>.keys  the segment's data keys, one per class, HPKE-wrapped to the recipients the
                policy grants that class (see wrap.py); signed by the gateway (or node). Deleting it
-               crypto-shreds the segment.
+               crypto-shreds the segment. ``<d>``: the first 16 hex digits of its SHA-256, which
+               the segment's header (``"keys"``) and trailer name in full, so that each try at
+               opening a segment keeps its key file under a name of its own: a store that
+               completes an earlier try's write late (an S3 gateway holding writes while
+               SeaweedFS's master is away) cannot replace the one the segment was sealed with.
+               Segments sealed before headers named it have ``<n>.keys``.
 
 The header names the previous segment's digest, so per camera the segments form a hash
 chain: a deleted, reordered, truncated or altered segment or record is detected by
@@ -34,6 +39,7 @@ store's callbacks; :func:`read_segment` and :func:`read_wraps` are functions of 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -87,20 +93,26 @@ class SegmentHeader:
     previous: str = GENESIS  # digest of the camera's previous segment
     version: int = VERSION  # its records' version too
     vault: str = ""  # version 3: the id of the vault it was sealed into (a chain cannot move to another)
+    #: SHA-256 of its key file, set by :class:`SegmentWriter` (version 3; "" in segments sealed before
+    #: headers named it, whose key file is ``<n>.keys``)
+    keys: str = ""
 
     def to_json(self) -> dict:
         data = {"v": self.version, "camera": self.camera, "segment": self.segment, "policy": self.policy,
                 "policy_sha256": self.policy_sha256, "recording": self.recording, "started": self.started,
                 "previous": self.previous}
-        return data if self.version < 3 else {**data, "vault": self.vault}
+        if self.version < 3:
+            return data
+        return {**data, "vault": self.vault, **({"keys": self.keys} if self.keys else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> SegmentHeader:
         if data.get("v") not in (1, 2, VERSION):
             raise ValueError(f"unsupported segment version {data.get('v')!r}")
         vault = str(data["vault"]) if data["v"] == VERSION else ""
+        keys = str(data.get("keys", "")) if data["v"] == VERSION else ""
         return cls(str(data["camera"]), int(data["segment"]), int(data["policy"]), str(data["policy_sha256"]),
-                   str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]), vault)
+                   str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]), vault, keys)
 
 
 class SegmentWriter:
@@ -108,7 +120,8 @@ class SegmentWriter:
 
     Holds only public keys and the gateway's signing key: it can seal, never unseal. Each
     class gets its own random data key, wrapped to that class's grant only. The key file is
-    handed to ``save_keys`` (which must make it durable) before the first record, so the
+    handed to ``save_keys`` (which must make it durable, as :func:`keys_name` of its digest) before
+    the header, which names that digest (``header.keys``), and before the first record, so the
     records of a segment cut short by a crash can still be unmasked once :func:`recover_partial`
     has signed what reached the disk. Records go to ``partial``, a new local file; on
     :meth:`close` the finished file is handed to ``publish``, which keeps it and removes it.
@@ -126,7 +139,7 @@ class SegmentWriter:
         save_keys: Callable[[bytes], None],
         publish: Callable[[Path], None],
     ) -> None:
-        self.header, self._partial, self._publish = header, Path(partial), publish
+        self._partial, self._publish = Path(partial), publish
         self._signer = signer
         camera, number = header.camera, header.segment
         self._data_keys = {cls: os.urandom(32) for cls in grants}
@@ -138,6 +151,8 @@ class SegmentWriter:
         keys = canonical({"v": 1, "camera": camera, "segment": number, "wraps": wraps, **_signed_by(signer)})
         keys_doc = json.dumps({"keys": json.loads(keys), "signature": self._signer.sign(keys).hex()}).encode()
         self._keys_sha256 = hashlib.sha256(keys_doc).hexdigest()
+        self.header = dataclasses.replace(header, keys=self._keys_sha256) if header.version >= 3 else header
+        header = self.header
         save_keys(keys_doc)
         make_dirs(self._partial.parent)
         # O_EXCL, owner only: a segment being sealed is never another's file, nor readable by others
@@ -242,8 +257,10 @@ def segment_name(number: int) -> str:
     return f"{number:08d}.pgv"
 
 
-def keys_name(number: int) -> str:
-    return f"{number:08d}.keys"
+def keys_name(number: int, sha256: str = "") -> str:
+    """The name of a segment's key file whose SHA-256 is ``sha256`` ("": the name of segments sealed
+    before headers named their key file's digest)."""
+    return f"{number:08d}.{sha256[:16]}.keys" if sha256 else f"{number:08d}.keys"
 
 
 def partial_name(number: int) -> str:
@@ -270,7 +287,7 @@ def _checkpoint_at(data: bytes, mark: int, gateway: Ed25519PublicKey, running, c
     return end, summary
 
 
-def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519PrivateKey,
+def recover_partial(partial: Path, key_file: Callable[[SegmentHeader], bytes | None], signer: Ed25519PrivateKey,
                     head: tuple[int, str], vault: str, audit: tuple[int, str] | None = None,
                     vouchers: Ed25519PublicKey | None = None) -> int:
     """Finish, in place, a segment a crash left as ``partial``: keep what its checkpoints vouch for, sign it
@@ -281,8 +298,8 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
     record up to the last checkpoint signed by the gateway's key (``signer``'s public half) and
     matching the bytes before it is kept (the checkpoint after the header must be good: else
     nothing is); the trailer says ``"recovered": true`` and its end time is that checkpoint's.
-    ``keys_document`` is the segment's key file (None if it is missing: nothing can be
-    recovered). Returns the number of records kept.
+    ``key_file`` gives the segment's key file for its header (None if it is missing: nothing can
+    be recovered). Returns the number of records kept.
     """
     partial = Path(partial)
     name = partial.name
@@ -303,9 +320,11 @@ def recover_partial(partial: Path, keys_document: bytes | None, signer: Ed25519P
     if header.segment != number + 1 or header.previous != digest:
         raise VaultError(f"{name}: does not continue the camera's chain (its head is segment {number}); "
                          "not recovered")
+    keys_document = key_file(header)
     if keys_document is None:
-        keys_file = name.removesuffix(".pgv.partial") + ".keys"
-        raise VaultError(f"{name}: its key file {keys_file} is missing; cannot recover")
+        raise VaultError(f"{name}: its key file {keys_name(header.segment, header.keys)} is missing; cannot recover")
+    if header.keys and hashlib.sha256(keys_document).hexdigest() != header.keys:
+        raise VaultError(f"{name}: key file does not belong to its segment; not recovered")
     gateway = vouchers or signer.public_key()  # whose checkpoints count (a rotation: the old key's too)
     try:
         finished = read_segment(data, name, gateway)

@@ -12,6 +12,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from vault_files import key_file
 
 from gateway.cli import main
 from gateway.openbao import write_credentials
@@ -322,7 +323,7 @@ TAMPER = {
     "flipped byte in a segment": (lambda v: _flip(v / "segments" / "stage" / "00000002.pgv"), "contents altered"),
     "segment deleted": (lambda v: (v / "segments" / "stage" / "00000002.pgv").unlink(), "out of sequence"),
     "last segment deleted": (lambda v: sorted((v / "segments" / "stage").glob("*.pgv"))[-1].unlink(), "is missing"),
-    "key files swapped": (lambda v: _swap(v / "keys" / "stage" / "00000001.keys", v / "keys" / "stage" / "00000002.keys"),
+    "key files swapped": (lambda v: _swap(key_file(v / "keys" / "stage", 1), key_file(v / "keys" / "stage", 2)),
                           "does not belong to its segment"),
     "audit entry edited": (lambda v: _edit_log(v / "audit.log"), "audit log entry 1"),
     "segment truncated": (lambda v: _truncate(v / "segments" / "stage" / "00000002.pgv"), "truncated"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from vault_files import key_file
 
 from gateway.cli.main import main
 from keys import (
@@ -251,7 +252,7 @@ def test_a_single_gateways_segments_and_entries_are_as_before(tmp_path, director
     seal(store, directory.signer)
     (segment,) = store.verify_chain("lobby")
     data = (tmp_path / "vault" / "segments" / "lobby" / "00000001.pgv").read_bytes()
-    keys = (tmp_path / "vault" / "keys" / "lobby" / "00000001.keys").read_bytes()
+    keys = key_file(tmp_path / "vault" / "keys" / "lobby", 1).read_bytes()
     assert b"signer" not in data and b"signer" not in keys and segment.signer == "gateway"
     assert read_segment(data, "x", directory.signer.public_key()).digest == segment.digest
     assert "nodes" not in json.loads((directory.path / "roster.json").read_text())["roster"]

@@ -9,6 +9,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from vault_files import key_file
 
 from keys import (
     AuditError,
@@ -101,8 +102,9 @@ def test_deleted_newest_segments_are_caught_against_the_log(world):
         verify_vault(world.store)
     assert str(caught.value) == ("camera 'lobby': segment 00000002.pgv is missing (the audit log records segments "
                                  "up to 00000003.pgv as sealed)")
-    for name in ("00000001.pgv", "00000002.keys", "00000003.keys"):  # and every other one
-        (world.path("segments", "lobby", name) if name.endswith("pgv") else world.path("keys", "lobby", name)).unlink()
+    world.path("segments", "lobby", "00000001.pgv").unlink()  # and every other one
+    for number in (2, 3):
+        key_file(world.path("keys", "lobby"), number).unlink()
     with pytest.raises(IntegrityError, match=r"camera 'lobby': segment 00000001.pgv is missing \(the audit log"):
         verify_vault(world.store)
 
@@ -114,16 +116,16 @@ def test_a_segment_deleted_from_the_middle_breaks_the_chain(world):
 
 
 def test_missing_key_file_without_a_shred_entry(world):
-    world.path("keys", "lobby", "00000002.keys").unlink()
+    key_file(world.path("keys", "lobby"), 2).unlink()
     with pytest.raises(IntegrityError) as caught:
         verify_vault(world.store)
     assert str(caught.value) == "camera 'lobby': key file of 00000002.pgv is missing and no shred is logged"
 
 
 def test_swapped_key_file(world):
-    a, b = world.path("keys", "lobby", "00000001.keys"), world.path("keys", "lobby", "00000002.keys")
+    a, b = key_file(world.path("keys", "lobby"), 1), key_file(world.path("keys", "lobby"), 2)
     a.write_bytes(b.read_bytes())
-    message = "^camera 'lobby': 00000001.keys: key file does not belong to its segment$"
+    message = rf"^camera 'lobby': {a.name}: key file does not belong to its segment$"
     with pytest.raises(IntegrityError, match=message):
         verify_vault(world.store)
 
@@ -277,7 +279,7 @@ def test_shred_before_a_cut_off_logs_first_then_deletes(world, monkeypatch):
     assert result.entry["action"] == "shred" and result.entry["actor"] == "gateway"
     assert result.entry["details"] == {"segments": [["lobby", 1]], "before": "2026-01-03T00:00:00+00:00"}
     assert [world.store.has_key_file("lobby", n) for n in (1, 2, 3)] == [False, True, True]
-    assert not world.path("keys", "lobby", "00000001.keys").exists()
+    assert not list(world.path("keys", "lobby").glob("00000001.*"))
     assert verify_vault(world.store).segments == 4  # shredded segments still verify; the shred is logged
     again = shred(world.store, world.directory.signer, before=dt.datetime(2026, 1, 3))  # naive: UTC
     assert again.segments == [] and again.entry is None and actions(world)[-1] == "shred" and len(seen) == 1

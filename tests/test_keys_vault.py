@@ -2,15 +2,17 @@
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from vault_files import key_file
 
 from keys.audit import AuditLog
+from keys.clips import ClipCoder
 from keys.identity import PrivateIdentity
 from keys.objects import LocalObjects
-from keys.clips import ClipCoder
 from keys.record import Placement, open_record, shared_track_key
 from keys.store import VaultStore
 from keys.vault import SegmentHeader, VaultError, key_context, read_segment
@@ -142,10 +144,11 @@ def test_signed_by_another_gateway_detected(vault):
 def test_key_file_shredded_or_swapped(vault):
     store, root, _ = vault
     segment = store.segment("lobby", 1)
-    shutil.copy(root / "keys" / "lobby" / "00000002.keys", root / "keys" / "lobby" / "00000001.keys")
+    one = key_file(root / "keys" / "lobby", 1)
+    one.write_bytes(key_file(root / "keys" / "lobby", 2).read_bytes())
     with pytest.raises(VaultError, match="does not belong to its segment"):
         store.wraps("lobby", segment)
-    (root / "keys" / "lobby" / "00000001.keys").unlink()
+    one.unlink()
     assert not store.has_key_file("lobby", 1) and store.has_key_file("lobby", 2)
     with pytest.raises(VaultError, match="no key file"):
         store.wraps("lobby", segment)
@@ -212,35 +215,80 @@ def test_a_finished_segment_whose_upload_failed_is_kept_byte_for_byte(tmp_path, 
     assert not segment.recovered and segment.ended == "2026-11-22T00:00:10+00:00"
 
 
-def test_a_key_file_of_an_earlier_failed_try_landing_late_is_put_back_at_close(tmp_path, people):
+def test_a_key_file_of_an_earlier_failed_try_landing_late_lands_beside_the_segment_s_own(tmp_path, people):
     """A sealer whose key-file write failed leaves a write the store may still complete (SeaweedFS's S3
-    gateway while its master is away); the next sealer writes segment 1's key file anew, with other
-    data keys. If the stale one lands over it, closing the segment puts the writer's own back."""
+    gateway while its master is away), even after the next sealer wrote segment 1's key file anew, with
+    other data keys, and closed the segment: each try's key file has a name of its own, so the late
+    one replaces nothing; the segment unmasks, and shredding it takes both."""
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)
     pixels = np.arange(90, dtype=np.uint8).reshape(6, 5, 3)
-    stale = tmp_path / "keys" / "lobby" / "00000001.keys"
     writer(store, 1, people, signer).abort()  # the earlier try
+    stale = key_file(tmp_path / "keys" / "lobby", 1)
     earlier = stale.read_bytes()
     stale.unlink()  # its write failed: nothing kept, as far as the sealer knows
     (tmp_path / "segments" / "lobby" / "00000001.pgv.partial").unlink()  # (a failed key-file write leaves none)
     second = writer(store, 1, people, signer)
     add(second, 0, 0, 1, "face", (0, 0, 5, 6), pixels)
-    stale.write_bytes(earlier)  # the earlier try's write, completed late
     second.close("2026-11-22T00:00:10+00:00")
-    assert stale.read_bytes() != earlier
+    stale.write_bytes(earlier)  # the earlier try's write, completed late
+    assert len(list((tmp_path / "keys" / "lobby").glob("*.keys"))) == 2
     (segment,) = store.verify_chain("lobby")
     wraps = store.wraps("lobby", segment)
     key = key_of(unwrap_key(wraps["face"], [people[0]], key_context("lobby", 1, "face")), 1, "face", 1)
     assert np.array_equal(open_record(key, segment.records[0])[0], pixels)
+    store.shred_key_file("lobby", 1)
+    assert not store.has_key_file("lobby", 1) and not list((tmp_path / "keys" / "lobby").glob("*.keys"))
+
+
+def test_a_crashed_segment_is_recovered_with_the_key_file_its_header_names(tmp_path, people):
+    """An earlier try's key file landed late beside the one the crashed writer kept: recovery signs the
+    partial with the digest of the one its (checkpointed) header names, and its records unmask."""
+    signer = Ed25519PrivateKey.generate()
+    store = store_at(tmp_path, signer.public_key(), people)
+    pixels = np.arange(90, dtype=np.uint8).reshape(6, 5, 3)
+    writer(store, 1, people, signer).abort()  # the earlier try: its key file stays, landed late
+    (tmp_path / "segments" / "lobby" / "00000001.pgv.partial").unlink()
+    second = writer(store, 1, people, signer)
+    add(second, 0, 0, 1, "face", (0, 0, 5, 6), pixels)
+    second.abort()  # the process died
+    assert len(list((tmp_path / "keys" / "lobby").glob("*.keys"))) == 2
+    assert store.recover_partial("lobby", 1, signer) == 1
+    (segment,) = store.verify_chain("lobby")
+    assert segment.keys_sha256 == segment.header.keys
+    wraps = store.wraps("lobby", segment)
+    key = key_of(unwrap_key(wraps["face"], [people[0]], key_context("lobby", 1, "face")), 1, "face", 1)
+    assert np.array_equal(open_record(key, segment.records[0])[0], pixels)
+
+
+def test_segments_whose_key_files_have_the_older_name_still_read_recover_and_restore(tmp_path):
+    """Version 3 segments sealed before headers named their key file's digest (tests/data/
+    segments-v3-unnamed-keys, written by the code of then) have ``<n>.keys``: a finished one still
+    reads, a partial one still recovers, and their clips restore."""
+    source = Path(__file__).resolve().parent / "data" / "segments-v3-unnamed-keys"
+    shutil.copytree(source / "vault", tmp_path / "vault")
+    signer = Ed25519PrivateKey.from_private_bytes((source / "gateway.key").read_bytes())
+    ivan = PrivateIdentity.load(source / "ivan.identity", "fixture passphrase v3")
+    store = store_at(tmp_path / "vault", signer.public_key(), [ivan])
+    assert store.recover_partial("lobby", 2, signer) == 1
+    chain = list(store.verify_chain("lobby"))
+    assert [(s.number, s.header.keys) for s in chain] == [(1, ""), (2, "")]
+    restored = []
+    for segment in chain:
+        data_key = unwrap_key(store.wraps("lobby", segment)["face"], [ivan], key_context("lobby", segment.number, "face"))
+        restored += [int(open_record(key_of(data_key, segment.number, "face", 1), r)[0][0, 0, 0]) for r in segment.records]
+    assert restored == [10, 11, 12]
+    store.shred_key_file("lobby", 1)
+    assert not store.has_key_file("lobby", 1) and store.has_key_file("lobby", 2)
 
 
 def test_partial_without_its_key_file_is_not_recovered(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)
     writer(store, 1, people, signer).abort()
-    (tmp_path / "keys" / "lobby" / "00000001.keys").unlink()
-    with pytest.raises(VaultError, match="00000001.pgv.partial: its key file 00000001.keys is missing; cannot recover"):
+    key_file(tmp_path / "keys" / "lobby", 1).unlink()
+    with pytest.raises(VaultError, match=r"00000001.pgv.partial: its key file 00000001\.[0-9a-f]{16}\.keys is missing; "
+                                         "cannot recover"):
         store.recover_partial("lobby", 1, signer)
     assert store.partial_segments("lobby") == [1] and store.segment_numbers("lobby") == []
 
