@@ -10,6 +10,9 @@ to mask on the frames held back between two detection frames:
   overlap or lie close, the frames between get the hull of both boxes: when unsure whether it
   is one object that moved, both places are masked;
 * a track first detected now is back-filled over the held-back frames before it;
+* a track found again by a much smaller box inside its own, less surely than before, keeps its
+  box (grown to take that one in): a detector that finds a part of a face has not found a face
+  that shrank;
 * a track no longer detected stays masked at its last box for ``persist`` seconds, and in any
   case (unless ``persist`` is 0) up to the first detection frame that misses it
   (:data:`MISSES_MASKED`).
@@ -31,7 +34,7 @@ supervision, rich and requests into the redaction engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,6 +70,13 @@ _PATH_SLACK = 0.25
 #: audience, 0.8 s between two detection frames, read as a cut, and its first frame left with nothing
 #: masked (found by nothing, as above) when the ended tracks masked only within ``persist``
 MISSES_MASKED = 1
+
+
+#: a detection matched to a track is taken for a part of its object (the track keeps masking its
+#: whole box, see :func:`_part_of`) when it is at most this share of the track's area ...
+_PART_AREA = 0.5
+#: ... and at least this share of it lies inside the track's box
+_PART_INSIDE = 0.8
 
 
 #: the centre's motion model: detections jitter by about this share of the box side ...
@@ -201,6 +211,29 @@ class Step:
         return None, 0.0
 
 
+def _predicted(track: _Track, time: float) -> np.ndarray:
+    """The track's last box where its velocity puts it at ``time``."""
+    box = track.box.copy()
+    if track.velocity is not None:
+        box[:2] += track.velocity * (time - track.seen)
+    return box
+
+
+def _part_of(box: np.ndarray, score: float, track: _Track, predicted: np.ndarray) -> bool:
+    """Whether a detection matched to ``track`` is likely a part of the object the track has: at most
+    :data:`_PART_AREA` of its box, almost all (:data:`_PART_INSIDE`) inside it where its motion puts
+    it, and found no more surely than the track was. No object halves in a detection stride; a
+    detector that reads a face on a blocky frame finds a part of it now and then. Live, on the
+    Hamilton clip over WebRTC, a 53x67 px face found at 0.89 was found as a 36x28 px box round its
+    mouth at 0.54 on the next two detection frames, and its eyes were released on the frames between.
+    ``predicted``: the track's box where its motion puts it (:func:`_predicted`)."""
+    area = box[2] * box[3]
+    if score > track.score or area > _PART_AREA * track.box[2] * track.box[3]:
+        return False
+    inside = np.maximum(0.0, np.minimum(box[:2] + box[2:], predicted[:2] + predicted[2:]) - np.maximum(box[:2], predicted[:2]))
+    return inside[0] * inside[1] >= _PART_INSIDE * area
+
+
 class Tracker:
     """Greedy IoU tracker (with a centre-distance fallback for small, fast boxes)."""
 
@@ -268,6 +301,13 @@ class Tracker:
                 prior = None
             else:
                 prior = before.get(track.id)
+                predicted = _predicted(track, time)
+                if _part_of(box, det.score, track, predicted):
+                    # a part of the object the track has (a face found only by its mouth and the
+                    # microphone before it): the whole stays masked, at the place its motion puts it
+                    corner = np.minimum(predicted[:2], box[:2])
+                    box = np.concatenate([corner, np.maximum(predicted[:2] + predicted[2:], box[:2] + box[2:]) - corner])
+                    det = replace(det, score=track.score)
                 if time > track.seen:
                     centre, side = box[:2] + box[2:] / 2, float(max(box[2:]))
                     if track.motion is None:

@@ -271,3 +271,29 @@ def test_where_a_cut_s_frame_is_known_the_same_place_is_masked_once():
     assert sorted(r.track for r in step.current) == [2, 3, 4]
     assert {r.track for r in tracker.update(0.6, [face(104, 50), face(500, 80)]).current} == {2, 3, 4}
     assert {r.track for r in tracker.update(0.8, [face(104, 50), face(500, 80)]).current} == {3, 4}
+
+
+def test_a_part_of_a_face_found_less_surely_does_not_shrink_its_mask():
+    """Live, over WebRTC (the Hamilton clip, test_serve's WHIP test): a 53x67 px face found at 0.89 was
+    found by a 36x28 px box round its mouth at 0.54 on the next two detection frames, the track followed
+    that box, and the frames between were released with the eyes bare. A part found less surely keeps
+    the whole masked; a full detection then takes the track on as before."""
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [Region("face", 522, 41, 53, 67, 0.89)])
+    for t in (0.08, 0.16):
+        step = tracker.update(t, [Region("face", 527, 68, 36, 28, 0.54)])
+        for when in (t - 0.04, t):
+            (region,) = step.at(when)
+            x, y, w, h = region.box
+            assert region.track == 1 and x <= 522 and y <= 41 and x + w >= 575 and y + h >= 108
+    (region,) = tracker.update(0.24, [Region("face", 519, 42, 53, 64, 0.91)]).current
+    assert region.box == (519, 42, 53, 64)
+
+
+def test_a_sure_face_inside_a_doubtful_larger_box_takes_the_track_to_its_size():
+    """The other way round: a large low-score box (a body read as a face) followed by a confident face
+    inside it is the face: its mask shrinks to it (no part rule, or every such body stays masked)."""
+    tracker = Tracker(persist=0.5)
+    tracker.update(0.0, [Region("face", 450, 10, 100, 130, 0.48)])
+    (region,) = tracker.update(0.08, [Region("face", 470, 30, 60, 80, 0.9)]).current
+    assert region.track == 1 and region.box == (470, 30, 60, 80)
