@@ -31,11 +31,13 @@ Byte layout (all integers big-endian)::
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +87,10 @@ class Header:
     size: tuple[int, int]  # width, height of the coded canvas (version 1: the box's)
     version: int = VERSION
     share: str = ""  # version 3: the track's share, encrypted by the co-signer ("vault:v1:...")
+    #: version 3: the placements as ``"placements"`` holds them (:func:`pack_placements`), kept as
+    #: written, so the header's bytes are what they were; None: as ``"frames"`` rows (records sealed
+    #: before placements were packed, and versions 1 and 2)
+    packed: str | None = None
 
     @functools.cached_property
     def encoded(self) -> bytes:
@@ -101,12 +107,15 @@ class Header:
         if self.version == 1:
             (only,) = self.placements
             return {**common, "frame": only.frame, "pts_us": only.pts_us, "box": list(only.box)}
+        if self.packed is not None:
+            return {**common, "size": list(self.size), "placements": self.packed, "share": self.share}
         clip = {**common, "size": list(self.size), "frames": [[p.frame, p.pts_us, *p.box] for p in self.placements]}
         return clip if self.version == 2 else {**clip, "share": self.share}
 
     @classmethod
     def from_json(cls, data: dict) -> Header:
         version, codec = data.get("v"), data.get("codec")
+        packed = None
         if not ((version == 1 and codec == RAW) or (version in (2, VERSION) and codec in CODECS)):
             raise RecordError(f"unsupported record version {version!r} / codec {codec!r}")
         if version == 1:
@@ -115,7 +124,10 @@ class Header:
             size = (box[2], box[3])
         else:
             size = tuple(int(v) for v in data["size"])
-            rows = data["frames"]
+            packed = data.get("placements") if version == VERSION else None
+            if packed is not None and "frames" in data:
+                raise RecordError("a clip's placements given twice")
+            rows = data["frames"] if packed is None else _unpack_placements(packed)
             if len(size) != 2 or min(size) <= 0 or size[0] * size[1] > _MAX_PIXELS or not 0 < len(rows) <= _MAX_FRAMES:
                 raise RecordError(f"bad clip size {data['size']!r} or frame count {len(rows)}")
             placements = tuple(Placement(int(r[0]), int(r[1]), _box(r[2:])) for r in rows)
@@ -129,7 +141,53 @@ class Header:
             if not isinstance(share, str) or not 0 < len(share) <= _MAX_SHARE or not share.isascii():
                 raise RecordError("bad co-signer share")
         return cls(str(data["camera"]), int(data["segment"]), int(data["track"]), str(data["class"]),
-                   int(data["policy"]), placements, str(codec), size, int(version), share)  # type: ignore[arg-type]
+                   int(data["policy"]), placements, str(codec), size, int(version), share, packed)  # type: ignore[arg-type]
+
+
+def pack_placements(placements: Sequence[Placement]) -> str:
+    """A clip's placements as version 3 headers keep them since 2026-12-07 (``"placements"``): the rows
+    ``[frame, pts_us, x, y, w, h]``, each less the row before it (the first less zeros), as zigzag
+    LEB128 varints, compressed with zlib, in base64. A clip's frames follow one another, its times
+    step by a frame's duration and its box moves a pixel or two: 5-8 times smaller than the rows
+    in JSON, which were 7 % of the recording's size on short_hamilton_clip (2813 regions)."""
+    rows = np.array([[p.frame, p.pts_us, *p.box] for p in placements], dtype=np.int64)
+    out = bytearray()
+    for value in np.diff(rows, axis=0, prepend=np.zeros((1, 6), np.int64)).ravel().tolist():
+        value = (value << 1) ^ (value >> 63)  # zigzag: small magnitudes of either sign in few bytes
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        out.append(value)
+    return base64.b64encode(zlib.compress(bytes(out), 9)).decode("ascii")
+
+
+def _unpack_placements(packed: object) -> list[list[int]]:
+    """The rows :func:`pack_placements` packed; :class:`RecordError` if they are not such."""
+    if not isinstance(packed, str):
+        raise RecordError("malformed clip placements")
+    try:
+        inflate = zlib.decompressobj()
+        # at most _MAX_FRAMES rows of six values of at most ten bytes: no more is inflated
+        raw = inflate.decompress(base64.b64decode(packed, validate=True), _MAX_FRAMES * 6 * 10 + 1)
+        if inflate.unconsumed_tail or not inflate.eof or len(raw) > _MAX_FRAMES * 6 * 10:
+            raise ValueError
+    except (ValueError, zlib.error):
+        raise RecordError("malformed clip placements") from None
+    values, value, shift = [], 0, 0
+    for byte in raw:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte & 0x80:
+            if shift > 63:
+                raise RecordError("malformed clip placements")
+            continue
+        if value >> 64:
+            raise RecordError("malformed clip placements")
+        values.append((value >> 1) ^ -(value & 1))
+        value, shift = 0, 0
+    if shift or not values or len(values) % 6:
+        raise RecordError("malformed clip placements")
+    return np.cumsum(np.array(values, dtype=np.int64).reshape(-1, 6), axis=0).tolist()
 
 
 def _box(values) -> Box:

@@ -59,7 +59,7 @@ from .durable import make_dirs
 from .errors import RecordError, VaultError
 from .identity import PublicIdentity, canonical
 from .nodes import GATEWAY_ACTOR, actor_of
-from .record import Header, Placement, Record, seal, shared_track_key
+from .record import Header, Placement, Record, pack_placements, seal, shared_track_key
 from .wrap import Grant, Wrap, wrap_key
 
 SEGMENT_MAGIC = b"PGV1"
@@ -185,7 +185,7 @@ class SegmentWriter:
             key = self._track_keys[(cls, track)] = shared_track_key(self._data_keys[cls], share[0], self.header.camera,
                                                                     self.header.segment, cls, track)
         header = Header(self.header.camera, self.header.segment, track, cls, self.header.policy, placements, codec, size,
-                        share=share[1])
+                        share=share[1], packed=pack_placements(placements))
         self._write(seal(key, header, coded).to_bytes())
         self._count += 1
         self._checkpoint()

@@ -84,6 +84,7 @@ def test_segments_verify_and_restore_exactly(vault, people):
     chain = list(store.verify_chain("lobby"))
     assert [s.number for s in chain] == [1, 2, 3]
     segment = chain[1]
+    assert all(r.header.packed for r in segment.records)  # the placements packed, not rows of JSON
     wraps = store.wraps("lobby", segment)
     data_key = unwrap_key(wraps["face"], [people[0]], key_context("lobby", 2, "face"))
     key = key_of(data_key, 2, "face", 1)
