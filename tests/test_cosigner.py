@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from ports import free_ports
+from vault_files import key_file
 
 from gateway.cli import main
 from gateway.config import load_config
@@ -490,8 +491,8 @@ def test_a_cut_rolled_back_or_deleted_audit_log_fails_verify_and_blocks_unmask(l
         caught_offline = True
     else:
         log.write_text(_lines(log, 2))
-        for tree, suffix in (("segments", "pgv"), ("keys", "keys")):
-            (vault / tree / "lobby" / f"00000003.{suffix}").unlink()
+        (vault / "segments" / "lobby" / "00000003.pgv").unlink()
+        key_file(vault / "keys" / "lobby", 3).unlink()
         caught_offline = False
     store = VaultStore.open(vault)
     if caught_offline:
