@@ -603,7 +603,7 @@ def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_st
         store.cosigner.address = "http://127.0.0.1:9"  # nothing listens there: connection refused
         back = threading.Timer(1.5, lambda: setattr(store.cosigner, "address", real))
         back.start()
-        for frame in range(40):  # clips close every 2 s of media: the first one needs a share
+        for frame in range(40):  # clips close every 2.5 s of media: the first one needs a share
             sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
         back.join()
     assert sealer.cosigner_waits > 0

@@ -179,7 +179,7 @@ def test_escrow_survives_the_active_node_killed_while_a_camera_seals(openbao_clu
 
             cluster.kill(leader)
             killed = time.monotonic()
-            # track 2, 2.5 to 7.25 s: its first clip closes after 2 s of media and needs a share, asked
+            # track 2, 2.5 to 7.25 s: its first clip closes after 2.5 s of media and needs a share, asked
             # of the survivors; the sealing thread waits out the election (closing would give up the wait)
             for index, image in enumerate(after, start=10):
                 sealer.add(index, index * 250_000, [Sealed(2, "face", BOX, crop(image))])
@@ -267,6 +267,7 @@ def test_two_nodes_down_no_quorum_sealing_and_unmask_stop_and_resume_once_one_is
     late = Sealer(store, directory.signer, "yard", POLICY, GRANTS, directory.identities)  # opened while whole
     gone = cluster.nodes[1:]
     monkeypatch.setattr(keys.seal, "COSIGNER_PATIENCE", 2.0)
+    monkeypatch.setattr(keys.seal, "CLOSING_PATIENCE", 0.5)
     for node in gone:
         cluster.kill(node)
     try:
@@ -275,8 +276,9 @@ def test_two_nodes_down_no_quorum_sealing_and_unmask_stop_and_resume_once_one_is
                                            [(share_context("yard", 9, "face", 1), os.urandom(32))])
         print(f"\ntwo nodes down: {raised.value}")
         assert all(node.address in str(raised.value) for node in cluster.nodes)
-        # a clip closes after 2 s of media and needs a share: the sealing thread waits for the co-signer
-        # (its patience, shortened here), and closing gives up the wait: nothing is sealed without a share
+        # a clip closes after 2.5 s of media and needs a share: the sealing thread waits for the co-signer
+        # (its patience, shortened here), and closing gives up the wait (after CLOSING_PATIENCE, shortened
+        # too): nothing is sealed without a share
         for index, image in enumerate(frames(12, 5)):
             late.add(index, index * 250_000, [Sealed(2, "face", BOX, crop(image))])
         deadline = time.monotonic() + 30
