@@ -401,7 +401,9 @@ def what_fits(window: Window, stride: int, holdback: float, cameras: int | None 
         return (f"{costs}; one detection alone outlasts the {1000 * holdback:.0f} ms hold-back's budget, so no "
                 f"stride fits: detection must get cheaper (a smaller detection.face.max_side, one onnxruntime "
                 f"thread per camera) or the hold-back longer")
-    low = FPS * per_detection / spare if spare > 0 else math.inf
+    if spare <= 0:
+        return f"{costs}: everything but analysis takes all the machine has, so no stride fits"
+    low = FPS * per_detection / spare
     high = 1 + FPS * (holdback - 1.25 * per_detection)
     verdict = ("a stride in between should fit" if math.ceil(low) <= math.floor(high) else
                "no stride fits: detection or the rest must get cheaper, or the hold-back longer")
