@@ -588,9 +588,12 @@ def test_reconcile_finds_a_share_taken_outside_unmask(tmp_path, sealing_store, o
     assert "1 of 4 shares" in err
 
 
-def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_store):
-    """OpenBao unreachable for a moment (here: the client pointed at a closed port, then back): the
-    sealing thread waits and goes on; nothing is lost and nothing is sealed without a share."""
+@pytest.mark.parametrize("closing", [False, True], ids=["while sealing", "as the sealer closes"])
+def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_store, closing):
+    """OpenBao unreachable for a moment (here: the client pointed at a closed port, then back), while
+    the sealer seals, or just as it closes (its last clip then needs a share): the sealing thread
+    waits (closing: up to CLOSING_PATIENCE) and goes on; nothing is lost and nothing is sealed
+    without a share."""
     import threading
 
     directory = KeyDirectory.init(tmp_path / "keys")
@@ -598,40 +601,28 @@ def test_sealing_waits_out_a_co_signer_that_is_briefly_away(tmp_path, sealing_st
     store = sealing_store(tmp_path / "vault", directory)
     real = store.cosigner.address
     pixels = np.zeros((8, 8, 3), np.uint8)
-    with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
-                segment_seconds=None) as sealer:
+    # 40 frames: clips close every 2.5 s of media, and the first needs a share; 5: one clip, sealed at close
+    frames = 5 if closing else 40
+
+    def away() -> threading.Timer:
         store.cosigner.address = "http://127.0.0.1:9"  # nothing listens there: connection refused
         back = threading.Timer(1.5, lambda: setattr(store.cosigner, "address", real))
         back.start()
-        for frame in range(40):  # clips close every 2.5 s of media: the first one needs a share
-            sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
-        back.join()
-    assert sealer.cosigner_waits > 0
-    (segment,) = store.verify_chain("lobby")
-    assert sum(len(r.header.placements) for r in segment.records) == 40
+        return back
 
-
-def test_a_stop_rides_out_a_co_signer_that_misses_a_request_as_the_sealer_closes(tmp_path, sealing_store):
-    """The co-signer misses requests for a moment just as the camera stops (the last clips need a
-    share): closing waits it out (up to CLOSING_PATIENCE) instead of failing those clips."""
-    import threading
-
-    directory = KeyDirectory.init(tmp_path / "keys")
-    directory.add(PrivateIdentity.generate("ivan", ["investigator"]).public)
-    store = sealing_store(tmp_path / "vault", directory)
-    real = store.cosigner.address
-    pixels = np.zeros((8, 8, 3), np.uint8)
     with Sealer(store, directory.signer, "lobby", {"version": 1}, {"face": GRANTS["face"]}, directory.identities,
                 segment_seconds=None) as sealer:
-        for frame in range(5):  # one track's clip, sealed only when the sealer closes
+        back = None if closing else away()
+        for frame in range(frames):
             sealer.add(frame, frame * 100_000, [Sealed(1, "face", (0, 0, 8, 8), pixels)])
-        store.cosigner.address = "http://127.0.0.1:9"  # nothing listens there: connection refused
-        back = threading.Timer(1.5, lambda: setattr(store.cosigner, "address", real))
-        back.start()
+        if closing:
+            back = away()
+        else:
+            back.join()
     back.join()
     assert sealer.cosigner_waits > 0
     (segment,) = store.verify_chain("lobby")
-    assert sum(len(r.header.placements) for r in segment.records) == 5
+    assert sum(len(r.header.placements) for r in segment.records) == frames
 
 
 def test_a_stop_gives_up_on_a_co_signer_that_stays_away(tmp_path, sealing_store, monkeypatch):
