@@ -119,7 +119,7 @@ def _keys_object(camera: str, number: int, sha256: str = "") -> str:
     return f"keys/{check_camera(camera)}/{keys_name(number, sha256)}"
 
 
-def _keys_objects(camera: str, number: int) -> str:
+def _key_files_prefix(camera: str, number: int) -> str:
     """The prefix of every key file a try at opening segment ``number`` kept (and of its older name)."""
     return f"keys/{check_camera(camera)}/{number:08d}."
 
@@ -378,7 +378,7 @@ class VaultStore:
     # --- key files ------------------------------------------------------------------------------
 
     def _key_files(self, camera: str, number: int) -> list[str]:
-        prefix = _keys_objects(camera, number)
+        prefix = _key_files_prefix(camera, number)
         return [name for name in self._objects.list(prefix) if name.endswith(".keys") and "/" not in name[len(prefix):]]
 
     def has_key_file(self, camera: str, number: int) -> bool:

@@ -44,6 +44,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ TRAILER_MAGIC = b"PGVT"
 CHECKPOINT_MAGIC = b"PGVC"
 VERSION = 3  # written; versions 1 (raw records, PGR1) and 2 (clips without a co-signer share, PGR2) are read
 GENESIS = "0" * 64
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 __all__ = ["GENESIS", "Segment", "SegmentHeader", "SegmentWriter", "check_chain", "key_context", "keys_name",
            "partial_name", "read_segment", "read_wraps", "recover_partial", "segment_name", "utc_now"]
@@ -111,6 +113,8 @@ class SegmentHeader:
             raise ValueError(f"unsupported segment version {data.get('v')!r}")
         vault = str(data["vault"]) if data["v"] == VERSION else ""
         keys = str(data.get("keys", "")) if data["v"] == VERSION else ""
+        if keys and not _SHA256.fullmatch(keys):  # it names the key file
+            raise ValueError("the key file's digest is not a SHA-256")
         return cls(str(data["camera"]), int(data["segment"]), int(data["policy"]), str(data["policy_sha256"]),
                    str(data["recording"]), str(data["started"]), str(data["previous"]), int(data["v"]), vault, keys)
 

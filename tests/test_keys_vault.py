@@ -283,6 +283,14 @@ def test_segments_whose_key_files_have_the_older_name_still_read_recover_and_res
     assert not store.has_key_file("lobby", 1) and store.has_key_file("lobby", 2)
 
 
+def test_a_segment_header_naming_its_key_file_by_anything_but_a_digest_is_refused():
+    """The header's ``keys`` names an object (``<n>.<16 hex>.keys``): only a SHA-256 may be there."""
+    for keys in ("../../gateway", "AB" * 32, "ab" * 31):
+        with pytest.raises(ValueError, match="not a SHA-256"):
+            SegmentHeader.from_json({**header(1).to_json(), "keys": keys})
+    assert SegmentHeader.from_json({**header(1).to_json(), "keys": "ab" * 32}).keys == "ab" * 32
+
+
 def test_partial_without_its_key_file_is_not_recovered(tmp_path, people):
     signer = Ed25519PrivateKey.generate()
     store = store_at(tmp_path, signer.public_key(), people)
