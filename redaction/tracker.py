@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .regions import Region, iou_matrix, same_object
+from .regions import Region, iou_matrix, overlap_of_smaller, same_object
 
 _IOU_MATCH = 0.25
 _CONFIDENT = 0.5  # detections at least this sure are matched to the tracks being followed first
@@ -192,9 +192,7 @@ class Step:
             if time >= self.time:
                 return span.after, span.score_after
             if span.hull:
-                corner = np.minimum(span.before[:2], span.after[:2])
-                far = np.maximum(span.before[:2] + span.before[2:], span.after[:2] + span.after[2:])
-                return np.concatenate([corner, far - corner]), min(span.score_before, span.score_after)
+                return _hull(span.before, span.after), min(span.score_before, span.score_after)
             f = (time - self.previous) / max(self.time - self.previous, 1e-9)
             f = min(max(f, 0.0), 1.0)
             centre_before = span.before[:2] + span.before[2:] / 2
@@ -209,6 +207,12 @@ class Step:
                 and not (span.absorbed and time >= self.time)):
             return span.before, span.score_before
         return None, 0.0
+
+
+def _hull(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest ``x, y, w, h`` box holding both boxes."""
+    corner = np.minimum(a[:2], b[:2])
+    return np.concatenate([corner, np.maximum(a[:2] + a[2:], b[:2] + b[2:]) - corner])
 
 
 def _predicted(track: _Track, time: float) -> np.ndarray:
@@ -227,11 +231,10 @@ def _part_of(box: np.ndarray, score: float, track: _Track, predicted: np.ndarray
     Hamilton clip over WebRTC, a 53x67 px face found at 0.89 was found as a 36x28 px box round its
     mouth at 0.54 on the next two detection frames, and its eyes were released on the frames between.
     ``predicted``: the track's box where its motion puts it (:func:`_predicted`)."""
-    area = box[2] * box[3]
-    if score > track.score or area > _PART_AREA * track.box[2] * track.box[3]:
+    if score > track.score or box[2] * box[3] > _PART_AREA * track.box[2] * track.box[3]:
         return False
-    inside = np.maximum(0.0, np.minimum(box[:2] + box[2:], predicted[:2] + predicted[2:]) - np.maximum(box[:2], predicted[:2]))
-    return inside[0] * inside[1] >= _PART_INSIDE * area
+    # the detection is the smaller box: the share of it inside the track's
+    return bool(overlap_of_smaller(box[None], predicted[None])[0, 0] >= _PART_INSIDE)
 
 
 class Tracker:
@@ -305,8 +308,7 @@ class Tracker:
                 if _part_of(box, det.score, track, predicted):
                     # a part of the object the track has (a face found only by its mouth and the
                     # microphone before it): the whole stays masked, at the place its motion puts it
-                    corner = np.minimum(predicted[:2], box[:2])
-                    box = np.concatenate([corner, np.maximum(predicted[:2] + predicted[2:], box[:2] + box[2:]) - corner])
+                    box = _hull(predicted, box)
                     det = replace(det, score=track.score)
                 if time > track.seen:
                     centre, side = box[:2] + box[2:] / 2, float(max(box[2:]))
