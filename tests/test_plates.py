@@ -221,8 +221,8 @@ def test_network_input_is_the_frame_normalised_with_imagenet_statistics_channel_
 
 
 def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> None:
-    """The hard-swishes and the scalar affines after convolutions and after hard-swishes are gone
-    from the graph that runs, and on a real dashcam frame its probability map is the export's to
+    """The hard-swishes, the scalar affines after convolutions and after hard-swishes, the residual
+    gates' Adds and the head's bias Adds and first normalisation are gone from the graph that runs, and on a real dashcam frame its probability map is the export's to
     float rounding; the rewritten file shipped in redaction/models is what the rewrite makes of
     the installed model."""
     import onnx
@@ -234,8 +234,10 @@ def test_the_rewritten_model_is_the_shipped_one_in_what_onnxruntime_fuses() -> N
     assert det_model() == FUSED_MODEL.read_bytes()  # the installed rapidocr is the one it was built from
     graph = onnx.load_from_string(det_model()).graph
     ops = [n.op_type for n in graph.node]
-    assert "Clip" not in ops and "Div" not in ops and ops.count("HardSigmoid") == 34  # 10 were there before
-    assert ops.count("Mul") == 34  # one a hard-swish: no scalar affine is left (there were 58)
+    assert "Div" not in ops and ops.count("HardSigmoid") == 26  # 10 were there before, 8 are residual gates now
+    assert ops.count("Clip") == 8  # each residual gate's: 1 + HardSigmoid, fused into its convolution
+    assert ops.count("Mul") == 34  # one a hard-swish or a gate: no scalar affine is left (there were 58)
+    assert ops.count("Add") == 3 and ops.count("BatchNormalization") == 2  # the head's folded into its deconvolutions
     frame = cv2.imread(str(DATA / "plates_romania_dashcam" / "images" / REAL[0][1]), cv2.IMREAD_COLOR)
     blob = _blob(frame, input_size(frame.shape[1], frame.shape[0], 960), 0.0)
     exported, fused, rebuilt = (create_session(model, 1).run(None, {"x": blob})[0]
