@@ -10,12 +10,15 @@ that plus two frames detected at once; and faces + plates with the default polic
 With ``--rounds N`` every command runs N times, the rounds interleaved (deface, ours, deface, ours...),
 and each ratio is the median of the rounds' own ratios: this machine's speed swings by a third
 within minutes (deface took 41.5 and 54.6 s in two runs a few minutes apart), which one run of
-each, minutes apart, reads as a change of ratio.
+each, minutes apart, reads as a change of ratio. The CPU seconds (user + system) of each command
+are printed beside its wall time, with their ratio to deface's: the targets are on wall time,
+and the CPU figure shows whether a change of ratio is the code's or the machine's scheduling.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,10 +44,14 @@ def count_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the command and its children) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> int:
@@ -81,10 +88,13 @@ def main() -> int:
         rounds = [{name: timed(command) for name, command in runs.items()} for _ in range(max(1, args.rounds))]
         deface_name = next(iter(runs))
         for name in runs:
-            elapsed = statistics.median(r[name] for r in rounds)
-            ratios = [r[deface_name] / r[name] for r in rounds]
+            elapsed = statistics.median(r[name][0] for r in rounds)
+            ratios = [r[deface_name][0] / r[name][0] for r in rounds]
             spread = f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)" if len(rounds) > 1 else ""
-            print(f"{name}: {elapsed:.1f} s, {frames / elapsed:.2f} fps, {statistics.median(ratios):.2f}x deface{spread}")
+            cpu = statistics.median(r[name][1] for r in rounds)
+            cpu_ratio = statistics.median(r[deface_name][1] / r[name][1] for r in rounds)
+            print(f"{name}: {elapsed:.1f} s, {frames / elapsed:.2f} fps, {statistics.median(ratios):.2f}x deface{spread}; "
+                  f"CPU {cpu:.1f} s, {cpu_ratio:.2f}x deface's")
         print("targets: faces + plates >= 3x deface's fps, faces only >= 5x, with recall no lower (perf/eval_recall.py, perf/eval_live_coverage.py)")
         agreement(clip, [1, 3])
     return 0
