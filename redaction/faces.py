@@ -20,6 +20,8 @@ from .detector import Detector, check_frame, create_session
 from .regions import Region, nms
 
 _INPUT = "input.1"
+#: the int8 model's input: the BGR picture as uint8 ``(B, H, W, 3)``, sides multiples of 32 (:mod:`redaction.int8`)
+IMAGE_INPUT = "image"
 INT8_MODEL = Path(__file__).with_name("models") / "centerface-int8.onnx"
 _OUTPUTS = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
 _STRIDE = 4
@@ -93,6 +95,7 @@ class CenterFaceDetector(Detector):
         self.max_side = max_side
         self.nms_iou = nms_iou
         self._session = create_session(INT8_MODEL if precision == "int8" else centerface_model(), threads)
+        self._input, self._prepare = (IMAGE_INPUT, picture) if precision == "int8" else (_INPUT, blob)
         self._warmup()
 
     def _warmup(self) -> None:
@@ -177,17 +180,29 @@ class CenterFaceDetector(Detector):
     def _infer(self, image: np.ndarray) -> np.ndarray:
         """Raw detections ``[x0, y0, x1, y1, score]`` in ``image`` pixels."""
         h, w = image.shape[:2]
-        heatmap, scale, offset, _ = self._session.run(_OUTPUTS, {_INPUT: blob(image)})
+        heatmap, scale, offset, _ = self._session.run(_OUTPUTS, {self._input: self._prepare(image)})
         return _decode(heatmap[0, 0], scale[0], offset[0], self.threshold, w, h)
 
 
 def blob(image: np.ndarray) -> np.ndarray:
-    """CenterFace's input for a BGR image: RGB 0..255 without normalisation, ``(1, 3, H, W)`` with the
-    sides zero-padded to a multiple of 32 (the network downsamples by 32)."""
+    """The float model's input for a BGR image: RGB 0..255 without normalisation, ``(1, 3, H, W)`` with
+    the sides zero-padded to a multiple of 32 (the network downsamples by 32)."""
     h, w = image.shape[:2]
     pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
     out = np.zeros((1, 3, ph, pw), dtype=np.float32)
     out[0, :, :h, :w] = image[:, :, ::-1].transpose(2, 0, 1)
+    return out
+
+
+def picture(image: np.ndarray) -> np.ndarray:
+    """The int8 model's input for a BGR image: the same pixels, ``(1, H, W, 3)`` uint8, the sides
+    zero-padded to a multiple of 32 (what :func:`blob` gives the float model, unconverted)."""
+    h, w = image.shape[:2]
+    pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
+    if (pw, ph) == (w, h) and image.flags.c_contiguous:
+        return image[None]
+    out = np.zeros((1, ph, pw, 3), dtype=np.uint8)
+    out[0, :h, :w] = image
     return out
 
 

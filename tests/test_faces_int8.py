@@ -59,19 +59,29 @@ def test_int8_finds_the_faces_fp32_finds(data):
 @pytest.mark.slow
 def test_the_model_rebuilds_from_its_recipe(tmp_path, data):
     """``python -m redaction.int8`` rebuilds the shipped file: byte for byte with the onnxruntime it was
-    built with, else (another version) a model whose detections match the shipped one's."""
+    built with, else (another version) a model whose detections match the shipped one's. Its last
+    step, the BGR picture as the input, changes no output bit: the model before it, fed the float
+    planes, answers exactly what the model after it answers fed the picture, on whole frames and
+    on crops whose sides need padding."""
+    from redaction.detector import create_session
+    from redaction.faces import _INPUT, IMAGE_INPUT, blob, picture
     from redaction.int8 import SAMPLE, build
 
-    rebuilt = tmp_path / "centerface-int8.onnx"
-    digest = build(rebuilt, data)
+    rebuilt, before = tmp_path / "centerface-int8.onnx", tmp_path / "float-input.onnx"
+    digest = build(rebuilt, data, float_input=before)
+    floats, pictures = create_session(before, 1), create_session(rebuilt, 1)
+    assert [i.name for i in pictures.get_inputs()] == [IMAGE_INPUT] and pictures.get_inputs()[0].type == "tensor(uint8)"
+    import av
+
+    with av.open(str(SAMPLE)) as container:
+        images = [f.to_ndarray(format="bgr24") for i, f in enumerate(container.decode(video=0)) if i % 40 == 0]
+    for image in [*images, *(image[37:301, 211:388] for image in images)]:
+        want, got = floats.run(None, {_INPUT: blob(image)}), pictures.run(None, {IMAGE_INPUT: picture(image)})
+        assert all(np.array_equal(a, b) for a, b in zip(want, got))
     if digest == documented_sha256():
         return
     shipped, again = (CenterFaceDetector(threshold=0.1, threads=1) for _ in range(2))
-    from redaction.detector import create_session
-
-    again._session = create_session(rebuilt, 1)
-    import av
-
+    again._session = pictures
     with av.open(str(SAMPLE)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index % 20:
