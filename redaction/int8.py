@@ -162,7 +162,8 @@ def _image_input(model: onnx.ModelProto) -> None:
     (dequantize,) = [n for n in graph.node if quantize.output[0] in n.input]
     (conv,) = [n for n in graph.node if dequantize.output[0] in n.input]
     (weights,) = [n for n in graph.node if n.output[0] == conv.input[1]]
-    if dequantize.op_type != "DequantizeLinear" or conv.op_type != "Conv" or weights.op_type != "DequantizeLinear":
+    if (dequantize.op_type != "DequantizeLinear" or conv.op_type != "Conv" or weights.op_type != "DequantizeLinear"
+            or sum(weights.input[0] in n.input for n in graph.node) != 1):
         raise ValueError("unexpected nodes after the input")
     kernel = constants[weights.input[0]]
     kernel.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(kernel)[:, ::-1]), kernel.name))
