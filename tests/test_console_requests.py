@@ -55,7 +55,10 @@ def inside(point, region) -> bool:
 def recording_under(running, token, version) -> tuple[str, dict]:
     """A finished recording sealed under ``version`` with a large face sealed at 1 s whose centre no other
     face covers (a click there marks it alone), and that face. The 6 s clip has small faces too; which
-    of them are sealed at 1 s depends on where in the loop the recording began."""
+    of them are sealed at 1 s depends on where in the loop the recording began. Only a frame with at
+    most three faces sealed will do: that is the clip's close-up; in its crowd scene the widest region
+    can be a dark body taken for a face (138x224 px), whose middle has no detail for the unmask to bring
+    back (two CI runs in three failed so on 2026-12-07)."""
     store = running.gateway.runtime.store
     deadline = time.monotonic() + 150
     while True:
@@ -68,7 +71,8 @@ def recording_under(running, token, version) -> tuple[str, dict]:
                                  f"/api/cameras/{CAMERA}/recordings/{item['recording']}/subjects?at=1.0")
             faces = [r for r in found["regions"] if r["class"] == "face"] if status == 200 else []
             face = max(faces, key=lambda r: r["box"][2], default=None)
-            if face and face["box"][2] >= 40 and not any(inside(centre(face), r) for r in faces if r is not face):
+            if (face and face["box"][2] >= 40 and len(faces) <= 3
+                    and not any(inside(centre(face), r) for r in faces if r is not face)):
                 return item["recording"], face
         assert time.monotonic() < deadline, "no recording with a large face was sealed under the quorum policy"
         time.sleep(1)
