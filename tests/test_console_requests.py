@@ -58,7 +58,7 @@ def recording_under(running, token, version) -> tuple[str, dict]:
     of them are sealed at 1 s depends on where in the loop the recording began. Only a frame with at
     most three faces sealed will do: that is the clip's close-up; in its crowd scene the widest region
     can be a dark body taken for a face (138x224 px), whose middle has no detail for the unmask to bring
-    back (two CI runs in three failed so on 2026-12-07)."""
+    back (so the test failed in 5 of 8 runs on 2026-12-07, on that day's code before its changes too)."""
     store = running.gateway.runtime.store
     deadline = time.monotonic() + 150
     while True:
