@@ -188,7 +188,7 @@ def blob(image: np.ndarray) -> np.ndarray:
     """The float model's input for a BGR image: RGB 0..255 without normalisation, ``(1, 3, H, W)`` with
     the sides zero-padded to a multiple of 32 (the network downsamples by 32)."""
     h, w = image.shape[:2]
-    pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
+    pw, ph = _padded(w), _padded(h)
     out = np.zeros((1, 3, ph, pw), dtype=np.float32)
     out[0, :, :h, :w] = image[:, :, ::-1].transpose(2, 0, 1)
     return out
@@ -198,12 +198,17 @@ def picture(image: np.ndarray) -> np.ndarray:
     """The int8 model's input for a BGR image: the same pixels, ``(1, H, W, 3)`` uint8, the sides
     zero-padded to a multiple of 32 (what :func:`blob` gives the float model, unconverted)."""
     h, w = image.shape[:2]
-    pw, ph = -(-w // 32) * 32, -(-h // 32) * 32
+    pw, ph = _padded(w), _padded(h)
     if (pw, ph) == (w, h) and image.flags.c_contiguous:
         return image[None]
     out = np.zeros((1, ph, pw, 3), dtype=np.uint8)
     out[0, :h, :w] = image
     return out
+
+
+def _padded(side: int) -> int:
+    """``side`` rounded up to a multiple of 32 (the network downsamples by 32)."""
+    return -(-side // 32) * 32
 
 
 def _tiles(width: int, height: int, tile: int | None) -> list[tuple[int, int, int, int]]:

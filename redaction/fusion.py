@@ -219,8 +219,7 @@ def _residual_gates(graph) -> None:
         if (x is None or add is None or set(add.input) != {x, mul.output[0]} or conv is None or conv.op_type != "Conv"
                 or conv.input[1] not in g.constants or len(g.users[conv.output[0]]) != 1 or gate.input[0] == x):
             continue
-        attributes = {a.name: helper.get_attribute_value(a) for a in gate.attribute}
-        slope, offset = attributes.get("alpha", 0.2), attributes.get("beta", 0.5)
+        slope, offset = _attribute(gate, "alpha", 0.2), _attribute(gate, "beta", 0.5)
         weight, bias = g.weights(conv)
         gain = g.conv(conv, [conv.input[0]], weight * slope, bias * slope + offset + 1.0, [gate.output[0] + "/gain"])
         bounds = [gate.output[0] + "/gain/low", gate.output[0] + "/gain/high"]
@@ -246,14 +245,14 @@ def _bias_and_norm_into_deconvolutions(graph) -> None:
         if len(shift) != 1 or shift[0] is None or deconv.input[1] not in g.constants:
             continue
         weight = g.constants[deconv.input[1]].astype(np.float64)  # (in, out / group, kh, kw)
-        if _group(deconv) != 1 or shift[0].size != weight.shape[1]:
+        if _attribute(deconv, "group", 1) != 1 or shift[0].size != weight.shape[1]:
             continue
         bias = g.constants[deconv.input[2]].astype(np.float64) if len(deconv.input) > 2 else np.zeros(weight.shape[1])
         bias = bias + shift[0].reshape(-1)
         output, folded = add.output[0], {id(add)}
         norm = g.only_user(output, "BatchNormalization")
         if norm is not None and all(i in g.constants for i in norm.input[1:5]):
-            epsilon = next((helper.get_attribute_value(a) for a in norm.attribute if a.name == "epsilon"), 1e-5)
+            epsilon = _attribute(norm, "epsilon", 1e-5)
             gamma, beta, mean, variance = (g.constants[i].astype(np.float64) for i in norm.input[1:5])
             k = gamma / np.sqrt(variance + epsilon)
             weight, bias = weight * k.reshape(1, -1, 1, 1), (bias - mean) * k + beta
@@ -268,20 +267,18 @@ def _bias_and_norm_into_deconvolutions(graph) -> None:
     g.commit()
 
 
-def _group(node) -> int:
+def _attribute(node, name: str, default):
+    """The value of ``node``'s attribute ``name``, or ``default`` where it has none."""
     from onnx import helper
 
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _pointwise(g: _Graph, node, name: str) -> bool:
     """Whether ``node`` is a 1x1 convolution without padding of ``name`` with constant weights."""
-    from onnx import helper
-
     if node.op_type != "Conv" or node.input[0] != name or node.input[1] not in g.constants:
         return False
-    pads = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "pads"), [0])
-    auto = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
+    pads, auto = _attribute(node, "pads", [0]), _attribute(node, "auto_pad", b"NOTSET")
     return g.constants[node.input[1]].shape[2:] == (1, 1) and not any(pads) and auto in (b"NOTSET", b"VALID")
 
 
