@@ -131,11 +131,12 @@ class Gateway:
             if self.renditions[name].viewers:
                 self.renditions[name].push(compose(source, number), number / FPS)
 
-    def start_server(self, **options) -> tuple[RtspServer, int]:
+    def start_server(self, users=None, **options) -> tuple[RtspServer, int]:
+        """``users``: who may log in (default: :attr:`users`)."""
         server = RtspServer(
             self.renditions.get,
             lambda camera: camera in ("cam", "noise", "empty"),
-            self.users.get,
+            users or self.users.get,
             throttled=lambda peer: peer in self.throttled,
             failed=lambda peer, user, why: self.failures.append((peer, user, why)),
             **options,
@@ -398,8 +399,8 @@ def ffmpeg_frames(url: str, transport: str, count: int) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def extra_server(gw: Gateway, **options):
-    server, port = gw.start_server(**options)
+def extra_server(gw: Gateway, users=None, **options):
+    server, port = gw.start_server(users, **options)
     try:
         yield server, port
     finally:

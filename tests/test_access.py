@@ -5,13 +5,15 @@ decide who may do what) answers over its ASGI app. Identities are real keys in a
 directory; tokens are issued through the API the way users get them.
 """
 
+import hashlib
 import json
 
 import httpx
 import numpy as np
 import pytest
 
-from gateway.api.access import FAILURE_LIMIT, sign_request
+from gateway.api.access import FAILURE_LIMIT, MAX_TOKEN_TTL, RTSP_REALM, Denied, HandOn, TokenStore, sign_request
+from gateway.api.access.handoff import LOOK_UP_EVERY
 from gateway.config import load_config
 from gateway.api import Gateway
 from keys.directory import KeyDirectory
@@ -453,7 +455,7 @@ async def test_deeply_nested_json_and_yaml_get_a_clean_400(world):
 async def test_a_signed_request_replays_neither_after_a_restart_nor_at_another_gateway_or_host(world, tmp_path):
     """Issue 14: a signed request captured before a restart minted a token after it. The signature
     now covers the Host and the gateway's key fingerprint, and used signatures are kept on disk."""
-    from gateway.api.access import Access, Denied, TokenStore
+    from gateway.api.access import Access
 
     gateway, people = world
     body = b'{"ttl": 60}'
@@ -532,3 +534,65 @@ async def test_one_identitys_whep_sessions_are_capped_over_all_its_tokens(world)
     assert 'privacy_gateway_open_sessions{entry="whip"} 0.0' in metrics
     assert 'privacy_gateway_open_connections{entry="http"} 0.0' in metrics  # (no sockets through ASGI)
     assert gateway.whep.ledger.held == 0
+
+
+@pytest.mark.asyncio
+async def test_an_rtsp_redirect_hands_on_a_login_for_that_camera_alone_that_dies_with_the_clients_token(world):
+    """What a cluster node's RTSP 302 puts in its Location (FFmpeg no longer sends the URL's own credentials to
+    the host a redirect names): a child of the client's token for that one camera, its issue written to the
+    change log first, made once per token and camera, and dead once the client's token is revoked."""
+    gateway, people = world
+    async with await client(gateway) as http:
+        vera = (await token_for(http, people["vera"])).split("_")[1]
+    written = []
+
+    async def record(principal, action, details):
+        if details.get("refuse"):
+            raise Denied(503, "the audit log cannot be written; nothing was changed")
+        written.append((principal.name, principal.token, action, details))
+
+    hand_on = HandOn(gateway.access, record)
+    assert hand_on.rtsp_user("no-such-token") is None
+    login = await hand_on.rtsp_user(vera).hand_on("lobby")
+    assert written == [("vera", vera, "issue-token",
+                        {"identity": "vera", "cameras": ["lobby"], "ttl": MAX_TOKEN_TTL, "for": "rtsp-redirect"})]
+    child = gateway.access.rtsp_user(login[0])
+    assert [c for c in ("lobby", "garage", "door") if child.may_view(c)] == ["lobby"]
+    assert child.ha1 == hashlib.md5(f"{login[0]}:{RTSP_REALM}:{login[1]}".encode()).hexdigest()
+    record_of = {t.id: t for t in gateway.access.store.tokens("vera")}
+    assert record_of[login[0]].parent == vera and record_of[login[0]].expires <= record_of[vera].expires
+    assert await hand_on.login(vera, "lobby") == login and len(written) == 1  # handed on again while it lives
+
+    # nothing is issued that the change log did not take first
+    refusing = HandOn(gateway.access, lambda principal, action, details: record(principal, action, {"refuse": 1}))
+    before = len(gateway.access.store.tokens("vera"))
+    with pytest.raises(Denied):
+        await refusing.login(vera, "lobby")
+    assert len(gateway.access.store.tokens("vera")) == before
+
+    gateway.access.store.revoke(vera)
+    assert gateway.access.rtsp_user(login[0]) is None  # dies with the client's token
+    with pytest.raises(LookupError):
+        await hand_on.login(vera, "lobby")
+
+
+@pytest.mark.asyncio
+async def test_an_rtsp_login_made_on_another_node_is_looked_up_at_most_once_in_a_while(world):
+    gateway, _ = world
+    store = gateway.access.store
+    elsewhere = TokenStore(store.directory)  # another node writing the same rows
+    _, made = elsewhere.issue("vera", ["lobby"], 600.0, "olga")
+    assert gateway.access.rtsp_user(made.id) is None  # not taken in yet
+    now = [0.0]
+    hand_on = HandOn(gateway.access, None, clock=lambda: now[0])
+    reads = []
+    refresh = store.refresh_token
+    store.refresh_token = lambda token_id: reads.append(token_id) or refresh(token_id)
+    await hand_on.look_up(made.id)
+    assert reads == [made.id] and gateway.access.rtsp_user(made.id) is not None
+    for name in ("A" * 16, "A" * 16, "not a token id", None):
+        await hand_on.look_up(name)
+    assert reads == [made.id, "A" * 16]  # the same unknown name again only after LOOK_UP_EVERY seconds
+    now[0] += LOOK_UP_EVERY
+    await hand_on.look_up("A" * 16)
+    assert reads == [made.id, "A" * 16, "A" * 16]

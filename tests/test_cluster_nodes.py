@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from cluster_harness import ServeNode, kill_and_follow, small_clip, stop_all, wait_for
@@ -150,15 +151,28 @@ def test_three_nodes_share_six_cameras_and_a_killed_nodes_cameras_move(postgres,
         status, headers, _ = _request(other.port, "GET", f"/view/{camera}")
         assert status == 307 and headers["location"] == f"{victim.url}/view/{camera}"
         # and an RTSP client too (302 to the owner's RTSP address, derived from its url and rtsp.port),
-        # once it proved who it is; FFmpeg follows it to the owner's redacted stream
+        # once it proved who it is, with a login for that camera alone in the Location (a child of the
+        # client's token: FFmpeg no longer sends the URL's own credentials to another host)
         asked = f"rtsp://127.0.0.1:{other.rtsp_port}/{camera}"
         with RawClient(other.rtsp_port) as client:
             assert client.request("DESCRIBE", asked).status == 401
             moved = client.request("DESCRIBE", asked, credentials=other.rtsp_login)
-            assert moved.status == 302 and moved.headers["location"] == f"rtsp://127.0.0.1:{victim.rtsp_port}/{camera}"
+            location = urlsplit(moved.headers.get("location", ""))
+            assert moved.status == 302, moved
+            assert (location.hostname, location.port, location.path) == ("127.0.0.1", victim.rtsp_port, f"/{camera}")
+            handed = (location.username, location.password)
+            assert None not in handed and handed != other.rtsp_login
+            again = client.request("DESCRIBE", asked, credentials=other.rtsp_login)
+            assert again.headers["location"] == moved.headers["location"]  # one login per token and camera
             nowhere = f"rtsp://127.0.0.1:{other.rtsp_port}/nowhere"
             assert client.request("DESCRIBE", nowhere, credentials=other.rtsp_login).status == 403  # not granted
             assert client.request("DESCRIBE", nowhere, credentials=other.officer_login).status == 404  # runs nowhere
+        with RawClient(victim.rtsp_port) as client:  # the owner takes the handed-on login for that camera only
+            assert client.request("DESCRIBE", f"rtsp://127.0.0.1:{victim.rtsp_port}/{camera}",
+                                  credentials=handed).status == 200
+            sibling = max(owned[0])
+            assert client.request("DESCRIBE", f"rtsp://127.0.0.1:{victim.rtsp_port}/{sibling}",
+                                  credentials=handed).status == 403
         login = ":".join(other.rtsp_login)
         began = time.monotonic()
         decoded = ffmpeg_frames(f"rtsp://{login}@127.0.0.1:{other.rtsp_port}/{camera}", "tcp", 5)

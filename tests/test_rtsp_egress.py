@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import re
 import subprocess
 import threading
@@ -13,14 +14,41 @@ import time
 import av
 import numpy as np
 import pytest
-
 from peers import available, require
-from rtsp_support import SYSTEM_PYTHON, gstreamer_elements_missing
 from rtsp_harness import (  # noqa: F401  (fixtures)
-    ALICE, BOB, FPS, HEIGHT, METHODS, OK_STATUSES, REALM, TICKS, WIDTH, Gateway, RawClient, Response, answer,
-    check_pictures, clip, compose, digest, extra_server, ffmpeg_frames, ffmpeg_options, gw, ha1, line_text, read_code,
-    rtp_fields, server_errors, starts_keyframe, udp_pair, wait_until,
+    ALICE,
+    BOB,
+    FPS,
+    HEIGHT,
+    METHODS,
+    OK_STATUSES,
+    REALM,
+    TICKS,
+    WIDTH,
+    Gateway,
+    RawClient,
+    Response,
+    answer,
+    check_pictures,
+    clip,
+    compose,
+    digest,
+    extra_server,
+    ffmpeg_frames,
+    ffmpeg_options,
+    gw,
+    ha1,
+    line_text,
+    read_code,
+    rtp_fields,
+    server_errors,
+    starts_keyframe,
+    udp_pair,
+    wait_until,
 )
+from rtsp_support import SYSTEM_PYTHON, gstreamer_elements_missing
+
+from gateway.egress import RtspUser
 
 
 def test_pattern_round_trips(clip):
@@ -238,12 +266,37 @@ def test_slow_tcp_client_skips_to_a_keyframe_and_holds_back_nobody(gw, server_er
 
 
 def test_a_node_that_does_not_run_a_camera_redirects_rtsp_clients_to_the_one_that_does(gw, tmp_path, server_errors):
-    """A second server stands for a cluster node where ``cam`` runs elsewhere (on ``gw``'s server): it answers
-    DESCRIBE and SETUP with 302 to the owner, only once the client proved it may view the camera; FFmpeg and
-    GStreamer follow the redirect and decode the owner's stream."""
-    owner = f"rtsp://127.0.0.1:{gw.port}"
-    with extra_server(gw, owner_url=lambda camera: owner if camera == "cam" else None) as (here, port):
+    """A server stands for a cluster node where ``cam`` runs elsewhere (on a second server, the owner): it
+    answers DESCRIBE and SETUP with 302 to the owner, only once the client proved it may view the camera, with
+    the login its user hands on for the camera in the Location. The owner does not know that login yet and
+    looks it up once. FFmpeg (which from libavformat 62.12.103 on does not send the URL's own credentials to
+    the host a redirect names) and GStreamer follow the redirect and decode the owner's stream."""
+    carol = ("carol", "for cam/only")  # what alice hands on for cam: may view cam alone
+    handed, looked_up, broken = [], [], []
+
+    def here_users(name):
+        user = gw.users.get(name)
+
+        async def hand_on(camera):
+            if broken:
+                raise OSError("the shared state is unreachable")
+            handed.append((name, camera))
+            return carol
+
+        return None if user is None else dataclasses.replace(user, hand_on=hand_on if name == ALICE[0] else None)
+
+    known = dict(gw.users)  # the owner's users: carol only once looked up
+
+    async def look_up(name):
+        looked_up.append(name)
+        if name == carol[0]:
+            known[name] = RtspUser(name, ha1(*carol), lambda camera: camera == "cam")
+
+    with (extra_server(gw, known.get, look_up=look_up) as (_, owner_port),
+          extra_server(gw, here_users, owner_url=lambda camera: f"rtsp://127.0.0.1:{owner_port}"
+                       if camera == "cam" else None) as (here, port)):
         elsewhere = gw.url("cam", port=port)
+        there = f"rtsp://carol:for%20cam%2Fonly@127.0.0.1:{owner_port}/cam"  # the login as URL user info
         with RawClient(port) as client:
             options = client.request("OPTIONS", elsewhere)  # answered without credentials: tells nothing
             assert options.status == 200 and "location" not in options.headers
@@ -251,26 +304,32 @@ def test_a_node_that_does_not_run_a_camera_redirects_rtsp_clients_to_the_one_tha
             assert anonymous.status == 401 and "location" not in anonymous.headers
             bob = client.request("DESCRIBE", elsewhere, credentials=BOB)  # may not view cam: not told where it is
             assert bob.status == 403 and "location" not in bob.headers
+        assert handed == []
         with RawClient(port) as client:
             moved = client.request("DESCRIBE", elsewhere, {"Accept": "application/sdp"}, ALICE)
-            assert moved.status == 302 and moved.headers["location"] == gw.url("cam"), moved
+            assert moved.status == 302 and moved.headers["location"] == there, moved
             setup = client.request("SETUP", f"{elsewhere}/trackID=0", {"Transport": "RTP/AVP/TCP;unicast"}, ALICE)
-            assert setup.status == 302 and setup.headers["location"] == gw.url("cam") + "/trackID=0", setup
+            assert setup.status == 302 and setup.headers["location"] == there + "/trackID=0", setup
             assert client.request("DESCRIBE", gw.url("noise", port=port), credentials=ALICE).status == 200  # runs here
             assert client.request("DESCRIBE", gw.url("nowhere", port=port), credentials=ALICE).status == 404
+        assert handed == [(ALICE[0], "cam")] * 2 and looked_up == []
         assert here.sessions("cam") == 0
 
-        # FFmpeg (PyAV) follows the 302 with the credentials of the URL it was given
+        # FFmpeg (PyAV) follows the 302 and logs in to the owner with the login of the Location,
+        # which the owner looks up (it was made "elsewhere") before it answers
         began = time.monotonic()
         frames = ffmpeg_frames(gw.url("cam", port=port, credentials=ALICE), "tcp", 20)
         redirected = time.monotonic() - began
         check_pictures(frames, gw.sources["cam"], 20)
+        assert looked_up == [carol[0]] and carol[0] in known
         began = time.monotonic()
         ffmpeg_frames(gw.url("cam", credentials=ALICE), "tcp", 20)
         direct = time.monotonic() - began
         print(f"\nRTSP 302: FFmpeg decoded 20 frames in {redirected:.2f} s through the redirect, {direct:.2f} s direct")
+        with RawClient(owner_port) as client:  # the handed-on login views cam and nothing else
+            assert client.request("DESCRIBE", gw.url("noise", port=owner_port), credentials=carol).status == 403
 
-        # GStreamer's rtspsrc follows it too, with its credentials in user-id/user-pw (those of the URL stay behind)
+        # GStreamer's rtspsrc follows it too, with its credentials in user-id/user-pw
         if available(gstreamer_elements_missing(GST_ELEMENTS)):
             out = tmp_path / "frames.bgr"
             result = subprocess.run([SYSTEM_PYTHON, "-c", GST_CLIENT, elsewhere, "tcp", *ALICE, "20", str(out)],
@@ -278,4 +337,10 @@ def test_a_node_that_does_not_run_a_camera_redirects_rtsp_clients_to_the_one_tha
             assert result.returncode == 0, result.stderr[-2000:]
             check_pictures(list(np.fromfile(out, np.uint8).reshape(-1, HEIGHT, WIDTH, 3)), gw.sources["cam"], 20)
         assert here.sessions("cam") == 0
+
+        # a login that cannot be made (the shared state down, say) is a 503 to come back, never a bare redirect
+        broken.append(True)
+        with RawClient(port) as client:
+            refused = client.request("DESCRIBE", elsewhere, credentials=ALICE)
+            assert refused.status == 503 and "location" not in refused.headers and "retry-after" in refused.headers
     wait_until(lambda: gw.sessions("cam") == 0, message="the redirected sessions to end")

@@ -39,7 +39,15 @@ from ..state import (
 )
 from ..webrtc import IcePolicy
 from . import pages
-from .access import RTSP_REALM, Access, Denied, FailureLimiter, TokenStore, require
+from .access import (
+    RTSP_REALM,
+    Access,
+    Denied,
+    FailureLimiter,
+    HandOn,
+    TokenStore,
+    require,
+)
 from .audit import AuditRoutes, AuditView
 from .cameras import CameraRoutes
 from .console import Console
@@ -96,10 +104,13 @@ class Gateway:
                                caps=_caps(config.whip), owner_url=runtime.owner_url, pending=self._whip_pending)
         self.rtsp: RtspServer | None = None
         self.rtsp_port: int | None = None
+        changes = ChangeLog(runtime.store, runtime.signer)
         if config.rtsp is not None:
             limiter = self.access.limiter
+            # a redirect to the camera's node carries a login for it (FFmpeg drops the URL's own there)
+            hand_on = HandOn(self.access, changes.record)
             self.rtsp = RtspServer(lambda camera: self._rendition(camera, "h264"), runtime.expected,
-                                   self.access.rtsp_user, realm=RTSP_REALM,
+                                   hand_on.rtsp_user, realm=RTSP_REALM,
                                    throttled=lambda peer: limiter.retry_after(peer) > 0,
                                    failed=lambda peer, who, why: limiter.failed(peer, who, why, "rtsp"),
                                    max_sessions=config.rtsp.max_sessions,
@@ -107,13 +118,13 @@ class Gateway:
                                    max_sessions_per_principal=config.rtsp.max_sessions_per_principal,
                                    max_connections=config.rtsp.max_connections,
                                    max_connections_per_address=config.rtsp.max_connections_per_address,
-                                   auth_timeout=config.rtsp.auth_timeout_s, owner_url=runtime.owner_rtsp_url)
+                                   auth_timeout=config.rtsp.auth_timeout_s, owner_url=runtime.owner_rtsp_url,
+                                   look_up=None if runtime.state is None else hand_on.look_up)
         listen = config.listen
         #: the HTTP listener's connections (gateway.api.connections puts them under these caps)
         self.http_connections = Ledger("http", "connections", Caps(listen.max_connections,
                                                                    listen.max_connections_per_address),
                                        uncapped_address=lambda peer: within_networks(peer, listen.trusted_proxies))
-        changes = ChangeLog(runtime.store, runtime.signer)
         versions = PolicyVersions(runtime.store, runtime.activations.rows if runtime.state is not None else None)
         cameras = CameraRoutes(runtime, self.access, versions, changes, ended=self._camera_stopped)
         self.metrics = Metrics(lambda: list(runtime.cameras.values()), lambda: dict(self.access.limiter.counts),

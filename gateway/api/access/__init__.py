@@ -6,6 +6,7 @@ checks one permission with :func:`require`. May import :mod:`gateway.config`,
 """
 
 from .authn import Access
+from .handoff import HandOn
 from .limiter import FAILURE_LIMIT, FAILURE_WINDOW, FailureLimiter
 from .principals import ALL_CAMERAS_ROLES, PERMISSIONS, ROLE_PERMISSIONS, Denied, Principal, require
 from .signing import SIGNATURE_SKEW, SignatureChecker, sign_request, signing_string
@@ -25,6 +26,7 @@ __all__ = [
     "Access",
     "Denied",
     "FailureLimiter",
+    "HandOn",
     "Principal",
     "SignatureChecker",
     "TokenRecord",

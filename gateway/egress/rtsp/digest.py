@@ -21,7 +21,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .protocol import Request, path_of
@@ -30,12 +30,15 @@ from .protocol import Request, path_of
 @dataclass(frozen=True)
 class RtspUser:
     """Who may log in, as the digest check needs them: a name for logs, the RFC 2617 HA1, what they may
-    view, and the principal their sessions count against (an identity, across all its tokens)."""
+    view, the principal their sessions count against (an identity, across all its tokens), and the
+    login a redirect to another node hands them for a camera (``hand_on(camera)``: user and password;
+    None: the redirect carries no credentials and the client logs in there with its own)."""
 
     name: str  # shown in logs
     ha1: str  # hex MD5(username ":" realm ":" password), RFC 2617
     may_view: Callable[[str], bool]  # camera -> allowed
     principal: str | None = None  # whom the per-principal session cap counts (None: ``name``)
+    hand_on: Callable[[str], Awaitable[tuple[str, str]]] | None = None
 
 
 _NONCE_TTL = 300.0  # seconds a digest nonce is accepted; then 401 with stale=true

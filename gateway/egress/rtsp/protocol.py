@@ -11,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
     import av
@@ -166,13 +166,17 @@ def target(uri: str) -> tuple[str, str | None]:
     return authority, unquote(segments[0])
 
 
-def relocate(uri: str, base: str) -> str:
+def relocate(uri: str, base: str, login: tuple[str, str] | None = None) -> str:
     """The ``rtsp://`` request URI ``uri`` at the server ``base`` (``rtsp://host:port``): the same path and
-    query, as sent, without ``uri``'s host or user info."""
+    query, as sent, without ``uri``'s host or user info; with ``login`` (user, password) as its user info."""
     if not uri[:7].lower() == "rtsp://":
         raise RtspError(400, "the request URI is neither * nor rtsp://")
     _, slash, rest = uri[7:].partition("/")
-    return f"{base.rstrip('/')}/{rest}" if slash else f"{base.rstrip('/')}/"
+    base = base.rstrip("/")
+    if login is not None:
+        scheme, _, authority = base.partition("://")
+        base = f"{scheme}://{quote(login[0], safe='')}:{quote(login[1], safe='')}@{authority}"
+    return f"{base}/{rest}" if slash else f"{base}/"
 
 
 def path_of(uri: str) -> str:

@@ -23,7 +23,10 @@ that logs in.
 In a cluster, a DESCRIBE or SETUP for a camera another node runs is answered ``302 Moved
 Temporarily`` (RFC 2326 §11.3.3) with ``Location:`` that node's RTSP address and the same path, after
 authentication and the check that the client may view the camera, so that only those who may watch
-it learn where it runs; clients reconnect there (docs/deploy.md says which do).
+it learn where it runs; clients reconnect there (docs/deploy.md says which do). The Location carries
+the login its user hands on for that camera (:attr:`RtspUser.hand_on`), as FFmpeg no longer sends a
+URL's credentials to the host a redirect names. A login this node does not know yet (made on
+another node a moment ago) is looked up once (``look_up``) before it is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import quote
 
 from aiortc.mediastreams import MediaStreamError
@@ -97,6 +100,7 @@ class RtspServer:
         max_connections_per_address: int = 16,
         auth_timeout: float = 5.0,
         owner_url: Callable[[str], str | None] = lambda camera: None,
+        look_up: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """``throttled(peer)``: answer that address's requests needing authentication with 503
         Retry-After before looking at its credentials (RTSP 1.0 has no 429; 503 tells clients to
@@ -108,7 +112,10 @@ class RtspServer:
         16) and per address; ``auth_timeout`` seconds for a new connection to log in.
 
         ``owner_url(camera)``: the RTSP address (``rtsp://host:port``) of the cluster node that runs
-        ``camera`` if not this one: DESCRIBE and SETUP are redirected there (302)."""
+        ``camera`` if not this one: DESCRIBE and SETUP are redirected there (302), with the login the
+        user hands on (:attr:`RtspUser.hand_on`). ``look_up(username)``: take in a user that
+        ``users`` does not know yet, if it exists now (a login another node just made); called at most
+        once per request, only for a digest response to an unknown user."""
         if '"' in realm or "\\" in realm:
             raise ValueError(f"realm: {realm!r} may not contain quotes or backslashes")
         if not session_timeout >= 1:
@@ -128,6 +135,7 @@ class RtspServer:
         self._rendition_for = rendition_for
         self._camera_known = camera_known
         self._owner_url = owner_url
+        self._look_up = look_up
         self._users = users
         self._throttled = throttled
         self._failed = failed
@@ -279,7 +287,7 @@ class RtspServer:
                 session.touch()
             return response(200, request.cseq, {"Public": PUBLIC}), None
         authority, camera = target(request.uri)
-        user = self._authenticate(connection, request, session)
+        user = await self._authenticate(connection, request, session)
         if session is not None:
             if session.user != user.name:
                 raise RtspError(454, "no such session")
@@ -296,7 +304,8 @@ class RtspServer:
         if not user.may_view(camera):
             raise RtspError(403, f"{user.name} may not view this camera")
         if session is None and method in ("DESCRIBE", "SETUP") and (owner := self._owner_url(camera)) is not None:
-            raise RtspError(302, f"camera {camera} runs on {owner}", {"Location": relocate(request.uri, owner)})
+            raise RtspError(302, f"camera {camera} runs on {owner}",
+                            {"Location": relocate(request.uri, owner, await self._login_for(user, camera))})
         if not self._camera_known(camera):
             raise RtspError(404, "no such camera")
 
@@ -314,11 +323,28 @@ class RtspServer:
         self._end(session, "teardown")  # TEARDOWN
         return response(200, request.cseq), None
 
-    def _authenticate(self, connection: Connection, request: Request, session: Session | None) -> RtspUser:
+    async def _login_for(self, user: RtspUser, camera: str) -> tuple[str, str] | None:
+        """The login a redirect for ``camera`` hands ``user`` on with (None: it has none to give)."""
+        if user.hand_on is None:
+            return None
+        try:
+            return await user.hand_on(camera)
+        except Exception as exc:  # e.g. the shared state is unreachable: no redirect the client could not follow
+            logger.warning("rtsp: no login to hand %s on with for camera %s: %r", user.name, camera, exc)
+            raise RtspError(503, "the redirect to the camera's node cannot be prepared now; try later",
+                            {"Retry-After": "2"}) from None
+
+    async def _authenticate(self, connection: Connection, request: Request, session: Session | None) -> RtspUser:
         if session is None and self._throttled(connection.peer):
             raise RtspError(503, "too many failed logins; try later", {"Retry-After": str(_RETRY_THROTTLED)})
         try:
-            user = self._digest.check(request, connection.endpoint, self._users)
+            try:
+                user = self._digest.check(request, connection.endpoint, self._users)
+            except AuthFailure as failure:
+                if failure.why != "unknown user" or self._look_up is None:
+                    raise
+                await self._look_up(failure.user)  # made on another node a moment ago, maybe
+                user = self._digest.check(request, connection.endpoint, self._users)
         except AuthFailure as failure:
             if failure.why is not None:
                 logger.info("rtsp %s: failed login as %r: %s", connection.peer, failure.user, failure.why)
