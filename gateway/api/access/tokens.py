@@ -55,7 +55,7 @@ class TokenRecord:
         """What may be shown about a token: never its digests."""
         return {"id": self.id, "identity": self.identity, "cameras": None if self.cameras is None else list(self.cameras),
                 "issued": _iso(self.issued), "expires": _iso(self.expires), "issued_by": self.issued_by,
-                "revoked": None if self.revoked is None else _iso(self.revoked)}
+                "parent": self.parent, "revoked": None if self.revoked is None else _iso(self.revoked)}
 
 
 def _iso(seconds: float) -> str:
