@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,12 +16,27 @@ import onnxruntime as ort
 from .regions import Region
 
 
+@dataclass(frozen=True)
+class Parts:
+    """One detection cut into model calls that may run on any thread and in any order, each with
+    about how many pixels its model reads (which says which to start first), and how their
+    results, given back in the calls' order, make the detection's regions."""
+
+    calls: list[tuple[Callable[[], Any], float]]
+    combine: Callable[[list[Any]], list[Region]]
+
+    def run(self) -> list[Region]:
+        """The regions, the calls made one after the other on this thread."""
+        return self.combine([call() for call, _ in self.calls])
+
+
 class Detector(abc.ABC):
     """Finds regions of one or more classes in a BGR ``uint8`` frame of shape ``(H, W, 3)``.
 
-    Implementations load and warm their model once, in ``__init__``; ``detect`` and
-    ``detect_boxes`` must be safe to call from two threads at once (a camera's analysis shares its
-    looks out among its threads: :meth:`~redaction.engine.Analyzer.together`).
+    Implementations load and warm their model once, in ``__init__``; ``detect``,
+    ``detect_boxes`` and the calls of ``parts`` must be safe to call from two threads at once (a
+    camera's analysis shares its model calls out among its threads:
+    :meth:`~redaction.engine.Analyzer.together`).
     """
 
     #: the region classes this detector reports
@@ -38,17 +57,25 @@ class Detector(abc.ABC):
         again); a detector with several passes may skip those that cannot find regions that tall.
         None: any height."""
 
-    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
-               heights: tuple[float, float] | None = None) -> float:
-        """About how many pixels the model reads for :meth:`detect_boxes` with these arguments on a
-        ``width`` x ``height`` frame: what a look costs, next to the others (default: the boxes' own)."""
-        return float(sum(w * h for _, _, w, h in boxes))
+    def parts(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]] | None = None, sweep: bool = False,
+              heights: tuple[float, float] | None = None) -> Parts:
+        """:meth:`detect` (``boxes`` None) or :meth:`detect_boxes` cut into model calls, so that a
+        detection's threads can share out the calls of one large look rather than wait for the
+        thread that has it. Default: one call, its pixels the frame's or the boxes' own."""
+        if boxes is None:
+            return Parts([(partial(self.detect, frame), float(frame.shape[0] * frame.shape[1]))], _only)
+        return Parts([(partial(self.detect_boxes, frame, boxes, sweep, heights),
+                       float(sum(w * h for _, _, w, h in boxes)))], _only)
 
     def roi_finest(self, width: int, height: int) -> bool:
         """Whether :meth:`detect_boxes` on changed regions looks at a ``width`` x ``height`` frame at
         least as closely as every whole-frame pass (then what a sweep found needs no second look
         at whole-frame scale when its pixels change). Default: no."""
         return False
+
+
+def _only(results: list[list[Region]]) -> list[Region]:
+    return results[0]
 
 
 def default_threads() -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
 
-from .detector import Detector, check_frame, create_session
+from .detector import Detector, Parts, check_frame, create_session
 from .regions import Region, nms
 
 _INPUT = "input.1"
@@ -101,18 +102,13 @@ class CenterFaceDetector(Detector):
     def _warmup(self) -> None:
         self._infer(np.zeros((64, 64, 3), dtype=np.uint8))
 
-    def _base(self, frame: np.ndarray) -> float:
-        return self._base_of(frame.shape[1], frame.shape[0])
-
     def _base_of(self, width: int, height: int) -> float:
         if self.max_side and max(height, width) > self.max_side:
             return self.max_side / max(height, width)
         return 1.0
 
     def detect(self, frame: np.ndarray) -> list[Region]:
-        check_frame(frame)
-        base = self._base(frame)
-        return self._regions([self._detect_scaled(frame, base * scale) for scale in self.scales])
+        return self.parts(frame).run()
 
     def roi_finest(self, width: int, height: int) -> bool:
         return self.roi_scale >= max(self.scales) * self._base_of(width, height)
@@ -123,24 +119,29 @@ class CenterFaceDetector(Detector):
         (small faces need more pixels than a whole-frame pass can afford), or for a sweep at
         the whole-frame scales. Faces on a crop's edge are found as far as they show in it.
         ``heights`` changes nothing: every scale finds faces of every size, the finer ones smaller."""
-        check_frame(frame)
-        scales = self._box_scales(frame.shape[1], frame.shape[0], sweep)
-        found = []
-        for x, y, w, h in boxes:
-            crop = frame[y : y + h, x : x + w]
-            if crop.size == 0:
-                continue
-            for scale in scales:
-                dets = self._detect_scaled(crop, scale)
-                dets[:, [0, 2]] += x
-                dets[:, [1, 3]] += y
-                found.append(dets)
-        return self._regions(found)
+        return self.parts(frame, boxes, sweep, heights).run()
 
-    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
-               heights: tuple[float, float] | None = None) -> float:
-        area = sum(w * h for _, _, w, h in boxes)
-        return float(sum(area * scale * scale for scale in self._box_scales(width, height, sweep)))
+    def parts(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]] | None = None, sweep: bool = False,
+              heights: tuple[float, float] | None = None) -> Parts:
+        """One call per box (the whole frame for :meth:`detect`) and scale; non-maximum suppression
+        over all of them."""
+        check_frame(frame)
+        height, width = frame.shape[:2]
+        if boxes is None:  # the whole frame, at the whole-frame scales
+            boxes, sweep = [(0, 0, width, height)], True
+        crops = [(x, y, frame[y : y + h, x : x + w]) for x, y, w, h in boxes]
+        crops = [(x, y, crop) for x, y, crop in crops if crop.size]
+        scales = self._box_scales(width, height, sweep)
+        return Parts([(partial(self._detect_at, crop, scale, x, y), crop.shape[0] * crop.shape[1] * scale * scale)
+                      for x, y, crop in crops for scale in scales], self._regions)
+
+    def _detect_at(self, crop: np.ndarray, scale: float, x: int, y: int) -> np.ndarray:
+        """Raw detections in ``crop`` at ``scale``, in the pixels of the frame it was cut from at ``x, y``."""
+        dets = self._detect_scaled(crop, scale)
+        if x or y:
+            dets[:, [0, 2]] += x
+            dets[:, [1, 3]] += y
+        return dets
 
     def _box_scales(self, width: int, height: int, sweep: bool) -> list[float]:
         """The scales :meth:`detect_boxes` reads each box at."""

@@ -57,12 +57,11 @@ side (:func:`still`), in frame order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
+from .detector import Parts
 from .motion import Box, MotionGate, area, inside, merge
 from .regions import Region, overlap_of_smaller
 
@@ -260,30 +259,21 @@ class GatedDetection:
 
     def run(self, image: np.ndarray, plan: Plan) -> list[Region]:
         """The raw detections of the plan (any thread). When the analyzer's models run side by side
-        (:meth:`Analyzer.together`), its threads share the plan's looks out, the largest first
-        (:meth:`looks`); the regions come in the same order either way."""
+        (:meth:`Analyzer.together`), its threads share the model calls of the plan's looks out, the
+        largest first (:meth:`Analyzer.run_parts`); the regions come in the same order either way."""
         if plan.whole:
             return self.analyzer.detect(image)
-        looks = self.looks(image, plan)
-        order = sorted(range(len(looks)), key=lambda i: -looks[i][1])  # stable: equal sizes keep the plan's order
-        results = self.analyzer.together([looks[i][0] for i in order])
-        found: list[list[Region]] = [[] for _ in looks]
-        for i, regions in zip(order, results):
-            found[i] = regions
-        return [region for regions in found for region in regions]
+        return [region for regions in self.analyzer.run_parts(self.looks(image, plan)) for region in regions]
 
-    def looks(self, image: np.ndarray, plan: Plan) -> list[tuple[Callable[[], list[Region]], float]]:
-        """The plan's model calls in the order their regions are given: the changed boxes of every
-        class read closely, then those read coarsely, then the sweep slices, then the known regions
-        looked at again (each class's at the finer of its two scales). Each with the pixels its
-        model reads, which says which to start first."""
-        height, width = image.shape[:2]
+    def looks(self, image: np.ndarray, plan: Plan) -> list[Parts]:
+        """The plan's looks, as model calls, in the order their regions are given: the changed boxes
+        of every class read closely, then those read coarsely, then the sweep slices, then the known
+        regions looked at again (each class's at the finer of its two scales)."""
         analyzer = self.analyzer
         looks = []
 
         def look(cls: str, boxes: list[Box], sweep: bool, heights: tuple[float, float] | None = None) -> None:
-            call = partial(analyzer.detect_boxes, image, boxes, sweep=sweep, classes=(cls,), heights=heights)
-            looks.append((call, analyzer.pixels(cls, width, height, boxes, sweep, heights)))
+            looks.append(analyzer.box_parts(image, boxes, sweep=sweep, classes=(cls,), heights=heights))
 
         for coarse in (False, True):
             for cls in analyzer.classes:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from functools import partial
 
 import cv2
 import numpy as np
 
 from . import fusion
-from .detector import Detector, check_frame, create_session
+from .detector import Detector, Parts, check_frame, create_session
 from .regions import Region
 
 log = logging.getLogger(__name__)
@@ -291,16 +292,8 @@ class PlateDetector(Detector):
         """Input long side of each pass, fine first."""
         return (self.input_side,) if self.coarse_side is None else (self.input_side, self.coarse_side)
 
-    def probability(self, frame: np.ndarray, side: int) -> np.ndarray:
-        """The raw text probability map of ``frame`` scaled to long side ``side``."""
-        check_frame(frame)
-        size = input_size(frame.shape[1], frame.shape[0], side)
-        return self._session.run(None, {_INPUT: _blob(frame, size, self.sharpen)})[0][0, 0]
-
     def detect(self, frame: np.ndarray) -> list[Region]:
-        check_frame(frame)
-        maps = [self.probability(frame, side) for side in self.sides]
-        return self.regions_from_maps(maps, frame.shape[1], frame.shape[0])
+        return self.parts(frame).run()
 
     def _ranges(self) -> list[tuple[float, float]]:
         """Text line heights (input pixels) each pass answers for: the fine pass the smaller lines."""
@@ -319,28 +312,41 @@ class PlateDetector(Detector):
         sweep-scale look skips the pass whose line sizes cannot be theirs: a small plate needs no
         coarse pass, and large text (or a pair of people taken for it, on the walkway) no fine pass,
         which on a crop three times its size costs about three quarters of both."""
+        return self.parts(frame, boxes, sweep, heights).run()
+
+    def parts(self, frame: np.ndarray, boxes: list[tuple[int, int, int, int]] | None = None, sweep: bool = False,
+              heights: tuple[float, float] | None = None) -> Parts:
+        """One call per box (the whole frame for :meth:`detect`) and pass; the lines of all of them
+        joined into plates."""
         check_frame(frame)
-        passes = self._passes(max(frame.shape[:2]), sweep, heights)
-        found = []
-        for x, y, w, h in boxes:
-            crop = frame[y : y + h, x : x + w]
-            if crop.size == 0:
-                continue
-            for scale, (low, high) in passes:
-                size = input_size(w, h, max(w, h) * scale)
-                prob = self._session.run(None, {_INPUT: _blob(crop, size, self.sharpen)})[0][0, 0]
-                lines, scores = self._lines(prob, w, h, low, high)
-                lines[:, 0] += x
-                lines[:, 1] += y
-                found.append((lines, scores))
+        height, width = frame.shape[:2]
+        if boxes is None:
+            looks = [(0, 0, frame, side, lines) for side, lines in zip(self.sides, self._ranges())]
+        else:
+            passes = self._passes(max(width, height), sweep, heights)
+            crops = [(x, y, frame[y : y + h, x : x + w]) for x, y, w, h in boxes]
+            looks = [(x, y, crop, max(crop.shape[:2]) * scale, lines)
+                     for x, y, crop in crops if crop.size for scale, lines in passes]
+        return Parts([(partial(self._lines_in, crop, x, y, side, low, high),
+                       float(np.prod(input_size(crop.shape[1], crop.shape[0], side))))
+                      for x, y, crop, side, (low, high) in looks], self._joined)
+
+    def _lines_in(self, crop: np.ndarray, x: int, y: int, side: float, low: float,
+                  high: float) -> tuple[np.ndarray, np.ndarray]:
+        """The text lines ``low``..``high`` map pixels tall in ``crop`` scaled to long side ``side``, in
+        the pixels of the frame it was cut from at ``x, y``."""
+        height, width = crop.shape[:2]
+        size = input_size(width, height, side)
+        prob = self._session.run(None, {_INPUT: _blob(crop, size, self.sharpen)})[0][0, 0]
+        lines, scores = self._lines(prob, width, height, low, high)
+        lines[:, 0] += x
+        lines[:, 1] += y
+        return lines, scores
+
+    def _joined(self, found: list[tuple[np.ndarray, np.ndarray]]) -> list[Region]:
         if not found:
             return []
         return self._plates(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]))
-
-    def pixels(self, width: int, height: int, boxes: list[tuple[int, int, int, int]], sweep: bool = False,
-               heights: tuple[float, float] | None = None) -> float:
-        area = sum(w * h for _, _, w, h in boxes)
-        return float(sum(area * scale * scale for scale, _ in self._passes(max(width, height), sweep, heights)))
 
     def _passes(self, long: int, sweep: bool, heights: tuple[float, float] | None) -> list[tuple[float, tuple[float, float]]]:
         """The passes :meth:`detect_boxes` runs on each box of a frame whose longer side is ``long``:
@@ -358,8 +364,7 @@ class PlateDetector(Detector):
         """Plates in a ``width`` x ``height`` frame from its probability maps, one per pass."""
         if len(maps) != len(self.sides):
             raise ValueError(f"expected {len(self.sides)} probability maps, got {len(maps)}")
-        found = [self._lines(prob, width, height, lo, hi) for prob, (lo, hi) in zip(maps, self._ranges())]
-        return self._plates(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]))
+        return self._joined([self._lines(prob, width, height, lo, hi) for prob, (lo, hi) in zip(maps, self._ranges())])
 
     def _plates(self, boxes: np.ndarray, scores: np.ndarray) -> list[Region]:
         """Plates around text lines: fragments of one line joined, then grown by the plate's border."""

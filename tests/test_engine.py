@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from redaction.detector import Detector, Parts
 from redaction.engine import (
     Analyzer,
     Frame,
@@ -225,15 +226,22 @@ def test_a_camera_s_models_run_side_by_side_and_decide_exactly_what_they_decide_
     policy = parse_policy({})
     side = Analyzer(policy, cores=2)
     assert side.side_by_side
-    calls: list[tuple[str, int, float, float]] = []
-    for cls, detector in side.detectors.items():
-        def timed(*args, _look=detector.detect_boxes, _cls=cls, **kwargs):
+    calls: list[tuple[str, int, float, float]] = []  # each model call: class, thread, start, end
+
+    def timed(call, cls):
+        def run():
             start = time.monotonic()
             try:
-                return _look(*args, **kwargs)
+                return call()
             finally:
-                calls.append((_cls, threading.get_ident(), start, time.monotonic()))
-        detector.detect_boxes = timed
+                calls.append((cls, threading.get_ident(), start, time.monotonic()))
+        return run
+
+    for cls, detector in side.detectors.items():
+        def parts(*args, _parts=detector.parts, _cls=cls, **kwargs):
+            found = _parts(*args, **kwargs)
+            return Parts([(timed(call, _cls), pixels) for call, pixels in found.calls], found.combine)
+        detector.parts = parts
     decided = []
     for analyzer in (side, Analyzer(policy, side.detectors, side_by_side=False)):
         stream = StreamRedactor(analyzer, rate=10.0, by_index=True)
@@ -246,7 +254,7 @@ def test_a_camera_s_models_run_side_by_side_and_decide_exactly_what_they_decide_
         if analyzer is side:
             both = [(f, p) for f in calls if f[0] == "face" for p in calls if p[0] == "plate"
                     and f[1] != p[1] and f[2] < p[3] and p[2] < f[3]]
-            assert both, "no face look ran at the same time as a plate look"
+            assert both, "no face model call ran at the same time as a plate model call"
             calls.clear()
     assert sum(map(len, decided[0])) > 40  # people walk through every frame
     assert decided[0] == decided[1]
@@ -310,19 +318,56 @@ def test_the_thread_one_model_is_done_with_takes_the_other_model_s_next_looks():
     assert set(threads.values()) == {next(iter(threads.values()))} != {long}
 
 
-def test_a_look_s_size_is_the_pixels_its_model_reads():
-    """What orders a detection frame's looks: faces read changed boxes at ``roi_scale`` and sweep
-    slices at whole-frame scale; plates read a sweep slice at each pass's scale, skipping the
-    pass whose lines cannot be the heights sought."""
+def test_a_model_call_s_size_is_the_pixels_its_model_reads():
+    """What orders a detection frame's model calls: faces read changed boxes at ``roi_scale`` and
+    sweep slices at whole-frame scale; plates read each box at each pass's network input size (a
+    sweep slice at both passes' scales), skipping the pass whose lines cannot be the heights sought."""
     analyzer = Analyzer(parse_policy({}), cores=1)
+    frame = np.zeros((720, 1280, 3), np.uint8)
     box = [(0, 0, 100, 80)]
-    assert analyzer.pixels("face", 1280, 720, box) == pytest.approx(8000 * 1.5 ** 2)
-    assert analyzer.pixels("face", 1280, 720, box, sweep=True) == pytest.approx(8000)
-    both = (1600 / 1280) ** 2 + (960 / 1280) ** 2
-    assert analyzer.pixels("plate", 1280, 720, box) == pytest.approx(8000)
-    assert analyzer.pixels("plate", 1280, 720, box, sweep=True) == pytest.approx(8000 * both)
-    assert analyzer.pixels("plate", 1280, 720, box, sweep=True, heights=(10, 20)) == pytest.approx(
-        8000 * (1600 / 1280) ** 2)  # a small plate: the fine pass only
+
+    def sizes(cls, boxes=box, **kw):
+        return [pixels for _, pixels in analyzer.box_parts(frame, boxes, classes=(cls,), **kw).calls]
+
+    assert sizes("face") == [pytest.approx(8000 * 1.5 ** 2)]
+    assert sizes("face", sweep=True) == [pytest.approx(8000)]
+    assert sizes("face", [(0, 0, 100, 80), (200, 0, 50, 50)]) == [pytest.approx(8000 * 2.25), pytest.approx(2500 * 2.25)]
+    assert sizes("plate") == [96 * 64]  # native size, each side rounded to the network's 32
+    assert sizes("plate", sweep=True) == [128 * 96, 64 * 64]  # the fine pass (1600 of 1280) and the coarse (960)
+    assert sizes("plate", sweep=True, heights=(10, 20)) == [128 * 96]  # a small plate: the fine pass only
+
+
+def test_the_calls_of_one_look_are_shared_out_between_the_threads_and_give_what_one_thread_gets():
+    """A detection whose time is mostly one look (the faces in a walkway's changed regions) does not
+    leave the second thread idle: the look's crops are calls of their own, the largest first, taken by
+    whichever thread is free. The regions are those the look gives on one thread, crop for crop."""
+    analyzer = Analyzer(parse_policy({}), cores=2)
+    assert analyzer.side_by_side
+    frame = next(_sample_frames(1)).image
+    height, width = frame.shape[:2]
+    half = (width // 2, height // 2)
+    boxes = [(0, 0, *half), (half[0], 0, *half), (0, half[1], *half), (*half, *half)]
+    faces = analyzer.box_parts(frame, boxes, classes=("face",))
+    plates = analyzer.box_parts(frame, boxes[:1], classes=("plate",))
+    assert len(faces.calls) == 4
+    alone = [faces.run(), plates.run()]
+    assert alone[0], "the walkway's first frame has faces"
+
+    threads, second = [], threading.Event()
+
+    def noting(call, first):
+        def run():
+            threads.append(threading.get_ident())
+            if first:  # the first crop's thread waits until another thread reads a crop of the same look
+                assert second.wait(10), "one thread read every crop of the face look"
+            else:
+                second.set()
+            return call()
+        return run
+
+    shared = Parts([(noting(call, i == 0), pixels) for i, (call, pixels) in enumerate(faces.calls)], faces.combine)
+    assert analyzer.run_parts([shared, plates]) == alone
+    assert len(set(threads)) == 2
 
 
 class MissesOne:
@@ -343,6 +388,9 @@ class MissesOne:
 
     def detect_boxes(self, frame, boxes, *args, **kwargs):
         return [] if self._missed(frame) else self.detector.detect_boxes(frame, boxes, *args, **kwargs)
+
+    def parts(self, frame, boxes=None, sweep=False, heights=None):  # one call: detect or detect_boxes above
+        return Detector.parts(self, frame, boxes, sweep, heights)
 
 
 def test_a_live_stream_that_starts_where_one_look_misses_the_face_still_masks_it(data):

@@ -172,9 +172,8 @@ def test_detector_crash_and_stall_are_blanked_counted_and_recordings_stay_intact
             return real(self, *args, **kwargs)
         return detect
 
-    # whole frames and the changed regions motion-gated detection reads alike
-    monkeypatch.setattr(CenterFaceDetector, "detect", faulty(CenterFaceDetector.detect))
-    monkeypatch.setattr(CenterFaceDetector, "detect_boxes", faulty(CenterFaceDetector.detect_boxes))
+    # whole frames and the changed regions motion-gated detection reads alike (both as model calls)
+    monkeypatch.setattr(CenterFaceDetector, "parts", faulty(CenterFaceDetector.parts))
     with rtsp_camera(clip, loop=True) as camera, Running(tmp_path, openbao, {"cam": camera.url}, holdback_ms=800) as running:
         released = collect_released(running, "cam")
         running.wait_healthy()
