@@ -563,6 +563,12 @@ async def test_an_rtsp_redirect_hands_on_a_login_for_that_camera_alone_that_dies
     assert record_of[login[0]].expires <= record_of[vera].expires
     assert record_of[login[0]].public()["parent"] == vera  # what GET /api/tokens shows
     assert await hand_on.login(vera, "lobby") == login and len(written) == 1  # handed on again while it lives
+    assert record_of[login[0]].issued_by == "rtsp-redirect"
+    # a client sent on again with the login it was handed (its camera moved, or two nodes briefly disagree
+    # on where it runs) is handed the same one, not a child of a child at every bounce
+    assert await hand_on.login(login[0], "lobby") == login and len(written) == 1
+    assert await HandOn(gateway.access, record).login(login[0], "lobby") != login  # another node: its own
+    assert written[-1][:3] == ("vera", vera, "issue-token")  # for vera's own token, on that node too
 
     # nothing is issued that the change log did not take first
     refusing = HandOn(gateway.access, lambda principal, action, details: record(principal, action, {"refuse": 1}))

@@ -7,7 +7,7 @@ login of its own: a token issued for the client's token (its child) that may vie
 It expires no later than its parent and dies with it (revoking the parent ends its sessions on
 every node), and it is kept in the shared state like any token, so the owner knows it. One is made
 per parent token and camera on each node and handed on again while it lives; its issue is written to
-the change log first, as every token's is.
+the change log first, as every token's is (issued by ``rtsp-redirect``, for its client's identity).
 
 The child's secret travels in the clear in the 302, as the media does in RTSP: whoever can read
 that connection can watch that camera, for as long as the client's own token could.
@@ -34,6 +34,8 @@ from .tokens import MAX_TOKEN_TTL, TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
 
+#: who issued a token a redirect hands on (``TokenRecord.issued_by``), and why (in its change log entry)
+REDIRECT = "rtsp-redirect"
 #: seconds before the same unknown user name is looked up in the shared state again
 LOOK_UP_EVERY = 5.0
 _LOOKED_UP = 4096  # user names whose last look-up time is remembered
@@ -59,24 +61,32 @@ class HandOn:
         return None if user is None else replace(user, hand_on=lambda camera: self.login(username, camera))
 
     async def login(self, token_id: str, camera: str) -> tuple[str, str]:
-        """The RTSP login (token id, secret) of the child of ``token_id`` for ``camera``: the one made
-        before while it lives, else a new one."""
+        """The RTSP login (token id, secret) of a child of the client's token ``token_id`` for
+        ``camera``: the one made before while it lives, else a new one. A client that logged in with
+        a login a redirect handed it (sent on again: the camera moved, or two nodes briefly disagree
+        on where it runs) is handed that of its own token: one per client token and camera on each
+        node, however often it bounces."""
         async with self._lock:
-            kept = self._logins.get((token_id, camera))
-            if kept is not None and self.access.store.live(kept[0]) is not None:
-                return kept
-            parent = self.access.store.live(token_id)
-            identity = None if parent is None else self.access.identities().get(parent.identity)
+            own = self.access.store.live(token_id)
+            while own is not None and own.issued_by == REDIRECT and own.parent is not None:
+                up = self.access.store.live(own.parent)
+                if up is None or up.identity != own.identity:  # never another identity's token
+                    break
+                own = up
+            identity = None if own is None else self.access.identities().get(own.identity)
             if identity is None:
                 raise LookupError(f"token {token_id} is no longer live")
-            principal = self.access.principal_of(identity, parent.cameras, parent.id)
-            await self._record(principal, "issue-token", {"identity": parent.identity, "cameras": [camera],
-                                                          "ttl": MAX_TOKEN_TTL, "for": "rtsp-redirect"})
-            token, record = await asyncio.to_thread(self.access.store.issue, parent.identity, [camera],
-                                                    MAX_TOKEN_TTL, principal.name, parent.id)
-            log.info("token %s issued to %s by its token %s for an RTSP redirect (camera %s)",
-                     record.id, parent.identity, parent.id, camera)
-            login = self._logins[token_id, camera] = tuple(token.removeprefix(f"{TOKEN_PREFIX}_").split("_"))
+            kept = self._logins.get((own.id, camera))
+            if kept is not None and self.access.store.live(kept[0]) is not None:
+                return kept
+            principal = self.access.principal_of(identity, own.cameras, own.id)
+            await self._record(principal, "issue-token", {"identity": own.identity, "cameras": [camera],
+                                                          "ttl": MAX_TOKEN_TTL, "for": REDIRECT})
+            token, record = await asyncio.to_thread(self.access.store.issue, own.identity, [camera],
+                                                    MAX_TOKEN_TTL, REDIRECT, own.id)
+            log.info("token %s issued to %s for its token %s, for an RTSP redirect (camera %s)",
+                     record.id, own.identity, own.id, camera)
+            login = self._logins[own.id, camera] = tuple(token.removeprefix(f"{TOKEN_PREFIX}_").split("_"))
             self._logins = {key: value for key, value in self._logins.items()
                             if self.access.store.live(value[0]) is not None}
             return login
