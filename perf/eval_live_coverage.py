@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import av
@@ -39,7 +40,7 @@ from gateway.frames import SourceFrame  # noqa: E402
 from gateway.ingest import FileSource  # noqa: E402
 from gateway.live import CameraPipeline, watch  # noqa: E402
 from gateway.sealing import RedactSeal  # noqa: E402
-from redaction import Analyzer, Region, coverage_mask, load_policy  # noqa: E402
+from redaction import Analyzer, Region, coverage_mask, default_threads, load_policy  # noqa: E402
 from redaction.faces import INT8_MODEL  # noqa: E402
 from redaction.fusion import FUSED_SHA256  # noqa: E402
 
@@ -92,8 +93,10 @@ def run_live(clip: Path, policy, holdback: float) -> tuple[dict[int, str], dict[
     step = Recorded(policy)
     states: dict[int, str] = {}
     source_of: dict[int, int] = {}  # pipeline index -> clip frame index
+    # the analyzer a camera alone on this machine gets in serve (gateway.live.Runtime: every core for
+    # its detection, so with faces and plates a model on each, side by side)
     pipeline = CameraPipeline("eval", step, [lambda item: states.__setitem__(item.index, item.state)],
-                              holdback=holdback)
+                              holdback=holdback, analyzer_factory=partial(Analyzer, cores=default_threads()))
     pipeline.start()
     while not pipeline.stats.warm:  # a camera starts warm in serve too (after its first seconds)
         time.sleep(0.05)
