@@ -14,39 +14,14 @@ import time
 import av
 import numpy as np
 import pytest
+
 from peers import available, require
-from rtsp_harness import (  # noqa: F401  (fixtures)
-    ALICE,
-    BOB,
-    FPS,
-    HEIGHT,
-    METHODS,
-    OK_STATUSES,
-    REALM,
-    TICKS,
-    WIDTH,
-    Gateway,
-    RawClient,
-    Response,
-    answer,
-    check_pictures,
-    clip,
-    compose,
-    digest,
-    extra_server,
-    ffmpeg_frames,
-    ffmpeg_options,
-    gw,
-    ha1,
-    line_text,
-    read_code,
-    rtp_fields,
-    server_errors,
-    starts_keyframe,
-    udp_pair,
-    wait_until,
-)
 from rtsp_support import SYSTEM_PYTHON, gstreamer_elements_missing
+from rtsp_harness import (  # noqa: F401  (fixtures)
+    ALICE, BOB, FPS, HEIGHT, METHODS, OK_STATUSES, REALM, TICKS, WIDTH, Gateway, RawClient, Response, answer,
+    check_pictures, clip, compose, digest, extra_server, ffmpeg_frames, ffmpeg_options, gw, ha1, line_text, read_code,
+    rtp_fields, server_errors, starts_keyframe, udp_pair, wait_until,
+)
 
 from gateway.egress import RtspUser
 

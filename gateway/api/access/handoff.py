@@ -6,7 +6,7 @@ the credentials of the URL it was given to the host a redirect names, so the ``L
 login of its own: a token issued for the client's token (its child) that may view only that camera.
 It expires no later than its parent and dies with it (revoking the parent ends its sessions on
 every node), and it is kept in the shared state like any token, so the owner knows it. One is made
-per parent token and camera on each node and handed on again while it lives; its issue is written to
+per client token and camera on each node and handed on again while it lives; its issue is written to
 the change log first, as every token's is (issued by ``rtsp-redirect``, for its client's identity).
 
 The child's secret travels in the clear in the 302, as the media does in RTSP: whoever can read
@@ -52,7 +52,7 @@ class HandOn:
         self._record = record
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._logins: dict[tuple[str, str], tuple[str, str]] = {}  # (parent token, camera) -> (id, secret)
+        self._logins: dict[tuple[str, str], tuple[str, str]] = {}  # (client token, camera) -> (id, secret)
         self._looked_up: OrderedDict[str, float] = OrderedDict()
 
     def rtsp_user(self, username: str) -> RtspUser | None:
