@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.api.access import FAILURE_LIMIT, MAX_TOKEN_TTL, RTSP_REALM, Denied, HandOn, TokenStore, sign_request
-from gateway.api.access.handoff import LOOK_UP_EVERY
+from gateway.api.access.handoff import LOOK_UP_EVERY, LOOK_UPS_PER_SECOND
 from gateway.config import load_config
 from gateway.api import Gateway
 from keys.directory import KeyDirectory
@@ -603,3 +603,12 @@ async def test_an_rtsp_login_made_on_another_node_is_looked_up_at_most_once_in_a
     now[0] += LOOK_UP_EVERY
     await hand_on.look_up("A" * 16)
     assert reads == [made.id, "A" * 16, "A" * 16]
+    # a spray of distinct names: LOOK_UPS_PER_SECOND of them a second in all, the rest refused unread
+    now[0] += 1.0
+    reads.clear()
+    for i in range(LOOK_UPS_PER_SECOND + 5):
+        await hand_on.look_up(f"{i:016d}")
+    assert len(reads) == LOOK_UPS_PER_SECOND
+    now[0] += 1.0
+    await hand_on.look_up(f"{LOOK_UPS_PER_SECOND:016d}")  # refused a second ago, read now
+    assert len(reads) == LOOK_UPS_PER_SECOND + 1

@@ -14,7 +14,8 @@ that connection can watch that camera, for as long as the client's own token cou
 
 The owner may be asked before the shared state's notice of a new token reached it: :meth:`look_up`
 reads a token the node does not know from the shared state, at most once per user name every
-:data:`LOOK_UP_EVERY` seconds, so that unknown names cannot make every request a database query.
+:data:`LOOK_UP_EVERY` seconds and :data:`LOOK_UPS_PER_SECOND` times a second in all, so that unknown
+names cannot make every request a database query.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 REDIRECT = "rtsp-redirect"
 #: seconds before the same unknown user name is looked up in the shared state again
 LOOK_UP_EVERY = 5.0
+#: the most look-ups of unknown user names in any one second, all names together
+LOOK_UPS_PER_SECOND = 20
 _LOOKED_UP = 4096  # user names whose last look-up time is remembered
 _TOKEN_ID = re.compile(r"[A-Za-z0-9]{16}")
 
@@ -54,6 +57,7 @@ class HandOn:
         self._lock = asyncio.Lock()
         self._logins: dict[tuple[str, str], tuple[str, str]] = {}  # (client token, camera) -> (id, secret)
         self._looked_up: OrderedDict[str, float] = OrderedDict()
+        self._recent: deque[float] = deque()  # when the look-ups of the last second were made
 
     def rtsp_user(self, username: str) -> RtspUser | None:
         """:meth:`Access.rtsp_user`, whose redirects hand on a login for the camera."""
@@ -99,6 +103,11 @@ class HandOn:
         last = self._looked_up.get(username)
         if last is not None and now - last < LOOK_UP_EVERY:
             return
+        while self._recent and now - self._recent[0] >= 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= LOOK_UPS_PER_SECOND:  # a spray of names from many addresses: not every one
+            return
+        self._recent.append(now)
         self._looked_up[username] = now
         self._looked_up.move_to_end(username)
         while len(self._looked_up) > _LOOKED_UP:
