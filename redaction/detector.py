@@ -30,6 +30,16 @@ class Parts:
         return self.combine([call() for call, _ in self.calls])
 
 
+def combined(looks: list[Parts], results: list[Any]) -> list[list[Region]]:
+    """The regions of each of ``looks`` from the results of all their calls, in the order of
+    ``[call for look in looks for call in look.calls]``."""
+    found, at = [], 0
+    for look in looks:
+        found.append(look.combine(results[at : at + len(look.calls)]))
+        at += len(look.calls)
+    return found
+
+
 class Detector(abc.ABC):
     """Finds regions of one or more classes in a BGR ``uint8`` frame of shape ``(H, W, 3)``.
 

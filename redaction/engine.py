@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .cuts import CutDetector
-from .detector import Detector, Parts, default_threads
+from .detector import Detector, Parts, combined, default_threads
 from .gating import GatedDetection, Plan
 from .policy import WORKERS_GATED, Policy
 from .regions import Region, merge_duplicates, overlap_of_smaller
@@ -185,11 +185,7 @@ class Analyzer:
                   if set(detector.classes) & set(wanted)]
 
         def combine(results: list) -> list[Region]:
-            found, at = [], 0
-            for piece in pieces:
-                found += [r for r in piece.combine(results[at : at + len(piece.calls)]) if r.cls in wanted]
-                at += len(piece.calls)
-            return self._kept(found)
+            return self._kept(r for regions in combined(pieces, results) for r in regions if r.cls in wanted)
 
         return Parts([call for piece in pieces for call in piece.calls], combine)
 
@@ -203,11 +199,7 @@ class Analyzer:
         results: list = [None] * len(calls)
         for i, result in zip(order, self.together([calls[i][0] for i in order]), strict=True):
             results[i] = result
-        found, at = [], 0
-        for look in looks:
-            found.append(look.combine(results[at : at + len(look.calls)]))
-            at += len(look.calls)
-        return found
+        return combined(looks, results)
 
     def roi_finest(self, cls: str, width: int, height: int) -> bool:
         """See :meth:`Detector.roi_finest`, for the detector of ``cls``."""

@@ -78,8 +78,8 @@ def _engine(args: argparse.Namespace) -> tuple[Policy, Analyzer]:
             raise CommandError(f"--threads must be >= 1, got {args.threads}")
         policy = policy.model_copy(update={"detection": policy.detection.model_copy(update={"threads": args.threads})})
     # every core for this one stream: with faces and plates, a model on each core, side by side, their
-    # model calls shared out (redact of MOT17-13's first 10 s: 0.82-0.96x the wall time of the models
-    # one after the other on both cores, the same frames)
+    # model calls shared out (redact of MOT17-13's first 10 s, six pairs: 0.83-1.07x the wall time of
+    # the models one after the other on both cores, median 0.88x, the same frames)
     return policy, Analyzer(policy, cores=default_threads())
 
 
