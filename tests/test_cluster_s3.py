@@ -73,8 +73,10 @@ def test_a_killed_nodes_finished_footage_verifies_and_unmasks_from_the_bucket(no
     assert {"n1/vault.json", "n1/escrow.json"} <= names
     assert any(n.startswith(f"n1/segments/{camera}/") for n in names)
     assert any(n.startswith("n1/audit/") for n in names)  # the audit log's copy, one object per entry
-    local = {p.name for p in (first.dir / "data" / "recordings" / camera).glob("*.mp4")}
-    assert not local & {n.rsplit("/", 1)[1] for n in finished_in_bucket()}  # moved, not copied
+    # moved, not copied: the node removes its file just after the upload, so wait out that instant
+    in_bucket = {n.rsplit("/", 1)[1] for n in finished_in_bucket()}
+    wait_for(lambda: not in_bucket & {p.name for p in (first.dir / "data" / "recordings" / camera).glob("*.mp4")},
+             10, "n1 to remove the recordings it put in the bucket")
 
     first.process.kill()
     killed = time.monotonic()
