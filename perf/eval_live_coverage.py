@@ -13,7 +13,11 @@ Reported per clip, counted on released (redacted) frames only:
 * confident coverage: the reference regions with score >= 0.5 that the frame's redaction
   covers (>= 80 % of the box masked, the project's rule); target >= 0.995 on every clip;
 * low-score coverage: the same for the reference's regions under 0.5 (reported apart);
-* blanked and dropped shares (a blanked frame is not coverage);
+* blanked and dropped shares (a blanked frame is not coverage), the blanked frames split into
+  those before the first released frame (a stream's start: its first two looks read the whole
+  frame at full quality, and the frames of the first wait for the second), those after the last
+  (the clip ended before their detection frame came) and those in between (the camera fell
+  behind): only the last say that the machine could not keep up;
 * over-mask: the share of the frame masked outside everything the reference would mask, its
   boxes with thorough's margins (target <= 5 %): so that masking whole moving areas does not
   pass. Also shown against the bare boxes ("vs boxes"), where a margin on a close-up face counts.
@@ -170,11 +174,13 @@ def score(clip: Path, policy, every: int, holdback: float, cache: Path, misses: 
     total = {kind: [sum(counts[kind, cls][i] for cls in ("face", "plate")) for i in (0, 1)]
              for kind in ("confident", "low")}
     frames = len(states) or 1
+    start, end, between = blanked_where(states)
     result = {
         "clip": clip.name, "frames": len(states), "reference_frames": len(ref),
         "confident": total["confident"], "low": total["low"],
         "by_class": {f"{kind} {cls}": value for (kind, cls), value in counts.items()},
         "blanked": sum(s == "blanked" for s in states.values()) / frames,
+        "blanked_frames": {"start": start, "end": end, "between": between},
         "dropped": sum(s == "dropped" for s in states.values()) / frames,
         "over_mask": over / max(redacted_frames, 1),
         "over_mask_vs_boxes": over_boxes / max(redacted_frames, 1),
@@ -186,9 +192,22 @@ def score(clip: Path, policy, every: int, holdback: float, cache: Path, misses: 
           f"dropped {100 * result['dropped']:4.1f} %  over-mask {100 * result['over_mask']:.2f} % "
           f"(vs boxes {100 * result['over_mask_vs_boxes']:.2f} %)", flush=True)
     print("    " + "  ".join(f"{kind} {cls} {a}/{b}" for (kind, cls), (a, b) in counts.items() if b)
-          + "  over-mask by " + ", ".join(f"{cls} {100 * v:.2f} %" for cls, v in result["over_mask_by_class"].items()),
-          flush=True)
+          + "  over-mask by " + ", ".join(f"{cls} {100 * v:.2f} %" for cls, v in result["over_mask_by_class"].items())
+          + f"  blanked frames: {start} at the start, {end} at the end, {between} in between", flush=True)
     return result
+
+
+def blanked_where(states: dict[int, str]) -> tuple[int, int, int]:
+    """The blanked frames of a run (state per clip frame): before the first released frame, after the
+    last, and in between (all of them at the start when none was released)."""
+    released = [index for index, state in states.items() if state == "redacted"]
+    blanked = [index for index, state in states.items() if state == "blanked"]
+    if not released:
+        return len(blanked), 0, 0
+    first, last = min(released), max(released)
+    start = sum(index < first for index in blanked)
+    end = sum(index > last for index in blanked)
+    return start, end, len(blanked) - start - end
 
 
 def main() -> int:
@@ -216,7 +235,8 @@ def main() -> int:
     worst = min(r["confident"][0] / max(r["confident"][1], 1) for r in results)
     print(f"worst confident coverage {worst:.4f} (target >= 0.995); largest over-mask "
           f"{100 * max(r['over_mask'] for r in results):.2f} % (target <= 5 %); largest blanked share "
-          f"{100 * max(r['blanked'] for r in results):.1f} %")
+          f"{100 * max(r['blanked'] for r in results):.1f} %, of frames in between released ones "
+          f"{100 * max(r['blanked_frames']['between'] / max(r['frames'], 1) for r in results):.1f} %")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=int))  # numpy integers among the counts
     return 0
