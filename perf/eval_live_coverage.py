@@ -179,7 +179,7 @@ def score(clip: Path, policy, every: int, holdback: float, cache: Path, misses: 
         "clip": clip.name, "frames": len(states), "reference_frames": len(ref),
         "confident": total["confident"], "low": total["low"],
         "by_class": {f"{kind} {cls}": value for (kind, cls), value in counts.items()},
-        "blanked": sum(s == "blanked" for s in states.values()) / frames,
+        "blanked": (start + end + between) / frames,
         "blanked_frames": {"start": start, "end": end, "between": between},
         "dropped": sum(s == "dropped" for s in states.values()) / frames,
         "over_mask": over / max(redacted_frames, 1),
